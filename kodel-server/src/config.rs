@@ -1,0 +1,50 @@
+//! Server configuration from flags and environment (names are part of the contract:
+//! see README and ../shared/DESIGN.md section 11).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "kodel-server", version, about = "Kodel's headless server")]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "KODEL_LISTEN", default_value = "127.0.0.1:7700")]
+    pub listen: SocketAddr,
+
+    /// PostgreSQL URL. When absent the server runs its own cluster in the data dir.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Where the managed PostgreSQL cluster and other state live.
+    #[arg(long, env = "KODEL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Secret for signing access tokens (at least 32 bytes). When absent one is
+    /// generated on first start and kept in the database.
+    #[arg(long, env = "KODEL_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "KODEL_MAX_BODY", default_value_t = 1024 * 1024)]
+    pub max_body: usize,
+
+    /// Most database connections this server opens.
+    #[arg(long, env = "KODEL_DB_POOL", default_value_t = 32)]
+    pub db_pool: u32,
+}
+
+impl Config {
+    /// The data dir: the flag or env, else /var/lib/kodel for root (a cluster run as
+    /// the postgres user must be able to reach it), else the user's data dir.
+    pub fn data_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(d) = &self.data_dir {
+            return Ok(d.clone());
+        }
+        if nix::unistd::geteuid().is_root() {
+            return Ok(PathBuf::from("/var/lib/kodel"));
+        }
+        directories::ProjectDirs::from("dev", "kodel", "kodel")
+            .map(|d| d.data_dir().to_path_buf())
+            .ok_or_else(|| anyhow::anyhow!("cannot find a home directory; pass --data-dir"))
+    }
+}

@@ -1,0 +1,85 @@
+//! One error type for every handler, mapped once to a status and a stable code.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use kodel_core::ErrorCode;
+use kodel_core::error::{ErrorBody, ErrorDetail};
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub details: Option<serde_json::Value>,
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into(), details: None }
+    }
+
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::InvalidRequest, message)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(ErrorCode::Unauthorized, "missing, invalid or expired credentials")
+    }
+
+    pub fn forbidden(what: &str) -> Self {
+        Self::new(ErrorCode::Forbidden, format!("your role does not allow {what}"))
+    }
+
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "internal error");
+        Self::new(ErrorCode::Internal, "internal server error")
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        if let sqlx::Error::PoolTimedOut = err {
+            return Self::new(ErrorCode::Unavailable, "database busy, try again");
+        }
+        Self::internal(err)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail { code: self.code.as_str().to_owned(), message: self.message, details: self.details },
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// True when a database error is a unique violation (SQLSTATE 23505).
+pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+/// Checks a required text field: trimmed, not empty, at most `max` characters.
+pub fn require_text(field: &str, value: &str, max: usize) -> ApiResult<String> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(ApiError::invalid(format!("{field} must not be empty")));
+    }
+    check_len(field, v, max)?;
+    Ok(v.to_owned())
+}
+
+pub fn check_len(field: &str, value: &str, max: usize) -> ApiResult<()> {
+    if value.chars().count() > max {
+        return Err(ApiError::invalid(format!("{field} is longer than {max} characters")));
+    }
+    Ok(())
+}

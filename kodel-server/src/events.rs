@@ -1,0 +1,381 @@
+//! Task events: written in the transaction of each change, then fanned out live.
+//!
+//! Ordering. Event ids come from a sequence, so two transactions can commit their
+//! events out of id order. Streams therefore deliver events in `(xid, id)` order and
+//! only those whose transaction is older than the oldest one still running
+//! (`pg_snapshot_xmin`). That prefix never grows in the middle, so a client that
+//! resumes after an event gets every later one exactly once.
+//!
+//! Fan-out. One pump per org with subscribers reads new events and broadcasts them on
+//! a bounded channel; a subscriber that lags catches up from the database instead of
+//! slowing others. Commits wake the local pump directly and other replicas through
+//! `NOTIFY kodel_events` (sent outside the writing transaction, coalesced).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kodel_core::OrgSlug;
+use kodel_core::api::Event;
+use sqlx::postgres::PgListener;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{Notify, broadcast, mpsc};
+use uuid::Uuid;
+
+use crate::error::ApiResult;
+use crate::tenant::Tenant;
+
+const CHANNEL: &str = "kodel_events";
+const FEED_CAPACITY: usize = 4096;
+const PAGE: i64 = 500;
+
+/// Where an event sits in delivery order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Pos {
+    pub xid: i64,
+    pub id: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub pos: Pos,
+    pub task_id: Uuid,
+    pub project_id: Uuid,
+    pub event: Event,
+}
+
+/// Writes one event for a task in the tenant's transaction, taking the task's next seq.
+pub async fn record(
+    t: &mut Tenant,
+    task_id: Uuid,
+    kind: &str,
+    payload: serde_json::Value,
+) -> ApiResult<()> {
+    let actor = t.user_id();
+    sqlx::query(
+        "WITH t AS (UPDATE tasks SET event_seq = event_seq + 1 WHERE id = $1
+                    RETURNING id, project_id, event_seq)
+         INSERT INTO task_events (task_id, project_id, seq, type, payload, actor_id)
+         SELECT id, project_id, event_seq, $2, $3, $4 FROM t",
+    )
+    .bind(task_id)
+    .bind(kind)
+    .bind(payload)
+    .bind(actor)
+    .execute(t.conn())
+    .await?;
+    t.wrote_events = true;
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: i64,
+    xid: i64,
+    task_id: Uuid,
+    project_id: Uuid,
+    seq: i32,
+    kind: String,
+    payload: serde_json::Value,
+    created_at: DateTime<Utc>,
+    task: String,
+    actor: Option<String>,
+    safe: bool,
+}
+
+/// Events after `after` in delivery order (optionally of one task), each with whether
+/// it is safe to deliver yet. Safe rows always come first.
+pub async fn load(
+    conn: &mut PgConnection,
+    after: Pos,
+    task: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<(StoredEvent, bool)>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, EventRow>(
+        "SELECT e.id, e.xid::text::bigint AS xid, e.task_id, e.project_id, e.seq, e.type AS kind,
+                e.payload, e.created_at, p.key || '-' || t.number AS task, u.email AS actor,
+                e.xid < pg_snapshot_xmin(pg_current_snapshot()) AS safe
+         FROM task_events e
+         JOIN tasks t ON t.id = e.task_id
+         JOIN projects p ON p.id = t.project_id
+         LEFT JOIN public.users u ON u.id = e.actor_id
+         WHERE (e.xid, e.id) > ($1::text::xid8, $2) AND ($3::uuid IS NULL OR e.task_id = $3)
+         ORDER BY e.xid, e.id
+         LIMIT $4",
+    )
+    .bind(after.xid.to_string())
+    .bind(after.id)
+    .bind(task)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let safe = r.safe;
+            let ev = StoredEvent {
+                pos: Pos { xid: r.xid, id: r.id },
+                task_id: r.task_id,
+                project_id: r.project_id,
+                event: Event {
+                    id: r.id,
+                    kind: r.kind,
+                    task: r.task,
+                    seq: r.seq,
+                    actor: r.actor,
+                    payload: r.payload,
+                    created_at: r.created_at,
+                },
+            };
+            (ev, safe)
+        })
+        .collect())
+}
+
+/// The position of a persisted event id, for resuming after it.
+pub async fn position_of(conn: &mut PgConnection, id: i64) -> Result<Option<Pos>, sqlx::Error> {
+    let xid: Option<i64> = sqlx::query_scalar("SELECT xid::text::bigint FROM task_events WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(xid.map(|xid| Pos { xid, id }))
+}
+
+/// Opens a transaction scoped to an org's schema, for background readers.
+pub async fn tenant_tx(pool: &PgPool, slug: &OrgSlug) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('search_path', $1, true)").bind(slug.search_path()).execute(&mut *tx).await?;
+    Ok(tx)
+}
+
+#[derive(Clone)]
+pub struct EventHub {
+    inner: Arc<HubInner>,
+}
+
+struct HubInner {
+    pool: PgPool,
+    feeds: Mutex<HashMap<String, Arc<Feed>>>,
+    remote: mpsc::UnboundedSender<String>,
+}
+
+/// One org's live feed.
+pub struct Feed {
+    slug: OrgSlug,
+    tx: broadcast::Sender<Arc<StoredEvent>>,
+    wake: Notify,
+    cursor: Mutex<Option<Pos>>,
+    ready: Notify,
+}
+
+pub struct Subscription {
+    pub rx: broadcast::Receiver<Arc<StoredEvent>>,
+    /// Everything at or before this was delivered before the subscription began.
+    pub start: Pos,
+}
+
+impl EventHub {
+    pub fn new(pool: PgPool) -> Self {
+        let (remote, remote_rx) = mpsc::unbounded_channel();
+        let hub = Self { inner: Arc::new(HubInner { pool, feeds: Mutex::new(HashMap::new()), remote }) };
+        tokio::spawn(notify_replicas(hub.inner.pool.clone(), remote_rx));
+        tokio::spawn(listen_replicas(hub.clone()));
+        hub
+    }
+
+    /// Called after a commit that wrote events for this org.
+    pub fn changed(&self, slug: &OrgSlug) {
+        self.wake_local(slug.as_str());
+        let _ = self.inner.remote.send(slug.as_str().to_owned());
+    }
+
+    fn wake_local(&self, slug: &str) {
+        let feed = self.lock_feeds().get(slug).cloned();
+        if let Some(feed) = feed {
+            feed.wake.notify_one();
+        }
+    }
+
+    fn wake_all(&self) {
+        for feed in self.lock_feeds().values() {
+            feed.wake.notify_one();
+        }
+    }
+
+    fn lock_feeds(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Feed>>> {
+        self.inner.feeds.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Live events of an org from now on.
+    pub async fn subscribe(&self, slug: &OrgSlug) -> Subscription {
+        let (feed, rx) = {
+            let mut feeds = self.lock_feeds();
+            let feed = feeds
+                .entry(slug.as_str().to_owned())
+                .or_insert_with(|| {
+                    let feed = Arc::new(Feed {
+                        slug: slug.clone(),
+                        tx: broadcast::channel(FEED_CAPACITY).0,
+                        wake: Notify::new(),
+                        cursor: Mutex::new(None),
+                        ready: Notify::new(),
+                    });
+                    tokio::spawn(pump(self.clone(), feed.clone()));
+                    feed
+                })
+                .clone();
+            let rx = feed.tx.subscribe();
+            (feed, rx)
+        };
+        loop {
+            let ready = feed.ready.notified();
+            if let Some(start) = feed.cursor() {
+                return Subscription { rx, start };
+            }
+            ready.await;
+        }
+    }
+
+    pub fn feed_count(&self) -> usize {
+        self.lock_feeds().len()
+    }
+}
+
+impl Feed {
+    fn cursor(&self) -> Option<Pos> {
+        *self.cursor.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_cursor(&self, pos: Pos) {
+        *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = Some(pos);
+    }
+}
+
+/// Reads an org's new events and broadcasts them in order, while anyone listens.
+async fn pump(hub: EventHub, feed: Arc<Feed>) {
+    let mut cursor = loop {
+        match initial_cursor(hub.pool(), &feed.slug).await {
+            Ok(pos) => break pos,
+            Err(err) => {
+                tracing::warn!(org = %feed.slug, error = %err, "event feed cannot start; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    feed.set_cursor(cursor);
+    feed.ready.notify_waiters();
+    let mut backoff = Duration::from_millis(2);
+    loop {
+        let pending = match forward(hub.pool(), &feed, &mut cursor).await {
+            Ok(pending) => pending,
+            Err(err) => {
+                tracing::warn!(org = %feed.slug, error = %err, "event feed read failed; retrying");
+                true
+            }
+        };
+        {
+            let mut feeds = hub.lock_feeds();
+            if feed.tx.receiver_count() == 0 {
+                feeds.remove(feed.slug.as_str());
+                return;
+            }
+        }
+        if pending {
+            // Events are committed but an older transaction still runs: look again soon.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(250));
+        } else {
+            backoff = Duration::from_millis(2);
+            let _ = tokio::time::timeout(Duration::from_secs(5), feed.wake.notified()).await;
+        }
+    }
+}
+
+async fn initial_cursor(pool: &PgPool, slug: &OrgSlug) -> Result<Pos, sqlx::Error> {
+    let mut tx = tenant_tx(pool, slug).await?;
+    let row: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT xid::text::bigint, id FROM task_events
+         WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
+         ORDER BY xid DESC, id DESC LIMIT 1",
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(row.map(|(xid, id)| Pos { xid, id }).unwrap_or_default())
+}
+
+/// Broadcasts every safe event after the cursor. Returns whether unsafe ones wait.
+async fn forward(pool: &PgPool, feed: &Feed, cursor: &mut Pos) -> Result<bool, sqlx::Error> {
+    loop {
+        let mut tx = tenant_tx(pool, &feed.slug).await?;
+        let rows = load(&mut tx, *cursor, None, PAGE).await?;
+        tx.commit().await?;
+        let full = rows.len() as i64 == PAGE;
+        for (ev, safe) in rows {
+            if !safe {
+                return Ok(true);
+            }
+            *cursor = ev.pos;
+            let _ = feed.tx.send(Arc::new(ev));
+            feed.set_cursor(*cursor);
+        }
+        if !full {
+            return Ok(false);
+        }
+    }
+}
+
+/// Tells other replicas which orgs changed, at most one NOTIFY per org per batch.
+async fn notify_replicas(pool: PgPool, mut rx: mpsc::UnboundedReceiver<String>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            if !batch.contains(&more) {
+                batch.push(more);
+            }
+        }
+        for slug in batch {
+            if let Err(err) = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(&slug).execute(&pool).await {
+                tracing::debug!(error = %err, "pg_notify failed");
+            }
+        }
+    }
+}
+
+/// Wakes local feeds when another replica committed events.
+async fn listen_replicas(hub: EventHub) {
+    loop {
+        let mut listener = match PgListener::connect_with(hub.pool()).await {
+            Ok(l) => l,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot LISTEN for other replicas; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        if listener.listen(CHANNEL).await.is_err() {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
+        }
+        // Anything may have been missed while not listening.
+        hub.wake_all();
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(n)) => hub.wake_local(n.payload()),
+                Ok(None) => {
+                    hub.wake_all();
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "LISTEN connection lost; reconnecting");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,51 @@
+//! Kodel's server: REST + SSE over PostgreSQL, one schema per organization.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod events;
+pub mod json;
+pub mod routes;
+pub mod tenant;
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+
+pub use config::Config;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub jwt: Arc<auth::JwtKeys>,
+    pub events: events::EventHub,
+}
+
+/// A server ready to serve: migrated database, keys loaded, router built.
+pub struct Server {
+    pub state: AppState,
+    pub router: axum::Router,
+}
+
+impl Server {
+    /// Connects, migrates and builds the router. Used by `main` and by tests.
+    pub async fn build(config: &Config, db: PgConnectOptions) -> anyhow::Result<Self> {
+        let pool = db::connect(db, config.db_pool).await?;
+        let started = std::time::Instant::now();
+        let report = db::migrate::run(&pool).await?;
+        tracing::info!(
+            shared = report.shared_applied,
+            orgs = report.orgs_migrated,
+            failed = report.orgs_failed.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "migrations checked"
+        );
+        let jwt = Arc::new(auth::JwtKeys::load(&pool, config.jwt_secret.as_deref()).await?);
+        let state = AppState { events: events::EventHub::new(pool.clone()), pool, jwt };
+        let router = routes::router(state.clone(), config.max_body);
+        Ok(Self { state, router })
+    }
+}

@@ -1,0 +1,69 @@
+use anyhow::Context;
+use clap::Parser;
+use kodel_server::db::managed::ManagedPostgres;
+use kodel_server::{Config, Server};
+use sqlx::postgres::PgConnectOptions;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() {
+    if let Err(err) = run().await {
+        eprintln!("kodel-server: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn")))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let (db, managed) = match &config.database_url {
+        Some(url) => (url.parse::<PgConnectOptions>().context("DATABASE_URL is not a valid PostgreSQL URL")?, None),
+        None => {
+            let dir = config.data_dir()?;
+            let pg = ManagedPostgres::start(&dir).await?;
+            tracing::info!(data_dir = %dir.display(), "using the managed PostgreSQL");
+            (pg.connect_options(), Some(pg))
+        }
+    };
+
+    let result = serve(&config, db).await;
+    if let Some(pg) = managed {
+        tracing::info!("stopping the managed PostgreSQL");
+        if let Err(err) = pg.stop().await {
+            tracing::warn!(error = %err, "managed PostgreSQL did not stop cleanly");
+        }
+    }
+    result
+}
+
+async fn serve(config: &Config, db: PgConnectOptions) -> anyhow::Result<()> {
+    let server = Server::build(config, db).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "kodel-server listening");
+    axum::serve(listener, server.router).with_graceful_shutdown(shutdown_signal()).await?;
+    server.state.pool.close().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,186 @@
+//! Register, login, refresh (rotating), logout, and who am I.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use kodel_core::ErrorCode;
+use kodel_core::api::{LoginRequest, RefreshRequest, RegisterRequest, Registered, TokenPair, User};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::tokens::{ACCESS_TTL_SECS, REFRESH_PREFIX, REFRESH_TTL_DAYS, hash_token, random_token};
+use crate::auth::{Auth, password};
+use crate::error::{ApiError, ApiResult, is_unique_violation, require_text};
+use crate::json::ApiJson;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/auth/register", post(register))
+        .route("/api/v1/auth/login", post(login))
+        .route("/api/v1/auth/refresh", post(refresh))
+        .route("/api/v1/auth/logout", post(logout))
+        .route("/api/v1/me", get(me))
+}
+
+#[derive(sqlx::FromRow)]
+pub struct UserRow {
+    pub id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> Self {
+        User { id: r.id, email: r.email, name: r.name, created_at: r.created_at }
+    }
+}
+
+pub fn normalize_email(email: &str) -> ApiResult<String> {
+    let email = email.trim().to_lowercase();
+    let valid = email.len() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && !domain.is_empty())
+        && !email.chars().any(char::is_whitespace);
+    if valid { Ok(email) } else { Err(ApiError::invalid("email is not a valid address")) }
+}
+
+async fn register(State(state): State<AppState>, ApiJson(req): ApiJson<RegisterRequest>) -> ApiResult<(StatusCode, Json<Registered>)> {
+    let email = normalize_email(&req.email)?;
+    let name = require_text("name", &req.name, kodel_core::api::MAX_NAME)?;
+    password::validate(&req.password)?;
+    let hash = password::hash(req.password).await?;
+    let mut tx = state.pool.begin().await?;
+    let user = sqlx::query_as::<_, UserRow>(
+        "INSERT INTO users (id, email, name, password_hash) VALUES ($1, $2, $3, $4)
+         RETURNING id, email, name, created_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&email)
+    .bind(&name)
+    .bind(hash)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e) {
+            ApiError::new(ErrorCode::EmailTaken, "an account with this email already exists")
+        } else {
+            e.into()
+        }
+    })?;
+    let tokens = start_session(&state, &mut tx, user.id).await?;
+    tx.commit().await?;
+    tracing::info!(user = %user.id, "registered");
+    Ok((StatusCode::CREATED, Json(Registered { user: user.into(), tokens })))
+}
+
+async fn login(State(state): State<AppState>, ApiJson(req): ApiJson<LoginRequest>) -> ApiResult<Json<TokenPair>> {
+    let email = req.email.trim().to_lowercase();
+    let row: Option<(Uuid, Option<String>)> =
+        sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = $1")
+            .bind(&email)
+            .fetch_optional(&state.pool)
+            .await?;
+    let (id, hash) = match row {
+        Some((id, hash)) => (Some(id), hash),
+        None => (None, None),
+    };
+    let ok = password::verify(req.password, hash).await?;
+    let Some(id) = id.filter(|_| ok) else {
+        return Err(ApiError::new(ErrorCode::InvalidCredentials, "wrong email or password"));
+    };
+    let mut tx = state.pool.begin().await?;
+    let tokens = start_session(&state, &mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Json(tokens))
+}
+
+async fn start_session(state: &AppState, conn: &mut PgConnection, user: Uuid) -> ApiResult<TokenPair> {
+    let session = Uuid::now_v7();
+    sqlx::query("INSERT INTO sessions (id, user_id) VALUES ($1, $2)").bind(session).bind(user).execute(&mut *conn).await?;
+    issue_pair(state, conn, user, session).await
+}
+
+async fn issue_pair(state: &AppState, conn: &mut PgConnection, user: Uuid, session: Uuid) -> ApiResult<TokenPair> {
+    let refresh = random_token(REFRESH_PREFIX);
+    sqlx::query(
+        "INSERT INTO refresh_tokens (token_hash, session_id, expires_at)
+         VALUES ($1, $2, now() + make_interval(days => $3))",
+    )
+    .bind(hash_token(&refresh))
+    .bind(session)
+    .bind(REFRESH_TTL_DAYS as i32)
+    .execute(&mut *conn)
+    .await?;
+    let access = state.jwt.issue(user, session).map_err(ApiError::internal)?;
+    Ok(TokenPair { access_token: access, refresh_token: refresh, token_type: "Bearer".into(), expires_in: ACCESS_TTL_SECS })
+}
+
+#[derive(sqlx::FromRow)]
+struct RefreshRow {
+    session_id: Uuid,
+    user_id: Uuid,
+    used: bool,
+    expired: bool,
+    revoked: bool,
+}
+
+/// Rotates a refresh token: the old one dies. Presenting a used one again means it was
+/// stolen or replayed, so the whole session is revoked.
+async fn refresh(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshRequest>) -> ApiResult<Json<TokenPair>> {
+    let mut tx = state.pool.begin().await?;
+    let row = sqlx::query_as::<_, RefreshRow>(
+        "SELECT r.session_id, s.user_id, r.used_at IS NOT NULL AS used, r.expires_at <= now() AS expired,
+                s.revoked_at IS NOT NULL AS revoked
+         FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id
+         WHERE r.token_hash = $1 FOR UPDATE OF r",
+    )
+    .bind(hash_token(&req.refresh_token))
+    .fetch_optional(&mut *tx)
+    .await?
+    .ok_or_else(ApiError::unauthorized)?;
+    if row.used {
+        sqlx::query("UPDATE sessions SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL")
+            .bind(row.session_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::warn!(session = %row.session_id, "refresh token reused; session revoked");
+        return Err(ApiError::unauthorized());
+    }
+    if row.expired || row.revoked {
+        return Err(ApiError::unauthorized());
+    }
+    sqlx::query("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1")
+        .bind(hash_token(&req.refresh_token))
+        .execute(&mut *tx)
+        .await?;
+    let pair = issue_pair(&state, &mut tx, row.user_id, row.session_id).await?;
+    tx.commit().await?;
+    Ok(Json(pair))
+}
+
+/// Ends the session of a refresh token (and every access token it minted).
+async fn logout(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshRequest>) -> ApiResult<StatusCode> {
+    let done = sqlx::query(
+        "UPDATE sessions SET revoked_at = now()
+         WHERE id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1) AND revoked_at IS NULL",
+    )
+    .bind(hash_token(&req.refresh_token))
+    .execute(&state.pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::unauthorized());
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn me(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<User>> {
+    let user = sqlx::query_as::<_, UserRow>("SELECT id, email, name, created_at FROM users WHERE id = $1")
+        .bind(auth.user.id)
+        .fetch_one(&state.pool)
+        .await?;
+    Ok(Json(user.into()))
+}

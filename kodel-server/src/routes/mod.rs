@@ -1,0 +1,48 @@
+//! Every resource's router, merged in one place with the layers that apply to all.
+
+pub mod auth;
+pub mod events;
+pub mod health;
+pub mod openapi;
+pub mod orgs;
+pub mod projects;
+pub mod tasks;
+pub mod tokens;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use kodel_core::ErrorCode;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn router(state: AppState, max_body: usize) -> Router {
+    Router::new()
+        .merge(health::router())
+        .merge(openapi::router())
+        .merge(auth::router())
+        .merge(tokens::router())
+        .merge(orgs::router())
+        .merge(projects::router())
+        .merge(tasks::router())
+        .merge(events::router())
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
+        .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                // The path only: query strings and headers (tokens) are never logged.
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id,
+                    user = tracing::field::Empty, org = tracing::field::Empty)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}

@@ -1,0 +1,337 @@
+//! Projects, their members (five roles) and the access check every project and task
+//! endpoint goes through.
+
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use kodel_core::api::{
+    AddProjectMember, CreateProject, MAX_DESCRIPTION, MAX_NAME, OrgRole, Page, Project, ProjectMember, ProjectRole,
+    Status, UpdateProject, UpdateRole, Workflow,
+};
+use kodel_core::workflow::{KANBAN, StatusCategory, WorkflowTemplate};
+use kodel_core::{ErrorCode, ProjectKey};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, check_len, is_unique_violation, require_text};
+use crate::json::ApiJson;
+use crate::tenant::Tenant;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/orgs/{org}/projects", get(list).post(create))
+        .route("/api/v1/orgs/{org}/projects/{key}", get(show).patch(update))
+        .route("/api/v1/orgs/{org}/projects/{key}/members", get(list_members).post(add_member))
+        .route("/api/v1/orgs/{org}/projects/{key}/members/{member}", axum::routing::patch(update_member).delete(remove_member))
+}
+
+/// The caller's view of one project.
+#[derive(Debug, Clone)]
+pub struct ProjectCtx {
+    pub id: Uuid,
+    pub key: String,
+    pub workflow_id: Uuid,
+    pub role: ProjectRole,
+}
+
+impl ProjectCtx {
+    pub fn require(&self, min: ProjectRole, what: &str) -> ApiResult<()> {
+        if self.role >= min { Ok(()) } else { Err(ApiError::forbidden(what)) }
+    }
+}
+
+/// Org owners and admins act as project admins everywhere; others need a project role.
+/// A project the caller may not see is reported as missing, like one that does not exist.
+pub async fn access(t: &mut Tenant, key: &str, not_found: ErrorCode) -> ApiResult<ProjectCtx> {
+    let missing = || ApiError::new(not_found, format!("{key} not found"));
+    let key = ProjectKey::parse(key).map_err(|e| ApiError::new(ErrorCode::InvalidKey, e.0))?;
+    let user = t.user_id();
+    let row: Option<(Uuid, String, Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT p.id, p.key, p.workflow_id, pm.role FROM projects p
+         LEFT JOIN project_members pm ON pm.project_id = p.id AND pm.user_id = $2
+         WHERE p.key = $1",
+    )
+    .bind(key.as_str())
+    .bind(user)
+    .fetch_optional(t.conn())
+    .await?;
+    let (id, key, workflow_id, role) = row.ok_or_else(missing)?;
+    let role = if t.org.role >= OrgRole::Admin {
+        ProjectRole::Admin
+    } else {
+        role.as_deref().and_then(ProjectRole::parse).ok_or_else(missing)?
+    };
+    Ok(ProjectCtx { id, key, workflow_id, role })
+}
+
+/// The org's copy of a built-in workflow, made on first use.
+pub async fn ensure_template(conn: &mut PgConnection, tpl: &WorkflowTemplate) -> ApiResult<Uuid> {
+    let made: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO workflows (id, name, template) VALUES ($1, $2, $3) ON CONFLICT (template) DO NOTHING RETURNING id",
+    )
+    .bind(Uuid::now_v7())
+    .bind(tpl.name)
+    .bind(tpl.slug)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(wf) = made else {
+        return Ok(sqlx::query_scalar("SELECT id FROM workflows WHERE template = $1").bind(tpl.slug).fetch_one(&mut *conn).await?);
+    };
+    let mut ids = std::collections::HashMap::new();
+    for (i, s) in tpl.statuses.iter().enumerate() {
+        let id = Uuid::now_v7();
+        sqlx::query("INSERT INTO statuses (id, workflow_id, name, category, position) VALUES ($1, $2, $3, $4, $5)")
+            .bind(id)
+            .bind(wf)
+            .bind(s.name)
+            .bind(s.category.as_str())
+            .bind(i as i32)
+            .execute(&mut *conn)
+            .await?;
+        ids.insert(s.name, id);
+    }
+    for (from, to) in tpl.transition_pairs() {
+        sqlx::query("INSERT INTO transitions (workflow_id, from_status, to_status) VALUES ($1, $2, $3)")
+            .bind(wf)
+            .bind(ids[from])
+            .bind(ids[to])
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(wf)
+}
+
+pub async fn load_workflow(conn: &mut PgConnection, id: Uuid) -> ApiResult<Workflow> {
+    let name: String = sqlx::query_scalar("SELECT name FROM workflows WHERE id = $1").bind(id).fetch_one(&mut *conn).await?;
+    let statuses: Vec<(Uuid, String, String, i32)> =
+        sqlx::query_as("SELECT id, name, category, position FROM statuses WHERE workflow_id = $1 ORDER BY position")
+            .bind(id)
+            .fetch_all(&mut *conn)
+            .await?;
+    let pairs: Vec<(Uuid, Uuid)> = sqlx::query_as("SELECT from_status, to_status FROM transitions WHERE workflow_id = $1")
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?;
+    let name_of = |sid: Uuid| statuses.iter().find(|s| s.0 == sid).map(|s| s.1.clone());
+    let statuses = statuses
+        .iter()
+        .map(|(sid, name, category, position)| Status {
+            name: name.clone(),
+            category: parse_category(category),
+            position: *position,
+            next: statuses.iter().filter(|s| pairs.contains(&(*sid, s.0))).filter_map(|s| name_of(s.0)).collect(),
+        })
+        .collect();
+    Ok(Workflow { id, name, statuses })
+}
+
+fn parse_category(s: &str) -> StatusCategory {
+    match s {
+        "backlog" => StatusCategory::Backlog,
+        "started" => StatusCategory::Started,
+        "review" => StatusCategory::Review,
+        "done" => StatusCategory::Done,
+        "cancelled" => StatusCategory::Cancelled,
+        _ => StatusCategory::Unstarted,
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct ProjectRow {
+    id: Uuid,
+    key: String,
+    name: String,
+    description: String,
+    workflow_id: Uuid,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+async fn project_json(conn: &mut PgConnection, id: Uuid, role: ProjectRole) -> ApiResult<Project> {
+    let r = sqlx::query_as::<_, ProjectRow>(
+        "SELECT id, key, name, description, workflow_id, created_at, updated_at FROM projects WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let workflow = load_workflow(conn, r.workflow_id).await?;
+    Ok(Project { id: r.id, key: r.key, name: r.name, description: r.description, workflow, role, created_at: r.created_at, updated_at: r.updated_at })
+}
+
+async fn list(mut t: Tenant) -> ApiResult<Json<Page<Project>>> {
+    let user = t.user_id();
+    let all = t.org.role >= OrgRole::Admin;
+    let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT p.id, pm.role FROM projects p
+         LEFT JOIN project_members pm ON pm.project_id = p.id AND pm.user_id = $1
+         WHERE $2 OR pm.role IS NOT NULL ORDER BY p.key",
+    )
+    .bind(user)
+    .bind(all)
+    .fetch_all(t.conn())
+    .await?;
+    let mut data = Vec::with_capacity(rows.len());
+    for (id, role) in rows {
+        let role = if all { ProjectRole::Admin } else { role.as_deref().and_then(ProjectRole::parse).unwrap_or(ProjectRole::Viewer) };
+        data.push(project_json(t.conn(), id, role).await?);
+    }
+    t.commit().await?;
+    Ok(Json(Page { data, next_cursor: None }))
+}
+
+async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateProject>) -> ApiResult<(StatusCode, Json<Project>)> {
+    let key = ProjectKey::parse(&req.key).map_err(|e| ApiError::new(ErrorCode::InvalidKey, e.0))?;
+    let name = require_text("name", &req.name, MAX_NAME)?;
+    let description = req.description.unwrap_or_default();
+    check_len("description", &description, MAX_DESCRIPTION)?;
+    let workflow = match req.workflow.as_deref() {
+        None | Some("kanban") => ensure_template(t.conn(), &KANBAN).await?,
+        Some(other) => {
+            let by_id = match Uuid::parse_str(other) {
+                Ok(id) => sqlx::query_scalar::<_, Uuid>("SELECT id FROM workflows WHERE id = $1").bind(id).fetch_optional(t.conn()).await?,
+                Err(_) => None,
+            };
+            by_id.ok_or_else(|| ApiError::invalid(format!("unknown workflow {other:?}: use \"kanban\" or the id of one of the org's workflows")))?
+        }
+    };
+    let id = Uuid::now_v7();
+    let user = t.user_id();
+    sqlx::query("INSERT INTO projects (id, key, name, description, workflow_id, created_by) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(id)
+        .bind(key.as_str())
+        .bind(&name)
+        .bind(&description)
+        .bind(workflow)
+        .bind(user)
+        .execute(t.conn())
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                ApiError::new(ErrorCode::ProjectExists, format!("project {key} already exists"))
+            } else {
+                e.into()
+            }
+        })?;
+    // Task numbers come from a sequence per project, so creating tasks never waits
+    // on a lock held until another transaction commits.
+    let ddl = format!("CREATE SEQUENCE {}", task_number_sequence(id));
+    sqlx::Executor::execute(t.conn(), ddl.as_str()).await?;
+    sqlx::query("INSERT INTO project_members (project_id, user_id, role) VALUES ($1, $2, 'admin')")
+        .bind(id)
+        .bind(user)
+        .execute(t.conn())
+        .await?;
+    let project = project_json(t.conn(), id, ProjectRole::Admin).await?;
+    t.commit().await?;
+    Ok((StatusCode::CREATED, Json(project)))
+}
+
+/// The name of a project's task-number sequence (built from its id, never from input).
+pub fn task_number_sequence(project: Uuid) -> String {
+    format!("task_number_{}", project.simple())
+}
+
+async fn show(mut t: Tenant, Path((_, key)): Path<(String, String)>) -> ApiResult<Json<Project>> {
+    let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
+    let project = project_json(t.conn(), p.id, p.role).await?;
+    t.commit().await?;
+    Ok(Json(project))
+}
+
+async fn update(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(req): ApiJson<UpdateProject>) -> ApiResult<Json<Project>> {
+    let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
+    p.require(ProjectRole::Admin, "editing the project")?;
+    let name = req.name.as_deref().map(|n| require_text("name", n, MAX_NAME)).transpose()?;
+    if let Some(d) = &req.description {
+        check_len("description", d, MAX_DESCRIPTION)?;
+    }
+    sqlx::query(
+        "UPDATE projects SET name = coalesce($2, name), description = coalesce($3, description), updated_at = now() WHERE id = $1",
+    )
+    .bind(p.id)
+    .bind(name)
+    .bind(req.description)
+    .execute(t.conn())
+    .await?;
+    let project = project_json(t.conn(), p.id, p.role).await?;
+    t.commit().await?;
+    Ok(Json(project))
+}
+
+const PM_SELECT: &str = "SELECT u.id, u.email, u.name, pm.role FROM project_members pm
+     JOIN public.users u ON u.id = pm.user_id WHERE pm.project_id = $1";
+
+fn member(row: (Uuid, String, String, String)) -> ProjectMember {
+    ProjectMember { user_id: row.0, email: row.1, name: row.2, role: ProjectRole::parse(&row.3).unwrap_or(ProjectRole::Viewer) }
+}
+
+async fn list_members(mut t: Tenant, Path((_, key)): Path<(String, String)>) -> ApiResult<Json<Page<ProjectMember>>> {
+    let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
+    let rows: Vec<(Uuid, String, String, String)> =
+        sqlx::query_as(&format!("{PM_SELECT} ORDER BY u.email")).bind(p.id).fetch_all(t.conn()).await?;
+    t.commit().await?;
+    Ok(Json(Page { data: rows.into_iter().map(member).collect(), next_cursor: None }))
+}
+
+async fn find_project_member(t: &mut Tenant, project: Uuid, who: &str) -> ApiResult<(Uuid, String, String, String)> {
+    let row: Option<(Uuid, String, String, String)> = match Uuid::parse_str(who) {
+        Ok(id) => sqlx::query_as(&format!("{PM_SELECT} AND u.id = $2")).bind(project).bind(id).fetch_optional(t.conn()).await?,
+        Err(_) => sqlx::query_as(&format!("{PM_SELECT} AND lower(u.email) = lower($2)")).bind(project).bind(who).fetch_optional(t.conn()).await?,
+    };
+    row.ok_or_else(|| ApiError::new(ErrorCode::MemberNotFound, format!("{who} is not a member of this project")))
+}
+
+async fn add_member(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(req): ApiJson<AddProjectMember>) -> ApiResult<(StatusCode, Json<ProjectMember>)> {
+    let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
+    p.require(ProjectRole::Admin, "managing project members")?;
+    let org = t.org.id;
+    let user: Option<Uuid> = sqlx::query_scalar(
+        "SELECT u.id FROM public.users u JOIN org_members m ON m.user_id = u.id AND m.org_id = $2 WHERE lower(u.email) = lower($1)",
+    )
+    .bind(req.email.trim())
+    .bind(org)
+    .fetch_optional(t.conn())
+    .await?;
+    let user = user.ok_or_else(|| ApiError::new(ErrorCode::UserNotFound, format!("{} is not a member of the org; add them to the org first", req.email.trim())))?;
+    let done = sqlx::query("INSERT INTO project_members (project_id, user_id, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+        .bind(p.id)
+        .bind(user)
+        .bind(req.role.as_str())
+        .execute(t.conn())
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::new(ErrorCode::MemberExists, format!("{} is already a member of {}", req.email.trim(), p.key)));
+    }
+    let m = find_project_member(&mut t, p.id, &user.to_string()).await?;
+    t.commit().await?;
+    Ok((StatusCode::CREATED, Json(member(m))))
+}
+
+async fn update_member(mut t: Tenant, Path((_, key, who)): Path<(String, String, String)>, ApiJson(req): ApiJson<UpdateRole<ProjectRole>>) -> ApiResult<Json<ProjectMember>> {
+    let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
+    p.require(ProjectRole::Admin, "managing project members")?;
+    let m = find_project_member(&mut t, p.id, &who).await?;
+    sqlx::query("UPDATE project_members SET role = $3 WHERE project_id = $1 AND user_id = $2")
+        .bind(p.id)
+        .bind(m.0)
+        .bind(req.role.as_str())
+        .execute(t.conn())
+        .await?;
+    let m = find_project_member(&mut t, p.id, &m.0.to_string()).await?;
+    t.commit().await?;
+    Ok(Json(member(m)))
+}
+
+async fn remove_member(mut t: Tenant, Path((_, key, who)): Path<(String, String, String)>) -> ApiResult<StatusCode> {
+    let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
+    let m = find_project_member(&mut t, p.id, &who).await?;
+    if m.0 != t.user_id() {
+        p.require(ProjectRole::Admin, "managing project members")?;
+    }
+    sqlx::query("DELETE FROM project_members WHERE project_id = $1 AND user_id = $2").bind(p.id).bind(m.0).execute(t.conn()).await?;
+    t.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

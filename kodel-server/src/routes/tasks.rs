@@ -1,0 +1,444 @@
+//! Tasks: create, list with filters and cursor, show, update (optimistic concurrency),
+//! move between workflow statuses, archive; and their comments. Every change writes an
+//! event in the same transaction.
+
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use kodel_core::api::{
+    Comment, CreateComment, CreateTask, DEFAULT_PAGE, MAX_COMMENT, MAX_DESCRIPTION, MAX_LABEL, MAX_LABELS, MAX_PAGE,
+    MAX_TITLE, MoveTask, Page, Priority, ProjectRole, Task, UpdateTask,
+};
+use kodel_core::workflow::check_transition;
+use kodel_core::{ErrorCode, TaskKey};
+use serde::Deserialize;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::projects::{ProjectCtx, access, task_number_sequence};
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, check_len, require_text};
+use crate::events;
+use crate::json::ApiJson;
+use crate::tenant::Tenant;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/orgs/{org}/projects/{key}/tasks", get(list).post(create))
+        .route("/api/v1/orgs/{org}/tasks/{task}", get(show).patch(update))
+        .route("/api/v1/orgs/{org}/tasks/{task}/move", post(move_task))
+        .route("/api/v1/orgs/{org}/tasks/{task}/comments", get(list_comments).post(add_comment))
+}
+
+#[derive(sqlx::FromRow)]
+struct TaskRow {
+    id: Uuid,
+    project: String,
+    number: i32,
+    title: String,
+    description: String,
+    status: String,
+    priority: String,
+    labels: Vec<String>,
+    assignee: Option<String>,
+    version: i32,
+    archived: bool,
+    created_by: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TaskRow {
+    fn into_api(self) -> Task {
+        Task {
+            key: format!("{}-{}", self.project, self.number),
+            project: self.project,
+            number: self.number,
+            title: self.title,
+            description: self.description,
+            status: self.status,
+            priority: Priority::parse(&self.priority).unwrap_or_default(),
+            labels: self.labels,
+            assignee: self.assignee,
+            version: self.version,
+            archived: self.archived,
+            created_by: self.created_by,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+const TASK_SELECT: &str = "SELECT t.id, p.key AS project, t.number, t.title, t.description, s.name AS status,
+        t.priority, t.labels, a.email AS assignee, t.version, t.archived_at IS NOT NULL AS archived,
+        c.email AS created_by, t.created_at, t.updated_at
+     FROM tasks t
+     JOIN projects p ON p.id = t.project_id
+     JOIN statuses s ON s.id = t.status_id
+     LEFT JOIN public.users a ON a.id = t.assignee_id
+     LEFT JOIN public.users c ON c.id = t.created_by";
+
+/// Resolves `KOD-42` to the task, checking the caller may see its project.
+async fn find_task(t: &mut Tenant, raw: &str, lock: bool) -> ApiResult<(ProjectCtx, TaskRow)> {
+    let key = TaskKey::parse(raw).map_err(|e| ApiError::new(ErrorCode::InvalidKey, e.0))?;
+    let p = access(t, key.project.as_str(), ErrorCode::TaskNotFound).await?;
+    let sql = format!("{TASK_SELECT} WHERE t.project_id = $1 AND t.number = $2{}", if lock { " FOR UPDATE OF t" } else { "" });
+    let row = sqlx::query_as::<_, TaskRow>(&sql)
+        .bind(p.id)
+        .bind(key.number)
+        .fetch_optional(t.conn())
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::TaskNotFound, format!("{key} not found")))?;
+    Ok((p, row))
+}
+
+fn clean_labels(labels: Vec<String>) -> ApiResult<Vec<String>> {
+    if labels.len() > MAX_LABELS {
+        return Err(ApiError::invalid(format!("at most {MAX_LABELS} labels")));
+    }
+    let mut out: Vec<String> = Vec::with_capacity(labels.len());
+    for l in labels {
+        let l = require_text("label", &l, MAX_LABEL)?;
+        if l.contains(',') {
+            return Err(ApiError::invalid(format!("label {l:?} must not contain a comma")));
+        }
+        if !out.contains(&l) {
+            out.push(l);
+        }
+    }
+    Ok(out)
+}
+
+/// An assignee given by email must be a member of the org.
+async fn resolve_assignee(t: &mut Tenant, email: &str) -> ApiResult<Uuid> {
+    let org = t.org.id;
+    let id: Option<Uuid> = sqlx::query_scalar(
+        "SELECT u.id FROM public.users u JOIN public.org_members m ON m.user_id = u.id AND m.org_id = $2
+         WHERE lower(u.email) = lower($1)",
+    )
+    .bind(email.trim())
+    .bind(org)
+    .fetch_optional(t.conn())
+    .await?;
+    id.ok_or_else(|| ApiError::invalid(format!("assignee {email:?} is not a member of this org")))
+}
+
+async fn create(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(req): ApiJson<CreateTask>) -> ApiResult<(StatusCode, Json<Task>)> {
+    let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
+    p.require(ProjectRole::Developer, "creating tasks")?;
+    let title = require_text("title", &req.title, MAX_TITLE)?;
+    let description = req.description.unwrap_or_default();
+    check_len("description", &description, MAX_DESCRIPTION)?;
+    let labels = clean_labels(req.labels.unwrap_or_default())?;
+    let priority = req.priority.unwrap_or_default();
+    let assignee_id = match req.assignee.as_deref() {
+        Some(email) => Some(resolve_assignee(&mut t, email).await?),
+        None => None,
+    };
+    let payload = json!({
+        "title": title, "priority": priority, "labels": labels,
+        "assignee": req.assignee.as_deref().map(str::trim), "status": req.status,
+    });
+    let user = t.user_id();
+    // One statement: the task, its first event, and the status it starts in.
+    let row: Option<(i32, String, DateTime<Utc>)> = sqlx::query_as(
+        "WITH st AS (
+             SELECT id, name FROM statuses WHERE workflow_id = $2 AND ($11::text IS NULL OR lower(name) = lower($11))
+             ORDER BY position LIMIT 1),
+         t AS (
+             INSERT INTO tasks (id, project_id, number, title, description, status_id, priority, labels,
+                                assignee_id, created_by, event_seq)
+             SELECT $1, $3, nextval($4::regclass), $5, $6, st.id, $7, $8, $9, $10, 1 FROM st
+             RETURNING id, project_id, number, created_at),
+         e AS (
+             INSERT INTO task_events (task_id, project_id, seq, type, payload, actor_id)
+             SELECT id, project_id, 1, 'task.created', $12 || jsonb_build_object('status', (SELECT name FROM st)), $10 FROM t)
+         SELECT t.number, (SELECT name FROM st), t.created_at FROM t",
+    )
+    .bind(Uuid::now_v7())
+    .bind(p.workflow_id)
+    .bind(p.id)
+    .bind(task_number_sequence(p.id))
+    .bind(&title)
+    .bind(&description)
+    .bind(priority.as_str())
+    .bind(&labels)
+    .bind(assignee_id)
+    .bind(user)
+    .bind(req.status.as_deref())
+    .bind(payload)
+    .fetch_optional(t.conn())
+    .await?;
+    let Some((number, status, created_at)) = row else {
+        return Err(ApiError::invalid(format!("status {:?} is not in this project's workflow", req.status.unwrap_or_default())));
+    };
+    t.wrote_events = true;
+    let email = t.auth.user.email.clone();
+    t.commit().await?;
+    let task = Task {
+        key: format!("{}-{number}", p.key),
+        project: p.key,
+        number,
+        title,
+        description,
+        status,
+        priority,
+        labels,
+        assignee: req.assignee.map(|a| a.trim().to_lowercase()),
+        version: 1,
+        archived: false,
+        created_by: Some(email),
+        created_at,
+        updated_at: created_at,
+    };
+    Ok((StatusCode::CREATED, Json(task)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    /// An email, `me`, or `none`.
+    assignee: Option<String>,
+    label: Option<String>,
+    /// Text searched in title and description.
+    q: Option<String>,
+    /// `true` lists archived tasks too.
+    archived: Option<bool>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list(mut t: Tenant, Path((_, key)): Path<(String, String)>, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Page<Task>>> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit must be between 1 and {MAX_PAGE}")));
+    }
+    let after: i32 = match q.cursor.as_deref() {
+        None | Some("") => 0,
+        Some(c) => c.parse().ok().filter(|n| *n >= 0).ok_or_else(|| ApiError::new(ErrorCode::InvalidCursor, "cursor is not one this server gave out"))?,
+    };
+    let (assignee, unassigned) = match q.assignee.as_deref() {
+        None => (None, false),
+        Some("none") => (None, true),
+        Some("me") => (Some(t.user_id()), false),
+        Some(email) => {
+            let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM public.users WHERE lower(email) = lower($1)")
+                .bind(email.trim())
+                .fetch_optional(t.conn())
+                .await?;
+            // Nobody by that name assigns nothing: an empty page, not an error.
+            (Some(id.unwrap_or(Uuid::nil())), false)
+        }
+    };
+    let pattern = q.q.as_deref().filter(|s| !s.is_empty()).map(|s| format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")));
+    let sql = format!(
+        "{TASK_SELECT}
+         WHERE t.project_id = $1 AND t.number > $2
+           AND ($3::text IS NULL OR lower(s.name) = lower($3))
+           AND ($4::uuid IS NULL OR t.assignee_id = $4)
+           AND (NOT $5 OR t.assignee_id IS NULL)
+           AND ($6::text IS NULL OR $6 = ANY (t.labels))
+           AND ($7::text IS NULL OR t.title ILIKE $7 OR t.description ILIKE $7)
+           AND ($8 OR t.archived_at IS NULL)
+         ORDER BY t.number LIMIT $9"
+    );
+    let mut rows = sqlx::query_as::<_, TaskRow>(&sql)
+        .bind(p.id)
+        .bind(after)
+        .bind(q.status.as_deref())
+        .bind(assignee)
+        .bind(unassigned)
+        .bind(q.label.as_deref())
+        .bind(pattern)
+        .bind(q.archived.unwrap_or(false))
+        .bind(limit + 1)
+        .fetch_all(t.conn())
+        .await?;
+    t.commit().await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| r.number.to_string())
+    } else {
+        None
+    };
+    Ok(Json(Page { data: rows.into_iter().map(TaskRow::into_api).collect(), next_cursor }))
+}
+
+async fn show(mut t: Tenant, Path((_, task)): Path<(String, String)>) -> ApiResult<Json<Task>> {
+    let (_, row) = find_task(&mut t, &task, false).await?;
+    t.commit().await?;
+    Ok(Json(row.into_api()))
+}
+
+fn stale(row: &TaskRow, given: i32) -> ApiError {
+    ApiError::new(
+        ErrorCode::VersionConflict,
+        format!("task changed since version {given}; it is at version {} now: reload and retry", row.version),
+    )
+    .with_details(json!({ "current_version": row.version }))
+}
+
+async fn update(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJson(req): ApiJson<UpdateTask>) -> ApiResult<Json<Task>> {
+    let (p, row) = find_task(&mut t, &task, true).await?;
+    p.require(ProjectRole::Developer, "editing tasks")?;
+    if row.version != req.version {
+        return Err(stale(&row, req.version));
+    }
+    let mut changes = serde_json::Map::new();
+    let mut change = |field: &str, from: serde_json::Value, to: serde_json::Value| {
+        if from != to {
+            changes.insert(field.to_owned(), json!({ "from": from, "to": to }));
+        }
+    };
+    let title = req.title.as_deref().map(|s| require_text("title", s, MAX_TITLE)).transpose()?;
+    if let Some(v) = &title {
+        change("title", json!(row.title), json!(v));
+    }
+    if let Some(d) = &req.description {
+        check_len("description", d, MAX_DESCRIPTION)?;
+        change("description", json!(row.description), json!(d));
+    }
+    if let Some(pr) = req.priority {
+        change("priority", json!(row.priority), json!(pr));
+    }
+    let labels = req.labels.map(clean_labels).transpose()?;
+    if let Some(l) = &labels {
+        change("labels", json!(row.labels), json!(l));
+    }
+    let assignee_id = match &req.assignee {
+        Some(Some(email)) => {
+            change("assignee", json!(row.assignee), json!(email.trim().to_lowercase()));
+            Some(Some(resolve_assignee(&mut t, email).await?))
+        }
+        Some(None) => {
+            change("assignee", json!(row.assignee), serde_json::Value::Null);
+            Some(None)
+        }
+        None => None,
+    };
+    if let Some(a) = req.archived {
+        change("archived", json!(row.archived), json!(a));
+    }
+    if changes.is_empty() {
+        t.commit().await?;
+        return Ok(Json(row.into_api()));
+    }
+    sqlx::query(
+        "UPDATE tasks SET title = coalesce($2, title), description = coalesce($3, description),
+             priority = coalesce($4, priority), labels = coalesce($5, labels),
+             assignee_id = CASE WHEN $6 THEN $7 ELSE assignee_id END,
+             archived_at = CASE WHEN $8::bool IS NULL THEN archived_at WHEN $8 THEN coalesce(archived_at, now()) ELSE NULL END,
+             version = version + 1, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(row.id)
+    .bind(title)
+    .bind(req.description)
+    .bind(req.priority.map(Priority::as_str))
+    .bind(labels)
+    .bind(assignee_id.is_some())
+    .bind(assignee_id.flatten())
+    .bind(req.archived)
+    .execute(t.conn())
+    .await?;
+    let kind = match req.archived {
+        Some(a) if changes.len() == 1 && changes.contains_key("archived") => if a { "task.archived" } else { "task.unarchived" },
+        _ => "task.updated",
+    };
+    events::record(&mut t, row.id, kind, json!({ "changes": changes })).await?;
+    let (_, fresh) = find_task(&mut t, &task, false).await?;
+    t.commit().await?;
+    Ok(Json(fresh.into_api()))
+}
+
+async fn move_task(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJson(req): ApiJson<MoveTask>) -> ApiResult<Json<Task>> {
+    let (p, row) = find_task(&mut t, &task, true).await?;
+    p.require(ProjectRole::Developer, "moving tasks")?;
+    if let Some(v) = req.version.filter(|v| *v != row.version) {
+        return Err(stale(&row, v));
+    }
+    let target: Option<(Uuid, String)> = sqlx::query_as("SELECT id, name FROM statuses WHERE workflow_id = $1 AND lower(name) = lower($2)")
+        .bind(p.workflow_id)
+        .bind(req.status.trim())
+        .fetch_optional(t.conn())
+        .await?;
+    let pairs: Vec<(String, String)> = sqlx::query_as(
+        "SELECT f.name, s.name FROM transitions tr JOIN statuses f ON f.id = tr.from_status
+         JOIN statuses s ON s.id = tr.to_status WHERE tr.workflow_id = $1 ORDER BY s.position",
+    )
+    .bind(p.workflow_id)
+    .fetch_all(t.conn())
+    .await?;
+    let to = target.as_ref().map_or(req.status.trim(), |(_, n)| n.as_str());
+    if let Err(refused) = check_transition(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())), &row.status, to) {
+        let code = if target.is_some() { ErrorCode::TransitionNotAllowed } else { ErrorCode::InvalidRequest };
+        let message = if target.is_some() { refused.to_string() } else { format!("no status {to:?} in this workflow; allowed: {}", refused.allowed.join(", ")) };
+        return Err(ApiError::new(code, message).with_details(json!({ "from": row.status, "allowed": refused.allowed })));
+    }
+    let Some((status_id, to)) = target else { return Err(ApiError::internal("transition to unknown status")) };
+    sqlx::query("UPDATE tasks SET status_id = $2, version = version + 1, updated_at = now() WHERE id = $1")
+        .bind(row.id)
+        .bind(status_id)
+        .execute(t.conn())
+        .await?;
+    events::record(&mut t, row.id, "task.moved", json!({ "from": row.status, "to": to })).await?;
+    let (_, fresh) = find_task(&mut t, &task, false).await?;
+    t.commit().await?;
+    Ok(Json(fresh.into_api()))
+}
+
+#[derive(sqlx::FromRow)]
+struct CommentRow {
+    id: Uuid,
+    author: Option<String>,
+    body: String,
+    created_at: DateTime<Utc>,
+}
+
+async fn list_comments(mut t: Tenant, Path((_, task)): Path<(String, String)>) -> ApiResult<Json<Page<Comment>>> {
+    let (_, row) = find_task(&mut t, &task, false).await?;
+    let rows = sqlx::query_as::<_, CommentRow>(
+        "SELECT c.id, u.email AS author, c.body, c.created_at FROM comments c
+         LEFT JOIN public.users u ON u.id = c.author_id WHERE c.task_id = $1 ORDER BY c.created_at, c.id",
+    )
+    .bind(row.id)
+    .fetch_all(t.conn())
+    .await?;
+    t.commit().await?;
+    let key = format!("{}-{}", row.project, row.number);
+    let data = rows
+        .into_iter()
+        .map(|c| Comment { id: c.id, task: key.clone(), author: c.author.unwrap_or_default(), body: c.body, created_at: c.created_at })
+        .collect();
+    Ok(Json(Page { data, next_cursor: None }))
+}
+
+async fn add_comment(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJson(req): ApiJson<CreateComment>) -> ApiResult<(StatusCode, Json<Comment>)> {
+    let (p, row) = find_task(&mut t, &task, false).await?;
+    p.require(ProjectRole::Reviewer, "commenting")?;
+    let body = req.body.trim().to_owned();
+    if body.is_empty() {
+        return Err(ApiError::invalid("body must not be empty"));
+    }
+    check_len("body", &body, MAX_COMMENT)?;
+    let id = Uuid::now_v7();
+    let user = t.user_id();
+    let created_at: DateTime<Utc> =
+        sqlx::query_scalar("INSERT INTO comments (id, task_id, author_id, body) VALUES ($1, $2, $3, $4) RETURNING created_at")
+            .bind(id)
+            .bind(row.id)
+            .bind(user)
+            .bind(&body)
+            .fetch_one(t.conn())
+            .await?;
+    events::record(&mut t, row.id, "comment.added", json!({ "comment_id": id, "body": body })).await?;
+    let author = t.auth.user.email.clone();
+    t.commit().await?;
+    let key = format!("{}-{}", row.project, row.number);
+    Ok((StatusCode::CREATED, Json(Comment { id, task: key, author, body, created_at })))
+}

@@ -1,0 +1,114 @@
+//! `Tenant`: the one place that scopes a request to an organization. It checks the
+//! caller's membership and opens a transaction whose first statement is
+//! `set_config('search_path', '"org_{slug}", public', true)` (the function form of
+//! `SET LOCAL`), so the setting dies with the transaction and never leaks to the next
+//! user of a pooled connection. Handlers never build a search_path themselves.
+
+use axum::extract::{FromRequestParts, RawPathParams};
+use axum::http::request::Parts;
+use kodel_core::api::OrgRole;
+use kodel_core::{ErrorCode, OrgSlug};
+use sqlx::{PgConnection, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::Auth;
+use crate::error::{ApiError, ApiResult};
+
+pub struct Tenant {
+    pub auth: Auth,
+    pub org: OrgCtx,
+    tx: Transaction<'static, Postgres>,
+    state: AppState,
+    /// Set when an event was written, so commit wakes the event streams.
+    pub(crate) wrote_events: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct OrgCtx {
+    pub id: Uuid,
+    pub slug: OrgSlug,
+    pub role: OrgRole,
+}
+
+impl Tenant {
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    pub fn user_id(&self) -> Uuid {
+        self.auth.user.id
+    }
+
+    pub fn require_org_role(&self, min: OrgRole, what: &str) -> ApiResult<()> {
+        if self.org.role >= min { Ok(()) } else { Err(ApiError::forbidden(what)) }
+    }
+
+    /// Commits, then wakes the org's event streams if this request wrote events.
+    pub async fn commit(self) -> ApiResult<()> {
+        self.tx.commit().await?;
+        if self.wrote_events {
+            self.state.events.changed(&self.org.slug);
+        }
+        Ok(())
+    }
+}
+
+/// Validates the `{org}` path segment before any SQL sees it.
+pub fn org_slug_from_path(params: &RawPathParams) -> ApiResult<OrgSlug> {
+    let raw = params
+        .iter()
+        .find(|(k, _)| *k == "org")
+        .map(|(_, v)| v)
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no org in path"))?;
+    OrgSlug::parse(raw).map_err(|e| ApiError::new(ErrorCode::InvalidSlug, e.0))
+}
+
+#[derive(sqlx::FromRow)]
+struct OrgRow {
+    id: Uuid,
+    role: String,
+    schema_version: i32,
+    migration_error: Option<String>,
+}
+
+impl FromRequestParts<AppState> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let params = RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::NotFound, "no org in path"))?;
+        let slug = org_slug_from_path(&params)?;
+        let auth = Auth::from_request_parts(parts, state).await?;
+
+        let mut tx = state.pool.begin().await?;
+        let row = sqlx::query_as::<_, OrgRow>(
+            "SELECT o.id, m.role, o.schema_version, o.migration_error,
+                    set_config('search_path', $3, true) AS search_path
+             FROM orgs o JOIN org_members m ON m.org_id = o.id AND m.user_id = $2
+             WHERE o.slug = $1",
+        )
+        .bind(slug.as_str())
+        .bind(auth.user.id)
+        .bind(slug.search_path())
+        .fetch_optional(&mut *tx)
+        .await?;
+        // Not a member and no such org look the same from outside.
+        let row = row.ok_or_else(|| ApiError::new(ErrorCode::OrgNotFound, format!("org {slug} not found")))?;
+        if row.migration_error.is_some() || row.schema_version != crate::db::migrate::tenant_version() {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("org {slug} is unavailable: its database schema is not up to date (see the server log)"),
+            ));
+        }
+        let role = OrgRole::parse(&row.role).ok_or_else(|| ApiError::internal("bad org role in database"))?;
+        Ok(Tenant {
+            auth,
+            org: OrgCtx { id: row.id, slug, role },
+            tx,
+            state: state.clone(),
+            wrote_events: false,
+        })
+    }
+}
