@@ -171,9 +171,15 @@ fn postgres_user(data_dir: &Path) -> anyhow::Result<(Uid, Gid)> {
     Ok((user.uid, user.gid))
 }
 
-/// initdb and pg_ctl: `pg_config --bindir`, the newest /usr/lib/postgresql/N/bin, then PATH.
+/// initdb and pg_ctl: `KODEL_PG_BINDIR` when set (and then only there), else
+/// `pg_config --bindir`, the newest /usr/lib/postgresql/N/bin, then PATH.
 fn find_bindir() -> anyhow::Result<PathBuf> {
     let has_tools = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
+    let missing = "PostgreSQL server binaries (initdb, pg_ctl) not found: install them (Debian/Ubuntu: sudo apt-get install postgresql) or set DATABASE_URL";
+    if let Some(dir) = std::env::var_os("KODEL_PG_BINDIR") {
+        let dir = PathBuf::from(dir);
+        return if has_tools(&dir) { Ok(dir) } else { Err(anyhow!("{missing} (looked in KODEL_PG_BINDIR={})", dir.display())) };
+    }
     if let Ok(out) = std::process::Command::new("pg_config").arg("--bindir").output() {
         let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if out.status.success() && has_tools(&dir) {
@@ -198,5 +204,5 @@ fn find_bindir() -> anyhow::Result<PathBuf> {
             }
         }
     }
-    bail!("PostgreSQL server binaries (initdb, pg_ctl) not found: install them (Debian/Ubuntu: sudo apt-get install postgresql) or set DATABASE_URL")
+    bail!("{missing}")
 }

@@ -1,0 +1,247 @@
+//! Test harness: a real PostgreSQL database per test, the real router on a real port.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use kodel_server::{Config, Server};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
+
+/// Where tests create their databases: KODEL_TEST_DATABASE_URL, else the local server.
+pub fn admin_url() -> String {
+    std::env::var("KODEL_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh, empty database for one test.
+pub async fn fresh_database() -> PgConnectOptions {
+    let admin: PgConnectOptions = admin_url().parse().unwrap();
+    let name = format!("kodel_test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = PgConnection::connect_with(&admin).await.expect("test PostgreSQL reachable (see scripts/test.sh)");
+    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str()).await.unwrap();
+    conn.close().await.unwrap();
+    admin.database(&name)
+}
+
+pub fn test_config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: None,
+        data_dir: None,
+        jwt_secret: None,
+        max_body: 64 * 1024,
+        db_pool: 16,
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub db: PgConnectOptions,
+    pub server: Server,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_on(fresh_database().await).await
+    }
+
+    pub async fn spawn_on(db: PgConnectOptions) -> Self {
+        let server = Server::build(&test_config(), db.clone()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = server.router.clone();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        Self { base: format!("http://{addr}"), http, db, server }
+    }
+
+    pub async fn sql(&self) -> PgConnection {
+        PgConnection::connect_with(&self.db).await.unwrap()
+    }
+
+    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(token), Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::PATCH, path, Some(token), Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        self.call(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// Registers a user; returns the access token.
+    pub async fn register(&self, email: &str) -> String {
+        let (s, v) = self
+            .call(Method::POST, "/api/v1/auth/register", None, Some(json!({"email": email, "password": "correct horse", "name": email})))
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// A user who owns org `slug` with project `key`.
+    pub async fn owner_with_project(&self, email: &str, slug: &str, key: &str) -> String {
+        let token = self.register(email).await;
+        let (s, v) = self.post("/api/v1/orgs", &token, json!({"slug": slug, "name": slug})).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (s, v) = self.post(&format!("/api/v1/orgs/{slug}/projects"), &token, json!({"key": key, "name": key})).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        token
+    }
+
+    pub async fn create_task(&self, token: &str, slug: &str, key: &str, title: &str) -> Value {
+        let (s, v) = self.post(&format!("/api/v1/orgs/{slug}/projects/{key}/tasks"), token, json!({"title": title})).await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        v
+    }
+
+    pub async fn sse(&self, path: &str, token: &str, last_event_id: Option<i64>) -> SseClient {
+        let mut req = self.http.get(format!("{}{path}", self.base)).bearer_auth(token).timeout(Duration::from_secs(3600));
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        SseClient { stream: Box::pin(resp.bytes_stream()), buf: String::new() }
+    }
+}
+
+pub fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: Option<i64>,
+    pub event: String,
+    pub data: Value,
+}
+
+pub struct SseClient {
+    stream: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl SseClient {
+    /// The next event (comments such as heartbeats are skipped), or None at the deadline.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(pos) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..pos + 2).collect();
+                let mut ev = SseEvent { id: None, event: "message".into(), data: Value::Null };
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        ev.id = v.parse().ok();
+                    } else if let Some(v) = line.strip_prefix("event: ") {
+                        ev.event = v.to_owned();
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                if data.is_empty() && ev.id.is_none() {
+                    continue; // a comment (heartbeat)
+                }
+                ev.data = serde_json::from_str(&data).unwrap_or(Value::String(data));
+                return Some(ev);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.stream.next()).await.ok()??.ok()?;
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    pub async fn next(&mut self) -> SseEvent {
+        self.next_within(Duration::from_secs(10)).await.expect("an event within 10 s")
+    }
+}
+
+/// The real `kodel-server` binary, with its log collected.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub base: String,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl ServerProcess {
+    /// Starts the binary on a free port and waits until it listens (30 s at most).
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kodel-server"));
+        cmd.args(["--listen", "127.0.0.1:0"]).args(args).env_remove("DATABASE_URL").env("RUST_LOG", "debug,sqlx=warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("addr=").nth(1).filter(|_| line.contains("listening")) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+                }
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => Self { child, base: format!("http://{addr}"), log },
+            Err(_) => {
+                let _ = child.kill();
+                panic!("kodel-server did not start:\n{}", log.lock().unwrap());
+            }
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit (30 s at most).
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "kodel-server did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,101 @@
+//! The real `kodel-server` binary: the managed PostgreSQL, restarts on the same data,
+//! a clean error without PostgreSQL binaries, and no secrets in its log.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::ServerProcess;
+use serde_json::{Value, json};
+
+async fn post(base: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut req = reqwest::Client::new().post(format!("{base}{path}")).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn managed_database_starts_serves_and_restarts_on_the_same_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_arg = data.to_str().unwrap();
+
+    let server = ServerProcess::start(&["--data-dir", data_arg], &[]);
+    let (s, v) = post(&server.base, "/api/v1/auth/register", None, json!({"email": "m@x.io", "password": "longenough", "name": "M"})).await;
+    assert_eq!(s, 201, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(post(&server.base, "/api/v1/orgs", Some(&token), json!({"slug": "home", "name": "Home"})).await.0, 201);
+    assert!(data.join("postgres/PG_VERSION").exists());
+    // Only a unix socket: the cluster does not listen on TCP.
+    let conf = std::fs::read_to_string(data.join("postgres/postgresql.conf")).unwrap();
+    assert!(conf.contains("listen_addresses = ''"));
+
+    // A second server on the same data dir is refused while the first runs.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kodel-server"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir", data_arg])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already using"));
+
+    let status = server.stop();
+    assert!(status.success(), "clean shutdown: {status:?}");
+    assert!(!data.join("postgres/postmaster.pid").exists(), "the managed PostgreSQL stopped with the server");
+
+    // Restart: same data, same signing key (the old access token still works).
+    let server = ServerProcess::start(&["--data-dir", data_arg], &[]);
+    let r = reqwest::Client::new().get(format!("{}/api/v1/orgs", server.base)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let orgs: Value = r.json().await.unwrap();
+    assert_eq!(orgs["data"][0]["slug"], "home");
+    let (s, _) = post(&server.base, "/api/v1/auth/login", None, json!({"email": "m@x.io", "password": "longenough"})).await;
+    assert_eq!(s, 200);
+    assert!(server.stop().success());
+}
+
+#[test]
+fn without_postgresql_binaries_it_says_how_to_install_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kodel-server"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir", dir.path().to_str().unwrap()])
+        .env_remove("DATABASE_URL")
+        .env("KODEL_PG_BINDIR", dir.path())
+        .env("PATH", dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.trim().lines().last().unwrap_or("");
+    assert!(last.contains("apt-get install postgresql"), "{err}");
+    assert!(last.contains("DATABASE_URL"), "{err}");
+}
+
+#[tokio::test]
+async fn passwords_and_tokens_never_reach_the_log() {
+    let db = common::fresh_database().await;
+    let url = format!(
+        "postgres://{}@{}:{}/{}",
+        db.get_username(),
+        db.get_host(),
+        db.get_port(),
+        db.get_database().unwrap()
+    );
+    let server = ServerProcess::start(&[], &[("DATABASE_URL", &url)]);
+    let password = "s3cret-Password-XYZ";
+    let (_, v) = post(&server.base, "/api/v1/auth/register", None, json!({"email": "p@x.io", "password": password, "name": "P"})).await;
+    let access = v["access_token"].as_str().unwrap().to_owned();
+    let refresh = v["refresh_token"].as_str().unwrap().to_owned();
+    post(&server.base, "/api/v1/auth/login", None, json!({"email": "p@x.io", "password": "wrong-password-123"})).await;
+    let (_, t) = post(&server.base, "/api/v1/tokens", Some(&access), json!({"name": "x"})).await;
+    let pat = t["token"].as_str().unwrap().to_owned();
+    reqwest::Client::new().get(format!("{}/api/v1/me", server.base)).bearer_auth(&pat).send().await.unwrap();
+    post(&server.base, "/api/v1/auth/refresh", None, json!({"refresh_token": refresh})).await;
+    let log = server.log();
+    assert!(log.contains("/api/v1/auth/login"), "the log has the requests:\n{log}");
+    for secret in [password, "wrong-password-123", &access, &refresh, &pat] {
+        assert!(!log.contains(secret), "log contains a secret");
+    }
+}
