@@ -9,6 +9,7 @@ pub mod events;
 pub mod json;
 pub mod routes;
 pub mod tenant;
+pub mod testing;
 
 use std::sync::Arc;
 

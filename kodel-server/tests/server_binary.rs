@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::ServerProcess;
+use common::start_server;
 use serde_json::{Value, json};
 
 async fn post(base: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
@@ -22,7 +22,7 @@ async fn managed_database_starts_serves_and_restarts_on_the_same_data() {
     let data = dir.path().join("data");
     let data_arg = data.to_str().unwrap();
 
-    let server = ServerProcess::start(&["--data-dir", data_arg], &[]);
+    let server = start_server(&["--data-dir", data_arg], &[]);
     let (s, v) = post(&server.base, "/api/v1/auth/register", None, json!({"email": "m@x.io", "password": "longenough", "name": "M"})).await;
     assert_eq!(s, 201, "{v}");
     let token = v["access_token"].as_str().unwrap().to_owned();
@@ -46,7 +46,7 @@ async fn managed_database_starts_serves_and_restarts_on_the_same_data() {
     assert!(!data.join("postgres/postmaster.pid").exists(), "the managed PostgreSQL stopped with the server");
 
     // Restart: same data, same signing key (the old access token still works).
-    let server = ServerProcess::start(&["--data-dir", data_arg], &[]);
+    let server = start_server(&["--data-dir", data_arg], &[]);
     let r = reqwest::Client::new().get(format!("{}/api/v1/orgs", server.base)).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let orgs: Value = r.json().await.unwrap();
@@ -76,14 +76,8 @@ fn without_postgresql_binaries_it_says_how_to_install_them() {
 #[tokio::test]
 async fn passwords_and_tokens_never_reach_the_log() {
     let db = common::fresh_database().await;
-    let url = format!(
-        "postgres://{}@{}:{}/{}",
-        db.get_username(),
-        db.get_host(),
-        db.get_port(),
-        db.get_database().unwrap()
-    );
-    let server = ServerProcess::start(&[], &[("DATABASE_URL", &url)]);
+    let url = kodel_server::testing::database_url(&db);
+    let server = start_server(&[], &[("DATABASE_URL", &url)]);
     let password = "s3cret-Password-XYZ";
     let (_, v) = post(&server.base, "/api/v1/auth/register", None, json!({"email": "p@x.io", "password": password, "name": "P"})).await;
     let access = v["access_token"].as_str().unwrap().to_owned();

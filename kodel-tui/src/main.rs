@@ -1,1 +1,25 @@
-fn main(){}
+use clap::Parser;
+use kodel_tui::cli::Cli;
+use kodel_tui::commands;
+use kodel_tui::exit;
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kodel: {e}");
+            std::process::exit(exit::FAILURE);
+        }
+    };
+    match runtime.block_on(commands::run(cli)) {
+        Ok(()) => {}
+        Err(err) => {
+            eprintln!("kodel: {}", err.message);
+            if let Some(hint) = &err.hint {
+                eprintln!("hint: {hint}");
+            }
+            std::process::exit(err.code);
+        }
+    }
+}

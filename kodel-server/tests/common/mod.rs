@@ -10,20 +10,8 @@ use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 
-/// Where tests create their databases: KODEL_TEST_DATABASE_URL, else the local server.
-pub fn admin_url() -> String {
-    std::env::var("KODEL_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
 
-/// A fresh, empty database for one test.
-pub async fn fresh_database() -> PgConnectOptions {
-    let admin: PgConnectOptions = admin_url().parse().unwrap();
-    let name = format!("kodel_test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = PgConnection::connect_with(&admin).await.expect("test PostgreSQL reachable (see scripts/test.sh)");
-    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str()).await.unwrap();
-    conn.close().await.unwrap();
-    admin.database(&name)
-}
+pub use kodel_server::testing::fresh_database;
 
 pub fn test_config() -> Config {
     Config {
@@ -180,68 +168,7 @@ impl SseClient {
     }
 }
 
-/// The real `kodel-server` binary, with its log collected.
-pub struct ServerProcess {
-    pub child: std::process::Child,
-    pub base: String,
-    pub log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl ServerProcess {
-    /// Starts the binary on a free port and waits until it listens (30 s at most).
-    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
-        use std::io::BufRead;
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kodel-server"));
-        cmd.args(["--listen", "127.0.0.1:0"]).args(args).env_remove("DATABASE_URL").env("RUST_LOG", "debug,sqlx=warn");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("addr=").nth(1).filter(|_| line.contains("listening")) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-                }
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => Self { child, base: format!("http://{addr}"), log },
-            Err(_) => {
-                let _ = child.kill();
-                panic!("kodel-server did not start:\n{}", log.lock().unwrap());
-            }
-        }
-    }
-
-    /// SIGTERM, then wait for a clean exit (30 s at most).
-    pub fn stop(mut self) -> std::process::ExitStatus {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "kodel-server did not stop");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The real `kodel-server` binary of this build.
+pub fn start_server(args: &[&str], env: &[(&str, &str)]) -> kodel_server::testing::ServerProcess {
+    kodel_server::testing::ServerProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_kodel-server")), args, env)
 }

@@ -1,0 +1,267 @@
+//! The command line: `kodel <noun> <verb>`. Every command takes `--json`.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "kodel", version, about = "Kodel: a task board shared by people and AI agents", propagate_version = true)]
+pub struct Cli {
+    /// Server URL [default: the logged-in one, else http://127.0.0.1:7700]
+    #[arg(long, global = true, env = "KODEL_SERVER")]
+    pub server: Option<String>,
+
+    /// Organization slug [default: the one set with `kodel org use`]
+    #[arg(long, global = true, env = "KODEL_ORG")]
+    pub org: Option<String>,
+
+    /// Print JSON: the objects the API returns
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Log in with email and password, or store an API token
+    Login(LoginArgs),
+    /// Forget the credentials for the server (and end the session)
+    Logout,
+    /// Create an account and log in
+    Register(RegisterArgs),
+    /// Show who you are logged in as
+    Whoami,
+    /// Organizations
+    #[command(subcommand)]
+    Org(OrgCmd),
+    /// Projects
+    #[command(subcommand)]
+    Project(ProjectCmd),
+    /// Tasks
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// Personal API tokens for scripts
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Email (asked for when absent)
+    #[arg(long)]
+    pub email: Option<String>,
+    /// Read the password from the first line of stdin instead of a prompt
+    #[arg(long, conflicts_with = "token")]
+    pub password_stdin: bool,
+    /// Store this API token (`kodel_pat_...`) instead of logging in with a password
+    #[arg(long)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    #[arg(long)]
+    pub email: String,
+    /// Your display name
+    #[arg(long)]
+    pub name: String,
+    /// Read the password from the first line of stdin instead of a prompt
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrgCmd {
+    /// Create an organization; you become its owner
+    Create {
+        /// a-z, 0-9 and _, 2-40 characters, starting with a letter
+        slug: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List your organizations
+    List,
+    /// Make an organization the default for later commands
+    Use { slug: String },
+    /// Organization members
+    #[command(subcommand)]
+    Member(MemberCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCmd {
+    /// Add a registered user by email
+    Add {
+        email: String,
+        /// owner, admin or member
+        #[arg(long, default_value = "member")]
+        role: String,
+    },
+    /// List members
+    List,
+    /// Change a member's role
+    Set { email: String, role: String },
+    /// Remove a member
+    Remove { email: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCmd {
+    /// Create a project
+    Create {
+        /// Like KOD: 2-10 characters A-Z and 0-9
+        key: String,
+        #[arg(long)]
+        name: String,
+        /// Text, or - to read it from stdin
+        #[arg(long)]
+        description: Option<String>,
+        /// kanban (default) or a workflow id
+        #[arg(long)]
+        workflow: Option<String>,
+    },
+    /// List projects you can see
+    List,
+    /// Show a project and its workflow
+    Show { key: String },
+    /// Make a project the default for task commands
+    Use { key: String },
+    /// Give an org member a role in the project
+    AddMember {
+        key: String,
+        email: String,
+        /// admin, tech_lead, developer, reviewer or viewer
+        #[arg(long, default_value = "developer")]
+        role: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TaskCmd {
+    /// Create a task; prints its key
+    Create(TaskCreate),
+    /// List tasks of a project
+    List(TaskList),
+    /// Show one task
+    Show { key: String },
+    /// Change fields of a task
+    Update(TaskUpdate),
+    /// Move a task to another status
+    Move {
+        key: String,
+        /// The target status, e.g. "In Progress" (case does not matter)
+        status: String,
+    },
+    /// Comment on a task (the text from stdin when absent or -)
+    Comment { key: String, body: Option<String> },
+    /// List a task's comments
+    Comments { key: String },
+}
+
+#[derive(Debug, Args)]
+pub struct TaskCreate {
+    /// Title (the first positional argument works too)
+    #[arg(long, required_unless_present = "title_arg")]
+    pub title: Option<String>,
+    #[arg(conflicts_with = "title", hide = true)]
+    pub title_arg: Option<String>,
+    /// Project key [default: KODEL_PROJECT or `kodel project use`]
+    #[arg(long, short, env = "KODEL_PROJECT")]
+    pub project: Option<String>,
+    /// Text, or - to read it from stdin
+    #[arg(long, short)]
+    pub description: Option<String>,
+    /// none, low, medium, high or urgent
+    #[arg(long)]
+    pub priority: Option<String>,
+    /// A label (repeat for more)
+    #[arg(long = "label", short)]
+    pub labels: Vec<String>,
+    /// An org member's email
+    #[arg(long)]
+    pub assignee: Option<String>,
+    /// The starting status [default: the workflow's first]
+    #[arg(long)]
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskList {
+    #[arg(long, short, env = "KODEL_PROJECT")]
+    pub project: Option<String>,
+    #[arg(long)]
+    pub status: Option<String>,
+    /// An email, `me` or `none`
+    #[arg(long)]
+    pub assignee: Option<String>,
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Text to find in title or description
+    #[arg(long, short = 'q')]
+    pub search: Option<String>,
+    /// Include archived tasks
+    #[arg(long)]
+    pub archived: bool,
+    /// Tasks per page (1-200)
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    /// Follow the cursor through every page
+    #[arg(long)]
+    pub all: bool,
+    /// Start after this cursor (from a previous page's next_cursor)
+    #[arg(long)]
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskUpdate {
+    pub key: String,
+    #[arg(long)]
+    pub title: Option<String>,
+    /// Text, or - to read it from stdin
+    #[arg(long, short)]
+    pub description: Option<String>,
+    #[arg(long)]
+    pub priority: Option<String>,
+    /// Replace the labels (repeat for more)
+    #[arg(long = "label", short)]
+    pub labels: Vec<String>,
+    /// Remove every label
+    #[arg(long, conflicts_with = "labels")]
+    pub clear_labels: bool,
+    #[arg(long, conflicts_with = "unassign")]
+    pub assignee: Option<String>,
+    #[arg(long)]
+    pub unassign: bool,
+    #[arg(long, conflicts_with = "unarchive")]
+    pub archive: bool,
+    #[arg(long)]
+    pub unarchive: bool,
+    /// Fail with exit code 5 unless the task is at this version [default: the current one]
+    #[arg(long)]
+    pub expect_version: Option<i32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a token; it is printed once
+    Create {
+        name: String,
+        /// RFC 3339 time, e.g. 2027-01-01T00:00:00Z
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// List your tokens
+    List,
+    /// Revoke a token by id
+    Revoke { id: String },
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

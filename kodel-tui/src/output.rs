@@ -1,0 +1,61 @@
+//! Human output: short, aligned, greppable. `--json` bypasses all of this.
+
+use std::io::{IsTerminal, Write};
+
+use serde::Serialize;
+
+use crate::exit::CliError;
+
+/// Prints `value` as JSON on one line.
+pub fn json<T: Serialize>(value: &T) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value).map_err(|e| CliError::new(crate::exit::FAILURE, e.to_string()))?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Prints rows as columns separated by two spaces; the last column is not padded.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> Result<(), CliError> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let line = |cells: &[String], out: &mut std::io::StdoutLock<'_>| -> std::io::Result<()> {
+        let last = cells.len().saturating_sub(1);
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            s.push_str(c);
+            if i < last {
+                s.push_str(&" ".repeat(widths[i] - c.chars().count() + 2));
+            }
+        }
+        writeln!(out, "{}", s.trim_end())
+    };
+    if std::io::stdout().is_terminal() {
+        line(&header.iter().map(|h| h.to_string()).collect::<Vec<_>>(), &mut out)?;
+    }
+    for row in rows {
+        line(row, &mut out)?;
+    }
+    Ok(())
+}
+
+/// Text from an argument, or from stdin when the argument is `-` (or absent and stdin
+/// is not a terminal, when `stdin_if_absent`).
+pub fn text_arg(arg: Option<String>, stdin_if_absent: bool) -> Result<Option<String>, CliError> {
+    let from_stdin = match arg.as_deref() {
+        Some("-") => true,
+        None => stdin_if_absent && !std::io::stdin().is_terminal(),
+        Some(_) => false,
+    };
+    if from_stdin {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        Ok(Some(s.trim_end_matches('\n').to_owned()))
+    } else {
+        Ok(arg)
+    }
+}

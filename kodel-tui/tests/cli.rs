@@ -1,0 +1,238 @@
+//! The real `kodel` binary against the real `kodel-server` binary and PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use kodel_server::testing::{ServerProcess, database_url, fresh_database};
+use serde_json::Value;
+
+/// kodel-server is built into the same directory as kodel by a workspace build.
+fn server_binary() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_kodel")).parent().unwrap().to_path_buf();
+    let bin = dir.join("kodel-server");
+    assert!(bin.exists(), "{} missing: build the workspace (cargo build --workspace)", bin.display());
+    bin
+}
+
+struct Env {
+    server: ServerProcess,
+    config: tempfile::TempDir,
+}
+
+impl Env {
+    async fn start() -> Self {
+        let db = fresh_database().await;
+        let server = ServerProcess::start(&server_binary(), &[], &[("DATABASE_URL", &database_url(&db))]);
+        Self { server, config: tempfile::tempdir().unwrap() }
+    }
+
+    fn kodel(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        self.kodel_env(args, stdin, &[])
+    }
+
+    fn kodel_env(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kodel"));
+        cmd.args(args)
+            .env("KODEL_CONFIG_DIR", self.config.path())
+            .env("KODEL_SERVER", &self.server.base)
+            .env("KODEL_NO_KEYRING", "1")
+            .env_remove("KODEL_TOKEN")
+            .env_remove("KODEL_ORG")
+            .env_remove("KODEL_PROJECT")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+        drop(input);
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs and expects success; returns stdout.
+    fn ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let out = self.kodel(args, stdin);
+        assert!(out.status.success(), "kodel {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str], stdin: Option<&str>) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.ok(&all, stdin)).unwrap()
+    }
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap()
+}
+
+#[tokio::test]
+async fn create_to_show_through_the_real_binaries() {
+    let env = Env::start().await;
+    env.ok(&["register", "--email", "me@x.io", "--name", "Me", "--password-stdin"], Some("password123\n"));
+    assert_eq!(env.ok(&["org", "create", "acme", "--name", "Acme"], None).trim(), "acme");
+    assert_eq!(env.ok(&["project", "create", "KOD", "--name", "Kodel"], None).trim(), "KOD");
+
+    // Create prints the key, so scripts can capture it.
+    let key = env.ok(&["task", "create", "--title", "First", "--label", "bug", "--priority", "high"], None);
+    assert_eq!(key.trim(), "KOD-1");
+    // Description from stdin with `-`.
+    let t = env.json(&["task", "create", "Second", "--description", "-"], Some("line one\nline two\n"));
+    assert_eq!(t["key"], "KOD-2");
+    assert_eq!(t["description"], "line one\nline two");
+
+    // --json prints the same object the API returns.
+    let shown = env.json(&["task", "show", "KOD-1"], None);
+    let api: Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/orgs/acme/tasks/KOD-1", env.server.base))
+        .bearer_auth(env.json(&["token", "create", "probe"], None)["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown, api);
+    assert_eq!(shown["labels"], serde_json::json!(["bug"]));
+
+    let moved = env.json(&["task", "move", "KOD-1", "in progress"], None);
+    assert_eq!(moved["status"], "In Progress");
+    let updated = env.json(&["task", "update", "KOD-2", "--title", "Second, renamed", "--assignee", "me@x.io"], None);
+    assert_eq!((updated["title"].as_str(), updated["version"].as_i64()), (Some("Second, renamed"), Some(2)));
+    let c = env.json(&["task", "comment", "KOD-1"], Some("from stdin\n"));
+    assert_eq!(c["body"], "from stdin");
+    let comments = env.json(&["task", "comments", "KOD-1"], None);
+    assert_eq!(comments["data"][0]["author"], "me@x.io");
+
+    // Human list output is one greppable line per task.
+    let list = env.ok(&["task", "list"], None);
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(lines[0].starts_with("KOD-1") && lines[0].contains("In Progress") && lines[0].contains("First"));
+    assert!(lines[1].contains("me@x.io"));
+    let filtered = env.json(&["task", "list", "--assignee", "me"], None);
+    assert_eq!(filtered["data"].as_array().unwrap().len(), 1);
+
+    // Paging with --all follows the cursor.
+    for i in 3..=7 {
+        env.ok(&["task", "create", &format!("T{i}")], None);
+    }
+    let page = env.json(&["task", "list", "--limit", "2"], None);
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    assert!(page["next_cursor"].is_string());
+    let all = env.json(&["task", "list", "--limit", "2", "--all"], None);
+    assert_eq!(all["data"].as_array().unwrap().len(), 7);
+    assert!(all["next_cursor"].is_null());
+}
+
+#[tokio::test]
+async fn exit_codes_are_stable() {
+    let env = Env::start().await;
+    // Not logged in.
+    let out = env.kodel(&["task", "list", "--org", "acme", "--project", "KOD"], None);
+    assert_eq!(code(&out), 3);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kodel login"));
+
+    env.ok(&["register", "--email", "me@x.io", "--name", "Me", "--password-stdin"], Some("password123\n"));
+    env.ok(&["org", "create", "acme"], None);
+    env.ok(&["project", "create", "KOD", "--name", "K"], None);
+    env.ok(&["task", "create", "one"], None);
+
+    assert_eq!(code(&env.kodel(&["task", "show", "KOD-99"], None)), 4);
+    assert_eq!(code(&env.kodel(&["task", "show", "KOD-1", "--org", "ghost"], None)), 4);
+    assert_eq!(code(&env.kodel(&["task", "show", "not-a-key"], None)), 2);
+    assert_eq!(code(&env.kodel(&["task", "frobnicate"], None)), 2);
+    let out = env.kodel(&["task", "move", "KOD-1", "To Do"], None);
+    assert_eq!(code(&out), 5, "already there: transition not allowed");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("transition_not_allowed"));
+    assert_eq!(code(&env.kodel(&["task", "update", "KOD-1", "--title", "x", "--expect-version", "7"], None)), 5);
+    assert_eq!(code(&env.kodel(&["org", "create", "acme"], None)), 5);
+    assert_eq!(code(&env.kodel(&["task", "create", "x", "--priority", "meh"], None)), 7);
+    assert_eq!(code(&env.kodel(&["org", "create", "Bad Slug"], None)), 7);
+
+    // A viewer may not create tasks. (register logs the new user in.)
+    env.ok(&["register", "--email", "v@x.io", "--name", "V", "--password-stdin"], Some("password123\n"));
+    env.ok(&["login", "--email", "me@x.io", "--password-stdin"], Some("password123\n"));
+    env.ok(&["org", "member", "add", "v@x.io"], None);
+    env.ok(&["project", "add-member", "KOD", "v@x.io", "--role", "viewer"], None);
+    env.ok(&["login", "--email", "v@x.io", "--password-stdin"], Some("password123\n"));
+    let out = env.kodel(&["task", "create", "nope", "--project", "KOD"], None);
+    assert_eq!(code(&out), 6, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(env.ok(&["task", "list", "--project", "KOD"], None).lines().count(), 1, "but may read");
+
+    // Unreachable server.
+    let out = env.kodel_env(&["task", "list", "--project", "KOD"], None, &[("KODEL_SERVER", "http://127.0.0.1:9"), ("KODEL_TOKEN", "kodel_pat_x")]);
+    assert_eq!(code(&out), 8);
+}
+
+#[tokio::test]
+async fn scripts_need_no_login_with_kodel_token() {
+    let env = Env::start().await;
+    env.ok(&["register", "--email", "me@x.io", "--name", "Me", "--password-stdin"], Some("password123\n"));
+    env.ok(&["org", "create", "acme"], None);
+    env.ok(&["project", "create", "KOD", "--name", "K"], None);
+    let token = env.json(&["token", "create", "ci"], None)["token"].as_str().unwrap().to_owned();
+
+    // A fresh config dir: nothing stored, everything from the environment.
+    let bare = tempfile::tempdir().unwrap();
+    let vars = [
+        ("KODEL_CONFIG_DIR", bare.path().to_str().unwrap()),
+        ("KODEL_TOKEN", token.as_str()),
+        ("KODEL_ORG", "acme"),
+        ("KODEL_PROJECT", "KOD"),
+    ];
+    let out = env.kodel_env(&["task", "create", "from a script"], None, &vars);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "KOD-1");
+    assert!(std::fs::read_dir(bare.path()).unwrap().next().is_none(), "nothing written");
+}
+
+#[tokio::test]
+async fn credentials_file_is_private_and_logout_clears_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::start().await;
+    env.ok(&["register", "--email", "me@x.io", "--name", "Me", "--password-stdin"], Some("password123\n"));
+    env.kodel(&["logout"], None);
+    let out = env.kodel(&["login", "--email", "me@x.io", "--password-stdin"], Some("password123\n"));
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("credentials.json"));
+    let path = env.config.path().join("credentials.json");
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("password123"));
+    // Wrong password: exit 3, nothing changed.
+    let out = env.kodel(&["login", "--email", "me@x.io", "--password-stdin"], Some("wrong-password\n"));
+    assert_eq!(code(&out), 3);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+
+    assert!(env.kodel(&["whoami"], None).status.success());
+    env.ok(&["logout"], None);
+    assert!(!path.exists() || !std::fs::read_to_string(&path).unwrap().contains("refresh_token"));
+    assert_eq!(code(&env.kodel(&["whoami"], None)), 3);
+}
+
+#[tokio::test]
+async fn an_expired_access_token_is_refreshed_transparently() {
+    let env = Env::start().await;
+    env.ok(&["register", "--email", "me@x.io", "--name", "Me", "--password-stdin"], Some("password123\n"));
+    let path = env.config.path().join("credentials.json");
+    let mut creds: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let server = env.server.base.clone();
+    let old_refresh = creds[&server]["refresh_token"].as_str().unwrap().to_owned();
+    // Break the access token: the server refuses it, the client refreshes and retries.
+    creds[&server]["access_token"] = Value::String("expired.or.broken".into());
+    std::fs::write(&path, creds.to_string()).unwrap();
+    let me = env.json(&["whoami"], None);
+    assert_eq!(me["email"], "me@x.io");
+    let creds: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_ne!(creds[&server]["refresh_token"].as_str().unwrap(), old_refresh, "the rotated pair was saved");
+}
