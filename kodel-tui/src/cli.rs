@@ -31,6 +31,8 @@ pub enum Command {
     Register(RegisterArgs),
     /// Show who you are logged in as
     Whoami,
+    /// Start a local Kodel server on its own managed PostgreSQL (Ctrl-C stops it)
+    Up(UpArgs),
     /// Organizations
     #[command(subcommand)]
     Org(OrgCmd),
@@ -56,6 +58,19 @@ pub struct LoginArgs {
     /// Store this API token (`kodel_pat_...`) instead of logging in with a password
     #[arg(long)]
     pub token: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Address for the server
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    pub listen: String,
+    /// Where the server keeps its database [default: kodel-server's]
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Run without the TUI (today the only mode: the TUI is not built yet)
+    #[arg(long)]
+    pub no_tui: bool,
 }
 
 #[derive(Debug, Args)]

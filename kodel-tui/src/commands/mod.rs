@@ -5,6 +5,7 @@ pub mod org;
 pub mod project;
 pub mod task;
 pub mod token;
+pub mod up;
 
 use crate::cli::{Cli, Command};
 use crate::client::Client;
@@ -65,6 +66,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Logout => auth::logout(&mut ctx).await,
         Command::Register(args) => auth::register(&mut ctx, args).await,
         Command::Whoami => auth::whoami(&mut ctx).await,
+        Command::Up(args) => up::run(&mut ctx, args).await,
         Command::Org(cmd) => org::run(&mut ctx, cmd).await,
         Command::Project(cmd) => project::run(&mut ctx, cmd).await,
         Command::Task(cmd) => task::run(&mut ctx, cmd).await,

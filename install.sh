@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Installs Kodel on Debian/Ubuntu: the system packages it uses (PostgreSQL for the
+# managed local database, git, bubblewrap and tmux for agents), then release builds of
+# kodel, kodel-server and kodel-agent into a directory on PATH. Safe to run again.
+#
+#   PREFIX=/opt/kodel ./install.sh     # binaries into /opt/kodel/bin
+set -euo pipefail
+cd "$(dirname "$0")"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else die "need root (or sudo) to run: $*"; fi
+}
+
+# System packages, only those missing.
+packages=(postgresql postgresql-client git bubblewrap tmux ca-certificates pkg-config build-essential)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  command -v apt-get >/dev/null || die "apt-get not found; install these yourself: ${missing[*]}"
+  log "installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+  log "system packages present"
+fi
+
+command -v cargo >/dev/null || die "cargo not found: install Rust 1.90 or newer (https://rustup.rs), then run ./install.sh again"
+
+log "building release binaries (the first build takes a few minutes)"
+cargo build --release --locked -p kodel-server -p kodel-tui -p kodel-agent
+
+if [ -n "${PREFIX:-}" ]; then bindir="$PREFIX/bin"
+elif [ "$(id -u)" = 0 ]; then bindir=/usr/local/bin
+else bindir="$HOME/.local/bin"; fi
+mkdir -p "$bindir"
+for b in kodel kodel-server kodel-agent; do
+  install -m 0755 "target/release/$b" "$bindir/$b.new"
+  mv -f "$bindir/$b.new" "$bindir/$b"
+done
+log "installed kodel, kodel-server and kodel-agent into $bindir"
+case ":$PATH:" in
+  *":$bindir:"*) ;;
+  *) log "add $bindir to your PATH, e.g.: export PATH=\"$bindir:\$PATH\"" ;;
+esac

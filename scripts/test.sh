@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The one test command. Brings up what the tests need, then runs every test.
+#
+# Database: DATABASE_URL if set (tests create and drop their own databases on that
+# server), else PostgreSQL on 127.0.0.1:5432 if it answers, else a private cluster
+# started here in a temporary directory and stopped at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else die "need root (or sudo) to run: $*"; fi
+}
+
+pg_bindir() {
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+  if [ -n "$d" ] && [ -x "$d/initdb" ]; then echo "$d"; return; fi
+  d=$(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/initdb)")
+  [ -x "$d/initdb" ] && echo "$d"
+}
+
+# --- tools -------------------------------------------------------------------
+command -v cargo >/dev/null || die "cargo not found: install Rust (https://rustup.rs), then run again"
+missing=()
+[ -n "$(pg_bindir)" ] || missing+=(postgresql)
+command -v psql >/dev/null || missing+=(postgresql-client)
+command -v pg_isready >/dev/null || missing+=(postgresql-client)
+command -v git >/dev/null || missing+=(git)
+command -v cc >/dev/null || missing+=(build-essential)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# --- database ----------------------------------------------------------------
+private_dir=""
+cleanup() {
+  if [ -n "${KODEL_TEST_DATABASE_URL:-}" ] && [ -z "$private_dir" ]; then
+    drop_test_databases || true
+  fi
+  if [ -n "$private_dir" ]; then
+    log "stopping the private PostgreSQL"
+    run_pg "$(pg_bindir)/pg_ctl" -D "$private_dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+    rm -rf "$private_dir"
+  fi
+}
+trap cleanup EXIT
+
+run_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+drop_test_databases() {
+  psql "$KODEL_TEST_DATABASE_URL" -Atqc "SELECT datname FROM pg_database WHERE datname LIKE 'kodel\_test\_%'" 2>/dev/null |
+    while read -r db; do psql "$KODEL_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true; done
+}
+
+if [ -n "${DATABASE_URL:-}" ]; then
+  export KODEL_TEST_DATABASE_URL="$DATABASE_URL"
+  log "using DATABASE_URL for test databases"
+elif pg_isready -q -h 127.0.0.1 -p 5432 -t 3 && psql -h 127.0.0.1 -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
+  export KODEL_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
+  log "using PostgreSQL on 127.0.0.1:5432"
+else
+  bindir=$(pg_bindir)
+  private_dir=$(mktemp -d /tmp/kodel-test-pg.XXXXXX)
+  chmod 755 "$private_dir"
+  [ "$(id -u)" = 0 ] && chown postgres: "$private_dir"
+  port=55432
+  while pg_isready -q -h 127.0.0.1 -p "$port" -t 1; do port=$((port + 1)); done
+  log "starting a private PostgreSQL on 127.0.0.1:$port"
+  run_pg "$bindir/initdb" -D "$private_dir/data" -U postgres --auth=trust --no-sync >/dev/null
+  run_pg "$bindir/pg_ctl" -D "$private_dir/data" -l "$private_dir/log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $private_dir -c max_connections=300 -c fsync=off" start >/dev/null \
+    || { cat "$private_dir/log" >&2; die "the private PostgreSQL did not start"; }
+  export KODEL_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$port/postgres"
+fi
+drop_test_databases || true
+
+# --- tests -------------------------------------------------------------------
+# The CLI tests run the kodel-server binary, so build every binary first.
+log "building"
+cargo build --workspace --all-targets --locked
+if cargo nextest --version >/dev/null 2>&1; then
+  log "running tests (nextest)"
+  cargo nextest run --workspace --locked
+else
+  log "running tests (cargo test; install cargo-nextest for a faster run)"
+  cargo test --workspace --locked
+fi
