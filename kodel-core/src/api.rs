@@ -171,6 +171,8 @@ pub enum ProjectRole {
 }
 
 impl ProjectRole {
+    pub const ALL: [ProjectRole; 5] = [Self::Viewer, Self::Reviewer, Self::Developer, Self::TechLead, Self::Admin];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Viewer => "viewer",

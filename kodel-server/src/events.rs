@@ -29,6 +29,8 @@ use crate::tenant::Tenant;
 const CHANNEL: &str = "kodel_events";
 const FEED_CAPACITY: usize = 4096;
 const PAGE: i64 = 500;
+/// How long changes are gathered before other replicas are notified.
+const NOTIFY_WINDOW: Duration = Duration::from_millis(10);
 
 /// Where an event sits in delivery order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
@@ -92,7 +94,10 @@ pub async fn load(
     task: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<(StoredEvent, bool)>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, EventRow>(
+    // Two statements rather than `($3 IS NULL OR task_id = $3)`, so each keeps a plan
+    // that uses its own index.
+    let filter = if task.is_some() { "AND e.task_id = $3" } else { "AND $3::uuid IS NULL" };
+    let sql = format!(
         "SELECT e.id, e.xid::text::bigint AS xid, e.task_id, e.project_id, e.seq, e.type AS kind,
                 e.payload, e.created_at, p.key || '-' || t.number AS task, u.email AS actor,
                 e.xid < pg_snapshot_xmin(pg_current_snapshot()) AS safe
@@ -100,16 +105,17 @@ pub async fn load(
          JOIN tasks t ON t.id = e.task_id
          JOIN projects p ON p.id = t.project_id
          LEFT JOIN public.users u ON u.id = e.actor_id
-         WHERE (e.xid, e.id) > ($1::text::xid8, $2) AND ($3::uuid IS NULL OR e.task_id = $3)
+         WHERE (e.xid, e.id) > ($1::text::xid8, $2) {filter}
          ORDER BY e.xid, e.id
-         LIMIT $4",
-    )
-    .bind(after.xid.to_string())
-    .bind(after.id)
-    .bind(task)
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
+         LIMIT $4"
+    );
+    let rows = sqlx::query_as::<_, EventRow>(&sql)
+        .bind(after.xid.to_string())
+        .bind(after.id)
+        .bind(task)
+        .bind(limit)
+        .fetch_all(conn)
+        .await?;
     Ok(rows
         .into_iter()
         .map(|r| {
@@ -330,9 +336,12 @@ async fn forward(pool: &PgPool, feed: &Feed, cursor: &mut Pos) -> Result<bool, s
     }
 }
 
-/// Tells other replicas which orgs changed, at most one NOTIFY per org per batch.
+/// Tells other replicas which orgs changed: changes are gathered for a few
+/// milliseconds, then one NOTIFY per org goes out. Busy orgs cost a handful of
+/// notifications a second, not one per write.
 async fn notify_replicas(pool: PgPool, mut rx: mpsc::UnboundedReceiver<String>) {
     while let Some(first) = rx.recv().await {
+        tokio::time::sleep(NOTIFY_WINDOW).await;
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             if !batch.contains(&more) {
@@ -349,9 +358,10 @@ async fn notify_replicas(pool: PgPool, mut rx: mpsc::UnboundedReceiver<String>) 
 
 /// Wakes local feeds when another replica committed events.
 async fn listen_replicas(hub: EventHub) {
-    loop {
+    while !hub.pool().is_closed() {
         let mut listener = match PgListener::connect_with(hub.pool()).await {
             Ok(l) => l,
+            Err(_) if hub.pool().is_closed() => return,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot LISTEN for other replicas; retrying");
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -370,6 +380,7 @@ async fn listen_replicas(hub: EventHub) {
                 Ok(None) => {
                     hub.wake_all();
                 }
+                Err(_) if hub.pool().is_closed() => return,
                 Err(err) => {
                     tracing::warn!(error = %err, "LISTEN connection lost; reconnecting");
                     break;

@@ -12,6 +12,7 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::auth::extract::{AuthUser, Credential};
 use crate::auth::Auth;
 use crate::error::{ApiError, ApiResult};
 
@@ -65,10 +66,13 @@ pub fn org_slug_from_path(params: &RawPathParams) -> ApiResult<OrgSlug> {
 }
 
 #[derive(sqlx::FromRow)]
-struct OrgRow {
-    id: Uuid,
-    role: String,
-    schema_version: i32,
+struct ScopeRow {
+    user_id: Uuid,
+    email: String,
+    name: String,
+    org_id: Option<Uuid>,
+    role: Option<String>,
+    schema_version: Option<i32>,
     migration_error: Option<String>,
 }
 
@@ -80,35 +84,43 @@ impl FromRequestParts<AppState> for Tenant {
             .await
             .map_err(|_| ApiError::new(ErrorCode::NotFound, "no org in path"))?;
         let slug = org_slug_from_path(&params)?;
-        let auth = Auth::from_request_parts(parts, state).await?;
+        let cred = Credential::from_parts(parts, state)?;
 
+        // One statement checks the caller, their membership and the org's schema, and
+        // scopes the transaction to it.
+        let sql = format!(
+            "WITH {}
+             SELECT u.id AS user_id, u.email, u.name, o.id AS org_id, m.role, o.schema_version, o.migration_error,
+                    set_config('search_path', $4, true) AS search_path
+             FROM caller c JOIN public.users u ON u.id = c.id
+             LEFT JOIN public.orgs o ON o.slug = $3
+             LEFT JOIN public.org_members m ON m.org_id = o.id AND m.user_id = u.id",
+            cred.caller_sql()
+        );
         let mut tx = state.pool.begin().await?;
-        let row = sqlx::query_as::<_, OrgRow>(
-            "SELECT o.id, m.role, o.schema_version, o.migration_error,
-                    set_config('search_path', $3, true) AS search_path
-             FROM orgs o JOIN org_members m ON m.org_id = o.id AND m.user_id = $2
-             WHERE o.slug = $1",
-        )
-        .bind(slug.as_str())
-        .bind(auth.user.id)
-        .bind(slug.search_path())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row = cred
+            .bind(sqlx::query_as::<_, ScopeRow>(&sql))
+            .bind(slug.as_str())
+            .bind(slug.search_path())
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(ApiError::unauthorized)?;
+        let user = AuthUser { id: row.user_id, email: row.email, name: row.name };
+        tracing::Span::current().record("user", tracing::field::display(user.id));
         // Not a member and no such org look the same from outside.
-        let row = row.ok_or_else(|| ApiError::new(ErrorCode::OrgNotFound, format!("org {slug} not found")))?;
-        if row.migration_error.is_some() || row.schema_version != crate::db::migrate::tenant_version() {
+        let (Some(org_id), Some(role)) = (row.org_id, row.role.as_deref()) else {
+            return Err(ApiError::new(ErrorCode::OrgNotFound, format!("org {slug} not found")));
+        };
+        tracing::Span::current().record("org", slug.as_str());
+        if row.migration_error.is_some() || row.schema_version != Some(crate::db::migrate::tenant_version()) {
             return Err(ApiError::new(
                 ErrorCode::Unavailable,
                 format!("org {slug} is unavailable: its database schema is not up to date (see the server log)"),
             ));
         }
-        let role = OrgRole::parse(&row.role).ok_or_else(|| ApiError::internal("bad org role in database"))?;
-        Ok(Tenant {
-            auth,
-            org: OrgCtx { id: row.id, slug, role },
-            tx,
-            state: state.clone(),
-            wrote_events: false,
-        })
+        let role = OrgRole::parse(role).ok_or_else(|| ApiError::internal("bad org role in database"))?;
+        let auth = Auth { user, session: cred.session() };
+        parts.extensions.insert(auth.clone());
+        Ok(Tenant { auth, org: OrgCtx { id: org_id, slug, role }, tx, state: state.clone(), wrote_events: false })
     }
 }

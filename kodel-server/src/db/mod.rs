@@ -13,6 +13,9 @@ pub async fn connect(options: PgConnectOptions, max: u32) -> Result<PgPool, sqlx
         .max_connections(max)
         .min_connections(1)
         .acquire_timeout(Duration::from_secs(10))
+        // No ping on every checkout: it is a round trip per request, and a broken
+        // connection fails its query anyway (and is then dropped from the pool).
+        .test_before_acquire(false)
         .connect_with(options)
         .await
 }

@@ -230,7 +230,8 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateProject>) -> ApiResul
 }
 
 /// The name of a project's task-number sequence (built from its id, never from input).
-pub fn task_number_sequence(project: Uuid) -> String {
+/// Task creation computes the same name in SQL: `'task_number_' || replace(id::text, '-', '')`.
+fn task_number_sequence(project: Uuid) -> String {
     format!("task_number_{}", project.simple())
 }
 

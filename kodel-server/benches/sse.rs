@@ -1,0 +1,110 @@
+//! SSE fan-out: 1,000 subscribers on one org stream; delivery delay from the moment a
+//! change is requested to the moment each subscriber has the event; server memory.
+//! Run: cargo bench -p kodel-server --bench sse   (numbers in docs/benchmarks.md)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kodel_server::testing::{ServerProcess, database_url, fresh_database};
+use serde_json::{Value, json};
+
+const SUBSCRIBERS: usize = 1000;
+const EVENTS: usize = 20;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+}
+
+#[tokio::main]
+async fn main() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+
+    let db = fresh_database().await;
+    let url = database_url(&db);
+    let server = ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_kodel-server")), &[], &[("DATABASE_URL", url.as_str()), ("RUST_LOG", "warn")]);
+    let base = server.base.clone();
+    let http = reqwest::Client::new();
+    let reg: Value = http
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&json!({"email": "b@x.io", "password": "benchmark", "name": "B"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = reg["access_token"].as_str().unwrap().to_owned();
+    http.post(format!("{base}/api/v1/orgs")).bearer_auth(&token).json(&json!({"slug": "bench", "name": "x"})).send().await.unwrap();
+    http.post(format!("{base}/api/v1/orgs/bench/projects")).bearer_auth(&token).json(&json!({"key": "BEN", "name": "x"})).send().await.unwrap();
+    let rss_before = rss_kib(server.child.id());
+
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let delays: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(SUBSCRIBERS);
+    for _ in 0..SUBSCRIBERS {
+        // One connection each, as separate clients would have.
+        let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+        let (url, token, sent, delays, ready) = (format!("{base}/api/v1/orgs/bench/events"), token.clone(), sent.clone(), delays.clone(), ready_tx.clone());
+        tokio::spawn(async move {
+            let resp = client.get(url).bearer_auth(token).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            ready.send(()).await.unwrap();
+            let mut stream = resp.bytes_stream();
+            let mut buf = String::new();
+            let mut seen = 0;
+            while let Some(Ok(chunk)) = stream.next().await {
+                let now = Instant::now();
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(pos) = buf.find("\n\n") {
+                    let block: String = buf.drain(..pos + 2).collect();
+                    if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+                        let v: Value = serde_json::from_str(data).unwrap();
+                        let key = v["task"].as_str().unwrap().to_owned();
+                        let at = sent.lock().unwrap()[&key];
+                        delays.lock().unwrap().push(now - at);
+                        seen += 1;
+                    }
+                }
+                if seen == EVENTS {
+                    break;
+                }
+            }
+        });
+    }
+    for _ in 0..SUBSCRIBERS {
+        ready_rx.recv().await.unwrap();
+    }
+    let rss_connected = rss_kib(server.child.id());
+
+    for i in 1..=EVENTS {
+        sent.lock().unwrap().insert(format!("BEN-{i}"), Instant::now());
+        let r = http.post(format!("{base}/api/v1/orgs/bench/projects/BEN/tasks")).bearer_auth(&token).json(&json!({"title": "x"})).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while delays.lock().unwrap().len() < SUBSCRIBERS * EVENTS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let rss_after = rss_kib(server.child.id());
+    let mut d = delays.lock().unwrap().clone();
+    d.sort();
+    let pct = |p: f64| d[((d.len() as f64 - 1.0) * p).round() as usize];
+    println!("SSE: {SUBSCRIBERS} subscribers x {EVENTS} events, {} deliveries of {}", d.len(), SUBSCRIBERS * EVENTS);
+    println!("delay from POST sent to event received: p50 {:?}  p99 {:?}  max {:?}", pct(0.5), pct(0.99), d[d.len() - 1]);
+    println!(
+        "server RSS: {:.1} MiB before, {:.1} MiB with {SUBSCRIBERS} connected, {:.1} MiB after the events",
+        rss_before as f64 / 1024.0,
+        rss_connected as f64 / 1024.0,
+        rss_after as f64 / 1024.0
+    );
+    assert_eq!(d.len(), SUBSCRIBERS * EVENTS, "every subscriber got every event");
+    drop(server);
+}

@@ -1,0 +1,77 @@
+//! Start-up and org creation at 1,000 orgs, and the server's idle memory.
+//! Run: cargo bench -p kodel-server --bench startup   (numbers in docs/benchmarks.md)
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kodel_server::testing::{ServerProcess, database_url, fresh_database};
+use serde_json::{Value, json};
+
+const ORGS: usize = 1000;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
+}
+
+#[tokio::main]
+async fn main() {
+    let db = fresh_database().await;
+    let url = database_url(&db);
+    let bin = Path::new(env!("CARGO_BIN_EXE_kodel-server"));
+    let env = [("DATABASE_URL", url.as_str()), ("RUST_LOG", "info")];
+    let http = reqwest::Client::new();
+
+    let server = ServerProcess::start(bin, &[], &env);
+    let reg: Value = http
+        .post(format!("{}/api/v1/auth/register", server.base))
+        .json(&json!({"email": "b@x.io", "password": "benchmark", "name": "B"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = reg["access_token"].as_str().unwrap().to_owned();
+    let mut creates = Vec::with_capacity(ORGS);
+    for i in 0..ORGS {
+        let started = Instant::now();
+        let r = http.post(format!("{}/api/v1/orgs", server.base)).bearer_auth(&token).json(&json!({"slug": format!("org{i:04}"), "name": "x"})).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+        creates.push(started.elapsed());
+    }
+    creates.sort();
+    println!("org create over HTTP ({ORGS} orgs, sequential): p50 {:?}  p99 {:?}  max {:?}", percentile(&creates, 0.5), percentile(&creates, 0.99), creates[ORGS - 1]);
+    assert!(server.stop().success());
+
+    // Restarts with nothing to migrate: spawn to serving /healthz.
+    let mut starts = Vec::new();
+    let mut rss = 0;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let server = ServerProcess::start(bin, &[], &env);
+        loop {
+            if http.get(format!("{}/healthz", server.base)).send().await.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        starts.push(started.elapsed());
+        assert!(server.log().contains("migrations checked"));
+        // A few requests, then idle.
+        for _ in 0..20 {
+            http.get(format!("{}/api/v1/orgs", server.base)).bearer_auth(&token).send().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rss = rss.max(rss_kib(server.child.id()));
+        assert!(server.stop().success());
+    }
+    starts.sort();
+    println!("start with {ORGS} orgs, nothing to migrate (spawn to /healthz, 5 runs): median {:?}  max {:?}", starts[2], starts[4]);
+    println!("idle RSS after start and 20 requests: {:.1} MiB", rss as f64 / 1024.0);
+}
