@@ -41,6 +41,7 @@ codes! {
     MemberNotFound = "member_not_found" => 404,
     TokenNotFound = "token_not_found" => 404,
     MethodNotAllowed = "method_not_allowed" => 405,
+    RequestTimeout = "request_timeout" => 408,
     Conflict = "conflict" => 409,
     EmailTaken = "email_taken" => 409,
     OrgExists = "org_exists" => 409,

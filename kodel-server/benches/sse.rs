@@ -9,16 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kodel_server::testing::{ServerProcess, database_url, fresh_database};
+use kodel_server::testing::{ServerProcess, database_url, fresh_database, rss_kib};
 use serde_json::{Value, json};
 
 const SUBSCRIBERS: usize = 1000;
 const EVENTS: usize = 20;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
-}
 
 #[tokio::main]
 async fn main() {
@@ -28,7 +23,7 @@ async fn main() {
 
     let db = fresh_database().await;
     let url = database_url(&db);
-    let server = ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_kodel-server")), &[], &[("DATABASE_URL", url.as_str()), ("RUST_LOG", "warn")]);
+    let server = ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_kodel-server")), &[], &[("DATABASE_URL", url.as_str()), ("RUST_LOG", "info,sqlx=warn")]);
     let base = server.base.clone();
     let http = reqwest::Client::new();
     let reg: Value = http

@@ -5,18 +5,13 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kodel_server::testing::{ServerProcess, database_url, fresh_database};
+use kodel_server::testing::{ServerProcess, database_url, fresh_database, rss_kib};
 use serde_json::{Value, json};
 
 const ORGS: usize = 1000;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).unwrap().parse().unwrap()
 }
 
 #[tokio::main]

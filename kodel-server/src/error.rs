@@ -48,6 +48,12 @@ impl From<sqlx::Error> for ApiError {
         if let sqlx::Error::PoolTimedOut = err {
             return Self::new(ErrorCode::Unavailable, "database busy, try again");
         }
+        // Text PostgreSQL cannot store (a NUL character) is bad input, not a failure.
+        if let sqlx::Error::Database(db) = &err
+            && matches!(db.code().as_deref(), Some("22021" | "22P05"))
+        {
+            return Self::invalid("text must not contain NUL characters");
+        }
         Self::internal(err)
     }
 }
@@ -78,6 +84,9 @@ pub fn require_text(field: &str, value: &str, max: usize) -> ApiResult<String> {
 }
 
 pub fn check_len(field: &str, value: &str, max: usize) -> ApiResult<()> {
+    if value.contains('\0') {
+        return Err(ApiError::invalid(format!("{field} must not contain NUL characters")));
+    }
     if value.chars().count() > max {
         return Err(ApiError::invalid(format!("{field} is longer than {max} characters")));
     }

@@ -45,6 +45,8 @@ pub struct StoredEvent {
     pub task_id: Uuid,
     pub project_id: Uuid,
     pub event: Event,
+    /// `event` as JSON, made once however many subscribers send it.
+    pub json: Arc<str>,
 }
 
 /// Writes one event for a task in the tenant's transaction, taking the task's next seq.
@@ -120,20 +122,17 @@ pub async fn load(
         .into_iter()
         .map(|r| {
             let safe = r.safe;
-            let ev = StoredEvent {
-                pos: Pos { xid: r.xid, id: r.id },
-                task_id: r.task_id,
-                project_id: r.project_id,
-                event: Event {
-                    id: r.id,
-                    kind: r.kind,
-                    task: r.task,
-                    seq: r.seq,
-                    actor: r.actor,
-                    payload: r.payload,
-                    created_at: r.created_at,
-                },
+            let event = Event {
+                id: r.id,
+                kind: r.kind,
+                task: r.task,
+                seq: r.seq,
+                actor: r.actor,
+                payload: r.payload,
+                created_at: r.created_at,
             };
+            let json = serde_json::to_string(&event).unwrap_or_default().into();
+            let ev = StoredEvent { pos: Pos { xid: r.xid, id: r.id }, task_id: r.task_id, project_id: r.project_id, event, json };
             (ev, safe)
         })
         .collect())
@@ -219,29 +218,31 @@ impl EventHub {
 
     /// Live events of an org from now on.
     pub async fn subscribe(&self, slug: &OrgSlug) -> Subscription {
-        let (feed, rx) = {
-            let mut feeds = self.lock_feeds();
-            let feed = feeds
-                .entry(slug.as_str().to_owned())
-                .or_insert_with(|| {
-                    let feed = Arc::new(Feed {
-                        slug: slug.clone(),
-                        tx: broadcast::channel(FEED_CAPACITY).0,
-                        wake: Notify::new(),
-                        cursor: Mutex::new(None),
-                        ready: Notify::new(),
-                    });
-                    tokio::spawn(pump(self.clone(), feed.clone()));
-                    feed
-                })
-                .clone();
-            let rx = feed.tx.subscribe();
-            (feed, rx)
-        };
+        let feed = self
+            .lock_feeds()
+            .entry(slug.as_str().to_owned())
+            .or_insert_with(|| {
+                let feed = Arc::new(Feed {
+                    slug: slug.clone(),
+                    tx: broadcast::channel(FEED_CAPACITY).0,
+                    wake: Notify::new(),
+                    cursor: Mutex::new(None),
+                    ready: Notify::new(),
+                });
+                tokio::spawn(pump(self.clone(), feed.clone()));
+                feed
+            })
+            .clone();
         loop {
             let ready = feed.ready.notified();
-            if let Some(start) = feed.cursor() {
-                return Subscription { rx, start };
+            // Receiver and start position are taken under the cursor lock, which the
+            // pump holds while it publishes: every event is either before `start` or
+            // in `rx`, never neither.
+            {
+                let cursor = feed.lock_cursor();
+                if let Some(start) = *cursor {
+                    return Subscription { rx: feed.tx.subscribe(), start };
+                }
             }
             ready.await;
         }
@@ -253,12 +254,15 @@ impl EventHub {
 }
 
 impl Feed {
-    fn cursor(&self) -> Option<Pos> {
-        *self.cursor.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_cursor(&self) -> std::sync::MutexGuard<'_, Option<Pos>> {
+        self.cursor.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn set_cursor(&self, pos: Pos) {
-        *self.cursor.lock().unwrap_or_else(|p| p.into_inner()) = Some(pos);
+    /// Moves the cursor to an event and publishes it, as one step for subscribers.
+    fn publish(&self, ev: StoredEvent) {
+        let mut cursor = self.lock_cursor();
+        *cursor = Some(ev.pos);
+        let _ = self.tx.send(Arc::new(ev));
     }
 }
 
@@ -273,7 +277,7 @@ async fn pump(hub: EventHub, feed: Arc<Feed>) {
             }
         }
     };
-    feed.set_cursor(cursor);
+    *feed.lock_cursor() = Some(cursor);
     feed.ready.notify_waiters();
     let mut backoff = Duration::from_millis(2);
     loop {
@@ -327,8 +331,7 @@ async fn forward(pool: &PgPool, feed: &Feed, cursor: &mut Pos) -> Result<bool, s
                 return Ok(true);
             }
             *cursor = ev.pos;
-            let _ = feed.tx.send(Arc::new(ev));
-            feed.set_cursor(*cursor);
+            feed.publish(ev);
         }
         if !full {
             return Ok(false);

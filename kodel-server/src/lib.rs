@@ -23,6 +23,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub jwt: Arc<auth::JwtKeys>,
     pub events: events::EventHub,
+    pub token_uses: Arc<auth::extract::TokenUses>,
 }
 
 /// A server ready to serve: migrated database, keys loaded, router built.
@@ -45,7 +46,7 @@ impl Server {
             "migrations checked"
         );
         let jwt = Arc::new(auth::JwtKeys::load(&pool, config.jwt_secret.as_deref()).await?);
-        let state = AppState { events: events::EventHub::new(pool.clone()), pool, jwt };
+        let state = AppState { events: events::EventHub::new(pool.clone()), pool, jwt, token_uses: Arc::default() };
         let router = routes::router(state.clone(), config.max_body);
         Ok(Self { state, router })
     }

@@ -18,6 +18,8 @@ use crate::error::{ApiError, ApiResult};
 
 pub struct Tenant {
     pub auth: Auth,
+    /// How the caller authenticated (streams re-check it while they run).
+    pub credential: std::sync::Arc<Credential>,
     pub org: OrgCtx,
     tx: Transaction<'static, Postgres>,
     state: AppState,
@@ -107,12 +109,14 @@ impl FromRequestParts<AppState> for Tenant {
             .ok_or_else(ApiError::unauthorized)?;
         let user = AuthUser { id: row.user_id, email: row.email, name: row.name };
         tracing::Span::current().record("user", tracing::field::display(user.id));
+        cred.touch(state);
         // Not a member and no such org look the same from outside.
         let (Some(org_id), Some(role)) = (row.org_id, row.role.as_deref()) else {
             return Err(ApiError::new(ErrorCode::OrgNotFound, format!("org {slug} not found")));
         };
         tracing::Span::current().record("org", slug.as_str());
-        if row.migration_error.is_some() || row.schema_version != Some(crate::db::migrate::tenant_version()) {
+        // A newer server may have migrated further; an older schema is not served.
+        if row.migration_error.is_some() || row.schema_version.is_none_or(|v| v < crate::db::migrate::tenant_version()) {
             return Err(ApiError::new(
                 ErrorCode::Unavailable,
                 format!("org {slug} is unavailable: its database schema is not up to date (see the server log)"),
@@ -121,6 +125,13 @@ impl FromRequestParts<AppState> for Tenant {
         let role = OrgRole::parse(role).ok_or_else(|| ApiError::internal("bad org role in database"))?;
         let auth = Auth { user, session: cred.session() };
         parts.extensions.insert(auth.clone());
-        Ok(Tenant { auth, org: OrgCtx { id: org_id, slug, role }, tx, state: state.clone(), wrote_events: false })
+        Ok(Tenant {
+            auth,
+            credential: std::sync::Arc::new(cred),
+            org: OrgCtx { id: org_id, slug, role },
+            tx,
+            state: state.clone(),
+            wrote_events: false,
+        })
     }
 }

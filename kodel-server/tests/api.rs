@@ -198,8 +198,17 @@ async fn task_lifecycle() {
     assert_eq!((s, c["author"].as_str(), c["task"].as_str()), (StatusCode::CREATED, Some("o@x.io"), Some("KOD-1")));
     let (s, _) = app.post("/api/v1/orgs/acme/tasks/KOD-1/comments", &t, json!({"body": " "})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
-    let (_, cs) = app.get("/api/v1/orgs/acme/tasks/KOD-1/comments", &t).await;
-    assert_eq!(cs["data"].as_array().unwrap().len(), 1);
+    for i in 2..=5 {
+        app.post("/api/v1/orgs/acme/tasks/KOD-1/comments", &t, json!({"body": format!("comment {i}")})).await;
+    }
+    let (_, cs) = app.get("/api/v1/orgs/acme/tasks/KOD-1/comments?limit=3", &t).await;
+    assert_eq!(cs["data"].as_array().unwrap().len(), 3);
+    assert_eq!(cs["data"][0]["body"], "looks good", "oldest first");
+    let cursor = cs["next_cursor"].as_str().unwrap().to_owned();
+    let (_, rest) = app.get(&format!("/api/v1/orgs/acme/tasks/KOD-1/comments?limit=3&cursor={cursor}"), &t).await;
+    let bodies: Vec<&str> = rest["data"].as_array().unwrap().iter().map(|c| c["body"].as_str().unwrap()).collect();
+    assert_eq!(bodies, ["comment 4", "comment 5"]);
+    assert!(rest["next_cursor"].is_null());
 
     // Archive hides the task from lists unless asked for.
     let (_, v) = app.get("/api/v1/orgs/acme/tasks/KOD-1", &t).await;
@@ -219,7 +228,10 @@ async fn task_lifecycle() {
     .fetch_all(&mut db)
     .await
     .unwrap();
-    let expected = [("task.created", 1), ("task.updated", 2), ("task.moved", 3), ("task.moved", 4), ("comment.added", 5), ("task.archived", 6)];
+    let expected = [
+        ("task.created", 1), ("task.updated", 2), ("task.moved", 3), ("task.moved", 4), ("comment.added", 5),
+        ("comment.added", 6), ("comment.added", 7), ("comment.added", 8), ("comment.added", 9), ("task.archived", 10),
+    ];
     assert_eq!(types, expected.map(|(t, s)| (t.to_owned(), s)).to_vec());
 }
 
@@ -325,6 +337,14 @@ async fn bad_requests_get_json_errors() {
         let (s, v) = app.get(path, &t).await;
         assert_eq!(code(&v), expected, "{path}: {s} {v}");
     }
+    // Text PostgreSQL cannot store is refused as input, not a server error.
+    let (s, v) = app.post("/api/v1/orgs/acme/projects/KOD/tasks", &t, json!({"title": "a\u{0}b"})).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"));
+    let (s, v) = app.get("/api/v1/orgs/acme/projects/KOD/tasks?q=%00", &t).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"));
+    let (s, v) = app.call(Method::POST, "/api/v1/auth/login", None, Some(json!({"email": "a\u{0}@x.io", "password": "x"}))).await;
+    assert!(s == StatusCode::UNAUTHORIZED || s == StatusCode::UNPROCESSABLE_ENTITY, "{s} {v}");
+
     let (s, v) = app.call(Method::PUT, "/api/v1/orgs", Some(&t), None).await;
     assert_eq!((s, code(&v)), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
     let (s, v) = app.call(Method::GET, "/api/v1/orgs/acme/projects", None, None).await;
@@ -354,4 +374,33 @@ async fn health_ready_and_openapi() {
     ] {
         assert!(paths.contains_key(p), "openapi.json lacks {p}");
     }
+}
+
+/// A client that trickles its body never holds a database transaction, and is cut off.
+#[tokio::test]
+async fn a_slow_upload_holds_no_transaction_and_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let t = app.owner_with_project("o@x.io", "acme", "KOD").await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/orgs/acme/projects/KOD/tasks HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {t}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let started = std::time::Instant::now();
+    // While the body is incomplete, nothing of this request is open in the database.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut db = app.sql().await;
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert_eq!(open, 0);
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(20), sock.read(&mut answer)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(9));
 }

@@ -90,12 +90,24 @@ async fn api_tokens_are_shown_once_and_revocable() {
     let (s, me) = app.get("/api/v1/me", &token).await;
     assert_eq!((s, me["email"].as_str()), (StatusCode::OK, Some("t@x.io")));
 
-    let (_, list) = app.get("/api/v1/tokens", &access).await;
-    let listed = &list["data"][0];
+    // Use is recorded off the request path: wait for it, with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let listed = loop {
+        let (_, list) = app.get("/api/v1/tokens", &access).await;
+        let listed = list["data"][0].clone();
+        if !listed["last_used_at"].is_null() || std::time::Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     assert_eq!(listed["name"], "ci");
     assert!(listed.get("token").is_none(), "the token itself is never shown again");
     assert!(token.starts_with(listed["prefix"].as_str().unwrap()));
-    assert!(!listed["last_used_at"].is_null());
+    assert!(!listed["last_used_at"].is_null(), "use recorded");
+
+    // An API token cannot mint another one (a stolen token would outlive its revocation).
+    let (s, v) = app.post("/api/v1/tokens", &token, json!({"name": "child"})).await;
+    assert_eq!((s, code(&v)), (StatusCode::FORBIDDEN, "forbidden"));
 
     // Stored hashed: the database holds no copy of the token.
     let mut db = app.sql().await;

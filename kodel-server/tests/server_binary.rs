@@ -29,7 +29,7 @@ async fn managed_database_starts_serves_and_restarts_on_the_same_data() {
     assert_eq!(post(&server.base, "/api/v1/orgs", Some(&token), json!({"slug": "home", "name": "Home"})).await.0, 201);
     assert!(data.join("postgres/PG_VERSION").exists());
     // Only a unix socket: the cluster does not listen on TCP.
-    let conf = std::fs::read_to_string(data.join("postgres/postgresql.conf")).unwrap();
+    let conf = std::fs::read_to_string(data.join("postgres/kodel.conf")).unwrap();
     assert!(conf.contains("listen_addresses = ''"));
 
     // A second server on the same data dir is refused while the first runs.

@@ -9,6 +9,12 @@ use std::time::Duration;
 use common::TestApp;
 use serde_json::json;
 
+/// The newest event id of org acme.
+async fn last_event_id(app: &TestApp) -> i64 {
+    let mut db = app.sql().await;
+    sqlx::query_scalar("SELECT max(id) FROM org_acme.task_events").fetch_one(&mut db).await.unwrap()
+}
+
 #[tokio::test]
 async fn live_then_resume_with_exactly_the_missed_events() {
     let app = TestApp::spawn().await;
@@ -66,7 +72,9 @@ async fn a_late_commit_with_a_lower_id_is_not_skipped() {
     let app = TestApp::spawn().await;
     let t = app.owner_with_project("o@x.io", "acme", "KOD").await;
     app.create_task(&t, "acme", "KOD", "one").await;
-    let mut board = app.sse("/api/v1/orgs/acme/events", &t, None).await;
+    // Resume after the newest event, so exactly what follows arrives. (A live
+    // subscription may also show an event committed just before it began.)
+    let mut board = app.sse("/api/v1/orgs/acme/events", &t, Some(last_event_id(&app).await)).await;
 
     // A slow writer takes the next event id and holds its transaction open.
     let mut slow = app.sql().await;
@@ -103,9 +111,10 @@ async fn a_client_that_stops_reading_does_not_slow_the_others() {
     let app = TestApp::spawn().await;
     let t = app.owner_with_project("o@x.io", "acme", "KOD").await;
     app.create_task(&t, "acme", "KOD", "target").await;
+    let after = Some(last_event_id(&app).await);
     // A stalled client: connected, never reads.
-    let _stalled = app.sse("/api/v1/orgs/acme/events", &t, None).await;
-    let mut healthy = app.sse("/api/v1/orgs/acme/events", &t, None).await;
+    let _stalled = app.sse("/api/v1/orgs/acme/events", &t, after).await;
+    let mut healthy = app.sse("/api/v1/orgs/acme/events", &t, after).await;
     let big = "x".repeat(50_000);
     let n = 60; // ~3 MB of events: more than socket buffers hold for the stalled one
     for i in 0..n {
@@ -137,4 +146,65 @@ async fn board_stream_shows_only_projects_the_caller_can_see() {
     // Replay filters too.
     let mut replay = app.sse("/api/v1/orgs/acme/events?last_event_id=1", &member, None).await;
     assert_eq!(replay.next().await.data["task"], "PUB-1");
+}
+
+#[tokio::test]
+async fn an_idle_stream_gets_heartbeats() {
+    let app = TestApp::spawn().await;
+    let t = app.owner_with_project("o@x.io", "acme", "KOD").await;
+    let mut stream = app.sse("/api/v1/orgs/acme/events", &t, None).await;
+    let started = std::time::Instant::now();
+    assert!(stream.comment_within(Duration::from_secs(20)).await, "a heartbeat within 20 s");
+    assert!(started.elapsed() >= Duration::from_secs(10), "not before the interval");
+}
+
+/// A subscriber that falls further behind than the live buffer holds catches up from
+/// the database: every event arrives, in order, once it reads again.
+#[tokio::test]
+async fn a_lagging_subscriber_catches_up_without_loss() {
+    let app = TestApp::spawn().await;
+    let t = app.owner_with_project("o@x.io", "acme", "KOD").await;
+    app.create_task(&t, "acme", "KOD", "one").await;
+    let mut lagging = app.sse("/api/v1/orgs/acme/events", &t, Some(last_event_id(&app).await)).await;
+
+    // 6,000 events of 4 KB (more than the live buffer and the socket buffers hold),
+    // written in one go while the subscriber does not read.
+    let n = 6000;
+    let mut db = app.sql().await;
+    sqlx::query(
+        "WITH t AS (UPDATE org_acme.tasks SET event_seq = event_seq + $1 WHERE number = 1 RETURNING id, project_id, event_seq)
+         INSERT INTO org_acme.task_events (task_id, project_id, seq, type, payload)
+         SELECT t.id, t.project_id, t.event_seq - $1 + g, 'test.bulk', jsonb_build_object('n', g, 'pad', repeat('x', 4000))
+         FROM t, generate_series(1, $1) g",
+    )
+    .bind(n)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    app.server.state.events.changed(&kodel_core::OrgSlug::parse("acme").unwrap());
+
+    let mut expected = 1;
+    while expected <= n {
+        let e = lagging.next().await;
+        assert_eq!(e.event, "test.bulk");
+        assert_eq!(e.data["payload"]["n"], expected, "in order, none missing");
+        expected += 1;
+    }
+    assert!(lagging.next_within(Duration::from_millis(300)).await.is_none(), "and no duplicates");
+}
+
+/// Logging out ends the streams the session opened (access is re-checked every 30 s).
+#[tokio::test]
+async fn a_stream_ends_when_its_session_is_revoked() {
+    let app = TestApp::spawn().await;
+    let (_, reg) = app
+        .call(reqwest::Method::POST, "/api/v1/auth/register", None, Some(json!({"email": "s@x.io", "password": "longenough", "name": "S"})))
+        .await;
+    let access = reg["access_token"].as_str().unwrap().to_owned();
+    app.post("/api/v1/orgs", &access, json!({"slug": "acme", "name": "A"})).await;
+    let mut stream = app.sse("/api/v1/orgs/acme/events", &access, None).await;
+    assert!(!stream.ended_within(Duration::from_millis(300)).await);
+    let (s, _) = app.call(reqwest::Method::POST, "/api/v1/auth/logout", None, Some(json!({"refresh_token": reg["refresh_token"]}))).await;
+    assert_eq!(s, 204);
+    assert!(stream.ended_within(Duration::from_secs(40)).await, "the stream closes after logout");
 }

@@ -53,9 +53,9 @@ impl Credential {
         Ok(Self::Session { user: claims.sub, session: claims.sid })
     }
 
-    /// CTEs defining `caller(id)`: the user behind the credential, if it is live. They
-    /// use parameters $1 and $2 (see `bind`). An API token's `last_used_at` is
-    /// refreshed at most once a minute.
+    /// A CTE defining `caller(id)`: the user behind the credential, if it is live. It
+    /// uses parameters $1 and $2 (see `bind`) and writes nothing, so the transaction it
+    /// runs in takes no transaction id before its real work.
     pub fn caller_sql(&self) -> &'static str {
         match self {
             Self::Session { .. } => {
@@ -63,13 +63,9 @@ impl Credential {
             }
             Self::ApiToken { .. } => {
                 "caller AS (
-                     SELECT user_id AS id, id AS token_id, last_used_at FROM public.api_tokens
+                     SELECT user_id AS id FROM public.api_tokens
                      WHERE token_hash = $1 AND kind = $2 AND revoked_at IS NULL
-                       AND (expires_at IS NULL OR expires_at > now())),
-                 touch AS (
-                     UPDATE public.api_tokens SET last_used_at = now()
-                     WHERE id = (SELECT token_id FROM caller)
-                       AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute'))"
+                       AND (expires_at IS NULL OR expires_at > now()))"
             }
         }
     }
@@ -78,6 +74,22 @@ impl Credential {
         match self {
             Self::Session { user, session } => q.bind(*session).bind(*user),
             Self::ApiToken { hash } => q.bind(hash.as_slice()).bind("user"),
+        }
+    }
+
+    /// After a successful check: records that an API token was used, at most once a
+    /// minute per token and server, off the request's path.
+    pub fn touch(&self, state: &AppState) {
+        if let Self::ApiToken { hash } = self
+            && state.token_uses.due(hash)
+        {
+            let (pool, hash) = (state.pool.clone(), hash.clone());
+            tokio::spawn(async move {
+                let _ = sqlx::query("UPDATE public.api_tokens SET last_used_at = now() WHERE token_hash = $1")
+                    .bind(hash)
+                    .execute(&pool)
+                    .await;
+            });
         }
     }
 
@@ -104,8 +116,33 @@ impl FromRequestParts<AppState> for Auth {
             .await?
             .ok_or_else(ApiError::unauthorized)?;
         tracing::Span::current().record("user", tracing::field::display(user.id));
+        cred.touch(state);
         let auth = Auth { user, session: cred.session() };
         parts.extensions.insert(auth.clone());
         Ok(auth)
+    }
+}
+
+/// When each API token was last recorded as used by this server.
+#[derive(Default)]
+pub struct TokenUses(std::sync::Mutex<std::collections::HashMap<Vec<u8>, std::time::Instant>>);
+
+impl TokenUses {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// True (and noted) when the token's use has not been recorded for a minute.
+    pub fn due(&self, hash: &[u8]) -> bool {
+        let now = std::time::Instant::now();
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 10_000 {
+            map.retain(|_, at| now.duration_since(*at) < Self::EVERY);
+        }
+        match map.get(hash) {
+            Some(at) if now.duration_since(*at) < Self::EVERY => false,
+            _ => {
+                map.insert(hash.to_vec(), now);
+                true
+            }
+        }
     }
 }

@@ -47,6 +47,9 @@ impl ManagedPostgres {
             tracing::info!(dir = %pg.pgdata.display(), "initialising the managed PostgreSQL cluster");
             pg.initdb().await?;
         }
+        // Every start, so a crash between initdb and this step cannot leave a cluster
+        // listening with its defaults.
+        pg.configure()?;
         if pg.pg_ctl(&["status"]).await.is_ok() {
             tracing::info!("managed PostgreSQL already running; adopting it");
         } else {
@@ -86,15 +89,24 @@ impl ManagedPostgres {
         if !out.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
-        // Only a unix socket, in our own directory: nothing listens on the network.
+        Ok(())
+    }
+
+    /// Only a unix socket, in our own directory: nothing listens on the network. Kept
+    /// in `kodel.conf`, included from postgresql.conf, rewritten on every start.
+    fn configure(&self) -> anyhow::Result<()> {
         let sock = self.sockdir.to_string_lossy().replace('\'', "''");
-        let extra = format!(
-            "\n# Set by kodel-server\nlisten_addresses = ''\nunix_socket_directories = '{sock}'\nport = {PORT}\nmax_connections = 200\n"
+        let ours = format!(
+            "# Written by kodel-server on every start.\nlisten_addresses = ''\nunix_socket_directories = '{sock}'\nport = {PORT}\nmax_connections = 200\n"
         );
+        let kodel_conf = self.pgdata.join("kodel.conf");
+        fs::write(&kodel_conf, ours)?;
+        self.give(&kodel_conf)?;
         let conf = self.pgdata.join("postgresql.conf");
-        let mut text = fs::read_to_string(&conf)?;
-        text.push_str(&extra);
-        fs::write(&conf, text)?;
+        let text = fs::read_to_string(&conf)?;
+        if !text.lines().any(|l| l.trim() == "include 'kodel.conf'") {
+            fs::write(&conf, format!("{text}\ninclude 'kodel.conf'\n"))?;
+        }
         Ok(())
     }
 

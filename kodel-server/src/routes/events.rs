@@ -3,8 +3,10 @@
 //! after that event with nothing missed and nothing repeated. Heartbeat comments every
 //! 15 s. Access is checked again every 30 s, so a removed member stops receiving.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -15,12 +17,13 @@ use axum::Router;
 use kodel_core::api::{OrgRole, ProjectRole};
 use kodel_core::{ErrorCode, OrgSlug, TaskKey};
 use serde::Deserialize;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use futures::Stream;
+use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::projects::access;
 use crate::AppState;
+use crate::auth::extract::Credential;
 use crate::error::{ApiError, ApiResult};
 use crate::events::{self, Pos, StoredEvent, tenant_tx};
 use crate::tenant::Tenant;
@@ -51,6 +54,7 @@ fn last_event_id(headers: &HeaderMap, q: &ResumeQuery) -> ApiResult<Option<i64>>
 #[derive(Clone)]
 struct Scope {
     slug: OrgSlug,
+    credential: Arc<Credential>,
     user: Uuid,
     task: Option<Uuid>,
     project: Option<String>,
@@ -76,7 +80,7 @@ async fn visible_projects(t: &mut Tenant) -> ApiResult<Option<HashSet<Uuid>>> {
 async fn org_events(State(state): State<AppState>, mut t: Tenant, headers: HeaderMap, Query(q): Query<ResumeQuery>) -> ApiResult<Sse<SseStream>> {
     let resume = last_event_id(&headers, &q)?;
     let visible = visible_projects(&mut t).await?;
-    let scope = Scope { slug: t.org.slug.clone(), user: t.user_id(), task: None, project: None, visible };
+    let scope = Scope { slug: t.org.slug.clone(), credential: t.credential.clone(), user: t.user_id(), task: None, project: None, visible };
     t.commit().await?;
     Ok(stream(state, scope, resume).await)
 }
@@ -91,113 +95,154 @@ async fn task_events(State(state): State<AppState>, mut t: Tenant, Path((_, task
         .fetch_optional(t.conn())
         .await?;
     let id = id.ok_or_else(|| ApiError::new(ErrorCode::TaskNotFound, format!("{key} not found")))?;
-    let scope = Scope { slug: t.org.slug.clone(), user: t.user_id(), task: Some(id), project: Some(p.key), visible: None };
+    let scope = Scope { slug: t.org.slug.clone(), credential: t.credential.clone(), user: t.user_id(), task: Some(id), project: Some(p.key), visible: None };
     t.commit().await?;
     Ok(stream(state, scope, resume).await)
 }
 
 async fn stream(state: AppState, scope: Scope, resume: Option<i64>) -> Sse<SseStream> {
-    let (out, rx) = mpsc::channel(64);
     let sub = state.events.subscribe(&scope.slug).await;
-    tokio::spawn(async move {
-        if let Err(err) = run(state, scope, resume, sub, out).await {
-            tracing::debug!(error = %err, "event stream ended");
+    let mut recheck = tokio::time::interval(RECHECK);
+    recheck.reset();
+    let feed = Feed {
+        state,
+        scope,
+        rx: sub.rx,
+        last: sub.start,
+        resume,
+        catching_up: false,
+        pending: VecDeque::new(),
+        recheck,
+        done: false,
+    };
+    // The body pulls events as the client takes them: no task or queue per connection,
+    // and a client that stops reading stops pulling (it then catches up from the
+    // database; nobody else waits for it). A dropped connection drops the stream.
+    let body = futures::stream::unfold(feed, |mut feed| async move {
+        loop {
+            if let Some(ev) = feed.pending.pop_front() {
+                return Some((Ok(ev), feed));
+            }
+            if feed.done {
+                return None;
+            }
+            if let Err(err) = feed.step().await {
+                tracing::debug!(error = %err, "event stream ended");
+                feed.done = true;
+            }
         }
     });
-    Sse::new(ReceiverStream::new(rx)).keep_alive(KeepAlive::new().interval(HEARTBEAT))
+    Sse::new(Box::pin(body) as SseBody).keep_alive(KeepAlive::new().interval(HEARTBEAT))
 }
 
-type SseStream = axum::response::sse::KeepAliveStream<ReceiverStream<Result<SseEvent, Infallible>>>;
-type Out = mpsc::Sender<Result<SseEvent, Infallible>>;
+type SseBody = Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>>;
+type SseStream = axum::response::sse::KeepAliveStream<SseBody>;
 
 #[derive(Debug, thiserror::Error)]
 enum StreamEnd {
-    #[error("client went away")]
-    Gone,
     #[error("access revoked")]
     Revoked,
+    #[error("feed closed")]
+    Closed,
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
 
-async fn send(out: &Out, ev: &StoredEvent) -> Result<(), StreamEnd> {
-    let data = serde_json::to_string(&ev.event).unwrap_or_default();
-    let sse = SseEvent::default().id(ev.event.id.to_string()).event(ev.event.kind.clone()).data(data);
-    out.send(Ok(sse)).await.map_err(|_| StreamEnd::Gone)
+/// One subscriber's position in the org's events.
+struct Feed {
+    state: AppState,
+    scope: Scope,
+    rx: broadcast::Receiver<Arc<StoredEvent>>,
+    /// The last event passed (sent, or filtered out).
+    last: Pos,
+    /// A Last-Event-ID still to resume from.
+    resume: Option<i64>,
+    /// Reading missed events from the database, a page at a time.
+    catching_up: bool,
+    pending: VecDeque<SseEvent>,
+    recheck: tokio::time::Interval,
+    done: bool,
 }
 
-/// Sends every deliverable event after `last` from the database.
-async fn catch_up(state: &AppState, scope: &Scope, last: &mut Pos, out: &Out) -> Result<(), StreamEnd> {
-    loop {
-        let mut tx = tenant_tx(&state.pool, &scope.slug).await?;
-        let rows = events::load(&mut tx, *last, scope.task, 500).await?;
-        tx.commit().await?;
-        let n = rows.len();
-        for (ev, safe) in rows {
-            if !safe {
-                return Ok(());
+fn sse(ev: &StoredEvent) -> SseEvent {
+    SseEvent::default().id(ev.event.id.to_string()).event(ev.event.kind.as_str()).data(&*ev.json)
+}
+
+impl Feed {
+    /// Moves the feed on: fills `pending`, or returns when there is nothing yet.
+    async fn step(&mut self) -> Result<(), StreamEnd> {
+        if let Some(id) = self.resume.take() {
+            let mut tx = tenant_tx(&self.state.pool, &self.scope.slug).await?;
+            let pos = events::position_of(&mut tx, id).await?;
+            tx.commit().await?;
+            match pos {
+                Some(pos) => {
+                    self.last = pos;
+                    self.catching_up = true;
+                }
+                None => self
+                    .pending
+                    .push_back(SseEvent::default().event("resync").data(r#"{"reason":"unknown Last-Event-ID; reload and follow live"}"#)),
             }
-            *last = ev.pos;
-            if scope.shows(&ev) {
-                send(out, &ev).await?;
-            }
-        }
-        if n < 500 {
             return Ok(());
         }
-    }
-}
-
-async fn run(state: AppState, mut scope: Scope, resume: Option<i64>, sub: events::Subscription, out: Out) -> Result<(), StreamEnd> {
-    let mut rx = sub.rx;
-    let mut last = sub.start;
-    if let Some(id) = resume {
-        let mut tx = tenant_tx(&state.pool, &scope.slug).await?;
-        let pos = events::position_of(&mut tx, id).await?;
-        tx.commit().await?;
-        match pos {
-            Some(pos) => {
-                last = pos;
-                catch_up(&state, &scope, &mut last, &out).await?;
-            }
-            None => {
-                let sse = SseEvent::default().event("resync").data(r#"{"reason":"unknown Last-Event-ID; reload and follow live"}"#);
-                out.send(Ok(sse)).await.map_err(|_| StreamEnd::Gone)?;
-            }
+        if self.catching_up {
+            return self.catch_up_page().await;
         }
-    }
-    let mut recheck = tokio::time::interval(RECHECK);
-    recheck.tick().await;
-    loop {
         tokio::select! {
-            msg = rx.recv() => match msg {
+            msg = self.rx.recv() => match msg {
                 Ok(ev) => {
-                    if ev.pos > last {
-                        last = ev.pos;
-                        if scope.shows(&ev) {
-                            send(&out, &ev).await?;
+                    if ev.pos > self.last {
+                        self.last = ev.pos;
+                        if self.scope.shows(&ev) {
+                            self.pending.push_back(sse(&ev));
                         }
                     }
+                    Ok(())
                 }
                 // Too slow for the live feed: read what was missed from the database.
-                Err(broadcast::error::RecvError::Lagged(_)) => catch_up(&state, &scope, &mut last, &out).await?,
-                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    self.catching_up = true;
+                    Ok(())
+                }
+                Err(broadcast::error::RecvError::Closed) => Err(StreamEnd::Closed),
             },
-            _ = recheck.tick() => recheck_access(&state, &mut scope).await?,
-            _ = out.closed() => return Err(StreamEnd::Gone),
+            _ = self.recheck.tick() => recheck_access(&self.state, &mut self.scope).await,
         }
+    }
+
+    /// One page of deliverable events after `last`, from the database.
+    async fn catch_up_page(&mut self) -> Result<(), StreamEnd> {
+        const PAGE: i64 = 500;
+        let mut tx = tenant_tx(&self.state.pool, &self.scope.slug).await?;
+        let rows = events::load(&mut tx, self.last, self.scope.task, PAGE).await?;
+        tx.commit().await?;
+        self.catching_up = rows.len() as i64 == PAGE;
+        for (ev, safe) in rows {
+            if !safe {
+                self.catching_up = false;
+                break;
+            }
+            self.last = ev.pos;
+            if self.scope.shows(&ev) {
+                self.pending.push_back(sse(&ev));
+            }
+        }
+        Ok(())
     }
 }
 
 async fn recheck_access(state: &AppState, scope: &mut Scope) -> Result<(), StreamEnd> {
     let mut tx = tenant_tx(&state.pool, &scope.slug).await?;
-    let role: Option<String> = sqlx::query_scalar(
-        "SELECT m.role FROM public.org_members m JOIN public.orgs o ON o.id = m.org_id WHERE o.slug = $1 AND m.user_id = $2",
-    )
-    .bind(scope.slug.as_str())
-    .bind(scope.user)
-    .fetch_optional(&mut *tx)
-    .await?;
+    // The credential must still be live (logout, revocation, expiry end the stream)
+    // and its user still a member.
+    let sql = format!(
+        "WITH {} SELECT m.role FROM caller c
+         JOIN public.org_members m ON m.user_id = c.id JOIN public.orgs o ON o.id = m.org_id WHERE o.slug = $3",
+        scope.credential.caller_sql()
+    );
+    let role: Option<(String,)> = scope.credential.bind(sqlx::query_as(&sql)).bind(scope.slug.as_str()).fetch_optional(&mut *tx).await?;
+    let role = role.map(|(r,)| r);
     let role = role.as_deref().and_then(OrgRole::parse).ok_or(StreamEnd::Revoked)?;
     if role < OrgRole::Admin {
         let ids: Vec<Uuid> = sqlx::query_scalar("SELECT project_id FROM project_members WHERE user_id = $1").bind(scope.user).fetch_all(&mut *tx).await?;

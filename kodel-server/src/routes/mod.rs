@@ -11,7 +11,11 @@ pub mod tokens;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request};
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::HeaderName;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use kodel_core::ErrorCode;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -34,8 +38,9 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint") })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(move |req: Request, next: Next| buffer_body(req, next, max_body)))
         .layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
                 let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
                 // The path only: query strings and headers (tokens) are never logged.
                 tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id,
@@ -45,4 +50,18 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// How long a client may take to send its request body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads the whole request body (bounded in size and time) before any extractor runs,
+/// so no database transaction is ever open while a client trickles its upload.
+async fn buffer_body(req: Request, next: Next, max_body: usize) -> Response {
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, max_body)).await {
+        Err(_) => ApiError::new(ErrorCode::RequestTimeout, "the request body did not arrive in time").into_response(),
+        Ok(Err(_)) => ApiError::new(ErrorCode::PayloadTooLarge, "request body is larger than the server accepts").into_response(),
+        Ok(Ok(bytes)) => next.run(Request::from_parts(parts, Body::from(bytes))).await,
+    }
 }

@@ -163,7 +163,11 @@ async fn add_member(mut t: Tenant, ApiJson(req): ApiJson<AddOrgMember>) -> ApiRe
 
 async fn owner_count(t: &mut Tenant) -> ApiResult<i64> {
     let org = t.org.id;
-    Ok(sqlx::query_scalar("SELECT count(*) FROM org_members WHERE org_id = $1 AND role = 'owner'").bind(org).fetch_one(t.conn()).await?)
+    // Locks the owners' rows, so two owners demoting each other cannot both pass.
+    Ok(sqlx::query_scalar("SELECT count(*) FROM (SELECT 1 FROM org_members WHERE org_id = $1 AND role = 'owner' FOR UPDATE) o")
+        .bind(org)
+        .fetch_one(t.conn())
+        .await?)
 }
 
 async fn update_member(mut t: Tenant, Path((_, who)): Path<(String, String)>, ApiJson(req): ApiJson<UpdateRole<OrgRole>>) -> ApiResult<Json<OrgMember>> {

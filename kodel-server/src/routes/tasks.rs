@@ -434,26 +434,52 @@ struct CommentRow {
     created_at: DateTime<Utc>,
 }
 
-async fn list_comments(mut t: Tenant, Path((_, task)): Path<(String, String)>) -> ApiResult<Json<Page<Comment>>> {
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PageQuery {
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+/// Comments oldest first (ids are time-ordered UUIDv7), a page at a time.
+async fn list_comments(mut t: Tenant, Path((_, task)): Path<(String, String)>, query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Page<Comment>>> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit must be between 1 and {MAX_PAGE}")));
+    }
+    let after = match q.cursor.as_deref() {
+        None | Some("") => Uuid::nil(),
+        Some(c) => Uuid::parse_str(c).map_err(|_| ApiError::new(ErrorCode::InvalidCursor, "cursor is not one this server gave out"))?,
+    };
     let (_, row) = find_task(&mut t, &task, false).await?;
-    let rows = sqlx::query_as::<_, CommentRow>(
+    let mut rows = sqlx::query_as::<_, CommentRow>(
         "SELECT c.id, u.email AS author, c.body, c.created_at FROM comments c
-         LEFT JOIN public.users u ON u.id = c.author_id WHERE c.task_id = $1 ORDER BY c.created_at, c.id",
+         LEFT JOIN public.users u ON u.id = c.author_id WHERE c.task_id = $1 AND c.id > $2 ORDER BY c.id LIMIT $3",
     )
     .bind(row.id)
+    .bind(after)
+    .bind(limit + 1)
     .fetch_all(t.conn())
     .await?;
     t.commit().await?;
+    let next_cursor = if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(|c| c.id.to_string())
+    } else {
+        None
+    };
     let key = format!("{}-{}", row.project, row.number);
     let data = rows
         .into_iter()
         .map(|c| Comment { id: c.id, task: key.clone(), author: c.author.unwrap_or_default(), body: c.body, created_at: c.created_at })
         .collect();
-    Ok(Json(Page { data, next_cursor: None }))
+    Ok(Json(Page { data, next_cursor }))
 }
 
 async fn add_comment(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJson(req): ApiJson<CreateComment>) -> ApiResult<(StatusCode, Json<Comment>)> {
-    let (p, row) = find_task(&mut t, &task, false).await?;
+    // The task row is locked before anything is written, as in every change to a task.
+    let (p, row) = find_task(&mut t, &task, true).await?;
     p.require(ProjectRole::Reviewer, "commenting")?;
     let body = req.body.trim().to_owned();
     if body.is_empty() {

@@ -22,6 +22,10 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn create(State(state): State<AppState>, auth: Auth, ApiJson(req): ApiJson<CreateApiToken>) -> ApiResult<(StatusCode, Json<ApiTokenCreated>)> {
+    // An API token cannot mint more API tokens: a stolen one would outlive its revocation.
+    if auth.session.is_none() {
+        return Err(ApiError::forbidden("creating API tokens with an API token; log in"));
+    }
     let name = require_text("name", &req.name, MAX_NAME)?;
     if req.expires_at.is_some_and(|at| at <= Utc::now()) {
         return Err(ApiError::invalid("expires_at must be in the future"));

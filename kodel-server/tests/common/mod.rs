@@ -163,6 +163,32 @@ impl SseClient {
         }
     }
 
+    /// Waits for a comment line (`:...`), such as a heartbeat; true if one came in time.
+    pub async fn comment_within(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if self.buf.lines().any(|l| l.starts_with(':')) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(Some(Ok(chunk))) => self.buf.push_str(&String::from_utf8_lossy(&chunk)),
+                _ => return false,
+            }
+        }
+    }
+
+    /// True if the server ends the stream before the deadline.
+    pub async fn ended_within(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(None) | Ok(Some(Err(_))) => return true,
+                Ok(Some(Ok(_))) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+
     pub async fn next(&mut self) -> SseEvent {
         self.next_within(Duration::from_secs(10)).await.expect("an event within 10 s")
     }

@@ -31,11 +31,25 @@ pub async fn run(ctx: &mut Ctx, cmd: TaskCmd) -> Result<(), CliError> {
             if ctx.json { output::json(&c) } else { println!("{}", c.id); Ok(()) }
         }
         TaskCmd::Comments { key } => {
-            let page: Page<Comment> = ctx.client.get(&format!("{}/comments", task_path(&org, &key)?)).await?;
-            if ctx.json {
-                return output::json(&page);
+            let base = format!("{}/comments?limit=200", task_path(&org, &key)?);
+            let mut all: Vec<Comment> = Vec::new();
+            let mut cursor: Option<String> = None;
+            loop {
+                let path = match &cursor {
+                    Some(c) => format!("{base}&cursor={}", enc(c)),
+                    None => base.clone(),
+                };
+                let page: Page<Comment> = ctx.client.get(&path).await?;
+                all.extend(page.data);
+                match page.next_cursor {
+                    Some(c) => cursor = Some(c),
+                    None => break,
+                }
             }
-            for c in &page.data {
+            if ctx.json {
+                return output::json(&Page { data: all, next_cursor: None });
+            }
+            for c in &all {
                 println!("{} {}\n{}\n", c.created_at.format("%Y-%m-%d %H:%M"), c.author, c.body);
             }
             Ok(())
