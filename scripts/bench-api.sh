@@ -24,7 +24,7 @@ for t in wrk pgbench psql curl jq; do command -v $t >/dev/null || { echo "bench-
 cargo build --release --locked -p kodel-server >/dev/null
 psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB" -c "CREATE DATABASE $DB" >/dev/null
 work=$(mktemp -d)
-RUST_LOG=warn DATABASE_URL="$DB_URL" ./target/release/kodel-server --listen "127.0.0.1:$PORT" --db-pool "$CLIENTS" 2>"$work/server.log" &
+RUST_LOG=warn DATABASE_URL="$DB_URL" ./target/release/kodel-server --listen "127.0.0.1:$PORT" ${POOL:+--db-pool "$POOL"} 2>"$work/server.log" &
 server=$!
 finish() {
   kill "$server" 2>/dev/null; wait "$server" 2>/dev/null || true

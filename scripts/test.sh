@@ -87,6 +87,10 @@ drop_test_databases || true
 # The CLI tests run the kodel-server binary, so build every binary first.
 log "building"
 cargo build --workspace --all-targets --locked
+if cargo clippy --version >/dev/null 2>&1; then
+  log "clippy"
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+fi
 if cargo nextest --version >/dev/null 2>&1; then
   log "running tests (nextest)"
   cargo nextest run --workspace --locked

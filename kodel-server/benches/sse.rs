@@ -77,6 +77,12 @@ async fn main() {
         ready_rx.recv().await.unwrap();
     }
     let rss_connected = rss_kib(server.child.id());
+    let cpu = |pid: u32| -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        (f[11].parse::<f64>().unwrap_or(0.0) + f[12].parse::<f64>().unwrap_or(0.0)) / 100.0
+    };
+    let (server_cpu0, own_cpu0) = (cpu(server.child.id()), cpu(std::process::id()));
 
     for i in 1..=EVENTS {
         sent.lock().unwrap().insert(format!("BEN-{i}"), Instant::now());
@@ -89,6 +95,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let rss_after = rss_kib(server.child.id());
+    let (server_cpu, own_cpu) = (cpu(server.child.id()) - server_cpu0, cpu(std::process::id()) - own_cpu0);
     let mut d = delays.lock().unwrap().clone();
     d.sort();
     let pct = |p: f64| d[((d.len() as f64 - 1.0) * p).round() as usize];
@@ -100,6 +107,7 @@ async fn main() {
         rss_connected as f64 / 1024.0,
         rss_after as f64 / 1024.0
     );
+    println!("CPU during the events: server {server_cpu:.2} s, this client process {own_cpu:.2} s");
     assert_eq!(d.len(), SUBSCRIBERS * EVENTS, "every subscriber got every event");
     drop(server);
 }

@@ -28,8 +28,9 @@ pub struct Config {
     #[arg(long, env = "KODEL_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body: usize,
 
-    /// Most database connections this server opens.
-    #[arg(long, env = "KODEL_DB_POOL", default_value_t = 32)]
+    /// Most database connections this server opens. More than a few per core only adds
+    /// contention (docs/benchmarks.md).
+    #[arg(long, env = "KODEL_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
 }
 

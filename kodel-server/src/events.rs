@@ -218,21 +218,27 @@ impl EventHub {
 
     /// Live events of an org from now on.
     pub async fn subscribe(&self, slug: &OrgSlug) -> Subscription {
-        let feed = self
-            .lock_feeds()
-            .entry(slug.as_str().to_owned())
-            .or_insert_with(|| {
-                let feed = Arc::new(Feed {
-                    slug: slug.clone(),
-                    tx: broadcast::channel(FEED_CAPACITY).0,
-                    wake: Notify::new(),
-                    cursor: Mutex::new(None),
-                    ready: Notify::new(),
-                });
-                tokio::spawn(pump(self.clone(), feed.clone()));
-                feed
-            })
-            .clone();
+        // A receiver taken under the map lock keeps a new feed's pump from finding
+        // nobody listening before the real receiver below exists.
+        let (feed, _holding) = {
+            let mut feeds = self.lock_feeds();
+            let feed = feeds
+                .entry(slug.as_str().to_owned())
+                .or_insert_with(|| {
+                    let feed = Arc::new(Feed {
+                        slug: slug.clone(),
+                        tx: broadcast::channel(FEED_CAPACITY).0,
+                        wake: Notify::new(),
+                        cursor: Mutex::new(None),
+                        ready: Notify::new(),
+                    });
+                    tokio::spawn(pump(self.clone(), feed.clone()));
+                    feed
+                })
+                .clone();
+            let holding = feed.tx.subscribe();
+            (feed, holding)
+        };
         loop {
             let ready = feed.ready.notified();
             // Receiver and start position are taken under the cursor lock, which the

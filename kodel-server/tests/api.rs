@@ -404,3 +404,40 @@ async fn a_slow_upload_holds_no_transaction_and_times_out() {
     assert!(text.contains("request_timeout"));
     assert!(started.elapsed() >= std::time::Duration::from_secs(9));
 }
+
+#[tokio::test]
+async fn project_members_change_and_leave() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner_with_project("o@x.io", "acme", "KOD").await;
+    let dev = app.register("dev@x.io").await;
+    app.post("/api/v1/orgs/acme/members", &owner, json!({"email": "dev@x.io", "role": "member"})).await;
+    let (s, v) = app.post("/api/v1/orgs/acme/projects/KOD/members", &owner, json!({"email": "dev@x.io", "role": "viewer"})).await;
+    assert_eq!((s, v["role"].as_str()), (StatusCode::CREATED, Some("viewer")));
+    let (s, v) = app.post("/api/v1/orgs/acme/projects/KOD/members", &owner, json!({"email": "dev@x.io", "role": "admin"})).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "member_exists"));
+    let (s, v) = app.post("/api/v1/orgs/acme/projects/KOD/members", &owner, json!({"email": "stranger@x.io", "role": "viewer"})).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "user_not_found"));
+
+    // A viewer cannot create tasks; promoted to developer, they can.
+    assert_eq!(app.post("/api/v1/orgs/acme/projects/KOD/tasks", &dev, json!({"title": "x"})).await.0, StatusCode::FORBIDDEN);
+    let (s, v) = app.patch("/api/v1/orgs/acme/projects/KOD/members/dev@x.io", &owner, json!({"role": "developer"})).await;
+    assert_eq!((s, v["role"].as_str()), (StatusCode::OK, Some("developer")));
+    assert_eq!(app.post("/api/v1/orgs/acme/projects/KOD/tasks", &dev, json!({"title": "x"})).await.0, StatusCode::CREATED);
+    // A developer cannot change roles, not even their own.
+    let (s, _) = app.patch("/api/v1/orgs/acme/projects/KOD/members/dev@x.io", &dev, json!({"role": "admin"})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // Leaving the project makes it invisible.
+    assert_eq!(app.delete("/api/v1/orgs/acme/projects/KOD/members/dev@x.io", &dev).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(app.get("/api/v1/orgs/acme/projects/KOD", &dev).await.0, StatusCode::NOT_FOUND);
+    let (_, members) = app.get("/api/v1/orgs/acme/projects/KOD/members", &owner).await;
+    assert_eq!(members["data"].as_array().unwrap().len(), 1);
+
+    // Editing the project is the project admin's.
+    let (s, v) = app.patch("/api/v1/orgs/acme/projects/KOD", &owner, json!({"name": "Kodel", "description": "the product"})).await;
+    assert_eq!((s, v["name"].as_str(), v["description"].as_str()), (StatusCode::OK, Some("Kodel"), Some("the product")));
+    let (s, v) = app.post("/api/v1/orgs/acme/projects", &owner, json!({"key": "KOD", "name": "again"})).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "project_exists"));
+    let (s, v) = app.post("/api/v1/orgs/acme/projects", &owner, json!({"key": "NEW", "name": "x", "workflow": "software-development"})).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"), "until the task engine lands: {v}");
+}

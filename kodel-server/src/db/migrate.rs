@@ -8,7 +8,7 @@ use kodel_core::OrgSlug;
 use sqlx::{Acquire, Executor, PgConnection, PgPool};
 
 /// Key of the advisory lock that serialises migrators (arbitrary, fixed).
-const LOCK_KEY: i64 = 0x6b6f_64656c_01;
+const LOCK_KEY: i64 = 0x6b6f_6465_6c01;
 
 pub struct Migration {
     pub version: i32,

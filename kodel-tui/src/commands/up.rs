@@ -60,10 +60,10 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
     ctx.settings.server = Some(url.clone());
     ctx.settings.save()?;
     if !args.no_tui {
-        eprintln!("kodel: the TUI is not built yet; running the server only.");
+        say("kodel: the TUI is not built yet; running the server only.");
     }
-    eprintln!("Kodel is up at {url}. Ctrl-C stops it.");
-    eprintln!("Next: kodel register --email you@example.com --name You && kodel org create myorg && kodel project create DEMO --name Demo");
+    say(&format!("Kodel is up at {url}. Ctrl-C stops it."));
+    say("Next: kodel register --email you@example.com --name You && kodel org create myorg && kodel project create DEMO --name Demo");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -74,7 +74,7 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
-    eprintln!("Stopping Kodel…");
+    say("Stopping Kodel…");
     if let Some(pid) = child.id() {
         // SIGTERM: the server shuts down gracefully and stops its database.
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
@@ -89,4 +89,10 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
             Err(CliError::new(exit::FAILURE, "kodel-server did not stop within 60 s; killed it"))
         }
     }
+}
+
+/// A message on stderr that cannot fail the shutdown (stderr may be a closed pipe).
+fn say(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{msg}");
 }
