@@ -8,10 +8,11 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-15}
 CLIENTS=${CLIENTS:-32}
 # DATABASE_URL's server, else the local one over its unix socket (the way the managed
-# database is reached), else over TCP. Server and pgbench use the same transport.
+# database is reached; TRANSPORT=tcp for 127.0.0.1:5432), else over TCP. Server and
+# pgbench always use the same transport.
 if [ -n "${DATABASE_URL:-}" ]; then
   ADMIN_URL=$DATABASE_URL; DB_URL="${ADMIN_URL%/*}/kodel_bench"
-elif [ -S /var/run/postgresql/.s.PGSQL.5432 ]; then
+elif [ "${TRANSPORT:-unix}" = unix ] && [ -S /var/run/postgresql/.s.PGSQL.5432 ]; then
   ADMIN_URL="postgres://postgres@%2Fvar%2Frun%2Fpostgresql/postgres"; DB_URL="postgres://postgres@%2Fvar%2Frun%2Fpostgresql/kodel_bench"
 else
   ADMIN_URL="postgres://postgres@127.0.0.1:5432/postgres"; DB_URL="postgres://postgres@127.0.0.1:5432/kodel_bench"

@@ -77,7 +77,8 @@ fn without_postgresql_binaries_it_says_how_to_install_them() {
 async fn passwords_and_tokens_never_reach_the_log() {
     let db = common::fresh_database().await;
     let url = kodel_server::testing::database_url(&db);
-    let server = start_server(&[], &[("DATABASE_URL", &url)]);
+    // The most verbose level: nothing logged at any level may carry a secret.
+    let server = start_server(&[], &[("DATABASE_URL", &url), ("RUST_LOG", "trace")]);
     let password = "s3cret-Password-XYZ";
     let (_, v) = post(&server.base, "/api/v1/auth/register", None, json!({"email": "p@x.io", "password": password, "name": "P"})).await;
     let access = v["access_token"].as_str().unwrap().to_owned();
