@@ -7,13 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"
-  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
-  else die "need root (or sudo) to run: $*"; fi
-}
+SCRIPT_NAME=install.sh
+. scripts/lib.sh
 
 # System packages, only those missing.
 packages=(postgresql postgresql-client git bubblewrap tmux ca-certificates pkg-config build-essential)
@@ -22,10 +17,7 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  command -v apt-get >/dev/null || die "apt-get not found; install these yourself: ${missing[*]}"
-  log "installing ${missing[*]}"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  apt_install "${missing[@]}"
 else
   log "system packages present"
 fi

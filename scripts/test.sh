@@ -7,13 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'test.sh: %s\n' "$*" >&2; exit 1; }
-as_root() {
-  if [ "$(id -u)" = 0 ]; then "$@"
-  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
-  else die "need root (or sudo) to run: $*"; fi
-}
+SCRIPT_NAME=test.sh
+. scripts/lib.sh
 
 pg_bindir() {
   local d
@@ -32,11 +27,7 @@ command -v pg_isready >/dev/null || missing+=(postgresql-client)
 command -v git >/dev/null || missing+=(git)
 command -v cc >/dev/null || missing+=(build-essential)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]}"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+apt_install ${missing[@]+"${missing[@]}"}
 
 # --- database ----------------------------------------------------------------
 private_dir=""

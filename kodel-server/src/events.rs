@@ -253,10 +253,6 @@ impl EventHub {
             ready.await;
         }
     }
-
-    pub fn feed_count(&self) -> usize {
-        self.lock_feeds().len()
-    }
 }
 
 impl Feed {

@@ -14,9 +14,10 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::routing::get;
 use axum::Router;
-use kodel_core::api::{OrgRole, ProjectRole};
+use kodel_core::api::OrgRole;
 use kodel_core::{ErrorCode, OrgSlug, TaskKey};
 use serde::Deserialize;
+use sqlx::PgConnection;
 use futures::Stream;
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -56,31 +57,32 @@ struct Scope {
     slug: OrgSlug,
     credential: Arc<Credential>,
     user: Uuid,
-    task: Option<Uuid>,
-    project: Option<String>,
+    /// A task stream's task and its project.
+    task: Option<(Uuid, Uuid)>,
     /// Projects the caller may see; None = all (org owners and admins).
     visible: Option<HashSet<Uuid>>,
 }
 
 impl Scope {
     fn shows(&self, ev: &StoredEvent) -> bool {
-        self.task.is_none_or(|t| t == ev.task_id) && self.visible.as_ref().is_none_or(|v| v.contains(&ev.project_id))
+        self.task.is_none_or(|(t, _)| t == ev.task_id) && self.visible.as_ref().is_none_or(|v| v.contains(&ev.project_id))
     }
 }
 
-async fn visible_projects(t: &mut Tenant) -> ApiResult<Option<HashSet<Uuid>>> {
-    if t.org.role >= OrgRole::Admin {
+/// Projects a user with this org role may see: None = all.
+async fn visible_projects(conn: &mut PgConnection, user: Uuid, role: OrgRole) -> Result<Option<HashSet<Uuid>>, sqlx::Error> {
+    if role >= OrgRole::Admin {
         return Ok(None);
     }
-    let user = t.user_id();
-    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT project_id FROM project_members WHERE user_id = $1").bind(user).fetch_all(t.conn()).await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar("SELECT project_id FROM project_members WHERE user_id = $1").bind(user).fetch_all(conn).await?;
     Ok(Some(ids.into_iter().collect()))
 }
 
 async fn org_events(State(state): State<AppState>, mut t: Tenant, headers: HeaderMap, Query(q): Query<ResumeQuery>) -> ApiResult<Sse<SseStream>> {
     let resume = last_event_id(&headers, &q)?;
-    let visible = visible_projects(&mut t).await?;
-    let scope = Scope { slug: t.org.slug.clone(), credential: t.credential.clone(), user: t.user_id(), task: None, project: None, visible };
+    let (user, role) = (t.user_id(), t.org.role);
+    let visible = visible_projects(t.conn(), user, role).await?;
+    let scope = Scope { slug: t.org.slug.clone(), credential: t.credential.clone(), user, task: None, visible };
     t.commit().await?;
     Ok(stream(state, scope, resume).await)
 }
@@ -95,7 +97,9 @@ async fn task_events(State(state): State<AppState>, mut t: Tenant, Path((_, task
         .fetch_optional(t.conn())
         .await?;
     let id = id.ok_or_else(|| ApiError::new(ErrorCode::TaskNotFound, format!("{key} not found")))?;
-    let scope = Scope { slug: t.org.slug.clone(), credential: t.credential.clone(), user: t.user_id(), task: Some(id), project: Some(p.key), visible: None };
+    let (user, role) = (t.user_id(), t.org.role);
+    let visible = visible_projects(t.conn(), user, role).await?;
+    let scope = Scope { slug: t.org.slug.clone(), credential: t.credential.clone(), user, task: Some((id, p.id)), visible };
     t.commit().await?;
     Ok(stream(state, scope, resume).await)
 }
@@ -215,7 +219,7 @@ impl Feed {
     async fn catch_up_page(&mut self) -> Result<(), StreamEnd> {
         const PAGE: i64 = 500;
         let mut tx = tenant_tx(&self.state.pool, &self.scope.slug).await?;
-        let rows = events::load(&mut tx, self.last, self.scope.task, PAGE).await?;
+        let rows = events::load(&mut tx, self.last, self.scope.task.map(|(task, _)| task), PAGE).await?;
         tx.commit().await?;
         self.catching_up = rows.len() as i64 == PAGE;
         for (ev, safe) in rows {
@@ -244,22 +248,11 @@ async fn recheck_access(state: &AppState, scope: &mut Scope) -> Result<(), Strea
     let role: Option<(String,)> = scope.credential.bind(sqlx::query_as(&sql)).bind(scope.slug.as_str()).fetch_optional(&mut *tx).await?;
     let role = role.map(|(r,)| r);
     let role = role.as_deref().and_then(OrgRole::parse).ok_or(StreamEnd::Revoked)?;
-    if role < OrgRole::Admin {
-        let ids: Vec<Uuid> = sqlx::query_scalar("SELECT project_id FROM project_members WHERE user_id = $1").bind(scope.user).fetch_all(&mut *tx).await?;
-        if let Some(key) = &scope.project {
-            let allowed: Option<String> = sqlx::query_scalar(
-                "SELECT pm.role FROM project_members pm JOIN projects p ON p.id = pm.project_id WHERE p.key = $1 AND pm.user_id = $2",
-            )
-            .bind(key)
-            .bind(scope.user)
-            .fetch_optional(&mut *tx)
-            .await?;
-            allowed.as_deref().and_then(ProjectRole::parse).ok_or(StreamEnd::Revoked)?;
-        } else {
-            scope.visible = Some(ids.into_iter().collect());
-        }
-    } else if scope.task.is_none() {
-        scope.visible = None;
+    scope.visible = visible_projects(&mut tx, scope.user, role).await?;
+    if let (Some((_, project)), Some(visible)) = (scope.task, &scope.visible)
+        && !visible.contains(&project)
+    {
+        return Err(StreamEnd::Revoked);
     }
     tx.commit().await?;
     Ok(())
