@@ -201,6 +201,8 @@ pub struct Project {
     pub name: String,
     pub description: String,
     pub workflow: Workflow,
+    /// The instance template jobs of this project run in (its name).
+    pub instance_template: Option<String>,
     /// The caller's role in the project.
     pub role: ProjectRole,
     pub created_at: DateTime<Utc>,
@@ -211,6 +213,8 @@ pub struct Project {
 pub struct Workflow {
     pub id: Uuid,
     pub name: String,
+    /// The built-in template it was made from (`software-development`, `kanban`), if any.
+    pub template: Option<String>,
     pub statuses: Vec<Status>,
 }
 
@@ -221,6 +225,74 @@ pub struct Status {
     pub position: i32,
     /// Statuses a task here may move to.
     pub next: Vec<String>,
+    /// The AI job that entering this status starts, if bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<Binding>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    /// A job template's name.
+    pub template: String,
+    /// Where approving the job's artifact moves the task.
+    #[serde(default)]
+    pub next: Option<String>,
+    /// Where rejecting it sends the task back.
+    #[serde(default)]
+    pub back: Option<String>,
+}
+
+/// A workflow's whole definition, for create and for edit (which replaces it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowDef {
+    pub name: String,
+    pub statuses: Vec<StatusDefIn>,
+    /// Allowed moves as `[from, to]` pairs; absent = every move is allowed.
+    #[serde(default)]
+    pub transitions: Option<Vec<(String, String)>>,
+    /// On edit: where the tasks of each removed status go (`{"Old": "New"}`).
+    #[serde(default)]
+    pub moves: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusDefIn {
+    pub name: String,
+    pub category: crate::workflow::StatusCategory,
+    /// On edit: the status's current name, to rename it (its tasks stay with it).
+    #[serde(default)]
+    pub was: Option<String>,
+    #[serde(default)]
+    pub binding: Option<Binding>,
+}
+
+/// `POST /workflows`: a definition, or a copy of a built-in template under a new name
+/// (`{"name": "...", "from_template": "software-development"}`).
+#[derive(Debug, Clone)]
+pub enum CreateWorkflow {
+    Copy(CopyWorkflow),
+    Define(WorkflowDef),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyWorkflow {
+    pub name: String,
+    pub from_template: String,
+}
+
+impl CreateWorkflow {
+    /// Picks the form by the presence of `from_template`, so errors name the bad field.
+    pub fn from_json(v: serde_json::Value) -> Result<Self, serde_json::Error> {
+        if v.get("from_template").is_some() {
+            serde_json::from_value(v).map(Self::Copy)
+        } else {
+            serde_json::from_value(v).map(Self::Define)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -241,6 +313,9 @@ pub struct UpdateProject {
     pub name: Option<String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// An instance template's name or id; null detaches it.
+    #[serde(default, with = "double_option", skip_serializing_if = "Option::is_none")]
+    pub instance_template: Option<Option<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

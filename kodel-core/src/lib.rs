@@ -6,6 +6,9 @@
 pub mod api;
 pub mod error;
 pub mod ids;
+pub mod infra;
+pub mod jobs;
+pub mod rules;
 pub mod workflow;
 
 pub use error::ErrorCode;

@@ -15,6 +15,13 @@ pub enum StatusCategory {
 }
 
 impl StatusCategory {
+    pub const ALL: [StatusCategory; 6] =
+        [Self::Backlog, Self::Unstarted, Self::Started, Self::Review, Self::Done, Self::Cancelled];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Backlog => "backlog",
@@ -43,6 +50,17 @@ pub struct WorkflowTemplate {
     /// Allowed moves as (from, to) names; `None` means every move between two
     /// different statuses is allowed.
     pub transitions: Option<&'static [(&'static str, &'static str)]>,
+    pub bindings: &'static [BindingDef],
+}
+
+/// Entering `status` starts a job of `kind` (from the built-in template of that kind);
+/// approving its artifact moves the task to `next`, rejecting it to `back`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindingDef {
+    pub status: &'static str,
+    pub kind: crate::jobs::JobKind,
+    pub next: &'static str,
+    pub back: &'static str,
 }
 
 pub const KANBAN: WorkflowTemplate = WorkflowTemplate {
@@ -54,7 +72,48 @@ pub const KANBAN: WorkflowTemplate = WorkflowTemplate {
         StatusDef { name: "Done", category: StatusCategory::Done },
     ],
     transitions: None,
+    bindings: &[],
 };
+
+pub const SOFTWARE_DEVELOPMENT: WorkflowTemplate = WorkflowTemplate {
+    slug: "software-development",
+    name: "Software Development",
+    statuses: &[
+        StatusDef { name: "Backlog", category: StatusCategory::Backlog },
+        StatusDef { name: "Ready", category: StatusCategory::Unstarted },
+        StatusDef { name: "In Progress", category: StatusCategory::Started },
+        StatusDef { name: "Code Review", category: StatusCategory::Review },
+        StatusDef { name: "QA", category: StatusCategory::Review },
+        StatusDef { name: "Staging", category: StatusCategory::Started },
+        StatusDef { name: "Done", category: StatusCategory::Done },
+    ],
+    transitions: Some(&[
+        ("Backlog", "Ready"),
+        ("Ready", "Backlog"),
+        ("Ready", "In Progress"),
+        ("In Progress", "Ready"),
+        ("In Progress", "Code Review"),
+        ("Code Review", "In Progress"),
+        ("Code Review", "QA"),
+        ("QA", "In Progress"),
+        ("QA", "Staging"),
+        ("Staging", "QA"),
+        ("Staging", "Done"),
+        ("Done", "In Progress"),
+    ]),
+    bindings: &[
+        BindingDef { status: "In Progress", kind: crate::jobs::JobKind::Implement, next: "Code Review", back: "Ready" },
+        BindingDef { status: "Code Review", kind: crate::jobs::JobKind::Review, next: "QA", back: "In Progress" },
+        BindingDef { status: "QA", kind: crate::jobs::JobKind::Qa, next: "Staging", back: "In Progress" },
+    ],
+};
+
+pub const TEMPLATES: [&WorkflowTemplate; 2] = [&SOFTWARE_DEVELOPMENT, &KANBAN];
+
+/// A built-in template by its slug (`software-development`, `kanban`).
+pub fn template(slug: &str) -> Option<&'static WorkflowTemplate> {
+    TEMPLATES.into_iter().find(|t| t.slug == slug)
+}
 
 impl WorkflowTemplate {
     /// Every allowed (from, to) pair, expanded.
@@ -103,9 +162,66 @@ pub fn check_transition<'a>(
     }
 }
 
+/// What is wrong with a workflow definition, checked before anything is stored.
+pub fn validate_definition(statuses: &[&str], transitions: &[(&str, &str)]) -> Result<(), String> {
+    if statuses.is_empty() {
+        return Err("a workflow needs at least one status".into());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for s in statuses {
+        let name = s.trim();
+        if name.is_empty() || name.chars().count() > 64 {
+            return Err(format!("status name {s:?} must be 1 to 64 characters"));
+        }
+        if !seen.insert(name.to_lowercase()) {
+            return Err(format!("status {name:?} appears twice"));
+        }
+    }
+    for (from, to) in transitions {
+        for end in [from, to] {
+            if !seen.contains(&end.trim().to_lowercase()) {
+                return Err(format!("transition {from:?} -> {to:?} names an unknown status {end:?}"));
+            }
+        }
+        if from.trim().eq_ignore_ascii_case(to.trim()) {
+            return Err(format!("transition {from:?} -> {to:?} goes nowhere"));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn software_development_walks_from_backlog_to_done() {
+        let pairs = SOFTWARE_DEVELOPMENT.transition_pairs();
+        let path = ["Backlog", "Ready", "In Progress", "Code Review", "QA", "Staging", "Done"];
+        for w in path.windows(2) {
+            assert!(check_transition(pairs.iter().copied(), w[0], w[1]).is_ok(), "{} -> {}", w[0], w[1]);
+        }
+        // No skipping review.
+        let err = check_transition(pairs.iter().copied(), "In Progress", "Done").unwrap_err();
+        assert_eq!(err.allowed, vec!["Ready", "Code Review"]);
+        // Every binding's approve and reject moves are allowed transitions.
+        for b in SOFTWARE_DEVELOPMENT.bindings {
+            assert!(check_transition(pairs.iter().copied(), b.status, b.next).is_ok(), "{b:?}");
+            assert!(check_transition(pairs.iter().copied(), b.status, b.back).is_ok(), "{b:?}");
+        }
+        assert_eq!(template("software-development").map(|t| t.name), Some("Software Development"));
+        assert!(template("scrum").is_none());
+    }
+
+    #[test]
+    fn definitions_are_checked() {
+        assert!(validate_definition(&["A", "B"], &[("A", "B")]).is_ok());
+        assert!(validate_definition(&[], &[]).unwrap_err().contains("at least one"));
+        assert!(validate_definition(&["A", "a"], &[]).unwrap_err().contains("twice"));
+        assert!(validate_definition(&["A"], &[("A", "C")]).unwrap_err().contains("unknown status"));
+        assert!(validate_definition(&["A", "B"], &[("A", "a")]).unwrap_err().contains("nowhere"));
+        assert!(validate_definition(&[" "], &[]).is_err());
+    }
 
     #[test]
     fn kanban_allows_every_move_but_to_itself() {

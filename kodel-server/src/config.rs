@@ -32,6 +32,20 @@ pub struct Config {
     /// contention (docs/benchmarks.md).
     #[arg(long, env = "KODEL_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
+
+    /// Key sealing stored secrets such as repository credentials: base64 of 32 bytes.
+    /// When absent one is generated and kept in the database.
+    #[arg(long, env = "KODEL_ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<String>,
+
+    /// How often the engine looks for expired job leases, due schedules and stale tasks
+    /// (seconds).
+    #[arg(long, env = "KODEL_ENGINE_TICK", default_value_t = 5.0)]
+    pub engine_tick: f64,
+
+    /// First wait before a failed webhook is tried again (seconds); it doubles each time.
+    #[arg(long, env = "KODEL_WEBHOOK_RETRY", default_value_t = 10.0)]
+    pub webhook_retry: f64,
 }
 
 impl Config {

@@ -73,6 +73,11 @@ pub fn is_unique_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
+/// A row still referenced elsewhere (deleting something in use).
+pub fn is_fk_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23503"))
+}
+
 /// Checks a required text field: trimmed, not empty, at most `max` characters.
 pub fn require_text(field: &str, value: &str, max: usize) -> ApiResult<String> {
     let v = value.trim();

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, broadcast, mpsc};
 use uuid::Uuid;
 
 use crate::error::ApiResult;
-use crate::tenant::Tenant;
+use crate::tenant::OrgTx;
 
 const CHANNEL: &str = "kodel_events";
 const FEED_CAPACITY: usize = 4096;
@@ -49,28 +49,24 @@ pub struct StoredEvent {
     pub json: Arc<str>,
 }
 
-/// Writes one event for a task in the tenant's transaction, taking the task's next seq.
-pub async fn record(
-    t: &mut Tenant,
-    task_id: Uuid,
-    kind: &str,
-    payload: serde_json::Value,
-) -> ApiResult<()> {
-    let actor = t.user_id();
-    sqlx::query(
+/// Writes one event for a task in the org transaction, taking the task's next seq, and
+/// notes it for the engine. Returns the seq.
+pub async fn record(db: &mut OrgTx, task_id: Uuid, kind: &str, payload: serde_json::Value) -> ApiResult<i32> {
+    let actor = db.actor;
+    let seq: i32 = sqlx::query_scalar(
         "WITH t AS (UPDATE tasks SET event_seq = event_seq + 1 WHERE id = $1
                     RETURNING id, project_id, event_seq)
          INSERT INTO task_events (task_id, project_id, seq, type, payload, actor_id)
-         SELECT id, project_id, event_seq, $2, $3, $4 FROM t",
+         SELECT id, project_id, event_seq, $2, $3, $4 FROM t RETURNING seq",
     )
     .bind(task_id)
     .bind(kind)
-    .bind(payload)
+    .bind(&payload)
     .bind(actor)
-    .execute(t.conn())
+    .fetch_one(db.conn())
     .await?;
-    t.wrote_events = true;
-    Ok(())
+    db.note_event(task_id, seq, kind, payload);
+    Ok(seq)
 }
 
 #[derive(sqlx::FromRow)]

@@ -3,7 +3,9 @@
 
 pub mod auth;
 pub mod config;
+pub mod crypto;
 pub mod db;
+pub mod engine;
 pub mod error;
 pub mod events;
 pub mod json;
@@ -24,6 +26,10 @@ pub struct AppState {
     pub jwt: Arc<auth::JwtKeys>,
     pub events: events::EventHub,
     pub token_uses: Arc<auth::extract::TokenUses>,
+    pub sealer: Arc<crypto::Sealer>,
+    pub background: engine::background::Background,
+    /// For webhooks.
+    pub http: reqwest::Client,
 }
 
 /// A server ready to serve: migrated database, keys loaded, router built.
@@ -46,7 +52,19 @@ impl Server {
             "migrations checked"
         );
         let jwt = Arc::new(auth::JwtKeys::load(&pool, config.jwt_secret.as_deref()).await?);
-        let state = AppState { events: events::EventHub::new(pool.clone()), pool, jwt, token_uses: Arc::default() };
+        let sealer = Arc::new(crypto::Sealer::load(&pool, config.encryption_key.as_deref()).await?);
+        let secs = |s: f64| std::time::Duration::from_secs_f64(s.clamp(0.01, 86_400.0));
+        let (background, wakes) = engine::background::Background::new(secs(config.engine_tick), secs(config.webhook_retry));
+        let state = AppState {
+            events: events::EventHub::new(pool.clone()),
+            pool,
+            jwt,
+            token_uses: Arc::default(),
+            sealer,
+            background,
+            http: engine::webhooks::client(),
+        };
+        engine::background::spawn(state.clone(), wakes);
         let router = routes::router(state.clone(), config.max_body);
         Ok(Self { state, router })
     }

@@ -3,6 +3,10 @@
 //! `set_config('search_path', '"org_{slug}", public', true)` (the function form of
 //! `SET LOCAL`), so the setting dies with the transaction and never leaks to the next
 //! user of a pooled connection. Handlers never build a search_path themselves.
+//!
+//! `OrgTx` is that scoped transaction on its own, for work no request carries (the job
+//! queue, timed rules, webhooks). It remembers the events written through it, and its
+//! commit first lets the engine react to them (bindings, rules) in the same transaction.
 
 use axum::extract::{FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
@@ -21,10 +25,101 @@ pub struct Tenant {
     /// How the caller authenticated (streams re-check it while they run).
     pub credential: std::sync::Arc<Credential>,
     pub org: OrgCtx,
+    pub db: OrgTx,
+}
+
+impl std::ops::Deref for Tenant {
+    type Target = OrgTx;
+    fn deref(&self) -> &OrgTx {
+        &self.db
+    }
+}
+
+impl std::ops::DerefMut for Tenant {
+    fn deref_mut(&mut self) -> &mut OrgTx {
+        &mut self.db
+    }
+}
+
+/// An event written in this transaction that the engine has not reacted to yet.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub task_id: Uuid,
+    pub seq: i32,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    /// How many rule firings led to it (0 = a person's or an agent's change).
+    pub depth: u32,
+    /// The rules that fired on the way to it, so none fires twice in one cascade.
+    pub chain: Vec<Uuid>,
+}
+
+/// A transaction scoped to one org's schema, with who acts and what was recorded.
+pub struct OrgTx {
     tx: Transaction<'static, Postgres>,
-    state: AppState,
+    pub state: AppState,
+    pub org_id: Uuid,
+    pub slug: OrgSlug,
+    /// The user acting; None for the engine itself (rules, leases, schedules).
+    pub actor: Option<Uuid>,
+    /// Events written and not yet reacted to.
+    pub recorded: Vec<Recorded>,
+    /// Depth and chain given to events recorded now (set while a rule acts).
+    pub depth: u32,
+    pub chain: Vec<Uuid>,
     /// Set when an event was written, so commit wakes the event streams.
     pub(crate) wrote_events: bool,
+    /// Set when webhook calls were queued, so commit wakes their sender.
+    pub(crate) queued_webhooks: bool,
+}
+
+impl OrgTx {
+    /// A transaction scoped to `slug`'s schema, for the engine's own work.
+    pub async fn begin(state: &AppState, org_id: Uuid, slug: &OrgSlug) -> ApiResult<Self> {
+        let mut tx = state.pool.begin().await?;
+        sqlx::query("SELECT set_config('search_path', $1, true)").bind(slug.search_path()).execute(&mut *tx).await?;
+        Ok(Self::new(tx, state, org_id, slug.clone(), None))
+    }
+
+    fn new(tx: Transaction<'static, Postgres>, state: &AppState, org_id: Uuid, slug: OrgSlug, actor: Option<Uuid>) -> Self {
+        Self {
+            tx,
+            state: state.clone(),
+            org_id,
+            slug,
+            actor,
+            recorded: Vec::new(),
+            depth: 0,
+            chain: Vec::new(),
+            wrote_events: false,
+            queued_webhooks: false,
+        }
+    }
+
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// Notes an event written by hand-made SQL (record() notes its own).
+    pub fn note_event(&mut self, task_id: Uuid, seq: i32, kind: &str, payload: serde_json::Value) {
+        self.wrote_events = true;
+        let (depth, chain) = (self.depth, self.chain.clone());
+        self.recorded.push(Recorded { task_id, seq, kind: kind.to_owned(), payload, depth, chain });
+    }
+
+    /// Lets the engine react to what was recorded, commits, then wakes the org's event
+    /// streams and the webhook sender if there is news for them.
+    pub async fn commit(mut self) -> ApiResult<()> {
+        crate::engine::react(&mut self).await?;
+        self.tx.commit().await?;
+        if self.wrote_events {
+            self.state.events.changed(&self.slug);
+        }
+        if self.queued_webhooks {
+            self.state.background.webhooks_due(&self.slug, self.org_id);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -35,10 +130,6 @@ pub struct OrgCtx {
 }
 
 impl Tenant {
-    pub fn conn(&mut self) -> &mut PgConnection {
-        &mut self.tx
-    }
-
     pub fn user_id(&self) -> Uuid {
         self.auth.user.id
     }
@@ -47,13 +138,9 @@ impl Tenant {
         if self.org.role >= min { Ok(()) } else { Err(ApiError::forbidden(what)) }
     }
 
-    /// Commits, then wakes the org's event streams if this request wrote events.
+    /// Reacts to the recorded events, commits and wakes whoever waits on news.
     pub async fn commit(self) -> ApiResult<()> {
-        self.tx.commit().await?;
-        if self.wrote_events {
-            self.state.events.changed(&self.org.slug);
-        }
-        Ok(())
+        self.db.commit().await
     }
 }
 
@@ -125,13 +212,7 @@ impl FromRequestParts<AppState> for Tenant {
         let role = OrgRole::parse(role).ok_or_else(|| ApiError::internal("bad org role in database"))?;
         let auth = Auth { user, session: cred.session() };
         parts.extensions.insert(auth.clone());
-        Ok(Tenant {
-            auth,
-            credential: std::sync::Arc::new(cred),
-            org: OrgCtx { id: org_id, slug, role },
-            tx,
-            state: state.clone(),
-            wrote_events: false,
-        })
+        let db = OrgTx::new(tx, state, org_id, slug.clone(), Some(auth.user.id));
+        Ok(Tenant { auth, credential: std::sync::Arc::new(cred), org: OrgCtx { id: org_id, slug, role }, db })
     }
 }

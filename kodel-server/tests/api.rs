@@ -438,6 +438,6 @@ async fn project_members_change_and_leave() {
     assert_eq!((s, v["name"].as_str(), v["description"].as_str()), (StatusCode::OK, Some("Kodel"), Some("the product")));
     let (s, v) = app.post("/api/v1/orgs/acme/projects", &owner, json!({"key": "KOD", "name": "again"})).await;
     assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "project_exists"));
-    let (s, v) = app.post("/api/v1/orgs/acme/projects", &owner, json!({"key": "NEW", "name": "x", "workflow": "software-development"})).await;
-    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"), "until the task engine lands: {v}");
+    let (s, v) = app.post("/api/v1/orgs/acme/projects", &owner, json!({"key": "NEW", "name": "x", "workflow": "scrum"})).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "workflow_not_found"), "{v}");
 }

@@ -27,7 +27,7 @@ macro_rules! migration {
 }
 
 pub const SHARED: &[Migration] = &[migration!(1, "0001_init", "shared")];
-pub const TENANT: &[Migration] = &[migration!(1, "0001_init", "tenant")];
+pub const TENANT: &[Migration] = &[migration!(1, "0001_init", "tenant"), migration!(2, "0002_engine", "tenant")];
 
 pub fn tenant_version() -> i32 {
     TENANT.last().map_or(0, |m| m.version)

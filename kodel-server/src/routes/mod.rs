@@ -1,13 +1,20 @@
 //! Every resource's router, merged in one place with the layers that apply to all.
 
+pub mod agents;
 pub mod auth;
 pub mod events;
 pub mod health;
+pub mod instance_templates;
+pub mod job_templates;
+pub mod jobs;
+pub mod modules;
 pub mod openapi;
 pub mod orgs;
 pub mod projects;
+pub mod rules;
 pub mod tasks;
 pub mod tokens;
+pub mod workflows;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -35,6 +42,13 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .merge(projects::router())
         .merge(tasks::router())
         .merge(events::router())
+        .merge(workflows::router())
+        .merge(job_templates::router())
+        .merge(jobs::router())
+        .merge(rules::router())
+        .merge(modules::router())
+        .merge(instance_templates::router())
+        .merge(agents::router())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint") })
         .layer(DefaultBodyLimit::max(max_body))

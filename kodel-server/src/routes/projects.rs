@@ -8,14 +8,15 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use kodel_core::api::{
     AddProjectMember, CreateProject, MAX_DESCRIPTION, MAX_NAME, OrgRole, Page, Project, ProjectMember, ProjectRole,
-    Status, UpdateProject, UpdateRole, Workflow,
+    UpdateProject, UpdateRole,
 };
-use kodel_core::workflow::{KANBAN, StatusCategory, WorkflowTemplate};
+use kodel_core::workflow::{KANBAN, template};
 use kodel_core::{ErrorCode, ProjectKey};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::engine::workflow;
 use crate::error::{ApiError, ApiResult, check_len, is_unique_violation, require_text};
 use crate::json::ApiJson;
 use crate::tenant::Tenant;
@@ -67,78 +68,6 @@ pub async fn access(t: &mut Tenant, key: &str, not_found: ErrorCode) -> ApiResul
     Ok(ProjectCtx { id, key, workflow_id, role })
 }
 
-/// The org's copy of a built-in workflow, made on first use.
-pub async fn ensure_template(conn: &mut PgConnection, tpl: &WorkflowTemplate) -> ApiResult<Uuid> {
-    let made: Option<Uuid> = sqlx::query_scalar(
-        "INSERT INTO workflows (id, name, template) VALUES ($1, $2, $3) ON CONFLICT (template) DO NOTHING RETURNING id",
-    )
-    .bind(Uuid::now_v7())
-    .bind(tpl.name)
-    .bind(tpl.slug)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(wf) = made else {
-        return Ok(sqlx::query_scalar("SELECT id FROM workflows WHERE template = $1").bind(tpl.slug).fetch_one(&mut *conn).await?);
-    };
-    let mut ids = std::collections::HashMap::new();
-    for (i, s) in tpl.statuses.iter().enumerate() {
-        let id = Uuid::now_v7();
-        sqlx::query("INSERT INTO statuses (id, workflow_id, name, category, position) VALUES ($1, $2, $3, $4, $5)")
-            .bind(id)
-            .bind(wf)
-            .bind(s.name)
-            .bind(s.category.as_str())
-            .bind(i as i32)
-            .execute(&mut *conn)
-            .await?;
-        ids.insert(s.name, id);
-    }
-    for (from, to) in tpl.transition_pairs() {
-        sqlx::query("INSERT INTO transitions (workflow_id, from_status, to_status) VALUES ($1, $2, $3)")
-            .bind(wf)
-            .bind(ids[from])
-            .bind(ids[to])
-            .execute(&mut *conn)
-            .await?;
-    }
-    Ok(wf)
-}
-
-pub async fn load_workflow(conn: &mut PgConnection, id: Uuid) -> ApiResult<Workflow> {
-    let name: String = sqlx::query_scalar("SELECT name FROM workflows WHERE id = $1").bind(id).fetch_one(&mut *conn).await?;
-    let statuses: Vec<(Uuid, String, String, i32)> =
-        sqlx::query_as("SELECT id, name, category, position FROM statuses WHERE workflow_id = $1 ORDER BY position")
-            .bind(id)
-            .fetch_all(&mut *conn)
-            .await?;
-    let pairs: Vec<(Uuid, Uuid)> = sqlx::query_as("SELECT from_status, to_status FROM transitions WHERE workflow_id = $1")
-        .bind(id)
-        .fetch_all(&mut *conn)
-        .await?;
-    let name_of = |sid: Uuid| statuses.iter().find(|s| s.0 == sid).map(|s| s.1.clone());
-    let statuses = statuses
-        .iter()
-        .map(|(sid, name, category, position)| Status {
-            name: name.clone(),
-            category: parse_category(category),
-            position: *position,
-            next: statuses.iter().filter(|s| pairs.contains(&(*sid, s.0))).filter_map(|s| name_of(s.0)).collect(),
-        })
-        .collect();
-    Ok(Workflow { id, name, statuses })
-}
-
-fn parse_category(s: &str) -> StatusCategory {
-    match s {
-        "backlog" => StatusCategory::Backlog,
-        "started" => StatusCategory::Started,
-        "review" => StatusCategory::Review,
-        "done" => StatusCategory::Done,
-        "cancelled" => StatusCategory::Cancelled,
-        _ => StatusCategory::Unstarted,
-    }
-}
-
 #[derive(sqlx::FromRow)]
 struct ProjectRow {
     id: Uuid,
@@ -146,19 +75,31 @@ struct ProjectRow {
     name: String,
     description: String,
     workflow_id: Uuid,
+    instance_template: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
 async fn project_json(conn: &mut PgConnection, id: Uuid, role: ProjectRole) -> ApiResult<Project> {
     let r = sqlx::query_as::<_, ProjectRow>(
-        "SELECT id, key, name, description, workflow_id, created_at, updated_at FROM projects WHERE id = $1",
+        "SELECT p.id, p.key, p.name, p.description, p.workflow_id, it.name AS instance_template, p.created_at, p.updated_at
+         FROM projects p LEFT JOIN instance_templates it ON it.id = p.instance_template_id WHERE p.id = $1",
     )
     .bind(id)
     .fetch_one(&mut *conn)
     .await?;
-    let workflow = load_workflow(conn, r.workflow_id).await?;
-    Ok(Project { id: r.id, key: r.key, name: r.name, description: r.description, workflow, role, created_at: r.created_at, updated_at: r.updated_at })
+    let workflow = workflow::load(conn, r.workflow_id).await?;
+    Ok(Project {
+        id: r.id,
+        key: r.key,
+        name: r.name,
+        description: r.description,
+        workflow,
+        instance_template: r.instance_template,
+        role,
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    })
 }
 
 async fn list(mut t: Tenant) -> ApiResult<Json<Page<Project>>> {
@@ -187,14 +128,27 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateProject>) -> ApiResul
     let name = require_text("name", &req.name, MAX_NAME)?;
     let description = req.description.unwrap_or_default();
     check_len("description", &description, MAX_DESCRIPTION)?;
-    let workflow = match req.workflow.as_deref() {
-        None | Some("kanban") => ensure_template(t.conn(), &KANBAN).await?,
-        Some(other) => {
-            let by_id = match Uuid::parse_str(other) {
-                Ok(id) => sqlx::query_scalar::<_, Uuid>("SELECT id FROM workflows WHERE id = $1").bind(id).fetch_optional(t.conn()).await?,
-                Err(_) => None,
-            };
-            by_id.ok_or_else(|| ApiError::invalid(format!("unknown workflow {other:?}: use \"kanban\" or the id of one of the org's workflows")))?
+    // A built-in template's slug, or one of the org's workflows by id or name.
+    let builtin = match req.workflow.as_deref().map(str::trim) {
+        None => Some(&KANBAN),
+        Some(w) => template(w),
+    };
+    let workflow = match (builtin, req.workflow.as_deref().map(str::trim)) {
+        (Some(tpl), _) => workflow::ensure_template(t.conn(), tpl).await?,
+        (None, None) => return Err(ApiError::internal("no workflow")),
+        (None, Some(other)) => {
+            let id = Uuid::parse_str(other).ok();
+            let found: Option<Uuid> = sqlx::query_scalar("SELECT id FROM workflows WHERE id = $1 OR lower(name) = lower($2) ORDER BY id LIMIT 1")
+                .bind(id)
+                .bind(other)
+                .fetch_optional(t.conn())
+                .await?;
+            found.ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::WorkflowNotFound,
+                    format!("unknown workflow {other:?}: use \"software-development\", \"kanban\", or the id or name of one of the org's workflows"),
+                )
+            })?
         }
     };
     let id = Uuid::now_v7();
@@ -249,12 +203,27 @@ async fn update(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(r
     if let Some(d) = &req.description {
         check_len("description", d, MAX_DESCRIPTION)?;
     }
+    let instance_template = match req.instance_template.as_ref() {
+        Some(Some(it)) => {
+            let id = Uuid::parse_str(it.trim()).ok();
+            let found: Option<Uuid> = sqlx::query_scalar("SELECT id FROM instance_templates WHERE name = $1 OR id = $2")
+                .bind(it.trim())
+                .bind(id)
+                .fetch_optional(t.conn())
+                .await?;
+            Some(found.ok_or_else(|| ApiError::new(ErrorCode::TemplateNotFound, format!("no instance template {it:?}")))?)
+        }
+        _ => None,
+    };
     sqlx::query(
-        "UPDATE projects SET name = coalesce($2, name), description = coalesce($3, description), updated_at = now() WHERE id = $1",
+        "UPDATE projects SET name = coalesce($2, name), description = coalesce($3, description),
+                instance_template_id = CASE WHEN $4 THEN $5 ELSE instance_template_id END, updated_at = now() WHERE id = $1",
     )
     .bind(p.id)
     .bind(name)
     .bind(req.description)
+    .bind(req.instance_template.is_some())
+    .bind(instance_template)
     .execute(t.conn())
     .await?;
     let project = project_json(t.conn(), p.id, p.role).await?;

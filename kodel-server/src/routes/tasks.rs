@@ -11,7 +11,6 @@ use kodel_core::api::{
     Comment, CreateComment, CreateTask, DEFAULT_PAGE, MAX_COMMENT, MAX_DESCRIPTION, MAX_LABEL, MAX_LABELS, MAX_PAGE,
     MAX_TITLE, MoveTask, OrgRole, Page, Priority, ProjectRole, Task, UpdateTask,
 };
-use kodel_core::workflow::check_transition;
 use kodel_core::{ErrorCode, ProjectKey, TaskKey};
 use serde::Deserialize;
 use serde_json::json;
@@ -19,6 +18,7 @@ use uuid::Uuid;
 
 use super::projects::{ProjectCtx, access};
 use crate::AppState;
+use crate::engine::workflow;
 use crate::error::{ApiError, ApiResult, check_len, require_text};
 use crate::events;
 use crate::json::ApiJson;
@@ -33,10 +33,10 @@ pub fn router() -> Router<AppState> {
 }
 
 #[derive(sqlx::FromRow)]
-struct TaskRow {
-    id: Uuid,
-    project: String,
-    number: i32,
+pub(crate) struct TaskRow {
+    pub id: Uuid,
+    pub project: String,
+    pub number: i32,
     title: String,
     description: String,
     status: String,
@@ -81,7 +81,7 @@ const TASK_SELECT: &str = "SELECT t.id, p.key AS project, t.number, t.title, t.d
      LEFT JOIN public.users c ON c.id = t.created_by";
 
 /// Resolves `KOD-42` to the task, checking the caller may see its project.
-async fn find_task(t: &mut Tenant, raw: &str, lock: bool) -> ApiResult<(ProjectCtx, TaskRow)> {
+pub(crate) async fn find_task(t: &mut Tenant, raw: &str, lock: bool) -> ApiResult<(ProjectCtx, TaskRow)> {
     let key = TaskKey::parse(raw).map_err(|e| ApiError::new(ErrorCode::InvalidKey, e.0))?;
     let p = access(t, key.project.as_str(), ErrorCode::TaskNotFound).await?;
     let sql = format!("{TASK_SELECT} WHERE t.project_id = $1 AND t.number = $2{}", if lock { " FOR UPDATE OF t" } else { "" });
@@ -141,6 +141,7 @@ async fn create(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(r
         "assignee": req.assignee.as_deref().map(str::trim), "status": req.status,
     });
     let user = t.user_id();
+    let task_id = Uuid::now_v7();
     let org_admin = t.org.role >= OrgRole::Admin;
     let may_create: Vec<&str> = ProjectRole::ALL.iter().filter(|r| **r >= ProjectRole::Developer).map(|r| r.as_str()).collect();
     // Task creation is the hottest write, so one statement does it all: the caller's
@@ -170,7 +171,7 @@ async fn create(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(r
                 t.number, (SELECT name FROM st) AS status, t.created_at
          FROM (SELECT 1) AS one LEFT JOIN t ON true",
     )
-    .bind(Uuid::now_v7())
+    .bind(task_id)
     .bind(key.as_str())
     .bind(&title)
     .bind(&description)
@@ -179,7 +180,7 @@ async fn create(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(r
     .bind(assignee_id)
     .bind(user)
     .bind(req.status.as_deref())
-    .bind(payload)
+    .bind(&payload)
     .bind(org_admin)
     .bind(&may_create)
     .fetch_one(t.conn())
@@ -193,7 +194,15 @@ async fn create(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(r
             ApiError::invalid(format!("status {:?} is not in this project's workflow", req.status.unwrap_or_default()))
         });
     };
-    t.wrote_events = true;
+    let mut payload = payload;
+    payload["status"] = json!(status);
+    t.note_event(task_id, 1, "task.created", payload);
+    // Rules that fire on creation may have changed the task: then it is read back.
+    if crate::engine::react(&mut t).await? > 1 {
+        let row = sqlx::query_as::<_, TaskRow>(&format!("{TASK_SELECT} WHERE t.id = $1")).bind(task_id).fetch_one(t.conn()).await?;
+        t.commit().await?;
+        return Ok((StatusCode::CREATED, Json(row.into_api())));
+    }
     let email = t.auth.user.email.clone();
     t.commit().await?;
     let task = Task {
@@ -385,6 +394,7 @@ async fn update(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJson(
         _ => "task.updated",
     };
     events::record(&mut t, row.id, kind, json!({ "changes": changes })).await?;
+    crate::engine::react(&mut t).await?;
     let (_, fresh) = find_task(&mut t, &task, false).await?;
     t.commit().await?;
     Ok(Json(fresh.into_api()))
@@ -396,31 +406,8 @@ async fn move_task(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJs
     if let Some(v) = req.version.filter(|v| *v != row.version) {
         return Err(stale(&row, v));
     }
-    let target: Option<(Uuid, String)> = sqlx::query_as("SELECT id, name FROM statuses WHERE workflow_id = $1 AND lower(name) = lower($2)")
-        .bind(p.workflow_id)
-        .bind(req.status.trim())
-        .fetch_optional(t.conn())
-        .await?;
-    let pairs: Vec<(String, String)> = sqlx::query_as(
-        "SELECT f.name, s.name FROM transitions tr JOIN statuses f ON f.id = tr.from_status
-         JOIN statuses s ON s.id = tr.to_status WHERE tr.workflow_id = $1 ORDER BY s.position",
-    )
-    .bind(p.workflow_id)
-    .fetch_all(t.conn())
-    .await?;
-    let to = target.as_ref().map_or(req.status.trim(), |(_, n)| n.as_str());
-    if let Err(refused) = check_transition(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())), &row.status, to) {
-        let code = if target.is_some() { ErrorCode::TransitionNotAllowed } else { ErrorCode::InvalidRequest };
-        let message = if target.is_some() { refused.to_string() } else { format!("no status {to:?} in this workflow; allowed: {}", refused.allowed.join(", ")) };
-        return Err(ApiError::new(code, message).with_details(json!({ "from": row.status, "allowed": refused.allowed })));
-    }
-    let Some((status_id, to)) = target else { return Err(ApiError::internal("transition to unknown status")) };
-    sqlx::query("UPDATE tasks SET status_id = $2, version = version + 1, updated_at = now() WHERE id = $1")
-        .bind(row.id)
-        .bind(status_id)
-        .execute(t.conn())
-        .await?;
-    events::record(&mut t, row.id, "task.moved", json!({ "from": row.status, "to": to })).await?;
+    workflow::move_task(&mut t, row.id, &req.status, json!({})).await?;
+    crate::engine::react(&mut t).await?;
     let (_, fresh) = find_task(&mut t, &task, false).await?;
     t.commit().await?;
     Ok(Json(fresh.into_api()))
@@ -497,6 +484,7 @@ async fn add_comment(mut t: Tenant, Path((_, task)): Path<(String, String)>, Api
             .fetch_one(t.conn())
             .await?;
     events::record(&mut t, row.id, "comment.added", json!({ "comment_id": id, "body": body })).await?;
+    crate::engine::react(&mut t).await?;
     let author = t.auth.user.email.clone();
     t.commit().await?;
     let key = format!("{}-{}", row.project, row.number);

@@ -21,6 +21,9 @@ pub fn test_config() -> Config {
         jwt_secret: None,
         max_body: 64 * 1024,
         db_pool: 16,
+        encryption_key: Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into()),
+        engine_tick: 0.2,
+        webhook_retry: 0.2,
     }
 }
 
@@ -37,7 +40,16 @@ impl TestApp {
     }
 
     pub async fn spawn_on(db: PgConnectOptions) -> Self {
-        let server = Server::build(&test_config(), db.clone()).await.unwrap();
+        Self::spawn_with(db, test_config()).await
+    }
+
+    pub async fn spawn_with(db: PgConnectOptions, config: Config) -> Self {
+        // Server logs show with a failing test's output (RUST_LOG picks the level).
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+            .try_init();
+        let server = Server::build(&config, db.clone()).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = server.router.clone();
@@ -104,6 +116,33 @@ impl TestApp {
         let (s, v) = self.post(&format!("/api/v1/orgs/{slug}/projects/{key}/tasks"), token, json!({"title": title})).await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v
+    }
+
+    /// An org transaction for calling the engine directly (as the agents hub will).
+    pub async fn org_tx(&self, slug: &str) -> kodel_server::tenant::OrgTx {
+        let slug = kodel_core::OrgSlug::parse(slug).unwrap();
+        let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM orgs WHERE slug = $1").bind(slug.as_str()).fetch_one(&self.server.state.pool).await.unwrap();
+        kodel_server::tenant::OrgTx::begin(&self.server.state, id, &slug).await.unwrap()
+    }
+
+    /// The event types of a task, oldest first.
+    pub async fn event_types(&self, slug: &str, task: &str) -> Vec<String> {
+        let (project, number) = task.split_once('-').unwrap();
+        let sql = format!(
+            "SELECT e.type FROM \"org_{slug}\".task_events e JOIN \"org_{slug}\".tasks t ON t.id = e.task_id
+             JOIN \"org_{slug}\".projects p ON p.id = t.project_id WHERE p.key = $1 AND t.number = $2 ORDER BY e.seq"
+        );
+        sqlx::query_scalar(&sql).bind(project).bind(number.parse::<i32>().unwrap()).fetch_all(&self.server.state.pool).await.unwrap()
+    }
+
+    /// The payloads of a task's events of one type, oldest first.
+    pub async fn events_of(&self, slug: &str, task: &str, kind: &str) -> Vec<Value> {
+        let (project, number) = task.split_once('-').unwrap();
+        let sql = format!(
+            "SELECT e.payload FROM \"org_{slug}\".task_events e JOIN \"org_{slug}\".tasks t ON t.id = e.task_id
+             JOIN \"org_{slug}\".projects p ON p.id = t.project_id WHERE p.key = $1 AND t.number = $2 AND e.type = $3 ORDER BY e.seq"
+        );
+        sqlx::query_scalar(&sql).bind(project).bind(number.parse::<i32>().unwrap()).bind(kind).fetch_all(&self.server.state.pool).await.unwrap()
     }
 
     pub async fn sse(&self, path: &str, token: &str, last_event_id: Option<i64>) -> SseClient {

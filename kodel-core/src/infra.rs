@@ -1,0 +1,182 @@
+//! Where AI work runs: a project's git repositories (modules), the instance templates
+//! that describe an agent's workspace, and the agents registry. REST DTOs.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub const MAX_URL: usize = 2000;
+pub const MAX_SETUP_SCRIPT: usize = 100_000;
+pub const MAX_PACKAGES: usize = 200;
+pub const MAX_ENV: usize = 100;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Module {
+    pub id: Uuid,
+    pub project: String,
+    pub name: String,
+    pub url: String,
+    pub default_branch: String,
+    pub path_prefix: String,
+    /// Whether credentials are stored (they are never returned).
+    pub has_credentials: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Credentials for a private repository: a token or password, with a user name where
+/// the host wants one. Stored sealed; the API never returns them.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoCredentials {
+    #[serde(default)]
+    pub username: Option<String>,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for RepoCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RepoCredentials").field("username", &self.username).field("secret", &"<hidden>").finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateModule {
+    /// The project key.
+    pub project: String,
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub default_branch: Option<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub credentials: Option<RepoCredentials>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateModule {
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub default_branch: Option<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// New credentials; null removes them.
+    #[serde(default, with = "crate::api::double_option", skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Option<RepoCredentials>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceTemplate {
+    pub id: Uuid,
+    pub name: String,
+    pub base_image: String,
+    pub packages: Vec<String>,
+    pub setup_script: String,
+    pub env: BTreeMap<String, String>,
+    /// Whether jobs may reach the network.
+    pub network: bool,
+    /// CPU cores.
+    pub cpu_limit: Option<f32>,
+    pub memory_mb: Option<i32>,
+    /// Docker-in-docker.
+    pub dind: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceTemplateIn {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub base_image: Option<String>,
+    #[serde(default)]
+    pub packages: Option<Vec<String>>,
+    #[serde(default)]
+    pub setup_script: Option<String>,
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub network: Option<bool>,
+    #[serde(default, with = "crate::api::double_option", skip_serializing_if = "Option::is_none")]
+    pub cpu_limit: Option<Option<f32>>,
+    #[serde(default, with = "crate::api::double_option", skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<Option<i32>>,
+    #[serde(default)]
+    pub dind: Option<bool>,
+}
+
+/// Checks an instance template's fields; the message names the bad one.
+pub fn validate_instance_template(t: &InstanceTemplateIn) -> Result<(), String> {
+    if let Some(p) = &t.packages {
+        if p.len() > MAX_PACKAGES {
+            return Err(format!("at most {MAX_PACKAGES} packages"));
+        }
+        if let Some(bad) = p.iter().find(|p| p.is_empty() || !p.chars().all(|c| c.is_ascii_alphanumeric() || "+-.:=_~".contains(c))) {
+            return Err(format!("package {bad:?} is not a package name"));
+        }
+    }
+    if t.setup_script.as_ref().is_some_and(|s| s.len() > MAX_SETUP_SCRIPT) {
+        return Err(format!("setup_script is at most {MAX_SETUP_SCRIPT} bytes"));
+    }
+    if let Some(env) = &t.env {
+        if env.len() > MAX_ENV {
+            return Err(format!("at most {MAX_ENV} environment variables"));
+        }
+        let ok = |k: &str| k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if let Some(bad) = env.keys().find(|k| !ok(k)) {
+            return Err(format!("environment variable name {bad:?} is not valid"));
+        }
+    }
+    if t.cpu_limit.flatten().is_some_and(|c| !(c > 0.0 && c <= 256.0)) {
+        return Err("cpu_limit must be between 0 and 256 cores".into());
+    }
+    if t.memory_mb.flatten().is_some_and(|m| !(16..=1_048_576).contains(&m)) {
+        return Err("memory_mb must be between 16 and 1048576".into());
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Agent {
+    pub id: Uuid,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub version: String,
+    /// online, busy or offline.
+    pub status: String,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_print() {
+        let c = RepoCredentials { username: Some("bot".into()), secret: "ghp_secret".into() };
+        assert!(!format!("{c:?}").contains("ghp_secret"));
+    }
+
+    #[test]
+    fn instance_templates_are_checked() {
+        let mut t = InstanceTemplateIn { packages: Some(vec!["git".into(), "python3.11".into()]), ..Default::default() };
+        assert!(validate_instance_template(&t).is_ok());
+        t.packages = Some(vec!["git; rm -rf /".into()]);
+        assert!(validate_instance_template(&t).unwrap_err().contains("package"));
+        t.packages = None;
+        t.env = Some([("1BAD".to_string(), "x".to_string())].into());
+        assert!(validate_instance_template(&t).unwrap_err().contains("variable"));
+        t.env = None;
+        t.cpu_limit = Some(Some(0.0));
+        assert!(validate_instance_template(&t).is_err());
+    }
+}

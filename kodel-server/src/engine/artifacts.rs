@@ -1,0 +1,101 @@
+//! Deciding on what a job produced. Approving moves the task on to its binding's next
+//! status; rejecting sends it back to the binding's return status with the reviewer's
+//! comment on the task. Either way only if the task still sits in the job's status.
+
+use kodel_core::ErrorCode;
+use kodel_core::api::MAX_COMMENT;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::engine::workflow;
+use crate::error::{ApiError, ApiResult, check_len};
+use crate::events;
+use crate::tenant::OrgTx;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Approve,
+    Reject,
+}
+
+/// What a decision did to the task.
+pub struct Decided {
+    pub task_id: Uuid,
+    /// The status the task moved to, if it moved.
+    pub moved_to: Option<String>,
+}
+
+#[derive(sqlx::FromRow)]
+struct DecideRow {
+    task_id: Uuid,
+    job_id: Uuid,
+    kind: String,
+    state: String,
+    title: String,
+    /// The binding's statuses for approve and reject.
+    next: Option<String>,
+    back: Option<String>,
+    /// Whether the task still sits in the status its job was made for.
+    in_place: bool,
+}
+
+pub async fn decide(db: &mut OrgTx, artifact: Uuid, decision: Decision, comment: Option<&str>) -> ApiResult<Decided> {
+    let comment = comment.map(str::trim).filter(|c| !c.is_empty());
+    if let Some(c) = comment {
+        check_len("comment", c, MAX_COMMENT)?;
+    }
+    let row: Option<DecideRow> = sqlx::query_as(
+        "SELECT a.task_id, a.job_id, a.kind, a.state, a.title, n.name AS next, r.name AS back,
+                coalesce(t.status_id = j.status_id, false) AS in_place
+         FROM artifacts a JOIN ai_jobs j ON j.id = a.job_id JOIN tasks t ON t.id = a.task_id
+         LEFT JOIN bindings b ON b.status_id = j.status_id
+         LEFT JOIN statuses n ON n.id = b.next_status_id
+         LEFT JOIN statuses r ON r.id = b.return_status_id
+         WHERE a.id = $1 FOR UPDATE OF a, t",
+    )
+    .bind(artifact)
+    .fetch_optional(db.conn())
+    .await?;
+    let DecideRow { task_id: task, job_id: job, kind, state, title, next, back, in_place } =
+        row.ok_or_else(|| ApiError::new(ErrorCode::ArtifactNotFound, format!("artifact {artifact} not found")))?;
+    if state != "pending" {
+        return Err(ApiError::new(ErrorCode::ArtifactDecided, format!("artifact {artifact} was already {state}")));
+    }
+    let (new_state, event, target) = match decision {
+        Decision::Approve => ("approved", "artifact.approved", next),
+        Decision::Reject => ("rejected", "artifact.rejected", back),
+    };
+    let actor = db.actor;
+    sqlx::query("UPDATE artifacts SET state = $2, decided_by = $3, decided_at = now(), comment = $4 WHERE id = $1")
+        .bind(artifact)
+        .bind(new_state)
+        .bind(actor)
+        .bind(comment)
+        .execute(db.conn())
+        .await?;
+    events::record(db, task, event, json!({ "artifact_id": artifact, "job_id": job, "kind": kind, "comment": comment })).await?;
+    if decision == Decision::Reject {
+        // The reason goes on the task, where the next attempt (person or agent) reads it.
+        let body = match comment {
+            Some(c) => format!("Rejected {title}: {c}"),
+            None => format!("Rejected {title}."),
+        };
+        let id = Uuid::now_v7();
+        sqlx::query("INSERT INTO comments (id, task_id, author_id, body) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(task)
+            .bind(actor)
+            .bind(&body)
+            .execute(db.conn())
+            .await?;
+        events::record(db, task, "comment.added", json!({ "comment_id": id, "body": body })).await?;
+    }
+    let moved_to = match target {
+        Some(to) if in_place => {
+            let why = json!({ "reason": format!("artifact {new_state}"), "artifact_id": artifact });
+            Some(workflow::move_task(db, task, &to, why).await?.to)
+        }
+        _ => None,
+    };
+    Ok(Decided { task_id: task, moved_to })
+}

@@ -1,0 +1,119 @@
+//! The engine's background work. One sweep per tick asks, in a single statement across
+//! the org schemas, which orgs have expired job leases, time-based rules or webhook
+//! calls due, and only those are visited. Commits that queue webhooks wake the sender
+//! at once; retries are woken when they fall due.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kodel_core::OrgSlug;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::engine::{queue, rules, webhooks};
+use crate::error::ApiResult;
+use crate::tenant::OrgTx;
+
+/// Orgs per sweep statement.
+const SWEEP_CHUNK: usize = 200;
+
+#[derive(Clone)]
+pub struct Background {
+    wake: mpsc::UnboundedSender<(Uuid, OrgSlug)>,
+    pub tick: Duration,
+    pub webhook_retry: Duration,
+}
+
+impl Background {
+    pub fn new(tick: Duration, webhook_retry: Duration) -> (Self, mpsc::UnboundedReceiver<(Uuid, OrgSlug)>) {
+        let (wake, rx) = mpsc::unbounded_channel();
+        (Self { wake, tick, webhook_retry }, rx)
+    }
+
+    /// A commit queued webhook calls for this org.
+    pub fn webhooks_due(&self, slug: &OrgSlug, org_id: Uuid) {
+        let _ = self.wake.send((org_id, slug.clone()));
+    }
+}
+
+/// Starts the sweep and the webhook sender. They stop when the runtime does.
+pub fn spawn(state: AppState, wakes: mpsc::UnboundedReceiver<(Uuid, OrgSlug)>) {
+    tokio::spawn(send_webhooks(state.clone(), wakes));
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(state.background.tick);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if let Err(e) = sweep(&state).await {
+                tracing::warn!(error = %e.message, "engine sweep failed; will try again");
+            }
+        }
+    });
+}
+
+async fn send_webhooks(state: AppState, mut wakes: mpsc::UnboundedReceiver<(Uuid, OrgSlug)>) {
+    // Orgs with a retry timer already set, so a burst of wakes sets one timer each.
+    let timers: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
+    while let Some((org_id, slug)) = wakes.recv().await {
+        match webhooks::deliver_due(&state, org_id, &slug, state.background.webhook_retry).await {
+            Ok(Some(next)) => {
+                if timers.lock().unwrap_or_else(|p| p.into_inner()).insert(org_id) {
+                    let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+                    let (bg, timers) = (state.background.clone(), timers.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        timers.lock().unwrap_or_else(|p| p.into_inner()).remove(&org_id);
+                        bg.webhooks_due(&slug, org_id);
+                    });
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(org = %slug, error = %e.message, "webhook delivery failed; the sweep will retry"),
+        }
+    }
+}
+
+/// One pass: finds the orgs with due work and does it.
+pub async fn sweep(state: &AppState) -> ApiResult<()> {
+    let orgs: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, slug FROM public.orgs WHERE migration_error IS NULL AND schema_version >= $1 ORDER BY slug",
+    )
+    .bind(crate::db::migrate::tenant_version())
+    .fetch_all(&state.pool)
+    .await?;
+    let orgs: Vec<(Uuid, OrgSlug)> = orgs.into_iter().filter_map(|(id, s)| Some((id, OrgSlug::parse(&s).ok()?))).collect();
+    for chunk in orgs.chunks(SWEEP_CHUNK) {
+        // Schema names come from validated slugs, quoted as identifiers.
+        let parts: Vec<String> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (_, slug))| {
+                let schema = format!("\"org_{}\"", slug.as_str());
+                format!(
+                    "SELECT {i} AS i,
+                        EXISTS (SELECT 1 FROM {schema}.ai_jobs WHERE state = 'running' AND lease_expires_at < now()) AS leases,
+                        EXISTS (SELECT 1 FROM {schema}.automation_rules WHERE enabled AND trigger_kind IN ('schedule', 'stale')) AS timed,
+                        EXISTS (SELECT 1 FROM {schema}.webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= now()) AS hooks"
+                )
+            })
+            .collect();
+        let due: Vec<(i32, bool, bool, bool)> = sqlx::query_as(&parts.join(" UNION ALL ")).fetch_all(&state.pool).await?;
+        for (i, leases, timed, hooks) in due {
+            let Some((org_id, slug)) = chunk.get(i as usize) else { continue };
+            if leases {
+                queue::reap_expired(state, *org_id, slug).await?;
+            }
+            if timed {
+                let mut db = OrgTx::begin(state, *org_id, slug).await?;
+                rules::run_timed(&mut db, chrono::Utc::now()).await?;
+                db.commit().await?;
+            }
+            if hooks {
+                state.background.webhooks_due(slug, *org_id);
+            }
+        }
+    }
+    Ok(())
+}

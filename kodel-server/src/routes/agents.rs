@@ -1,0 +1,41 @@
+//! The org's agents registry: who has connected, with what labels, and when last seen.
+//! Agents add themselves when they connect (the agents hub).
+
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use kodel_core::api::Page;
+use kodel_core::infra::Agent;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::ApiResult;
+use crate::tenant::Tenant;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/orgs/{org}/agents", get(list))
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    name: String,
+    labels: Vec<String>,
+    version: String,
+    status: String,
+    last_seen_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+}
+
+async fn list(mut t: Tenant) -> ApiResult<Json<Page<Agent>>> {
+    let rows: Vec<Row> =
+        sqlx::query_as("SELECT id, name, labels, version, status, last_seen_at, created_at FROM agents ORDER BY name, id LIMIT 1000")
+            .fetch_all(t.conn())
+            .await?;
+    t.commit().await?;
+    let data = rows
+        .into_iter()
+        .map(|r| Agent { id: r.id, name: r.name, labels: r.labels, version: r.version, status: r.status, last_seen_at: r.last_seen_at, created_at: r.created_at })
+        .collect();
+    Ok(Json(Page { data, next_cursor: None }))
+}

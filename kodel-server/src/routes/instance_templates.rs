@@ -1,0 +1,164 @@
+//! Instance templates: what an agent's workspace for a job is built from (base image,
+//! packages, setup script, environment, network, limits). Org admins manage them;
+//! projects pick one with `PATCH /projects/{key} {"instance_template": name}`.
+
+use std::collections::BTreeMap;
+
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use kodel_core::api::{MAX_NAME, OrgRole, Page};
+use kodel_core::infra::{InstanceTemplate, InstanceTemplateIn, MAX_SETUP_SCRIPT, validate_instance_template};
+use kodel_core::ErrorCode;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, check_len, is_unique_violation, require_text};
+use crate::json::ApiJson;
+use crate::tenant::Tenant;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/orgs/{org}/instance-templates", get(list).post(create))
+        .route("/api/v1/orgs/{org}/instance-templates/{template}", get(show).patch(update).delete(remove))
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    name: String,
+    base_image: String,
+    packages: Vec<String>,
+    setup_script: String,
+    env: serde_json::Value,
+    network: bool,
+    cpu_limit: Option<f32>,
+    memory_mb: Option<i32>,
+    dind: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl Row {
+    fn into_api(self) -> InstanceTemplate {
+        InstanceTemplate {
+            id: self.id,
+            name: self.name,
+            base_image: self.base_image,
+            packages: self.packages,
+            setup_script: self.setup_script,
+            env: serde_json::from_value::<BTreeMap<String, String>>(self.env).unwrap_or_default(),
+            network: self.network,
+            cpu_limit: self.cpu_limit,
+            memory_mb: self.memory_mb,
+            dind: self.dind,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+const SELECT: &str = "SELECT id, name, base_image, packages, setup_script, env, network, cpu_limit, memory_mb, dind, created_at, updated_at
+     FROM instance_templates";
+
+async fn find(t: &mut Tenant, raw: &str) -> ApiResult<InstanceTemplate> {
+    let id = Uuid::parse_str(raw.trim()).ok();
+    let row = sqlx::query_as::<_, Row>(&format!("{SELECT} WHERE name = $1 OR id = $2"))
+        .bind(raw.trim())
+        .bind(id)
+        .fetch_optional(t.conn())
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::TemplateNotFound, format!("instance template {raw:?} not found")))?;
+    Ok(row.into_api())
+}
+
+fn check(req: &InstanceTemplateIn) -> ApiResult<()> {
+    validate_instance_template(req).map_err(ApiError::invalid)?;
+    if let Some(s) = &req.setup_script {
+        check_len("setup_script", s, MAX_SETUP_SCRIPT)?;
+    }
+    if let Some(b) = &req.base_image {
+        let b = require_text("base_image", b, 300)?;
+        if b.chars().any(char::is_whitespace) {
+            return Err(ApiError::invalid("base_image must not contain spaces"));
+        }
+    }
+    Ok(())
+}
+
+async fn list(mut t: Tenant) -> ApiResult<Json<Page<InstanceTemplate>>> {
+    let rows = sqlx::query_as::<_, Row>(&format!("{SELECT} ORDER BY name")).fetch_all(t.conn()).await?;
+    t.commit().await?;
+    Ok(Json(Page { data: rows.into_iter().map(Row::into_api).collect(), next_cursor: None }))
+}
+
+async fn show(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<Json<InstanceTemplate>> {
+    let it = find(&mut t, &raw).await?;
+    t.commit().await?;
+    Ok(Json(it))
+}
+
+async fn create(mut t: Tenant, ApiJson(req): ApiJson<InstanceTemplateIn>) -> ApiResult<(StatusCode, Json<InstanceTemplate>)> {
+    t.require_org_role(OrgRole::Admin, "creating instance templates")?;
+    let name = require_text("name", req.name.as_deref().unwrap_or(""), MAX_NAME)?;
+    let base_image = req.base_image.clone().ok_or_else(|| ApiError::invalid("base_image is required"))?;
+    check(&req)?;
+    sqlx::query(
+        "INSERT INTO instance_templates (id, name, base_image, packages, setup_script, env, network, cpu_limit, memory_mb, dind)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&name)
+    .bind(base_image.trim())
+    .bind(req.packages.unwrap_or_default())
+    .bind(req.setup_script.unwrap_or_default())
+    .bind(serde_json::to_value(req.env.unwrap_or_default()).map_err(ApiError::internal)?)
+    .bind(req.network.unwrap_or(false))
+    .bind(req.cpu_limit.flatten())
+    .bind(req.memory_mb.flatten())
+    .bind(req.dind.unwrap_or(false))
+    .execute(t.conn())
+    .await
+    .map_err(|e| if is_unique_violation(&e) { ApiError::new(ErrorCode::NameTaken, format!("an instance template named {name:?} already exists")) } else { e.into() })?;
+    let it = find(&mut t, &name).await?;
+    t.commit().await?;
+    Ok((StatusCode::CREATED, Json(it)))
+}
+
+async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(req): ApiJson<InstanceTemplateIn>) -> ApiResult<Json<InstanceTemplate>> {
+    t.require_org_role(OrgRole::Admin, "editing instance templates")?;
+    let cur = find(&mut t, &raw).await?;
+    check(&req)?;
+    let name = req.name.as_deref().map(|n| require_text("name", n, MAX_NAME)).transpose()?;
+    sqlx::query(
+        "UPDATE instance_templates SET name = coalesce($2, name), base_image = coalesce($3, base_image), packages = coalesce($4, packages),
+                setup_script = coalesce($5, setup_script), env = coalesce($6, env), network = coalesce($7, network),
+                cpu_limit = $8, memory_mb = $9, dind = coalesce($10, dind), updated_at = now() WHERE id = $1",
+    )
+    .bind(cur.id)
+    .bind(&name)
+    .bind(req.base_image.as_deref().map(str::trim))
+    .bind(req.packages)
+    .bind(req.setup_script)
+    .bind(req.env.map(|e| serde_json::to_value(e).unwrap_or_default()))
+    .bind(req.network)
+    .bind(req.cpu_limit.unwrap_or(cur.cpu_limit))
+    .bind(req.memory_mb.unwrap_or(cur.memory_mb))
+    .bind(req.dind)
+    .execute(t.conn())
+    .await
+    .map_err(|e| if is_unique_violation(&e) { ApiError::new(ErrorCode::NameTaken, "an instance template with that name already exists") } else { e.into() })?;
+    let it = find(&mut t, &cur.id.to_string()).await?;
+    t.commit().await?;
+    Ok(Json(it))
+}
+
+async fn remove(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    t.require_org_role(OrgRole::Admin, "deleting instance templates")?;
+    let cur = find(&mut t, &raw).await?;
+    sqlx::query("DELETE FROM instance_templates WHERE id = $1").bind(cur.id).execute(t.conn()).await?;
+    t.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,315 @@
+//! AI jobs and their artifacts through the API: list and show (what the caller's
+//! projects hold), start one by hand, cancel; approve or reject an artifact.
+
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use kodel_core::api::{DEFAULT_PAGE, MAX_PAGE, OrgRole, Page, ProjectRole};
+use kodel_core::jobs::{Artifact, ArtifactKind, ArtifactState, DecideArtifact, Job, JobKind, JobState, StartJob};
+use kodel_core::{ErrorCode, TaskKey};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::projects::access;
+use super::tasks::find_task;
+use crate::AppState;
+use crate::engine::artifacts::{Decision, decide};
+use crate::engine::jobs;
+use crate::error::{ApiError, ApiResult};
+use crate::json::ApiJson;
+use crate::tenant::Tenant;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/orgs/{org}/jobs", get(list_jobs).post(start_job))
+        .route("/api/v1/orgs/{org}/jobs/{id}", get(show_job))
+        .route("/api/v1/orgs/{org}/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/v1/orgs/{org}/artifacts", get(list_artifacts))
+        .route("/api/v1/orgs/{org}/artifacts/{id}", get(show_artifact))
+        .route("/api/v1/orgs/{org}/artifacts/{id}/approve", post(approve))
+        .route("/api/v1/orgs/{org}/artifacts/{id}/reject", post(reject))
+}
+
+/// SQL that is true when the caller may see project `p` (org admins see all).
+const VISIBLE: &str = "($1 OR p.id IN (SELECT project_id FROM project_members WHERE user_id = $2))";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    task: Option<String>,
+    /// Jobs: pending, running, ...; artifacts: pending, approved, rejected.
+    status: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+/// Newest first: the cursor is the last id of the previous page.
+fn page_args(q: &ListQuery) -> ApiResult<(Uuid, i64)> {
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit must be between 1 and {MAX_PAGE}")));
+    }
+    let before = match q.cursor.as_deref() {
+        None | Some("") => Uuid::max(),
+        Some(c) => Uuid::parse_str(c).map_err(|_| ApiError::new(ErrorCode::InvalidCursor, "cursor is not one this server gave out"))?,
+    };
+    Ok((before, limit))
+}
+
+fn page<T>(mut rows: Vec<T>, limit: i64, id: impl Fn(&T) -> Uuid) -> (Vec<T>, Option<String>) {
+    if rows.len() as i64 > limit {
+        rows.truncate(limit as usize);
+        let next = rows.last().map(|r| id(r).to_string());
+        (rows, next)
+    } else {
+        (rows, None)
+    }
+}
+
+/// The task id for `?task=KEY-n`, checking the caller may see it.
+async fn task_filter(t: &mut Tenant, task: Option<&str>) -> ApiResult<Option<Uuid>> {
+    match task {
+        Some(raw) => Ok(Some(find_task(t, raw, false).await?.1.id)),
+        None => Ok(None),
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    task: String,
+    kind: String,
+    template: String,
+    state: String,
+    for_status: Option<String>,
+    attempts: i32,
+    max_attempts: i32,
+    lease_agent: Option<Uuid>,
+    lease_expires_at: Option<DateTime<Utc>>,
+    error: Option<String>,
+    summary: Option<String>,
+    usage: serde_json::Value,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl JobRow {
+    fn into_api(self) -> Job {
+        Job {
+            id: self.id,
+            task: self.task,
+            kind: JobKind::parse(&self.kind).unwrap_or(JobKind::Custom),
+            template: self.template,
+            status: JobState::parse(&self.state).unwrap_or(JobState::Pending),
+            for_status: self.for_status,
+            attempts: self.attempts,
+            max_attempts: self.max_attempts,
+            agent: self.lease_agent,
+            lease_expires_at: self.lease_expires_at,
+            error: self.error,
+            summary: self.summary,
+            usage: self.usage,
+            created_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        }
+    }
+}
+
+const JOB_SELECT: &str = "SELECT j.id, p.key || '-' || t.number AS task, j.kind, jt.name AS template, j.state, s.name AS for_status,
+        j.attempts, j.max_attempts, j.lease_agent, j.lease_expires_at, j.error, j.summary, j.usage,
+        j.created_at, j.started_at, j.finished_at
+     FROM ai_jobs j JOIN tasks t ON t.id = j.task_id JOIN projects p ON p.id = t.project_id
+     JOIN ai_job_templates jt ON jt.id = j.template_id LEFT JOIN statuses s ON s.id = j.status_id";
+
+async fn list_jobs(mut t: Tenant, query: QueryResult<ListQuery>) -> ApiResult<Json<Page<Job>>> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let (before, limit) = page_args(&q)?;
+    if let Some(s) = q.status.as_deref().filter(|s| JobState::parse(s).is_none()) {
+        return Err(ApiError::invalid(format!("status {s:?} is not a job status (pending, running, succeeded, failed, cancelled)")));
+    }
+    let task = task_filter(&mut t, q.task.as_deref()).await?;
+    let (admin, user) = (t.org.role >= OrgRole::Admin, t.user_id());
+    let rows = sqlx::query_as::<_, JobRow>(&format!(
+        "{JOB_SELECT} WHERE {VISIBLE} AND ($3::uuid IS NULL OR j.task_id = $3) AND ($4::text IS NULL OR j.state = $4)
+           AND j.id < $5 ORDER BY j.id DESC LIMIT $6"
+    ))
+    .bind(admin)
+    .bind(user)
+    .bind(task)
+    .bind(q.status.as_deref())
+    .bind(before)
+    .bind(limit + 1)
+    .fetch_all(t.conn())
+    .await?;
+    t.commit().await?;
+    let (rows, next_cursor) = page(rows, limit, |r| r.id);
+    Ok(Json(Page { data: rows.into_iter().map(JobRow::into_api).collect(), next_cursor }))
+}
+
+fn parse_id(raw: &str, code: ErrorCode, what: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(raw.trim()).map_err(|_| ApiError::new(code, format!("{what} {raw:?} not found")))
+}
+
+/// One job the caller may see, with the caller's role in its project.
+async fn visible_job(t: &mut Tenant, raw: &str) -> ApiResult<(Job, ProjectRole)> {
+    let id = parse_id(raw, ErrorCode::JobNotFound, "job")?;
+    let row = sqlx::query_as::<_, JobRow>(&format!("{JOB_SELECT} WHERE j.id = $1"))
+        .bind(id)
+        .fetch_optional(t.conn())
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::JobNotFound, format!("job {raw:?} not found")))?;
+    let key = TaskKey::parse(&row.task).map_err(|e| ApiError::internal(e.0))?;
+    let p = access(t, key.project.as_str(), ErrorCode::JobNotFound).await?;
+    Ok((row.into_api(), p.role))
+}
+
+async fn show_job(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<Json<Job>> {
+    let (job, _) = visible_job(&mut t, &raw).await?;
+    t.commit().await?;
+    Ok(Json(job))
+}
+
+async fn start_job(mut t: Tenant, ApiJson(req): ApiJson<StartJob>) -> ApiResult<(StatusCode, Json<Job>)> {
+    let (p, task) = find_task(&mut t, &req.task, true).await?;
+    p.require(ProjectRole::Developer, "starting jobs")?;
+    let template = jobs::template_id_by_name(t.conn(), &req.template)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::TemplateNotFound, format!("no job template {:?}", req.template)))?;
+    let id = jobs::start_now(&mut t, task.id, template).await?;
+    crate::engine::react(&mut t).await?;
+    let (job, _) = visible_job(&mut t, &id.to_string()).await?;
+    t.commit().await?;
+    Ok((StatusCode::CREATED, Json(job)))
+}
+
+async fn cancel_job(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<Json<Job>> {
+    let (job, role) = visible_job(&mut t, &raw).await?;
+    if role < ProjectRole::Developer {
+        return Err(ApiError::forbidden("cancelling jobs"));
+    }
+    let who = t.auth.user.email.clone();
+    jobs::cancel(&mut t, job.id, &format!("cancelled by {who}")).await?;
+    crate::engine::react(&mut t).await?;
+    let (job, _) = visible_job(&mut t, &raw).await?;
+    t.commit().await?;
+    Ok(Json(job))
+}
+
+#[derive(sqlx::FromRow)]
+struct ArtifactRow {
+    id: Uuid,
+    job_id: Uuid,
+    task: String,
+    kind: String,
+    title: String,
+    content: Option<String>,
+    reference: Option<String>,
+    state: String,
+    decided_by: Option<String>,
+    decided_at: Option<DateTime<Utc>>,
+    comment: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl ArtifactRow {
+    fn into_api(self) -> Artifact {
+        Artifact {
+            id: self.id,
+            job: self.job_id,
+            task: self.task,
+            kind: ArtifactKind::parse(&self.kind).unwrap_or(ArtifactKind::Text),
+            title: self.title,
+            content: self.content,
+            reference: self.reference,
+            status: ArtifactState::parse(&self.state).unwrap_or(ArtifactState::Pending),
+            decided_by: self.decided_by,
+            decided_at: self.decided_at,
+            comment: self.comment,
+            created_at: self.created_at,
+        }
+    }
+}
+
+const ARTIFACT_SELECT: &str = "SELECT a.id, a.job_id, p.key || '-' || t.number AS task, a.kind, a.title, a.content, a.reference,
+        a.state, u.email AS decided_by, a.decided_at, a.comment, a.created_at
+     FROM artifacts a JOIN tasks t ON t.id = a.task_id JOIN projects p ON p.id = t.project_id
+     LEFT JOIN public.users u ON u.id = a.decided_by";
+
+async fn list_artifacts(mut t: Tenant, query: QueryResult<ListQuery>) -> ApiResult<Json<Page<Artifact>>> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let (before, limit) = page_args(&q)?;
+    if let Some(s) = q.status.as_deref().filter(|s| ArtifactState::parse(s).is_none()) {
+        return Err(ApiError::invalid(format!("status {s:?} is not an artifact status (pending, approved, rejected)")));
+    }
+    let task = task_filter(&mut t, q.task.as_deref()).await?;
+    let (admin, user) = (t.org.role >= OrgRole::Admin, t.user_id());
+    let rows = sqlx::query_as::<_, ArtifactRow>(&format!(
+        "{ARTIFACT_SELECT} WHERE {VISIBLE} AND ($3::uuid IS NULL OR a.task_id = $3) AND ($4::text IS NULL OR a.state = $4)
+           AND a.id < $5 ORDER BY a.id DESC LIMIT $6"
+    ))
+    .bind(admin)
+    .bind(user)
+    .bind(task)
+    .bind(q.status.as_deref())
+    .bind(before)
+    .bind(limit + 1)
+    .fetch_all(t.conn())
+    .await?;
+    t.commit().await?;
+    let (rows, next_cursor) = page(rows, limit, |r| r.id);
+    Ok(Json(Page { data: rows.into_iter().map(ArtifactRow::into_api).collect(), next_cursor }))
+}
+
+async fn visible_artifact(t: &mut Tenant, raw: &str) -> ApiResult<(Artifact, ProjectRole)> {
+    let id = parse_id(raw, ErrorCode::ArtifactNotFound, "artifact")?;
+    let row = sqlx::query_as::<_, ArtifactRow>(&format!("{ARTIFACT_SELECT} WHERE a.id = $1"))
+        .bind(id)
+        .fetch_optional(t.conn())
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::ArtifactNotFound, format!("artifact {raw:?} not found")))?;
+    let key = TaskKey::parse(&row.task).map_err(|e| ApiError::internal(e.0))?;
+    let p = access(t, key.project.as_str(), ErrorCode::ArtifactNotFound).await?;
+    Ok((row.into_api(), p.role))
+}
+
+async fn show_artifact(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<Json<Artifact>> {
+    let (a, _) = visible_artifact(&mut t, &raw).await?;
+    t.commit().await?;
+    Ok(Json(a))
+}
+
+async fn decide_on(mut t: Tenant, raw: String, req: DecideArtifact, decision: Decision) -> ApiResult<Json<Artifact>> {
+    let (a, role) = visible_artifact(&mut t, &raw).await?;
+    if role < ProjectRole::Reviewer {
+        return Err(ApiError::forbidden("deciding on artifacts"));
+    }
+    decide(&mut t, a.id, decision, req.comment.as_deref()).await?;
+    crate::engine::react(&mut t).await?;
+    let (a, _) = visible_artifact(&mut t, &raw).await?;
+    t.commit().await?;
+    Ok(Json(a))
+}
+
+/// The body is optional (`{"comment": "..."}`), so a bare POST decides too.
+fn decision_body(body: &[u8]) -> ApiResult<DecideArtifact> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(DecideArtifact::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(e.to_string()))
+}
+
+async fn approve(t: Tenant, Path((_, raw)): Path<(String, String)>, body: axum::body::Bytes) -> ApiResult<Json<Artifact>> {
+    let req = decision_body(&body)?;
+    decide_on(t, raw, req, Decision::Approve).await
+}
+
+async fn reject(t: Tenant, Path((_, raw)): Path<(String, String)>, body: axum::body::Bytes) -> ApiResult<Json<Artifact>> {
+    let req = decision_body(&body)?;
+    decide_on(t, raw, req, Decision::Reject).await
+}

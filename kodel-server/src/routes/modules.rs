@@ -1,0 +1,193 @@
+//! Modules: the git repositories of a project. Credentials for private repositories
+//! are sealed before they are stored and never come back out through the API.
+
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use kodel_core::api::{MAX_NAME, Page, ProjectRole};
+use kodel_core::infra::{CreateModule, MAX_URL, Module, RepoCredentials, UpdateModule};
+use kodel_core::ErrorCode;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::projects::{ProjectCtx, access};
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, check_len, is_unique_violation, require_text};
+use crate::json::ApiJson;
+use crate::tenant::Tenant;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/orgs/{org}/modules", get(list).post(create))
+        .route("/api/v1/orgs/{org}/modules/{id}", get(show).patch(update).delete(remove))
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    project: String,
+    name: String,
+    url: String,
+    default_branch: String,
+    path_prefix: String,
+    has_credentials: bool,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl Row {
+    fn into_api(self) -> Module {
+        Module {
+            id: self.id,
+            project: self.project,
+            name: self.name,
+            url: self.url,
+            default_branch: self.default_branch,
+            path_prefix: self.path_prefix,
+            has_credentials: self.has_credentials,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+const SELECT: &str = "SELECT m.id, p.key AS project, m.name, m.url, m.default_branch, m.path_prefix,
+        m.credentials IS NOT NULL AS has_credentials, m.created_at, m.updated_at
+     FROM modules m JOIN projects p ON p.id = m.project_id";
+
+/// A clone URL: https, http, ssh, git, or scp-like `user@host:path`. Credentials belong
+/// in `credentials`, not in the URL (where they would be shown to every reader).
+fn check_url(url: &str) -> ApiResult<String> {
+    let url = require_text("url", url, MAX_URL)?;
+    let scheme_ok = ["https://", "http://", "ssh://", "git://", "file://"].iter().any(|s| url.starts_with(s));
+    let scp_like = !url.contains("://") && url.contains('@') && url.contains(':');
+    if !(scheme_ok || scp_like) || url.chars().any(char::is_whitespace) {
+        return Err(ApiError::invalid(format!("url {url:?} is not a git URL (https://, ssh://, git@host:path)")));
+    }
+    if let Some(rest) = url.split("://").nth(1)
+        && rest.split('/').next().is_some_and(|host| host.contains(':') && host.contains('@'))
+    {
+        return Err(ApiError::invalid("put the password or token in \"credentials\", not in the URL"));
+    }
+    Ok(url)
+}
+
+fn check_branch(b: &str) -> ApiResult<String> {
+    let b = require_text("default_branch", b, 250)?;
+    if b.starts_with('-') || b.contains("..") || b.chars().any(|c| c.is_whitespace() || "~^:?*[\\".contains(c)) {
+        return Err(ApiError::invalid(format!("default_branch {b:?} is not a valid branch name")));
+    }
+    Ok(b)
+}
+
+fn check_prefix(p: &str) -> ApiResult<String> {
+    check_len("path_prefix", p, 500)?;
+    let p = p.trim().trim_matches('/');
+    if p.split('/').any(|part| part == "..") {
+        return Err(ApiError::invalid("path_prefix must stay inside the repository"));
+    }
+    Ok(p.to_owned())
+}
+
+fn seal(t: &Tenant, c: &RepoCredentials) -> ApiResult<Vec<u8>> {
+    check_len("credentials.secret", &c.secret, 20_000)?;
+    if c.secret.is_empty() {
+        return Err(ApiError::invalid("credentials.secret must not be empty"));
+    }
+    let json = serde_json::to_vec(c).map_err(ApiError::internal)?;
+    Ok(t.state.sealer.seal(&json))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    project: Option<String>,
+}
+
+async fn list(mut t: Tenant, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Page<Module>>> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let key = q.project.ok_or_else(|| ApiError::invalid("give the project: ?project=KEY"))?;
+    let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
+    let rows = sqlx::query_as::<_, Row>(&format!("{SELECT} WHERE m.project_id = $1 ORDER BY m.name")).bind(p.id).fetch_all(t.conn()).await?;
+    t.commit().await?;
+    Ok(Json(Page { data: rows.into_iter().map(Row::into_api).collect(), next_cursor: None }))
+}
+
+async fn find(t: &mut Tenant, raw: &str) -> ApiResult<(Module, ProjectCtx)> {
+    let missing = || ApiError::new(ErrorCode::ModuleNotFound, format!("module {raw:?} not found"));
+    let id = Uuid::parse_str(raw.trim()).map_err(|_| missing())?;
+    let row = sqlx::query_as::<_, Row>(&format!("{SELECT} WHERE m.id = $1")).bind(id).fetch_optional(t.conn()).await?.ok_or_else(missing)?;
+    let p = access(t, &row.project, ErrorCode::ModuleNotFound).await?;
+    Ok((row.into_api(), p))
+}
+
+async fn show(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<Json<Module>> {
+    let (m, _) = find(&mut t, &raw).await?;
+    t.commit().await?;
+    Ok(Json(m))
+}
+
+async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateModule>) -> ApiResult<(StatusCode, Json<Module>)> {
+    let p = access(&mut t, &req.project, ErrorCode::ProjectNotFound).await?;
+    p.require(ProjectRole::TechLead, "adding modules")?;
+    let name = require_text("name", &req.name, MAX_NAME)?;
+    let url = check_url(&req.url)?;
+    let branch = check_branch(req.default_branch.as_deref().unwrap_or("main"))?;
+    let prefix = check_prefix(req.path_prefix.as_deref().unwrap_or(""))?;
+    let sealed = req.credentials.as_ref().map(|c| seal(&t, c)).transpose()?;
+    let id = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO modules (id, project_id, name, url, default_branch, path_prefix, credentials) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(id)
+    .bind(p.id)
+    .bind(&name)
+    .bind(&url)
+    .bind(&branch)
+    .bind(&prefix)
+    .bind(sealed)
+    .execute(t.conn())
+    .await
+    .map_err(|e| if is_unique_violation(&e) { ApiError::new(ErrorCode::NameTaken, format!("{} already has a module named {name:?}", p.key)) } else { e.into() })?;
+    let (m, _) = find(&mut t, &id.to_string()).await?;
+    t.commit().await?;
+    Ok((StatusCode::CREATED, Json(m)))
+}
+
+async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(req): ApiJson<UpdateModule>) -> ApiResult<Json<Module>> {
+    let (m, p) = find(&mut t, &raw).await?;
+    p.require(ProjectRole::TechLead, "changing modules")?;
+    let url = req.url.as_deref().map(check_url).transpose()?;
+    let branch = req.default_branch.as_deref().map(check_branch).transpose()?;
+    let prefix = req.path_prefix.as_deref().map(check_prefix).transpose()?;
+    let sealed = match &req.credentials {
+        Some(Some(c)) => Some(Some(seal(&t, c)?)),
+        Some(None) => Some(None),
+        None => None,
+    };
+    sqlx::query(
+        "UPDATE modules SET url = coalesce($2, url), default_branch = coalesce($3, default_branch), path_prefix = coalesce($4, path_prefix),
+                credentials = CASE WHEN $5 THEN $6 ELSE credentials END, updated_at = now() WHERE id = $1",
+    )
+    .bind(m.id)
+    .bind(url)
+    .bind(branch)
+    .bind(prefix)
+    .bind(sealed.is_some())
+    .bind(sealed.flatten())
+    .execute(t.conn())
+    .await?;
+    let (m, _) = find(&mut t, &raw).await?;
+    t.commit().await?;
+    Ok(Json(m))
+}
+
+async fn remove(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    let (m, p) = find(&mut t, &raw).await?;
+    p.require(ProjectRole::TechLead, "removing modules")?;
+    sqlx::query("DELETE FROM modules WHERE id = $1").bind(m.id).execute(t.conn()).await?;
+    t.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

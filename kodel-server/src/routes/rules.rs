@@ -1,0 +1,186 @@
+//! Automation rules: per project (tech leads and above) or org-wide (org admins).
+//! Members see the org-wide rules and those of projects they belong to.
+
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use kodel_core::api::{MAX_NAME, OrgRole, Page, ProjectRole};
+use kodel_core::rules::{CreateRule, Rule, RuleSpec, UpdateRule};
+use kodel_core::ErrorCode;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::projects::access;
+use crate::AppState;
+use crate::engine::rules::validate;
+use crate::error::{ApiError, ApiResult, require_text};
+use crate::json::ApiJson;
+use crate::tenant::Tenant;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/orgs/{org}/rules", get(list).post(create))
+        .route("/api/v1/orgs/{org}/rules/{id}", get(show).patch(update).delete(remove))
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    project: Option<String>,
+    name: String,
+    enabled: bool,
+    dry_run: bool,
+    spec: serde_json::Value,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl Row {
+    fn into_api(self) -> ApiResult<Rule> {
+        let spec: RuleSpec = serde_json::from_value(self.spec).map_err(ApiError::internal)?;
+        Ok(Rule {
+            id: self.id,
+            project: self.project,
+            name: self.name,
+            enabled: self.enabled,
+            dry_run: self.dry_run,
+            spec,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+const SELECT: &str = "SELECT r.id, p.key AS project, r.name, r.enabled, r.dry_run, r.spec, r.created_at, r.updated_at
+     FROM automation_rules r LEFT JOIN projects p ON p.id = r.project_id";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    project: Option<String>,
+}
+
+async fn list(mut t: Tenant, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Page<Rule>>> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let project = match q.project.as_deref() {
+        Some(key) => Some(access(&mut t, key, ErrorCode::ProjectNotFound).await?.id),
+        None => None,
+    };
+    let (admin, user) = (t.org.role >= OrgRole::Admin, t.user_id());
+    let rows = sqlx::query_as::<_, Row>(&format!(
+        "{SELECT} WHERE (r.project_id IS NULL OR $1 OR r.project_id IN (SELECT project_id FROM project_members WHERE user_id = $2))
+           AND ($3::uuid IS NULL OR r.project_id = $3 OR r.project_id IS NULL)
+         ORDER BY r.created_at, r.id LIMIT 1000"
+    ))
+    .bind(admin)
+    .bind(user)
+    .bind(project)
+    .fetch_all(t.conn())
+    .await?;
+    t.commit().await?;
+    Ok(Json(Page { data: rows.into_iter().map(Row::into_api).collect::<ApiResult<_>>()?, next_cursor: None }))
+}
+
+/// A rule the caller may see; `edit` also requires the right to change it.
+async fn find(t: &mut Tenant, raw: &str, edit: bool) -> ApiResult<Rule> {
+    let missing = || ApiError::new(ErrorCode::RuleNotFound, format!("rule {raw:?} not found"));
+    let id = Uuid::parse_str(raw.trim()).map_err(|_| missing())?;
+    let row = sqlx::query_as::<_, Row>(&format!("{SELECT} WHERE r.id = $1")).bind(id).fetch_optional(t.conn()).await?.ok_or_else(missing)?;
+    let rule = row.into_api()?;
+    match &rule.project {
+        Some(key) => {
+            let p = access(t, key, ErrorCode::RuleNotFound).await?;
+            if edit {
+                p.require(ProjectRole::TechLead, "changing this project's rules")?;
+            }
+        }
+        None if edit => t.require_org_role(OrgRole::Admin, "changing org-wide rules")?,
+        None => {}
+    }
+    Ok(rule)
+}
+
+async fn show(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<Json<Rule>> {
+    let rule = find(&mut t, &raw, false).await?;
+    t.commit().await?;
+    Ok(Json(rule))
+}
+
+async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateRule>) -> ApiResult<(StatusCode, Json<Rule>)> {
+    let name = require_text("name", &req.name, MAX_NAME)?;
+    let project = match req.project.as_deref() {
+        Some(key) => {
+            let p = access(&mut t, key, ErrorCode::ProjectNotFound).await?;
+            p.require(ProjectRole::TechLead, "adding rules to this project")?;
+            Some(p.id)
+        }
+        None => {
+            t.require_org_role(OrgRole::Admin, "adding org-wide rules")?;
+            None
+        }
+    };
+    let spec = RuleSpec { trigger: req.trigger, conditions: req.conditions, how: req.how, actions: req.actions };
+    validate(&spec)?;
+    let id = Uuid::now_v7();
+    let user = t.user_id();
+    sqlx::query(
+        "INSERT INTO automation_rules (id, project_id, name, enabled, dry_run, trigger_kind, spec, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(id)
+    .bind(project)
+    .bind(&name)
+    .bind(req.enabled.unwrap_or(true))
+    .bind(req.dry_run.unwrap_or(false))
+    .bind(spec.trigger.kind())
+    .bind(serde_json::to_value(&spec).map_err(ApiError::internal)?)
+    .bind(user)
+    .execute(t.conn())
+    .await?;
+    let rule = find(&mut t, &id.to_string(), false).await?;
+    t.commit().await?;
+    Ok((StatusCode::CREATED, Json(rule)))
+}
+
+async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(req): ApiJson<UpdateRule>) -> ApiResult<Json<Rule>> {
+    let rule = find(&mut t, &raw, true).await?;
+    let name = req.name.as_deref().map(|n| require_text("name", n, MAX_NAME)).transpose()?;
+    let mut spec = rule.spec;
+    if let Some(tr) = req.trigger {
+        spec.trigger = tr;
+    }
+    if let Some(c) = req.conditions {
+        spec.conditions = c;
+    }
+    if let Some(h) = req.how {
+        spec.how = h;
+    }
+    if let Some(a) = req.actions {
+        spec.actions = a;
+    }
+    validate(&spec)?;
+    sqlx::query(
+        "UPDATE automation_rules SET name = coalesce($2, name), enabled = coalesce($3, enabled), dry_run = coalesce($4, dry_run),
+                trigger_kind = $5, spec = $6, updated_at = now() WHERE id = $1",
+    )
+    .bind(rule.id)
+    .bind(name)
+    .bind(req.enabled)
+    .bind(req.dry_run)
+    .bind(spec.trigger.kind())
+    .bind(serde_json::to_value(&spec).map_err(ApiError::internal)?)
+    .execute(t.conn())
+    .await?;
+    let rule = find(&mut t, &raw, false).await?;
+    t.commit().await?;
+    Ok(Json(rule))
+}
+
+async fn remove(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    let rule = find(&mut t, &raw, true).await?;
+    sqlx::query("DELETE FROM automation_rules WHERE id = $1").bind(rule.id).execute(t.conn()).await?;
+    t.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
