@@ -1,0 +1,115 @@
+//! Where AI work runs: modules (with sealed credentials), instance templates assigned
+//! to projects, and the agents registry.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{TestApp, code};
+use kodel_server::engine::queue;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn modules_keep_credentials_sealed() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner_with_project("owner@x.io", "acme", "KOD").await;
+    let dev = app.register("dev@x.io").await;
+    app.post("/api/v1/orgs/acme/members", &owner, json!({"email": "dev@x.io", "role": "member"})).await;
+    app.post("/api/v1/orgs/acme/projects/KOD/members", &owner, json!({"email": "dev@x.io", "role": "developer"})).await;
+
+    let body = json!({"project": "KOD", "name": "api", "url": "https://git.example.com/acme/api.git", "default_branch": "trunk",
+                      "path_prefix": "/services/api/", "credentials": {"username": "bot", "secret": "ghp_TOPSECRET"}});
+    let (s, _) = app.post("/api/v1/orgs/acme/modules", &dev, body.clone()).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "developers do not manage modules");
+    let resp = app.http.post(format!("{}/api/v1/orgs/acme/modules", app.base)).bearer_auth(&owner).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("TOPSECRET"), "{text}");
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!((m["has_credentials"].as_bool(), m["path_prefix"].as_str(), m["default_branch"].as_str()), (Some(true), Some("services/api"), Some("trunk")));
+    let id = m["id"].as_str().unwrap();
+
+    // Sealed at rest, and the server can open it again.
+    let mut db = app.org_tx("acme").await;
+    let sealed: Vec<u8> = sqlx::query_scalar("SELECT credentials FROM modules").fetch_one(db.conn()).await.unwrap();
+    db.commit().await.unwrap();
+    assert!(!sealed.windows(9).any(|w| w == b"TOPSECRET"));
+    let opened = app.server.state.sealer.open(&sealed).unwrap();
+    assert!(String::from_utf8(opened).unwrap().contains("ghp_TOPSECRET"));
+
+    for (body, why) in [
+        (json!({"project": "KOD", "name": "x", "url": "https://bot:pw@host/x.git"}), "credentials"),
+        (json!({"project": "KOD", "name": "x", "url": "not a url"}), "git URL"),
+        (json!({"project": "KOD", "name": "x", "url": "git@host:x.git", "default_branch": "a..b"}), "branch"),
+        (json!({"project": "KOD", "name": "x", "url": "git@host:x.git", "path_prefix": "../etc"}), "inside"),
+    ] {
+        let (s, v) = app.post("/api/v1/orgs/acme/modules", &owner, body.clone()).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(v["error"]["message"].as_str().unwrap().contains(why), "{body}: {v}");
+    }
+    let (s, v) = app.post("/api/v1/orgs/acme/modules", &owner, json!({"project": "KOD", "name": "api", "url": "git@host:x.git"})).await;
+    assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "name_taken"));
+
+    // Developers read them; credentials can be removed; outsiders see nothing.
+    let (_, list) = app.get("/api/v1/orgs/acme/modules?project=KOD", &dev).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    let (s, m) = app.patch(&format!("/api/v1/orgs/acme/modules/{id}"), &owner, json!({"credentials": null, "url": "git@git.example.com:acme/api.git"})).await;
+    assert_eq!((s, m["has_credentials"].as_bool(), m["url"].as_str()), (StatusCode::OK, Some(false), Some("git@git.example.com:acme/api.git")));
+    let eve = app.register("eve@x.io").await;
+    app.post("/api/v1/orgs", &eve, json!({"slug": "evil", "name": "e"})).await;
+    let (s, _) = app.get(&format!("/api/v1/orgs/evil/modules/{id}"), &eve).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(app.delete(&format!("/api/v1/orgs/acme/modules/{id}"), &owner).await.0, StatusCode::NO_CONTENT);
+    let (s, v) = app.get(&format!("/api/v1/orgs/acme/modules/{id}"), &owner).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "module_not_found"));
+}
+
+#[tokio::test]
+async fn instance_templates_are_assigned_per_project() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner_with_project("owner@x.io", "acme", "KOD").await;
+    let body = json!({"name": "rust", "base_image": "debian:12", "packages": ["build-essential", "libssl-dev"],
+                      "setup_script": "rustup default stable", "env": {"RUST_LOG": "info"}, "network": true,
+                      "cpu_limit": 2.0, "memory_mb": 4096, "dind": false});
+    let (s, it) = app.post("/api/v1/orgs/acme/instance-templates", &owner, body).await;
+    assert_eq!(s, StatusCode::CREATED, "{it}");
+    assert_eq!((it["env"]["RUST_LOG"].as_str(), it["memory_mb"].as_i64(), it["network"].as_bool()), (Some("info"), Some(4096), Some(true)));
+    for bad in [
+        json!({"name": "b", "base_image": "x", "packages": ["a; rm -rf /"]}),
+        json!({"name": "b", "base_image": "x", "env": {"BAD-NAME": "1"}}),
+        json!({"name": "b", "base_image": "x", "memory_mb": 1}),
+        json!({"name": "b"}),
+    ] {
+        let (s, v) = app.post("/api/v1/orgs/acme/instance-templates", &owner, bad.clone()).await;
+        assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"), "{bad}");
+    }
+    let (s, p) = app.patch("/api/v1/orgs/acme/projects/KOD", &owner, json!({"instance_template": "rust"})).await;
+    assert_eq!((s, p["instance_template"].as_str()), (StatusCode::OK, Some("rust")));
+    let (s, v) = app.patch("/api/v1/orgs/acme/projects/KOD", &owner, json!({"instance_template": "ghost"})).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "template_not_found"));
+    let (s, it) = app.patch("/api/v1/orgs/acme/instance-templates/rust", &owner, json!({"memory_mb": null, "packages": ["git"]})).await;
+    assert_eq!((s, it["memory_mb"].clone(), it["packages"].clone(), it["cpu_limit"].as_f64()), (StatusCode::OK, json!(null), json!(["git"]), Some(2.0)));
+    assert_eq!(app.delete("/api/v1/orgs/acme/instance-templates/rust", &owner).await.0, StatusCode::NO_CONTENT);
+    let (_, p) = app.get("/api/v1/orgs/acme/projects/KOD", &owner).await;
+    assert_eq!(p["instance_template"], json!(null));
+}
+
+#[tokio::test]
+async fn agents_registry_lists_the_orgs_agents_only() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner_with_project("owner@x.io", "acme", "KOD").await;
+    let (_, v) = app.get("/api/v1/orgs/acme/agents", &owner).await;
+    assert_eq!(v["data"], json!([]));
+    let mut db = app.org_tx("acme").await;
+    queue::register_agent(&mut db, "laptop", &["linux".into(), "gpu".into()], "0.1.0").await.unwrap();
+    db.commit().await.unwrap();
+    let (_, v) = app.get("/api/v1/orgs/acme/agents", &owner).await;
+    assert_eq!((v["data"][0]["name"].as_str(), v["data"][0]["status"].as_str()), (Some("laptop"), Some("online")));
+    assert_eq!(v["data"][0]["labels"], json!(["linux", "gpu"]));
+    let eve = app.register("eve@x.io").await;
+    app.post("/api/v1/orgs", &eve, json!({"slug": "evil", "name": "e"})).await;
+    let (_, v) = app.get("/api/v1/orgs/evil/agents", &eve).await;
+    assert_eq!(v["data"], json!([]));
+    let (s, _) = app.get("/api/v1/orgs/acme/agents", &eve).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
