@@ -370,6 +370,12 @@ async fn health_ready_and_openapi() {
         "/api/v1/orgs/{org}/projects/{key}/members", "/api/v1/orgs/{org}/projects/{key}/members/{member}",
         "/api/v1/orgs/{org}/projects/{key}/tasks", "/api/v1/orgs/{org}/tasks/{task}", "/api/v1/orgs/{org}/tasks/{task}/move",
         "/api/v1/orgs/{org}/tasks/{task}/comments", "/api/v1/orgs/{org}/events", "/api/v1/orgs/{org}/tasks/{task}/events",
+        "/api/v1/orgs/{org}/workflows", "/api/v1/orgs/{org}/workflows/{workflow}", "/api/v1/orgs/{org}/job-templates",
+        "/api/v1/orgs/{org}/job-templates/{template}", "/api/v1/orgs/{org}/jobs", "/api/v1/orgs/{org}/jobs/{id}",
+        "/api/v1/orgs/{org}/jobs/{id}/cancel", "/api/v1/orgs/{org}/artifacts", "/api/v1/orgs/{org}/artifacts/{id}",
+        "/api/v1/orgs/{org}/artifacts/{id}/approve", "/api/v1/orgs/{org}/artifacts/{id}/reject", "/api/v1/orgs/{org}/rules",
+        "/api/v1/orgs/{org}/rules/{id}", "/api/v1/orgs/{org}/modules", "/api/v1/orgs/{org}/modules/{id}",
+        "/api/v1/orgs/{org}/instance-templates", "/api/v1/orgs/{org}/instance-templates/{template}", "/api/v1/orgs/{org}/agents",
         "/healthz", "/readyz",
     ] {
         assert!(paths.contains_key(p), "openapi.json lacks {p}");

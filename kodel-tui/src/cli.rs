@@ -45,6 +45,222 @@ pub enum Command {
     /// Personal API tokens for scripts
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Workflows: statuses, allowed moves, and the AI jobs bound to statuses
+    #[command(subcommand)]
+    Workflow(WorkflowCmd),
+    /// AI job templates (implement-template, code-review-template, qa-template, yours)
+    #[command(subcommand)]
+    Template(TemplateCmd),
+    /// AI jobs: list, show, start, cancel
+    #[command(subcommand)]
+    Job(JobCmd),
+    /// What AI jobs produced: list, show, approve, reject
+    #[command(subcommand)]
+    Artifact(ArtifactCmd),
+    /// Automation rules
+    #[command(subcommand)]
+    Rule(RuleCmd),
+    /// Git repositories of a project
+    #[command(subcommand)]
+    Module(ModuleCmd),
+    /// Instance templates: what a job's workspace is built from
+    #[command(subcommand)]
+    InstanceTemplate(InstanceTemplateCmd),
+    /// Agents that have connected to the org
+    #[command(subcommand)]
+    Agent(AgentCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCmd {
+    /// List the org's workflows
+    List,
+    /// Show a workflow (by name or id): statuses, moves, bindings
+    Show { workflow: String },
+    /// Create a workflow from a JSON definition, or copy a built-in template
+    Create {
+        /// JSON file with {"name", "statuses", "transitions"} (- for stdin)
+        #[arg(long, conflicts_with_all = ["name", "from_template"], required_unless_present = "from_template")]
+        file: Option<String>,
+        /// Name of the copy (with --from-template)
+        #[arg(long, requires = "from_template")]
+        name: Option<String>,
+        /// software-development or kanban
+        #[arg(long, requires = "name")]
+        from_template: Option<String>,
+    },
+    /// Replace a workflow's definition (JSON file, - for stdin); removed statuses that
+    /// hold tasks need "moves": {"Old": "New"}
+    Edit {
+        workflow: String,
+        #[arg(long)]
+        file: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCmd {
+    /// List job templates
+    List,
+    /// Show one job template
+    Show { name: String },
+    /// Create a job template
+    Create(TemplateArgs),
+    /// Change a job template (only the options given)
+    Update(TemplateArgs),
+    /// Delete a job template of your own (built-ins can be edited, not deleted)
+    Delete { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct TemplateArgs {
+    pub name: String,
+    /// implement, review, qa or custom (create only)
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// The prompt text, or - to read it from stdin
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// provider/model, e.g. openai/gpt-4.1-mini
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Comma-separated: read_file,write_file,edit_file,bash,glob,grep
+    #[arg(long, value_delimiter = ',')]
+    pub tools: Option<Vec<String>>,
+    #[arg(long)]
+    pub max_steps: Option<i32>,
+    /// Seconds
+    #[arg(long)]
+    pub time_limit: Option<i32>,
+    /// Most tokens one job may spend
+    #[arg(long)]
+    pub budget_tokens: Option<i64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCmd {
+    /// List jobs, newest first
+    List {
+        /// Only this task's jobs (KEY-n)
+        #[arg(long)]
+        task: Option<String>,
+        /// pending, running, succeeded, failed or cancelled
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Show one job
+    Show { id: String },
+    /// Start a job on a task from a template
+    Start {
+        task: String,
+        #[arg(long)]
+        template: String,
+    },
+    /// Cancel a pending or running job
+    Cancel { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArtifactCmd {
+    /// List artifacts, newest first
+    List {
+        #[arg(long)]
+        task: Option<String>,
+        /// pending, approved or rejected
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Show one artifact with its content
+    Show { id: String },
+    /// Approve: the task moves on to the binding's next status
+    Approve {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject: the task goes back, with the comment on it
+    Reject {
+        id: String,
+        /// Why (or - to read it from stdin)
+        #[arg(long)]
+        comment: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RuleCmd {
+    /// List rules (org-wide ones and those of projects you are in)
+    List {
+        #[arg(long, env = "KODEL_PROJECT")]
+        project: Option<String>,
+    },
+    /// Show one rule
+    Show { id: String },
+    /// Create a rule from JSON: {"name", "trigger", "conditions", "match", "actions"}
+    Create {
+        /// JSON file, or - for stdin
+        #[arg(long)]
+        file: String,
+        /// The project (default: the JSON's "project"; --org-wide for none)
+        #[arg(long, conflicts_with = "org_wide")]
+        project: Option<String>,
+        /// A rule for every project of the org
+        #[arg(long)]
+        org_wide: bool,
+        /// Record what the rule would do without doing it
+        #[arg(long)]
+        dry_run: bool,
+    },
+    Enable { id: String },
+    Disable { id: String },
+    Delete { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModuleCmd {
+    /// List a project's modules
+    List {
+        #[arg(long, env = "KODEL_PROJECT")]
+        project: Option<String>,
+    },
+    /// Add a git repository to a project
+    Add {
+        name: String,
+        url: String,
+        #[arg(long, env = "KODEL_PROJECT")]
+        project: Option<String>,
+        #[arg(long, default_value = "main")]
+        branch: String,
+        /// Only this directory of the repository
+        #[arg(long)]
+        path_prefix: Option<String>,
+        /// User name for the credentials
+        #[arg(long)]
+        username: Option<String>,
+        /// Read a token or password for the repository from stdin (never an argument)
+        #[arg(long)]
+        secret_stdin: bool,
+    },
+    /// Remove a module
+    Remove { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InstanceTemplateCmd {
+    List,
+    Show { name: String },
+    /// Create from JSON: {"name", "base_image", "packages", "setup_script", "env", "network", ...}
+    Create {
+        #[arg(long)]
+        file: String,
+    },
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// List the org's agents
+    List,
 }
 
 #[derive(Debug, Args)]
@@ -131,7 +347,7 @@ pub enum ProjectCmd {
         /// Text, or - to read it from stdin
         #[arg(long)]
         description: Option<String>,
-        /// kanban (default) or a workflow id
+        /// kanban (default), software-development, or an org workflow's name or id
         #[arg(long)]
         workflow: Option<String>,
     },

@@ -59,3 +59,32 @@ pub fn text_arg(arg: Option<String>, stdin_if_absent: bool) -> Result<Option<Str
         Ok(arg)
     }
 }
+
+/// A JSON document from a file, or from stdin when the path is `-`.
+pub fn json_file(path: &str) -> Result<serde_json::Value, CliError> {
+    let text = if path == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        s
+    } else {
+        std::fs::read_to_string(path).map_err(|e| CliError::usage(format!("cannot read {path}: {e}")))?
+    };
+    serde_json::from_str(&text).map_err(|e| CliError::usage(format!("{path} is not valid JSON: {e}")))
+}
+
+/// A timestamp as the tables show it.
+pub fn when(t: &chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M").to_string()
+}
+
+/// Prints one line of human output.
+pub fn line(text: impl std::fmt::Display) -> Result<(), CliError> {
+    println!("{text}");
+    Ok(())
+}
+
+/// Prints a note for people on stderr (stdout stays clean for scripts).
+pub fn note(text: impl std::fmt::Display) -> Result<(), CliError> {
+    eprintln!("{text}");
+    Ok(())
+}

@@ -236,3 +236,78 @@ async fn an_expired_access_token_is_refreshed_transparently() {
     let creds: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_ne!(creds[&server]["refresh_token"].as_str().unwrap(), old_refresh, "the rotated pair was saved");
 }
+
+#[tokio::test]
+async fn engine_commands_through_the_real_binaries() {
+    let env = Env::start().await;
+    env.ok(&["register", "--email", "me@x.io", "--name", "Me", "--password-stdin"], Some("password123\n"));
+    env.ok(&["org", "create", "acme", "--name", "Acme"], None);
+    env.ok(&["project", "create", "KOD", "--name", "Kodel", "--workflow", "software-development"], None);
+
+    // Workflows: show the built-in with its bindings; copy it; define one from stdin.
+    let shown = env.ok(&["workflow", "show", "software development"], None);
+    assert!(shown.contains("In Progress") && shown.contains("[job: implement-template, approve -> Code Review, reject -> Ready]"), "{shown}");
+    let copy = env.json(&["workflow", "create", "--name", "Ours", "--from-template", "kanban"], None);
+    assert_eq!(copy["statuses"].as_array().unwrap().len(), 3);
+    let def = r#"{"name": "Tiny", "statuses": [{"name": "Open", "category": "unstarted"}, {"name": "Shut", "category": "done"}]}"#;
+    let tiny = env.json(&["workflow", "create", "--file", "-"], Some(def));
+    assert_eq!(tiny["statuses"][0]["next"], serde_json::json!(["Shut"]));
+    let edited = env.json(&["workflow", "edit", "Tiny", "--file", "-"], Some(&def.replace("Shut", "Closed")));
+    assert_eq!(edited["statuses"][1]["name"], "Closed");
+    assert_eq!(env.ok(&["workflow", "list"], None).lines().count(), 3);
+
+    // Job templates.
+    let list = env.ok(&["template", "list"], None);
+    assert!(list.lines().any(|l| l.starts_with("qa-template") && l.contains("qa")), "{list}");
+    let t = env.json(&["template", "create", "docs", "--kind", "custom", "--prompt", "-", "--tools", "read_file,write_file"], Some("Write the docs\n"));
+    assert_eq!((t["prompt"].as_str(), t["allowed_tools"].as_array().unwrap().len()), (Some("Write the docs"), 2));
+    let t = env.json(&["template", "update", "docs", "--max-steps", "7"], None);
+    assert_eq!(t["max_steps"], 7);
+
+    // Jobs: a move into In Progress starts one; start and cancel by hand.
+    env.ok(&["task", "create", "Dark mode"], None);
+    env.ok(&["task", "move", "KOD-1", "Ready"], None);
+    env.ok(&["task", "move", "KOD-1", "In Progress"], None);
+    let jobs = env.json(&["job", "list", "--task", "KOD-1"], None);
+    assert_eq!((jobs["data"][0]["kind"].as_str(), jobs["data"][0]["status"].as_str()), (Some("implement"), Some("pending")));
+    let started = env.json(&["job", "start", "KOD-1", "--template", "docs"], None);
+    let id = started["id"].as_str().unwrap();
+    let cancelled = env.json(&["job", "cancel", id], None);
+    assert_eq!(cancelled["status"], "cancelled");
+    let out = env.kodel(&["job", "cancel", id], None);
+    assert_eq!(code(&out), 5, "a finished job: conflict");
+    let human = env.ok(&["job", "list", "--status", "pending"], None);
+    assert_eq!(human.lines().count(), 1, "{human}");
+    assert_eq!(env.json(&["artifact", "list", "--task", "KOD-1"], None)["data"], serde_json::json!([]));
+    let out = env.kodel(&["artifact", "approve", "01a21f08-1848-766b-a694-e84ca7bc23ea"], None);
+    assert_eq!(code(&out), 4, "unknown artifact: not found");
+
+    // Rules from a JSON file; disable; list.
+    let rule_file = env.config.path().join("rule.json");
+    std::fs::write(&rule_file, r#"{"name": "tag bugs", "trigger": {"type": "task_created"}, "conditions": [{"title_matches": "(?i)bug"}], "actions": [{"add_label": "bug"}]}"#).unwrap();
+    let rule = env.json(&["rule", "create", "--file", rule_file.to_str().unwrap()], None);
+    assert_eq!(rule["project"], "KOD");
+    let t = env.json(&["task", "create", "Login BUG"], None);
+    assert_eq!(t["labels"], serde_json::json!(["bug"]));
+    env.ok(&["rule", "disable", rule["id"].as_str().unwrap()], None);
+    assert!(env.ok(&["rule", "list"], None).contains("disabled"));
+    std::fs::write(&rule_file, r#"{"name": "x", "trigger": {"type": "schedule", "cron": "nope"}, "actions": [{"add_label": "x"}]}"#).unwrap();
+    let out = env.kodel(&["rule", "create", "--file", rule_file.to_str().unwrap()], None);
+    assert_eq!(code(&out), 7, "invalid: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cron"));
+
+    // Modules: the secret comes from stdin and never comes back.
+    let m = env.ok(&["module", "add", "api", "https://git.example.com/api.git", "--username", "bot", "--secret-stdin", "--json"], Some("s3cr3t-token\n"));
+    assert!(!m.contains("s3cr3t"), "{m}");
+    let listed = env.ok(&["module", "list"], None);
+    assert!(listed.contains("api") && listed.contains("yes") && !listed.contains("s3cr3t"), "{listed}");
+    let out = env.kodel(&["module", "add", "web", "https://x/y.git", "--username", "bot"], None);
+    assert_eq!(code(&out), 2);
+
+    // Instance templates and agents.
+    let it_file = env.config.path().join("it.json");
+    std::fs::write(&it_file, r#"{"name": "rust", "base_image": "debian:12", "packages": ["git"]}"#).unwrap();
+    env.ok(&["instance-template", "create", "--file", it_file.to_str().unwrap()], None);
+    assert!(env.ok(&["instance-template", "list"], None).contains("debian:12"));
+    assert_eq!(env.json(&["agent", "list"], None)["data"], serde_json::json!([]));
+}

@@ -30,8 +30,15 @@ pub async fn ensure_template(conn: &mut PgConnection, tpl: &WorkflowTemplate) ->
         return Ok(sqlx::query_scalar("SELECT id FROM workflows WHERE template = $1").bind(tpl.slug).fetch_one(&mut *conn).await?);
     };
     ensure_builtin_templates(conn).await?;
-    let def = WorkflowDef {
-        name: tpl.name.to_owned(),
+    let def = from_template(tpl, tpl.name);
+    write_definition(conn, wf, &def, &HashMap::new()).await?;
+    Ok(wf)
+}
+
+/// A built-in template as a definition (bindings to the built-in job templates).
+pub fn from_template(tpl: &WorkflowTemplate, name: &str) -> WorkflowDef {
+    WorkflowDef {
+        name: name.to_owned(),
         statuses: tpl
             .statuses
             .iter()
@@ -50,9 +57,7 @@ pub async fn ensure_template(conn: &mut PgConnection, tpl: &WorkflowTemplate) ->
             .collect(),
         transitions: tpl.transitions.map(|t| t.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()),
         moves: Default::default(),
-    };
-    write_definition(conn, wf, &def, &HashMap::new()).await?;
-    Ok(wf)
+    }
 }
 
 /// A new custom workflow from a definition.

@@ -70,21 +70,7 @@ async fn create(mut t: Tenant, ApiJson(body): ApiJson<serde_json::Value>) -> Api
         CreateWorkflow::Copy(CopyWorkflow { name, from_template }) => {
             let tpl = template(from_template.trim())
                 .ok_or_else(|| ApiError::invalid(format!("no built-in template {from_template:?}; use software-development or kanban")))?;
-            // The org's copy of the template, read back as a definition to copy from.
-            let source = workflow::ensure_template(t.conn(), tpl).await?;
-            let wf = workflow::load(t.conn(), source).await?;
-            WorkflowDef {
-                name,
-                statuses: wf
-                    .statuses
-                    .into_iter()
-                    .map(|s| kodel_core::api::StatusDefIn { name: s.name, category: s.category, was: None, binding: s.binding })
-                    .collect(),
-                transitions: Some(
-                    tpl.transition_pairs().into_iter().map(|(a, b)| (a.to_owned(), b.to_owned())).collect(),
-                ),
-                moves: Default::default(),
-            }
+            workflow::from_template(tpl, &name)
         }
     };
     name_free(&mut t, &def.name, None).await?;

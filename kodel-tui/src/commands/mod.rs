@@ -1,11 +1,16 @@
 //! The CLI commands, one module per noun.
 
 pub mod auth;
+pub mod job;
+pub mod module;
 pub mod org;
 pub mod project;
+pub mod rule;
 pub mod task;
+pub mod template;
 pub mod token;
 pub mod up;
+pub mod workflow;
 
 use crate::cli::{Cli, Command};
 use crate::client::Client;
@@ -71,5 +76,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Project(cmd) => project::run(&mut ctx, cmd).await,
         Command::Task(cmd) => task::run(&mut ctx, cmd).await,
         Command::Token(cmd) => token::run(&mut ctx, cmd).await,
+        Command::Workflow(cmd) => workflow::run(&mut ctx, cmd).await,
+        Command::Template(cmd) => template::run(&mut ctx, cmd).await,
+        Command::Job(cmd) => job::run(&mut ctx, cmd).await,
+        Command::Artifact(cmd) => job::artifact(&mut ctx, cmd).await,
+        Command::Rule(cmd) => rule::run(&mut ctx, cmd).await,
+        Command::Module(cmd) => module::run(&mut ctx, cmd).await,
+        Command::InstanceTemplate(cmd) => module::instance_template(&mut ctx, cmd).await,
+        Command::Agent(cmd) => module::agent(&mut ctx, cmd).await,
     }
 }

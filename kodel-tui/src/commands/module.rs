@@ -1,0 +1,91 @@
+//! module list|add|remove, instance-template list|show|create|delete, agent list.
+
+use kodel_core::api::Page;
+use kodel_core::infra::{Agent, InstanceTemplate, Module};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::Ctx;
+use super::org::enc;
+use crate::cli::{AgentCmd, InstanceTemplateCmd, ModuleCmd};
+use crate::exit::CliError;
+use crate::output;
+
+pub async fn run(ctx: &mut Ctx, cmd: ModuleCmd) -> Result<(), CliError> {
+    ctx.require_login()?;
+    let base = format!("/api/v1/orgs/{}/modules", enc(&ctx.org()?));
+    match cmd {
+        ModuleCmd::List { project } => {
+            let project = ctx.project(project)?;
+            let page: Page<Module> = ctx.client.get(&format!("{base}?project={}", enc(&project))).await?;
+            if ctx.json {
+                return output::json(&page);
+            }
+            let rows: Vec<Vec<String>> = page
+                .data
+                .iter()
+                .map(|m| vec![m.id.to_string(), m.name.clone(), m.default_branch.clone(), if m.has_credentials { "yes".into() } else { "no".into() }, m.url.clone()])
+                .collect();
+            output::table(&["ID", "NAME", "BRANCH", "CREDENTIALS", "URL"], &rows)
+        }
+        ModuleCmd::Add { name, url, project, branch, path_prefix, username, secret_stdin } => {
+            let project = ctx.project(project)?;
+            let credentials = if secret_stdin {
+                let secret = output::text_arg(Some("-".into()), false)?.unwrap_or_default();
+                Some(json!({ "username": username, "secret": secret.trim() }))
+            } else if username.is_some() {
+                return Err(CliError::usage("--username needs --secret-stdin").hint("pipe the token: echo $TOKEN | kodel module add ... --secret-stdin"));
+            } else {
+                None
+            };
+            let body = json!({ "project": project, "name": name, "url": url, "default_branch": branch, "path_prefix": path_prefix, "credentials": credentials });
+            let m: Module = ctx.client.post(&base, body).await?;
+            if ctx.json { output::json(&m) } else { output::line(format!("{}", m.id)) }
+        }
+        ModuleCmd::Remove { id } => {
+            let _: Value = ctx.client.send(Method::DELETE, &format!("{base}/{}", enc(&id)), None).await?;
+            if ctx.json { output::json(&json!({ "deleted": id })) } else { output::note(format!("Removed {id}")) }
+        }
+    }
+}
+
+pub async fn instance_template(ctx: &mut Ctx, cmd: InstanceTemplateCmd) -> Result<(), CliError> {
+    ctx.require_login()?;
+    let base = format!("/api/v1/orgs/{}/instance-templates", enc(&ctx.org()?));
+    let it: InstanceTemplate = match cmd {
+        InstanceTemplateCmd::List => {
+            let page: Page<InstanceTemplate> = ctx.client.get(&base).await?;
+            if ctx.json {
+                return output::json(&page);
+            }
+            let rows: Vec<Vec<String>> = page
+                .data
+                .iter()
+                .map(|t| vec![t.name.clone(), t.base_image.clone(), if t.network { "yes".into() } else { "no".into() }, t.packages.join(",")])
+                .collect();
+            return output::table(&["NAME", "IMAGE", "NETWORK", "PACKAGES"], &rows);
+        }
+        InstanceTemplateCmd::Show { name } => ctx.client.get(&format!("{base}/{}", enc(&name))).await?,
+        InstanceTemplateCmd::Create { file } => ctx.client.post(&base, output::json_file(&file)?).await?,
+        InstanceTemplateCmd::Delete { name } => {
+            let _: Value = ctx.client.send(Method::DELETE, &format!("{base}/{}", enc(&name)), None).await?;
+            return if ctx.json { output::json(&json!({ "deleted": name })) } else { output::note(format!("Deleted {name}")) };
+        }
+    };
+    if ctx.json { output::json(&it) } else { output::line(format!("{}  {}  network {}", it.name, it.base_image, it.network)) }
+}
+
+pub async fn agent(ctx: &mut Ctx, cmd: AgentCmd) -> Result<(), CliError> {
+    ctx.require_login()?;
+    let AgentCmd::List = cmd;
+    let page: Page<Agent> = ctx.client.get(&format!("/api/v1/orgs/{}/agents", enc(&ctx.org()?))).await?;
+    if ctx.json {
+        return output::json(&page);
+    }
+    let rows: Vec<Vec<String>> = page
+        .data
+        .iter()
+        .map(|a| vec![a.id.to_string(), a.name.clone(), a.status.clone(), a.labels.join(","), a.last_seen_at.as_ref().map(output::when).unwrap_or_default()])
+        .collect();
+    output::table(&["ID", "NAME", "STATUS", "LABELS", "LAST SEEN"], &rows)
+}
