@@ -43,7 +43,13 @@ impl OrgSlug {
     /// The value for `set_config('search_path', ..)`: the schema quoted as an
     /// identifier, then `public`. Safe because the slug alphabet has no quote.
     pub fn search_path(&self) -> String {
-        format!("\"org_{}\", public", self.0)
+        format!("{}, public", self.quoted_schema())
+    }
+
+    /// The schema quoted as an identifier, for the few statements that name it (the
+    /// job claim, the background sweep). Safe for the same reason.
+    pub fn quoted_schema(&self) -> String {
+        format!("\"org_{}\"", self.0)
     }
 }
 

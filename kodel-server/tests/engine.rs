@@ -26,10 +26,8 @@ async fn agent(app: &TestApp, slug: &str) -> Uuid {
 
 /// Claims the org's next job and completes it with one artifact, as an agent would.
 async fn work_next(app: &TestApp, slug: &str, agent: Uuid, kind: ArtifactKind, content: &str) -> (Uuid, Uuid) {
-    let db = app.org_tx(slug).await;
-    let (org_id, s) = (db.org_id, db.slug.clone());
-    db.commit().await.unwrap();
-    let job = queue::claim(&app.server.state, org_id, &s, agent, LEASE).await.unwrap().expect("a pending job");
+    let s = kodel_core::OrgSlug::parse(slug).unwrap();
+    let job = queue::claim(&app.server.state, &s, agent, LEASE).await.unwrap().expect("a pending job");
     let mut db = app.org_tx(slug).await;
     let artifact = NewArtifact { kind, title: None, content: Some(content.into()), reference: None };
     let ids = jobs::complete(&mut db, job.id, agent, "done", &[artifact], json!({"tokens": 10})).await.unwrap();
@@ -160,10 +158,8 @@ async fn leaving_a_bound_status_cancels_its_job_and_entries_make_one_job_each() 
     assert_eq!(js.len(), 1);
     let job = js[0]["id"].as_str().unwrap().to_owned();
     let bot = agent(&app, "acme").await;
-    let db = app.org_tx("acme").await;
-    let (org_id, slug) = (db.org_id, db.slug.clone());
-    db.commit().await.unwrap();
-    queue::claim(&app.server.state, org_id, &slug, bot, LEASE).await.unwrap().unwrap();
+    let slug = kodel_core::OrgSlug::parse("acme").unwrap();
+    queue::claim(&app.server.state, &slug, bot, LEASE).await.unwrap().unwrap();
 
     assert_eq!(mv(&app, &owner, "KOD-1", "Ready").await.0, StatusCode::OK);
     let (_, j) = app.get(&format!("/api/v1/orgs/acme/jobs/{job}"), &owner).await;

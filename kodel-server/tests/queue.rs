@@ -64,8 +64,8 @@ async fn four_claimers_take_500_jobs_in_3_orgs_each_exactly_once() {
     let mut claimers = Vec::new();
     for c in 0..4 {
         let mut mine = Vec::new();
-        for (id, slug) in &orgs {
-            mine.push((*id, slug.clone(), agent(&app, slug.as_str(), &format!("claimer-{c}")).await));
+        for (_, slug) in &orgs {
+            mine.push((slug.clone(), agent(&app, slug.as_str(), &format!("claimer-{c}")).await));
         }
         let state = app.server.state.clone();
         claimers.push(tokio::spawn(async move {
@@ -115,8 +115,8 @@ async fn a_claimer_takes_orgs_in_turn() {
     let owner = app.register("owner@x.io").await;
     let mut mine = Vec::new();
     for (slug, n) in [("fa", 20), ("fb", 3), ("fc", 3)] {
-        let (id, s) = org_with_jobs(&app, &owner, slug, n).await;
-        mine.push((id, s, agent(&app, slug, "one").await));
+        let (_, s) = org_with_jobs(&app, &owner, slug, n).await;
+        mine.push((s, agent(&app, slug, "one").await));
     }
     let mut claimer = Claimer::new(mine);
     let mut order = Vec::new();
@@ -148,7 +148,7 @@ async fn expired_leases_requeue_until_attempts_run_out() {
         row
     };
 
-    let job = queue::claim(state, org, &slug, a, LEASE).await.unwrap().unwrap();
+    let job = queue::claim(state, &slug, a, LEASE).await.unwrap().unwrap();
     assert_eq!(job.attempts, 1);
     // A live lease is not reaped, and renewing keeps it.
     assert_eq!(queue::reap_expired(state, org, &slug).await.unwrap(), (0, 0));
@@ -160,7 +160,7 @@ async fn expired_leases_requeue_until_attempts_run_out() {
     assert!(error.unwrap().contains("queued again"));
 
     // Agent b takes it over; a's renewals and results are refused from now on.
-    let again = queue::claim(state, org, &slug, b, LEASE).await.unwrap().unwrap();
+    let again = queue::claim(state, &slug, b, LEASE).await.unwrap().unwrap();
     assert_eq!((again.id, again.attempts), (job.id, 2));
     assert!(!queue::renew(state, org, &slug, job.id, a, LEASE).await.unwrap());
     let mut db = app.org_tx("lz").await;
@@ -170,24 +170,24 @@ async fn expired_leases_requeue_until_attempts_run_out() {
 
     expire().await;
     queue::reap_expired(state, org, &slug).await.unwrap();
-    assert_eq!(queue::claim(state, org, &slug, a, LEASE).await.unwrap().unwrap().attempts, 3);
+    assert_eq!(queue::claim(state, &slug, a, LEASE).await.unwrap().unwrap().attempts, 3);
     expire().await;
     assert_eq!(queue::reap_expired(state, org, &slug).await.unwrap(), (0, 1));
     let (st, attempts, error) = job_state().await;
     assert_eq!((st.as_str(), attempts), ("failed", 3));
     assert_eq!(error.unwrap(), "the agent stopped responding (lease expired) on each of 3 attempts");
-    assert!(queue::claim(state, org, &slug, a, LEASE).await.unwrap().is_none(), "a failed job is not claimed again");
+    assert!(queue::claim(state, &slug, a, LEASE).await.unwrap().is_none(), "a failed job is not claimed again");
     let types = app.event_types("lz", "QQ-1").await;
     let jobs_events: Vec<&str> = types.iter().map(String::as_str).filter(|t| t.starts_with("job.")).collect();
     assert_eq!(jobs_events, ["job.started", "job.requeued", "job.started", "job.requeued", "job.started", "job.failed"]);
 
     // A retryable failure reported by the agent re-queues too; a final one fails.
-    let (org2, slug2) = org_with_jobs(&app, &owner, "lr", 1).await;
+    let (_, slug2) = org_with_jobs(&app, &owner, "lr", 1).await;
     let c = agent(&app, "lr", "c").await;
-    let j = queue::claim(state, org2, &slug2, c, LEASE).await.unwrap().unwrap();
+    let j = queue::claim(state, &slug2, c, LEASE).await.unwrap().unwrap();
     let mut db = app.org_tx("lr").await;
     jobs::fail(&mut db, j.id, c, "network blip", true).await.unwrap();
     db.commit().await.unwrap();
-    let j = queue::claim(state, org2, &slug2, c, LEASE).await.unwrap().unwrap();
+    let j = queue::claim(state, &slug2, c, LEASE).await.unwrap().unwrap();
     assert_eq!(j.attempts, 2);
 }

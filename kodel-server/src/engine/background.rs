@@ -90,7 +90,7 @@ pub async fn sweep(state: &AppState) -> ApiResult<()> {
             .iter()
             .enumerate()
             .map(|(i, (_, slug))| {
-                let schema = format!("\"org_{}\"", slug.as_str());
+                let schema = slug.quoted_schema();
                 format!(
                     "SELECT {i} AS i,
                         EXISTS (SELECT 1 FROM {schema}.ai_jobs WHERE state = 'running' AND lease_expires_at < now()) AS leases,

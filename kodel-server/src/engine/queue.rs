@@ -29,26 +29,40 @@ pub struct Claimed {
 }
 
 /// Claims the next pending job of the org for `agent`, leased for `lease`.
-pub async fn claim(state: &AppState, org_id: Uuid, slug: &OrgSlug, agent: Uuid, lease: Duration) -> ApiResult<Option<Claimed>> {
-    let mut db = OrgTx::begin(state, org_id, slug).await?;
-    let job: Option<Claimed> = sqlx::query_as(
-        "UPDATE ai_jobs j SET state = 'running', attempts = attempts + 1, lease_agent = $1,
-                lease_expires_at = now() + make_interval(secs => $2), started_at = coalesce(started_at, now()), error = NULL
-         FROM (SELECT id FROM ai_jobs WHERE state = 'pending' ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED) next
-         WHERE j.id = next.id
-         RETURNING j.id, j.task_id, j.kind, j.template_id, j.attempts, j.priority",
-    )
-    .bind(agent)
-    .bind(lease.as_secs_f64())
-    .fetch_optional(db.conn())
-    .await?;
-    let Some(job) = job else {
-        db.commit().await?;
-        return Ok(None);
-    };
-    events::record(&mut db, job.task_id, "job.started", json!({ "job_id": job.id, "kind": job.kind, "agent": agent, "attempt": job.attempts })).await?;
-    db.commit().await?;
-    Ok(Some(job))
+///
+/// The queue's hot path, so it is one statement on its own (no BEGIN, no COMMIT, no
+/// search_path round trip): it names the org's schema itself (from the validated slug),
+/// claims the job, writes its `job.started` event (what `events::record` does, inlined)
+/// and lets the commit skip waiting for the disk: a claim lost in a crash only leaves
+/// its job pending again, which leases handle anyway. `job.started` fires no rule or
+/// binding, so there is nothing for the engine to react to. Measured 4x the throughput of the
+/// same work as a scoped transaction (docs/benchmarks.md).
+pub async fn claim(state: &AppState, slug: &OrgSlug, agent: Uuid, lease: Duration) -> ApiResult<Option<Claimed>> {
+    let s = slug.quoted_schema();
+    let sql = format!(
+        "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)),
+         next AS (
+             SELECT id FROM {s}.ai_jobs WHERE state = 'pending' ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED),
+         j AS (
+             UPDATE {s}.ai_jobs j SET state = 'running', attempts = attempts + 1, lease_agent = $1,
+                    lease_expires_at = now() + make_interval(secs => $2), started_at = coalesce(started_at, now()), error = NULL
+             FROM next, relaxed WHERE j.id = next.id
+             RETURNING j.id, j.task_id, j.kind, j.template_id, j.attempts, j.priority),
+         t AS (
+             UPDATE {s}.tasks SET event_seq = event_seq + 1 FROM j WHERE tasks.id = j.task_id
+             RETURNING tasks.id, tasks.project_id, tasks.event_seq),
+         e AS (
+             INSERT INTO {s}.task_events (task_id, project_id, seq, type, payload)
+             SELECT t.id, t.project_id, t.event_seq, 'job.started',
+                    jsonb_build_object('job_id', j.id, 'kind', j.kind, 'agent', $1, 'attempt', j.attempts)
+             FROM t, j RETURNING seq)
+         SELECT j.id, j.task_id, j.kind, j.template_id, j.attempts, j.priority FROM j, e"
+    );
+    let job: Option<Claimed> = sqlx::query_as(&sql).bind(agent).bind(lease.as_secs_f64()).fetch_optional(&state.pool).await?;
+    if job.is_some() {
+        state.events.changed(slug);
+    }
+    Ok(job)
 }
 
 /// Extends the lease of a job the agent still holds; false if it holds it no longer.
@@ -105,13 +119,13 @@ pub async fn reap_expired(state: &AppState, org_id: Uuid, slug: &OrgSlug) -> Api
 /// Claims for agents of several orgs, taking the orgs in turn: after serving one org it
 /// starts the next search at the following one, so every org with work gets its share.
 pub struct Claimer {
-    /// (org id, slug, the agent that works for that org).
-    pub orgs: Vec<(Uuid, OrgSlug, Uuid)>,
+    /// (org, the agent that works for that org).
+    pub orgs: Vec<(OrgSlug, Uuid)>,
     next: usize,
 }
 
 impl Claimer {
-    pub fn new(orgs: Vec<(Uuid, OrgSlug, Uuid)>) -> Self {
+    pub fn new(orgs: Vec<(OrgSlug, Uuid)>) -> Self {
         Self { orgs, next: 0 }
     }
 
@@ -120,8 +134,8 @@ impl Claimer {
         let n = self.orgs.len();
         for i in 0..n {
             let at = (self.next + i) % n;
-            let (org_id, slug, agent) = &self.orgs[at];
-            if let Some(job) = claim(state, *org_id, slug, *agent, lease).await? {
+            let (slug, agent) = &self.orgs[at];
+            if let Some(job) = claim(state, slug, *agent, lease).await? {
                 self.next = (at + 1) % n;
                 return Ok(Some((slug.clone(), job)));
             }

@@ -1,0 +1,68 @@
+//! Shared setup for the in-process benchmarks: a server on a fresh database, served on a
+//! local port, and a user who owns some orgs.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use kodel_server::{Config, Server};
+use serde_json::{Value, json};
+
+pub struct Bench {
+    pub server: Server,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub token: String,
+}
+
+impl Bench {
+    pub async fn start(engine_tick: f64) -> Self {
+        let db = kodel_server::testing::fresh_database().await;
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: None,
+            data_dir: None,
+            jwt_secret: None,
+            max_body: 1 << 20,
+            db_pool: 16,
+            encryption_key: None,
+            engine_tick,
+            webhook_retry: 10.0,
+        };
+        let server = Server::build(&config, db).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let router = server.router.clone();
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        let http = reqwest::Client::new();
+        let reg: Value = http
+            .post(format!("{base}/api/v1/auth/register"))
+            .json(&json!({"email": "b@x.io", "password": "benchmark", "name": "B"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = reg["access_token"].as_str().unwrap().to_owned();
+        Self { server, base, http, token }
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Value {
+        let resp = self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body).send().await.unwrap();
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+        resp.json().await.unwrap()
+    }
+
+    /// An org with a Kanban project `key` and `tasks` tasks.
+    pub async fn org(&self, slug: &str, key: &str, tasks: usize) {
+        self.post("/api/v1/orgs", json!({"slug": slug, "name": slug})).await;
+        self.post(&format!("/api/v1/orgs/{slug}/projects"), json!({"key": key, "name": key})).await;
+        for i in 0..tasks {
+            self.post(&format!("/api/v1/orgs/{slug}/projects/{key}/tasks"), json!({"title": format!("task {i}")})).await;
+        }
+    }
+}
+
+/// The p-th percentile of sorted durations, in milliseconds.
+pub fn pct(sorted: &[std::time::Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
