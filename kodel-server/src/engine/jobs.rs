@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
 use crate::events;
+use crate::engine::EventContext;
 use crate::tenant::{OrgTx, Recorded};
 
 /// Copies the built-in job templates into the org, once.
@@ -78,38 +79,17 @@ pub async fn start(db: &mut OrgTx, task: Uuid, template: Uuid, status: Option<Uu
     Ok(Some(id))
 }
 
-/// Bindings: entering a bound status queues its job; a task that left the status its
-/// job was made for has that job cancelled.
-pub async fn on_event(db: &mut OrgTx, ev: &Recorded) -> ApiResult<()> {
-    if ev.kind != "task.moved" && ev.kind != "task.created" {
-        return Ok(());
+/// Bindings, after a task entered a status: the jobs `context` cancelled (made for a
+/// status the task has left) get their events, and the job of the status the task
+/// entered is queued, once per entry.
+pub async fn apply_binding(db: &mut OrgTx, ev: &Recorded, ctx: &EventContext) -> ApiResult<()> {
+    if let Some(cancelled) = &ctx.cancelled {
+        let jobs: Vec<(Uuid, String)> = serde_json::from_str(cancelled).map_err(ApiError::internal)?;
+        for (job, kind) in jobs {
+            events::record(db, ev.task_id, "job.cancelled", json!({ "job_id": job, "kind": kind, "reason": "task left the bound status" })).await?;
+        }
     }
-    let stale: Vec<(Uuid, String)> = sqlx::query_as(
-        "UPDATE ai_jobs j SET state = 'cancelled', finished_at = now(), lease_agent = NULL, lease_expires_at = NULL,
-                error = 'the task left the status this job was started for'
-         FROM tasks t WHERE j.task_id = t.id AND t.id = $1 AND j.state IN ('pending', 'running')
-           AND j.status_id IS NOT NULL AND j.status_id <> t.status_id
-         RETURNING j.id, j.kind",
-    )
-    .bind(ev.task_id)
-    .fetch_all(db.conn())
-    .await?;
-    for (job, kind) in stale {
-        events::record(db, ev.task_id, "job.cancelled", json!({ "job_id": job, "kind": kind, "reason": "task left the bound status" })).await?;
-    }
-    let Some(to) = ev.payload.get(if ev.kind == "task.moved" { "to" } else { "status" }).and_then(|v| v.as_str()) else {
-        return Ok(());
-    };
-    // Only if the task is still there: a cascade may already have moved it on.
-    let bound: Option<(Uuid, Uuid)> = sqlx::query_as(
-        "SELECT b.template_id, b.status_id FROM tasks t JOIN statuses s ON s.id = t.status_id
-         JOIN bindings b ON b.status_id = s.id WHERE t.id = $1 AND s.name = $2",
-    )
-    .bind(ev.task_id)
-    .bind(to)
-    .fetch_optional(db.conn())
-    .await?;
-    if let Some((template, status)) = bound {
+    if let (Some(template), Some(status)) = (ctx.bound_template, ctx.bound_status) {
         start(db, ev.task_id, template, Some(status), ev.seq).await?;
     }
     Ok(())

@@ -11,7 +11,7 @@ use std::sync::{LazyLock, Mutex};
 use chrono::{DateTime, Utc};
 use kodel_core::ErrorCode;
 use kodel_core::api::{MAX_LABELS, Priority};
-use kodel_core::rules::{Action, MAX_CASCADE_DEPTH, RuleSpec, TaskFacts, Trigger, conditions_hold, trigger_kinds};
+use kodel_core::rules::{Action, MAX_CASCADE_DEPTH, RuleSpec, TaskFacts, Trigger, conditions_hold};
 use regex::Regex;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -57,7 +57,7 @@ struct LoadedRule {
 }
 
 #[derive(sqlx::FromRow)]
-struct FactsRow {
+pub struct FactsRow {
     status: String,
     labels: Vec<String>,
     priority: String,
@@ -99,56 +99,18 @@ struct RuleJson {
     spec: Box<serde_json::value::RawValue>,
 }
 
-#[derive(sqlx::FromRow)]
-struct EventRules {
-    #[sqlx(flatten)]
-    task: FactsRow,
-    rules: String,
-}
-
 /// Labels an update added or removed (what label triggers can name).
-fn changed_labels(payload: &Value) -> Vec<String> {
+pub(crate) fn changed_labels(payload: &Value) -> Vec<String> {
     let list = |v: &Value| -> Vec<String> { v.as_array().map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_owned)).collect()).unwrap_or_default() };
     let (from, to) = (list(&payload["changes"]["labels"]["from"]), list(&payload["changes"]["labels"]["to"]));
     from.iter().filter(|l| !to.contains(l)).chain(to.iter().filter(|l| !from.contains(l))).cloned().collect()
 }
 
-/// Runs the rules an event fires. One statement reads the task's facts together with
-/// the enabled rules that can fire (their trigger kind, and the statuses, label or job
-/// kind they name, are matched in SQL), so a change costs one round trip for rules
-/// however many there are; `Trigger::fires_on` still decides.
-pub async fn on_event(db: &mut OrgTx, ev: &Recorded) -> ApiResult<()> {
-    let kinds = trigger_kinds(&ev.kind, &ev.payload);
-    if kinds.is_empty() {
-        return Ok(());
-    }
-    let row: EventRules = sqlx::query_as(
-        "SELECT s.name AS status, t.labels, t.priority, u.email AS assignee, t.title, t.description,
-                coalesce((SELECT json_agg(json_build_object('id', r.id, 'name', r.name, 'dry_run', r.dry_run, 'spec', r.spec)
-                                          ORDER BY r.created_at, r.id)
-                          FROM automation_rules r
-                          WHERE r.enabled AND r.trigger_kind = ANY ($1) AND (r.project_id IS NULL OR r.project_id = t.project_id)
-                            AND (r.spec #>> '{trigger,to}' IS NULL OR lower(btrim(r.spec #>> '{trigger,to}')) = lower($3))
-                            AND (r.spec #>> '{trigger,from}' IS NULL OR lower(btrim(r.spec #>> '{trigger,from}')) = lower($4))
-                            AND (r.spec #>> '{trigger,label}' IS NULL OR r.spec #>> '{trigger,label}' = ANY ($5))
-                            AND (r.spec #>> '{trigger,kind}' IS NULL OR r.spec #>> '{trigger,kind}' = $6)
-                         )::text, '[]') AS rules
-         FROM tasks t JOIN statuses s ON s.id = t.status_id LEFT JOIN public.users u ON u.id = t.assignee_id
-         WHERE t.id = $2",
-    )
-    .bind(&kinds)
-    .bind(ev.task_id)
-    .bind(ev.payload["to"].as_str())
-    .bind(ev.payload["from"].as_str())
-    .bind(changed_labels(&ev.payload))
-    .bind(ev.payload["kind"].as_str())
-    .fetch_one(db.conn())
-    .await?;
-    if row.rules == "[]" {
-        return Ok(());
-    }
-    let rules: Vec<RuleJson> = serde_json::from_str(&row.rules).map_err(ApiError::internal)?;
-    let mut task = row.task;
+/// Runs the rules that can fire on an event, given the task's facts and the candidate
+/// rules (JSON) that `engine::context` read with them; `Trigger::fires_on` decides.
+pub async fn run(db: &mut OrgTx, ev: &Recorded, facts_now: FactsRow, rules: &str) -> ApiResult<()> {
+    let rules: Vec<RuleJson> = serde_json::from_str(rules).map_err(ApiError::internal)?;
+    let mut task = facts_now;
     for r in rules {
         let spec: RuleSpec = match serde_json::from_str(r.spec.get()) {
             Ok(spec) => spec,
