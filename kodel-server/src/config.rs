@@ -43,6 +43,10 @@ pub struct Config {
     #[arg(long, env = "KODEL_ENGINE_TICK", default_value_t = 5.0)]
     pub engine_tick: f64,
 
+    /// Org schemas kept ready ahead of time, so creating an org is a rename (0: none).
+    #[arg(long, env = "KODEL_SPARE_SCHEMAS", default_value_t = 2)]
+    pub spare_schemas: usize,
+
     /// First wait before a failed webhook is tried again (seconds); it doubles each time.
     #[arg(long, env = "KODEL_WEBHOOK_RETRY", default_value_t = 10.0)]
     pub webhook_retry: f64,

@@ -30,6 +30,18 @@ pub struct AppState {
     pub background: engine::background::Background,
     /// For webhooks.
     pub http: reqwest::Client,
+    /// Woken when a spare org schema was used (see `db::migrate::take_spare`).
+    pub spares: Arc<tokio::sync::Notify>,
+}
+
+/// Keeps `target` spare org schemas ready, refilling after each org creation.
+async fn keep_spares(state: AppState, target: usize) {
+    loop {
+        if let Err(e) = db::migrate::refill_spares(&state.pool, target).await {
+            tracing::warn!(error = %e, "could not prepare a spare org schema; orgs are created without one");
+        }
+        state.spares.notified().await;
+    }
 }
 
 /// A server ready to serve: migrated database, keys loaded, router built.
@@ -63,8 +75,12 @@ impl Server {
             sealer,
             background,
             http: engine::webhooks::client(),
+            spares: Arc::default(),
         };
         engine::background::spawn(state.clone(), wakes);
+        if config.spare_schemas > 0 {
+            tokio::spawn(keep_spares(state.clone(), config.spare_schemas));
+        }
         let router = routes::router(state.clone(), config.max_body);
         Ok(Self { state, router })
     }

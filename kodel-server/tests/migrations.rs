@@ -85,3 +85,47 @@ async fn a_failed_tenant_migration_stops_only_that_org() {
     let (s, _) = app.get("/api/v1/orgs/good/projects", &t).await;
     assert_eq!(s, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn org_creation_takes_a_spare_schema_and_the_server_makes_another() {
+    let mut config = common::test_config();
+    config.spare_schemas = 2;
+    let app = TestApp::spawn_with(fresh_database().await, config).await;
+    let pool = app.server.state.pool.clone();
+    let spares = || async { sqlx::query_scalar::<_, String>("SELECT name FROM schema_spares ORDER BY created_at").fetch_all(&pool).await.unwrap() };
+    let wait_for = |n: usize| async move {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let now = spares().await;
+            if now.len() == n {
+                return now;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{} spares, expected {n}", now.len());
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    let ready = wait_for(2).await;
+    let token = app.register("o@x.io").await;
+    let (s, v) = app.post("/api/v1/orgs", &token, json!({"slug": "fast", "name": "x"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // The oldest spare became the org's schema, complete and at the current version.
+    let exists = |name: String| {
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)").bind(name).fetch_one(&pool).await.unwrap() }
+    };
+    assert!(!exists(ready[0].clone()).await);
+    assert!(exists("org_fast".into()).await);
+    let version: i32 = sqlx::query_scalar("SELECT schema_version FROM orgs WHERE slug = 'fast'").fetch_one(&pool).await.unwrap();
+    assert_eq!(version, migrate::tenant_version());
+    app.post("/api/v1/orgs/fast/projects", &token, json!({"key": "KOD", "name": "k", "workflow": "software-development"})).await;
+    let t = app.create_task(&token, "fast", "KOD", "works").await;
+    assert_eq!(t["key"], "KOD-1");
+    // And the pool is topped up again.
+    let after = wait_for(2).await;
+    assert_eq!(after[0], ready[1]);
+    // Spares of an older tenant version are dropped at the next start.
+    sqlx::query("UPDATE schema_spares SET version = 0").execute(&pool).await.unwrap();
+    migrate::run(&pool).await.unwrap();
+    assert!(spares().await.is_empty());
+    assert!(!exists(after[1].clone()).await);
+}

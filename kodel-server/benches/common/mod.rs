@@ -25,6 +25,7 @@ impl Bench {
             encryption_key: None,
             engine_tick,
             webhook_retry: 10.0,
+            spare_schemas: 2,
         };
         let server = Server::build(&config, db).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -26,7 +26,7 @@ macro_rules! migration {
     };
 }
 
-pub const SHARED: &[Migration] = &[migration!(1, "0001_init", "shared")];
+pub const SHARED: &[Migration] = &[migration!(1, "0001_init", "shared"), migration!(2, "0002_spare_schemas", "shared")];
 pub const TENANT: &[Migration] = &[migration!(1, "0001_init", "tenant"), migration!(2, "0002_engine", "tenant")];
 
 pub fn tenant_version() -> i32 {
@@ -75,6 +75,7 @@ async fn run_locked(conn: &mut PgConnection) -> anyhow::Result<Report> {
         tracing::info!(migration = m.name, "applied shared migration");
     }
 
+    drop_old_spares(conn).await?;
     let behind: Vec<String> = sqlx::query_scalar(
         "SELECT slug FROM orgs WHERE schema_version < $1 AND migration_error IS NULL ORDER BY slug",
     )
@@ -108,17 +109,27 @@ async fn run_locked(conn: &mut PgConnection) -> anyhow::Result<Report> {
 /// Creates the org's schema if needed and applies its pending tenant migrations, inside
 /// the caller's transaction. Returns how many were applied.
 pub async fn migrate_tenant(conn: &mut PgConnection, slug: &OrgSlug) -> Result<usize, sqlx::Error> {
-    // The schema name is built from a validated slug and quoted as an identifier.
-    let schema = slug.schema();
+    let n = apply_tenant(conn, &slug.quoted_schema()).await?;
+    sqlx::query("UPDATE public.orgs SET schema_version = $2, migration_error = NULL WHERE slug = $1")
+        .bind(slug.as_str())
+        .bind(tenant_version())
+        .execute(&mut *conn)
+        .await?;
+    Ok(n)
+}
+
+/// Creates `schema` (quoted) if needed and applies the pending tenant migrations to it.
+async fn apply_tenant(conn: &mut PgConnection, schema: &str) -> Result<usize, sqlx::Error> {
+    // The schema name is built from a validated slug (or is a spare's) and quoted.
     let ddl = format!(
-        "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
-         CREATE TABLE IF NOT EXISTS \"{schema}\"._kodel_migrations (
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}._kodel_migrations (
             version integer PRIMARY KEY, name text NOT NULL,
             applied_at timestamptz NOT NULL DEFAULT now());"
     );
     conn.execute(ddl.as_str()).await?;
     sqlx::query("SELECT set_config('search_path', $1, true)")
-        .bind(slug.search_path())
+        .bind(format!("{schema}, public"))
         .execute(&mut *conn)
         .await?;
     let applied: i32 = sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM _kodel_migrations")
@@ -134,10 +145,63 @@ pub async fn migrate_tenant(conn: &mut PgConnection, slug: &OrgSlug) -> Result<u
             .await?;
         n += 1;
     }
+    Ok(n)
+}
+
+/// Gives the org a spare schema made ahead of time, if one of the current version is
+/// ready: a rename instead of every tenant migration. False if none was ready.
+pub async fn take_spare(conn: &mut PgConnection, slug: &OrgSlug) -> Result<bool, sqlx::Error> {
+    let spare: Option<String> = sqlx::query_scalar(
+        "DELETE FROM public.schema_spares WHERE name = (
+             SELECT name FROM public.schema_spares WHERE version = $1 ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+         RETURNING name",
+    )
+    .bind(tenant_version())
+    .fetch_optional(&mut *conn)
+    .await?;
+    // The table's CHECK keeps names to kodel_spare_<hex>, safe to quote and use.
+    let Some(spare) = spare else { return Ok(false) };
+    conn.execute(format!("ALTER SCHEMA \"{spare}\" RENAME TO {}", slug.quoted_schema()).as_str()).await?;
     sqlx::query("UPDATE public.orgs SET schema_version = $2, migration_error = NULL WHERE slug = $1")
         .bind(slug.as_str())
         .bind(tenant_version())
         .execute(&mut *conn)
         .await?;
-    Ok(n)
+    Ok(true)
+}
+
+/// Makes spare schemas until `target` of the current version are ready.
+pub async fn refill_spares(pool: &PgPool, target: usize) -> Result<usize, sqlx::Error> {
+    let mut made = 0;
+    loop {
+        let ready: i64 = sqlx::query_scalar("SELECT count(*) FROM public.schema_spares WHERE version = $1")
+            .bind(tenant_version())
+            .fetch_one(pool)
+            .await?;
+        if ready as usize >= target {
+            return Ok(made);
+        }
+        let name = format!("kodel_spare_{}", uuid::Uuid::new_v4().simple());
+        let mut tx = pool.begin().await?;
+        apply_tenant(&mut tx, &format!("\"{name}\"")).await?;
+        sqlx::query("INSERT INTO public.schema_spares (name, version) VALUES ($1, $2)")
+            .bind(&name)
+            .bind(tenant_version())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        made += 1;
+    }
+}
+
+/// Drops spares of an older tenant version (a newer server made them obsolete).
+async fn drop_old_spares(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let old: Vec<String> = sqlx::query_scalar("DELETE FROM public.schema_spares WHERE version < $1 RETURNING name")
+        .bind(tenant_version())
+        .fetch_all(&mut *conn)
+        .await?;
+    for name in old {
+        conn.execute(format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE").as_str()).await?;
+    }
+    Ok(())
 }

@@ -77,8 +77,12 @@ async fn create(State(state): State<AppState>, auth: Auth, ApiJson(req): ApiJson
         .bind(auth.user.id)
         .execute(&mut *tx)
         .await?;
-    migrate::migrate_tenant(&mut tx, &slug).await?;
+    // A schema made ahead of time if one is ready, else built now.
+    if !migrate::take_spare(&mut tx, &slug).await? {
+        migrate::migrate_tenant(&mut tx, &slug).await?;
+    }
     tx.commit().await?;
+    state.spares.notify_one();
     tracing::info!(org = %slug, ms = started.elapsed().as_millis() as u64, "org created");
     Ok((StatusCode::CREATED, Json(row.into_api())))
 }

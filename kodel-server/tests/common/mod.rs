@@ -24,6 +24,7 @@ pub fn test_config() -> Config {
         encryption_key: Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into()),
         engine_tick: 0.2,
         webhook_retry: 0.2,
+        spare_schemas: 0,
     }
 }
 

@@ -44,9 +44,10 @@ pub async fn run(ctx: &mut Ctx, cmd: ProjectCmd) -> Result<(), CliError> {
             if !p.description.is_empty() {
                 println!("\n{}\n", p.description);
             }
-            println!("workflow: {}", p.workflow.name);
-            for s in &p.workflow.statuses {
-                println!("  {} ({}) -> {}", s.name, s.category.as_str(), s.next.join(", "));
+            print!("workflow: ");
+            super::workflow::print_workflow(&p.workflow);
+            if let Some(it) = &p.instance_template {
+                println!("instance template: {it}");
             }
             println!("your role: {}", p.role.as_str());
             Ok(())
