@@ -127,17 +127,22 @@ const JOB_SELECT: &str = "SELECT j.id, p.key || '-' || t.number AS task, j.kind,
      FROM ai_jobs j JOIN tasks t ON t.id = j.task_id JOIN projects p ON p.id = t.project_id
      JOIN ai_job_templates jt ON jt.id = j.template_id LEFT JOIN statuses s ON s.id = j.status_id";
 
-async fn list_jobs(mut t: Tenant, query: QueryResult<ListQuery>) -> ApiResult<Json<Page<Job>>> {
+/// One page, newest first, of jobs or artifacts (`select`, aliased `alias`) that the
+/// caller may see, filtered by `?task=` and `?status=` (one of `states`).
+async fn visible_page<R>(mut t: Tenant, query: QueryResult<ListQuery>, select: &str, alias: &str, states: &[&str], id: fn(&R) -> Uuid) -> ApiResult<(Vec<R>, Option<String>)>
+where
+    R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let (before, limit) = page_args(&q)?;
-    if let Some(s) = q.status.as_deref().filter(|s| JobState::parse(s).is_none()) {
-        return Err(ApiError::invalid(format!("status {s:?} is not a job status (pending, running, succeeded, failed, cancelled)")));
+    if let Some(s) = q.status.as_deref().filter(|s| !states.contains(s)) {
+        return Err(ApiError::invalid(format!("status {s:?} is not one of {}", states.join(", "))));
     }
     let task = task_filter(&mut t, q.task.as_deref()).await?;
     let (admin, user) = (t.org.role >= OrgRole::Admin, t.user_id());
-    let rows = sqlx::query_as::<_, JobRow>(&format!(
-        "{JOB_SELECT} WHERE {VISIBLE} AND ($3::uuid IS NULL OR j.task_id = $3) AND ($4::text IS NULL OR j.state = $4)
-           AND j.id < $5 ORDER BY j.id DESC LIMIT $6"
+    let rows = sqlx::query_as::<_, R>(&format!(
+        "{select} WHERE {VISIBLE} AND ($3::uuid IS NULL OR {alias}.task_id = $3) AND ($4::text IS NULL OR {alias}.state = $4)
+           AND {alias}.id < $5 ORDER BY {alias}.id DESC LIMIT $6"
     ))
     .bind(admin)
     .bind(user)
@@ -148,7 +153,12 @@ async fn list_jobs(mut t: Tenant, query: QueryResult<ListQuery>) -> ApiResult<Js
     .fetch_all(t.conn())
     .await?;
     t.commit().await?;
-    let (rows, next_cursor) = page(rows, limit, |r| r.id);
+    Ok(page(rows, limit, id))
+}
+
+async fn list_jobs(t: Tenant, query: QueryResult<ListQuery>) -> ApiResult<Json<Page<Job>>> {
+    let states: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+    let (rows, next_cursor) = visible_page::<JobRow>(t, query, JOB_SELECT, "j", &states, |r| r.id).await?;
     Ok(Json(Page { data: rows.into_iter().map(JobRow::into_api).collect(), next_cursor }))
 }
 
@@ -241,28 +251,9 @@ const ARTIFACT_SELECT: &str = "SELECT a.id, a.job_id, p.key || '-' || t.number A
      FROM artifacts a JOIN tasks t ON t.id = a.task_id JOIN projects p ON p.id = t.project_id
      LEFT JOIN public.users u ON u.id = a.decided_by";
 
-async fn list_artifacts(mut t: Tenant, query: QueryResult<ListQuery>) -> ApiResult<Json<Page<Artifact>>> {
-    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let (before, limit) = page_args(&q)?;
-    if let Some(s) = q.status.as_deref().filter(|s| ArtifactState::parse(s).is_none()) {
-        return Err(ApiError::invalid(format!("status {s:?} is not an artifact status (pending, approved, rejected)")));
-    }
-    let task = task_filter(&mut t, q.task.as_deref()).await?;
-    let (admin, user) = (t.org.role >= OrgRole::Admin, t.user_id());
-    let rows = sqlx::query_as::<_, ArtifactRow>(&format!(
-        "{ARTIFACT_SELECT} WHERE {VISIBLE} AND ($3::uuid IS NULL OR a.task_id = $3) AND ($4::text IS NULL OR a.state = $4)
-           AND a.id < $5 ORDER BY a.id DESC LIMIT $6"
-    ))
-    .bind(admin)
-    .bind(user)
-    .bind(task)
-    .bind(q.status.as_deref())
-    .bind(before)
-    .bind(limit + 1)
-    .fetch_all(t.conn())
-    .await?;
-    t.commit().await?;
-    let (rows, next_cursor) = page(rows, limit, |r| r.id);
+async fn list_artifacts(t: Tenant, query: QueryResult<ListQuery>) -> ApiResult<Json<Page<Artifact>>> {
+    let states: Vec<&str> = ArtifactState::ALL.iter().map(|s| s.as_str()).collect();
+    let (rows, next_cursor) = visible_page::<ArtifactRow>(t, query, ARTIFACT_SELECT, "a", &states, |r| r.id).await?;
     Ok(Json(Page { data: rows.into_iter().map(ArtifactRow::into_api).collect(), next_cursor }))
 }
 
