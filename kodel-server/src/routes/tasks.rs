@@ -168,7 +168,10 @@ async fn create(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(r
              INSERT INTO task_events (task_id, project_id, seq, type, payload, actor_id)
              SELECT id, project_id, 1, 'task.created', $10 || jsonb_build_object('status', (SELECT name FROM st)), $8 FROM t)
          SELECT EXISTS (SELECT 1 FROM acc WHERE $11 OR role IS NOT NULL) AS found, EXISTS (SELECT 1 FROM ok) AS allowed,
-                t.number, (SELECT name FROM st) AS status, t.created_at
+                t.number, (SELECT name FROM st) AS status, t.created_at,
+                EXISTS (SELECT 1 FROM bindings b JOIN st ON b.status_id = st.id)
+                OR EXISTS (SELECT 1 FROM automation_rules r JOIN ok ON r.project_id IS NULL OR r.project_id = ok.id
+                           WHERE r.enabled AND r.trigger_kind = 'task_created') AS engine
          FROM (SELECT 1) AS one LEFT JOIN t ON true",
     )
     .bind(task_id)
@@ -194,9 +197,15 @@ async fn create(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(r
             ApiError::invalid(format!("status {:?} is not in this project's workflow", req.status.unwrap_or_default()))
         });
     };
-    let mut payload = payload;
-    payload["status"] = json!(status);
-    t.note_event(task_id, 1, "task.created", payload);
+    // The statement also said whether the engine has anything to do with a new task
+    // (a bound status, a task_created rule), so most creations skip it.
+    if !row.engine {
+        t.wrote_events = true;
+    } else {
+        let mut payload = payload;
+        payload["status"] = json!(status);
+        t.note_event(task_id, 1, "task.created", payload);
+    }
     // Rules that fire on creation may have changed the task: then it is read back.
     if crate::engine::react(&mut t).await? > 1 {
         let row = sqlx::query_as::<_, TaskRow>(&format!("{TASK_SELECT} WHERE t.id = $1")).bind(task_id).fetch_one(t.conn()).await?;
@@ -231,6 +240,8 @@ struct CreatedRow {
     number: Option<i32>,
     status: Option<String>,
     created_at: Option<DateTime<Utc>>,
+    /// Whether a binding or a rule can react to the creation.
+    engine: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
