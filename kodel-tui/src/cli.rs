@@ -211,6 +211,12 @@ pub enum RuleCmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Change a rule: the JSON gives the fields to replace (name, trigger, conditions, match, actions, dry_run)
+    Update {
+        id: String,
+        #[arg(long)]
+        file: String,
+    },
     Enable { id: String },
     Disable { id: String },
     Delete { id: String },
@@ -241,6 +247,24 @@ pub enum ModuleCmd {
         #[arg(long)]
         secret_stdin: bool,
     },
+    /// Change a module's URL, branch, path prefix or credentials
+    Update {
+        id: String,
+        #[arg(long)]
+        url: Option<String>,
+        #[arg(long)]
+        branch: Option<String>,
+        #[arg(long)]
+        path_prefix: Option<String>,
+        #[arg(long)]
+        username: Option<String>,
+        /// Read a new token or password from stdin
+        #[arg(long, conflicts_with = "no_credentials")]
+        secret_stdin: bool,
+        /// Remove the stored credentials
+        #[arg(long)]
+        no_credentials: bool,
+    },
     /// Remove a module
     Remove { id: String },
 }
@@ -251,6 +275,12 @@ pub enum InstanceTemplateCmd {
     Show { name: String },
     /// Create from JSON: {"name", "base_image", "packages", "setup_script", "env", "network", ...}
     Create {
+        #[arg(long)]
+        file: String,
+    },
+    /// Change an instance template: the JSON gives the fields to replace
+    Update {
+        name: String,
         #[arg(long)]
         file: String,
     },
@@ -350,6 +380,18 @@ pub enum ProjectCmd {
         /// kanban (default), software-development, or an org workflow's name or id
         #[arg(long)]
         workflow: Option<String>,
+    },
+    /// Change a project's name, description or instance template
+    Update {
+        key: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Text, or - to read it from stdin
+        #[arg(long)]
+        description: Option<String>,
+        /// An instance template's name, or `none` to detach it
+        #[arg(long)]
+        instance_template: Option<String>,
     },
     /// List projects you can see
     List,

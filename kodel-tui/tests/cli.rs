@@ -309,5 +309,17 @@ async fn engine_commands_through_the_real_binaries() {
     std::fs::write(&it_file, r#"{"name": "rust", "base_image": "debian:12", "packages": ["git"]}"#).unwrap();
     env.ok(&["instance-template", "create", "--file", it_file.to_str().unwrap()], None);
     assert!(env.ok(&["instance-template", "list"], None).contains("debian:12"));
+    let it = env.json(&["instance-template", "update", "rust", "--file", "-"], Some(r#"{"network": true}"#));
+    assert_eq!(it["network"], true);
+    let p = env.json(&["project", "update", "KOD", "--instance-template", "rust"], None);
+    assert_eq!(p["instance_template"], "rust");
+    assert!(env.ok(&["project", "show", "KOD"], None).contains("instance template: rust"));
+    let p = env.json(&["project", "update", "KOD", "--instance-template", "none"], None);
+    assert_eq!(p["instance_template"], serde_json::Value::Null);
+    let id = serde_json::from_str::<Value>(&m).unwrap()["id"].as_str().unwrap().to_owned();
+    let m = env.json(&["module", "update", &id, "--no-credentials", "--branch", "develop"], None);
+    assert_eq!((m["has_credentials"].as_bool(), m["default_branch"].as_str()), (Some(false), Some("develop")));
+    let r = env.json(&["rule", "update", rule["id"].as_str().unwrap(), "--file", "-"], Some(r#"{"name": "renamed"}"#));
+    assert_eq!(r["name"], "renamed");
     assert_eq!(env.json(&["agent", "list"], None)["data"], serde_json::json!([]));
 }

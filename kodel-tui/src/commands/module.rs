@@ -42,6 +42,24 @@ pub async fn run(ctx: &mut Ctx, cmd: ModuleCmd) -> Result<(), CliError> {
             let m: Module = ctx.client.post(&base, body).await?;
             if ctx.json { output::json(&m) } else { output::line(format!("{}", m.id)) }
         }
+        ModuleCmd::Update { id, url, branch, path_prefix, username, secret_stdin, no_credentials } => {
+            let mut body = serde_json::Map::new();
+            for (k, v) in [("url", url), ("default_branch", branch), ("path_prefix", path_prefix)] {
+                if let Some(v) = v {
+                    body.insert(k.into(), json!(v));
+                }
+            }
+            if secret_stdin {
+                let secret = output::text_arg(Some("-".into()), false)?.unwrap_or_default();
+                body.insert("credentials".into(), json!({ "username": username, "secret": secret.trim() }));
+            } else if no_credentials {
+                body.insert("credentials".into(), Value::Null);
+            } else if username.is_some() {
+                return Err(CliError::usage("--username needs --secret-stdin"));
+            }
+            let m: Module = ctx.client.patch(&format!("{base}/{}", enc(&id)), Value::Object(body)).await?;
+            if ctx.json { output::json(&m) } else { output::line(format!("{} {}", m.id, m.url)) }
+        }
         ModuleCmd::Remove { id } => {
             let _: Value = ctx.client.send(Method::DELETE, &format!("{base}/{}", enc(&id)), None).await?;
             if ctx.json { output::json(&json!({ "deleted": id })) } else { output::note(format!("Removed {id}")) }
@@ -67,6 +85,7 @@ pub async fn instance_template(ctx: &mut Ctx, cmd: InstanceTemplateCmd) -> Resul
         }
         InstanceTemplateCmd::Show { name } => ctx.client.get(&format!("{base}/{}", enc(&name))).await?,
         InstanceTemplateCmd::Create { file } => ctx.client.post(&base, output::json_file(&file)?).await?,
+        InstanceTemplateCmd::Update { name, file } => ctx.client.patch(&format!("{base}/{}", enc(&name)), output::json_file(&file)?).await?,
         InstanceTemplateCmd::Delete { name } => {
             let _: Value = ctx.client.send(Method::DELETE, &format!("{base}/{}", enc(&name)), None).await?;
             return if ctx.json { output::json(&json!({ "deleted": name })) } else { output::note(format!("Deleted {name}")) };

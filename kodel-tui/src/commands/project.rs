@@ -23,6 +23,29 @@ pub async fn run(ctx: &mut Ctx, cmd: ProjectCmd) -> Result<(), CliError> {
             }
             if ctx.json { output::json(&p) } else { println!("{}", p.key); Ok(()) }
         }
+        ProjectCmd::Update { key, name, description, instance_template } => {
+            let mut body = serde_json::Map::new();
+            if let Some(n) = name {
+                body.insert("name".into(), json!(n));
+            }
+            if let Some(d) = output::text_arg(description, false)? {
+                body.insert("description".into(), json!(d));
+            }
+            match instance_template.as_deref() {
+                Some("none") => {
+                    body.insert("instance_template".into(), serde_json::Value::Null);
+                }
+                Some(it) => {
+                    body.insert("instance_template".into(), json!(it));
+                }
+                None => {}
+            }
+            if body.is_empty() {
+                return Err(CliError::usage("nothing to change").hint("give --name, --description or --instance-template"));
+            }
+            let p: Project = ctx.client.patch(&format!("{base}/{}", enc(&key)), serde_json::Value::Object(body)).await?;
+            if ctx.json { output::json(&p) } else { output::line(&p.key) }
+        }
         ProjectCmd::List => {
             let page: Page<Project> = ctx.client.get(&base).await?;
             if ctx.json {

@@ -48,6 +48,7 @@ pub async fn run(ctx: &mut Ctx, cmd: RuleCmd) -> Result<(), CliError> {
             }
             ctx.client.post(&base, body).await?
         }
+        RuleCmd::Update { id, file } => ctx.client.patch(&format!("{base}/{}", enc(&id)), output::json_file(&file)?).await?,
         RuleCmd::Enable { id } => ctx.client.patch(&format!("{base}/{}", enc(&id)), json!({ "enabled": true })).await?,
         RuleCmd::Disable { id } => ctx.client.patch(&format!("{base}/{}", enc(&id)), json!({ "enabled": false })).await?,
         RuleCmd::Delete { id } => {
