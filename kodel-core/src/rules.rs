@@ -17,6 +17,8 @@ use uuid::Uuid;
 use crate::api::Priority;
 
 pub const MAX_CONDITIONS: usize = 20;
+/// Rules per project, and org-wide rules per org.
+pub const MAX_RULES: i64 = 200;
 pub const MAX_ACTIONS: usize = 20;
 pub const MAX_PATTERN: usize = 500;
 /// How deep a chain of rules firing rules may go before it is stopped.

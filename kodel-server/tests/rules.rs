@@ -250,6 +250,26 @@ async fn rules_are_checked_and_scoped() {
     let (s, _) = app.post("/api/v1/orgs/acme/rules", &owner, body).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
 
+    // A project holds at most MAX_RULES rules.
+    let mut db = app.org_tx("acme").await;
+    sqlx::query(
+        "INSERT INTO automation_rules (id, project_id, name, trigger_kind, spec)
+         SELECT gen_random_uuid(), (SELECT id FROM projects WHERE key = 'KOD'), 'filler', 'comment_added',
+                '{\"trigger\": {\"type\": \"comment_added\"}, \"actions\": [{\"add_label\": \"x\"}]}'
+         FROM generate_series(1, $1 - (SELECT count(*) FROM automation_rules))",
+    )
+    .bind(kodel_core::rules::MAX_RULES)
+    .execute(db.conn())
+    .await
+    .unwrap();
+    db.commit().await.unwrap();
+    let (s, v) = app.post("/api/v1/orgs/acme/rules", &ann, ok.clone()).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("200 rules"), "{v}");
+    let mut db = app.org_tx("acme").await;
+    sqlx::query("DELETE FROM automation_rules WHERE name = 'filler'").execute(db.conn()).await.unwrap();
+    db.commit().await.unwrap();
+
     // Disable, edit, delete; an outsider sees nothing.
     let id = r["id"].as_str().unwrap();
     let (s, v) = app.patch(&format!("/api/v1/orgs/acme/rules/{id}"), &ann, json!({"enabled": false, "actions": [{"add_label": "y"}]})).await;

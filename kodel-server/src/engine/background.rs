@@ -42,7 +42,9 @@ impl Background {
 pub fn spawn(state: AppState, wakes: mpsc::UnboundedReceiver<(Uuid, OrgSlug)>) {
     tokio::spawn(send_webhooks(state.clone(), wakes));
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(state.background.tick);
+        // The first sweep one tick after start, not during it.
+        let tick = state.background.tick;
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;

@@ -7,7 +7,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use kodel_core::api::{MAX_NAME, OrgRole, Page, ProjectRole};
-use kodel_core::rules::{CreateRule, Rule, RuleSpec, UpdateRule};
+use kodel_core::rules::{CreateRule, MAX_RULES, Rule, RuleSpec, UpdateRule};
 use kodel_core::ErrorCode;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -123,6 +123,14 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateRule>) -> ApiResult<(
     };
     let spec = RuleSpec { trigger: req.trigger, conditions: req.conditions, how: req.how, actions: req.actions };
     validate(&spec)?;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM automation_rules WHERE project_id IS NOT DISTINCT FROM $1")
+        .bind(project)
+        .fetch_one(t.conn())
+        .await?;
+    if count >= MAX_RULES {
+        let scope = if project.is_some() { "this project" } else { "org-wide" };
+        return Err(ApiError::invalid(format!("{scope} already has {MAX_RULES} rules, the most allowed: delete or merge some")));
+    }
     let id = Uuid::now_v7();
     let user = t.user_id();
     sqlx::query(
