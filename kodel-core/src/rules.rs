@@ -87,9 +87,9 @@ impl Trigger {
             want.as_deref().is_none_or(|w| got.as_str().is_some_and(|g| g.eq_ignore_ascii_case(w.trim())))
         };
         let label_change = |label: &Option<String>, added: bool| {
-            let (before, after) = label_sets(payload);
-            let (from, to) = if added { (&before, &after) } else { (&after, &before) };
-            to.iter().any(|l| !from.contains(l) && label.as_deref().is_none_or(|w| w == *l))
+            let (plus, minus) = label_changes(payload);
+            let changed = if added { plus } else { minus };
+            changed.iter().any(|l| label.as_deref().is_none_or(|w| w == *l))
         };
         let job_kind = |want: &Option<crate::jobs::JobKind>| {
             want.is_none_or(|k| payload["kind"].as_str() == Some(k.as_str()))
@@ -124,11 +124,11 @@ pub fn trigger_kinds(event_kind: &str, payload: &Value) -> Vec<&'static str> {
         "artifact.rejected" => vec!["artifact_rejected"],
         "task.updated" => {
             let mut kinds = Vec::new();
-            let (before, after) = label_sets(payload);
-            if after.iter().any(|l| !before.contains(l)) {
+            let (added, removed) = label_changes(payload);
+            if !added.is_empty() {
                 kinds.push("label_added");
             }
-            if before.iter().any(|l| !after.contains(l)) {
+            if !removed.is_empty() {
                 kinds.push("label_removed");
             }
             if payload["changes"].get("assignee").is_some() {
@@ -140,12 +140,16 @@ pub fn trigger_kinds(event_kind: &str, payload: &Value) -> Vec<&'static str> {
     }
 }
 
-fn label_sets(payload: &Value) -> (Vec<&str>, Vec<&str>) {
+/// The labels a `task.updated` payload added and removed.
+pub fn label_changes(payload: &Value) -> (Vec<&str>, Vec<&str>) {
     fn list(v: &Value) -> Vec<&str> {
         v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
     }
     let labels = &payload["changes"]["labels"];
-    (list(&labels["from"]), list(&labels["to"]))
+    let (before, after) = (list(&labels["from"]), list(&labels["to"]));
+    let added = after.iter().filter(|l| !before.contains(l)).copied().collect();
+    let removed = before.iter().filter(|l| !after.contains(l)).copied().collect();
+    (added, removed)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

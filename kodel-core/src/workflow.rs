@@ -120,19 +120,14 @@ impl WorkflowTemplate {
     pub fn transition_pairs(&self) -> Vec<(&'static str, &'static str)> {
         match self.transitions {
             Some(t) => t.to_vec(),
-            None => {
-                let mut all = Vec::new();
-                for a in self.statuses {
-                    for b in self.statuses {
-                        if a.name != b.name {
-                            all.push((a.name, b.name));
-                        }
-                    }
-                }
-                all
-            }
+            None => every_move(&self.statuses.iter().map(|s| s.name).collect::<Vec<_>>()),
         }
     }
+}
+
+/// Every move between two different statuses (a workflow without a transitions list).
+pub fn every_move<'a>(names: &[&'a str]) -> Vec<(&'a str, &'a str)> {
+    names.iter().flat_map(|a| names.iter().filter(move |b| a != *b).map(move |b| (*a, *b))).collect()
 }
 
 /// A move that the workflow refuses, with where the task may go instead.

@@ -100,6 +100,18 @@ impl OrgTx {
         &mut self.tx
     }
 
+    /// A member of this org, by email (any case).
+    pub async fn member_by_email(&mut self, email: &str) -> ApiResult<Option<Uuid>> {
+        Ok(sqlx::query_scalar(
+            "SELECT u.id FROM public.users u JOIN public.org_members m ON m.user_id = u.id AND m.org_id = $2
+             WHERE lower(u.email) = lower($1)",
+        )
+        .bind(email.trim())
+        .bind(self.org_id)
+        .fetch_optional(&mut *self.tx)
+        .await?)
+    }
+
     /// Notes an event written by hand-made SQL (record() notes its own).
     pub fn note_event(&mut self, task_id: Uuid, seq: i32, kind: &str, payload: serde_json::Value) {
         self.wrote_events = true;

@@ -15,9 +15,10 @@ pub mod rules;
 pub mod webhooks;
 pub mod workflow;
 
-use kodel_core::rules::trigger_kinds;
+use kodel_core::rules::{label_changes, trigger_kinds};
 use uuid::Uuid;
 
+use crate::engine::rules::{FACTS_COLUMNS, FACTS_FROM};
 use crate::error::{ApiError, ApiResult};
 use crate::tenant::{OrgTx, Recorded};
 
@@ -72,35 +73,38 @@ pub struct EventContext {
 /// finds the binding it entered, reads its facts and the rules that can fire.
 async fn context(db: &mut OrgTx, ev: &Recorded, entered: bool, kinds: &[&str]) -> ApiResult<EventContext> {
     let entered_status = if entered { ev.payload[if ev.kind == "task.moved" { "to" } else { "status" }].as_str() } else { None };
-    Ok(sqlx::query_as(
+    let sql = format!(
         "WITH cancelled AS (
              UPDATE ai_jobs j SET state = 'cancelled', finished_at = now(), lease_agent = NULL, lease_expires_at = NULL,
                     error = 'the task left the status this job was started for'
              FROM tasks t WHERE $7 AND j.task_id = t.id AND t.id = $2 AND j.state IN ('pending', 'running')
                AND j.status_id IS NOT NULL AND j.status_id <> t.status_id
              RETURNING j.id, j.kind)
-         SELECT s.name AS status, t.labels, t.priority, u.email AS assignee, t.title, t.description,
+         SELECT {FACTS_COLUMNS},
                 (SELECT json_agg(json_build_array(id, kind)) FROM cancelled)::text AS cancelled,
                 b.template_id AS bound_template, b.status_id AS bound_status,
                 coalesce((SELECT json_agg(json_build_object('id', r.id, 'name', r.name, 'dry_run', r.dry_run, 'spec', r.spec)
                                           ORDER BY r.created_at, r.id)
                           FROM automation_rules r
                           WHERE r.enabled AND r.trigger_kind = ANY ($1) AND (r.project_id IS NULL OR r.project_id = t.project_id)
-                            AND (r.spec #>> '{trigger,to}' IS NULL OR lower(btrim(r.spec #>> '{trigger,to}')) = lower($3))
-                            AND (r.spec #>> '{trigger,from}' IS NULL OR lower(btrim(r.spec #>> '{trigger,from}')) = lower($4))
-                            AND (r.spec #>> '{trigger,label}' IS NULL OR r.spec #>> '{trigger,label}' = ANY ($5))
-                            AND (r.spec #>> '{trigger,kind}' IS NULL OR r.spec #>> '{trigger,kind}' = $6)
+                            AND (r.spec #>> '{{trigger,to}}' IS NULL OR lower(btrim(r.spec #>> '{{trigger,to}}')) = lower($3))
+                            AND (r.spec #>> '{{trigger,from}}' IS NULL OR lower(btrim(r.spec #>> '{{trigger,from}}')) = lower($4))
+                            AND (r.spec #>> '{{trigger,label}}' IS NULL OR r.spec #>> '{{trigger,label}}' = ANY ($5))
+                            AND (r.spec #>> '{{trigger,kind}}' IS NULL OR r.spec #>> '{{trigger,kind}}' = $6)
                          )::text, '[]') AS rules
-         FROM tasks t JOIN statuses s ON s.id = t.status_id
+         FROM {FACTS_FROM}
          LEFT JOIN bindings b ON b.status_id = t.status_id AND s.name = $8
-         LEFT JOIN public.users u ON u.id = t.assignee_id
-         WHERE t.id = $2",
-    )
+         WHERE t.id = $2"
+    );
+    Ok(sqlx::query_as(&sql)
     .bind(kinds)
     .bind(ev.task_id)
     .bind(ev.payload["to"].as_str())
     .bind(ev.payload["from"].as_str())
-    .bind(rules::changed_labels(&ev.payload))
+    .bind({
+        let (added, removed) = label_changes(&ev.payload);
+        [added, removed].concat()
+    })
     .bind(ev.payload["kind"].as_str())
     .bind(entered)
     .bind(entered_status)

@@ -79,12 +79,13 @@ impl FactsRow {
     }
 }
 
+/// The columns of `FactsRow`, over `FACTS_FROM`.
+pub(crate) const FACTS_COLUMNS: &str = "s.name AS status, t.labels, t.priority, u.email AS assignee, t.title, t.description";
+pub(crate) const FACTS_FROM: &str =
+    "tasks t JOIN statuses s ON s.id = t.status_id LEFT JOIN public.users u ON u.id = t.assignee_id";
+
 async fn facts(db: &mut OrgTx, task: Uuid) -> ApiResult<FactsRow> {
-    Ok(sqlx::query_as(
-        "SELECT s.name AS status, t.labels, t.priority, u.email AS assignee, t.title, t.description
-         FROM tasks t JOIN statuses s ON s.id = t.status_id LEFT JOIN public.users u ON u.id = t.assignee_id
-         WHERE t.id = $1",
-    )
+    Ok(sqlx::query_as(&format!("SELECT {FACTS_COLUMNS} FROM {FACTS_FROM} WHERE t.id = $1"))
     .bind(task)
     .fetch_one(db.conn())
     .await?)
@@ -97,13 +98,6 @@ struct RuleJson {
     name: String,
     dry_run: bool,
     spec: Box<serde_json::value::RawValue>,
-}
-
-/// Labels an update added or removed (what label triggers can name).
-pub(crate) fn changed_labels(payload: &Value) -> Vec<String> {
-    let list = |v: &Value| -> Vec<String> { v.as_array().map(|a| a.iter().filter_map(|l| l.as_str().map(str::to_owned)).collect()).unwrap_or_default() };
-    let (from, to) = (list(&payload["changes"]["labels"]["from"]), list(&payload["changes"]["labels"]["to"]));
-    from.iter().filter(|l| !to.contains(l)).chain(to.iter().filter(|l| !from.contains(l))).cloned().collect()
 }
 
 /// Runs the rules that can fire on an event, given the task's facts and the candidate
@@ -188,17 +182,9 @@ async fn act(db: &mut OrgTx, rule: &LoadedRule, task: Uuid, action: &Action) -> 
         }
         Action::Assign(who) => {
             let id = match who.as_deref() {
-                Some(email) => Some(
-                    sqlx::query_scalar::<_, Uuid>(
-                        "SELECT u.id FROM public.users u JOIN public.org_members m ON m.user_id = u.id AND m.org_id = $2
-                         WHERE lower(u.email) = lower($1)",
-                    )
-                    .bind(email.trim())
-                    .bind(db.org_id)
-                    .fetch_optional(db.conn())
-                    .await?
-                    .ok_or_else(|| ApiError::invalid(format!("{email} is not a member of this org")))?,
-                ),
+                Some(email) => {
+                    Some(db.member_by_email(email).await?.ok_or_else(|| ApiError::invalid(format!("{email} is not a member of this org")))?)
+                }
                 None => None,
             };
             let before: Option<(Option<String>,)> = sqlx::query_as(

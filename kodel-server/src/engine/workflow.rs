@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use kodel_core::api::{Binding, Status, Workflow, WorkflowDef};
-use kodel_core::workflow::{StatusCategory, WorkflowTemplate, check_transition, validate_definition};
+use kodel_core::workflow::{StatusCategory, WorkflowTemplate, check_transition, every_move, validate_definition};
 use kodel_core::ErrorCode;
 use serde_json::json;
 use sqlx::PgConnection;
@@ -142,12 +142,10 @@ async fn write_definition(conn: &mut PgConnection, wf: Uuid, def: &WorkflowDef, 
     }
     let id_of = |n: &str| ids.get(&n.trim().to_lowercase()).copied().ok_or_else(|| ApiError::invalid(format!("no status {n:?}")));
     sqlx::query("DELETE FROM transitions WHERE workflow_id = $1").bind(wf).execute(&mut *conn).await?;
-    let pairs: Vec<(String, String)> = match &def.transitions {
-        Some(t) => t.clone(),
-        None => {
-            let names: Vec<&String> = def.statuses.iter().map(|s| &s.name).collect();
-            names.iter().flat_map(|a| names.iter().filter(move |b| a != *b).map(move |b| (a.to_string(), b.to_string()))).collect()
-        }
+    let names: Vec<&str> = def.statuses.iter().map(|s| s.name.as_str()).collect();
+    let pairs: Vec<(&str, &str)> = match &def.transitions {
+        Some(t) => t.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect(),
+        None => every_move(&names),
     };
     let (from, to): (Vec<Uuid>, Vec<Uuid>) =
         pairs.iter().map(|(a, b)| Ok((id_of(a)?, id_of(b)?))).collect::<ApiResult<Vec<_>>>()?.into_iter().unzip();
@@ -298,29 +296,24 @@ pub struct Moved {
 /// Moves a task to the status named `to` (any case) if its workflow allows it, bumping
 /// its version and recording `task.moved` with `extra` merged into the payload.
 pub async fn move_task(db: &mut OrgTx, task: Uuid, to: &str, extra: serde_json::Value) -> ApiResult<Moved> {
-    let (workflow, from): (Uuid, String) = sqlx::query_as(
-        "SELECT p.workflow_id, s.name FROM tasks t JOIN projects p ON p.id = t.project_id
-         JOIN statuses s ON s.id = t.status_id WHERE t.id = $1 FOR UPDATE OF t",
+    // One statement: the task (locked), where it is, the target, and the allowed moves.
+    let (from, target_id, target_name, allowed): (String, Option<Uuid>, Option<String>, Vec<String>) = sqlx::query_as(
+        "SELECT f.name,
+                (SELECT id FROM statuses WHERE workflow_id = p.workflow_id AND lower(name) = lower($2)),
+                (SELECT name FROM statuses WHERE workflow_id = p.workflow_id AND lower(name) = lower($2)),
+                ARRAY(SELECT s.name FROM transitions tr JOIN statuses s ON s.id = tr.to_status
+                      WHERE tr.from_status = t.status_id ORDER BY s.position)
+         FROM tasks t JOIN projects p ON p.id = t.project_id JOIN statuses f ON f.id = t.status_id
+         WHERE t.id = $1 FOR UPDATE OF t",
     )
     .bind(task)
+    .bind(to.trim())
     .fetch_one(db.conn())
     .await?;
-    let target: Option<(Uuid, String)> = sqlx::query_as("SELECT id, name FROM statuses WHERE workflow_id = $1 AND lower(name) = lower($2)")
-        .bind(workflow)
-        .bind(to.trim())
-        .fetch_optional(db.conn())
-        .await?;
-    let pairs: Vec<(String, String)> = sqlx::query_as(
-        "SELECT f.name, s.name FROM transitions tr JOIN statuses f ON f.id = tr.from_status
-         JOIN statuses s ON s.id = tr.to_status WHERE tr.workflow_id = $1 AND tr.from_status = (SELECT status_id FROM tasks WHERE id = $2)
-         ORDER BY s.position",
-    )
-    .bind(workflow)
-    .bind(task)
-    .fetch_all(db.conn())
-    .await?;
+    let target = target_id.zip(target_name);
+    let pairs: Vec<(&str, &str)> = allowed.iter().map(|a| (from.as_str(), a.as_str())).collect();
     let to_name = target.as_ref().map_or(to.trim(), |(_, n)| n.as_str());
-    if let Err(refused) = check_transition(pairs.iter().map(|(a, b)| (a.as_str(), b.as_str())), &from, to_name) {
+    if let Err(refused) = check_transition(pairs, &from, to_name) {
         let (code, message) = match target {
             Some(_) => (ErrorCode::TransitionNotAllowed, refused.to_string()),
             None => (ErrorCode::InvalidRequest, format!("no status {to_name:?} in this workflow; allowed: {}", refused.allowed.join(", "))),

@@ -257,14 +257,7 @@ async fn find_project_member(t: &mut Tenant, project: Uuid, who: &str) -> ApiRes
 async fn add_member(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(req): ApiJson<AddProjectMember>) -> ApiResult<(StatusCode, Json<ProjectMember>)> {
     let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
     p.require(ProjectRole::Admin, "managing project members")?;
-    let org = t.org.id;
-    let user: Option<Uuid> = sqlx::query_scalar(
-        "SELECT u.id FROM public.users u JOIN org_members m ON m.user_id = u.id AND m.org_id = $2 WHERE lower(u.email) = lower($1)",
-    )
-    .bind(req.email.trim())
-    .bind(org)
-    .fetch_optional(t.conn())
-    .await?;
+    let user = t.member_by_email(&req.email).await?;
     let user = user.ok_or_else(|| ApiError::new(ErrorCode::UserNotFound, format!("{} is not a member of the org; add them to the org first", req.email.trim())))?;
     let done = sqlx::query("INSERT INTO project_members (project_id, user_id, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(p.id)

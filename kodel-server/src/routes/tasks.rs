@@ -113,16 +113,7 @@ fn clean_labels(labels: Vec<String>) -> ApiResult<Vec<String>> {
 
 /// An assignee given by email must be a member of the org.
 async fn resolve_assignee(t: &mut Tenant, email: &str) -> ApiResult<Uuid> {
-    let org = t.org.id;
-    let id: Option<Uuid> = sqlx::query_scalar(
-        "SELECT u.id FROM public.users u JOIN public.org_members m ON m.user_id = u.id AND m.org_id = $2
-         WHERE lower(u.email) = lower($1)",
-    )
-    .bind(email.trim())
-    .bind(org)
-    .fetch_optional(t.conn())
-    .await?;
-    id.ok_or_else(|| ApiError::invalid(format!("assignee {email:?} is not a member of this org")))
+    t.member_by_email(email).await?.ok_or_else(|| ApiError::invalid(format!("assignee {email:?} is not a member of this org")))
 }
 
 async fn create(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(req): ApiJson<CreateTask>) -> ApiResult<(StatusCode, Json<Task>)> {
