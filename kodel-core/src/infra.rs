@@ -71,7 +71,7 @@ pub struct UpdateModule {
     pub credentials: Option<Option<RepoCredentials>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceTemplate {
     pub id: Uuid,
     pub name: String,

@@ -208,7 +208,7 @@ pub struct StartJob {
 }
 
 /// What a finished job hands over for people to decide on.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewArtifact {
     pub kind: ArtifactKind,

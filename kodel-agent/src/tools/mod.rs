@@ -1,0 +1,1 @@
+//! The six tools (placeholder until the tools land).
