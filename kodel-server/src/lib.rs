@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod json;
+pub mod llm;
 pub mod routes;
 pub mod tenant;
 pub mod testing;
