@@ -3,4 +3,7 @@
 //! with six tools confined to the job's workspace.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod connection;
+pub mod runner;
+pub mod sandbox;
 pub mod tools;

@@ -86,6 +86,9 @@ pub struct InstanceTemplate {
     pub memory_mb: Option<i32>,
     /// Docker-in-docker.
     pub dind: bool,
+    /// Labels an agent must have to take this project's jobs.
+    #[serde(default)]
+    pub labels: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -111,6 +114,8 @@ pub struct InstanceTemplateIn {
     pub memory_mb: Option<Option<i32>>,
     #[serde(default)]
     pub dind: Option<bool>,
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
 }
 
 /// Checks an instance template's fields; the message names the bad one.
@@ -135,6 +140,14 @@ pub fn validate_instance_template(t: &InstanceTemplateIn) -> Result<(), String> 
             return Err(format!("environment variable name {bad:?} is not valid"));
         }
     }
+    if let Some(labels) = &t.labels {
+        if labels.len() > 32 {
+            return Err("at most 32 labels".into());
+        }
+        if let Some(bad) = labels.iter().find(|l| l.is_empty() || l.len() > 64 || !l.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))) {
+            return Err(format!("label {bad:?} must be 1 to 64 letters, digits, '-', '_', '.' or ':'"));
+        }
+    }
     if t.cpu_limit.flatten().is_some_and(|c| !(c > 0.0 && c <= 256.0)) {
         return Err("cpu_limit must be between 0 and 256 cores".into());
     }
@@ -152,6 +165,12 @@ pub struct Agent {
     pub version: String,
     /// online, busy or offline.
     pub status: String,
+    /// The job it runs (or ran when it went offline).
+    #[serde(default)]
+    pub current_job: Option<Uuid>,
+    /// The task of that job, e.g. KOD-42.
+    #[serde(default)]
+    pub current_task: Option<String>,
     pub last_seen_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }

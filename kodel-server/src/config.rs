@@ -50,6 +50,59 @@ pub struct Config {
     /// First wait before a failed webhook is tried again (seconds); it doubles each time.
     #[arg(long, env = "KODEL_WEBHOOK_RETRY", default_value_t = 10.0)]
     pub webhook_retry: f64,
+
+    /// How long an agent holds a job without a heartbeat before it is queued again
+    /// (seconds). Agents heartbeat every third of it.
+    #[arg(long, env = "KODEL_JOB_LEASE", default_value_t = 60.0)]
+    pub job_lease: f64,
+
+    #[command(flatten)]
+    pub llm: LlmSettings,
+}
+
+/// The LLM providers the server may call, and how. Keys never leave the server.
+#[derive(Clone, Default, clap::Args)]
+pub struct LlmSettings {
+    #[arg(long = "openai-api-key", env = "OPENAI_API_KEY", hide_env_values = true, hide = true)]
+    pub openai_api_key: Option<String>,
+    #[arg(long = "openai-base-url", env = "OPENAI_BASE_URL", hide = true)]
+    pub openai_base_url: Option<String>,
+    #[arg(long = "anthropic-api-key", env = "ANTHROPIC_API_KEY", hide_env_values = true, hide = true)]
+    pub anthropic_api_key: Option<String>,
+    #[arg(long = "anthropic-base-url", env = "ANTHROPIC_BASE_URL", hide = true)]
+    pub anthropic_base_url: Option<String>,
+    #[arg(long = "openrouter-api-key", env = "OPENROUTER_API_KEY", hide_env_values = true, hide = true)]
+    pub openrouter_api_key: Option<String>,
+    #[arg(long = "openrouter-base-url", env = "OPENROUTER_BASE_URL", hide = true)]
+    pub openrouter_base_url: Option<String>,
+    #[arg(long = "ollama-base-url", env = "OLLAMA_BASE_URL", hide = true)]
+    pub ollama_base_url: Option<String>,
+    /// The model used when neither the request nor the job template names one, as
+    /// `provider/model` (e.g. `openai/gpt-4.1-mini`).
+    #[arg(long, env = "KODEL_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+    /// Replaces the built-in system prompt of agent jobs.
+    #[arg(long, env = "SYSTEM_PROMPT", hide = true)]
+    pub system_prompt: Option<String>,
+    /// Most LLM calls one org may have in flight at once.
+    #[arg(long, env = "KODEL_LLM_CONCURRENCY", default_value_t = 8)]
+    pub llm_concurrency: usize,
+    /// Longest wait for a provider's first byte, and between two chunks (seconds).
+    #[arg(long, env = "KODEL_LLM_TIMEOUT", default_value_t = 120.0)]
+    pub llm_timeout: f64,
+}
+
+// Keys must never reach a log line through `{:?}`.
+impl std::fmt::Debug for LlmSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmSettings")
+            .field("openai", &self.openai_api_key.is_some())
+            .field("anthropic", &self.anthropic_api_key.is_some())
+            .field("openrouter", &self.openrouter_api_key.is_some())
+            .field("ollama_base_url", &self.ollama_base_url)
+            .field("default_model", &self.default_model)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Config {

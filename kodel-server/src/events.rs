@@ -49,6 +49,26 @@ pub struct StoredEvent {
     pub json: Arc<str>,
 }
 
+/// Output of the moment (an agent's text and tool output), shown to whoever watches
+/// the task now and never stored: what it adds up to is stored as a step.
+#[derive(Debug, Clone)]
+pub struct LiveEvent {
+    pub task_id: Uuid,
+    pub project_id: Uuid,
+    pub kind: &'static str,
+    pub json: Arc<str>,
+}
+
+impl LiveEvent {
+    /// Shaped like a stored event (`type`, `task`, `payload`), without an id.
+    pub fn new(task_id: Uuid, project_id: Uuid, task: &str, kind: &'static str, payload: serde_json::Value) -> Self {
+        let json = serde_json::json!({ "type": kind, "task": task, "payload": payload });
+        Self { task_id, project_id, kind, json: json.to_string().into() }
+    }
+}
+
+const LIVE_CAPACITY: usize = 1024;
+
 /// Writes one event for a task in the org transaction, taking the task's next seq, and
 /// notes it for the engine. Returns the seq.
 pub async fn record(db: &mut OrgTx, task_id: Uuid, kind: &str, payload: serde_json::Value) -> ApiResult<i32> {
@@ -165,6 +185,7 @@ struct HubInner {
 pub struct Feed {
     slug: OrgSlug,
     tx: broadcast::Sender<Arc<StoredEvent>>,
+    live: broadcast::Sender<Arc<LiveEvent>>,
     wake: Notify,
     cursor: Mutex<Option<Pos>>,
     ready: Notify,
@@ -172,6 +193,8 @@ pub struct Feed {
 
 pub struct Subscription {
     pub rx: broadcast::Receiver<Arc<StoredEvent>>,
+    /// Live output (best effort: a lagging subscriber skips some).
+    pub live: broadcast::Receiver<Arc<LiveEvent>>,
     /// Everything at or before this was delivered before the subscription began.
     pub start: Pos,
 }
@@ -208,6 +231,14 @@ impl EventHub {
         self.inner.feeds.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Shows live output to the org's subscribers on this server (nobody: dropped).
+    pub fn live(&self, slug: &OrgSlug, ev: LiveEvent) {
+        let feed = self.lock_feeds().get(slug.as_str()).cloned();
+        if let Some(feed) = feed {
+            let _ = feed.live.send(Arc::new(ev));
+        }
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool
     }
@@ -224,6 +255,7 @@ impl EventHub {
                     let feed = Arc::new(Feed {
                         slug: slug.clone(),
                         tx: broadcast::channel(FEED_CAPACITY).0,
+                        live: broadcast::channel(LIVE_CAPACITY).0,
                         wake: Notify::new(),
                         cursor: Mutex::new(None),
                         ready: Notify::new(),
@@ -243,7 +275,7 @@ impl EventHub {
             {
                 let cursor = feed.lock_cursor();
                 if let Some(start) = *cursor {
-                    return Subscription { rx: feed.tx.subscribe(), start };
+                    return Subscription { rx: feed.tx.subscribe(), live: feed.live.subscribe(), start };
                 }
             }
             ready.await;

@@ -8,6 +8,7 @@ pub mod db;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod hub;
 pub mod json;
 pub mod llm;
 pub mod routes;
@@ -33,6 +34,9 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Woken when a spare org schema was used (see `db::migrate::take_spare`).
     pub spares: Arc<tokio::sync::Notify>,
+    /// Connected agent workers and the dispatch of jobs to them.
+    pub hub: hub::Hub,
+    pub llm: Arc<llm::Proxy>,
 }
 
 /// Keeps `target` spare org schemas ready, refilling after each org creation.
@@ -77,6 +81,8 @@ impl Server {
             background,
             http: engine::webhooks::client(),
             spares: Arc::default(),
+            hub: hub::Hub::new(secs(config.job_lease)),
+            llm: Arc::new(llm::Proxy::new(&config.llm, llm::client())),
         };
         engine::background::spawn(state.clone(), wakes);
         if config.spare_schemas > 0 {

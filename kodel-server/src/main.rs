@@ -48,7 +48,14 @@ async fn serve(config: &Config, db: PgConnectOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "kodel-server listening");
-    axum::serve(listener, server.router).with_graceful_shutdown(shutdown_signal()).await?;
+    let hub = server.state.hub.clone();
+    let stopping = async move {
+        shutdown_signal().await;
+        // Agents are told before the listener goes: they reconnect to the next server.
+        hub.shut_down();
+        hub.drained(std::time::Duration::from_secs(3)).await;
+    };
+    axum::serve(listener, server.router).with_graceful_shutdown(stopping).await?;
     server.state.pool.close().await;
     Ok(())
 }

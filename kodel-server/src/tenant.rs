@@ -126,6 +126,7 @@ impl OrgTx {
         self.tx.commit().await?;
         if self.wrote_events {
             self.state.events.changed(&self.slug);
+            self.state.hub.after_commit(&self.slug, &self.recorded);
         }
         if self.queued_webhooks {
             self.state.background.webhooks_due(&self.slug, self.org_id);

@@ -27,10 +27,10 @@ async fn agent(app: &TestApp, slug: &str) -> Uuid {
 /// Claims the org's next job and completes it with one artifact, as an agent would.
 async fn work_next(app: &TestApp, slug: &str, agent: Uuid, kind: ArtifactKind, content: &str) -> (Uuid, Uuid) {
     let s = kodel_core::OrgSlug::parse(slug).unwrap();
-    let job = queue::claim(&app.server.state, &s, agent, LEASE).await.unwrap().expect("a pending job");
+    let job = queue::claim(&app.server.state, &s, agent, &[], LEASE).await.unwrap().expect("a pending job");
     let mut db = app.org_tx(slug).await;
     let artifact = NewArtifact { kind, title: None, content: Some(content.into()), reference: None };
-    let ids = jobs::complete(&mut db, job.id, agent, "done", &[artifact], json!({"tokens": 10})).await.unwrap();
+    let ids = jobs::complete(&mut db, job.id, agent, "done", &[artifact], Some(json!({"tokens": 10}))).await.unwrap();
     db.commit().await.unwrap();
     (job.id, ids[0])
 }
@@ -159,7 +159,7 @@ async fn leaving_a_bound_status_cancels_its_job_and_entries_make_one_job_each() 
     let job = js[0]["id"].as_str().unwrap().to_owned();
     let bot = agent(&app, "acme").await;
     let slug = kodel_core::OrgSlug::parse("acme").unwrap();
-    queue::claim(&app.server.state, &slug, bot, LEASE).await.unwrap().unwrap();
+    queue::claim(&app.server.state, &slug, bot, &[], LEASE).await.unwrap().unwrap();
 
     assert_eq!(mv(&app, &owner, "KOD-1", "Ready").await.0, StatusCode::OK);
     let (_, j) = app.get(&format!("/api/v1/orgs/acme/jobs/{job}"), &owner).await;
@@ -167,7 +167,7 @@ async fn leaving_a_bound_status_cancels_its_job_and_entries_make_one_job_each() 
     assert!(j["error"].as_str().unwrap().contains("left the status"));
     // Its agent can no longer complete it.
     let mut db = app.org_tx("acme").await;
-    let err = jobs::complete(&mut db, job.parse().unwrap(), bot, "late", &[], json!({})).await.unwrap_err();
+    let err = jobs::complete(&mut db, job.parse().unwrap(), bot, "late", &[], Some(json!({}))).await.unwrap_err();
     assert_eq!(err.code.as_str(), "lease_lost");
     drop(db);
 

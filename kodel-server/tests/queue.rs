@@ -148,7 +148,7 @@ async fn expired_leases_requeue_until_attempts_run_out() {
         row
     };
 
-    let job = queue::claim(state, &slug, a, LEASE).await.unwrap().unwrap();
+    let job = queue::claim(state, &slug, a, &[], LEASE).await.unwrap().unwrap();
     assert_eq!(job.attempts, 1);
     // A live lease is not reaped, and renewing keeps it.
     assert_eq!(queue::reap_expired(state, org, &slug).await.unwrap(), (0, 0));
@@ -160,23 +160,23 @@ async fn expired_leases_requeue_until_attempts_run_out() {
     assert!(error.unwrap().contains("queued again"));
 
     // Agent b takes it over; a's renewals and results are refused from now on.
-    let again = queue::claim(state, &slug, b, LEASE).await.unwrap().unwrap();
+    let again = queue::claim(state, &slug, b, &[], LEASE).await.unwrap().unwrap();
     assert_eq!((again.id, again.attempts), (job.id, 2));
     assert!(!queue::renew(state, org, &slug, job.id, a, LEASE).await.unwrap());
     let mut db = app.org_tx("lz").await;
-    let err = jobs::complete(&mut db, job.id, a, "late", &[], json!({})).await.unwrap_err();
+    let err = jobs::complete(&mut db, job.id, a, "late", &[], Some(json!({}))).await.unwrap_err();
     assert_eq!(err.code.as_str(), "lease_lost");
     drop(db);
 
     expire().await;
     queue::reap_expired(state, org, &slug).await.unwrap();
-    assert_eq!(queue::claim(state, &slug, a, LEASE).await.unwrap().unwrap().attempts, 3);
+    assert_eq!(queue::claim(state, &slug, a, &[], LEASE).await.unwrap().unwrap().attempts, 3);
     expire().await;
     assert_eq!(queue::reap_expired(state, org, &slug).await.unwrap(), (0, 1));
     let (st, attempts, error) = job_state().await;
     assert_eq!((st.as_str(), attempts), ("failed", 3));
     assert_eq!(error.unwrap(), "the agent stopped responding (lease expired) on each of 3 attempts");
-    assert!(queue::claim(state, &slug, a, LEASE).await.unwrap().is_none(), "a failed job is not claimed again");
+    assert!(queue::claim(state, &slug, a, &[], LEASE).await.unwrap().is_none(), "a failed job is not claimed again");
     let types = app.event_types("lz", "QQ-1").await;
     let jobs_events: Vec<&str> = types.iter().map(String::as_str).filter(|t| t.starts_with("job.")).collect();
     assert_eq!(jobs_events, ["job.started", "job.requeued", "job.started", "job.requeued", "job.started", "job.failed"]);
@@ -184,10 +184,10 @@ async fn expired_leases_requeue_until_attempts_run_out() {
     // A retryable failure reported by the agent re-queues too; a final one fails.
     let (_, slug2) = org_with_jobs(&app, &owner, "lr", 1).await;
     let c = agent(&app, "lr", "c").await;
-    let j = queue::claim(state, &slug2, c, LEASE).await.unwrap().unwrap();
+    let j = queue::claim(state, &slug2, c, &[], LEASE).await.unwrap().unwrap();
     let mut db = app.org_tx("lr").await;
     jobs::fail(&mut db, j.id, c, "network blip", true).await.unwrap();
     db.commit().await.unwrap();
-    let j = queue::claim(state, &slug2, c, LEASE).await.unwrap().unwrap();
+    let j = queue::claim(state, &slug2, c, &[], LEASE).await.unwrap().unwrap();
     assert_eq!(j.attempts, 2);
 }

@@ -67,7 +67,7 @@ async fn fired(app: &TestApp, key: &str) -> Vec<String> {
 /// Claims the org's next job as `agent` and returns its id.
 async fn claim(app: &TestApp, agent: Uuid) -> Uuid {
     let slug = kodel_core::OrgSlug::parse("acme").unwrap();
-    queue::claim(&app.server.state, &slug, agent, Duration::from_secs(300)).await.unwrap().unwrap().id
+    queue::claim(&app.server.state, &slug, agent, &[], Duration::from_secs(300)).await.unwrap().unwrap().id
 }
 
 #[tokio::test]
@@ -126,7 +126,7 @@ async fn every_trigger_and_action() {
     let job = claim(&app, bot).await;
     let mut db = app.org_tx("acme").await;
     let report = NewArtifact { kind: ArtifactKind::TestReport, title: None, content: Some("ok".into()), reference: None };
-    let arts = jobs::complete(&mut db, job, bot, "all good", &[report], json!({})).await.unwrap();
+    let arts = jobs::complete(&mut db, job, bot, "all good", &[report], Some(json!({}))).await.unwrap();
     db.commit().await.unwrap();
     assert_eq!(task(&app, &owner, "KOD-1").await["status"], "Done");
     app.post(&format!("/api/v1/orgs/acme/artifacts/{}/approve", arts[0]), &owner, json!({})).await;
@@ -146,7 +146,7 @@ async fn every_trigger_and_action() {
     let job = claim(&app, bot).await;
     let mut db = app.org_tx("acme").await;
     let patch_art = NewArtifact { kind: ArtifactKind::Patch, title: None, content: Some("diff".into()), reference: None };
-    let arts = jobs::complete(&mut db, job, bot, "done", &[patch_art], json!({})).await.unwrap();
+    let arts = jobs::complete(&mut db, job, bot, "done", &[patch_art], Some(json!({}))).await.unwrap();
     db.commit().await.unwrap();
     app.post(&format!("/api/v1/orgs/acme/artifacts/{}/reject", arts[0]), &owner, json!({"comment": "no"})).await;
     assert!(labels(&task(&app, &owner, "KOD-2").await).contains(&"rework"));

@@ -289,8 +289,26 @@ pub enum InstanceTemplateCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum AgentCmd {
-    /// List the org's agents
+    /// List the org's agents: status, labels, current job, last seen
     List,
+    /// Agent enrollment tokens (org admins)
+    #[command(subcommand)]
+    Token(AgentTokenCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentTokenCmd {
+    /// Create a token for `kodel-agent --token` (printed once)
+    Create {
+        name: String,
+        /// RFC 3339 time after which the token stops working
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// List the org's live agent tokens
+    List,
+    /// Revoke a token; agents using it are disconnected
+    Revoke { id: String },
 }
 
 #[derive(Debug, Args)]

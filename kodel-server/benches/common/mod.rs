@@ -26,6 +26,8 @@ impl Bench {
             engine_tick,
             webhook_retry: 10.0,
             spare_schemas: 2,
+            job_lease: 60.0,
+            llm: kodel_server::config::LlmSettings { llm_concurrency: 8, llm_timeout: 30.0, ..Default::default() },
         };
         let server = Server::build(&config, db).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

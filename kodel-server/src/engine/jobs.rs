@@ -57,10 +57,13 @@ pub async fn start(db: &mut OrgTx, task: Uuid, template: Uuid, status: Option<Uu
     let actor = db.actor;
     // Urgent tasks' jobs are claimed first.
     let made: Option<(String, String)> = sqlx::query_as(
-        "INSERT INTO ai_jobs (id, task_id, template_id, kind, status_id, origin_seq, priority, max_attempts, created_by)
+        "INSERT INTO ai_jobs (id, task_id, template_id, kind, status_id, origin_seq, priority, max_attempts, created_by, labels)
          SELECT $1, t.id, jt.id, jt.kind, $4, $5,
                 CASE t.priority WHEN 'urgent' THEN 4 WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END,
-                $6, $7
+                $6, $7,
+                -- The agent labels the project's instance template asks for.
+                coalesce((SELECT i.labels FROM projects p JOIN instance_templates i ON i.id = p.instance_template_id
+                          WHERE p.id = t.project_id), '{}')
          FROM tasks t, ai_job_templates jt WHERE t.id = $2 AND jt.id = $3
          ON CONFLICT (task_id, origin_seq) DO NOTHING
          RETURNING kind, (SELECT name FROM ai_job_templates WHERE id = $3)",
@@ -141,8 +144,9 @@ fn held_by(j: &JobRef, agent: Uuid) -> ApiResult<()> {
     }
 }
 
-/// A job done: its artifacts stored, `job.succeeded` recorded.
-pub async fn complete(db: &mut OrgTx, job: Uuid, agent: Uuid, summary: &str, artifacts: &[NewArtifact], usage: serde_json::Value) -> ApiResult<Vec<Uuid>> {
+/// A job done: its artifacts stored, `job.succeeded` recorded. `usage`, when given,
+/// replaces what the LLM proxy metered.
+pub async fn complete(db: &mut OrgTx, job: Uuid, agent: Uuid, summary: &str, artifacts: &[NewArtifact], usage: Option<serde_json::Value>) -> ApiResult<Vec<Uuid>> {
     let j = lock(db, job).await?;
     held_by(&j, agent)?;
     if artifacts.len() > 20 {
@@ -170,7 +174,7 @@ pub async fn complete(db: &mut OrgTx, job: Uuid, agent: Uuid, summary: &str, art
         ids.push(id);
     }
     sqlx::query(
-        "UPDATE ai_jobs SET state = 'succeeded', finished_at = now(), summary = $2, usage = $3, lease_expires_at = NULL WHERE id = $1",
+        "UPDATE ai_jobs SET state = 'succeeded', finished_at = now(), summary = $2, usage = coalesce($3, usage), lease_expires_at = NULL WHERE id = $1",
     )
     .bind(job)
     .bind(summary)

@@ -37,12 +37,14 @@ pub struct Claimed {
 /// its job pending again, which leases handle anyway. `job.started` fires no rule or
 /// binding, so there is nothing for the engine to react to. Measured 4x the throughput of the
 /// same work as a scoped transaction (docs/benchmarks.md).
-pub async fn claim(state: &AppState, slug: &OrgSlug, agent: Uuid, lease: Duration) -> ApiResult<Option<Claimed>> {
+/// Only jobs whose labels the agent has are claimed.
+pub async fn claim(state: &AppState, slug: &OrgSlug, agent: Uuid, labels: &[String], lease: Duration) -> ApiResult<Option<Claimed>> {
     let s = slug.quoted_schema();
     let sql = format!(
         "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)),
          next AS (
-             SELECT id FROM {s}.ai_jobs WHERE state = 'pending' ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED),
+             SELECT id FROM {s}.ai_jobs WHERE state = 'pending' AND labels <@ $3::text[]
+             ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED),
          j AS (
              UPDATE {s}.ai_jobs j SET state = 'running', attempts = attempts + 1, lease_agent = $1,
                     lease_expires_at = now() + make_interval(secs => $2), started_at = coalesce(started_at, now()), error = NULL
@@ -58,7 +60,7 @@ pub async fn claim(state: &AppState, slug: &OrgSlug, agent: Uuid, lease: Duratio
              FROM t, j RETURNING seq)
          SELECT j.id, j.task_id, j.kind, j.template_id, j.attempts, j.priority FROM j, e"
     );
-    let job: Option<Claimed> = sqlx::query_as(&sql).bind(agent).bind(lease.as_secs_f64()).fetch_optional(&state.pool).await?;
+    let job: Option<Claimed> = sqlx::query_as(&sql).bind(agent).bind(lease.as_secs_f64()).bind(labels).fetch_optional(&state.pool).await?;
     if job.is_some() {
         state.events.changed(slug);
     }
@@ -121,12 +123,13 @@ pub async fn reap_expired(state: &AppState, org_id: Uuid, slug: &OrgSlug) -> Api
 pub struct Claimer {
     /// (org, the agent that works for that org).
     pub orgs: Vec<(OrgSlug, Uuid)>,
+    pub labels: Vec<String>,
     next: usize,
 }
 
 impl Claimer {
     pub fn new(orgs: Vec<(OrgSlug, Uuid)>) -> Self {
-        Self { orgs, next: 0 }
+        Self { orgs, labels: Vec::new(), next: 0 }
     }
 
     /// The next job from any of the orgs, with the org it came from.
@@ -135,7 +138,7 @@ impl Claimer {
         for i in 0..n {
             let at = (self.next + i) % n;
             let (slug, agent) = &self.orgs[at];
-            if let Some(job) = claim(state, slug, *agent, lease).await? {
+            if let Some(job) = claim(state, slug, *agent, &self.labels, lease).await? {
                 self.next = (at + 1) % n;
                 return Ok(Some((slug.clone(), job)));
             }

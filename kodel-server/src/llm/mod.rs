@@ -1,6 +1,323 @@
 //! The LLM proxy: agents and API clients ask in provider-neutral terms
 //! (`kodel_core::llm`); the providers' wire formats live in `openai` and `anthropic`.
+//!
+//! A call: the model (`provider/model`) picks the provider; the org's own key is used
+//! before the server's; the org's concurrency limit is checked; the stream is relayed
+//! delta by delta; what the call cost is metered into `public.analytics_outbox` (in the
+//! same transaction as the job's `job.llm_call` event when the call is a job's).
 
 pub mod anthropic;
 pub mod openai;
 pub mod provider;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kodel_core::llm::{Assembler, Delta, FinishReason, LlmDone, LlmRequest, Usage};
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use uuid::Uuid;
+
+pub use provider::{CallOptions, LlmError, ProviderConfig, ProviderKind, StreamEvent};
+
+use crate::config::LlmSettings;
+
+impl LlmError {
+    /// An error that asking again will not fix.
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self { message: message.into(), status: None, retryable: false }
+    }
+
+    /// An error that may pass.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self { message: message.into(), status: None, retryable: true }
+    }
+}
+
+/// The built-in system prompt of agent jobs (`SYSTEM_PROMPT` replaces it; the job
+/// template's prompt follows it).
+pub const SYSTEM_PROMPT: &str = "You are a software engineer working on a task from the Kodel board, inside a \
+checked-out workspace. Use the tools to read, search, edit and run code: read before you \
+change, keep changes small and focused, run the project's tests when there are any. Paths \
+are relative to the workspace root. When the work is done, reply with a short summary of \
+what you changed and why, without calling a tool.";
+
+/// How long an org's provider settings are kept in memory.
+const ORG_SETTINGS_TTL: Duration = Duration::from_secs(30);
+
+/// Each org's own provider settings, by (org, provider), with when they were read.
+type OrgSettings = HashMap<(Uuid, &'static str), (Instant, Option<ProviderConfig>)>;
+
+pub struct Proxy {
+    http: reqwest::Client,
+    env: HashMap<&'static str, ProviderConfig>,
+    default_model: Option<String>,
+    system_prompt: String,
+    opts: CallOptions,
+    per_org: usize,
+    limits: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    org_settings: Mutex<OrgSettings>,
+}
+
+/// Who is calling: the org, and the job when an agent asks.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub org_id: Uuid,
+    pub slug: kodel_core::OrgSlug,
+    pub job: Option<JobRef>,
+    /// The job template's model, used when the request names none.
+    pub template_model: Option<String>,
+    /// Set for calls through `/v1/chat/completions`.
+    pub user: Option<Uuid>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct JobRef {
+    pub job_id: Uuid,
+    pub task_id: Uuid,
+}
+
+/// One metered call, as written to the outbox.
+#[derive(Debug, Clone)]
+pub struct Metered {
+    pub provider: &'static str,
+    pub model: String,
+    pub usage: Usage,
+    pub first_token_ms: Option<u64>,
+    pub total_ms: u64,
+    pub status: &'static str,
+    pub error: Option<String>,
+}
+
+impl Proxy {
+    pub fn new(settings: &LlmSettings, http: reqwest::Client) -> Self {
+        let mut env = HashMap::new();
+        let mut add = |kind: ProviderKind, base: Option<&String>, default: &str, key: Option<&String>| {
+            if key.is_some() || base.is_some() {
+                let base_url = base.map_or(default, |b| b.as_str()).trim_end_matches('/').to_owned();
+                env.insert(kind.name(), ProviderConfig { kind, base_url, api_key: key.cloned() });
+            }
+        };
+        add(ProviderKind::OpenAi, settings.openai_base_url.as_ref(), "https://api.openai.com/v1", settings.openai_api_key.as_ref());
+        add(ProviderKind::Anthropic, settings.anthropic_base_url.as_ref(), "https://api.anthropic.com", settings.anthropic_api_key.as_ref());
+        add(ProviderKind::OpenRouter, settings.openrouter_base_url.as_ref(), "https://openrouter.ai/api/v1", settings.openrouter_api_key.as_ref());
+        // Ollama needs no key: its base URL is what enables it.
+        if let Some(base) = &settings.ollama_base_url {
+            let base = base.trim_end_matches('/');
+            let base_url = if base.ends_with("/v1") { base.to_owned() } else { format!("{base}/v1") };
+            env.insert(ProviderKind::Ollama.name(), ProviderConfig { kind: ProviderKind::Ollama, base_url, api_key: None });
+        }
+        let timeout = Duration::from_secs_f64(settings.llm_timeout.clamp(0.1, 3600.0));
+        Self {
+            http,
+            env,
+            default_model: settings.default_model.clone(),
+            system_prompt: settings.system_prompt.clone().unwrap_or_else(|| SYSTEM_PROMPT.to_owned()),
+            opts: CallOptions { timeout, max_retries: 3, max_retry_wait: Duration::from_secs(30) },
+            per_org: settings.llm_concurrency.max(1),
+            limits: Mutex::default(),
+            org_settings: Mutex::default(),
+        }
+    }
+
+    /// The system prompt of a job: the server's, then the template's.
+    pub fn system_prompt(&self, template_prompt: &str) -> String {
+        if template_prompt.trim().is_empty() {
+            self.system_prompt.clone()
+        } else {
+            format!("{}\n\n{}", self.system_prompt, template_prompt.trim())
+        }
+    }
+
+    /// Which provider and model a call goes to.
+    fn route(&self, requested: Option<&str>, template: Option<&str>) -> Result<(ProviderKind, String), LlmError> {
+        let model = requested.or(template).or(self.default_model.as_deref()).ok_or_else(|| {
+            LlmError::refused("no model: name one as provider/model, or set KODEL_DEFAULT_MODEL on the server")
+        })?;
+        let (provider, name) = model
+            .split_once('/')
+            .filter(|(_, n)| !n.is_empty())
+            .ok_or_else(|| LlmError::refused(format!("model {model:?} must be provider/model, e.g. openai/gpt-4.1-mini")))?;
+        let kind = ProviderKind::parse(provider).ok_or_else(|| {
+            LlmError::refused(format!("unknown provider {provider:?}: use openai, anthropic, openrouter or ollama"))
+        })?;
+        Ok((kind, name.to_owned()))
+    }
+
+    /// The org's own settings for a provider (cached briefly), else the server's.
+    async fn provider(&self, state: &crate::AppState, caller: &Caller, kind: ProviderKind) -> Result<ProviderConfig, LlmError> {
+        let key = (caller.org_id, kind.name());
+        let cached = self.lock_settings().get(&key).filter(|(at, _)| at.elapsed() < ORG_SETTINGS_TTL).map(|(_, c)| c.clone());
+        let own = match cached {
+            Some(c) => c,
+            None => {
+                let own = org_provider(state, caller, kind).await.map_err(|e| LlmError::transient(format!("reading the org's provider settings: {}", e.message)))?;
+                self.lock_settings().insert(key, (Instant::now(), own.clone()));
+                own
+            }
+        };
+        own.or_else(|| self.env.get(kind.name()).cloned()).ok_or_else(|| {
+            LlmError::refused(format!("provider {} is not configured on this server or for this org", kind.name()))
+        })
+    }
+
+    /// Forgets an org's cached provider settings (after they change).
+    pub fn forget_org(&self, org_id: Uuid) {
+        self.lock_settings().retain(|(org, _), _| *org != org_id);
+    }
+
+    fn lock_settings(&self) -> std::sync::MutexGuard<'_, OrgSettings> {
+        self.org_settings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A slot of the org's concurrency limit, or a retryable error when all are taken.
+    fn slot(&self, org: Uuid) -> Result<OwnedSemaphorePermit, LlmError> {
+        let sem = self.limits.lock().unwrap_or_else(|p| p.into_inner()).entry(org).or_insert_with(|| Arc::new(Semaphore::new(self.per_org))).clone();
+        sem.try_acquire_owned().map_err(|_| {
+            LlmError { message: format!("the org already has {} LLM calls in flight; try again shortly", self.per_org), status: Some(429), retryable: true }
+        })
+    }
+
+    /// Runs one call: `on_delta` sees each piece as it arrives; the result is the
+    /// assembled answer. Every call, failed or not, is metered.
+    pub async fn call(
+        &self,
+        state: &crate::AppState,
+        caller: &Caller,
+        system: &str,
+        req: &LlmRequest,
+        mut on_delta: impl FnMut(&Delta),
+    ) -> Result<LlmDone, LlmError> {
+        req.validate().map_err(LlmError::refused)?;
+        let (kind, model) = self.route(req.model.as_deref(), caller.template_model.as_deref())?;
+        let _slot = self.slot(caller.org_id)?;
+        let cfg = self.provider(state, caller, kind).await?;
+        let started = Instant::now();
+        let mut meter = Metered {
+            provider: kind.name(),
+            model: model.clone(),
+            usage: Usage::default(),
+            first_token_ms: None,
+            total_ms: 0,
+            status: "ok",
+            error: None,
+        };
+        let result = async {
+            let mut stream = provider::stream(&self.http, &cfg, &model, system, req, &self.opts).await?;
+            let mut assembler = Assembler::default();
+            let mut finish = FinishReason::Other;
+            while let Some(ev) = stream.next().await {
+                match ev? {
+                    StreamEvent::Delta(d) => {
+                        if meter.first_token_ms.is_none() {
+                            meter.first_token_ms = Some(started.elapsed().as_millis() as u64);
+                        }
+                        assembler.push(&d);
+                        on_delta(&d);
+                    }
+                    StreamEvent::Usage(u) => meter.usage = u,
+                    StreamEvent::Finish(f) => finish = f,
+                }
+            }
+            Ok::<_, LlmError>(LlmDone { message: assembler.finish(), usage: meter.usage, finish_reason: finish, model: format!("{}/{model}", kind.name()) })
+        }
+        .await;
+        meter.total_ms = started.elapsed().as_millis() as u64;
+        if let Err(e) = &result {
+            meter.status = "error";
+            meter.error = Some(e.message.chars().take(500).collect());
+        }
+        if let Err(e) = record(state, caller, &meter).await {
+            // The answer is not thrown away for a metering failure, but it is loud.
+            tracing::error!(error = %e.message, org = %caller.slug, "could not meter an LLM call");
+        }
+        result
+    }
+}
+
+/// Writes the call to the analytics outbox; a job's call also adds to the job's usage
+/// and becomes a `job.llm_call` event, all in one transaction.
+async fn record(state: &crate::AppState, caller: &Caller, m: &Metered) -> crate::error::ApiResult<()> {
+    let row = json!({
+        "org_id": caller.org_id,
+        "org": caller.slug.as_str(),
+        "job_id": caller.job.map(|j| j.job_id),
+        "task_id": caller.job.map(|j| j.task_id),
+        "user_id": caller.user,
+        "provider": m.provider,
+        "model": m.model,
+        "input_tokens": m.usage.input_tokens,
+        "output_tokens": m.usage.output_tokens,
+        "cached_tokens": m.usage.cached_tokens,
+        "first_token_ms": m.first_token_ms,
+        "total_ms": m.total_ms,
+        "status": m.status,
+        "error": m.error,
+    });
+    let mut db = crate::tenant::OrgTx::begin(state, caller.org_id, &caller.slug).await?;
+    sqlx::query("INSERT INTO public.analytics_outbox (kind, payload) VALUES ('llm_call', $1)").bind(&row).execute(db.conn()).await?;
+    if let Some(job) = caller.job {
+        sqlx::query(
+            "UPDATE ai_jobs SET usage = jsonb_build_object(
+                 'input_tokens', coalesce((usage->>'input_tokens')::bigint, 0) + $2,
+                 'output_tokens', coalesce((usage->>'output_tokens')::bigint, 0) + $3,
+                 'cached_tokens', coalesce((usage->>'cached_tokens')::bigint, 0) + $4,
+                 'llm_calls', coalesce((usage->>'llm_calls')::bigint, 0) + 1)
+             WHERE id = $1",
+        )
+        .bind(job.job_id)
+        .bind(m.usage.input_tokens as i64)
+        .bind(m.usage.output_tokens as i64)
+        .bind(m.usage.cached_tokens as i64)
+        .execute(db.conn())
+        .await?;
+        crate::events::record(&mut db, job.task_id, "job.llm_call", json!({
+            "job_id": job.job_id,
+            "model": format!("{}/{}", m.provider, m.model),
+            "input_tokens": m.usage.input_tokens,
+            "output_tokens": m.usage.output_tokens,
+            "cached_tokens": m.usage.cached_tokens,
+            "first_token_ms": m.first_token_ms,
+            "total_ms": m.total_ms,
+            "status": m.status,
+            "error": m.error,
+        }))
+        .await?;
+    }
+    db.commit().await
+}
+
+/// The org's own key and base URL for a provider, if it set them.
+async fn org_provider(state: &crate::AppState, caller: &Caller, kind: ProviderKind) -> crate::error::ApiResult<Option<ProviderConfig>> {
+    let mut db = crate::tenant::OrgTx::begin(state, caller.org_id, &caller.slug).await?;
+    let row: Option<(Option<String>, Option<Vec<u8>>)> =
+        sqlx::query_as("SELECT base_url, api_key FROM llm_providers WHERE provider = $1").bind(kind.name()).fetch_optional(db.conn()).await?;
+    db.commit().await?;
+    let Some((base, key)) = row else { return Ok(None) };
+    let api_key = match key {
+        Some(sealed) => {
+            let plain = state.sealer.open(&sealed).ok_or_else(|| crate::error::ApiError::internal("an org's provider key does not open with this server's key"))?;
+            Some(String::from_utf8(plain).map_err(crate::error::ApiError::internal)?)
+        }
+        None => None,
+    };
+    let base_url = base.unwrap_or_else(|| default_base(kind).to_owned());
+    Ok(Some(ProviderConfig { kind, base_url, api_key }))
+}
+
+pub fn default_base(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::OpenAi => "https://api.openai.com/v1",
+        ProviderKind::Anthropic => "https://api.anthropic.com",
+        ProviderKind::OpenRouter => "https://openrouter.ai/api/v1",
+        ProviderKind::Ollama => "http://127.0.0.1:11434/v1",
+    }
+}
+
+/// The HTTP client for providers: a bounded connect, no overall timeout (a long answer
+/// streams for minutes; `CallOptions::timeout` bounds the silences instead).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().unwrap_or_default()
+}

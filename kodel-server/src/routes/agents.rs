@@ -23,19 +23,25 @@ struct Row {
     labels: Vec<String>,
     version: String,
     status: String,
+    current_job: Option<Uuid>,
+    current_task: Option<String>,
     last_seen_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
 }
 
 async fn list(mut t: Tenant) -> ApiResult<Json<Page<Agent>>> {
     let rows: Vec<Row> =
-        sqlx::query_as("SELECT id, name, labels, version, status, last_seen_at, created_at FROM agents ORDER BY name, id LIMIT 1000")
+        sqlx::query_as(
+            "SELECT a.id, a.name, a.labels, a.version, a.status, a.current_job, p.key || '-' || t.number AS current_task, a.last_seen_at, a.created_at
+             FROM agents a LEFT JOIN ai_jobs j ON j.id = a.current_job LEFT JOIN tasks t ON t.id = j.task_id LEFT JOIN projects p ON p.id = t.project_id
+             ORDER BY a.name, a.id LIMIT 1000",
+        )
             .fetch_all(t.conn())
             .await?;
     t.commit().await?;
     let data = rows
         .into_iter()
-        .map(|r| Agent { id: r.id, name: r.name, labels: r.labels, version: r.version, status: r.status, last_seen_at: r.last_seen_at, created_at: r.created_at })
+        .map(|r| Agent { id: r.id, name: r.name, labels: r.labels, version: r.version, status: r.status, current_job: r.current_job, current_task: r.current_task, last_seen_at: r.last_seen_at, created_at: r.created_at })
         .collect();
     Ok(Json(Page { data, next_cursor: None }))
 }

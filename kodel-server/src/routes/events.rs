@@ -26,7 +26,7 @@ use super::projects::access;
 use crate::AppState;
 use crate::auth::extract::Credential;
 use crate::error::{ApiError, ApiResult};
-use crate::events::{self, Pos, StoredEvent, tenant_tx};
+use crate::events::{self, LiveEvent, Pos, StoredEvent, tenant_tx};
 use crate::tenant::Tenant;
 
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -65,7 +65,11 @@ struct Scope {
 
 impl Scope {
     fn shows(&self, ev: &StoredEvent) -> bool {
-        self.task.is_none_or(|(t, _)| t == ev.task_id) && self.visible.as_ref().is_none_or(|v| v.contains(&ev.project_id))
+        self.shows_task(ev.task_id, ev.project_id)
+    }
+
+    fn shows_task(&self, task_id: Uuid, project_id: Uuid) -> bool {
+        self.task.is_none_or(|(t, _)| t == task_id) && self.visible.as_ref().is_none_or(|v| v.contains(&project_id))
     }
 }
 
@@ -108,10 +112,13 @@ async fn stream(state: AppState, scope: Scope, resume: Option<i64>) -> Sse<SseSt
     let sub = state.events.subscribe(&scope.slug).await;
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.reset();
+    let shutdown = state.hub.on_shutdown();
     let feed = Feed {
+        shutdown,
         state,
         scope,
         rx: sub.rx,
+        live: sub.live,
         last: sub.start,
         resume,
         catching_up: false,
@@ -154,9 +161,12 @@ enum StreamEnd {
 
 /// One subscriber's position in the org's events.
 struct Feed {
+    /// The server is stopping: streams end so the shutdown does not wait on them.
+    shutdown: tokio::sync::watch::Receiver<bool>,
     state: AppState,
     scope: Scope,
     rx: broadcast::Receiver<Arc<StoredEvent>>,
+    live: broadcast::Receiver<Arc<LiveEvent>>,
     /// The last event passed (sent, or filtered out).
     last: Pos,
     /// A Last-Event-ID still to resume from.
@@ -211,7 +221,19 @@ impl Feed {
                 }
                 Err(broadcast::error::RecvError::Closed) => Err(StreamEnd::Closed),
             },
+            live = self.live.recv() => match live {
+                // Live output has no id: a client that reconnects gets the stored steps.
+                Ok(ev) => {
+                    if self.scope.shows_task(ev.task_id, ev.project_id) {
+                        self.pending.push_back(SseEvent::default().event(ev.kind).data(&*ev.json));
+                    }
+                    Ok(())
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => Ok(()),
+                Err(broadcast::error::RecvError::Closed) => Err(StreamEnd::Closed),
+            },
             _ = self.recheck.tick() => recheck_access(&self.state, &mut self.scope).await,
+            _ = self.shutdown.changed() => Err(StreamEnd::Closed),
         }
     }
 

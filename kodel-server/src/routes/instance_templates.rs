@@ -37,6 +37,7 @@ struct Row {
     cpu_limit: Option<f32>,
     memory_mb: Option<i32>,
     dind: bool,
+    labels: Vec<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -54,13 +55,14 @@ impl Row {
             cpu_limit: self.cpu_limit,
             memory_mb: self.memory_mb,
             dind: self.dind,
+            labels: self.labels,
             created_at: self.created_at,
             updated_at: self.updated_at,
         }
     }
 }
 
-const SELECT: &str = "SELECT id, name, base_image, packages, setup_script, env, network, cpu_limit, memory_mb, dind, created_at, updated_at
+const SELECT: &str = "SELECT id, name, base_image, packages, setup_script, env, network, cpu_limit, memory_mb, dind, labels, created_at, updated_at
      FROM instance_templates";
 
 async fn find(t: &mut Tenant, raw: &str) -> ApiResult<InstanceTemplate> {
@@ -106,8 +108,8 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<InstanceTemplateIn>) -> Api
     let base_image = req.base_image.clone().ok_or_else(|| ApiError::invalid("base_image is required"))?;
     check(&req)?;
     sqlx::query(
-        "INSERT INTO instance_templates (id, name, base_image, packages, setup_script, env, network, cpu_limit, memory_mb, dind)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO instance_templates (id, name, base_image, packages, setup_script, env, network, cpu_limit, memory_mb, dind, labels)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(Uuid::now_v7())
     .bind(&name)
@@ -119,6 +121,7 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<InstanceTemplateIn>) -> Api
     .bind(req.cpu_limit.flatten())
     .bind(req.memory_mb.flatten())
     .bind(req.dind.unwrap_or(false))
+    .bind(req.labels.unwrap_or_default())
     .execute(t.conn())
     .await
     .map_err(|e| if is_unique_violation(&e) { ApiError::new(ErrorCode::NameTaken, format!("an instance template named {name:?} already exists")) } else { e.into() })?;
@@ -135,7 +138,7 @@ async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(r
     sqlx::query(
         "UPDATE instance_templates SET name = coalesce($2, name), base_image = coalesce($3, base_image), packages = coalesce($4, packages),
                 setup_script = coalesce($5, setup_script), env = coalesce($6, env), network = coalesce($7, network),
-                cpu_limit = $8, memory_mb = $9, dind = coalesce($10, dind), updated_at = now() WHERE id = $1",
+                cpu_limit = $8, memory_mb = $9, dind = coalesce($10, dind), labels = coalesce($11, labels), updated_at = now() WHERE id = $1",
     )
     .bind(cur.id)
     .bind(&name)
@@ -147,6 +150,7 @@ async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(r
     .bind(req.cpu_limit.unwrap_or(cur.cpu_limit))
     .bind(req.memory_mb.unwrap_or(cur.memory_mb))
     .bind(req.dind)
+    .bind(req.labels)
     .execute(t.conn())
     .await
     .map_err(|e| if is_unique_violation(&e) { ApiError::new(ErrorCode::NameTaken, "an instance template with that name already exists") } else { e.into() })?;

@@ -26,6 +26,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/orgs/{org}/jobs", get(list_jobs).post(start_job))
         .route("/api/v1/orgs/{org}/jobs/{id}", get(show_job))
         .route("/api/v1/orgs/{org}/jobs/{id}/cancel", post(cancel_job))
+        .route("/api/v1/orgs/{org}/jobs/{id}/steps", get(job_steps))
         .route("/api/v1/orgs/{org}/artifacts", get(list_artifacts))
         .route("/api/v1/orgs/{org}/artifacts/{id}", get(show_artifact))
         .route("/api/v1/orgs/{org}/artifacts/{id}/approve", post(approve))
@@ -183,6 +184,33 @@ async fn show_job(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiR
     let (job, _) = visible_job(&mut t, &raw).await?;
     t.commit().await?;
     Ok(Json(job))
+}
+
+/// The steps an agent reported for a job, in order (at most 1,000 from `after`).
+async fn job_steps(mut t: Tenant, Path((_, raw)): Path<(String, String)>, Query(q): Query<StepsQuery>) -> ApiResult<Json<Page<JobStep>>> {
+    let (job, _) = visible_job(&mut t, &raw).await?;
+    let rows: Vec<(i32, serde_json::Value, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT seq, step, created_at FROM job_steps WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT 1000")
+            .bind(job.id)
+            .bind(q.after.unwrap_or(-1))
+            .fetch_all(t.conn())
+            .await?;
+    t.commit().await?;
+    let next_cursor = (rows.len() == 1000).then(|| rows.last().map(|r| r.0.to_string())).flatten();
+    let data = rows.into_iter().map(|(seq, step, created_at)| JobStep { seq, step, created_at }).collect();
+    Ok(Json(Page { data, next_cursor }))
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct StepsQuery {
+    after: Option<i32>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct JobStep {
+    seq: i32,
+    step: serde_json::Value,
+    created_at: chrono::DateTime<chrono::Utc>,
 }
 
 async fn start_job(mut t: Tenant, ApiJson(req): ApiJson<StartJob>) -> ApiResult<(StatusCode, Json<Job>)> {

@@ -1,5 +1,7 @@
 //! Every resource's router, merged in one place with the layers that apply to all.
 
+pub mod agent_tokens;
+pub mod agent_ws;
 pub mod agents;
 pub mod auth;
 pub mod events;
@@ -49,6 +51,8 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .merge(modules::router())
         .merge(instance_templates::router())
         .merge(agents::router())
+        .merge(agent_tokens::router())
+        .merge(agent_ws::router())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint") })
         .layer(DefaultBodyLimit::max(max_body))

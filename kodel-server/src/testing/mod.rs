@@ -43,8 +43,13 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `binary` on a free port and waits until it listens (60 s at most).
     pub fn start(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_on(binary, "127.0.0.1:0", args, env)
+    }
+
+    /// The same on a given address (to restart a server where its clients expect it).
+    pub fn start_on(binary: &Path, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut cmd = Command::new(binary);
-        cmd.args(["--listen", "127.0.0.1:0"]).args(args).env_remove("DATABASE_URL").env("RUST_LOG", "debug,sqlx=warn");
+        cmd.args(["--listen", listen]).args(args).env_remove("DATABASE_URL").env("RUST_LOG", "debug,sqlx=warn");
         for (k, v) in env {
             cmd.env(k, v);
         }

@@ -25,6 +25,8 @@ pub fn test_config() -> Config {
         engine_tick: 0.2,
         webhook_retry: 0.2,
         spare_schemas: 0,
+        job_lease: 60.0,
+        llm: kodel_server::config::LlmSettings { llm_concurrency: 8, llm_timeout: 30.0, ..Default::default() },
     }
 }
 

@@ -1,13 +1,14 @@
-//! module list|add|remove, instance-template list|show|create|delete, agent list.
+//! module list|add|remove, instance-template list|show|create|delete, agent list,
+//! agent token create|list|revoke.
 
-use kodel_core::api::Page;
+use kodel_core::api::{ApiToken, ApiTokenCreated, Page};
 use kodel_core::infra::{Agent, InstanceTemplate, Module};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::Ctx;
 use super::org::enc;
-use crate::cli::{AgentCmd, InstanceTemplateCmd, ModuleCmd};
+use crate::cli::{AgentCmd, AgentTokenCmd, InstanceTemplateCmd, ModuleCmd};
 use crate::exit::CliError;
 use crate::output;
 
@@ -96,7 +97,9 @@ pub async fn instance_template(ctx: &mut Ctx, cmd: InstanceTemplateCmd) -> Resul
 
 pub async fn agent(ctx: &mut Ctx, cmd: AgentCmd) -> Result<(), CliError> {
     ctx.require_login()?;
-    let AgentCmd::List = cmd;
+    if let AgentCmd::Token(t) = cmd {
+        return agent_token(ctx, t).await;
+    }
     let page: Page<Agent> = ctx.client.get(&format!("/api/v1/orgs/{}/agents", enc(&ctx.org()?))).await?;
     if ctx.json {
         return output::json(&page);
@@ -104,7 +107,47 @@ pub async fn agent(ctx: &mut Ctx, cmd: AgentCmd) -> Result<(), CliError> {
     let rows: Vec<Vec<String>> = page
         .data
         .iter()
-        .map(|a| vec![a.id.to_string(), a.name.clone(), a.status.clone(), a.labels.join(","), a.last_seen_at.as_ref().map(output::when).unwrap_or_default()])
+        .map(|a| {
+            let job = match (&a.current_task, a.current_job) {
+                (Some(task), Some(job)) if a.status == "busy" => format!("{task} ({})", &job.to_string()[..8]),
+                _ => "-".into(),
+            };
+            vec![a.id.to_string(), a.name.clone(), a.status.clone(), a.labels.join(","), job, a.last_seen_at.as_ref().map(output::when).unwrap_or_default()]
+        })
         .collect();
-    output::table(&["ID", "NAME", "STATUS", "LABELS", "LAST SEEN"], &rows)
+    output::table(&["ID", "NAME", "STATUS", "LABELS", "JOB", "LAST SEEN"], &rows)
+}
+
+async fn agent_token(ctx: &mut Ctx, cmd: AgentTokenCmd) -> Result<(), CliError> {
+    let base = format!("/api/v1/orgs/{}/agent-tokens", enc(&ctx.org()?));
+    match cmd {
+        AgentTokenCmd::Create { name, expires_at } => {
+            let t: ApiTokenCreated = ctx.client.post(&base, serde_json::json!({ "name": name, "expires_at": expires_at })).await?;
+            if ctx.json {
+                return output::json(&t);
+            }
+            println!("{}", t.token);
+            eprintln!("This token is shown once. Start an agent with: kodel-agent --server URL --token TOKEN");
+            Ok(())
+        }
+        AgentTokenCmd::List => {
+            let page: Page<ApiToken> = ctx.client.get(&base).await?;
+            if ctx.json {
+                return output::json(&page);
+            }
+            let rows: Vec<Vec<String>> = page
+                .data
+                .iter()
+                .map(|t| {
+                    let used = t.last_used_at.as_ref().map(output::when).unwrap_or_else(|| "never".into());
+                    vec![t.id.to_string(), format!("{}…", t.prefix), used, t.name.clone()]
+                })
+                .collect();
+            output::table(&["ID", "PREFIX", "LAST USED", "NAME"], &rows)
+        }
+        AgentTokenCmd::Revoke { id } => {
+            let _: serde_json::Value = ctx.client.send(reqwest::Method::DELETE, &format!("{base}/{}", enc(&id)), None).await?;
+            if ctx.json { output::json(&serde_json::json!({ "revoked": id })) } else { eprintln!("Revoked {id}"); Ok(()) }
+        }
+    }
 }

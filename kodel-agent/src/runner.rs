@@ -1,0 +1,157 @@
+//! One job, start to end: ask the model, run the tools it calls, report each step,
+//! until the model stops calling tools (done), or the step or time limit is reached.
+
+use std::time::{Duration, Instant};
+
+use kodel_core::llm::{LlmDone, LlmRequest, Message, Role};
+use kodel_core::protocol::{AgentMessage, Assignment, Step};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::tools::{self, Workspace};
+
+/// How the runner reaches the server; the connection keeps what must arrive until it
+/// is delivered, across reconnects.
+#[derive(Clone)]
+pub struct Link {
+    pub tx: mpsc::UnboundedSender<Outgoing>,
+}
+
+pub enum Outgoing {
+    /// Must arrive (steps, the outcome): kept and sent again after a reconnect.
+    Reliable(AgentMessage),
+    /// Only useful now (live output): dropped while disconnected.
+    Live(AgentMessage),
+    /// An LLM call; the answer (or why there is none) comes back on `reply`.
+    Llm { request_id: String, message: AgentMessage, reply: oneshot::Sender<Result<LlmDone, LlmFailure>> },
+}
+
+#[derive(Debug, Clone)]
+pub struct LlmFailure {
+    pub error: String,
+    pub retryable: bool,
+}
+
+/// How often a failed LLM call is tried again, and the longest wait between tries.
+const LLM_ATTEMPTS: u32 = 6;
+const LLM_MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Link {
+    fn reliable(&self, msg: AgentMessage) {
+        let _ = self.tx.send(Outgoing::Reliable(msg));
+    }
+
+    async fn llm(&self, job_id: Uuid, request: &LlmRequest) -> Result<LlmDone, LlmFailure> {
+        let mut wait = Duration::from_millis(500);
+        let mut last = LlmFailure { error: "no attempt made".into(), retryable: false };
+        for attempt in 1..=LLM_ATTEMPTS {
+            let request_id = Uuid::now_v7().to_string();
+            let (reply, answer) = oneshot::channel();
+            let message = AgentMessage::LlmRequest { job_id, request_id: request_id.clone(), request: request.clone() };
+            if self.tx.send(Outgoing::Llm { request_id, message, reply }).is_err() {
+                return Err(LlmFailure { error: "the agent is shutting down".into(), retryable: true });
+            }
+            match answer.await {
+                Ok(Ok(done)) => return Ok(done),
+                Ok(Err(f)) if f.retryable && attempt < LLM_ATTEMPTS => {
+                    tracing::warn!(error = %f.error, attempt, "LLM call failed; trying again in {:?}", wait);
+                    last = f;
+                }
+                Ok(Err(f)) => return Err(f),
+                Err(_) => return Err(LlmFailure { error: "the agent is shutting down".into(), retryable: true }),
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(LLM_MAX_BACKOFF);
+        }
+        Err(last)
+    }
+}
+
+/// The job's first message: what the task asks.
+fn task_prompt(a: &Assignment) -> String {
+    let mut p = format!("Task {}: {}\n", a.task.key, a.task.title);
+    if !a.task.description.trim().is_empty() {
+        p.push('\n');
+        p.push_str(a.task.description.trim());
+        p.push('\n');
+    }
+    if !a.task.labels.is_empty() {
+        p.push_str(&format!("\nLabels: {}\n", a.task.labels.join(", ")));
+    }
+    p
+}
+
+/// Runs the job and sends its outcome (`task.complete` or `task.error`).
+pub async fn run(assignment: Assignment, workspace: Workspace, link: Link) {
+    let job_id = assignment.job.id;
+    let limit = Duration::from_secs(assignment.template.time_limit_secs.max(1) as u64);
+    let outcome = match tokio::time::timeout(limit, work(&assignment, &workspace, &link)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err((format!("the job's time limit of {} s was reached", limit.as_secs()), false)),
+    };
+    let msg = match outcome {
+        Ok(summary) => AgentMessage::Complete { job_id, summary, artifacts: Vec::new() },
+        Err((error, retryable)) => AgentMessage::Error { job_id, error, retryable },
+    };
+    link.reliable(msg);
+}
+
+async fn work(a: &Assignment, ws: &Workspace, link: &Link) -> Result<String, (String, bool)> {
+    let job_id = a.job.id;
+    let specs = tools::specs(&a.template.allowed_tools);
+    let mut messages = vec![Message::text(Role::System, a.system_prompt.clone()), Message::text(Role::User, task_prompt(a))];
+    let mut seq: u32 = 0;
+    let max_steps = a.template.max_steps.max(1) as u32;
+    let report = |step: Step, seq: &mut u32| {
+        link.reliable(AgentMessage::StepReport { job_id, seq: *seq, step });
+        *seq += 1;
+    };
+    for _ in 0..max_steps {
+        let request = LlmRequest { messages: messages.clone(), tools: specs.clone(), model: None, max_tokens: None, temperature: None };
+        let done = link.llm(job_id, &request).await.map_err(|f| (format!("the model could not be reached: {}", f.error), f.retryable))?;
+        let message = done.message;
+        if !message.content.trim().is_empty() {
+            report(Step::Message { text: message.content.clone() }, &mut seq);
+        }
+        let calls = message.tool_calls.clone();
+        messages.push(message.clone());
+        if calls.is_empty() {
+            return Ok(message.content);
+        }
+        for call in calls {
+            let started = Instant::now();
+            let (live_tx, mut live_rx) = mpsc::unbounded_channel::<String>();
+            let forward = {
+                let link = link.clone();
+                let step_seq = seq;
+                tokio::spawn(async move {
+                    while let Some(text) = live_rx.recv().await {
+                        let _ = link.tx.send(Outgoing::Live(AgentMessage::StepOutput { job_id, seq: step_seq, text }));
+                    }
+                })
+            };
+            let out = if a.template.allowed_tools.iter().any(|t| t == &call.name) {
+                tools::run(ws, &call.name, &call.arguments, Some(&live_tx)).await
+            } else {
+                tools::ToolOutput { output: format!("tool {:?} is not allowed for this job; use one of: {}", call.name, a.template.allowed_tools.join(", ")), error: true }
+            };
+            drop(live_tx);
+            let _ = forward.await;
+            let input: Value = serde_json::from_str(&call.arguments).unwrap_or(Value::String(call.arguments.clone()));
+            report(
+                Step::Tool {
+                    call_id: call.id.clone(),
+                    tool: call.name.clone(),
+                    input,
+                    output: out.output.clone(),
+                    error: out.error,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                },
+                &mut seq,
+            );
+            messages.push(Message::tool_result(call.id, out.output));
+        }
+    }
+    Err((format!("stopped after {max_steps} steps without finishing (the template's max_steps)"), false))
+}

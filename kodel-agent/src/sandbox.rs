@@ -1,0 +1,149 @@
+//! The bash sandbox: bubblewrap (`bwrap`) gives each command a read-only view of the
+//! machine with only the workspace writable, a private /tmp, no network and its own PID
+//! namespace. Other tools need no sandbox: they check every path themselves.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// How the agent treats the sandbox (`--sandbox auto|required|off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// Use bwrap when it works; otherwise warn once and run commands unconfined.
+    Auto,
+    /// Refuse to run commands unless bwrap works.
+    Required,
+    /// Never use bwrap.
+    Off,
+}
+
+impl std::str::FromStr for SandboxMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(SandboxMode::Auto),
+            "required" => Ok(SandboxMode::Required),
+            "off" => Ok(SandboxMode::Off),
+            other => Err(format!("unknown sandbox mode {other:?}; use auto, required or off")),
+        }
+    }
+}
+
+/// The sandbox as detected at start: the mode and, when it works, the bwrap to run.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    mode: SandboxMode,
+    /// A bwrap that ran the probe successfully.
+    bwrap: Option<PathBuf>,
+    /// Why bwrap cannot be used (when it cannot and the mode is not Off).
+    problem: Option<String>,
+}
+
+/// The flags every sandboxed command gets, apart from the workspace bind and the
+/// network. The probe runs with them too, so a bwrap that passes the probe can run
+/// commands (some containers allow `--ro-bind` but not `--proc`).
+pub(crate) const BASE_ARGS: [&str; 12] = [
+    "--ro-bind",
+    "/",
+    "/",
+    "--dev",
+    "/dev",
+    "--proc",
+    "/proc",
+    "--tmpfs",
+    "/tmp",
+    "--unshare-pid",
+    "--die-with-parent",
+    "--new-session",
+];
+
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+impl Sandbox {
+    /// Finds bwrap on PATH (or /usr/bin/bwrap) and checks once that it works.
+    pub fn detect(mode: SandboxMode) -> Sandbox {
+        let bwrap = find_on_path("bwrap").unwrap_or_else(|| PathBuf::from("/usr/bin/bwrap"));
+        Sandbox::detect_with(mode, &bwrap)
+    }
+
+    /// Like [`Sandbox::detect`] with a given bwrap; lets tests probe a missing one.
+    #[doc(hidden)]
+    pub fn detect_with(mode: SandboxMode, bwrap: &Path) -> Sandbox {
+        if mode == SandboxMode::Off {
+            return Sandbox::off();
+        }
+        match probe(bwrap) {
+            Ok(()) => Sandbox { mode, bwrap: Some(bwrap.to_path_buf()), problem: None },
+            Err(problem) => {
+                if mode == SandboxMode::Auto && !WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "bash runs WITHOUT a sandbox: {problem}; install bubblewrap (apt-get install bubblewrap) \
+                         and allow unprivileged user namespaces to confine commands to the workspace"
+                    );
+                }
+                Sandbox { mode, bwrap: None, problem: Some(problem) }
+            }
+        }
+    }
+
+    /// No sandbox: commands run with the agent's own rights.
+    pub fn off() -> Sandbox {
+        Sandbox { mode: SandboxMode::Off, bwrap: None, problem: None }
+    }
+
+    pub fn mode(&self) -> SandboxMode {
+        self.mode
+    }
+
+    /// Whether bash commands run under bwrap.
+    pub fn is_active(&self) -> bool {
+        self.bwrap.is_some()
+    }
+
+    /// Err only when the sandbox is required and bwrap does not work, saying how to fix it.
+    pub fn ready(&self) -> Result<(), String> {
+        match (&self.mode, &self.bwrap, &self.problem) {
+            (SandboxMode::Required, None, problem) => Err(format!(
+                "the sandbox is required but bubblewrap does not work: {}. Install it (apt-get install bubblewrap) \
+                 and make sure unprivileged user namespaces are allowed (sysctl kernel.unprivileged_userns_clone=1, \
+                 and in a container run it with user namespaces enabled), or start the agent with --sandbox auto or off",
+                problem.as_deref().unwrap_or("not found")
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The bwrap command line (without the command itself) for a workspace root.
+    pub(crate) fn bwrap_command(&self, root: &Path, network: bool) -> Option<Command> {
+        let bwrap = self.bwrap.as_ref()?;
+        let mut cmd = Command::new(bwrap);
+        cmd.args(BASE_ARGS).arg("--bind").arg(root).arg(root).arg("--chdir").arg(root);
+        if !network {
+            cmd.arg("--unshare-net");
+        }
+        Some(cmd)
+    }
+}
+
+/// Runs `bwrap <flags> true`; Err carries what went wrong.
+fn probe(bwrap: &Path) -> Result<(), String> {
+    let out = Command::new(bwrap)
+        .args(BASE_ARGS)
+        .arg("--unshare-net")
+        .arg("true")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", bwrap.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Err(format!("{} failed ({}): {}", bwrap.display(), out.status, stderr.trim()))
+    }
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+}

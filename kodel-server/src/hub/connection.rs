@@ -1,0 +1,534 @@
+//! One agent's WebSocket connection: the hello, then a loop that relays frames both
+//! ways. The agent's job, its LLM calls, its steps and its outcome all pass here.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use kodel_core::OrgSlug;
+use kodel_core::llm::Delta;
+use kodel_core::protocol::{
+    AgentMessage, CLOSE_GOING_AWAY, CLOSE_UNAUTHORIZED, CLOSE_INCOMPATIBLE, CLOSE_PROTOCOL_ERROR, MAX_STEP_OUTPUT, MIN_PROTOCOL, PROTOCOL, Resume,
+    ServerMessage, Step, cap_middle,
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::Control;
+use crate::AppState;
+use crate::engine::{jobs, queue};
+use crate::error::{ApiError, ApiResult};
+use crate::events::LiveEvent;
+use crate::llm::{Caller, JobRef};
+use crate::tenant::OrgTx;
+
+/// How long an agent has to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Live output is gathered this long before it is shown to people.
+const LIVE_WINDOW: Duration = Duration::from_millis(50);
+
+/// The org and enrollment token an agent connected with.
+#[derive(Debug, Clone)]
+pub struct AgentToken {
+    pub org_id: Uuid,
+    pub slug: OrgSlug,
+    pub token_id: Uuid,
+}
+
+/// The job a connection's agent is running.
+#[derive(Debug, Clone)]
+struct Running {
+    id: Uuid,
+    task_id: Uuid,
+    task_key: String,
+    project_id: Uuid,
+    template_model: Option<String>,
+}
+
+struct Conn {
+    state: AppState,
+    token: AgentToken,
+    agent_id: Uuid,
+    labels: Vec<String>,
+    job: Option<Running>,
+    out: mpsc::UnboundedSender<ServerMessage>,
+    ctl: mpsc::UnboundedSender<Control>,
+    /// The agent's token was revoked or expired: the connection ends.
+    revoked: bool,
+}
+
+pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
+    let _counted = state.hub.connected();
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, ws.recv()).await {
+        Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<AgentMessage>(&text),
+        _ => {
+            close(&mut ws, CLOSE_PROTOCOL_ERROR, "expected agent.hello as the first frame").await;
+            return;
+        }
+    };
+    let Ok(AgentMessage::Hello { protocol, name, version, labels, agent_id, job, .. }) = hello else {
+        close(&mut ws, CLOSE_PROTOCOL_ERROR, "expected agent.hello as the first frame").await;
+        return;
+    };
+    if !(MIN_PROTOCOL..=PROTOCOL).contains(&protocol) {
+        let reason = format!("agent protocol {protocol} is not supported: this server speaks {MIN_PROTOCOL} to {PROTOCOL}; install a matching kodel-agent");
+        close(&mut ws, CLOSE_INCOMPATIBLE, &reason).await;
+        return;
+    }
+    let name: String = name.chars().take(100).collect();
+    let labels: Vec<String> = labels.into_iter().take(32).map(|l| l.chars().take(64).collect()).collect();
+    let version: String = version.chars().take(50).collect();
+    let (agent_id, resume, running) = match enroll(&state, &token, agent_id, job, &name, &labels, &version).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(org = %token.slug, error = %e.message, "agent enrollment failed");
+            close(&mut ws, CLOSE_PROTOCOL_ERROR, "the server could not register this agent; try again").await;
+            return;
+        }
+    };
+    let (out, mut out_rx) = mpsc::unbounded_channel();
+    let (ctl, mut ctl_rx) = mpsc::unbounded_channel();
+    let mut conn = Conn { state: state.clone(), token, agent_id, labels, job: running, out, ctl, revoked: false };
+    let welcome = ServerMessage::Welcome { agent_id, protocol: PROTOCOL, heartbeat_secs: state.hub.heartbeat().as_secs().max(1) as u32, resume };
+    if send(&mut ws, &welcome).await.is_err() {
+        conn.gone().await;
+        return;
+    }
+    tracing::info!(org = %conn.token.slug, agent = %agent_id, name = %name, resumed = resume.is_some(), "agent connected");
+    match &conn.job {
+        Some(job) => state.hub.running(job.id, conn.ctl.clone()),
+        None => conn.become_idle(),
+    }
+
+    let heartbeat = state.hub.heartbeat();
+    let mut watchdog = tokio::time::interval(heartbeat);
+    let mut last_seen = Instant::now();
+    let mut shutdown = state.hub.on_shutdown();
+    loop {
+        tokio::select! {
+            frame = ws.recv() => {
+                let Some(Ok(frame)) = frame else { break };
+                last_seen = Instant::now();
+                match frame {
+                    Message::Text(text) => match serde_json::from_str::<AgentMessage>(&text) {
+                        Ok(msg) => {
+                            conn.handle(msg).await;
+                            if conn.revoked {
+                                close(&mut ws, CLOSE_UNAUTHORIZED, "the agent token was revoked or has expired").await;
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(org = %conn.token.slug, agent = %agent_id, error = %e, "malformed agent frame");
+                            conn.error("bad_frame", format!("the frame is not a protocol message: {e}"));
+                        }
+                    },
+                    Message::Binary(_) => conn.error("bad_frame", "binary frames are not part of the protocol; send JSON text".into()),
+                    Message::Close(_) => break,
+                    Message::Ping(_) | Message::Pong(_) => {}
+                }
+            }
+            Some(msg) = out_rx.recv() => {
+                if send(&mut ws, &msg).await.is_err() {
+                    break;
+                }
+            }
+            Some(ctl) = ctl_rx.recv() => {
+                if let Some(msg) = conn.control(ctl).await
+                    && send(&mut ws, &msg).await.is_err()
+                {
+                    break;
+                }
+            }
+            _ = watchdog.tick() => {
+                if last_seen.elapsed() > heartbeat * 3 {
+                    close(&mut ws, CLOSE_PROTOCOL_ERROR, "no heartbeat; reconnect").await;
+                    break;
+                }
+            }
+            _ = shutdown.changed() => {
+                close(&mut ws, CLOSE_GOING_AWAY, "server shutting down; reconnect").await;
+                break;
+            }
+        }
+    }
+    conn.gone().await;
+}
+
+async fn send(ws: &mut WebSocket, msg: &ServerMessage) -> Result<(), axum::Error> {
+    let text = serde_json::to_string(msg).map_err(axum::Error::new)?;
+    ws.send(Message::Text(Utf8Bytes::from(text))).await
+}
+
+async fn close(ws: &mut WebSocket, code: u16, reason: &str) {
+    let reason: String = reason.chars().take(120).collect();
+    let _ = ws.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))).await;
+}
+
+/// Registers the agent (or takes back its registration on a reconnect) and, when it
+/// asks to go on with a job it still holds, renews that job's lease.
+async fn enroll(
+    state: &AppState,
+    token: &AgentToken,
+    agent_id: Option<Uuid>,
+    job: Option<Uuid>,
+    name: &str,
+    labels: &[String],
+    version: &str,
+) -> ApiResult<(Uuid, Option<Resume>, Option<Running>)> {
+    let mut db = OrgTx::begin(state, token.org_id, &token.slug).await?;
+    // The same agent only with the token it first came with.
+    let known: Option<Uuid> = match agent_id {
+        Some(id) => sqlx::query_scalar(
+            "UPDATE agents SET name = $3, labels = $4, version = $5, status = 'online', last_seen_at = now()
+             WHERE id = $1 AND token_id = $2 RETURNING id",
+        )
+        .bind(id)
+        .bind(token.token_id)
+        .bind(name)
+        .bind(labels)
+        .bind(version)
+        .fetch_optional(db.conn())
+        .await?,
+        None => None,
+    };
+    let agent_id = match known {
+        Some(id) => id,
+        None => {
+            let id = queue::register_agent(&mut db, name, labels, version).await?;
+            sqlx::query("UPDATE agents SET token_id = $2 WHERE id = $1").bind(id).bind(token.token_id).execute(db.conn()).await?;
+            id
+        }
+    };
+    let mut resume = None;
+    let mut running = None;
+    if let (Some(job), Some(_)) = (job, known) {
+        let held: Option<(Uuid, String, Uuid, Option<String>, i32)> = sqlx::query_as(
+            "UPDATE ai_jobs j SET lease_expires_at = now() + make_interval(secs => $3)
+             FROM tasks t, projects p, ai_job_templates jt
+             WHERE j.id = $1 AND j.lease_agent = $2 AND j.state = 'running' AND t.id = j.task_id AND p.id = t.project_id
+               AND jt.id = j.template_id
+             RETURNING j.task_id, p.key || '-' || t.number, t.project_id, jt.model,
+                       (SELECT coalesce(max(seq) + 1, 0) FROM job_steps WHERE job_id = j.id)",
+        )
+        .bind(job)
+        .bind(agent_id)
+        .bind(state.hub.lease().as_secs_f64())
+        .fetch_optional(db.conn())
+        .await?;
+        if let Some((task_id, task_key, project_id, template_model, next_seq)) = held {
+            sqlx::query("UPDATE agents SET status = 'busy', current_job = $2 WHERE id = $1").bind(agent_id).bind(job).execute(db.conn()).await?;
+            resume = Some(Resume { job_id: job, next_seq: next_seq.max(0) as u32 });
+            running = Some(Running { id: job, task_id, task_key, project_id, template_model });
+        }
+    }
+    db.commit().await?;
+    Ok((agent_id, resume, running))
+}
+
+/// Gives a claimed job back at once (its agent vanished before it got it).
+pub async fn release(state: &AppState, org_id: Uuid, slug: &OrgSlug, agent: Uuid, job: Uuid) {
+    let result = async {
+        let mut db = OrgTx::begin(state, org_id, slug).await?;
+        jobs::fail(&mut db, job, agent, "the agent disconnected before the job reached it", true).await?;
+        db.commit().await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(org = %slug, job = %job, error = %e.message, "could not release a job; it is queued again when its lease expires");
+    }
+}
+
+impl Conn {
+    fn error(&self, code: &str, message: String) {
+        let _ = self.out.send(ServerMessage::Error { code: code.to_owned(), message });
+    }
+
+    fn become_idle(&mut self) {
+        self.job = None;
+        self.state.hub.idle(&self.state, self.token.org_id, &self.token.slug, self.agent_id, self.labels.clone(), self.ctl.clone());
+    }
+
+    /// The job a frame names, if it is the one this agent runs.
+    fn current(&self, job_id: Uuid) -> Option<Running> {
+        self.job.clone().filter(|j| j.id == job_id)
+    }
+
+    fn not_yours(&self, job_id: Uuid) {
+        self.error("lease_lost", format!("job {job_id} is not running on this agent (cancelled, finished or re-queued)"));
+    }
+
+    async fn handle(&mut self, msg: AgentMessage) {
+        let result = match msg {
+            AgentMessage::Hello { .. } => {
+                self.error("bad_frame", "agent.hello is only the first frame".into());
+                Ok(())
+            }
+            AgentMessage::Heartbeat { job_id } => self.heartbeat(job_id).await,
+            AgentMessage::LlmRequest { job_id, request_id, request } => {
+                match self.current(job_id) {
+                    Some(job) => self.llm(job, request_id, request),
+                    None => {
+                        let _ = self.out.send(ServerMessage::LlmError { job_id, request_id, error: "the job is no longer running on this agent".into(), retryable: false });
+                    }
+                }
+                Ok(())
+            }
+            AgentMessage::StepReport { job_id, seq, step } => match self.current(job_id) {
+                Some(job) => self.step(job, seq, step).await,
+                None => {
+                    self.not_yours(job_id);
+                    Ok(())
+                }
+            },
+            AgentMessage::StepOutput { job_id, seq, text } => {
+                if let Some(job) = self.current(job_id) {
+                    let text = cap_middle(&text, 16 * 1024);
+                    self.live(&job, json!({ "job_id": job.id, "seq": seq, "source": "tool", "text": text }));
+                }
+                Ok(())
+            }
+            AgentMessage::Complete { job_id, summary, artifacts } => match self.current(job_id) {
+                Some(job) => self.finish(job, Ok((summary, artifacts))).await,
+                None => {
+                    self.not_yours(job_id);
+                    Ok(())
+                }
+            },
+            AgentMessage::Error { job_id, error, retryable } => match self.current(job_id) {
+                Some(job) => self.finish(job, Err((error, retryable))).await,
+                None => {
+                    self.not_yours(job_id);
+                    Ok(())
+                }
+            },
+        };
+        if let Err(e) = result {
+            self.error(e.code.as_str(), e.message);
+        }
+    }
+
+    async fn heartbeat(&mut self, job_id: Option<Uuid>) -> ApiResult<()> {
+        let state = self.state.clone();
+        let mut db = OrgTx::begin(&state, self.token.org_id, &self.token.slug).await?;
+        let live: Option<bool> = sqlx::query_scalar(
+            "UPDATE agents SET last_seen_at = now() WHERE id = $1
+             RETURNING (SELECT revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) FROM public.api_tokens WHERE id = $2)",
+        )
+        .bind(self.agent_id)
+        .bind(self.token.token_id)
+        .fetch_one(db.conn())
+        .await?;
+        if live != Some(true) {
+            db.commit().await?;
+            self.revoked = true;
+            return Ok(());
+        }
+        let mut lost = None;
+        if let Some(job) = job_id.and_then(|j| self.current(j)) {
+            let held = sqlx::query("UPDATE ai_jobs SET lease_expires_at = now() + make_interval(secs => $3) WHERE id = $1 AND lease_agent = $2 AND state = 'running'")
+                .bind(job.id)
+                .bind(self.agent_id)
+                .bind(state.hub.lease().as_secs_f64())
+                .execute(db.conn())
+                .await?;
+            if held.rows_affected() == 0 {
+                lost = Some(job.id);
+            }
+        }
+        db.commit().await?;
+        if let Some(job_id) = lost {
+            // Cancelled through another replica, or re-queued: the agent stops.
+            state.hub.finished(job_id);
+            let _ = self.out.send(ServerMessage::Cancel { job_id, reason: "the job's lease is gone (cancelled or re-queued)".into() });
+            self.set_status("online", None).await;
+            self.become_idle();
+        }
+        Ok(())
+    }
+
+    /// Runs an LLM call for the job in the background, relaying it as it streams.
+    fn llm(&self, job: Running, request_id: String, request: kodel_core::llm::LlmRequest) {
+        let state = self.state.clone();
+        let out = self.out.clone();
+        let caller = Caller {
+            org_id: self.token.org_id,
+            slug: self.token.slug.clone(),
+            job: Some(JobRef { job_id: job.id, task_id: job.task_id }),
+            template_model: job.template_model.clone(),
+            user: None,
+        };
+        let (system, request) = split_system(request);
+        tokio::spawn(async move {
+            let mut live = Coalescer::new(&state, &caller.slug, &job);
+            let result = state
+                .llm
+                .call(&state, &caller, &system, &request, |delta| {
+                    if let Delta::Text { text } = delta {
+                        live.push(text);
+                    }
+                    let _ = out.send(ServerMessage::LlmChunk { job_id: job.id, request_id: request_id.clone(), delta: delta.clone() });
+                })
+                .await;
+            live.flush();
+            let msg = match result {
+                Ok(done) => ServerMessage::LlmDone { job_id: job.id, request_id, done },
+                Err(e) => ServerMessage::LlmError { job_id: job.id, request_id, error: e.message, retryable: e.retryable },
+            };
+            let _ = out.send(msg);
+        });
+    }
+
+    async fn step(&mut self, job: Running, seq: u32, step: Step) -> ApiResult<()> {
+        let step = match step {
+            Step::Tool { call_id, tool, input, output, error, duration_ms } => {
+                Step::Tool { call_id, tool, input, output: cap_middle(&output, MAX_STEP_OUTPUT), error, duration_ms }
+            }
+            Step::Message { text } => Step::Message { text: cap_middle(&text, MAX_STEP_OUTPUT) },
+        };
+        let body = serde_json::to_value(&step).map_err(ApiError::internal)?;
+        let mut db = OrgTx::begin(&self.state, self.token.org_id, &self.token.slug).await?;
+        let stored = sqlx::query(
+            "INSERT INTO job_steps (job_id, seq, task_id, step)
+             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM ai_jobs WHERE id = $1 AND lease_agent = $5 AND state = 'running')
+             ON CONFLICT (job_id, seq) DO NOTHING",
+        )
+        .bind(job.id)
+        .bind(seq as i32)
+        .bind(job.task_id)
+        .bind(&body)
+        .bind(self.agent_id)
+        .execute(db.conn())
+        .await?;
+        if stored.rows_affected() == 1 {
+            crate::events::record(&mut db, job.task_id, "job.step", json!({ "job_id": job.id, "seq": seq, "step": body })).await?;
+        }
+        db.commit().await
+    }
+
+    async fn finish(&mut self, job: Running, outcome: Result<(String, Vec<kodel_core::jobs::NewArtifact>), (String, bool)>) -> ApiResult<()> {
+        let mut db = OrgTx::begin(&self.state, self.token.org_id, &self.token.slug).await?;
+        match &outcome {
+            Ok((summary, artifacts)) => {
+                let summary: String = summary.chars().take(10_000).collect();
+                jobs::complete(&mut db, job.id, self.agent_id, &summary, artifacts, None).await?;
+            }
+            Err((error, retryable)) => jobs::fail(&mut db, job.id, self.agent_id, error, *retryable).await?,
+        }
+        sqlx::query("UPDATE agents SET status = 'online', current_job = NULL, last_seen_at = now() WHERE id = $1").bind(self.agent_id).execute(db.conn()).await?;
+        db.commit().await?;
+        self.state.hub.finished(job.id);
+        let _ = self.out.send(ServerMessage::Ack { job_id: job.id });
+        self.become_idle();
+        Ok(())
+    }
+
+    async fn control(&mut self, ctl: Control) -> Option<ServerMessage> {
+        match ctl {
+            Control::Assign(claimed) => {
+                if self.job.is_some() {
+                    release(&self.state, self.token.org_id, &self.token.slug, self.agent_id, claimed.id).await;
+                    return None;
+                }
+                match super::assign::load(&self.state, self.token.org_id, &self.token.slug, &claimed).await {
+                    Ok((assignment, project_id)) => {
+                        self.job = Some(Running {
+                            id: claimed.id,
+                            task_id: claimed.task_id,
+                            task_key: assignment.task.key.clone(),
+                            project_id,
+                            template_model: assignment.template.model.clone(),
+                        });
+                        self.state.hub.running(claimed.id, self.ctl.clone());
+                        self.set_status("busy", Some(claimed.id)).await;
+                        Some(ServerMessage::Assigned(Box::new(assignment)))
+                    }
+                    Err(e) => {
+                        tracing::warn!(org = %self.token.slug, job = %claimed.id, error = %e.message, "could not prepare a job for its agent");
+                        release(&self.state, self.token.org_id, &self.token.slug, self.agent_id, claimed.id).await;
+                        self.become_idle();
+                        None
+                    }
+                }
+            }
+            Control::Cancel { job_id, reason } => {
+                self.current(job_id)?;
+                self.set_status("online", None).await;
+                self.become_idle();
+                Some(ServerMessage::Cancel { job_id, reason })
+            }
+        }
+    }
+
+    async fn set_status(&self, status: &str, job: Option<Uuid>) {
+        let result = async {
+            let mut db = OrgTx::begin(&self.state, self.token.org_id, &self.token.slug).await?;
+            sqlx::query("UPDATE agents SET status = $2, current_job = $3, last_seen_at = now() WHERE id = $1")
+                .bind(self.agent_id)
+                .bind(status)
+                .bind(job)
+                .execute(db.conn())
+                .await?;
+            db.commit().await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(agent = %self.agent_id, error = %e.message, "could not update the agent's status");
+        }
+    }
+
+    /// The connection ended: the agent is offline; a job it runs keeps its lease, so
+    /// the agent can come back and go on with it.
+    async fn gone(&mut self) {
+        self.state.hub.not_idle(&self.token.slug, self.agent_id);
+        if let Some(job) = &self.job {
+            self.state.hub.finished(job.id);
+        }
+        self.set_status("offline", self.job.as_ref().map(|j| j.id)).await;
+        tracing::info!(org = %self.token.slug, agent = %self.agent_id, "agent disconnected");
+    }
+
+    fn live(&self, job: &Running, payload: serde_json::Value) {
+        self.state.events.live(&self.token.slug, LiveEvent::new(job.task_id, job.project_id, &job.task_key, "job.output", payload));
+    }
+}
+
+/// System messages at the head of an agent's conversation become the system prompt
+/// (the server's prompt is already in the assignment the agent got).
+fn split_system(mut request: kodel_core::llm::LlmRequest) -> (String, kodel_core::llm::LlmRequest) {
+    let mut system = Vec::new();
+    while request.messages.first().is_some_and(|m| m.role == kodel_core::llm::Role::System) {
+        system.push(request.messages.remove(0).content);
+    }
+    (system.join("\n\n"), request)
+}
+
+/// Gathers the model's text for people watching the task, a window at a time.
+struct Coalescer<'a> {
+    state: &'a AppState,
+    slug: &'a OrgSlug,
+    job: &'a Running,
+    text: String,
+    since: Instant,
+}
+
+impl<'a> Coalescer<'a> {
+    fn new(state: &'a AppState, slug: &'a OrgSlug, job: &'a Running) -> Self {
+        Self { state, slug, job, text: String::new(), since: Instant::now() }
+    }
+
+    fn push(&mut self, text: &str) {
+        self.text.push_str(text);
+        if self.since.elapsed() >= LIVE_WINDOW || self.text.len() >= 4096 {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.text.is_empty() {
+            let payload = json!({ "job_id": self.job.id, "source": "model", "text": std::mem::take(&mut self.text) });
+            self.state.events.live(self.slug, LiveEvent::new(self.job.task_id, self.job.project_id, &self.job.task_key, "job.output", payload));
+        }
+        self.since = Instant::now();
+    }
+}

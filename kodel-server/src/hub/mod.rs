@@ -1,0 +1,227 @@
+//! The agents hub: every connected agent worker, the jobs they run, and the dispatch of
+//! queued jobs to idle agents.
+//!
+//! Each org with connected agents has a dispatcher task. It wakes when a job is queued
+//! (a commit that recorded `job.created` or `job.requeued`), when an agent becomes idle,
+//! and every few seconds (for jobs queued through another replica). It claims jobs
+//! with `FOR UPDATE SKIP LOCKED` for idle agents, one claim per distinct label set, so
+//! a thousand idle agents cost one query per wake, not a thousand.
+
+pub mod assign;
+pub mod connection;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kodel_core::OrgSlug;
+use tokio::sync::{Notify, mpsc, watch};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::engine::queue::{self, Claimed};
+
+/// How often a dispatcher looks for work it was not told about.
+const POLL: Duration = Duration::from_secs(2);
+
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    orgs: Mutex<HashMap<String, Arc<OrgAgents>>>,
+    /// The connection running each job here, to tell it of a cancel.
+    running: Mutex<HashMap<Uuid, mpsc::UnboundedSender<Control>>>,
+    shutdown: watch::Sender<bool>,
+    lease: Duration,
+    connections: watch::Sender<usize>,
+}
+
+/// What the hub tells a connection.
+#[derive(Debug)]
+pub enum Control {
+    Assign(Claimed),
+    Cancel { job_id: Uuid, reason: String },
+}
+
+struct OrgAgents {
+    wake: Notify,
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+struct Idle {
+    agent_id: Uuid,
+    labels: Vec<String>,
+    tx: mpsc::UnboundedSender<Control>,
+}
+
+impl Hub {
+    pub fn new(lease: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                orgs: Mutex::default(),
+                running: Mutex::default(),
+                shutdown: watch::channel(false).0,
+                lease,
+                connections: watch::channel(0).0,
+            }),
+        }
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.inner.lease
+    }
+
+    /// How often agents heartbeat: a third of the lease, so two may be lost.
+    pub fn heartbeat(&self) -> Duration {
+        (self.inner.lease / 3).max(Duration::from_millis(100))
+    }
+
+    fn org(&self, state: &AppState, org_id: Uuid, slug: &OrgSlug) -> Arc<OrgAgents> {
+        let mut orgs = self.inner.orgs.lock().unwrap_or_else(|p| p.into_inner());
+        orgs.entry(slug.as_str().to_owned())
+            .or_insert_with(|| {
+                let org = Arc::new(OrgAgents { wake: Notify::new(), idle: Mutex::default() });
+                tokio::spawn(dispatch(state.clone(), org_id, slug.clone(), org.clone()));
+                org
+            })
+            .clone()
+    }
+
+    /// An agent waits for work; `tx` gets `Control::Assign` when a job is claimed for it.
+    pub fn idle(&self, state: &AppState, org_id: Uuid, slug: &OrgSlug, agent_id: Uuid, labels: Vec<String>, tx: mpsc::UnboundedSender<Control>) {
+        let org = self.org(state, org_id, slug);
+        org.idle.lock().unwrap_or_else(|p| p.into_inner()).push_back(Idle { agent_id, labels, tx });
+        org.wake.notify_one();
+    }
+
+    /// An agent stops waiting (it disconnected).
+    pub fn not_idle(&self, slug: &OrgSlug, agent_id: Uuid) {
+        let org = self.inner.orgs.lock().unwrap_or_else(|p| p.into_inner()).get(slug.as_str()).cloned();
+        if let Some(org) = org {
+            org.idle.lock().unwrap_or_else(|p| p.into_inner()).retain(|i| i.agent_id != agent_id);
+        }
+    }
+
+    /// Jobs were queued in the org.
+    pub fn work(&self, slug: &OrgSlug) {
+        let org = self.inner.orgs.lock().unwrap_or_else(|p| p.into_inner()).get(slug.as_str()).cloned();
+        if let Some(org) = org {
+            org.wake.notify_one();
+        }
+    }
+
+    pub fn running(&self, job: Uuid, tx: mpsc::UnboundedSender<Control>) {
+        self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).insert(job, tx);
+    }
+
+    pub fn finished(&self, job: Uuid) {
+        self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&job);
+    }
+
+    /// A job was cancelled: its agent, if connected here, is told at once (agents on
+    /// other replicas learn it at their next heartbeat, when the lease is gone).
+    pub fn cancelled(&self, job_id: Uuid, reason: &str) {
+        let tx = self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&job_id);
+        if let Some(tx) = tx {
+            let _ = tx.send(Control::Cancel { job_id, reason: reason.to_owned() });
+        }
+    }
+
+    /// Tells every connection the server is going away; they close with a reason that
+    /// makes agents reconnect.
+    pub fn shut_down(&self) {
+        let _ = self.inner.shutdown.send(true);
+    }
+
+    pub fn on_shutdown(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+
+    /// Counts a connection while the guard lives.
+    pub fn connected(&self) -> ConnectionGuard {
+        self.inner.connections.send_modify(|n| *n += 1);
+        ConnectionGuard(self.clone())
+    }
+
+    /// Waits (at most `limit`) until every agent connection has closed.
+    pub async fn drained(&self, limit: Duration) {
+        let mut rx = self.inner.connections.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await;
+    }
+
+    /// After a commit: wakes dispatchers for queued jobs and tells agents of cancels.
+    pub fn after_commit(&self, slug: &OrgSlug, recorded: &[crate::tenant::Recorded]) {
+        let mut work = false;
+        for ev in recorded {
+            match ev.kind.as_str() {
+                "job.created" | "job.requeued" => work = true,
+                "job.cancelled" => {
+                    if let Some(job) = ev.payload.get("job_id").and_then(|j| j.as_str()).and_then(|j| Uuid::parse_str(j).ok()) {
+                        let reason = ev.payload.get("reason").and_then(|r| r.as_str()).unwrap_or("cancelled");
+                        self.cancelled(job, reason);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if work {
+            self.work(slug);
+        }
+    }
+}
+
+pub struct ConnectionGuard(Hub);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.inner.connections.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// One org's dispatcher: claims jobs for idle agents until either runs out.
+async fn dispatch(state: AppState, org_id: Uuid, slug: OrgSlug, org: Arc<OrgAgents>) {
+    let mut shutdown = state.hub.on_shutdown();
+    loop {
+        tokio::select! {
+            _ = org.wake.notified() => {}
+            _ = tokio::time::sleep(POLL) => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = dispatch_round(&state, org_id, &slug, &org).await {
+            tracing::warn!(org = %slug, error = %e.message, "dispatching jobs failed; trying again shortly");
+        }
+    }
+}
+
+async fn dispatch_round(state: &AppState, org_id: Uuid, slug: &OrgSlug, org: &OrgAgents) -> crate::error::ApiResult<()> {
+    // Label sets tried this round that found nothing: the others with the same set
+    // would find nothing either.
+    let mut dry: Vec<Vec<String>> = Vec::new();
+    loop {
+        let next = {
+            let mut idle = org.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|i| !i.tx.is_closed());
+            let at = idle.iter().position(|i| !dry.contains(&i.labels));
+            at.and_then(|at| idle.remove(at))
+        };
+        let Some(agent) = next else { return Ok(()) };
+        match queue::claim(state, slug, agent.agent_id, &agent.labels, state.hub.lease()).await {
+            Ok(Some(job)) => {
+                if let Err(tokio::sync::mpsc::error::SendError(Control::Assign(job))) = agent.tx.send(Control::Assign(job)) {
+                    // Gone between the claim and now: the job goes back at once.
+                    connection::release(state, org_id, slug, agent.agent_id, job.id).await;
+                }
+            }
+            Ok(None) => {
+                dry.push(agent.labels.clone());
+                org.idle.lock().unwrap_or_else(|p| p.into_inner()).push_front(agent);
+            }
+            Err(e) => {
+                org.idle.lock().unwrap_or_else(|p| p.into_inner()).push_front(agent);
+                return Err(e);
+            }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! `GET /api/v1/agent/ws`: where agent workers connect, with an org's agent token.
+
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::request::Parts;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use kodel_core::{ErrorCode, OrgSlug};
+use kodel_core::protocol::MAX_FRAME_BYTES;
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::extract::bearer;
+use crate::auth::tokens::{AGENT_PREFIX, hash_token};
+use crate::error::{ApiError, ApiResult};
+use crate::hub::connection::{self, AgentToken};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/api/v1/agent/ws", get(upgrade))
+}
+
+async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade, parts: Parts) -> ApiResult<Response> {
+    let token = agent_token(&state, &parts).await?;
+    tracing::Span::current().record("org", tracing::field::display(&token.slug));
+    Ok(ws
+        .max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| connection::serve(state, socket, token)))
+}
+
+/// The org and token behind an agent's bearer token, checked before the upgrade.
+async fn agent_token(state: &AppState, parts: &Parts) -> ApiResult<AgentToken> {
+    let token = bearer(parts).filter(|t| t.starts_with(AGENT_PREFIX)).ok_or_else(|| {
+        ApiError::new(ErrorCode::Unauthorized, "an agent token is required (kodel agent token create)")
+    })?;
+    let row: Option<(Uuid, Uuid, String)> = sqlx::query_as(
+        "UPDATE public.api_tokens t SET last_used_at = now() FROM public.orgs o
+         WHERE t.token_hash = $1 AND t.kind = 'agent' AND t.revoked_at IS NULL
+           AND (t.expires_at IS NULL OR t.expires_at > now()) AND o.id = t.org_id AND o.migration_error IS NULL
+         RETURNING t.id, o.id, o.slug",
+    )
+    .bind(hash_token(token))
+    .fetch_optional(&state.pool)
+    .await?;
+    let (token_id, org_id, slug) = row.ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "the agent token is unknown, revoked or expired"))?;
+    let slug = OrgSlug::parse(&slug).map_err(ApiError::internal)?;
+    Ok(AgentToken { org_id, slug, token_id })
+}
