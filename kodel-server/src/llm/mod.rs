@@ -136,10 +136,15 @@ impl Proxy {
         let model = requested.or(template).or(self.default_model.as_deref()).ok_or_else(|| {
             LlmError::refused("no model: name one as provider/model, or set KODEL_DEFAULT_MODEL on the server")
         })?;
-        let (provider, name) = model
-            .split_once('/')
-            .filter(|(_, n)| !n.is_empty())
-            .ok_or_else(|| LlmError::refused(format!("model {model:?} must be provider/model, e.g. openai/gpt-4.1-mini")))?;
+        // A bare model name goes to the default model's provider.
+        let default_provider = self.default_model.as_deref().and_then(|d| d.split_once('/')).map(|(p, _)| p);
+        let (provider, name) = match model.split_once('/') {
+            Some((p, n)) if !n.is_empty() && ProviderKind::parse(p).is_some() => (p, n),
+            _ => match default_provider {
+                Some(p) => (p, model),
+                None => return Err(LlmError::refused(format!("model {model:?} must be provider/model, e.g. openai/gpt-4.1-mini"))),
+            },
+        };
         let kind = ProviderKind::parse(provider).ok_or_else(|| {
             LlmError::refused(format!("unknown provider {provider:?}: use openai, anthropic, openrouter or ollama"))
         })?;

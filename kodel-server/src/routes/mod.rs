@@ -4,6 +4,7 @@ pub mod agent_tokens;
 pub mod agent_ws;
 pub mod agents;
 pub mod auth;
+pub mod chat_completions;
 pub mod events;
 pub mod health;
 pub mod instance_templates;
@@ -53,9 +54,10 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .merge(agents::router())
         .merge(agent_tokens::router())
         .merge(agent_ws::router())
+        .merge(chat_completions::router())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint") })
-        .layer(DefaultBodyLimit::max(max_body))
+        .layer(DefaultBodyLimit::max(max_body.max(kodel_core::llm::MAX_REQUEST_BYTES)))
         .layer(axum::middleware::from_fn(move |req: Request, next: Next| buffer_body(req, next, max_body)))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
@@ -77,6 +79,8 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// so no database transaction is ever open while a client trickles its upload.
 async fn buffer_body(req: Request, next: Next, max_body: usize) -> Response {
     let (parts, body) = req.into_parts();
+    // A conversation for the LLM gateway may be larger than any other request.
+    let max_body = if parts.uri.path() == "/v1/chat/completions" { max_body.max(kodel_core::llm::MAX_REQUEST_BYTES) } else { max_body };
     match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, max_body)).await {
         Err(_) => ApiError::new(ErrorCode::RequestTimeout, "the request body did not arrive in time").into_response(),
         Ok(Err(_)) => ApiError::new(ErrorCode::PayloadTooLarge, "request body is larger than the server accepts").into_response(),

@@ -1,0 +1,299 @@
+//! `POST /v1/chat/completions`: an OpenAI-compatible gateway for API tokens, so existing
+//! tools can call any configured provider through Kodel (metered, keys kept here).
+//!
+//! The org: the `OpenAI-Organization` header (what OpenAI clients send for
+//! `organization=`) or `X-Kodel-Org`, else the caller's only org. The model is
+//! `provider/model`; a bare name goes to the provider of `KODEL_DEFAULT_MODEL`.
+
+use std::convert::Infallible;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures::StreamExt;
+use kodel_core::OrgSlug;
+use kodel_core::llm::{Delta, FinishReason, LlmDone, LlmRequest, Message, Role, ToolCall, ToolSpec, Usage};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::Auth;
+use crate::llm::{Caller, LlmError};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/chat/completions", post(completions))
+}
+
+/// An OpenAI-shaped error (`{"error": {message, type, code}}`), which OpenAI clients
+/// turn into their own exceptions.
+fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    let body = json!({ "error": { "message": message.into(), "type": kind, "code": Value::Null, "param": Value::Null } });
+    (status, axum::Json(body)).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatRequest {
+    model: String,
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    tools: Vec<ChatTool>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<Value>,
+    #[serde(default)]
+    tool_calls: Vec<ChatToolCall>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatToolCall {
+    id: String,
+    function: ChatFunctionCall,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatFunctionCall {
+    name: String,
+    #[serde(default)]
+    arguments: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatTool {
+    function: ChatFunction,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatFunction {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    parameters: Option<Value>,
+}
+
+/// Text of a message's content: a string, or the text parts of a parts array.
+fn text_of(content: &Option<Value>) -> Result<String, String> {
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .map(|p| match (p["type"].as_str(), p["text"].as_str()) {
+                (Some("text"), Some(t)) => Ok(t.to_owned()),
+                (kind, _) => Err(format!("content parts of type {} are not supported; send text", kind.unwrap_or("?"))),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|t| t.join("")),
+        Some(_) => Err("message content must be a string or an array of text parts".into()),
+    }
+}
+
+/// The neutral request, with the system messages taken out as the system prompt.
+fn neutral(req: ChatRequest) -> Result<(String, LlmRequest, bool, bool), String> {
+    let mut system = Vec::new();
+    let mut messages = Vec::new();
+    for m in req.messages {
+        let content = text_of(&m.content)?;
+        let role = match m.role.as_str() {
+            "system" | "developer" => {
+                system.push(content);
+                continue;
+            }
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            other => return Err(format!("message role {other:?} is not supported")),
+        };
+        let tool_calls = m.tool_calls.into_iter().map(|c| ToolCall { id: c.id, name: c.function.name, arguments: c.function.arguments }).collect();
+        messages.push(Message { role, content, tool_calls, tool_call_id: m.tool_call_id });
+    }
+    let tools = req
+        .tools
+        .into_iter()
+        .map(|t| ToolSpec {
+            name: t.function.name,
+            description: t.function.description,
+            parameters: t.function.parameters.unwrap_or_else(|| json!({ "type": "object", "properties": {} })),
+        })
+        .collect();
+    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    let request = LlmRequest {
+        messages,
+        tools,
+        model: Some(req.model),
+        max_tokens: req.max_completion_tokens.or(req.max_tokens),
+        temperature: req.temperature,
+    };
+    request.validate()?;
+    Ok((system.join("\n\n"), request, req.stream, include_usage))
+}
+
+/// The org the call is billed to.
+async fn org_of(state: &AppState, auth: &Auth, headers: &HeaderMap) -> Result<(Uuid, OrgSlug), Response> {
+    let asked = ["openai-organization", "x-kodel-org"].iter().find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty()));
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT o.id, o.slug FROM public.orgs o JOIN public.org_members m ON m.org_id = o.id
+         WHERE m.user_id = $1 AND ($2::text IS NULL OR o.slug = $2) AND o.migration_error IS NULL ORDER BY o.slug LIMIT 2",
+    )
+    .bind(auth.user.id)
+    .bind(asked)
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("database: {e}")))?;
+    match (rows.as_slice(), asked) {
+        ([(id, slug)], _) => Ok((*id, OrgSlug::parse(slug).map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "bad org slug"))?)),
+        ([], Some(org)) => Err(error(StatusCode::NOT_FOUND, "invalid_request_error", format!("you are not a member of org {org:?}"))),
+        ([], None) => Err(error(StatusCode::FORBIDDEN, "invalid_request_error", "you are not a member of any org")),
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "you belong to several orgs: name one with the OpenAI-Organization or X-Kodel-Org header",
+        )),
+    }
+}
+
+fn status_of(e: &LlmError) -> StatusCode {
+    match e.status {
+        Some(429) => StatusCode::TOO_MANY_REQUESTS,
+        Some(s) if (400..500).contains(&s) => StatusCode::BAD_REQUEST,
+        _ if !e.retryable => StatusCode::BAD_REQUEST,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+async fn completions(State(state): State<AppState>, auth: Auth, headers: HeaderMap, body: Bytes) -> Response {
+    let req: ChatRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", format!("the request is not a chat completion request: {e}")),
+    };
+    let (system, request, stream, include_usage) = match neutral(req) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request_error", e),
+    };
+    let (org_id, slug) = match org_of(&state, &auth, &headers).await {
+        Ok(o) => o,
+        Err(resp) => return resp,
+    };
+    let caller = Caller { org_id, slug, job: None, template_model: None, user: Some(auth.user.id) };
+    let id = format!("chatcmpl-{}", Uuid::now_v7().simple());
+    let created = chrono::Utc::now().timestamp();
+    if !stream {
+        return match state.llm.call(&state, &caller, &system, &request, |_| {}).await {
+            Ok(done) => axum::Json(completion(&id, created, &done)).into_response(),
+            Err(e) => error(status_of(&e), "provider_error", e.message),
+        };
+    }
+    // Streamed: the call runs in its own task and sends chunks as they come; the first
+    // chunk (role) goes out at once, and an error before any text is still a chunk the
+    // client sees as an error object.
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let model = request.model.clone().unwrap_or_default();
+    tokio::spawn({
+        let (id, model) = (id.clone(), model.clone());
+        async move {
+            let chunk = |delta: Value, finish: Option<&str>| {
+                json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }] })
+            };
+            let _ = tx.send(chunk(json!({ "role": "assistant", "content": "" }), None));
+            let result = state
+                .llm
+                .call(&state, &caller, &system, &request, |d| {
+                    let delta = match d {
+                        Delta::Text { text } => json!({ "content": text }),
+                        Delta::ToolCall { index, id, name, arguments } => {
+                            let mut call = json!({ "index": index, "function": { "arguments": arguments } });
+                            if let Some(id) = id {
+                                call["id"] = json!(id);
+                                call["type"] = json!("function");
+                            }
+                            if let Some(name) = name {
+                                call["function"]["name"] = json!(name);
+                            }
+                            json!({ "tool_calls": [call] })
+                        }
+                    };
+                    let _ = tx.send(chunk(delta, None));
+                })
+                .await;
+            match result {
+                Ok(done) => {
+                    let _ = tx.send(chunk(json!({}), Some(finish_of(done.finish_reason))));
+                    if include_usage {
+                        let _ = tx.send(json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                                               "choices": [], "usage": usage_of(done.usage) }));
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(json!({ "error": { "message": e.message, "type": "provider_error", "code": Value::Null } }));
+                }
+            }
+        }
+    });
+    let events = tokio_stream_of(rx)
+        .map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string())))
+        .chain(futures::stream::once(async { Ok(SseEvent::default().data("[DONE]")) }));
+    Sse::new(events).into_response()
+}
+
+fn tokio_stream_of(mut rx: tokio::sync::mpsc::UnboundedReceiver<Value>) -> impl futures::Stream<Item = Value> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+fn finish_of(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop | FinishReason::Other => "stop",
+        FinishReason::ToolCalls => "tool_calls",
+        FinishReason::Length => "length",
+        FinishReason::ContentFilter => "content_filter",
+    }
+}
+
+fn usage_of(u: Usage) -> Value {
+    json!({ "prompt_tokens": u.input_tokens, "completion_tokens": u.output_tokens, "total_tokens": u.total(),
+            "prompt_tokens_details": { "cached_tokens": u.cached_tokens } })
+}
+
+fn completion(id: &str, created: i64, done: &LlmDone) -> Value {
+    let mut message = json!({ "role": "assistant", "content": done.message.content });
+    if !done.message.tool_calls.is_empty() {
+        message["tool_calls"] = done
+            .message
+            .tool_calls
+            .iter()
+            .map(|c| json!({ "id": c.id, "type": "function", "function": { "name": c.name, "arguments": c.arguments } }))
+            .collect();
+    }
+    json!({
+        "id": id, "object": "chat.completion", "created": created, "model": done.model,
+        "choices": [{ "index": 0, "message": message, "finish_reason": finish_of(done.finish_reason) }],
+        "usage": usage_of(done.usage),
+    })
+}

@@ -1,0 +1,101 @@
+//! `/v1/chat/completions` used by the real OpenAI Python client (installed by
+//! scripts/test.sh), against a scripted provider behind the proxy.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{TestApp, test_config};
+use kodel_server::config::LlmSettings;
+use kodel_server::testing::fresh_database;
+use kodel_server::testing::scripted_llm::{Reply, ScriptedLlm};
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_client_uses_kodel_as_its_gateway() {
+    let llm = ScriptedLlm::start(vec![
+        Reply::Text("Hello there!".into()),
+        Reply::ToolCalls(vec![("read_file".into(), json!({"path": "README.md"}))]),
+        Reply::Status { code: 400, retry_after: None, body: "the scripted provider refuses".into() },
+    ])
+    .await;
+    let mut config = test_config();
+    config.llm = LlmSettings {
+        openai_base_url: Some(llm.openai_base()),
+        openai_api_key: Some("sk-gateway-secret".into()),
+        default_model: Some("openai/gpt-test".into()),
+        llm_concurrency: 4,
+        llm_timeout: 30.0,
+        ..Default::default()
+    };
+    let app = TestApp::spawn_with(fresh_database().await, config).await;
+    let token = app.owner_with_project("gw@example.com", "gw", "GW").await;
+    let (_, pat) = app.post("/api/v1/tokens", &token, json!({"name": "gateway"})).await;
+    let pat = pat["token"].as_str().unwrap().to_owned();
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/openai_client.py");
+    let out = tokio::process::Command::new("python3")
+        .arg(script)
+        .env("OPENAI_BASE_URL", format!("{}/v1", app.base))
+        .env("OPENAI_API_KEY", &pat)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("No module named 'openai'"), "the openai package is missing: scripts/test.sh installs it (pip install openai)");
+    assert!(out.status.success(), "python failed: {stderr}");
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    assert_eq!(seen["plain"]["content"], "Hello there!");
+    assert_eq!(seen["plain"]["finish_reason"], "stop");
+    assert!(seen["plain"]["prompt_tokens"].as_u64().unwrap() > 0);
+    let calls = seen["stream"]["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1, "{seen}");
+    assert_eq!(calls[0]["name"], "read_file");
+    assert_eq!(serde_json::from_str::<Value>(calls[0]["arguments"].as_str().unwrap()).unwrap(), json!({"path": "README.md"}));
+    assert_eq!(seen["stream"]["finish_reason"], "tool_calls");
+    assert!(seen["stream"]["total_tokens"].as_u64().unwrap() > 0, "usage arrives in the last chunk");
+    assert!(seen["stream"]["chunks"].as_u64().unwrap() >= 3, "it streamed: {seen}");
+    assert_eq!(seen["error"]["status"], 400, "{seen}");
+    assert!(seen["error"]["message"].as_str().unwrap().contains("refuses"));
+
+    // The provider saw the server's key and the system prompt, never the Kodel token.
+    let reqs = llm.requests();
+    assert_eq!(reqs.len(), 3);
+    assert!(reqs.iter().all(|r| r.header("authorization") == Some("Bearer sk-gateway-secret")));
+    assert_eq!(reqs[0].body["messages"][0], json!({"role": "system", "content": "Be brief."}));
+    assert_eq!(reqs[1].body["model"], "gpt-test", "a bare model goes to the default provider");
+
+    // Every call is metered in the outbox, the failed one too.
+    let mut db = app.sql().await;
+    let rows: Vec<Value> = sqlx::query_scalar("SELECT payload FROM analytics_outbox WHERE kind = 'llm_call' ORDER BY id").fetch_all(&mut db).await.unwrap();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["org"], "gw");
+    assert_eq!(rows[0]["status"], "ok");
+    assert!(rows[0]["output_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(rows[2]["status"], "error");
+    assert!(rows.iter().all(|r| !r["user_id"].is_null() && r["job_id"].is_null()));
+}
+
+#[tokio::test]
+async fn the_gateway_needs_a_token_and_a_valid_request() {
+    let app = TestApp::spawn().await;
+    let resp = app.http.post(format!("{}/v1/chat/completions", app.base)).json(&json!({"model": "x", "messages": []})).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let token = app.owner_with_project("gw2@example.com", "gw2", "GW").await;
+    let bad = app.http.post(format!("{}/v1/chat/completions", app.base)).bearer_auth(&token).json(&json!({"model": "x", "messages": []})).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let v: Value = bad.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("at least one message"), "{v}");
+    // No provider configured: a clear error, not a hang.
+    let none = app
+        .http
+        .post(format!("{}/v1/chat/completions", app.base))
+        .bearer_auth(&token)
+        .json(&json!({"model": "openai/gpt-test", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 400);
+    let v: Value = none.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("not configured"), "{v}");
+}
