@@ -27,7 +27,18 @@ command -v pg_isready >/dev/null || missing+=(postgresql-client)
 command -v git >/dev/null || missing+=(git)
 command -v cc >/dev/null || missing+=(build-essential)
 command -v pkg-config >/dev/null || missing+=(pkg-config)
+# The agent's bash tool runs under bubblewrap; its sandbox tests need it.
+command -v bwrap >/dev/null || missing+=(bubblewrap)
+command -v python3 >/dev/null || missing+=(python3 python3-pip)
 apt_install ${missing[@]+"${missing[@]}"}
+
+# The LLM gateway is tested with the official OpenAI Python client.
+if ! python3 -c 'import openai' >/dev/null 2>&1; then
+  log "installing the openai Python package (for the gateway test)"
+  python3 -m pip install --quiet --disable-pip-version-check openai 2>/dev/null \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages openai \
+    || die "cannot install the openai Python package: pip install openai"
+fi
 
 # --- database ----------------------------------------------------------------
 private_dir=""

@@ -99,3 +99,38 @@ async fn the_gateway_needs_a_token_and_a_valid_request() {
     let v: Value = none.json().await.unwrap();
     assert!(v["error"]["message"].as_str().unwrap().contains("not configured"), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orgs_own_provider_key_is_used_and_never_shown() {
+    let llm = ScriptedLlm::start(vec![Reply::Text("from the org's key".into())]).await;
+    // The server has no provider of its own.
+    let app = TestApp::spawn().await;
+    let token = app.owner_with_project("own@example.com", "own", "OWN").await;
+    let (s, v) = app
+        .call(reqwest::Method::PUT, "/api/v1/orgs/own/llm-providers/openai", Some(&token), Some(json!({"api_key": "sk-org-own-secret", "base_url": llm.openai_base()})))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["has_key"], true);
+    assert!(!v.to_string().contains("sk-org-own-secret"));
+    let (_, list) = app.get("/api/v1/orgs/own/llm-providers", &token).await;
+    assert!(!list.to_string().contains("sk-org-own"), "{list}");
+    let (s, _) = app.call(reqwest::Method::PUT, "/api/v1/orgs/own/llm-providers/openai", Some(&token), Some(json!({"base_url": "http://user:pw@example.com"}))).await;
+    assert_eq!(s, 422, "credentials in a URL are refused");
+
+    let resp = app
+        .http
+        .post(format!("{}/v1/chat/completions", app.base))
+        .bearer_auth(&token)
+        .json(&json!({"model": "openai/gpt-org", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "from the org's key", "{v}");
+    assert_eq!(llm.requests()[0].header("authorization"), Some("Bearer sk-org-own-secret"));
+
+    // Sealed at rest.
+    let mut db = app.sql().await;
+    let raw: Vec<u8> = sqlx::query_scalar("SELECT api_key FROM org_own.llm_providers WHERE provider = 'openai'").fetch_one(&mut db).await.unwrap();
+    assert!(!String::from_utf8_lossy(&raw).contains("sk-org-own-secret"));
+}

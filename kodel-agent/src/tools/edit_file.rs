@@ -77,7 +77,8 @@ pub fn run(ws: &Workspace, input: Input) -> Result<String, String> {
         ));
     }
     let first_line = text.find(old.as_str()).map_or(1, |at| text[..at].matches('\n').count() + 1);
-    let edited = if input.replace_all { text.replace(old.as_str(), &new) } else { text.replacen(old.as_str(), &new, 1) };
+    let edited =
+        if input.replace_all { text.replace(old.as_str(), &new) } else { text.replacen(old.as_str(), &new, 1) };
     std::fs::write(&path, edited).map_err(|e| format!("cannot write {name}: {e}"))?;
     let what = if count == 1 { "1 occurrence".to_owned() } else { format!("{count} occurrences") };
     Ok(format!("edited {}: replaced {what} (first at line {first_line})", ws.display(&path)))

@@ -182,7 +182,8 @@ impl FileSink<'_> {
         self.out.push(sep);
         if line.len() > MAX_LINE_BYTES {
             // Cut before a UTF-8 continuation byte, not inside a character.
-            let cut = (MAX_LINE_BYTES - 3..=MAX_LINE_BYTES).rev().find(|&i| line[i] & 0xC0 != 0x80).unwrap_or(MAX_LINE_BYTES);
+            let cut =
+                (MAX_LINE_BYTES - 3..=MAX_LINE_BYTES).rev().find(|&i| line[i] & 0xC0 != 0x80).unwrap_or(MAX_LINE_BYTES);
             self.out.extend_from_slice(&line[..cut]);
             self.out.extend_from_slice(format!(" [... line cut: {} more bytes]", line.len() - cut).as_bytes());
         } else {

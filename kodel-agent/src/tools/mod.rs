@@ -126,12 +126,7 @@ fn spec(name: &str) -> Option<ToolSpec> {
 /// Runs one tool call; never panics; a bad input (missing field, wrong type, invalid
 /// JSON) is a ToolOutput with error=true that says what was wrong so the model can fix
 /// it. `live` receives chunks of output while it is produced (bash stdout/stderr).
-pub async fn run(
-    ws: &Workspace,
-    name: &str,
-    arguments: &str,
-    live: Option<&UnboundedSender<String>>,
-) -> ToolOutput {
+pub async fn run(ws: &Workspace, name: &str, arguments: &str, live: Option<&UnboundedSender<String>>) -> ToolOutput {
     match name {
         "read_file" => blocking(ws, name, arguments, read_file::run).await,
         "write_file" => blocking(ws, name, arguments, write_file::run).await,
@@ -142,10 +137,9 @@ pub async fn run(
             Ok(input) => bash::run(ws, input, live).await,
             Err(e) => ToolOutput::err(e),
         },
-        other => ToolOutput::err(format!(
-            "unknown tool {other:?}; the tools are {}",
-            kodel_core::jobs::TOOLS.join(", ")
-        )),
+        other => {
+            ToolOutput::err(format!("unknown tool {other:?}; the tools are {}", kodel_core::jobs::TOOLS.join(", ")))
+        }
     }
 }
 
@@ -172,9 +166,8 @@ fn parse<I: DeserializeOwned>(name: &str, arguments: &str) -> Result<I, String> 
     // Some models send nothing for "no arguments"; treat it as {} so the message
     // names the missing field rather than complaining about empty JSON.
     let text = if arguments.trim().is_empty() { "{}" } else { arguments };
-    serde_json::from_str(text).map_err(|e| {
-        format!("invalid arguments for {name}: {e}. Expected a JSON object {}", signature(name))
-    })
+    serde_json::from_str(text)
+        .map_err(|e| format!("invalid arguments for {name}: {e}. Expected a JSON object {}", signature(name)))
 }
 
 /// A short form of a tool's input schema for error messages, e.g.
@@ -222,4 +215,19 @@ fn read_text(ws: &Workspace, input: &str, max_bytes: u64, tool_hint: &str) -> Re
         return Err(format!("{input} looks like a binary file (it contains NUL bytes); these tools only handle text"));
     }
     Ok((path, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_arguments_show_the_expected_shape() {
+        let err = parse::<read_file::Input>("read_file", r#"{"offset": 3}"#).err().unwrap();
+        assert!(err.starts_with("invalid arguments for read_file: missing field `path`"), "{err}");
+        assert!(
+            err.ends_with(r#"Expected a JSON object {"limit"?: integer, "offset"?: integer, "path": string}"#),
+            "{err}"
+        );
+    }
 }

@@ -9,6 +9,7 @@ pub mod events;
 pub mod health;
 pub mod instance_templates;
 pub mod job_templates;
+pub mod llm_providers;
 pub mod jobs;
 pub mod modules;
 pub mod openapi;
@@ -55,6 +56,7 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .merge(agent_tokens::router())
         .merge(agent_ws::router())
         .merge(chat_completions::router())
+        .merge(llm_providers::router())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint") })
         .layer(DefaultBodyLimit::max(max_body.max(kodel_core::llm::MAX_REQUEST_BYTES)))

@@ -1,0 +1,102 @@
+//! An org's own LLM provider settings: a key (sealed at rest, never returned) and a
+//! base URL, used before the server's environment. Org admins manage them.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use kodel_core::api::{OrgRole, Page};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::json::ApiJson;
+use crate::llm::ProviderKind;
+use crate::tenant::Tenant;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/orgs/{org}/llm-providers", get(list))
+        .route("/api/v1/orgs/{org}/llm-providers/{provider}", put(set).delete(remove))
+}
+
+const WHAT: &str = "managing the org's LLM providers (org admins and owners)";
+
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct LlmProvider {
+    pub provider: String,
+    pub base_url: Option<String>,
+    /// Whether a key is stored (keys are never returned).
+    pub has_key: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetProvider {
+    #[serde(default)]
+    api_key: Option<String>,
+    #[serde(default)]
+    base_url: Option<String>,
+}
+
+fn provider(raw: &str) -> ApiResult<ProviderKind> {
+    ProviderKind::parse(raw).ok_or_else(|| ApiError::invalid(format!("provider {raw:?} is not one of openai, anthropic, openrouter, ollama")))
+}
+
+async fn list(mut t: Tenant) -> ApiResult<Json<Page<LlmProvider>>> {
+    t.require_org_role(OrgRole::Admin, WHAT)?;
+    let data: Vec<LlmProvider> =
+        sqlx::query_as("SELECT provider, base_url, api_key IS NOT NULL AS has_key, updated_at FROM llm_providers ORDER BY provider")
+            .fetch_all(t.conn())
+            .await?;
+    t.commit().await?;
+    Ok(Json(Page { data, next_cursor: None }))
+}
+
+async fn set(State(state): State<AppState>, mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(req): ApiJson<SetProvider>) -> ApiResult<Json<LlmProvider>> {
+    t.require_org_role(OrgRole::Admin, WHAT)?;
+    let kind = provider(&raw)?;
+    if let Some(url) = &req.base_url {
+        let parsed = reqwest::Url::parse(url).map_err(|_| ApiError::invalid("base_url must be an http(s) URL"))?;
+        if !matches!(parsed.scheme(), "http" | "https") || url.len() > 500 {
+            return Err(ApiError::invalid("base_url must be an http(s) URL of at most 500 characters"));
+        }
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(ApiError::invalid("base_url must not carry credentials; set api_key"));
+        }
+    }
+    if req.api_key.as_ref().is_some_and(|k| k.trim().is_empty() || k.len() > 1000) {
+        return Err(ApiError::invalid("api_key must be 1 to 1000 characters"));
+    }
+    let sealed = req.api_key.as_ref().map(|k| state.sealer.seal(k.trim().as_bytes()));
+    let row: LlmProvider = sqlx::query_as(
+        "INSERT INTO llm_providers (provider, base_url, api_key) VALUES ($1, $2, $3)
+         ON CONFLICT (provider) DO UPDATE SET base_url = coalesce($2, llm_providers.base_url),
+             api_key = coalesce($3, llm_providers.api_key), updated_at = now()
+         RETURNING provider, base_url, api_key IS NOT NULL AS has_key, updated_at",
+    )
+    .bind(kind.name())
+    .bind(req.base_url.as_deref().map(|u| u.trim_end_matches('/')))
+    .bind(sealed)
+    .fetch_one(t.conn())
+    .await?;
+    let org = t.org.id;
+    t.commit().await?;
+    state.llm.forget_org(org);
+    Ok(Json(row))
+}
+
+async fn remove(State(state): State<AppState>, mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<StatusCode> {
+    t.require_org_role(OrgRole::Admin, WHAT)?;
+    let kind = provider(&raw)?;
+    let done = sqlx::query("DELETE FROM llm_providers WHERE provider = $1").bind(kind.name()).execute(t.conn()).await?;
+    let org = t.org.id;
+    t.commit().await?;
+    state.llm.forget_org(org);
+    if done.rows_affected() == 0 {
+        return Err(ApiError::new(kodel_core::ErrorCode::NotFound, format!("the org has no settings for {}", kind.name())));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
