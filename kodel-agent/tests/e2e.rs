@@ -380,3 +380,18 @@ async fn an_agent_goes_on_with_its_job_across_a_server_restart() {
     assert!(bash.as_str().unwrap().contains("one\ntwo"), "{bash}");
     assert_eq!(std::fs::read_to_string(stack.work.path().join(&key).join("after.txt")).unwrap(), "after the restart\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_with_a_bad_token_says_why_and_exits() {
+    let llm = ScriptedLlm::start(vec![]).await;
+    let stack = Stack::start(&llm, "openai").await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kodel-agent"))
+        .args(["--server", &stack.base(), "--token", "kodel_agt_not-a-real-token", "--workdir"])
+        .arg(stack.work.path())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "refused agents exit 2");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("token is unknown, revoked or expired"), "{err}");
+}

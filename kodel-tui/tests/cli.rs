@@ -323,3 +323,22 @@ async fn engine_commands_through_the_real_binaries() {
     assert_eq!(r["name"], "renamed");
     assert_eq!(env.json(&["agent", "list"], None)["data"], serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn agent_tokens_through_the_real_binaries() {
+    let env = Env::start().await;
+    env.ok(&["register", "--email", "ops@x.io", "--name", "Ops", "--password-stdin"], Some("password123\n"));
+    env.ok(&["org", "create", "acme", "--name", "Acme"], None);
+    // The token alone on stdout, so scripts can capture it.
+    let out = env.kodel(&["agent", "token", "create", "build-box"], None);
+    let (token, err) = (String::from_utf8_lossy(&out.stdout).trim().to_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(token.starts_with("kodel_agt_") && !token.contains(' '), "stdout {token:?} stderr {err:?}");
+    let token = token.as_str();
+    let list = env.json(&["agent", "token", "list"], None);
+    let id = list["data"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(list["data"][0]["name"], "build-box");
+    assert!(!list.to_string().contains(token));
+    assert_eq!(env.json(&["agent", "list"], None)["data"], serde_json::json!([]), "no agent has connected yet");
+    env.ok(&["agent", "token", "revoke", &id], None);
+    assert_eq!(env.json(&["agent", "token", "list"], None)["data"].as_array().unwrap().len(), 0);
+}

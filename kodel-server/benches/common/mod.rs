@@ -14,6 +14,11 @@ pub struct Bench {
 
 impl Bench {
     pub async fn start(engine_tick: f64) -> Self {
+        Self::start_with(engine_tick, kodel_server::config::LlmSettings { llm_concurrency: 8, llm_timeout: 30.0, ..Default::default() }).await
+    }
+
+    /// The same with the given LLM provider settings (e.g. a scripted provider's URL).
+    pub async fn start_with(engine_tick: f64, llm: kodel_server::config::LlmSettings) -> Self {
         let db = kodel_server::testing::fresh_database().await;
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -27,7 +32,7 @@ impl Bench {
             webhook_retry: 10.0,
             spare_schemas: 2,
             job_lease: 60.0,
-            llm: kodel_server::config::LlmSettings { llm_concurrency: 8, llm_timeout: 30.0, ..Default::default() },
+            llm,
         };
         let server = Server::build(&config, db).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

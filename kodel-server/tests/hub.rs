@@ -1,0 +1,198 @@
+//! The agents hub over a real WebSocket: enrollment, the protocol's refusals and
+//! errors, dispatch by labels, token revocation.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestApp, test_config};
+use futures::{SinkExt, StreamExt};
+use kodel_core::protocol::{AgentMessage, CLOSE_INCOMPATIBLE, CLOSE_UNAUTHORIZED, PROTOCOL, ServerMessage};
+use kodel_server::testing::fresh_database;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Message, http};
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(app: &TestApp, token: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
+    let mut req = format!("{}/api/v1/agent/ws", app.base.replace("http://", "ws://")).into_client_request().unwrap();
+    req.headers_mut().insert(http::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+}
+
+async fn send(ws: &mut Ws, msg: &AgentMessage) {
+    ws.send(Message::Text(serde_json::to_string(msg).unwrap().into())).await.unwrap();
+}
+
+fn hello(protocol: u32, labels: &[&str]) -> AgentMessage {
+    AgentMessage::Hello {
+        protocol,
+        name: "test-agent".into(),
+        version: "0.0.0".into(),
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        capabilities: vec![],
+        agent_id: None,
+        job: None,
+    }
+}
+
+/// The next frame within `wait`: a server message, or the close frame's (code, reason).
+async fn next(ws: &mut Ws, wait: Duration) -> Option<Result<ServerMessage, (u16, String)>> {
+    match tokio::time::timeout(wait, ws.next()).await.ok()?? {
+        Ok(Message::Text(t)) => Some(Ok(serde_json::from_str(&t).unwrap())),
+        Ok(Message::Close(Some(f))) => Some(Err((f.code.into(), f.reason.to_string()))),
+        other => panic!("unexpected frame {other:?}"),
+    }
+}
+
+async fn welcomed(app: &TestApp, token: &str, labels: &[&str]) -> Ws {
+    let mut ws = connect(app, token).await.unwrap();
+    send(&mut ws, &hello(PROTOCOL, labels)).await;
+    match next(&mut ws, Duration::from_secs(10)).await {
+        Some(Ok(ServerMessage::Welcome { protocol, .. })) => assert_eq!(protocol, PROTOCOL),
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+    ws
+}
+
+async fn agent_token(app: &TestApp, owner: &str, slug: &str) -> String {
+    let (s, v) = app.post(&format!("/api/v1/orgs/{slug}/agent-tokens"), owner, json!({"name": "box"})).await;
+    assert_eq!(s, 201, "{v}");
+    v["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_enroll_with_org_tokens_only() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner_with_project("hub@example.com", "hub", "HUB").await;
+    // No token, a user's token, a made-up agent token: refused before the upgrade.
+    assert!(connect(&app, "").await.is_err());
+    assert!(connect(&app, &owner).await.is_err());
+    assert!(connect(&app, "kodel_agt_madeup").await.is_err());
+    // A member who is not an admin cannot mint agent tokens.
+    let member = app.register("dev@example.com").await;
+    app.post("/api/v1/orgs/hub/members", &owner, json!({"email": "dev@example.com", "role": "member"})).await;
+    let (s, _) = app.post("/api/v1/orgs/hub/agent-tokens", &member, json!({"name": "x"})).await;
+    assert_eq!(s, 403);
+
+    let token = agent_token(&app, &owner, "hub").await;
+    let mut ws = welcomed(&app, &token, &["linux"]).await;
+    let (_, agents) = app.get("/api/v1/orgs/hub/agents", &owner).await;
+    assert_eq!(agents["data"][0]["status"], "online");
+    assert_eq!(agents["data"][0]["labels"], json!(["linux"]));
+    let (_, tokens) = app.get("/api/v1/orgs/hub/agent-tokens", &owner).await;
+    assert_eq!(tokens["data"].as_array().unwrap().len(), 1);
+    assert!(!tokens.to_string().contains(&token), "the token is shown once");
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_errors_and_old_agents_a_reason() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner_with_project("proto@example.com", "proto", "PRO").await;
+    let token = agent_token(&app, &owner, "proto").await;
+
+    let mut old = connect(&app, &token).await.unwrap();
+    send(&mut old, &hello(PROTOCOL + 1, &[])).await;
+    match next(&mut old, Duration::from_secs(10)).await {
+        Some(Err((code, reason))) => {
+            assert_eq!(code, CLOSE_INCOMPATIBLE);
+            assert!(reason.contains("protocol") && reason.contains("kodel-agent"), "{reason}");
+        }
+        other => panic!("expected a close, got {other:?}"),
+    }
+
+    let mut ws = welcomed(&app, &token, &[]).await;
+    for junk in ["not json", r#"{"type":"agent.dance"}"#, r#"{"type":"heartbeat","job_id":7}"#] {
+        ws.send(Message::Text(junk.into())).await.unwrap();
+        match next(&mut ws, Duration::from_secs(10)).await {
+            Some(Ok(ServerMessage::Error { code, .. })) => assert_eq!(code, "bad_frame"),
+            other => panic!("expected an error frame for {junk:?}, got {other:?}"),
+        }
+    }
+    // A step for a job this agent does not hold is refused, and nothing is stored.
+    let job = uuid::Uuid::now_v7();
+    send(&mut ws, &AgentMessage::Complete { job_id: job, summary: "x".into(), artifacts: vec![] }).await;
+    match next(&mut ws, Duration::from_secs(10)).await {
+        Some(Ok(ServerMessage::Error { code, .. })) => assert_eq!(code, "lease_lost"),
+        other => panic!("expected lease_lost, got {other:?}"),
+    }
+    // Still connected: a heartbeat is taken without complaint.
+    send(&mut ws, &AgentMessage::Heartbeat { job_id: None }).await;
+    assert!(next(&mut ws, Duration::from_millis(300)).await.is_none());
+    // A frame over the size bound ends the connection instead of filling memory.
+    let huge = "x".repeat(kodel_core::protocol::MAX_FRAME_BYTES + 1);
+    let _ = ws.send(Message::Text(huge.into())).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.unwrap_or(false));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_go_to_agents_with_the_labels_they_need() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner_with_project("lab@example.com", "lab", "LAB").await;
+    let (s, v) = app.post("/api/v1/orgs/lab/instance-templates", &owner, json!({"name": "gpu-box", "base_image": "debian:12", "labels": ["gpu"]})).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["labels"], json!(["gpu"]));
+    let (s, v) = app.post("/api/v1/orgs/lab/projects", &owner, json!({"key": "ML", "name": "ML", "workflow": "software-development"})).await;
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = app.patch("/api/v1/orgs/lab/projects/ML", &owner, json!({"instance_template": "gpu-box"})).await;
+    assert_eq!(s, 200, "{v}");
+    let token = agent_token(&app, &owner, "lab").await;
+    let mut plain = welcomed(&app, &token, &["linux"]).await;
+    let mut gpu = welcomed(&app, &token, &["linux", "gpu"]).await;
+
+    let task = app.create_task(&owner, "lab", "ML", "Train it").await;
+    let key = task["key"].as_str().unwrap();
+    for status in ["Ready", "In Progress"] {
+        let (s, v) = app.post(&format!("/api/v1/orgs/lab/tasks/{key}/move"), &owner, json!({"status": status})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    match next(&mut gpu, Duration::from_secs(10)).await {
+        Some(Ok(ServerMessage::Assigned(a))) => {
+            assert_eq!(a.task.key, key);
+            assert_eq!(a.template.name, "implement-template");
+            assert!(a.system_prompt.contains("software engineer"));
+            assert_eq!(a.instance_template.unwrap().labels, ["gpu"]);
+        }
+        other => panic!("the gpu agent should get the job, got {other:?}"),
+    }
+    assert!(next(&mut plain, Duration::from_millis(500)).await.is_none(), "the agent without the label gets nothing");
+    let (_, agents) = app.get("/api/v1/orgs/lab/agents", &owner).await;
+    let busy: Vec<_> = agents["data"].as_array().unwrap().iter().filter(|a| a["status"] == "busy").collect();
+    assert_eq!(busy.len(), 1, "{agents}");
+    assert_eq!(busy[0]["current_task"], key);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_disconnects_its_agents() {
+    let mut config = test_config();
+    config.job_lease = 0.6; // heartbeats every 0.2 s
+    let app = TestApp::spawn_with(fresh_database().await, config).await;
+    let owner = app.owner_with_project("rev@example.com", "rev", "REV").await;
+    let token = agent_token(&app, &owner, "rev").await;
+    let mut ws = welcomed(&app, &token, &[]).await;
+    let (_, tokens) = app.get("/api/v1/orgs/rev/agent-tokens", &owner).await;
+    let id = tokens["data"][0]["id"].as_str().unwrap().to_owned();
+    let (s, _) = app.delete(&format!("/api/v1/orgs/rev/agent-tokens/{id}"), &owner).await;
+    assert_eq!(s, 204);
+    send(&mut ws, &AgentMessage::Heartbeat { job_id: None }).await;
+    match next(&mut ws, Duration::from_secs(10)).await {
+        Some(Err((code, reason))) => {
+            assert_eq!(code, CLOSE_UNAUTHORIZED);
+            assert!(reason.contains("revoked"), "{reason}");
+        }
+        other => panic!("expected the connection to close, got {other:?}"),
+    }
+    assert!(connect(&app, &token).await.is_err(), "a revoked token cannot connect again");
+}
