@@ -376,7 +376,9 @@ async fn health_ready_and_openapi() {
         "/api/v1/orgs/{org}/artifacts/{id}/approve", "/api/v1/orgs/{org}/artifacts/{id}/reject", "/api/v1/orgs/{org}/rules",
         "/api/v1/orgs/{org}/rules/{id}", "/api/v1/orgs/{org}/modules", "/api/v1/orgs/{org}/modules/{id}",
         "/api/v1/orgs/{org}/instance-templates", "/api/v1/orgs/{org}/instance-templates/{template}", "/api/v1/orgs/{org}/agents",
-        "/healthz", "/readyz",
+        "/api/v1/orgs/{org}/agent-tokens", "/api/v1/orgs/{org}/agent-tokens/{id}", "/api/v1/orgs/{org}/jobs/{id}/steps",
+        "/api/v1/orgs/{org}/llm-providers", "/api/v1/orgs/{org}/llm-providers/{provider}", "/api/v1/agent/ws",
+        "/v1/chat/completions", "/healthz", "/readyz",
     ] {
         assert!(paths.contains_key(p), "openapi.json lacks {p}");
     }
