@@ -14,7 +14,7 @@ use futures::{SinkExt, StreamExt};
 use kodel_core::protocol::{
     AgentMessage, Assignment, CLOSE_INCOMPATIBLE, CLOSE_UNAUTHORIZED, MAX_FRAME_BYTES, PROTOCOL, ServerMessage,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -60,6 +60,8 @@ struct Agent {
     /// LLM calls waiting for their answer, by request id.
     pending: HashMap<String, Pending>,
     link_tx: mpsc::UnboundedSender<Outgoing>,
+    /// Set when the agent is asked to stop.
+    stopping: watch::Receiver<bool>,
 }
 
 struct Pending {
@@ -81,32 +83,26 @@ pub fn ws_url(server: &str) -> Result<String, Fatal> {
     Ok(format!("{rest}/api/v1/agent/ws"))
 }
 
-/// Runs until `stop` resolves (then the current job is left to its lease) or the
-/// server refuses the agent.
-pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()>) -> Result<(), Fatal> {
+/// Runs until `stop` resolves or the server refuses the agent. A job running at the stop
+/// is given back to the queue at once (`task.error`, retryable).
+pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), Fatal> {
     let url = ws_url(&cfg.server)?;
     std::fs::create_dir_all(&cfg.workdir).map_err(|e| Fatal::Config(format!("cannot create the work dir {}: {e}", cfg.workdir.display())))?;
+    let (stop_tx, mut stopping) = watch::channel(false);
+    tokio::spawn(async move {
+        stop.await;
+        let _ = stop_tx.send(true);
+    });
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
-    let mut agent = Agent { cfg, agent_id: None, job: None, outbox: Vec::new(), pending: HashMap::new(), link_tx };
+    let mut agent = Agent { cfg, agent_id: None, job: None, outbox: Vec::new(), pending: HashMap::new(), link_tx, stopping: stopping.clone() };
     let mut backoff = Duration::from_millis(250);
-    tokio::pin!(stop);
     loop {
-        let session = agent.session(&url, &mut link_rx);
-        tokio::select! {
-            _ = &mut stop => {
-                if let Some(job) = agent.job.take() {
-                    job.handle.abort();
-                }
-                return Ok(());
-            }
-            ended = session => match ended {
-                Ok(connected) => {
-                    if connected {
-                        backoff = Duration::from_millis(250);
-                    }
-                }
-                Err(fatal) => return Err(fatal),
-            },
+        if agent.session(&url, &mut link_rx).await? {
+            backoff = Duration::from_millis(250);
+        }
+        if *stopping.borrow() {
+            agent.stop_job();
+            return Ok(());
         }
         // Every LLM call in flight is lost with the connection: its runner asks again.
         for (_, p) in agent.pending.drain() {
@@ -115,10 +111,8 @@ pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()>) 
         let jitter = Duration::from_millis(rand::random::<u64>() % 250);
         tracing::warn!("disconnected from the server; reconnecting in {:?}", backoff + jitter);
         tokio::select! {
-            _ = &mut stop => {
-                if let Some(job) = agent.job.take() {
-                    job.handle.abort();
-                }
+            _ = stopping.changed() => {
+                agent.stop_job();
                 return Ok(());
             }
             _ = tokio::time::sleep(backoff + jitter) => {}
@@ -227,6 +221,11 @@ impl Agent {
                         return Ok(true);
                     }
                 }
+                _ = self.stopping.changed() => {
+                    self.give_back(&mut ws).await;
+                    let _ = ws.close(None).await;
+                    return Ok(true);
+                }
                 _ = heartbeat.tick() => {
                     let beat = AgentMessage::Heartbeat { job_id: self.job.as_ref().map(|j| j.id) };
                     if send(&mut ws, &beat).await.is_err() {
@@ -281,7 +280,8 @@ impl Agent {
         let sandbox = self.cfg.sandbox.clone();
         let handle = tokio::spawn(async move {
             let network = a.instance_template.as_ref().is_some_and(|t| t.network);
-            let env = a.instance_template.as_ref().map(|t| t.env.clone()).unwrap_or_default();
+            let mut env = toolchain_env();
+            env.extend(a.instance_template.as_ref().map(|t| t.env.clone()).unwrap_or_default());
             let prepared = (|| {
                 sandbox.ready()?;
                 std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create the workspace {}: {e}", dir.display()))?;
@@ -297,12 +297,56 @@ impl Agent {
         self.job = Some(Job { id, handle });
     }
 
+    /// Stopping with a job: it goes back to the queue now rather than when its lease
+    /// runs out. Waits briefly for the server to take it.
+    async fn give_back(&mut self, ws: &mut Socket) {
+        let Some(job) = self.job.take() else { return };
+        job.handle.abort();
+        let error = format!("kodel-agent {:?} was stopped during the job; queued again", self.cfg.name);
+        if send(ws, &AgentMessage::Error { job_id: job.id, error, retryable: true }).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(3), async {
+            while let Some(Ok(frame)) = ws.next().await {
+                if let Message::Text(text) = frame
+                    && matches!(serde_json::from_str(&text), Ok(ServerMessage::Ack { job_id }) if job_id == job.id)
+                {
+                    tracing::info!(job = %job.id, "the job went back to the queue");
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
     fn stop_job(&mut self) {
         if let Some(job) = self.job.take() {
             job.handle.abort();
             self.outbox.retain(|m| job_of(m) != Some(job.id));
         }
     }
+}
+
+/// Where the agent's own toolchains live. Commands run with HOME set to the
+/// workspace, so tools found through HOME (rustup, cargo) are pointed at the agent's.
+fn toolchain_env() -> std::collections::BTreeMap<String, String> {
+    let mut env = std::collections::BTreeMap::new();
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    for (var, dir) in [("RUSTUP_HOME", ".rustup"), ("CARGO_HOME", ".cargo")] {
+        let value = std::env::var(var).ok().or_else(|| {
+            let d = home.as_ref()?.join(dir);
+            d.is_dir().then(|| d.to_string_lossy().into_owned())
+        });
+        if let Some(v) = value {
+            env.insert(var.to_owned(), v);
+        }
+    }
+    for var in ["GOROOT", "GOPATH", "JAVA_HOME"] {
+        if let Ok(v) = std::env::var(var) {
+            env.insert(var.to_owned(), v);
+        }
+    }
+    env
 }
 
 fn job_of(m: &AgentMessage) -> Option<Uuid> {

@@ -88,5 +88,5 @@ async fn stop_signal() {
         _ = tokio::signal::ctrl_c() => {},
         _ = term => {},
     }
-    tracing::info!("stopping; a running job goes back to the queue when its lease expires");
+    tracing::info!("stopping; a running job goes back to the queue");
 }

@@ -33,6 +33,10 @@ pub struct LlmFailure {
     pub retryable: bool,
 }
 
+/// Live tool output is sent at most this often, in frames of at most this size.
+const LIVE_WINDOW: Duration = Duration::from_millis(50);
+const LIVE_MAX: usize = 16 * 1024;
+
 /// How often a failed LLM call is tried again, and the longest wait between tries.
 const LLM_ATTEMPTS: u32 = 6;
 const LLM_MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -126,8 +130,26 @@ async fn work(a: &Assignment, ws: &Workspace, link: &Link) -> Result<String, (St
                 let link = link.clone();
                 let step_seq = seq;
                 tokio::spawn(async move {
-                    while let Some(text) = live_rx.recv().await {
+                    // Output is gathered for a short window, so a chatty command sends a
+                    // few frames a second, not one per line.
+                    while let Some(first) = live_rx.recv().await {
+                        let mut text = first;
+                        let until = tokio::time::Instant::now() + LIVE_WINDOW;
+                        let mut open = true;
+                        while text.len() < LIVE_MAX {
+                            match tokio::time::timeout_at(until, live_rx.recv()).await {
+                                Ok(Some(more)) => text.push_str(&more),
+                                Ok(None) => {
+                                    open = false;
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
                         let _ = link.tx.send(Outgoing::Live(AgentMessage::StepOutput { job_id, seq: step_seq, text }));
+                        if !open {
+                            break;
+                        }
                     }
                 })
             };

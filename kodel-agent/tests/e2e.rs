@@ -395,3 +395,43 @@ async fn an_agent_with_a_bad_token_says_why_and_exits() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("token is unknown, revoked or expired"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_token_budget_stops_the_job() {
+    let llm = ScriptedLlm::start(vec![
+        Reply::ToolCalls(vec![("write_file".into(), json!({"path": "a.txt", "content": "a"}))]),
+        Reply::Text("never asked".into()),
+    ])
+    .await;
+    let mut stack = Stack::start(&llm, "openai").await;
+    stack.call("PATCH", "/api/v1/orgs/acme/job-templates/implement-template", json!({"budget_tokens": 100})).await;
+    stack.agent("worker-b");
+    let key = stack.task_in_progress("Expensive").await;
+    let failed = stack.wait_event("job.failed", Duration::from_secs(60)).await;
+    assert!(failed["error"].as_str().unwrap().contains("token budget of 100 is spent"), "{failed}");
+    assert_eq!(llm.requests().len(), 1, "the call over budget never reached the provider");
+    let job = stack.job(&key).await;
+    assert_eq!(job["status"], "failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_agent_gives_its_job_back_at_once() {
+    let llm = ScriptedLlm::start(vec![Reply::ToolCalls(vec![("bash".into(), json!({"command": "echo working; sleep 60"}))])]).await;
+    let mut stack = Stack::start(&llm, "openai").await;
+    let a = stack.agent("worker-s");
+    stack.task_in_progress("Interrupted").await;
+    stack.wait_event("job.output", Duration::from_secs(60)).await;
+    let pid = nix::unistd::Pid::from_raw(stack.agents[a].id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let requeued = stack.wait_event("job.requeued", Duration::from_secs(10)).await;
+    assert!(requeued["error"].as_str().unwrap().contains("\"worker-s\" was stopped"), "not a lease expiry: {requeued}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = stack.agents[a].try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the agent did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}

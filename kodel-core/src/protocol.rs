@@ -162,6 +162,9 @@ pub struct AssignedTemplate {
     pub allowed_tools: Vec<String>,
     pub max_steps: i32,
     pub time_limit_secs: i32,
+    /// Tokens (in + out) the job may spend; the proxy refuses calls beyond it.
+    #[serde(default)]
+    pub budget_tokens: Option<i64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -25,6 +25,7 @@ struct Row {
     allowed_tools: Vec<String>,
     max_steps: i32,
     time_limit_secs: i32,
+    budget_tokens: Option<i64>,
     modules: serde_json::Value,
     instance_template: Option<serde_json::Value>,
 }
@@ -33,7 +34,7 @@ pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed)
     let mut db = OrgTx::begin(state, org_id, slug).await?;
     let row: Row = sqlx::query_as(
         "SELECT t.project_id, p.key || '-' || t.number AS key, t.title, t.description, t.labels, t.priority,
-                jt.name AS template, jt.prompt, jt.model, jt.allowed_tools, jt.max_steps, jt.time_limit_secs,
+                jt.name AS template, jt.prompt, jt.model, jt.allowed_tools, jt.max_steps, jt.time_limit_secs, jt.budget_tokens,
                 coalesce((SELECT jsonb_agg(jsonb_build_object('name', m.name, 'url', m.url,
                                  'default_branch', m.default_branch, 'path_prefix', m.path_prefix) ORDER BY m.name)
                           FROM modules m WHERE m.project_id = t.project_id), '[]') AS modules,
@@ -64,6 +65,7 @@ pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed)
             allowed_tools: row.allowed_tools,
             max_steps: row.max_steps,
             time_limit_secs: row.time_limit_secs,
+            budget_tokens: row.budget_tokens,
         },
         modules,
         instance_template,

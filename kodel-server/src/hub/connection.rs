@@ -1,6 +1,8 @@
 //! One agent's WebSocket connection: the hello, then a loop that relays frames both
 //! ways. The agent's job, its LLM calls, its steps and its outcome all pass here.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -43,6 +45,10 @@ struct Running {
     task_key: String,
     project_id: Uuid,
     template_model: Option<String>,
+    /// The template's token budget, and what the job has spent (kept here: one
+    /// connection runs the job, so no query is needed before each call).
+    budget: Option<i64>,
+    used: Arc<AtomicU64>,
 }
 
 struct Conn {
@@ -165,6 +171,18 @@ async fn close(ws: &mut WebSocket, code: u16, reason: &str) {
     let _ = ws.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))).await;
 }
 
+/// A job an agent asks to go on with, as it stands.
+#[derive(sqlx::FromRow)]
+struct HeldJob {
+    task_id: Uuid,
+    task_key: String,
+    project_id: Uuid,
+    model: Option<String>,
+    next_seq: i32,
+    budget_tokens: Option<i64>,
+    used: i64,
+}
+
 /// Registers the agent (or takes back its registration on a reconnect) and, when it
 /// asks to go on with a job it still holds, renews that job's lease.
 async fn enroll(
@@ -203,23 +221,32 @@ async fn enroll(
     let mut resume = None;
     let mut running = None;
     if let (Some(job), Some(_)) = (job, known) {
-        let held: Option<(Uuid, String, Uuid, Option<String>, i32)> = sqlx::query_as(
+        let held: Option<HeldJob> = sqlx::query_as(
             "UPDATE ai_jobs j SET lease_expires_at = now() + make_interval(secs => $3)
              FROM tasks t, projects p, ai_job_templates jt
              WHERE j.id = $1 AND j.lease_agent = $2 AND j.state = 'running' AND t.id = j.task_id AND p.id = t.project_id
                AND jt.id = j.template_id
-             RETURNING j.task_id, p.key || '-' || t.number, t.project_id, jt.model,
-                       (SELECT coalesce(max(seq) + 1, 0) FROM job_steps WHERE job_id = j.id)",
+             RETURNING j.task_id, p.key || '-' || t.number AS task_key, t.project_id, jt.model,
+                       (SELECT coalesce(max(seq) + 1, 0) FROM job_steps WHERE job_id = j.id) AS next_seq, jt.budget_tokens,
+                       coalesce((j.usage->>'input_tokens')::bigint, 0) + coalesce((j.usage->>'output_tokens')::bigint, 0) AS used",
         )
         .bind(job)
         .bind(agent_id)
         .bind(state.hub.lease().as_secs_f64())
         .fetch_optional(db.conn())
         .await?;
-        if let Some((task_id, task_key, project_id, template_model, next_seq)) = held {
+        if let Some(h) = held {
             sqlx::query("UPDATE agents SET status = 'busy', current_job = $2 WHERE id = $1").bind(agent_id).bind(job).execute(db.conn()).await?;
-            resume = Some(Resume { job_id: job, next_seq: next_seq.max(0) as u32 });
-            running = Some(Running { id: job, task_id, task_key, project_id, template_model });
+            resume = Some(Resume { job_id: job, next_seq: h.next_seq.max(0) as u32 });
+            running = Some(Running {
+                id: job,
+                task_id: h.task_id,
+                task_key: h.task_key,
+                project_id: h.project_id,
+                template_model: h.model,
+                budget: h.budget_tokens,
+                used: Arc::new(AtomicU64::new(h.used.max(0) as u64)),
+            });
         }
     }
     db.commit().await?;
@@ -359,6 +386,13 @@ impl Conn {
             user: None,
         };
         let (system, request) = split_system(request);
+        if let Some(budget) = job.budget
+            && job.used.load(Ordering::Relaxed) >= budget.max(0) as u64
+        {
+            let error = format!("the job's token budget of {budget} is spent ({} used)", job.used.load(Ordering::Relaxed));
+            let _ = out.send(ServerMessage::LlmError { job_id: job.id, request_id, error, retryable: false });
+            return;
+        }
         tokio::spawn(async move {
             let mut live = Coalescer::new(&state, &caller.slug, &job);
             let result = state
@@ -372,7 +406,10 @@ impl Conn {
                 .await;
             live.flush();
             let msg = match result {
-                Ok(done) => ServerMessage::LlmDone { job_id: job.id, request_id, done },
+                Ok(done) => {
+                    job.used.fetch_add(done.usage.total(), Ordering::Relaxed);
+                    ServerMessage::LlmDone { job_id: job.id, request_id, done }
+                }
                 Err(e) => ServerMessage::LlmError { job_id: job.id, request_id, error: e.message, retryable: e.retryable },
             };
             let _ = out.send(msg);
@@ -438,6 +475,8 @@ impl Conn {
                             task_key: assignment.task.key.clone(),
                             project_id,
                             template_model: assignment.template.model.clone(),
+                            budget: assignment.template.budget_tokens,
+                            used: Arc::default(),
                         });
                         self.state.hub.running(claimed.id, self.ctl.clone());
                         self.set_status("busy", Some(claimed.id)).await;
