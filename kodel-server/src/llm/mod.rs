@@ -326,3 +326,48 @@ pub fn default_base(kind: ProviderKind) -> &'static str {
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy(settings: LlmSettings) -> Proxy {
+        Proxy::new(&settings, client())
+    }
+
+    #[test]
+    fn the_system_prompt_is_built_in_replaceable_and_extended_by_the_template() {
+        let p = proxy(LlmSettings::default());
+        assert_eq!(p.system_prompt(""), SYSTEM_PROMPT);
+        assert_eq!(p.system_prompt("Review only."), format!("{SYSTEM_PROMPT}\n\nReview only."));
+        let p = proxy(LlmSettings { system_prompt: Some("You are Kodel's house agent.".into()), ..Default::default() });
+        assert_eq!(p.system_prompt("Review only."), "You are Kodel's house agent.\n\nReview only.");
+    }
+
+    #[test]
+    fn models_pick_their_provider() {
+        let p = proxy(LlmSettings { default_model: Some("anthropic/claude-x".into()), ..Default::default() });
+        assert_eq!(p.route(None, None).unwrap(), (ProviderKind::Anthropic, "claude-x".into()));
+        assert_eq!(p.route(Some("openai/gpt-4.1"), None).unwrap(), (ProviderKind::OpenAi, "gpt-4.1".into()));
+        assert_eq!(p.route(None, Some("ollama/qwen2.5-coder")).unwrap(), (ProviderKind::Ollama, "qwen2.5-coder".into()));
+        assert_eq!(p.route(Some("openrouter/meta/llama-3"), None).unwrap(), (ProviderKind::OpenRouter, "meta/llama-3".into()));
+        // A bare name (or an unknown prefix) goes to the default model's provider.
+        assert_eq!(p.route(Some("claude-y"), None).unwrap(), (ProviderKind::Anthropic, "claude-y".into()));
+        let none = proxy(LlmSettings::default());
+        assert!(none.route(None, None).unwrap_err().message.contains("KODEL_DEFAULT_MODEL"));
+        assert!(none.route(Some("gpt-4"), None).unwrap_err().message.contains("provider/model"));
+    }
+
+    #[test]
+    fn the_org_limit_counts_calls_in_flight() {
+        let p = proxy(LlmSettings { llm_concurrency: 2, ..Default::default() });
+        let org = Uuid::now_v7();
+        let a = p.slot(org).unwrap();
+        let _b = p.slot(org).unwrap();
+        let refused = p.slot(org).unwrap_err();
+        assert_eq!((refused.status, refused.retryable), (Some(429), true));
+        assert!(p.slot(Uuid::now_v7()).is_ok(), "another org has its own slots");
+        drop(a);
+        assert!(p.slot(org).is_ok(), "a finished call frees its slot");
+    }
+}
