@@ -168,6 +168,16 @@ pub struct LlmDone {
     pub model: String,
 }
 
+/// An org's own settings for a provider, as the API shows them (the key never).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderSettings {
+    pub provider: String,
+    pub base_url: Option<String>,
+    /// Whether a key is stored.
+    pub has_key: bool,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// Builds the assistant message out of deltas, in the order they came.
 #[derive(Debug, Default)]
 pub struct Assembler {

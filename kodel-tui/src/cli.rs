@@ -69,6 +69,26 @@ pub enum Command {
     /// Agents that have connected to the org
     #[command(subcommand)]
     Agent(AgentCmd),
+    /// The org's own LLM provider keys (org admins)
+    #[command(subcommand)]
+    Provider(ProviderCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProviderCmd {
+    /// The org's provider settings (keys are never shown)
+    List,
+    /// Set the org's key (from stdin) and/or base URL for openai, anthropic, openrouter or ollama
+    Set {
+        provider: String,
+        /// Read the API key from stdin: echo $KEY | kodel provider set openai --key-stdin
+        #[arg(long)]
+        key_stdin: bool,
+        #[arg(long)]
+        base_url: Option<String>,
+    },
+    /// Forget the org's settings for a provider (the server's are used again)
+    Remove { provider: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -341,4 +341,17 @@ async fn agent_tokens_through_the_real_binaries() {
     assert_eq!(env.json(&["agent", "list"], None)["data"], serde_json::json!([]), "no agent has connected yet");
     env.ok(&["agent", "token", "revoke", &id], None);
     assert_eq!(env.json(&["agent", "token", "list"], None)["data"].as_array().unwrap().len(), 0);
+
+    // The org's own provider key: piped in, never shown again.
+    env.ok(&["provider", "set", "anthropic", "--key-stdin"], Some("sk-ant-org-key\n"));
+    let list = env.json(&["provider", "list"], None);
+    assert_eq!(list["data"][0]["provider"], "anthropic");
+    assert_eq!(list["data"][0]["has_key"], true);
+    assert!(!list.to_string().contains("sk-ant-org-key"));
+    assert!(env.ok(&["provider", "list"], None).contains("anthropic  set"));
+    let bad = env.kodel(&["provider", "set", "bard", "--key-stdin"], Some("x\n"));
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not one of openai, anthropic"));
+    env.ok(&["provider", "remove", "anthropic"], None);
+    assert_eq!(env.json(&["provider", "list"], None)["data"], serde_json::json!([]));
 }

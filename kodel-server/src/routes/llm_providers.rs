@@ -7,7 +7,8 @@ use axum::routing::{get, put};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use kodel_core::api::{OrgRole, Page};
-use serde::{Deserialize, Serialize};
+use kodel_core::llm::ProviderSettings as LlmProvider;
+use serde::Deserialize;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -23,13 +24,18 @@ pub fn router() -> Router<AppState> {
 
 const WHAT: &str = "managing the org's LLM providers (org admins and owners)";
 
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
-pub struct LlmProvider {
-    pub provider: String,
-    pub base_url: Option<String>,
-    /// Whether a key is stored (keys are never returned).
-    pub has_key: bool,
-    pub updated_at: DateTime<Utc>,
+#[derive(sqlx::FromRow)]
+struct Row {
+    provider: String,
+    base_url: Option<String>,
+    has_key: bool,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<Row> for LlmProvider {
+    fn from(r: Row) -> Self {
+        Self { provider: r.provider, base_url: r.base_url, has_key: r.has_key, updated_at: r.updated_at }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -47,12 +53,12 @@ fn provider(raw: &str) -> ApiResult<ProviderKind> {
 
 async fn list(mut t: Tenant) -> ApiResult<Json<Page<LlmProvider>>> {
     t.require_org_role(OrgRole::Admin, WHAT)?;
-    let data: Vec<LlmProvider> =
+    let rows: Vec<Row> =
         sqlx::query_as("SELECT provider, base_url, api_key IS NOT NULL AS has_key, updated_at FROM llm_providers ORDER BY provider")
             .fetch_all(t.conn())
             .await?;
     t.commit().await?;
-    Ok(Json(Page { data, next_cursor: None }))
+    Ok(Json(Page { data: rows.into_iter().map(LlmProvider::from).collect(), next_cursor: None }))
 }
 
 async fn set(State(state): State<AppState>, mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(req): ApiJson<SetProvider>) -> ApiResult<Json<LlmProvider>> {
@@ -71,7 +77,7 @@ async fn set(State(state): State<AppState>, mut t: Tenant, Path((_, raw)): Path<
         return Err(ApiError::invalid("api_key must be 1 to 1000 characters"));
     }
     let sealed = req.api_key.as_ref().map(|k| state.sealer.seal(k.trim().as_bytes()));
-    let row: LlmProvider = sqlx::query_as(
+    let row: Row = sqlx::query_as(
         "INSERT INTO llm_providers (provider, base_url, api_key) VALUES ($1, $2, $3)
          ON CONFLICT (provider) DO UPDATE SET base_url = coalesce($2, llm_providers.base_url),
              api_key = coalesce($3, llm_providers.api_key), updated_at = now()
@@ -85,7 +91,7 @@ async fn set(State(state): State<AppState>, mut t: Tenant, Path((_, raw)): Path<
     let org = t.org.id;
     t.commit().await?;
     state.llm.forget_org(org);
-    Ok(Json(row))
+    Ok(Json(row.into()))
 }
 
 async fn remove(State(state): State<AppState>, mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<StatusCode> {

@@ -84,5 +84,6 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Module(cmd) => module::run(&mut ctx, cmd).await,
         Command::InstanceTemplate(cmd) => module::instance_template(&mut ctx, cmd).await,
         Command::Agent(cmd) => module::agent(&mut ctx, cmd).await,
+        Command::Provider(cmd) => module::provider(&mut ctx, cmd).await,
     }
 }

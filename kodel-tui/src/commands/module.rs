@@ -1,5 +1,5 @@
 //! module list|add|remove, instance-template list|show|create|delete, agent list,
-//! agent token create|list|revoke.
+//! agent token create|list|revoke, provider list|set|remove.
 
 use kodel_core::api::{ApiToken, ApiTokenCreated, Page};
 use kodel_core::infra::{Agent, InstanceTemplate, Module};
@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::Ctx;
 use super::org::enc;
-use crate::cli::{AgentCmd, AgentTokenCmd, InstanceTemplateCmd, ModuleCmd};
+use crate::cli::{AgentCmd, AgentTokenCmd, InstanceTemplateCmd, ModuleCmd, ProviderCmd};
 use crate::exit::CliError;
 use crate::output;
 
@@ -148,6 +148,38 @@ async fn agent_token(ctx: &mut Ctx, cmd: AgentTokenCmd) -> Result<(), CliError> 
         AgentTokenCmd::Revoke { id } => {
             let _: serde_json::Value = ctx.client.send(reqwest::Method::DELETE, &format!("{base}/{}", enc(&id)), None).await?;
             if ctx.json { output::json(&serde_json::json!({ "revoked": id })) } else { eprintln!("Revoked {id}"); Ok(()) }
+        }
+    }
+}
+
+pub async fn provider(ctx: &mut Ctx, cmd: ProviderCmd) -> Result<(), CliError> {
+    ctx.require_login()?;
+    let base = format!("/api/v1/orgs/{}/llm-providers", enc(&ctx.org()?));
+    match cmd {
+        ProviderCmd::List => {
+            let page: Page<kodel_core::llm::ProviderSettings> = ctx.client.get(&base).await?;
+            if ctx.json {
+                return output::json(&page);
+            }
+            let rows: Vec<Vec<String>> = page
+                .data
+                .iter()
+                .map(|p| vec![p.provider.clone(), if p.has_key { "set".into() } else { "-".into() }, p.base_url.clone().unwrap_or_else(|| "(default)".into())])
+                .collect();
+            output::table(&["PROVIDER", "KEY", "BASE URL"], &rows)
+        }
+        ProviderCmd::Set { provider, key_stdin, base_url } => {
+            if !key_stdin && base_url.is_none() {
+                return Err(CliError::usage("nothing to set").hint("echo $KEY | kodel provider set openai --key-stdin [--base-url URL]"));
+            }
+            let api_key = if key_stdin { Some(output::text_arg(Some("-".into()), false)?.unwrap_or_default().trim().to_owned()) } else { None };
+            let body = json!({ "api_key": api_key, "base_url": base_url });
+            let p: kodel_core::llm::ProviderSettings = ctx.client.send(Method::PUT, &format!("{base}/{}", enc(&provider)), Some(body)).await?;
+            if ctx.json { output::json(&p) } else { output::line(format!("{} key {}", p.provider, if p.has_key { "set" } else { "not set" })) }
+        }
+        ProviderCmd::Remove { provider } => {
+            let _: Value = ctx.client.send(Method::DELETE, &format!("{base}/{}", enc(&provider)), None).await?;
+            if ctx.json { output::json(&json!({ "removed": provider })) } else { eprintln!("Removed the org's {provider} settings"); Ok(()) }
         }
     }
 }
