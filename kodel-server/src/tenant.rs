@@ -64,6 +64,8 @@ pub struct OrgTx {
     pub actor: Option<Uuid>,
     /// Events written and not yet reacted to.
     pub recorded: Vec<Recorded>,
+    /// How many of `recorded` the engine has reacted to.
+    pub reacted: usize,
     /// Depth and chain given to events recorded now (set while a rule acts).
     pub depth: u32,
     pub chain: Vec<Uuid>,
@@ -89,6 +91,7 @@ impl OrgTx {
             slug,
             actor,
             recorded: Vec::new(),
+            reacted: 0,
             depth: 0,
             chain: Vec::new(),
             wrote_events: false,

@@ -158,7 +158,8 @@ async fn jobs_go_to_agents_with_the_labels_they_need() {
         let (s, v) = app.post(&format!("/api/v1/orgs/lab/tasks/{key}/move"), &owner, json!({"status": status})).await;
         assert_eq!(s, 200, "{v}");
     }
-    match next(&mut gpu, Duration::from_secs(10)).await {
+    // The commit that queued the job wakes the dispatcher: well before its 2 s poll.
+    match next(&mut gpu, Duration::from_millis(1500)).await {
         Some(Ok(ServerMessage::Assigned(a))) => {
             assert_eq!(a.task.key, key);
             assert_eq!(a.template.name, "implement-template");

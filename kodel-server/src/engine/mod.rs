@@ -28,9 +28,10 @@ const MAX_REACTIONS: usize = 10_000;
 /// Reacts to every event recorded so far (and to what the reactions record). Returns
 /// how many events were processed.
 pub async fn react(db: &mut OrgTx) -> ApiResult<usize> {
-    let mut done = 0;
+    let start = db.reacted;
+    let mut done = start;
     while done < db.recorded.len() {
-        if done >= MAX_REACTIONS {
+        if done - start >= MAX_REACTIONS {
             return Err(ApiError::internal("engine reaction limit reached"));
         }
         let ev = db.recorded[done].clone();
@@ -48,8 +49,10 @@ pub async fn react(db: &mut OrgTx) -> ApiResult<usize> {
             rules::run(db, &ev, ctx.task, &ctx.rules).await?;
         }
     }
-    db.recorded.clear();
-    Ok(done)
+    // What was recorded stays for the commit (the agents hub reads it); reacting again
+    // starts after it.
+    db.reacted = done;
+    Ok(done - start)
 }
 
 /// What the engine needs to react to one event, read in one statement.
