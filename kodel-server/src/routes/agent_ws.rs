@@ -15,6 +15,8 @@ use crate::auth::tokens::{AGENT_PREFIX, hash_token};
 use crate::error::{ApiError, ApiResult};
 use crate::hub::connection::{self, AgentToken};
 
+const READ_BUFFER: usize = 8 * 1024;
+
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/v1/agent/ws", get(upgrade))
 }
@@ -22,7 +24,10 @@ pub fn router() -> Router<AppState> {
 async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade, parts: Parts) -> ApiResult<Response> {
     let token = agent_token(&state, &parts).await?;
     tracing::Span::current().record("org", tracing::field::display(&token.slug));
+    // An idle agent should cost little: tungstenite's default 128 KiB read buffer per
+    // connection was most of an idle agent's memory (docs/benchmarks.md).
     Ok(ws
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| connection::serve(state, socket, token)))
