@@ -18,6 +18,7 @@
 //!   `started_at`, PostgreSQL's clock, the same host clock) to the agent's wall clock;
 //! - move sent -> claim (`started_at`), which shows how the dispatcher learnt of the job;
 //! - move sent -> move response, for reference.
+//!
 //! The server's RSS is read again after the rounds; this process's own RSS growth for
 //! its 1,000 clients (tokio-tungstenite with default buffers) is printed for comparison.
 //!

@@ -309,12 +309,15 @@ async fn main() {
     assert_eq!(bodies.len(), 1, "the same request body on every path: {bodies:?}");
 }
 
+/// Which time of a sample a table shows.
+type Pick = fn(&Sample) -> Duration;
+
 fn report(mode: &str, paths: &[Path; 3]) {
     let [d, p, w] = paths;
     let names = ["direct", "in-process proxy", "agent WebSocket"];
     println!();
     println!("LLM proxy overhead, {mode}: {CALLS} calls per path (after {WARMUP} warm-up rounds), {CHUNKS} chunks per answer, scripted OpenAI-format provider, no chunk delay");
-    let stat: [(&str, fn(&Sample) -> Duration); 3] = [
+    let stat: [(&str, Pick); 3] = [
         ("time to first token", |s| s.ttft),
         ("time to last chunk", |s| s.last),
         ("time to the end (stream end / call returned / llm.response.done)", |s| s.end),
