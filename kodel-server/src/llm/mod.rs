@@ -278,17 +278,15 @@ async fn record(state: &crate::AppState, caller: &Caller, m: &Metered) -> crate:
         .bind(m.usage.cached_tokens as i64)
         .execute(db.conn())
         .await?;
-        crate::events::record(&mut db, job.task_id, "job.llm_call", json!({
-            "job_id": job.job_id,
-            "model": format!("{}/{}", m.provider, m.model),
-            "input_tokens": m.usage.input_tokens,
-            "output_tokens": m.usage.output_tokens,
-            "cached_tokens": m.usage.cached_tokens,
-            "first_token_ms": m.first_token_ms,
-            "total_ms": m.total_ms,
-            "status": m.status,
-            "error": m.error,
-        }))
+        // The task's event shows the call without the org-wide fields.
+        let mut event = row.clone();
+        if let Some(fields) = event.as_object_mut() {
+            for k in ["org_id", "org", "task_id", "user_id"] {
+                fields.remove(k);
+            }
+            fields.insert("model".into(), json!(format!("{}/{}", m.provider, m.model)));
+        }
+        crate::events::record(&mut db, job.task_id, "job.llm_call", event)
         .await?;
     }
     db.commit().await

@@ -123,27 +123,11 @@ async fn agent_token(ctx: &mut Ctx, cmd: AgentTokenCmd) -> Result<(), CliError> 
     match cmd {
         AgentTokenCmd::Create { name, expires_at } => {
             let t: ApiTokenCreated = ctx.client.post(&base, serde_json::json!({ "name": name, "expires_at": expires_at })).await?;
-            if ctx.json {
-                return output::json(&t);
-            }
-            println!("{}", t.token);
-            eprintln!("This token is shown once. Start an agent with: kodel-agent --server URL --token TOKEN");
-            Ok(())
+            super::token::created(ctx, &t, "Start an agent with: kodel-agent --server URL --token TOKEN")
         }
         AgentTokenCmd::List => {
             let page: Page<ApiToken> = ctx.client.get(&base).await?;
-            if ctx.json {
-                return output::json(&page);
-            }
-            let rows: Vec<Vec<String>> = page
-                .data
-                .iter()
-                .map(|t| {
-                    let used = t.last_used_at.as_ref().map(output::when).unwrap_or_else(|| "never".into());
-                    vec![t.id.to_string(), format!("{}…", t.prefix), used, t.name.clone()]
-                })
-                .collect();
-            output::table(&["ID", "PREFIX", "LAST USED", "NAME"], &rows)
+            super::token::list(ctx, &page)
         }
         AgentTokenCmd::Revoke { id } => {
             let _: serde_json::Value = ctx.client.send(reqwest::Method::DELETE, &format!("{base}/{}", enc(&id)), None).await?;
