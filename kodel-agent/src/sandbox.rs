@@ -43,7 +43,7 @@ pub struct Sandbox {
 /// The flags every sandboxed command gets, apart from the workspace bind and the
 /// network. The probe runs with them too, so a bwrap that passes the probe can run
 /// commands (some containers allow `--ro-bind` but not `--proc`).
-pub(crate) const BASE_ARGS: [&str; 12] = [
+pub(crate) const BASE_ARGS: [&str; 15] = [
     "--ro-bind",
     "/",
     "/",
@@ -53,7 +53,12 @@ pub(crate) const BASE_ARGS: [&str; 12] = [
     "/proc",
     "--tmpfs",
     "/tmp",
+    // Docker's socket, the session bus, ssh-agent: connecting to a socket needs no
+    // write access, so they are hidden rather than read-only.
+    "--tmpfs",
+    "/run",
     "--unshare-pid",
+    "--unshare-ipc",
     "--die-with-parent",
     "--new-session",
 ];
@@ -114,17 +119,43 @@ impl Sandbox {
         }
     }
 
-    /// The bwrap command line (without the command itself) for a workspace root.
-    pub(crate) fn bwrap_command(&self, root: &Path, network: bool) -> Option<Command> {
+    /// The bwrap command line (without the command itself) for a workspace root: the
+    /// system read-only, the workspace the only writable place, and nothing of the
+    /// agent's own reachable: its home, the other workspaces and /run (where sockets
+    /// such as Docker's, the session bus and ssh-agent live) are empty tmpfs. The
+    /// toolchain homes in `env` (RUSTUP_HOME, CARGO_HOME, ...) come back read-only. The
+    /// command gets exactly `env` (`--clearenv`), so not even bwrap sees the rest.
+    pub(crate) fn bwrap_command(&self, root: &Path, network: bool, env: &[(String, String)]) -> Option<Command> {
         let bwrap = self.bwrap.as_ref()?;
         let mut cmd = Command::new(bwrap);
-        cmd.args(BASE_ARGS).arg("--bind").arg(root).arg(root).arg("--chdir").arg(root);
+        cmd.args(BASE_ARGS);
+        if let Some(home) = std::env::var_os("HOME").map(PathBuf::from).filter(|h| h.is_dir() && h.parent().is_some()) {
+            cmd.arg("--tmpfs").arg(&home);
+        }
+        if let Some(workdir) = root.parent().filter(|p| p.parent().is_some()) {
+            cmd.arg("--tmpfs").arg(workdir);
+        }
+        for (k, v) in env {
+            if TOOLCHAIN_HOMES.contains(&k.as_str()) && Path::new(v).is_dir() {
+                cmd.arg("--ro-bind").arg(v).arg(v);
+            }
+        }
+        cmd.arg("--bind").arg(root).arg(root).arg("--chdir").arg(root);
         if !network {
             cmd.arg("--unshare-net");
         }
+        cmd.arg("--clearenv");
+        for (k, v) in env {
+            cmd.arg("--setenv").arg(k).arg(v);
+        }
+        cmd.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()));
         Some(cmd)
     }
 }
+
+/// Toolchain directories a sandboxed command may read (they are often under the
+/// agent's home, which is hidden).
+const TOOLCHAIN_HOMES: [&str; 5] = ["RUSTUP_HOME", "CARGO_HOME", "GOROOT", "GOPATH", "JAVA_HOME"];
 
 /// Runs `bwrap <flags> true`; Err carries what went wrong.
 fn probe(bwrap: &Path) -> Result<(), String> {

@@ -555,3 +555,50 @@ async fn required_sandbox_without_bwrap_refuses() {
     assert_eq!("required".parse::<SandboxMode>(), Ok(SandboxMode::Required));
     assert!("maybe".parse::<SandboxMode>().is_err());
 }
+
+#[tokio::test]
+async fn sandbox_hides_the_agents_home_other_workspaces_and_sockets() {
+    // Workspaces side by side, as the agent keeps them: <workdir>/<TASK>.
+    let workdir = tempfile::tempdir().unwrap();
+    let mine = workdir.path().join("KOD-1");
+    let other = workdir.path().join("KOD-2");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("secret.txt"), "another task's file").unwrap();
+    let sandbox = Sandbox::detect(SandboxMode::Auto);
+    if !sandbox.is_active() {
+        eprintln!("NOTE: bubblewrap does not work here; sandbox test skipped");
+        return;
+    }
+    let ws = Workspace::new(&mine, sandbox).unwrap().with_env([("GREETING".to_string(), "hello".to_string())].into());
+    let home = std::env::var("HOME").unwrap();
+    let probe = format!(
+        "cat {}/secret.txt; ls -A {home} | wc -l; ls -A /run | wc -l; echo \"greeting=$GREETING\"; env | grep -c KODEL_ || true",
+        other.display()
+    );
+    let out = call(&ws, "bash", json!({"command": probe})).await;
+    assert!(out.output.contains("No such file or directory"), "another workspace is visible: {}", out.output);
+    let lines: Vec<&str> = out.output.lines().collect();
+    assert!(lines.contains(&"greeting=hello"), "the workspace env arrives: {}", out.output);
+    // The agent's home and /run are empty inside (only what the sandbox mounts there).
+    let counts: Vec<&str> = lines.iter().copied().filter(|l| l.trim().parse::<u32>().is_ok()).collect();
+    assert!(counts.len() >= 3, "{}", out.output);
+    assert!(counts[1].trim() == "0", "/run is not hidden: {}", out.output);
+    assert!(counts[2].trim() == "0", "a KODEL_ variable leaked: {}", out.output);
+}
+
+#[tokio::test]
+async fn pipes_are_refused_instead_of_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = Workspace::new(dir.path(), Sandbox::off()).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(dir.path().join("pipe")).status().unwrap();
+    assert!(made.success());
+    for (tool, args) in [
+        ("read_file", json!({"path": "pipe"})),
+        ("edit_file", json!({"path": "pipe", "old_string": "a", "new_string": "b"})),
+        ("write_file", json!({"path": "pipe", "content": "x"})),
+    ] {
+        let out = tokio::time::timeout(std::time::Duration::from_secs(5), call(&ws, tool, args)).await.expect("the tool blocked on a FIFO");
+        assert_err_contains(&out, "not a regular file");
+    }
+}

@@ -139,7 +139,7 @@ async fn direct(http: &reqwest::Client, cfg: &ProviderConfig, req: &LlmRequest, 
 async fn in_process(state: &kodel_server::AppState, caller: &Caller, req: &LlmRequest) -> Sample {
     let started = Instant::now();
     let mut clock = Clock::default();
-    state.llm.call(state, caller, SYSTEM, req, |_| clock.piece(started.elapsed())).await.unwrap();
+    state.llm.call(state, caller, SYSTEM, req, std::future::pending(), |_| clock.piece(started.elapsed())).await.unwrap();
     clock.end(started.elapsed())
 }
 

@@ -134,3 +134,39 @@ async fn an_orgs_own_provider_key_is_used_and_never_shown() {
     let raw: Vec<u8> = sqlx::query_scalar("SELECT api_key FROM org_own.llm_providers WHERE provider = 'openai'").fetch_one(&mut db).await.unwrap();
     assert!(!String::from_utf8_lossy(&raw).contains("sk-org-own-secret"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_stops_the_call_and_it_is_still_metered() {
+    let long = "word ".repeat(400);
+    let llm = ScriptedLlm::start(vec![Reply::Text(long)]).await.with_chunk_delay(std::time::Duration::from_millis(20));
+    let mut config = test_config();
+    config.llm = LlmSettings { openai_base_url: Some(llm.openai_base()), openai_api_key: Some("k".into()), llm_concurrency: 4, llm_timeout: 30.0, ..Default::default() };
+    let app = TestApp::spawn_with(fresh_database().await, config).await;
+    let token = app.owner_with_project("leave@example.com", "leave", "LV").await;
+    let mut resp = app
+        .http
+        .post(format!("{}/v1/chat/completions", app.base))
+        .bearer_auth(&token)
+        .json(&json!({"model": "openai/gpt-test", "stream": true, "messages": [{"role": "user", "content": "talk"}]}))
+        .send()
+        .await
+        .unwrap();
+    // A few chunks arrive, then the client goes away.
+    for _ in 0..3 {
+        resp.chunk().await.unwrap().unwrap();
+    }
+    drop(resp);
+    let mut db = app.sql().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let row: Value = loop {
+        let row: Option<Value> = sqlx::query_scalar("SELECT payload FROM analytics_outbox WHERE kind = 'llm_call'").fetch_optional(&mut db).await.unwrap();
+        if let Some(row) = row {
+            break row;
+        }
+        assert!(std::time::Instant::now() < deadline, "the abandoned call was never metered");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(row["status"], "cancelled", "{row}");
+    // It stopped early: far from the 8 s the whole answer takes.
+    assert!(row["total_ms"].as_u64().unwrap() < 5_000, "{row}");
+}

@@ -92,18 +92,21 @@ async fn execute(
     live: Option<&UnboundedSender<String>>,
 ) -> std::io::Result<ToolOutput> {
     let (reader, writer) = std::io::pipe()?;
-    let mut cmd = match ws.sandbox.bwrap_command(&ws.root, ws.network) {
+    let env = environment(ws);
+    let mut cmd = match ws.sandbox.bwrap_command(&ws.root, ws.network, &env) {
         Some(mut bwrap) => {
             bwrap.arg("bash");
             bwrap
         }
-        None => std::process::Command::new("bash"),
+        None => {
+            let mut bash = std::process::Command::new("bash");
+            bash.env_clear().envs(env);
+            bash
+        }
     };
     cmd.arg("-c")
         .arg(command)
         .current_dir(&ws.root)
-        .env_clear()
-        .envs(environment(ws))
         .stdin(Stdio::null())
         .stdout(writer.try_clone()?)
         .stderr(writer)

@@ -203,6 +203,10 @@ fn read_text(ws: &Workspace, input: &str, max_bytes: u64, tool_hint: &str) -> Re
     if meta.is_dir() {
         return Err(format!("{input} is a directory, not a file; use glob to list the files in it"));
     }
+    // A FIFO or a device would block the read forever.
+    if !meta.is_file() {
+        return Err(format!("{input} is not a regular file (a pipe, socket or device); these tools only handle files"));
+    }
     if meta.len() > max_bytes {
         return Err(format!(
             "{input} is {} bytes, above the {} MiB limit; {tool_hint}",

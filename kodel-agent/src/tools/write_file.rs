@@ -41,6 +41,10 @@ pub fn run(ws: &Workspace, input: Input) -> Result<String, String> {
     if path.is_dir() {
         return Err(format!("{} is a directory; give a file path", input.path));
     }
+    // Writing to a FIFO with no reader would block forever.
+    if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
+        return Err(format!("{} is not a regular file (a pipe, socket or device)", input.path));
+    }
     let existed = path.exists();
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)

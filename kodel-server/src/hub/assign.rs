@@ -28,11 +28,21 @@ struct Row {
     budget_tokens: Option<i64>,
     modules: serde_json::Value,
     instance_template: Option<serde_json::Value>,
+    used: i64,
 }
 
-pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed) -> ApiResult<(Assignment, Uuid)> {
+/// A job ready to send, with what the connection keeps of it.
+pub struct Loaded {
+    pub assignment: Assignment,
+    pub project_id: Uuid,
+    /// Tokens the job spent in earlier attempts.
+    pub used: u64,
+}
+
+/// None when the job is no longer this agent's (cancelled or re-queued since the claim).
+pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed, agent: Uuid) -> ApiResult<Option<Loaded>> {
     let mut db = OrgTx::begin(state, org_id, slug).await?;
-    let row: Row = sqlx::query_as(
+    let row: Option<Row> = sqlx::query_as(
         "SELECT t.project_id, p.key || '-' || t.number AS key, t.title, t.description, t.labels, t.priority,
                 jt.name AS template, jt.prompt, jt.model, jt.allowed_tools, jt.max_steps, jt.time_limit_secs, jt.budget_tokens,
                 coalesce((SELECT jsonb_agg(jsonb_build_object('name', m.name, 'url', m.url,
@@ -42,16 +52,18 @@ pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed)
                         'setup_script', i.setup_script, 'env', i.env, 'network', i.network, 'cpu_limit', i.cpu_limit,
                         'memory_mb', i.memory_mb, 'dind', i.dind, 'labels', i.labels,
                         'created_at', i.created_at, 'updated_at', i.updated_at)
-                 FROM instance_templates i WHERE i.id = p.instance_template_id) AS instance_template
+                 FROM instance_templates i WHERE i.id = p.instance_template_id) AS instance_template,
+                coalesce((j.usage->>'input_tokens')::bigint, 0) + coalesce((j.usage->>'output_tokens')::bigint, 0) AS used
          FROM ai_jobs j JOIN tasks t ON t.id = j.task_id JOIN projects p ON p.id = t.project_id
          JOIN ai_job_templates jt ON jt.id = j.template_id
-         WHERE j.id = $1",
+         WHERE j.id = $1 AND j.state = 'running' AND j.lease_agent = $2",
     )
     .bind(job.id)
+    .bind(agent)
     .fetch_optional(db.conn())
-    .await?
-    .ok_or_else(|| ApiError::internal(format!("claimed job {} vanished", job.id)))?;
+    .await?;
     db.commit().await?;
+    let Some(row) = row else { return Ok(None) };
     let modules: Vec<AssignedModule> = serde_json::from_value(row.modules).map_err(ApiError::internal)?;
     let instance_template: Option<InstanceTemplate> = row.instance_template.map(serde_json::from_value).transpose().map_err(ApiError::internal)?;
     let assignment = Assignment {
@@ -70,5 +82,5 @@ pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed)
         modules,
         instance_template,
     };
-    Ok((assignment, row.project_id))
+    Ok(Some(Loaded { assignment, project_id: row.project_id, used: row.used.max(0) as u64 }))
 }

@@ -24,6 +24,16 @@ use crate::events::LiveEvent;
 use crate::llm::{Caller, JobRef};
 use crate::tenant::OrgTx;
 
+/// Bounds on what one step may store.
+const MAX_SEQ: u32 = 1_000_000;
+const MAX_STEP_BYTES: usize = 256 * 1024;
+
+/// Close code for "the server failed; reconnect" (RFC 6455 internal error).
+const CLOSE_SERVER_ERROR: u16 = 1011;
+
+/// Close code for a connection replaced by a newer one of the same agent.
+const CLOSE_REPLACED: u16 = 4003;
+
 /// How long an agent has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Live output is gathered this long before it is shown to people.
@@ -59,8 +69,14 @@ struct Conn {
     job: Option<Running>,
     out: mpsc::UnboundedSender<ServerMessage>,
     ctl: mpsc::UnboundedSender<Control>,
-    /// The agent's token was revoked or expired: the connection ends.
-    revoked: bool,
+    /// Why the connection must end now (token revoked, a write failed, replaced by a
+    /// newer connection of the same agent), with the close code.
+    ending: Option<(u16, &'static str)>,
+    /// When the agent's last heartbeat came (only heartbeats prove it is alive).
+    last_beat: Instant,
+    /// The LLM call in flight (one at a time), and how to stop it when the job ends
+    /// here (it is still metered).
+    llm_call: Option<(tokio::task::JoinHandle<()>, Arc<tokio::sync::Notify>)>,
 }
 
 pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
@@ -94,10 +110,24 @@ pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
     };
     let (out, mut out_rx) = mpsc::unbounded_channel();
     let (ctl, mut ctl_rx) = mpsc::unbounded_channel();
-    let mut conn = Conn { state: state.clone(), token, agent_id, labels, job: running, out, ctl, revoked: false };
+    let mut conn = Conn {
+        state: state.clone(),
+        token,
+        agent_id,
+        labels,
+        job: running,
+        out,
+        ctl,
+        ending: None,
+        last_beat: Instant::now(),
+        llm_call: None,
+    };
+    // A newer connection of the same agent replaces an older one (a half-open socket
+    // left by a network change), which closes.
+    state.hub.attach(agent_id, conn.ctl.clone());
     let welcome = ServerMessage::Welcome { agent_id, protocol: PROTOCOL, heartbeat_secs: state.hub.heartbeat().as_secs().max(1) as u32, resume };
     if send(&mut ws, &welcome).await.is_err() {
-        conn.gone().await;
+        conn.gone(&mut ctl_rx).await;
         return;
     }
     tracing::info!(org = %conn.token.slug, agent = %agent_id, name = %name, resumed = resume.is_some(), "agent connected");
@@ -108,23 +138,18 @@ pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
 
     let heartbeat = state.hub.heartbeat();
     let mut watchdog = tokio::time::interval(heartbeat);
-    let mut last_seen = Instant::now();
+    watchdog.reset();
     let mut shutdown = state.hub.on_shutdown();
     loop {
         tokio::select! {
             frame = ws.recv() => {
                 let Some(Ok(frame)) = frame else { break };
-                last_seen = Instant::now();
                 match frame {
                     Message::Text(text) => match serde_json::from_str::<AgentMessage>(&text) {
-                        Ok(msg) => {
-                            conn.handle(msg).await;
-                            if conn.revoked {
-                                close(&mut ws, CLOSE_UNAUTHORIZED, "the agent token was revoked or has expired").await;
-                                break;
-                            }
-                        }
+                        Ok(msg) => conn.handle(msg).await,
                         Err(e) => {
+                            // The parser's message may quote the frame: keep the log short.
+                            let e: String = e.to_string().chars().take(200).collect();
                             tracing::warn!(org = %conn.token.slug, agent = %agent_id, error = %e, "malformed agent frame");
                             conn.error("bad_frame", format!("the frame is not a protocol message: {e}"));
                         }
@@ -147,9 +172,10 @@ pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
                 }
             }
             _ = watchdog.tick() => {
-                if last_seen.elapsed() > heartbeat * 3 {
-                    close(&mut ws, CLOSE_PROTOCOL_ERROR, "no heartbeat; reconnect").await;
-                    break;
+                if conn.last_beat.elapsed() > heartbeat * 3 {
+                    conn.ending = Some((CLOSE_PROTOCOL_ERROR, "no heartbeat; reconnect"));
+                } else {
+                    conn.check().await;
                 }
             }
             _ = shutdown.changed() => {
@@ -157,8 +183,16 @@ pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
                 break;
             }
         }
+        if let Some((code, reason)) = conn.ending {
+            // What the agent was sent before this still goes first.
+            while let Ok(msg) = out_rx.try_recv() {
+                let _ = send(&mut ws, &msg).await;
+            }
+            close(&mut ws, code, reason).await;
+            break;
+        }
     }
-    conn.gone().await;
+    conn.gone(&mut ctl_rx).await;
 }
 
 async fn send(ws: &mut WebSocket, msg: &ServerMessage) -> Result<(), axum::Error> {
@@ -210,6 +244,23 @@ async fn enroll(
         .await?,
         None => None,
     };
+    // A restarted agent (same token, same name, now offline) takes its old entry back
+    // instead of adding one per start.
+    let known = match known {
+        Some(id) => Some(id),
+        None => sqlx::query_scalar(
+            "UPDATE agents SET labels = $3, version = $4, status = 'online', last_seen_at = now()
+             WHERE id = (SELECT id FROM agents WHERE token_id = $1 AND name = $2 AND status = 'offline'
+                         ORDER BY last_seen_at DESC NULLS LAST LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING id",
+        )
+        .bind(token.token_id)
+        .bind(name)
+        .bind(labels)
+        .bind(version)
+        .fetch_optional(db.conn())
+        .await?,
+    };
     let agent_id = match known {
         Some(id) => id,
         None => {
@@ -227,7 +278,10 @@ async fn enroll(
              WHERE j.id = $1 AND j.lease_agent = $2 AND j.state = 'running' AND t.id = j.task_id AND p.id = t.project_id
                AND jt.id = j.template_id
              RETURNING j.task_id, p.key || '-' || t.number AS task_key, t.project_id, jt.model,
-                       (SELECT coalesce(max(seq) + 1, 0) FROM job_steps WHERE job_id = j.id) AS next_seq, jt.budget_tokens,
+                       -- The first seq the server lacks (a step lost in a failed write is sent again).
+                       (SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM job_steps WHERE job_id = j.id AND seq = 0) THEN 0
+                               ELSE (SELECT min(a.seq) + 1 FROM job_steps a WHERE a.job_id = j.id AND NOT EXISTS
+                                        (SELECT 1 FROM job_steps b WHERE b.job_id = a.job_id AND b.seq = a.seq + 1)) END) AS next_seq, jt.budget_tokens,
                        coalesce((j.usage->>'input_tokens')::bigint, 0) + coalesce((j.usage->>'output_tokens')::bigint, 0) AS used",
         )
         .bind(job)
@@ -253,11 +307,23 @@ async fn enroll(
     Ok((agent_id, resume, running))
 }
 
-/// Gives a claimed job back at once (its agent vanished before it got it).
+/// Gives a claimed job back at once (its agent vanished before it got it): pending
+/// again, and the attempt it never had is not counted.
 pub async fn release(state: &AppState, org_id: Uuid, slug: &OrgSlug, agent: Uuid, job: Uuid) {
     let result = async {
         let mut db = OrgTx::begin(state, org_id, slug).await?;
-        jobs::fail(&mut db, job, agent, "the agent disconnected before the job reached it", true).await?;
+        let task: Option<(Uuid, String)> = sqlx::query_as(
+            "UPDATE ai_jobs SET state = 'pending', attempts = greatest(attempts - 1, 0), lease_agent = NULL, lease_expires_at = NULL
+             WHERE id = $1 AND lease_agent = $2 AND state = 'running' RETURNING task_id, kind",
+        )
+        .bind(job)
+        .bind(agent)
+        .fetch_optional(db.conn())
+        .await?;
+        if let Some((task, kind)) = task {
+            let error = "the agent disconnected before the job reached it; queued again";
+            crate::events::record(&mut db, task, "job.requeued", json!({ "job_id": job, "kind": kind, "error": error })).await?;
+        }
         db.commit().await
     }
     .await;
@@ -331,51 +397,86 @@ impl Conn {
             },
         };
         if let Err(e) = result {
-            self.error(e.code.as_str(), e.message);
+            self.error(e.code.as_str(), e.message.clone());
+            // Something the agent needs stored was not (a database hiccup): closing makes
+            // it reconnect and send again what the server lacks.
+            if matches!(e.code, kodel_core::ErrorCode::Internal | kodel_core::ErrorCode::Unavailable) {
+                tracing::warn!(agent = %self.agent_id, error = %e.message, "could not store an agent's report; asking it to reconnect");
+                self.ending = Some((CLOSE_SERVER_ERROR, "the server could not store a report; reconnect"));
+            }
         }
     }
 
     async fn heartbeat(&mut self, job_id: Option<Uuid>) -> ApiResult<()> {
+        self.last_beat = Instant::now();
         let state = self.state.clone();
         let mut db = OrgTx::begin(&state, self.token.org_id, &self.token.slug).await?;
-        let live: Option<bool> = sqlx::query_scalar(
-            "UPDATE agents SET last_seen_at = now() WHERE id = $1
-             RETURNING (SELECT revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) FROM public.api_tokens WHERE id = $2)",
-        )
-        .bind(self.agent_id)
-        .bind(self.token.token_id)
-        .fetch_one(db.conn())
-        .await?;
-        if live != Some(true) {
-            db.commit().await?;
-            self.revoked = true;
-            return Ok(());
-        }
-        let mut lost = None;
+        sqlx::query("UPDATE agents SET last_seen_at = now() WHERE id = $1").bind(self.agent_id).execute(db.conn()).await?;
         if let Some(job) = job_id.and_then(|j| self.current(j)) {
-            let held = sqlx::query("UPDATE ai_jobs SET lease_expires_at = now() + make_interval(secs => $3) WHERE id = $1 AND lease_agent = $2 AND state = 'running'")
+            sqlx::query("UPDATE ai_jobs SET lease_expires_at = now() + make_interval(secs => $3) WHERE id = $1 AND lease_agent = $2 AND state = 'running'")
                 .bind(job.id)
                 .bind(self.agent_id)
                 .bind(state.hub.lease().as_secs_f64())
                 .execute(db.conn())
                 .await?;
-            if held.rows_affected() == 0 {
-                lost = Some(job.id);
-            }
         }
-        db.commit().await?;
-        if let Some(job_id) = lost {
+        db.commit().await
+    }
+
+    /// Every heartbeat interval, whatever the agent sends: is its token still good, and
+    /// does it still hold its job? (A cancel through another replica, an expired lease.)
+    async fn check(&mut self) {
+        let result: ApiResult<(Option<bool>, bool)> = async {
+            let mut db = OrgTx::begin(&self.state, self.token.org_id, &self.token.slug).await?;
+            let row: (Option<bool>, bool) = sqlx::query_as(
+                "SELECT (SELECT revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) FROM public.api_tokens WHERE id = $1),
+                        EXISTS (SELECT 1 FROM ai_jobs WHERE id = $2 AND lease_agent = $3 AND state = 'running')",
+            )
+            .bind(self.token.token_id)
+            .bind(self.job.as_ref().map(|j| j.id))
+            .bind(self.agent_id)
+            .fetch_one(db.conn())
+            .await?;
+            db.commit().await?;
+            Ok(row)
+        }
+        .await;
+        let (token_live, holds_job) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(agent = %self.agent_id, error = %e.message, "could not check the agent's token and lease");
+                return;
+            }
+        };
+        if token_live != Some(true) {
+            self.ending = Some((CLOSE_UNAUTHORIZED, "the agent token was revoked or has expired"));
+            return;
+        }
+        if let Some(job) = self.job.clone()
+            && !holds_job
+        {
             // Cancelled through another replica, or re-queued: the agent stops.
-            state.hub.finished(job_id);
-            let _ = self.out.send(ServerMessage::Cancel { job_id, reason: "the job's lease is gone (cancelled or re-queued)".into() });
+            self.stop_llm();
+            self.state.hub.finished(job.id, &self.ctl);
+            let _ = self.out.send(ServerMessage::Cancel { job_id: job.id, reason: "the job's lease is gone (cancelled or re-queued)".into() });
             self.set_status("online", None).await;
             self.become_idle();
         }
-        Ok(())
+    }
+
+    fn stop_llm(&mut self) {
+        if let Some((_, stop)) = self.llm_call.take() {
+            stop.notify_one();
+        }
     }
 
     /// Runs an LLM call for the job in the background, relaying it as it streams.
-    fn llm(&self, job: Running, request_id: String, request: kodel_core::llm::LlmRequest) {
+    fn llm(&mut self, job: Running, request_id: String, request: kodel_core::llm::LlmRequest) {
+        if self.llm_call.as_ref().is_some_and(|(c, _)| !c.is_finished()) {
+            let error = "one LLM call at a time per agent: wait for the answer to the last one".to_owned();
+            let _ = self.out.send(ServerMessage::LlmError { job_id: job.id, request_id, error, retryable: true });
+            return;
+        }
         let state = self.state.clone();
         let out = self.out.clone();
         let caller = Caller {
@@ -393,11 +494,13 @@ impl Conn {
             let _ = out.send(ServerMessage::LlmError { job_id: job.id, request_id, error, retryable: false });
             return;
         }
-        tokio::spawn(async move {
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let stopped = stop.clone();
+        let handle = tokio::spawn(async move {
             let mut live = Coalescer::new(&state, &caller.slug, &job);
             let result = state
                 .llm
-                .call(&state, &caller, &system, &request, |delta| {
+                .call(&state, &caller, &system, &request, stopped.notified(), |delta| {
                     if let Delta::Text { text } = delta {
                         live.push(text);
                     }
@@ -414,16 +517,30 @@ impl Conn {
             };
             let _ = out.send(msg);
         });
+        self.llm_call = Some((handle, stop));
     }
 
     async fn step(&mut self, job: Running, seq: u32, step: Step) -> ApiResult<()> {
+        if seq > MAX_SEQ {
+            return Err(ApiError::invalid(format!("step seq {seq} is above {MAX_SEQ}")));
+        }
         let step = match step {
             Step::Tool { call_id, tool, input, output, error, duration_ms } => {
                 Step::Tool { call_id, tool, input, output: cap_middle(&output, MAX_STEP_OUTPUT), error, duration_ms }
             }
             Step::Message { text } => Step::Message { text: cap_middle(&text, MAX_STEP_OUTPUT) },
         };
-        let body = serde_json::to_value(&step).map_err(ApiError::internal)?;
+        let mut body = serde_json::to_value(&step).map_err(ApiError::internal)?;
+        let size = body.to_string().len();
+        if size > MAX_STEP_BYTES {
+            // Only the tool's input can still be this large: keep its size, not its text.
+            body["input"] = json!(format!("[input of {size} bytes cut]"));
+            for field in ["tool", "call_id"] {
+                if let Some(v) = body[field].as_str() {
+                    body[field] = json!(v.chars().take(200).collect::<String>());
+                }
+            }
+        }
         let mut db = OrgTx::begin(&self.state, self.token.org_id, &self.token.slug).await?;
         let stored = sqlx::query(
             "INSERT INTO job_steps (job_id, seq, task_id, step)
@@ -454,7 +571,8 @@ impl Conn {
         }
         sqlx::query("UPDATE agents SET status = 'online', current_job = NULL, last_seen_at = now() WHERE id = $1").bind(self.agent_id).execute(db.conn()).await?;
         db.commit().await?;
-        self.state.hub.finished(job.id);
+        self.stop_llm();
+        self.state.hub.finished(job.id, &self.ctl);
         let _ = self.out.send(ServerMessage::Ack { job_id: job.id });
         self.become_idle();
         Ok(())
@@ -467,31 +585,45 @@ impl Conn {
                     release(&self.state, self.token.org_id, &self.token.slug, self.agent_id, claimed.id).await;
                     return None;
                 }
-                match super::assign::load(&self.state, self.token.org_id, &self.token.slug, &claimed).await {
-                    Ok((assignment, project_id)) => {
+                // Registered first, so a cancel from now on finds this connection.
+                self.state.hub.running(claimed.id, self.ctl.clone());
+                match super::assign::load(&self.state, self.token.org_id, &self.token.slug, &claimed, self.agent_id).await {
+                    Ok(None) => {
+                        // Cancelled (or re-queued) between the claim and now.
+                        self.state.hub.finished(claimed.id, &self.ctl);
+                        self.become_idle();
+                        None
+                    }
+                    Ok(Some(loaded)) => {
+                        let assignment = loaded.assignment;
                         self.job = Some(Running {
                             id: claimed.id,
                             task_id: claimed.task_id,
                             task_key: assignment.task.key.clone(),
-                            project_id,
+                            project_id: loaded.project_id,
                             template_model: assignment.template.model.clone(),
                             budget: assignment.template.budget_tokens,
-                            used: Arc::default(),
+                            used: Arc::new(AtomicU64::new(loaded.used)),
                         });
-                        self.state.hub.running(claimed.id, self.ctl.clone());
                         self.set_status("busy", Some(claimed.id)).await;
                         Some(ServerMessage::Assigned(Box::new(assignment)))
                     }
                     Err(e) => {
                         tracing::warn!(org = %self.token.slug, job = %claimed.id, error = %e.message, "could not prepare a job for its agent");
+                        self.state.hub.finished(claimed.id, &self.ctl);
                         release(&self.state, self.token.org_id, &self.token.slug, self.agent_id, claimed.id).await;
                         self.become_idle();
                         None
                     }
                 }
             }
+            Control::Replaced => {
+                self.ending = Some((CLOSE_REPLACED, "this agent connected again; closing the older connection"));
+                None
+            }
             Control::Cancel { job_id, reason } => {
                 self.current(job_id)?;
+                self.stop_llm();
                 self.set_status("online", None).await;
                 self.become_idle();
                 Some(ServerMessage::Cancel { job_id, reason })
@@ -516,14 +648,25 @@ impl Conn {
         }
     }
 
-    /// The connection ended: the agent is offline; a job it runs keeps its lease, so
-    /// the agent can come back and go on with it.
-    async fn gone(&mut self) {
-        self.state.hub.not_idle(&self.token.slug, self.agent_id);
+    /// The connection ended: the agent is offline (unless a newer connection of it took
+    /// over); a job it runs keeps its lease, so the agent can come back and go on.
+    async fn gone(&mut self, ctl_rx: &mut mpsc::UnboundedReceiver<Control>) {
+        self.stop_llm();
+        self.state.hub.not_idle(&self.token.slug, &self.ctl);
         if let Some(job) = &self.job {
-            self.state.hub.finished(job.id);
+            self.state.hub.finished(job.id, &self.ctl);
         }
-        self.set_status("offline", self.job.as_ref().map(|j| j.id)).await;
+        // A job claimed for this connection as it closed goes back to the queue now.
+        ctl_rx.close();
+        while let Ok(ctl) = ctl_rx.try_recv() {
+            if let Control::Assign(claimed) = ctl {
+                self.state.hub.finished(claimed.id, &self.ctl);
+                release(&self.state, self.token.org_id, &self.token.slug, self.agent_id, claimed.id).await;
+            }
+        }
+        if self.state.hub.detach(self.agent_id, &self.ctl) {
+            self.set_status("offline", self.job.as_ref().map(|j| j.id)).await;
+        }
         tracing::info!(org = %self.token.slug, agent = %self.agent_id, "agent disconnected");
     }
 

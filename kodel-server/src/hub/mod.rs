@@ -33,6 +33,8 @@ struct Inner {
     orgs: Mutex<HashMap<String, Arc<OrgAgents>>>,
     /// The connection running each job here, to tell it of a cancel.
     running: Mutex<HashMap<Uuid, mpsc::UnboundedSender<Control>>>,
+    /// Each connected agent's current connection (a connection is known by its channel).
+    agents: Mutex<HashMap<Uuid, mpsc::UnboundedSender<Control>>>,
     shutdown: watch::Sender<bool>,
     lease: Duration,
     connections: watch::Sender<usize>,
@@ -43,6 +45,8 @@ struct Inner {
 pub enum Control {
     Assign(Claimed),
     Cancel { job_id: Uuid, reason: String },
+    /// A newer connection of the same agent took over: this one closes.
+    Replaced,
 }
 
 struct OrgAgents {
@@ -62,6 +66,7 @@ impl Hub {
             inner: Arc::new(Inner {
                 orgs: Mutex::default(),
                 running: Mutex::default(),
+                agents: Mutex::default(),
                 shutdown: watch::channel(false).0,
                 lease,
                 connections: watch::channel(0).0,
@@ -96,12 +101,31 @@ impl Hub {
         org.wake.notify_one();
     }
 
-    /// An agent stops waiting (it disconnected).
-    pub fn not_idle(&self, slug: &OrgSlug, agent_id: Uuid) {
+    /// A connection stops waiting (it closed). Only its own entry goes: a newer
+    /// connection of the same agent keeps its place.
+    pub fn not_idle(&self, slug: &OrgSlug, conn: &mpsc::UnboundedSender<Control>) {
         let org = self.inner.orgs.lock().unwrap_or_else(|p| p.into_inner()).get(slug.as_str()).cloned();
         if let Some(org) = org {
-            org.idle.lock().unwrap_or_else(|p| p.into_inner()).retain(|i| i.agent_id != agent_id);
+            org.idle.lock().unwrap_or_else(|p| p.into_inner()).retain(|i| !i.tx.same_channel(conn));
         }
+    }
+
+    /// An agent's connection is now this one; an older one is told to close.
+    pub fn attach(&self, agent_id: Uuid, conn: mpsc::UnboundedSender<Control>) {
+        let old = self.inner.agents.lock().unwrap_or_else(|p| p.into_inner()).insert(agent_id, conn);
+        if let Some(old) = old {
+            let _ = old.send(Control::Replaced);
+        }
+    }
+
+    /// A connection closed; true if it was still the agent's current one.
+    pub fn detach(&self, agent_id: Uuid, conn: &mpsc::UnboundedSender<Control>) -> bool {
+        let mut agents = self.inner.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if agents.get(&agent_id).is_some_and(|c| c.same_channel(conn)) {
+            agents.remove(&agent_id);
+            return true;
+        }
+        false
     }
 
     /// Jobs were queued in the org.
@@ -116,8 +140,12 @@ impl Hub {
         self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).insert(job, tx);
     }
 
-    pub fn finished(&self, job: Uuid) {
-        self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&job);
+    /// The job no longer runs on this connection (another may have taken it over).
+    pub fn finished(&self, job: Uuid, conn: &mpsc::UnboundedSender<Control>) {
+        let mut running = self.inner.running.lock().unwrap_or_else(|p| p.into_inner());
+        if running.get(&job).is_some_and(|c| c.same_channel(conn)) {
+            running.remove(&job);
+        }
     }
 
     /// A job was cancelled: its agent, if connected here, is told at once (agents on

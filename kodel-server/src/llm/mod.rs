@@ -186,13 +186,15 @@ impl Proxy {
     }
 
     /// Runs one call: `on_delta` sees each piece as it arrives; the result is the
-    /// assembled answer. Every call, failed or not, is metered.
+    /// assembled answer. `cancelled` resolving stops the call (the caller went away or
+    /// the job ended). Every call, failed, cancelled or not, is metered.
     pub async fn call(
         &self,
         state: &crate::AppState,
         caller: &Caller,
         system: &str,
         req: &LlmRequest,
+        cancelled: impl std::future::Future<Output = ()>,
         mut on_delta: impl FnMut(&Delta),
     ) -> Result<LlmDone, LlmError> {
         req.validate().map_err(LlmError::refused)?;
@@ -209,7 +211,7 @@ impl Proxy {
             status: "ok",
             error: None,
         };
-        let result = async {
+        let streamed = async {
             let mut stream = provider::stream(&self.http, &cfg, &model, system, req, &self.opts).await?;
             let mut assembler = Assembler::default();
             let mut finish = FinishReason::Other;
@@ -227,11 +229,14 @@ impl Proxy {
                 }
             }
             Ok::<_, LlmError>(LlmDone { message: assembler.finish(), usage: meter.usage, finish_reason: finish, model: format!("{}/{model}", kind.name()) })
-        }
-        .await;
+        };
+        let result = tokio::select! {
+            r = streamed => r,
+            _ = cancelled => Err(LlmError::refused("the call was cancelled")),
+        };
         meter.total_ms = started.elapsed().as_millis() as u64;
         if let Err(e) = &result {
-            meter.status = "error";
+            meter.status = if e.message == "the call was cancelled" { "cancelled" } else { "error" };
             meter.error = Some(e.message.chars().take(500).collect());
         }
         if let Err(e) = record(state, caller, &meter).await {

@@ -166,7 +166,10 @@ async fn org_of(state: &AppState, auth: &Auth, headers: &HeaderMap) -> Result<(U
     .bind(asked)
     .fetch_all(&state.pool)
     .await
-    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", format!("database: {e}")))?;
+    .map_err(|e| {
+        tracing::error!(error = %e, "looking up the caller's orgs");
+        error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "internal server error")
+    })?;
     match (rows.as_slice(), asked) {
         ([(id, slug)], _) => Ok((*id, OrgSlug::parse(slug).map_err(|_| error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "bad org slug"))?)),
         ([], Some(org)) => Err(error(StatusCode::NOT_FOUND, "invalid_request_error", format!("you are not a member of org {org:?}"))),
@@ -205,7 +208,7 @@ async fn completions(State(state): State<AppState>, auth: Auth, headers: HeaderM
     let id = format!("chatcmpl-{}", Uuid::now_v7().simple());
     let created = chrono::Utc::now().timestamp();
     if !stream {
-        return match state.llm.call(&state, &caller, &system, &request, |_| {}).await {
+        return match state.llm.call(&state, &caller, &system, &request, std::future::pending(), |_| {}).await {
             Ok(done) => axum::Json(completion(&id, created, &done)).into_response(),
             Err(e) => error(status_of(&e), "provider_error", e.message),
         };
@@ -223,9 +226,9 @@ async fn completions(State(state): State<AppState>, auth: Auth, headers: HeaderM
                         "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }] })
             };
             let _ = tx.send(chunk(json!({ "role": "assistant", "content": "" }), None));
-            let result = state
-                .llm
-                .call(&state, &caller, &system, &request, |d| {
+            // A client that goes away stops the call (and what it costs); it is metered.
+            let closed = tx.clone();
+            let result = state.llm.call(&state, &caller, &system, &request, closed.closed(), |d| {
                     let delta = match d {
                         Delta::Text { text } => json!({ "content": text }),
                         Delta::ToolCall { index, id, name, arguments } => {
@@ -241,8 +244,7 @@ async fn completions(State(state): State<AppState>, auth: Auth, headers: HeaderM
                         }
                     };
                     let _ = tx.send(chunk(delta, None));
-                })
-                .await;
+                }).await;
             match result {
                 Ok(done) => {
                     let _ = tx.send(chunk(json!({}), Some(finish_of(done.finish_reason))));
