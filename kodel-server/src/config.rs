@@ -56,6 +56,11 @@ pub struct Config {
     #[arg(long, env = "KODEL_JOB_LEASE", default_value_t = 60.0)]
     pub job_lease: f64,
 
+    /// Let orgs point LLM base URLs and webhooks at loopback and private addresses
+    /// (a single-user install with a local Ollama). Off: such URLs are refused.
+    #[arg(long, env = "KODEL_ALLOW_PRIVATE_URLS")]
+    pub allow_private_urls: bool,
+
     #[command(flatten)]
     pub llm: LlmSettings,
 }

@@ -11,6 +11,7 @@ pub mod events;
 pub mod hub;
 pub mod json;
 pub mod llm;
+pub mod net;
 pub mod routes;
 pub mod tenant;
 pub mod testing;
@@ -37,6 +38,8 @@ pub struct AppState {
     /// Connected agent workers and the dispatch of jobs to them.
     pub hub: hub::Hub,
     pub llm: Arc<llm::Proxy>,
+    /// KODEL_ALLOW_PRIVATE_URLS (see net.rs).
+    pub allow_private_urls: bool,
 }
 
 /// Keeps `target` spare org schemas ready, refilling after each org creation.
@@ -83,6 +86,7 @@ impl Server {
             spares: Arc::default(),
             hub: hub::Hub::new(secs(config.job_lease)),
             llm: Arc::new(llm::Proxy::new(&config.llm, llm::client())),
+            allow_private_urls: config.allow_private_urls,
         };
         engine::background::spawn(state.clone(), wakes);
         if config.spare_schemas > 0 {

@@ -62,7 +62,8 @@ pub struct OrgTx {
     pub slug: OrgSlug,
     /// The user acting; None for the engine itself (rules, leases, schedules).
     pub actor: Option<Uuid>,
-    /// Events written and not yet reacted to.
+    /// Events written in this transaction (the engine has reacted to the first
+    /// `reacted`; the commit tells the agents hub of all of them).
     pub recorded: Vec<Recorded>,
     /// How many of `recorded` the engine has reacted to.
     pub reacted: usize,

@@ -170,3 +170,21 @@ async fn a_client_that_leaves_stops_the_call_and_it_is_still_metered() {
     // It stopped early: far from the 8 s the whole answer takes.
     assert!(row["total_ms"].as_u64().unwrap() < 5_000, "{row}");
 }
+
+#[tokio::test]
+async fn orgs_cannot_point_the_server_at_private_addresses() {
+    let mut config = test_config();
+    config.allow_private_urls = false;
+    let app = TestApp::spawn_with(fresh_database().await, config).await;
+    let token = app.owner_with_project("ssrf@example.com", "ssrf", "SS").await;
+    for url in ["http://127.0.0.1:11434/v1", "http://169.254.169.254/latest", "http://localhost/v1"] {
+        let (s, v) = app.call(reqwest::Method::PUT, "/api/v1/orgs/ssrf/llm-providers/openai", Some(&token), Some(json!({"base_url": url}))).await;
+        assert_eq!(s, 422, "{url}: {v}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("private or local address"), "{v}");
+    }
+    let rule = json!({"name": "hook", "project": "SS", "trigger": {"type": "task_created"},
+                      "actions": [{"webhook": {"url": "http://10.0.0.5/hook"}}]});
+    let (s, v) = app.post("/api/v1/orgs/ssrf/rules", &token, rule).await;
+    assert_eq!(s, 422, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("webhook"), "{v}");
+}

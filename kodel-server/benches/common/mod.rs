@@ -32,6 +32,7 @@ impl Bench {
             webhook_retry: 10.0,
             spare_schemas: 2,
             job_lease: 60.0,
+            allow_private_urls: true,
             llm,
         };
         let server = Server::build(&config, db).await.unwrap();

@@ -45,6 +45,17 @@ pub fn check_cron(expr: &str) -> Result<(), String> {
 }
 
 /// Checks a rule's spec (cron syntax, patterns, sizes) before it is stored.
+/// Webhook destinations must be public addresses (net.rs) unless the server allows
+/// private ones.
+pub async fn check_webhooks(spec: &RuleSpec, allow_private: bool) -> ApiResult<()> {
+    for action in &spec.actions {
+        if let kodel_core::rules::Action::Webhook(hook) = action {
+            crate::net::check_public(&hook.url, allow_private).await.map_err(|e| ApiError::invalid(format!("webhook: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn validate(spec: &RuleSpec) -> ApiResult<()> {
     kodel_core::rules::validate(spec, &check_cron, &|p| compile(p).map(|_| ())).map_err(ApiError::invalid)
 }

@@ -72,6 +72,7 @@ async fn set(State(state): State<AppState>, mut t: Tenant, Path((_, raw)): Path<
         if !parsed.username().is_empty() || parsed.password().is_some() {
             return Err(ApiError::invalid("base_url must not carry credentials; set api_key"));
         }
+        crate::net::check_public(url, state.allow_private_urls).await.map_err(|e| ApiError::invalid(format!("base_url: {e}")))?;
     }
     if req.api_key.as_ref().is_some_and(|k| k.trim().is_empty() || k.len() > 1000) {
         return Err(ApiError::invalid("api_key must be 1 to 1000 characters"));

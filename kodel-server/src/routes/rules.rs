@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use super::projects::access;
 use crate::AppState;
-use crate::engine::rules::validate;
+use crate::engine::rules::{check_webhooks, validate};
 use crate::error::{ApiError, ApiResult, require_text};
 use crate::json::ApiJson;
 use crate::tenant::Tenant;
@@ -123,6 +123,7 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateRule>) -> ApiResult<(
     };
     let spec = RuleSpec { trigger: req.trigger, conditions: req.conditions, how: req.how, actions: req.actions };
     validate(&spec)?;
+    check_webhooks(&spec, t.state.allow_private_urls).await?;
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM automation_rules WHERE project_id IS NOT DISTINCT FROM $1")
         .bind(project)
         .fetch_one(t.conn())
@@ -169,6 +170,7 @@ async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(r
         spec.actions = a;
     }
     validate(&spec)?;
+    check_webhooks(&spec, t.state.allow_private_urls).await?;
     sqlx::query(
         "UPDATE automation_rules SET name = coalesce($2, name), enabled = coalesce($3, enabled), dry_run = coalesce($4, dry_run),
                 trigger_kind = $5, spec = $6, updated_at = now() WHERE id = $1",

@@ -26,6 +26,7 @@ pub fn test_config() -> Config {
         webhook_retry: 0.2,
         spare_schemas: 0,
         job_lease: 60.0,
+        allow_private_urls: true,
         llm: kodel_server::config::LlmSettings { llm_concurrency: 8, llm_timeout: 30.0, ..Default::default() },
     }
 }

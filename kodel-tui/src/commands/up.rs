@@ -37,6 +37,10 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
     }
     let mut cmd = Command::new(server_binary()?);
     cmd.arg("--listen").arg(&args.listen).env_remove("DATABASE_URL").stdin(Stdio::null()).kill_on_drop(true);
+    // A local, single-user stack: its webhooks and a local Ollama live on this machine.
+    if std::env::var_os("KODEL_ALLOW_PRIVATE_URLS").is_none() {
+        cmd.env("KODEL_ALLOW_PRIVATE_URLS", "true");
+    }
     if let Some(dir) = &args.data_dir {
         cmd.arg("--data-dir").arg(dir);
     }
