@@ -197,3 +197,42 @@ async fn a_revoked_token_disconnects_its_agents() {
     }
     assert!(connect(&app, &token).await.is_err(), "a revoked token cannot connect again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_agent_replaces_its_old_connection() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner_with_project("re@example.com", "re", "RE").await;
+    let (s, _) = app.post("/api/v1/orgs/re/projects", &owner, json!({"key": "SD", "name": "SD", "workflow": "software-development"})).await;
+    assert_eq!(s, 201);
+    let token = agent_token(&app, &owner, "re").await;
+    let mut old = connect(&app, &token).await.unwrap();
+    send(&mut old, &hello(PROTOCOL, &[])).await;
+    let Some(Ok(ServerMessage::Welcome { agent_id, .. })) = next(&mut old, Duration::from_secs(10)).await else { panic!("no welcome") };
+
+    // The same agent again (its network changed; the old socket is half-open).
+    let mut new = connect(&app, &token).await.unwrap();
+    let mut again = hello(PROTOCOL, &[]);
+    if let AgentMessage::Hello { agent_id: id, .. } = &mut again {
+        *id = Some(agent_id);
+    }
+    send(&mut new, &again).await;
+    let Some(Ok(ServerMessage::Welcome { agent_id: same, .. })) = next(&mut new, Duration::from_secs(10)).await else { panic!("no welcome") };
+    assert_eq!(same, agent_id, "it stays the same agent");
+    match next(&mut old, Duration::from_secs(10)).await {
+        Some(Err((code, _))) => assert_eq!(code, 4003),
+        other => panic!("the old connection should close, got {other:?}"),
+    }
+    // The old connection's end did not take the new one out of the queue: it gets work.
+    let task = app.create_task(&owner, "re", "SD", "Work").await;
+    let key = task["key"].as_str().unwrap();
+    for status in ["Ready", "In Progress"] {
+        app.post(&format!("/api/v1/orgs/re/tasks/{key}/move"), &owner, json!({"status": status})).await;
+    }
+    match next(&mut new, Duration::from_secs(10)).await {
+        Some(Ok(ServerMessage::Assigned(a))) => assert_eq!(a.task.key, key),
+        other => panic!("the new connection should get the job, got {other:?}"),
+    }
+    let (_, agents) = app.get("/api/v1/orgs/re/agents", &owner).await;
+    assert_eq!(agents["data"].as_array().unwrap().len(), 1, "one agent, not two: {agents}");
+    assert_eq!(agents["data"][0]["status"], "busy");
+}
