@@ -274,6 +274,22 @@ async fn an_agent_runs_a_job_with_all_six_tools_through_the_openai_format() {
     assert_eq!(agents["data"][0]["status"], "online");
 }
 
+fn kodel_binary() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_kodel-agent")).parent().unwrap().join("kodel");
+    assert!(bin.exists(), "{} missing: build the workspace (cargo build --workspace)", bin.display());
+    bin
+}
+
+impl Stack {
+    /// `kodel` as a script would run it (KODEL_TOKEN and KODEL_ORG, no login).
+    fn kodel(&self) -> Command {
+        let mut cmd = Command::new(kodel_binary());
+        cmd.env("KODEL_SERVER", self.base()).env("KODEL_TOKEN", &self.token).env("KODEL_ORG", "acme").env("KODEL_NO_KEYRING", "1");
+        cmd.env("KODEL_CONFIG_DIR", self.work.path().join(".kodel-config"));
+        cmd
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_job_through_the_anthropic_format() {
     let llm = ScriptedLlm::start(vec![
@@ -282,8 +298,30 @@ async fn the_same_job_through_the_anthropic_format() {
     ])
     .await;
     let mut stack = Stack::start(&llm, "anthropic").await;
+    // `kodel task logs -f` follows the task from before the job starts.
+    let t = stack.call("POST", "/api/v1/orgs/acme/projects/KOD/tasks", json!({"title": "Write notes"})).await;
+    let key = t["key"].as_str().unwrap().to_owned();
+    let mut follower = stack.kodel().args(["task", "logs", &key, "-f"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let follower_out = Arc::new(Mutex::new(String::new()));
+    {
+        let sink = follower_out.clone();
+        let mut stdout = follower.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    stack.agents.push(follower); // stopped with the stack
+    stack.follow(&key).await;
     stack.agent("worker-a");
-    let key = stack.task_in_progress("Write notes").await;
+    for status in ["Ready", "In Progress"] {
+        stack.call("POST", &format!("/api/v1/orgs/acme/tasks/{key}/move"), json!({"status": status})).await;
+    }
     let done = stack.wait_event("job.succeeded", Duration::from_secs(60)).await;
     assert_eq!(done["summary"], "Wrote notes.md.");
     assert_eq!(std::fs::read_to_string(stack.work.path().join(&key).join("notes.md")).unwrap(), "# Notes\n");
@@ -294,6 +332,27 @@ async fn the_same_job_through_the_anthropic_format() {
     // The tool result went back as a tool_result block.
     let last = reqs[1].body["messages"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["content"][0]["type"], "tool_result", "{last}");
+
+    // The task's story as text, and as NDJSON.
+    let out = stack.kodel().args(["task", "logs", &key]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    for needle in ["task.created", "Backlog -> Ready", "job.started", "write_file {\"content\":\"# Notes\\n\",\"path\":\"notes.md\"}", "job.llm_call", "said: Wrote notes.md.", "job.succeeded"] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+    let out = stack.kodel().args(["task", "logs", &key, "--json", "--since", "2"]).output().unwrap();
+    let lines: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(lines.first().unwrap()["seq"].as_i64().unwrap() == 3, "--since 2 starts after event 2");
+    assert!(lines.iter().any(|e| e["type"] == "job.step"));
+    // The follower saw it all happen, live text included, without a repeat.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !follower_out.lock().unwrap().contains("job.succeeded") {
+        assert!(Instant::now() < deadline, "the follower did not see the job end:\n{}", follower_out.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let followed = follower_out.lock().unwrap().clone();
+    assert_eq!(followed.matches("job.succeeded").count(), 1, "{followed}");
+    assert!(followed.contains("Wrote notes.md."), "{followed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -72,6 +72,8 @@ pub enum Command {
     /// The org's own LLM provider keys (org admins)
     #[command(subcommand)]
     Provider(ProviderCmd),
+    /// Print shell completions: kodel completions bash > ~/.local/share/bash-completion/completions/kodel
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Debug, Subcommand)]
@@ -467,6 +469,16 @@ pub enum TaskCmd {
     Comment { key: String, body: Option<String> },
     /// List a task's comments
     Comments { key: String },
+    /// Print a task's events and its agent's work as text (NDJSON with --json)
+    Logs {
+        key: String,
+        /// Keep following: new events and the agent's live output, until Ctrl-C
+        #[arg(short, long)]
+        follow: bool,
+        /// Only events after this one (the per-task number, as printed with --json's "seq")
+        #[arg(long)]
+        since: Option<i32>,
+    },
 }
 
 #[derive(Debug, Args)]

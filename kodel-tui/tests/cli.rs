@@ -355,3 +355,17 @@ async fn agent_tokens_through_the_real_binaries() {
     env.ok(&["provider", "remove", "anthropic"], None);
     assert_eq!(env.json(&["provider", "list"], None)["data"], serde_json::json!([]));
 }
+
+#[test]
+fn shell_completions_cover_the_commands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kodel")).args(["completions", shell]).env("KODEL_NO_KEYRING", "1").output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        for word in ["kodel", "task", "logs", "agent", "provider"] {
+            assert!(script.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    let bad = Command::new(env!("CARGO_BIN_EXE_kodel")).args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(code(&bad), 2, "an unknown shell is a usage error");
+}

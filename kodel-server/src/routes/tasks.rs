@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/orgs/{org}/tasks/{task}", get(show).patch(update))
         .route("/api/v1/orgs/{org}/tasks/{task}/move", post(move_task))
         .route("/api/v1/orgs/{org}/tasks/{task}/comments", get(list_comments).post(add_comment))
+        .route("/api/v1/orgs/{org}/tasks/{task}/history", get(history))
 }
 
 #[derive(sqlx::FromRow)]
@@ -491,4 +492,51 @@ async fn add_comment(mut t: Tenant, Path((_, task)): Path<(String, String)>, Api
     t.commit().await?;
     let key = format!("{}-{}", row.project, row.number);
     Ok((StatusCode::CREATED, Json(Comment { id, task: key, author, body, created_at })))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct HistoryQuery {
+    /// Events after this per-task seq (0: from the first).
+    after: Option<i32>,
+    limit: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct HistoryRow {
+    id: i64,
+    seq: i32,
+    kind: String,
+    payload: serde_json::Value,
+    actor: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+/// A task's stored events in order (by its own seq, which its events take under the
+/// task's lock, so none can appear later before one already read). `next_cursor` is the
+/// last seq of a full page; follow live from the last `id` with the SSE stream's
+/// `Last-Event-ID`.
+async fn history(mut t: Tenant, Path((_, task)): Path<(String, String)>, query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Page<kodel_core::api::Event>>> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let limit = q.limit.unwrap_or(500);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be between 1 and 1000"));
+    }
+    let (_, row) = find_task(&mut t, &task, false).await?;
+    let rows: Vec<HistoryRow> = sqlx::query_as(
+        "SELECT e.id, e.seq, e.type AS kind, e.payload, u.email AS actor, e.created_at FROM task_events e
+         LEFT JOIN public.users u ON u.id = e.actor_id WHERE e.task_id = $1 AND e.seq > $2 ORDER BY e.seq LIMIT $3",
+    )
+    .bind(row.id)
+    .bind(q.after.unwrap_or(0))
+    .bind(limit)
+    .fetch_all(t.conn())
+    .await?;
+    t.commit().await?;
+    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.seq.to_string())).flatten();
+    let key = format!("{}-{}", row.project, row.number);
+    let data = rows
+        .into_iter()
+        .map(|r| kodel_core::api::Event { id: r.id, kind: r.kind, task: key.clone(), seq: r.seq, actor: r.actor, payload: r.payload, created_at: r.created_at })
+        .collect();
+    Ok(Json(Page { data, next_cursor }))
 }

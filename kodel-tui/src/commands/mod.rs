@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod job;
+pub mod logs;
 pub mod module;
 pub mod org;
 pub mod project;
@@ -52,6 +53,10 @@ impl Ctx {
 }
 
 pub async fn run(cli: Cli) -> Result<(), CliError> {
+    if let Some(Command::Completions { shell }) = &cli.command {
+        clap_complete::generate(*shell, &mut <Cli as clap::CommandFactory>::command(), "kodel", &mut std::io::stdout());
+        return Ok(());
+    }
     let settings = Settings::load()?;
     let server = cli.server.clone().or_else(|| settings.server.clone()).unwrap_or_else(|| DEFAULT_SERVER.to_owned());
     let server = server.trim_end_matches('/').to_owned();
@@ -85,5 +90,6 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::InstanceTemplate(cmd) => module::instance_template(&mut ctx, cmd).await,
         Command::Agent(cmd) => module::agent(&mut ctx, cmd).await,
         Command::Provider(cmd) => module::provider(&mut ctx, cmd).await,
+        Command::Completions { .. } => Ok(()),
     }
 }

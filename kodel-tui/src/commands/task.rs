@@ -1,4 +1,4 @@
-//! task create|list|show|update|move|comment|comments.
+//! task create|list|show|update|move|comment|comments|logs.
 
 use kodel_core::TaskKey;
 use kodel_core::api::{Comment, Page, Task};
@@ -30,6 +30,7 @@ pub async fn run(ctx: &mut Ctx, cmd: TaskCmd) -> Result<(), CliError> {
             let c: Comment = ctx.client.post(&format!("{}/comments", task_path(&org, &key)?), json!({ "body": body })).await?;
             if ctx.json { output::json(&c) } else { println!("{}", c.id); Ok(()) }
         }
+        TaskCmd::Logs { key, follow, since } => super::logs::run(ctx, &task_path(&org, &key)?, follow, since).await,
         TaskCmd::Comments { key } => {
             let base = format!("{}/comments?limit=200", task_path(&org, &key)?);
             let mut all: Vec<Comment> = Vec::new();

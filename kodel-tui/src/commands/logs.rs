@@ -1,0 +1,189 @@
+//! `kodel task logs KEY [-f] [--since N]`: a task's events and its agent's work as
+//! plain text, one line an event (or NDJSON with --json), for terminals and pipes.
+//!
+//! The history comes page by page from `/history`; `-f` then follows the task's SSE
+//! stream from the last event read (`last_event_id`), so nothing is missed or printed
+//! twice, and reconnects the same way if the server goes away.
+
+use std::io::Write;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kodel_core::api::{Event, Page};
+use reqwest::Method;
+use serde_json::Value;
+
+use super::Ctx;
+use crate::client::decode;
+use crate::exit::CliError;
+
+pub async fn run(ctx: &mut Ctx, task: &str, follow: bool, since: Option<i32>) -> Result<(), CliError> {
+    let mut after = since.unwrap_or(0);
+    let mut last_id: Option<i64> = None;
+    loop {
+        let page: Page<Event> = ctx.client.get(&format!("{task}/history?after={after}&limit=500")).await?;
+        for ev in &page.data {
+            print_event(ctx.json, ev)?;
+            after = ev.seq;
+            last_id = Some(ev.id);
+        }
+        if page.next_cursor.is_none() {
+            break;
+        }
+    }
+    if !follow {
+        return Ok(());
+    }
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let path = match last_id {
+            Some(id) => format!("{task}/events?last_event_id={id}"),
+            None => format!("{task}/events"),
+        };
+        match ctx.client.raw(Method::GET, &path, None).await {
+            Ok(resp) if resp.status().is_success() => {
+                backoff = Duration::from_millis(500);
+                follow_stream(ctx.json, resp, &mut last_id).await?;
+                eprintln!("kodel: the event stream ended; reconnecting");
+            }
+            Ok(resp) => return decode::<Value>(resp).await.map(|_| ()),
+            Err(e) => eprintln!("kodel: {}; retrying in {} s", e.message, backoff.as_secs_f32()),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Prints the stream's events until it ends.
+async fn follow_stream(json: bool, resp: reqwest::Response, last_id: &mut Option<i64>) -> Result<(), CliError> {
+    let mut body = resp.bytes_stream();
+    let mut buf = String::new();
+    while let Some(chunk) = body.next().await {
+        let Ok(chunk) = chunk else { return Ok(()) };
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let (mut kind, mut data, mut id) = (String::new(), String::new(), None);
+            for line in block.lines() {
+                if let Some(k) = line.strip_prefix("event:") {
+                    kind = k.trim().to_owned();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.strip_prefix(' ').unwrap_or(d));
+                } else if let Some(i) = line.strip_prefix("id:") {
+                    id = i.trim().parse::<i64>().ok();
+                }
+            }
+            if kind.is_empty() {
+                continue; // a heartbeat comment
+            }
+            if kind == "resync" {
+                eprintln!("kodel: the server lost track of this stream's position; some events may be missing above");
+                continue;
+            }
+            if let Some(id) = id {
+                *last_id = Some(id);
+                if let Ok(ev) = serde_json::from_str::<Event>(&data) {
+                    print_event(json, &ev)?;
+                }
+            } else {
+                print_live(json, &data)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One stored event: a line of text, or its JSON.
+fn print_event(json: bool, ev: &Event) -> Result<(), CliError> {
+    let line = if json {
+        serde_json::to_string(ev).unwrap_or_default()
+    } else {
+        format!("{} {:<3} {:<15} {}", ev.created_at.format("%H:%M:%S"), ev.seq, ev.kind, summary(&ev.kind, &ev.payload))
+    };
+    write_out(&format!("{line}\n"))
+}
+
+/// Live output (the model's words, a command's output) as it comes: the text itself.
+fn print_live(json: bool, data: &str) -> Result<(), CliError> {
+    if json {
+        return write_out(&format!("{data}\n"));
+    }
+    let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+    match v["payload"]["text"].as_str() {
+        Some(text) => write_out(text),
+        None => Ok(()),
+    }
+}
+
+fn write_out(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) ends the command quietly.
+    if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() {
+        std::process::exit(0);
+    }
+    Ok(())
+}
+
+fn first_line(s: &str, max: usize) -> String {
+    let line = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    if line.chars().count() > max { format!("{}…", line.chars().take(max).collect::<String>()) } else { line.to_owned() }
+}
+
+fn short_id(v: &Value) -> String {
+    v.as_str().map(|s| s.chars().take(8).collect()).unwrap_or_default()
+}
+
+/// What an event says, in a few words.
+fn summary(kind: &str, p: &Value) -> String {
+    let s = |k: &str| p[k].as_str().unwrap_or("").to_owned();
+    match kind {
+        "task.created" => s("title"),
+        "task.moved" => format!("{} -> {}", s("from"), s("to")),
+        "comment.added" => first_line(&s("body"), 100),
+        "job.created" => format!("{} job {} ({})", s("kind"), short_id(&p["job_id"]), s("template")),
+        "job.started" => format!("{} job {} on agent {}, attempt {}", s("kind"), short_id(&p["job_id"]), short_id(&p["agent"]), p["attempt"]),
+        "job.succeeded" => format!("{} job {}: {}", s("kind"), short_id(&p["job_id"]), first_line(&s("summary"), 100)),
+        "job.failed" | "job.requeued" => format!("{} job {}: {}", s("kind"), short_id(&p["job_id"]), first_line(&s("error"), 120)),
+        "job.cancelled" => format!("{} job {}: {}", s("kind"), short_id(&p["job_id"]), s("reason")),
+        "job.llm_call" => format!(
+            "{} {}: {} in / {} out tokens, first token {} ms, {} ms",
+            s("model"),
+            s("status"),
+            p["input_tokens"],
+            p["output_tokens"],
+            p["first_token_ms"],
+            p["total_ms"]
+        ),
+        "job.step" => {
+            let step = &p["step"];
+            match step["kind"].as_str() {
+                Some("message") => format!("said: {}", first_line(step["text"].as_str().unwrap_or(""), 120)),
+                _ => {
+                    let input = first_line(&step["input"].to_string(), 80);
+                    let output = first_line(step["output"].as_str().unwrap_or(""), 80);
+                    let failed = if step["error"].as_bool() == Some(true) { " [error]" } else { "" };
+                    format!("{} {input} -> {output} ({} ms){failed}", step["tool"].as_str().unwrap_or("?"), step["duration_ms"])
+                }
+            }
+        }
+        _ => first_line(&p.to_string(), 160),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn events_read_as_one_line_each() {
+        let step = json!({"job_id": "01a2", "seq": 3, "step": {"kind": "tool", "tool": "bash", "input": {"command": "cargo test"},
+                          "output": "\nrunning 3 tests\nok", "error": false, "duration_ms": 1200}});
+        assert_eq!(summary("job.step", &step), r#"bash {"command":"cargo test"} -> running 3 tests (1200 ms)"#);
+        let said = json!({"step": {"kind": "message", "text": "I will read the file.\nThen edit it."}});
+        assert_eq!(summary("job.step", &said), "said: I will read the file.");
+        assert_eq!(summary("task.moved", &json!({"from": "Ready", "to": "In Progress"})), "Ready -> In Progress");
+        let long = "x".repeat(300);
+        assert!(summary("comment.added", &json!({"body": long})).chars().count() <= 101);
+    }
+}
