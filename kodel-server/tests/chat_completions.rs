@@ -188,3 +188,24 @@ async fn orgs_cannot_point_the_server_at_private_addresses() {
     assert_eq!(s, 422, "{v}");
     assert!(v["error"]["message"].as_str().unwrap().contains("webhook"), "{v}");
 }
+
+#[tokio::test]
+async fn an_unreachable_ollama_says_what_to_do() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut config = test_config();
+    config.llm = LlmSettings { ollama_base_url: Some(format!("http://127.0.0.1:{closed}")), llm_concurrency: 4, llm_timeout: 10.0, ..Default::default() };
+    let app = TestApp::spawn_with(fresh_database().await, config).await;
+    let token = app.owner_with_project("olla@example.com", "olla", "OL").await;
+    let resp = app
+        .http
+        .post(format!("{}/v1/chat/completions", app.base))
+        .bearer_auth(&token)
+        .json(&json!({"model": "ollama/qwen2.5-coder", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let v: Value = resp.json().await.unwrap();
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("could not reach ollama") && msg.contains("is Ollama running") && msg.contains("KODEL_DEFAULT_MODEL"), "{msg}");
+}

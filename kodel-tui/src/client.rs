@@ -33,6 +33,10 @@ impl Client {
         self.creds.as_ref()
     }
 
+    pub fn set_credentials(&mut self, creds: Credentials) {
+        self.creds = Some(creds);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.server)
     }

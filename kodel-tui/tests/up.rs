@@ -15,6 +15,7 @@ fn up(listen: &str, data: &std::path::Path, config: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_kodel"))
         .args(["up", "--no-tui", "--listen", listen, "--data-dir", data.to_str().unwrap()])
         .env("KODEL_CONFIG_DIR", config)
+        .env("KODEL_NO_KEYRING", "1")
         .env_remove("DATABASE_URL")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -32,6 +33,40 @@ async fn wait_ready(base: &str, child: &mut Child) {
             return;
         }
         assert!(Instant::now() < deadline, "kodel up did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `kodel --json ARGS` with the CLI's config as `kodel up` left it.
+fn kodel_json(config: &std::path::Path, args: &[&str]) -> Value {
+    let (ok, out, err) = try_kodel_json(config, args);
+    assert!(ok, "kodel {args:?}: {err}");
+    out
+}
+
+fn try_kodel_json(config: &std::path::Path, args: &[&str]) -> (bool, Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kodel"))
+        .args(args)
+        .arg("--json")
+        .env("KODEL_CONFIG_DIR", config)
+        .env("KODEL_NO_KEYRING", "1")
+        .env_remove("KODEL_SERVER")
+        .env_remove("KODEL_TOKEN")
+        .env_remove("KODEL_ORG")
+        .output()
+        .unwrap();
+    (out.status.success(), serde_json::from_slice(&out.stdout).unwrap_or(Value::Null), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Waits (bounded) until `kodel up` has logged the CLI in and its agent is connected.
+async fn wait_agent(config: &std::path::Path) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, agents, _) = try_kodel_json(config, &["agent", "list"]);
+        if agents["data"].as_array().is_some_and(|a| a.iter().any(|a| a["name"] == "local" && a["status"] == "online")) {
+            return agents;
+        }
+        assert!(Instant::now() < deadline, "the local agent never connected: {agents}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -66,9 +101,15 @@ async fn up_serves_stops_on_ctrl_c_and_keeps_the_data() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    // The CLI now points at this server.
+    // The CLI now points at this server, logged in to the local org with its sample
+    // project, and a local agent is connected.
+    wait_agent(&config).await;
     let settings: Value = serde_json::from_str(&std::fs::read_to_string(config.join("config.json")).unwrap()).unwrap();
     assert_eq!(settings["server"], base.as_str());
+    let projects = kodel_json(&config, &["project", "list"]);
+    assert_eq!(projects["data"][0]["key"], "DEMO", "{projects}");
+    let secrets = std::fs::metadata(data.join("local-stack.json")).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&secrets.permissions()) & 0o777, 0o600);
 
     assert!(interrupt_and_wait(child).success());
     assert!(!data.join("postgres/postmaster.pid").exists(), "the database stopped too");
@@ -78,5 +119,9 @@ async fn up_serves_stops_on_ctrl_c_and_keeps_the_data() {
     wait_ready(&base, &mut child).await;
     let r = http.post(format!("{base}/api/v1/auth/login")).json(&json!({"email": "u@x.io", "password": "longenough"})).send().await.unwrap();
     assert_eq!(r.status(), 200, "the account survived the restart");
+    // The same local account, org and agent: nothing made twice.
+    let agents = wait_agent(&config).await;
+    assert_eq!(agents["data"].as_array().unwrap().len(), 1, "{agents}");
+    assert_eq!(kodel_json(&config, &["org", "list"])["data"].as_array().unwrap().len(), 1);
     assert!(interrupt_and_wait(child).success());
 }

@@ -234,6 +234,17 @@ impl Proxy {
             r = streamed => r,
             _ = cancelled => Err(LlmError::refused("the call was cancelled")),
         };
+        // Where the provider cannot be reached, say what to do about it.
+        let result = result.map_err(|mut e| {
+            if e.status.is_none() && e.message.starts_with("could not reach") {
+                let fix = match kind {
+                    ProviderKind::Ollama => "is Ollama running (`ollama serve`, then `ollama pull` the model)? Or set OPENAI_API_KEY, ANTHROPIC_API_KEY or OPENROUTER_API_KEY and KODEL_DEFAULT_MODEL on the server",
+                    _ => "check the provider's base URL and the network from the server",
+                };
+                e.message = format!("{}; {fix}", e.message);
+            }
+            e
+        });
         meter.total_ms = started.elapsed().as_millis() as u64;
         if let Err(e) = &result {
             meter.status = if e.message == "the call was cancelled" { "cancelled" } else { "error" };

@@ -145,15 +145,22 @@ fn summary(kind: &str, p: &Value) -> String {
         "job.succeeded" => format!("{} job {}: {}", s("kind"), short_id(&p["job_id"]), first_line(&s("summary"), 100)),
         "job.failed" | "job.requeued" => format!("{} job {}: {}", s("kind"), short_id(&p["job_id"]), first_line(&s("error"), 120)),
         "job.cancelled" => format!("{} job {}: {}", s("kind"), short_id(&p["job_id"]), s("reason")),
-        "job.llm_call" => format!(
-            "{} {}: {} in / {} out tokens, first token {} ms, {} ms",
-            s("model"),
-            s("status"),
-            p["input_tokens"],
-            p["output_tokens"],
-            p["first_token_ms"],
-            p["total_ms"]
-        ),
+        "job.llm_call" => {
+            let ms = |v: &Value| v.as_u64().map_or("-".to_owned(), |n| format!("{n} ms"));
+            let mut line = format!(
+                "{} {}: {} in / {} out tokens, first token {}, total {}",
+                s("model"),
+                s("status"),
+                p["input_tokens"],
+                p["output_tokens"],
+                ms(&p["first_token_ms"]),
+                ms(&p["total_ms"])
+            );
+            if let Some(e) = p["error"].as_str() {
+                line.push_str(&format!(" ({})", first_line(e, 200)));
+            }
+            line
+        }
         "job.step" => {
             let step = &p["step"];
             match step["kind"].as_str() {

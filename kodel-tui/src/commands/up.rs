@@ -1,32 +1,166 @@
-//! `kodel up`: a local server on its managed PostgreSQL, in the foreground. Ctrl-C (or
-//! SIGTERM) stops the server, which stops its database. The next `kodel up` reuses the
-//! data. (The TUI, the local agent and the first-run account come with later issues.)
+//! `kodel up`: a local stack in the foreground: the server on its managed PostgreSQL
+//! and one local agent. The first run creates a local account, an org `local` and a
+//! project `DEMO` (Software Development), and logs the CLI in; later runs reuse them.
+//! Ctrl-C (or SIGTERM) stops the agent, then the server, which stops its database.
+//! (The TUI comes with its issue.)
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::process::Command;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::process::{Child, Command};
 
 use super::Ctx;
 use crate::cli::UpArgs;
 use crate::exit::{self, CliError};
 
-/// kodel-server next to this binary (an install or a cargo build), else on PATH.
-fn server_binary() -> Result<PathBuf, CliError> {
-    let sibling = std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join("kodel-server")));
+/// A binary of ours next to this one (an install or a cargo build), else on PATH.
+fn sibling_binary(name: &str) -> Result<PathBuf, CliError> {
+    let sibling = std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join(name)));
     if let Some(p) = sibling.filter(|p| p.is_file()) {
         return Ok(p);
     }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
-            let p = dir.join("kodel-server");
+            let p = dir.join(name);
             if p.is_file() {
                 return Ok(p);
             }
         }
     }
-    Err(CliError::new(exit::FAILURE, "kodel-server not found next to kodel or on PATH").hint("run ./install.sh"))
+    Err(CliError::new(exit::FAILURE, format!("{name} not found next to kodel or on PATH")).hint("run ./install.sh"))
+}
+
+/// The server's data dir (the same rule as kodel-server's).
+fn data_dir(args: &UpArgs) -> Result<PathBuf, CliError> {
+    if let Some(d) = &args.data_dir {
+        return Ok(d.clone());
+    }
+    if nix::unistd::geteuid().is_root() {
+        return Ok(PathBuf::from("/var/lib/kodel"));
+    }
+    directories::ProjectDirs::from("dev", "kodel", "kodel")
+        .map(|d| d.data_dir().to_path_buf())
+        .ok_or_else(|| CliError::usage("cannot find a home directory").hint("pass --data-dir"))
+}
+
+/// What the first run made, kept in the data dir (0600): later runs log in with it.
+#[derive(Serialize, Deserialize)]
+struct LocalStack {
+    email: String,
+    password: String,
+    org: String,
+    project: String,
+    agent_token: String,
+}
+
+const LOCAL_EMAIL: &str = "you@kodel.localhost";
+
+/// Logs the CLI in to the local stack, creating the account, org, project and agent
+/// token on the first run.
+async fn local_stack(ctx: &mut Ctx, dir: &std::path::Path) -> Result<LocalStack, CliError> {
+    let file = dir.join("local-stack.json");
+    let existing: Option<LocalStack> = std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let (stack, tokens) = match existing {
+        Some(stack) => {
+            let resp = ctx.client.raw(reqwest::Method::POST, "/api/v1/auth/login", Some(json!({ "email": stack.email, "password": stack.password }))).await?;
+            let pair: kodel_core::api::TokenPair = crate::client::decode(resp).await?;
+            (stack, (pair.access_token, pair.refresh_token))
+        }
+        None => {
+            let password: String = (0..24).map(|_| char::from(b"abcdefghijkmnopqrstuvwxyz23456789"[rand::random_range(0..33)])).collect();
+            let resp = ctx
+                .client
+                .raw(reqwest::Method::POST, "/api/v1/auth/register", Some(json!({ "email": LOCAL_EMAIL, "password": password, "name": "You" })))
+                .await?;
+            let reg: kodel_core::api::Registered = crate::client::decode(resp).await.map_err(|e| {
+                e.hint(format!("the local account exists but {} is gone; remove the data dir to start over", file.display()))
+            })?;
+            let tokens = (reg.tokens.access_token, reg.tokens.refresh_token);
+            ctx.client.set_credentials(credentials(&tokens));
+            let _: serde_json::Value = ctx.client.post("/api/v1/orgs", json!({ "slug": "local", "name": "Local" })).await?;
+            let _: serde_json::Value = ctx
+                .client
+                .post("/api/v1/orgs/local/projects", json!({ "key": "DEMO", "name": "Demo", "workflow": "software-development" }))
+                .await?;
+            let t: kodel_core::api::ApiTokenCreated = ctx.client.post("/api/v1/orgs/local/agent-tokens", json!({ "name": "local agent" })).await?;
+            let stack = LocalStack { email: LOCAL_EMAIL.into(), password, org: "local".into(), project: "DEMO".into(), agent_token: t.token };
+            write_private(&file, &serde_json::to_string_pretty(&stack).unwrap_or_default())?;
+            (stack, tokens)
+        }
+    };
+    let creds = credentials(&tokens);
+    creds.save(&ctx.client.server)?;
+    ctx.client.set_credentials(creds);
+    ctx.settings.org = Some(stack.org.clone());
+    ctx.settings.project = Some(stack.project.clone());
+    Ok(stack)
+}
+
+fn credentials(tokens: &(String, String)) -> crate::config::Credentials {
+    crate::config::Credentials {
+        email: Some(LOCAL_EMAIL.into()),
+        access_token: Some(tokens.0.clone()),
+        refresh_token: Some(tokens.1.clone()),
+        api_token: None,
+    }
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> Result<(), CliError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| CliError::new(exit::FAILURE, format!("cannot write {}: {e}", path.display())))?;
+    f.write_all(text.as_bytes()).map_err(|e| CliError::new(exit::FAILURE, format!("cannot write {}: {e}", path.display())))
+}
+
+/// Which LLM the local stack uses when none is configured: Ollama at its default
+/// address (a job then says plainly if Ollama is not there).
+fn llm_defaults(cmd: &mut Command) -> Option<String> {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    if set("KODEL_DEFAULT_MODEL") {
+        return None;
+    }
+    let pick = [
+        ("OPENAI_API_KEY", "openai/gpt-4.1-mini"),
+        ("ANTHROPIC_API_KEY", "anthropic/claude-sonnet-4-5"),
+        ("OPENROUTER_API_KEY", "openrouter/openai/gpt-4.1-mini"),
+        ("OLLAMA_BASE_URL", "ollama/qwen2.5-coder"),
+    ]
+    .into_iter()
+    .find(|(k, _)| set(k));
+    let model = match pick {
+        Some((_, model)) => model,
+        None => {
+            cmd.env("OLLAMA_BASE_URL", "http://127.0.0.1:11434");
+            "ollama/qwen2.5-coder"
+        }
+    };
+    cmd.env("KODEL_DEFAULT_MODEL", model);
+    Some(model.to_owned())
+}
+
+async fn stop(child: &mut Child, what: &str) -> Result<(), CliError> {
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
+    }
+    match tokio::time::timeout(Duration::from_secs(60), child.wait()).await {
+        Ok(status) => {
+            status?;
+            Ok(())
+        }
+        Err(_) => {
+            let _ = child.kill().await;
+            Err(CliError::new(exit::FAILURE, format!("{what} did not stop within 60 s; killed it")))
+        }
+    }
 }
 
 pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
@@ -35,15 +169,15 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
     if http.get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status().is_success()) {
         return Err(CliError::new(exit::CONFLICT, format!("a Kodel server already answers at {url}")).hint("use it, or pass --listen with another address"));
     }
-    let mut cmd = Command::new(server_binary()?);
+    let data = data_dir(&args)?;
+    let mut cmd = Command::new(sibling_binary("kodel-server")?);
+    let model = llm_defaults(&mut cmd);
     cmd.arg("--listen").arg(&args.listen).env_remove("DATABASE_URL").stdin(Stdio::null()).kill_on_drop(true);
     // A local, single-user stack: its webhooks and a local Ollama live on this machine.
     if std::env::var_os("KODEL_ALLOW_PRIVATE_URLS").is_none() {
         cmd.env("KODEL_ALLOW_PRIVATE_URLS", "true");
     }
-    if let Some(dir) = &args.data_dir {
-        cmd.arg("--data-dir").arg(dir);
-    }
+    cmd.arg("--data-dir").arg(&data);
     let mut child = cmd.spawn().map_err(|e| CliError::new(exit::FAILURE, format!("cannot start kodel-server: {e}")))?;
 
     // Wait until it serves (the first start initialises the database).
@@ -62,37 +196,57 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     ctx.settings.server = Some(url.clone());
+    ctx.client = crate::client::Client::new(&url, None, false)?;
+    let stack = match local_stack(ctx, &data).await {
+        Ok(s) => s,
+        Err(e) => {
+            stop(&mut child, "kodel-server").await?;
+            return Err(e);
+        }
+    };
     ctx.settings.save()?;
+    let mut agent = match Command::new(sibling_binary("kodel-agent")?)
+        .args(["--server", &url, "--name", "local", "--workdir"])
+        .arg(data.join("agent-work"))
+        .env("KODEL_AGENT_TOKEN", &stack.agent_token)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(a) => a,
+        Err(e) => {
+            stop(&mut child, "kodel-server").await?;
+            return Err(CliError::new(exit::FAILURE, format!("cannot start kodel-agent: {e}")));
+        }
+    };
     if !args.no_tui {
-        say("kodel: the TUI is not built yet; running the server only.");
+        say("kodel: the TUI is not built yet; running the stack headless.");
     }
-    say(&format!("Kodel is up at {url}. Ctrl-C stops it."));
-    say("Next: kodel register --email you@example.com --name You && kodel org create myorg && kodel project create DEMO --name Demo");
+    say(&format!("Kodel is up at {url}, with a local agent. Ctrl-C stops it."));
+    say(&format!("You are logged in as {} in org {} (project {}).", stack.email, stack.org, stack.project));
+    if let Some(model) = model {
+        say(&format!(
+            "AI jobs use {model}. Set OPENAI_API_KEY, ANTHROPIC_API_KEY or OPENROUTER_API_KEY (and KODEL_DEFAULT_MODEL) before `kodel up` for another."
+        ));
+    }
+    say("Try: kodel task create \"Add a README\" && kodel task move DEMO-1 Ready && kodel task move DEMO-1 \"In Progress\" && kodel task logs DEMO-1 -f");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         status = child.wait() => {
             let status = status?;
+            let _ = stop(&mut agent, "kodel-agent").await;
             return if status.success() { Ok(()) } else { Err(CliError::new(exit::FAILURE, format!("kodel-server stopped ({status})"))) };
         }
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
     say("Stopping Kodel…");
-    if let Some(pid) = child.id() {
-        // SIGTERM: the server shuts down gracefully and stops its database.
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
-    }
-    match tokio::time::timeout(Duration::from_secs(60), child.wait()).await {
-        Ok(status) => {
-            status?;
-            Ok(())
-        }
-        Err(_) => {
-            let _ = child.kill().await;
-            Err(CliError::new(exit::FAILURE, "kodel-server did not stop within 60 s; killed it"))
-        }
-    }
+    // The agent first (a job it runs goes back to the queue), then the server, which
+    // shuts down gracefully and stops its database.
+    let _ = stop(&mut agent, "kodel-agent").await;
+    stop(&mut child, "kodel-server").await
 }
 
 /// A message on stderr that cannot fail the shutdown (stderr may be a closed pipe).
