@@ -203,6 +203,12 @@ pub struct Project {
     pub workflow: Workflow,
     /// The instance template jobs of this project run in (its name).
     pub instance_template: Option<String>,
+    /// The command a QA job runs in the workspace, e.g. `cargo test`.
+    #[serde(default)]
+    pub test_command: Option<String>,
+    /// What a review job checks, in words the reviewer model reads.
+    #[serde(default)]
+    pub review_rules: Option<String>,
     /// The caller's role in the project.
     pub role: ProjectRole,
     pub created_at: DateTime<Utc>,
@@ -316,7 +322,17 @@ pub struct UpdateProject {
     /// An instance template's name or id; null detaches it.
     #[serde(default, with = "double_option", skip_serializing_if = "Option::is_none")]
     pub instance_template: Option<Option<String>>,
+    /// null clears it.
+    #[serde(default, with = "double_option", skip_serializing_if = "Option::is_none")]
+    pub test_command: Option<Option<String>>,
+    /// null clears them.
+    #[serde(default, with = "double_option", skip_serializing_if = "Option::is_none")]
+    pub review_rules: Option<Option<String>>,
 }
+
+/// Bounds of the project settings.
+pub const MAX_TEST_COMMAND: usize = 2_000;
+pub const MAX_REVIEW_RULES: usize = 20_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProjectMember {

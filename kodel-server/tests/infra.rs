@@ -113,3 +113,28 @@ async fn agents_registry_lists_the_orgs_agents_only() {
     let (s, _) = app.get("/api/v1/orgs/acme/agents", &eve).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn projects_keep_their_test_command_and_review_rules() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner_with_project("qa@x.io", "acme", "KOD").await;
+    let (s, p) = app
+        .patch("/api/v1/orgs/acme/projects/KOD", &owner, json!({"test_command": "cargo test --workspace", "review_rules": "No unwrap in library code.\nEvery change has a test."}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    assert_eq!(p["test_command"], "cargo test --workspace");
+    assert!(p["review_rules"].as_str().unwrap().contains("Every change has a test."));
+    // Other fields leave them alone; null (or blank) clears one.
+    let (_, p) = app.patch("/api/v1/orgs/acme/projects/KOD", &owner, json!({"name": "Kodel"})).await;
+    assert_eq!(p["test_command"], "cargo test --workspace");
+    let (_, p) = app.patch("/api/v1/orgs/acme/projects/KOD", &owner, json!({"test_command": null, "review_rules": "  "})).await;
+    assert_eq!((p["test_command"].clone(), p["review_rules"].clone()), (json!(null), json!(null)));
+    let (s, v) = app.patch("/api/v1/orgs/acme/projects/KOD", &owner, json!({"test_command": "x".repeat(2001)})).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"));
+    // Only project admins change them.
+    let dev = app.register("dev@x.io").await;
+    app.post("/api/v1/orgs/acme/members", &owner, json!({"email": "dev@x.io", "role": "member"})).await;
+    app.post("/api/v1/orgs/acme/projects/KOD/members", &owner, json!({"email": "dev@x.io", "role": "developer"})).await;
+    let (s, _) = app.patch("/api/v1/orgs/acme/projects/KOD", &dev, json!({"test_command": "rm -rf /"})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}

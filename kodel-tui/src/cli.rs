@@ -421,7 +421,7 @@ pub enum ProjectCmd {
         #[arg(long)]
         workflow: Option<String>,
     },
-    /// Change a project's name, description or instance template
+    /// Change a project's name, description, instance template or job settings
     Update {
         key: String,
         #[arg(long)]
@@ -432,6 +432,12 @@ pub enum ProjectCmd {
         /// An instance template's name, or `none` to detach it
         #[arg(long)]
         instance_template: Option<String>,
+        /// The command QA jobs run, e.g. "cargo test" (`none` clears it)
+        #[arg(long)]
+        test_command: Option<String>,
+        /// What review jobs check: text, or - to read it from stdin (`none` clears it)
+        #[arg(long)]
+        review_rules: Option<String>,
     },
     /// List projects you can see
     List,

@@ -339,6 +339,14 @@ async fn agent_tokens_through_the_real_binaries() {
     assert_eq!(list["data"][0]["name"], "build-box");
     assert!(!list.to_string().contains(token));
     assert_eq!(env.json(&["agent", "list"], None)["data"], serde_json::json!([]), "no agent has connected yet");
+
+    // Project settings for AI jobs: the QA command, and review rules from stdin.
+    env.ok(&["project", "create", "KOD", "--name", "Kodel", "--workflow", "software-development"], None);
+    let p = env.json(&["project", "update", "KOD", "--test-command", "cargo test", "--review-rules", "-"], Some("Small diffs only.\n"));
+    assert_eq!((p["test_command"].as_str(), p["review_rules"].as_str()), (Some("cargo test"), Some("Small diffs only.")));
+    assert!(env.ok(&["project", "show", "KOD"], None).contains("test command: cargo test"));
+    let p = env.json(&["project", "update", "KOD", "--test-command", "none"], None);
+    assert_eq!(p["test_command"], serde_json::Value::Null);
     env.ok(&["agent", "token", "revoke", &id], None);
     assert_eq!(env.json(&["agent", "token", "list"], None)["data"].as_array().unwrap().len(), 0);
 

@@ -76,13 +76,16 @@ struct ProjectRow {
     description: String,
     workflow_id: Uuid,
     instance_template: Option<String>,
+    test_command: Option<String>,
+    review_rules: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
 async fn project_json(conn: &mut PgConnection, id: Uuid, role: ProjectRole) -> ApiResult<Project> {
     let r = sqlx::query_as::<_, ProjectRow>(
-        "SELECT p.id, p.key, p.name, p.description, p.workflow_id, it.name AS instance_template, p.created_at, p.updated_at
+        "SELECT p.id, p.key, p.name, p.description, p.workflow_id, it.name AS instance_template, p.test_command, p.review_rules,
+                p.created_at, p.updated_at
          FROM projects p LEFT JOIN instance_templates it ON it.id = p.instance_template_id WHERE p.id = $1",
     )
     .bind(id)
@@ -96,6 +99,8 @@ async fn project_json(conn: &mut PgConnection, id: Uuid, role: ProjectRole) -> A
         description: r.description,
         workflow,
         instance_template: r.instance_template,
+        test_command: r.test_command,
+        review_rules: r.review_rules,
         role,
         created_at: r.created_at,
         updated_at: r.updated_at,
@@ -203,6 +208,15 @@ async fn update(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(r
     if let Some(d) = &req.description {
         check_len("description", d, MAX_DESCRIPTION)?;
     }
+    if let Some(Some(c)) = &req.test_command {
+        check_len("test_command", c, kodel_core::api::MAX_TEST_COMMAND)?;
+        if c.contains('\0') {
+            return Err(ApiError::invalid("test_command must not contain NUL bytes"));
+        }
+    }
+    if let Some(Some(r)) = &req.review_rules {
+        check_len("review_rules", r, kodel_core::api::MAX_REVIEW_RULES)?;
+    }
     let instance_template = match req.instance_template.as_ref() {
         Some(Some(it)) => {
             let id = Uuid::parse_str(it.trim()).ok();
@@ -217,13 +231,20 @@ async fn update(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(r
     };
     sqlx::query(
         "UPDATE projects SET name = coalesce($2, name), description = coalesce($3, description),
-                instance_template_id = CASE WHEN $4 THEN $5 ELSE instance_template_id END, updated_at = now() WHERE id = $1",
+                instance_template_id = CASE WHEN $4 THEN $5 ELSE instance_template_id END,
+                test_command = CASE WHEN $6 THEN nullif(btrim($7), '') ELSE test_command END,
+                review_rules = CASE WHEN $8 THEN nullif(btrim($9), '') ELSE review_rules END,
+                updated_at = now() WHERE id = $1",
     )
     .bind(p.id)
     .bind(name)
     .bind(req.description)
     .bind(req.instance_template.is_some())
     .bind(instance_template)
+    .bind(req.test_command.is_some())
+    .bind(req.test_command.flatten())
+    .bind(req.review_rules.is_some())
+    .bind(req.review_rules.flatten())
     .execute(t.conn())
     .await?;
     let project = project_json(t.conn(), p.id, p.role).await?;

@@ -23,13 +23,24 @@ pub async fn run(ctx: &mut Ctx, cmd: ProjectCmd) -> Result<(), CliError> {
             }
             if ctx.json { output::json(&p) } else { println!("{}", p.key); Ok(()) }
         }
-        ProjectCmd::Update { key, name, description, instance_template } => {
+        ProjectCmd::Update { key, name, description, instance_template, test_command, review_rules } => {
             let mut body = serde_json::Map::new();
             if let Some(n) = name {
                 body.insert("name".into(), json!(n));
             }
             if let Some(d) = output::text_arg(description, false)? {
                 body.insert("description".into(), json!(d));
+            }
+            for (field, value) in [("test_command", test_command), ("review_rules", review_rules)] {
+                match value.as_deref() {
+                    Some("none") => {
+                        body.insert(field.into(), serde_json::Value::Null);
+                    }
+                    Some(_) => {
+                        body.insert(field.into(), json!(output::text_arg(value, false)?));
+                    }
+                    None => {}
+                }
             }
             match instance_template.as_deref() {
                 Some("none") => {
@@ -69,6 +80,12 @@ pub async fn run(ctx: &mut Ctx, cmd: ProjectCmd) -> Result<(), CliError> {
             }
             print!("workflow: ");
             super::workflow::print_workflow(&p.workflow);
+            if let Some(c) = &p.test_command {
+                println!("test command: {c}");
+            }
+            if let Some(r) = &p.review_rules {
+                println!("review rules:\n{r}");
+            }
             if let Some(it) = &p.instance_template {
                 println!("instance template: {it}");
             }
