@@ -302,8 +302,8 @@ impl Agent {
     async fn give_back(&mut self, ws: &mut Socket) {
         let Some(job) = self.job.take() else { return };
         job.handle.abort();
-        let error = format!("kodel-agent {:?} was stopped during the job; queued again", self.cfg.name);
-        if send(ws, &AgentMessage::Error { job_id: job.id, error, retryable: true }).await.is_err() {
+        let reason = format!("kodel-agent {:?} was stopped during the job; queued again", self.cfg.name);
+        if send(ws, &AgentMessage::Release { job_id: job.id, reason }).await.is_err() {
             return;
         }
         let _ = tokio::time::timeout(Duration::from_secs(3), async {

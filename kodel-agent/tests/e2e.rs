@@ -478,7 +478,7 @@ async fn a_stopped_agent_gives_its_job_back_at_once() {
     let llm = ScriptedLlm::start(vec![Reply::ToolCalls(vec![("bash".into(), json!({"command": "echo working; sleep 60"}))])]).await;
     let mut stack = Stack::start(&llm, "openai").await;
     let a = stack.agent("worker-s");
-    stack.task_in_progress("Interrupted").await;
+    let key = stack.task_in_progress("Interrupted").await;
     stack.wait_event("job.output", Duration::from_secs(60)).await;
     let pid = nix::unistd::Pid::from_raw(stack.agents[a].id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
@@ -493,4 +493,7 @@ async fn a_stopped_agent_gives_its_job_back_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(status.success(), "{status:?}");
+    // Given back, not failed: the attempt does not count.
+    let job = stack.job(&key).await;
+    assert_eq!((job["status"].as_str(), job["attempts"].as_i64()), (Some("pending"), Some(0)), "{job}");
 }

@@ -78,6 +78,10 @@ pub enum AgentMessage {
     },
     #[serde(rename = "task.error")]
     Error { job_id: Uuid, error: String, retryable: bool },
+    /// The agent gives the job back unfinished (it is stopping): queued again at once,
+    /// and the attempt does not count against the job.
+    #[serde(rename = "task.release")]
+    Release { job_id: Uuid, reason: String },
 }
 
 /// Server -> agent.

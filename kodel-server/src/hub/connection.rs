@@ -310,6 +310,11 @@ async fn enroll(
 /// Gives a claimed job back at once (its agent vanished before it got it): pending
 /// again, and the attempt it never had is not counted.
 pub async fn release(state: &AppState, org_id: Uuid, slug: &OrgSlug, agent: Uuid, job: Uuid) {
+    release_for(state, org_id, slug, agent, job, "the agent disconnected before the job reached it; queued again").await;
+}
+
+/// Puts a job its agent holds back in the queue, giving back its attempt.
+async fn release_for(state: &AppState, org_id: Uuid, slug: &OrgSlug, agent: Uuid, job: Uuid, error: &str) {
     let result = async {
         let mut db = OrgTx::begin(state, org_id, slug).await?;
         let task: Option<(Uuid, String)> = sqlx::query_as(
@@ -321,7 +326,6 @@ pub async fn release(state: &AppState, org_id: Uuid, slug: &OrgSlug, agent: Uuid
         .fetch_optional(db.conn())
         .await?;
         if let Some((task, kind)) = task {
-            let error = "the agent disconnected before the job reached it; queued again";
             crate::events::record(&mut db, task, "job.requeued", json!({ "job_id": job, "kind": kind, "error": error })).await?;
         }
         db.commit().await
@@ -383,6 +387,22 @@ impl Conn {
             }
             AgentMessage::Complete { job_id, summary, artifacts } => match self.current(job_id) {
                 Some(job) => self.finish(job, Ok((summary, artifacts))).await,
+                None => {
+                    self.not_yours(job_id);
+                    Ok(())
+                }
+            },
+            AgentMessage::Release { job_id, reason } => match self.current(job_id) {
+                Some(job) => {
+                    let reason: String = reason.chars().take(500).collect();
+                    self.stop_llm();
+                    release_for(&self.state, self.token.org_id, &self.token.slug, self.agent_id, job.id, &reason).await;
+                    self.state.hub.finished(job.id, &self.ctl);
+                    let _ = self.out.send(ServerMessage::Ack { job_id: job.id });
+                    self.set_status("online", None).await;
+                    self.become_idle();
+                    Ok(())
+                }
                 None => {
                     self.not_yours(job_id);
                     Ok(())
