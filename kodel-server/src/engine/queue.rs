@@ -120,16 +120,16 @@ pub async fn reap_expired(state: &AppState, org_id: Uuid, slug: &OrgSlug) -> Api
 
 /// Claims for agents of several orgs, taking the orgs in turn: after serving one org it
 /// starts the next search at the following one, so every org with work gets its share.
+/// Its agents have no labels (the hub claims per label set itself).
 pub struct Claimer {
     /// (org, the agent that works for that org).
     pub orgs: Vec<(OrgSlug, Uuid)>,
-    pub labels: Vec<String>,
     next: usize,
 }
 
 impl Claimer {
     pub fn new(orgs: Vec<(OrgSlug, Uuid)>) -> Self {
-        Self { orgs, labels: Vec::new(), next: 0 }
+        Self { orgs, next: 0 }
     }
 
     /// The next job from any of the orgs, with the org it came from.
@@ -138,7 +138,7 @@ impl Claimer {
         for i in 0..n {
             let at = (self.next + i) % n;
             let (slug, agent) = &self.orgs[at];
-            if let Some(job) = claim(state, slug, *agent, &self.labels, lease).await? {
+            if let Some(job) = claim(state, slug, *agent, &[], lease).await? {
                 self.next = (at + 1) % n;
                 return Ok(Some((slug.clone(), job)));
             }

@@ -72,8 +72,10 @@ struct Conn {
     /// Why the connection must end now (token revoked, a write failed, replaced by a
     /// newer connection of the same agent), with the close code.
     ending: Option<(u16, &'static str)>,
-    /// When the agent's last heartbeat came (only heartbeats prove it is alive).
+    /// When the agent's last heartbeat came (only heartbeats prove it is alive), and
+    /// whether one came since the last check.
     last_beat: Instant,
+    beat_since_check: bool,
     /// The LLM call in flight (one at a time), and how to stop it when the job ends
     /// here (it is still metered).
     llm_call: Option<(tokio::task::JoinHandle<()>, Arc<tokio::sync::Notify>)>,
@@ -120,6 +122,7 @@ pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
         ctl,
         ending: None,
         last_beat: Instant::now(),
+        beat_since_check: false,
         llm_call: None,
     };
     // A newer connection of the same agent replaces an older one (a half-open socket
@@ -361,7 +364,12 @@ impl Conn {
                 self.error("bad_frame", "agent.hello is only the first frame".into());
                 Ok(())
             }
-            AgentMessage::Heartbeat { job_id } => self.heartbeat(job_id).await,
+            // Counted here, written by the next check: one statement an interval.
+            AgentMessage::Heartbeat { .. } => {
+                self.last_beat = Instant::now();
+                self.beat_since_check = true;
+                Ok(())
+            }
             AgentMessage::LlmRequest { job_id, request_id, request } => {
                 match self.current(job_id) {
                     Some(job) => self.llm(job, request_id, request),
@@ -427,34 +435,26 @@ impl Conn {
         }
     }
 
-    async fn heartbeat(&mut self, job_id: Option<Uuid>) -> ApiResult<()> {
-        self.last_beat = Instant::now();
-        let state = self.state.clone();
-        let mut db = OrgTx::begin(&state, self.token.org_id, &self.token.slug).await?;
-        sqlx::query("UPDATE agents SET last_seen_at = now() WHERE id = $1").bind(self.agent_id).execute(db.conn()).await?;
-        if let Some(job) = job_id.and_then(|j| self.current(j)) {
-            sqlx::query("UPDATE ai_jobs SET lease_expires_at = now() + make_interval(secs => $3) WHERE id = $1 AND lease_agent = $2 AND state = 'running'")
-                .bind(job.id)
-                .bind(self.agent_id)
-                .bind(state.hub.lease().as_secs_f64())
-                .execute(db.conn())
-                .await?;
-        }
-        db.commit().await
-    }
-
-    /// Every heartbeat interval, whatever the agent sends: is its token still good, and
-    /// does it still hold its job? (A cancel through another replica, an expired lease.)
+    /// Every heartbeat interval, whatever the agent sends, one statement: the agent's
+    /// heartbeats since the last check renew its job's lease and its last-seen time; is
+    /// its token still good, and does it still hold its job (a cancel through another
+    /// replica, an expired lease)?
     async fn check(&mut self) {
+        let renew = std::mem::take(&mut self.beat_since_check);
         let result: ApiResult<(Option<bool>, bool)> = async {
             let mut db = OrgTx::begin(&self.state, self.token.org_id, &self.token.slug).await?;
             let row: (Option<bool>, bool) = sqlx::query_as(
-                "SELECT (SELECT revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) FROM public.api_tokens WHERE id = $1),
-                        EXISTS (SELECT 1 FROM ai_jobs WHERE id = $2 AND lease_agent = $3 AND state = 'running')",
+                "WITH seen AS (UPDATE agents SET last_seen_at = now() WHERE id = $3 AND $5),
+                      held AS (UPDATE ai_jobs SET lease_expires_at = CASE WHEN $5 THEN now() + make_interval(secs => $4) ELSE lease_expires_at END
+                               WHERE id = $2 AND lease_agent = $3 AND state = 'running' RETURNING id)
+                 SELECT (SELECT revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) FROM public.api_tokens WHERE id = $1),
+                        EXISTS (SELECT 1 FROM held)",
             )
             .bind(self.token.token_id)
             .bind(self.job.as_ref().map(|j| j.id))
             .bind(self.agent_id)
+            .bind(self.state.hub.lease().as_secs_f64())
+            .bind(renew)
             .fetch_one(db.conn())
             .await?;
             db.commit().await?;

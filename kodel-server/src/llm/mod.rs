@@ -94,15 +94,15 @@ pub struct Metered {
 impl Proxy {
     pub fn new(settings: &LlmSettings, http: reqwest::Client) -> Self {
         let mut env = HashMap::new();
-        let mut add = |kind: ProviderKind, base: Option<&String>, default: &str, key: Option<&String>| {
+        // An empty base URL is the provider's own (`ProviderKind::default_base_url`).
+        let mut add = |kind: ProviderKind, base: Option<&String>, key: Option<&String>| {
             if key.is_some() || base.is_some() {
-                let base_url = base.map_or(default, |b| b.as_str()).trim_end_matches('/').to_owned();
-                env.insert(kind.name(), ProviderConfig { kind, base_url, api_key: key.cloned() });
+                env.insert(kind.name(), ProviderConfig { kind, base_url: base.cloned().unwrap_or_default(), api_key: key.cloned() });
             }
         };
-        add(ProviderKind::OpenAi, settings.openai_base_url.as_ref(), "https://api.openai.com/v1", settings.openai_api_key.as_ref());
-        add(ProviderKind::Anthropic, settings.anthropic_base_url.as_ref(), "https://api.anthropic.com", settings.anthropic_api_key.as_ref());
-        add(ProviderKind::OpenRouter, settings.openrouter_base_url.as_ref(), "https://openrouter.ai/api/v1", settings.openrouter_api_key.as_ref());
+        add(ProviderKind::OpenAi, settings.openai_base_url.as_ref(), settings.openai_api_key.as_ref());
+        add(ProviderKind::Anthropic, settings.anthropic_base_url.as_ref(), settings.anthropic_api_key.as_ref());
+        add(ProviderKind::OpenRouter, settings.openrouter_base_url.as_ref(), settings.openrouter_api_key.as_ref());
         // Ollama needs no key: its base URL is what enables it.
         if let Some(base) = &settings.ollama_base_url {
             let base = base.trim_end_matches('/');
@@ -230,9 +230,13 @@ impl Proxy {
             }
             Ok::<_, LlmError>(LlmDone { message: assembler.finish(), usage: meter.usage, finish_reason: finish, model: format!("{}/{model}", kind.name()) })
         };
+        let mut was_cancelled = false;
         let result = tokio::select! {
             r = streamed => r,
-            _ = cancelled => Err(LlmError::refused("the call was cancelled")),
+            _ = cancelled => {
+                was_cancelled = true;
+                Err(LlmError::refused("the call was cancelled"))
+            }
         };
         // Where the provider cannot be reached, say what to do about it.
         let result = result.map_err(|mut e| {
@@ -247,7 +251,7 @@ impl Proxy {
         });
         meter.total_ms = started.elapsed().as_millis() as u64;
         if let Err(e) = &result {
-            meter.status = if e.message == "the call was cancelled" { "cancelled" } else { "error" };
+            meter.status = if was_cancelled { "cancelled" } else { "error" };
             meter.error = Some(e.message.chars().take(500).collect());
         }
         if let Err(e) = record(state, caller, &meter).await {
@@ -322,17 +326,7 @@ async fn org_provider(state: &crate::AppState, caller: &Caller, kind: ProviderKi
         }
         None => None,
     };
-    let base_url = base.unwrap_or_else(|| default_base(kind).to_owned());
-    Ok(Some(ProviderConfig { kind, base_url, api_key }))
-}
-
-pub fn default_base(kind: ProviderKind) -> &'static str {
-    match kind {
-        ProviderKind::OpenAi => "https://api.openai.com/v1",
-        ProviderKind::Anthropic => "https://api.anthropic.com",
-        ProviderKind::OpenRouter => "https://openrouter.ai/api/v1",
-        ProviderKind::Ollama => "http://127.0.0.1:11434/v1",
-    }
+    Ok(Some(ProviderConfig { kind, base_url: base.unwrap_or_default(), api_key }))
 }
 
 /// The HTTP client for providers: a bounded connect, no overall timeout (a long answer
