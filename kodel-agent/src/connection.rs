@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -21,9 +22,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, http};
 use uuid::Uuid;
 
-use crate::runner::{self, Link, LlmFailure, Outgoing};
+use crate::job::workspace::Workspaces;
+use crate::job::{self, JobEnv};
+use crate::runner::{Link, LlmFailure, Outgoing};
 use crate::sandbox::Sandbox;
-use crate::tools::Workspace;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -34,6 +36,12 @@ pub struct AgentConfig {
     pub labels: Vec<String>,
     pub name: String,
     pub sandbox: Sandbox,
+    /// How long a failed job's workspace is kept for inspection.
+    pub keep_failed: Duration,
+    /// The most disk the workspaces may take together, bytes.
+    pub max_disk: u64,
+    /// Keep every job's workspace (debugging).
+    pub keep_workspaces: bool,
 }
 
 /// Why the agent stopped for good (it does not reconnect after these).
@@ -60,6 +68,7 @@ struct Agent {
     /// LLM calls waiting for their answer, by request id.
     pending: HashMap<String, Pending>,
     link_tx: mpsc::UnboundedSender<Outgoing>,
+    env: JobEnv,
     /// Set when the agent is asked to stop.
     stopping: watch::Receiver<bool>,
 }
@@ -94,7 +103,10 @@ pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()> +
         let _ = stop_tx.send(true);
     });
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
-    let mut agent = Agent { cfg, agent_id: None, job: None, outbox: Vec::new(), pending: HashMap::new(), link_tx, stopping: stopping.clone() };
+    let workspaces = Arc::new(Workspaces::new(&cfg.workdir, cfg.keep_failed, cfg.max_disk, cfg.keep_workspaces));
+    workspaces.prune().await;
+    let env = JobEnv { workspaces, sandbox: cfg.sandbox.clone(), toolchain_env: toolchain_env() };
+    let mut agent = Agent { cfg, agent_id: None, job: None, outbox: Vec::new(), pending: HashMap::new(), link_tx, env, stopping: stopping.clone() };
     let mut backoff = Duration::from_millis(250);
     loop {
         if agent.session(&url, &mut link_rx).await? {
@@ -149,6 +161,7 @@ impl Agent {
             capabilities: vec!["tools:v1".into()],
             agent_id: self.agent_id,
             job: self.job.as_ref().map(|j| j.id),
+            disk_bytes: Some(self.env.workspaces.disk()),
         };
         if send(&mut ws, &hello).await.is_err() {
             return Ok(false);
@@ -227,7 +240,7 @@ impl Agent {
                     return Ok(true);
                 }
                 _ = heartbeat.tick() => {
-                    let beat = AgentMessage::Heartbeat { job_id: self.job.as_ref().map(|j| j.id) };
+                    let beat = AgentMessage::Heartbeat { job_id: self.job.as_ref().map(|j| j.id), disk_bytes: Some(self.env.workspaces.disk()) };
                     if send(&mut ws, &beat).await.is_err() {
                         return Ok(true);
                     }
@@ -276,24 +289,7 @@ impl Agent {
         let id = a.job.id;
         tracing::info!(job = %id, task = %a.task.key, template = %a.template.name, "job assigned");
         let link = Link { tx: self.link_tx.clone() };
-        let dir = self.cfg.workdir.join(&a.task.key);
-        let sandbox = self.cfg.sandbox.clone();
-        let handle = tokio::spawn(async move {
-            let network = a.instance_template.as_ref().is_some_and(|t| t.network);
-            let mut env = toolchain_env();
-            env.extend(a.instance_template.as_ref().map(|t| t.env.clone()).unwrap_or_default());
-            let prepared = (|| {
-                sandbox.ready()?;
-                std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create the workspace {}: {e}", dir.display()))?;
-                Workspace::new(&dir, sandbox.clone()).map_err(|e| format!("cannot open the workspace {}: {e}", dir.display()))
-            })();
-            match prepared {
-                Ok(ws) => runner::run(a, ws.with_network(network).with_env(env), link).await,
-                Err(error) => {
-                    let _ = link.tx.send(Outgoing::Reliable(AgentMessage::Error { job_id: id, error, retryable: false }));
-                }
-            }
-        });
+        let handle = tokio::spawn(job::run(a, self.env.clone(), link));
         self.job = Some(Job { id, handle });
     }
 

@@ -4,6 +4,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod connection;
+pub mod job;
 pub mod runner;
 pub mod sandbox;
 pub mod tools;

@@ -18,7 +18,7 @@ struct Args {
     /// An agent token of the org (kodel agent token create NAME).
     #[arg(long, env = "KODEL_AGENT_TOKEN", hide_env_values = true)]
     token: String,
-    /// Where job workspaces live (one directory per task).
+    /// Where job workspaces live (a fresh directory per job).
     #[arg(long, env = "KODEL_AGENT_WORKDIR")]
     workdir: Option<PathBuf>,
     /// Labels this agent offers (a project's instance template may require some).
@@ -30,6 +30,16 @@ struct Args {
     /// The name shown in `kodel agent list` (default: the host name).
     #[arg(long, env = "KODEL_AGENT_NAME")]
     name: Option<String>,
+    /// Hours a failed job's workspace is kept for inspection (0: not kept).
+    #[arg(long, env = "KODEL_AGENT_KEEP_FAILED_HOURS", default_value_t = 24)]
+    keep_failed_hours: u64,
+    /// The most disk the job workspaces may take together, in GiB; kept workspaces
+    /// go, oldest first, to stay under it.
+    #[arg(long, env = "KODEL_AGENT_MAX_DISK_GB", default_value_t = 20)]
+    max_disk_gb: u64,
+    /// Keep every job's workspace, also of jobs that succeeded (to debug).
+    #[arg(long, env = "KODEL_AGENT_KEEP_WORKSPACES")]
+    keep_workspaces: bool,
 }
 
 fn main() {
@@ -50,7 +60,17 @@ fn main() {
     let code = runtime.block_on(async move {
         let workdir = args.workdir.unwrap_or_else(default_workdir);
         let name = args.name.unwrap_or_else(|| nix_hostname().unwrap_or_else(|| "kodel-agent".into()));
-        let cfg = AgentConfig { server: args.server, token: args.token, workdir, labels: args.labels, name, sandbox: Sandbox::detect(args.sandbox) };
+        let cfg = AgentConfig {
+            server: args.server,
+            token: args.token,
+            workdir,
+            labels: args.labels,
+            name,
+            sandbox: Sandbox::detect(args.sandbox),
+            keep_failed: std::time::Duration::from_secs(args.keep_failed_hours.saturating_mul(3600)),
+            max_disk: args.max_disk_gb.saturating_mul(1 << 30),
+            keep_workspaces: args.keep_workspaces,
+        };
         match connection::run(cfg, stop_signal()).await {
             Ok(()) => 0,
             Err(e @ Fatal::Refused(_)) => {

@@ -72,8 +72,89 @@ impl Link {
     }
 }
 
+/// Why a job stopped short: the message people see, and whether another attempt may
+/// do better.
+pub type Failed = (String, bool);
+
+/// Numbers the job's steps and sends them, and the live output of the step in progress.
+pub struct Reporter {
+    link: Link,
+    job_id: Uuid,
+    seq: u32,
+}
+
+/// Live output of one step: send text on `tx`; `done()` waits for the last of it.
+pub struct Live {
+    pub tx: mpsc::UnboundedSender<String>,
+    forward: tokio::task::JoinHandle<()>,
+}
+
+impl Live {
+    pub async fn done(self) {
+        drop(self.tx);
+        let _ = self.forward.await;
+    }
+}
+
+impl Reporter {
+    pub fn new(link: Link, job_id: Uuid, first_seq: u32) -> Reporter {
+        Reporter { link, job_id, seq: first_seq }
+    }
+
+    pub fn link(&self) -> &Link {
+        &self.link
+    }
+
+    pub fn step(&mut self, step: Step) {
+        self.link.reliable(AgentMessage::StepReport { job_id: self.job_id, seq: self.seq, step });
+        self.seq += 1;
+    }
+
+    /// A step that is not a model's tool call (git, the setup script, the test command).
+    pub fn action(&mut self, tool: &str, command: &str, output: &str, error: bool, started: Instant) {
+        self.step(Step::Tool {
+            call_id: format!("kodel-{}", self.seq),
+            tool: tool.to_owned(),
+            input: serde_json::json!({ "command": command }),
+            output: output.to_owned(),
+            error,
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
+    }
+
+    /// Forwards live output for the next step, gathered for a short window so a chatty
+    /// command sends a few frames a second, not one per line.
+    pub fn live(&self) -> Live {
+        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+        let link = self.link.clone();
+        let (job_id, seq) = (self.job_id, self.seq);
+        let forward = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut text = first;
+                let until = tokio::time::Instant::now() + LIVE_WINDOW;
+                let mut open = true;
+                while text.len() < LIVE_MAX {
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Ok(Some(more)) => text.push_str(&more),
+                        Ok(None) => {
+                            open = false;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let _ = link.tx.send(Outgoing::Live(AgentMessage::StepOutput { job_id, seq, text }));
+                if !open {
+                    break;
+                }
+            }
+        });
+        Live { tx, forward }
+    }
+}
+
 /// The job's first message: what the task asks.
-fn task_prompt(a: &Assignment) -> String {
+pub fn task_prompt(a: &Assignment) -> String {
     let mut p = format!("Task {}: {}\n", a.task.key, a.task.title);
     if !a.task.description.trim().is_empty() {
         p.push('\n');
@@ -86,13 +167,16 @@ fn task_prompt(a: &Assignment) -> String {
     p
 }
 
-/// Runs the job and sends its outcome (`task.complete` or `task.error`).
+/// Runs the job as a plain conversation in `workspace` and sends its outcome
+/// (`task.complete` or `task.error`).
 pub async fn run(assignment: Assignment, workspace: Workspace, link: Link) {
     let job_id = assignment.job.id;
     let limit = Duration::from_secs(assignment.template.time_limit_secs.max(1) as u64);
-    let outcome = match tokio::time::timeout(limit, work(&assignment, &workspace, &link)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err((format!("the job's time limit of {} s was reached", limit.as_secs()), false)),
+    let mut rep = Reporter::new(link.clone(), job_id, assignment.job.first_seq);
+    let first = vec![Message::text(Role::System, assignment.system_prompt.clone()), Message::text(Role::User, task_prompt(&assignment))];
+    let outcome = match tokio::time::timeout(limit, converse(&assignment, &workspace, &mut rep, first)).await {
+        Ok(outcome) => outcome.map(|(summary, _)| summary),
+        Err(_) => Err(time_limit(limit)),
     };
     let msg = match outcome {
         Ok(summary) => AgentMessage::Complete { job_id, summary, artifacts: Vec::new() },
@@ -101,77 +185,46 @@ pub async fn run(assignment: Assignment, workspace: Workspace, link: Link) {
     link.reliable(msg);
 }
 
-async fn work(a: &Assignment, ws: &Workspace, link: &Link) -> Result<String, (String, bool)> {
+pub fn time_limit(limit: Duration) -> Failed {
+    (format!("the job's time limit of {} s was reached", limit.as_secs()), false)
+}
+
+/// The loop: ask the model, run the tools it calls, report each step, until it stops
+/// calling tools. Gives back its last words and the whole conversation.
+pub async fn converse(a: &Assignment, ws: &Workspace, rep: &mut Reporter, mut messages: Vec<Message>) -> Result<(String, Vec<Message>), Failed> {
     let job_id = a.job.id;
     let specs = tools::specs(&a.template.allowed_tools);
-    let mut messages = vec![Message::text(Role::System, a.system_prompt.clone()), Message::text(Role::User, task_prompt(a))];
-    let mut seq: u32 = 0;
     let max_steps = a.template.max_steps.max(1) as u32;
-    let report = |step: Step, seq: &mut u32| {
-        link.reliable(AgentMessage::StepReport { job_id, seq: *seq, step });
-        *seq += 1;
-    };
     for _ in 0..max_steps {
         let request = LlmRequest { messages: messages.clone(), tools: specs.clone(), model: None, max_tokens: None, temperature: None };
-        let done = link.llm(job_id, &request).await.map_err(|f| (format!("the model could not be reached: {}", f.error), f.retryable))?;
+        let done = rep.link.llm(job_id, &request).await.map_err(|f| (format!("the model could not be reached: {}", f.error), f.retryable))?;
         let message = done.message;
         if !message.content.trim().is_empty() {
-            report(Step::Message { text: message.content.clone() }, &mut seq);
+            rep.step(Step::Message { text: message.content.clone() });
         }
         let calls = message.tool_calls.clone();
         messages.push(message.clone());
         if calls.is_empty() {
-            return Ok(message.content);
+            return Ok((message.content, messages));
         }
         for call in calls {
             let started = Instant::now();
-            let (live_tx, mut live_rx) = mpsc::unbounded_channel::<String>();
-            let forward = {
-                let link = link.clone();
-                let step_seq = seq;
-                tokio::spawn(async move {
-                    // Output is gathered for a short window, so a chatty command sends a
-                    // few frames a second, not one per line.
-                    while let Some(first) = live_rx.recv().await {
-                        let mut text = first;
-                        let until = tokio::time::Instant::now() + LIVE_WINDOW;
-                        let mut open = true;
-                        while text.len() < LIVE_MAX {
-                            match tokio::time::timeout_at(until, live_rx.recv()).await {
-                                Ok(Some(more)) => text.push_str(&more),
-                                Ok(None) => {
-                                    open = false;
-                                    break;
-                                }
-                                Err(_) => break,
-                            }
-                        }
-                        let _ = link.tx.send(Outgoing::Live(AgentMessage::StepOutput { job_id, seq: step_seq, text }));
-                        if !open {
-                            break;
-                        }
-                    }
-                })
-            };
+            let live = rep.live();
             let out = if a.template.allowed_tools.iter().any(|t| t == &call.name) {
-                tools::run(ws, &call.name, &call.arguments, Some(&live_tx)).await
+                tools::run(ws, &call.name, &call.arguments, Some(&live.tx)).await
             } else {
                 tools::ToolOutput { output: format!("tool {:?} is not allowed for this job; use one of: {}", call.name, a.template.allowed_tools.join(", ")), error: true }
             };
-            drop(live_tx);
-            let _ = forward.await;
+            live.done().await;
             let input: Value = serde_json::from_str(&call.arguments).unwrap_or(Value::String(call.arguments.clone()));
-            report(
-                Step::Tool {
-                    call_id: call.id.clone(),
-                    tool: call.name.clone(),
-                    input,
-                    output: out.output.clone(),
-                    error: out.error,
-                    duration_ms: started.elapsed().as_millis() as u64,
-                },
-                &mut seq,
-            );
+            rep.step(Step::Tool {
+                call_id: call.id.clone(),
+                tool: call.name.clone(),
+                input,
+                output: out.output.clone(),
+                error: out.error,
+                duration_ms: started.elapsed().as_millis() as u64,
+            });
             messages.push(Message::tool_result(call.id, out.output));
         }
     }

@@ -4,208 +4,15 @@
 //! reachable here).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use common::Stack;
 use kodel_server::testing::scripted_llm::{Reply, ScriptedLlm};
-use kodel_server::testing::{ServerProcess, database_url, fresh_database};
 use serde_json::{Value, json};
-
-fn server_binary() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_kodel-agent")).parent().unwrap().to_path_buf();
-    let bin = dir.join("kodel-server");
-    assert!(bin.exists(), "{} missing: build the workspace (cargo build --workspace)", bin.display());
-    bin
-}
-
-/// A free port on 127.0.0.1 (for a server that must come back where it was).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Stack {
-    server: Option<ServerProcess>,
-    db_url: String,
-    env: Vec<(String, String)>,
-    listen: String,
-    http: reqwest::Client,
-    token: String,
-    agent_token: String,
-    work: tempfile::TempDir,
-    events: Arc<Mutex<Vec<(String, Value)>>>,
-    agents: Vec<Child>,
-}
-
-impl Stack {
-    /// A server whose LLM provider is `llm` (`provider` = openai or anthropic), an org
-    /// `acme` with a Software Development project `KOD`, and an agent token.
-    async fn start(llm: &ScriptedLlm, provider: &str) -> Self {
-        let db = fresh_database().await;
-        let mut env = vec![
-            ("DATABASE_URL".to_owned(), database_url(&db)),
-            ("KODEL_ENGINE_TICK".to_owned(), "0.2".to_owned()),
-            ("KODEL_JOB_LEASE".to_owned(), "3".to_owned()),
-            ("KODEL_SPARE_SCHEMAS".to_owned(), "0".to_owned()),
-        ];
-        match provider {
-            "openai" => {
-                env.push(("OPENAI_BASE_URL".into(), llm.openai_base()));
-                env.push(("OPENAI_API_KEY".into(), "sk-test-secret".into()));
-                env.push(("KODEL_DEFAULT_MODEL".into(), "openai/gpt-test".into()));
-            }
-            _ => {
-                env.push(("ANTHROPIC_BASE_URL".into(), llm.anthropic_base()));
-                env.push(("ANTHROPIC_API_KEY".into(), "sk-ant-test-secret".into()));
-                env.push(("KODEL_DEFAULT_MODEL".into(), "anthropic/claude-test".into()));
-            }
-        }
-        let listen = format!("127.0.0.1:{}", free_port());
-        let mut stack = Stack {
-            server: None,
-            db_url: database_url(&db),
-            env,
-            listen,
-            http: reqwest::Client::new(),
-            token: String::new(),
-            agent_token: String::new(),
-            work: tempfile::tempdir().unwrap(),
-            events: Arc::default(),
-            agents: Vec::new(),
-        };
-        stack.start_server();
-        let reg = stack.call("POST", "/api/v1/auth/register", json!({"email": "ada@example.com", "password": "correct horse battery", "name": "Ada"})).await;
-        stack.token = reg["access_token"].as_str().unwrap().to_owned();
-        stack.call("POST", "/api/v1/orgs", json!({"slug": "acme", "name": "Acme"})).await;
-        stack.call("POST", "/api/v1/orgs/acme/projects", json!({"key": "KOD", "name": "Kodel", "workflow": "software-development"})).await;
-        let t = stack.call("POST", "/api/v1/orgs/acme/agent-tokens", json!({"name": "e2e"})).await;
-        stack.agent_token = t["token"].as_str().unwrap().to_owned();
-        assert!(stack.agent_token.starts_with("kodel_agt_"));
-        let _ = &stack.db_url;
-        stack
-    }
-
-    fn start_server(&mut self) {
-        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        self.server = Some(ServerProcess::start_on(&server_binary(), &self.listen, &[], &env));
-    }
-
-    fn base(&self) -> String {
-        format!("http://{}", self.listen)
-    }
-
-    async fn call(&self, method: &str, path: &str, body: Value) -> Value {
-        let req = self.http.request(method.parse().unwrap(), format!("{}{path}", self.base())).bearer_auth(&self.token);
-        let req = if body.is_null() { req } else { req.json(&body) };
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "{method} {path}: {status} {v}");
-        v
-    }
-
-    /// A real kodel-agent process.
-    fn agent(&mut self, name: &str) -> usize {
-        let child = Command::new(env!("CARGO_BIN_EXE_kodel-agent"))
-            .args(["--server", &self.base(), "--workdir"])
-            .arg(self.work.path())
-            .args(["--name", name, "--sandbox", "auto"])
-            .env("KODEL_AGENT_TOKEN", &self.agent_token)
-            .env("RUST_LOG", "info")
-            .env_remove("OPENAI_API_KEY")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.agents.push(child);
-        self.agents.len() - 1
-    }
-
-    /// Follows the task's SSE stream, stored and live events alike.
-    async fn follow(&self, task: &str) {
-        let resp = self
-            .http
-            .get(format!("{}/api/v1/orgs/acme/tasks/{task}/events", self.base()))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success());
-        let sink = self.events.clone();
-        tokio::spawn(async move {
-            let mut body = resp.bytes_stream();
-            let mut buf = String::new();
-            while let Some(Ok(chunk)) = body.next().await {
-                buf.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buf.find("\n\n") {
-                    let block: String = buf.drain(..end + 2).collect();
-                    let (mut kind, mut data) = (String::new(), String::new());
-                    for line in block.lines() {
-                        if let Some(k) = line.strip_prefix("event:") {
-                            kind = k.trim().to_owned();
-                        } else if let Some(d) = line.strip_prefix("data:") {
-                            data.push_str(d.trim_start());
-                        }
-                    }
-                    if !kind.is_empty() {
-                        // Stored and live events alike carry their details in `payload`.
-                        let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                        sink.lock().unwrap().push((kind, v["payload"].clone()));
-                    }
-                }
-            }
-        });
-    }
-
-    fn events_of(&self, kind: &str) -> Vec<Value> {
-        self.events.lock().unwrap().iter().filter(|(k, _)| k == kind).map(|(_, v)| v.clone()).collect()
-    }
-
-    /// Waits (bounded) until the stream has shown an event of this kind.
-    async fn wait_event(&self, kind: &str, within: Duration) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(v) = self.events_of(kind).into_iter().next() {
-                return v;
-            }
-            if Instant::now() > deadline {
-                let seen: Vec<String> = self.events.lock().unwrap().iter().map(|(k, _)| k.clone()).collect();
-                panic!("no {kind} event within {within:?}; saw {seen:?}\nserver log:\n{}", self.server_log());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn server_log(&self) -> String {
-        self.server.as_ref().map(|s| s.log()).unwrap_or_default()
-    }
-
-    async fn task_in_progress(&self, title: &str) -> String {
-        let t = self.call("POST", "/api/v1/orgs/acme/projects/KOD/tasks", json!({"title": title, "description": "Make it so."})).await;
-        let key = t["key"].as_str().unwrap().to_owned();
-        self.follow(&key).await;
-        for status in ["Ready", "In Progress"] {
-            self.call("POST", &format!("/api/v1/orgs/acme/tasks/{key}/move"), json!({"status": status})).await;
-        }
-        key
-    }
-
-    async fn job(&self, key: &str) -> Value {
-        let jobs = self.call("GET", &format!("/api/v1/orgs/acme/jobs?task={key}"), Value::Null).await;
-        jobs["data"][0].clone()
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        for a in &mut self.agents {
-            let _ = a.kill();
-            let _ = a.wait();
-        }
-    }
-}
 
 fn six_tools() -> Vec<Reply> {
     vec![
@@ -229,7 +36,7 @@ async fn an_agent_runs_a_job_with_all_six_tools_through_the_openai_format() {
     assert_eq!(done["summary"], "Done: src/hello.txt now greets kodel.");
 
     // The files changed in the task's workspace.
-    let ws = stack.work.path().join(&key);
+    let ws = stack.workspace(&key);
     assert_eq!(std::fs::read_to_string(ws.join("src/hello.txt")).unwrap(), "hello\nkodel\n");
     assert_eq!(std::fs::read_to_string(ws.join("bash.txt")).unwrap(), "from-bash\n");
 
@@ -274,22 +81,6 @@ async fn an_agent_runs_a_job_with_all_six_tools_through_the_openai_format() {
     assert_eq!(agents["data"][0]["status"], "online");
 }
 
-fn kodel_binary() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_kodel-agent")).parent().unwrap().join("kodel");
-    assert!(bin.exists(), "{} missing: build the workspace (cargo build --workspace)", bin.display());
-    bin
-}
-
-impl Stack {
-    /// `kodel` as a script would run it (KODEL_TOKEN and KODEL_ORG, no login).
-    fn kodel(&self) -> Command {
-        let mut cmd = Command::new(kodel_binary());
-        cmd.env("KODEL_SERVER", self.base()).env("KODEL_TOKEN", &self.token).env("KODEL_ORG", "acme").env("KODEL_NO_KEYRING", "1");
-        cmd.env("KODEL_CONFIG_DIR", self.work.path().join(".kodel-config"));
-        cmd
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_job_through_the_anthropic_format() {
     let llm = ScriptedLlm::start(vec![
@@ -324,7 +115,7 @@ async fn the_same_job_through_the_anthropic_format() {
     }
     let done = stack.wait_event("job.succeeded", Duration::from_secs(60)).await;
     assert_eq!(done["summary"], "Wrote notes.md.");
-    assert_eq!(std::fs::read_to_string(stack.work.path().join(&key).join("notes.md")).unwrap(), "# Notes\n");
+    assert_eq!(std::fs::read_to_string(stack.workspace(&key).join("notes.md")).unwrap(), "# Notes\n");
     let reqs = llm.requests();
     assert_eq!(reqs.len(), 2);
     assert!(reqs.iter().all(|r| r.format == "anthropic" && r.header("x-api-key") == Some("sk-ant-test-secret")));
@@ -380,7 +171,7 @@ async fn a_cancelled_job_stops_its_agent_mid_job() {
     assert!(live["text"].as_str().is_some_and(|t| t.contains("started")), "{live} {:?}", stack.events.lock().unwrap());
     assert_eq!(llm.requests().len(), 1, "no LLM call after the cancel");
     assert!(stack.events_of("job.step").is_empty(), "the cut-off bash step is not reported");
-    assert!(!stack.work.path().join(&key).join("late.txt").exists(), "the command was killed");
+    assert!(!stack.workspace(&key).join("late.txt").exists(), "the command was killed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,7 +196,7 @@ async fn a_killed_agents_job_is_requeued_and_finished_by_another() {
     assert_eq!(done["summary"], "Finished by the second agent.");
     let job = stack.job(&key).await;
     assert_eq!(job["attempts"], 2, "{job}");
-    assert_eq!(std::fs::read_to_string(stack.work.path().join(&key).join("done.txt")).unwrap(), "second agent\n");
+    assert_eq!(std::fs::read_to_string(stack.workspace(&key).join("done.txt")).unwrap(), "second agent\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -437,7 +228,7 @@ async fn an_agent_goes_on_with_its_job_across_a_server_restart() {
     assert_eq!(steps["data"][2]["step"]["text"], "Survived the restart.");
     let bash = &steps["data"][0]["step"]["output"];
     assert!(bash.as_str().unwrap().contains("one\ntwo"), "{bash}");
-    assert_eq!(std::fs::read_to_string(stack.work.path().join(&key).join("after.txt")).unwrap(), "after the restart\n");
+    assert_eq!(std::fs::read_to_string(stack.workspace(&key).join("after.txt")).unwrap(), "after the restart\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::forge::ForgeKind;
+
 pub const MAX_URL: usize = 2000;
 pub const MAX_SETUP_SCRIPT: usize = 100_000;
 pub const MAX_PACKAGES: usize = 200;
@@ -22,13 +24,20 @@ pub struct Module {
     pub path_prefix: String,
     /// Whether credentials are stored (they are never returned).
     pub has_credentials: bool,
+    /// Where implement jobs open pull requests: set on the module, or known from the
+    /// URL's host (github.com, gitlab.com). None: no pull requests.
+    #[serde(default)]
+    pub forge: Option<ForgeKind>,
+    /// The forge's API base when it is not the usual one (self-hosted forges).
+    #[serde(default)]
+    pub forge_api_url: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 /// Credentials for a private repository: a token or password, with a user name where
 /// the host wants one. Stored sealed; the API never returns them.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepoCredentials {
     #[serde(default)]
@@ -55,6 +64,10 @@ pub struct CreateModule {
     pub path_prefix: Option<String>,
     #[serde(default)]
     pub credentials: Option<RepoCredentials>,
+    #[serde(default)]
+    pub forge: Option<ForgeKind>,
+    #[serde(default)]
+    pub forge_api_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -69,6 +82,11 @@ pub struct UpdateModule {
     /// New credentials; null removes them.
     #[serde(default, with = "crate::api::double_option", skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Option<RepoCredentials>>,
+    /// The forge; null goes back to finding it from the URL.
+    #[serde(default, with = "crate::api::double_option", skip_serializing_if = "Option::is_none")]
+    pub forge: Option<Option<ForgeKind>>,
+    #[serde(default, with = "crate::api::double_option", skip_serializing_if = "Option::is_none")]
+    pub forge_api_url: Option<Option<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,6 +189,9 @@ pub struct Agent {
     /// The task of that job, e.g. KOD-42.
     #[serde(default)]
     pub current_task: Option<String>,
+    /// Disk the agent's job workspaces take (kept failed ones included), bytes.
+    #[serde(default)]
+    pub disk_bytes: Option<i64>,
     pub last_seen_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }

@@ -36,7 +36,7 @@ text_enum!(
     /// pending when its lease expires and attempts remain).
     JobState { Pending = "pending", Running = "running", Succeeded = "succeeded", Failed = "failed", Cancelled = "cancelled", }
 );
-text_enum!(ArtifactKind { Patch = "patch", Branch = "branch", Review = "review", TestReport = "test_report", Text = "text", });
+text_enum!(ArtifactKind { Patch = "patch", Branch = "branch", Review = "review", TestReport = "test_report", PullRequest = "pull_request", Text = "text", });
 text_enum!(ArtifactState { Pending = "pending", Approved = "approved", Rejected = "rejected", });
 
 impl JobState {
@@ -220,6 +220,10 @@ pub struct NewArtifact {
     /// ...or where it lives (a branch name, a URL).
     #[serde(default)]
     pub reference: Option<String>,
+    /// The same, structured for programs: a review's verdict and findings, a test
+    /// report's counts (see docs/agents.md, "Job kinds").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -231,6 +235,8 @@ pub struct Artifact {
     pub title: String,
     pub content: Option<String>,
     pub reference: Option<String>,
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
     pub status: ArtifactState,
     pub decided_by: Option<String>,
     pub decided_at: Option<DateTime<Utc>>,

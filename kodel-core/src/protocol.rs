@@ -10,7 +10,8 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::infra::InstanceTemplate;
+use crate::forge::Forge;
+use crate::infra::{InstanceTemplate, RepoCredentials};
 use crate::jobs::NewArtifact;
 use crate::llm::{Delta, LlmDone, LlmRequest};
 
@@ -49,12 +50,17 @@ pub enum AgentMessage {
         agent_id: Option<Uuid>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         job: Option<Uuid>,
+        /// Disk the agent's workspaces take, bytes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disk_bytes: Option<u64>,
     },
     /// Keeps the connection and the lease of the running job alive.
     #[serde(rename = "heartbeat")]
     Heartbeat {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         job_id: Option<Uuid>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disk_bytes: Option<u64>,
     },
     #[serde(rename = "llm.request")]
     LlmRequest {
@@ -135,6 +141,12 @@ pub struct Assignment {
     pub task: AssignedTask,
     pub template: AssignedTemplate,
     #[serde(default)]
+    pub project: AssignedProject,
+    /// The branch the task's work lives on (`kodel/<KEY>-<slug>`), the same for every
+    /// job of the task.
+    #[serde(default)]
+    pub branch: String,
+    #[serde(default)]
     pub modules: Vec<AssignedModule>,
     #[serde(default)]
     pub instance_template: Option<InstanceTemplate>,
@@ -147,6 +159,20 @@ pub struct AssignedJob {
     pub id: Uuid,
     pub kind: String,
     pub attempt: i32,
+    /// The seq of this attempt's first step (earlier attempts' steps come before it).
+    #[serde(default)]
+    pub first_seq: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AssignedProject {
+    pub key: String,
+    /// What a QA job runs.
+    #[serde(default)]
+    pub test_command: Option<String>,
+    /// What a review job checks the change against.
+    #[serde(default)]
+    pub review_rules: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,6 +203,12 @@ pub struct AssignedModule {
     pub url: String,
     pub default_branch: String,
     pub path_prefix: String,
+    /// For cloning and pushing over HTTP(S), and the forge's API. Never logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<RepoCredentials>,
+    /// Where pull requests go (needs `credentials`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forge: Option<Forge>,
 }
 
 /// One step of a job, as the agent reports it and the task's events show it.
@@ -243,6 +275,7 @@ mod tests {
             capabilities: vec![],
             agent_id: None,
             job: None,
+            disk_bytes: None,
         };
         let v = serde_json::to_value(&hello).unwrap();
         assert_eq!(v["type"], "agent.hello");

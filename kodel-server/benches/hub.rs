@@ -88,6 +88,7 @@ async fn connect(url: &str, token: &str, i: usize) -> Socket {
         capabilities: vec!["tools:v1".into()],
         agent_id: None,
         job: None,
+        disk_bytes: None,
     };
     ws.send(Message::Text(serde_json::to_string(&hello).unwrap().into())).await.unwrap();
     loop {

@@ -245,6 +245,7 @@ async fn main() {
         capabilities: vec!["tools:v1".into()],
         agent_id: None,
         job: None,
+        disk_bytes: None,
     };
     ws.send(Message::Text(serde_json::to_string(&hello).unwrap().into())).await.unwrap();
     assert!(matches!(recv_server(&mut ws).await, ServerMessage::Welcome { .. }));

@@ -35,6 +35,7 @@ fn hello(protocol: u32, labels: &[&str]) -> AgentMessage {
         capabilities: vec![],
         agent_id: None,
         job: None,
+        disk_bytes: None,
     }
 }
 
@@ -120,7 +121,7 @@ async fn bad_frames_get_errors_and_old_agents_a_reason() {
         other => panic!("expected lease_lost, got {other:?}"),
     }
     // Still connected: a heartbeat is taken without complaint.
-    send(&mut ws, &AgentMessage::Heartbeat { job_id: None }).await;
+    send(&mut ws, &AgentMessage::Heartbeat { job_id: None, disk_bytes: None }).await;
     assert!(next(&mut ws, Duration::from_millis(300)).await.is_none());
     // A frame over the size bound ends the connection instead of filling memory.
     let huge = "x".repeat(kodel_core::protocol::MAX_FRAME_BYTES + 1);
@@ -187,7 +188,7 @@ async fn a_revoked_token_disconnects_its_agents() {
     let id = tokens["data"][0]["id"].as_str().unwrap().to_owned();
     let (s, _) = app.delete(&format!("/api/v1/orgs/rev/agent-tokens/{id}"), &owner).await;
     assert_eq!(s, 204);
-    send(&mut ws, &AgentMessage::Heartbeat { job_id: None }).await;
+    send(&mut ws, &AgentMessage::Heartbeat { job_id: None, disk_bytes: None }).await;
     match next(&mut ws, Duration::from_secs(10)).await {
         Some(Err((code, reason))) => {
             assert_eq!(code, CLOSE_UNAUTHORIZED);

@@ -125,7 +125,7 @@ async fn every_trigger_and_action() {
     db.commit().await.unwrap();
     let job = claim(&app, bot).await;
     let mut db = app.org_tx("acme").await;
-    let report = NewArtifact { kind: ArtifactKind::TestReport, title: None, content: Some("ok".into()), reference: None };
+    let report = NewArtifact { kind: ArtifactKind::TestReport, title: None, content: Some("ok".into()), reference: None, data: None };
     let arts = jobs::complete(&mut db, job, bot, "all good", &[report], Some(json!({}))).await.unwrap();
     db.commit().await.unwrap();
     assert_eq!(task(&app, &owner, "KOD-1").await["status"], "Done");
@@ -145,7 +145,7 @@ async fn every_trigger_and_action() {
     app.post("/api/v1/orgs/acme/jobs", &owner, json!({"task": "KOD-2", "template": "implement-template"})).await;
     let job = claim(&app, bot).await;
     let mut db = app.org_tx("acme").await;
-    let patch_art = NewArtifact { kind: ArtifactKind::Patch, title: None, content: Some("diff".into()), reference: None };
+    let patch_art = NewArtifact { kind: ArtifactKind::Patch, title: None, content: Some("diff".into()), reference: None, data: None };
     let arts = jobs::complete(&mut db, job, bot, "done", &[patch_art], Some(json!({}))).await.unwrap();
     db.commit().await.unwrap();
     app.post(&format!("/api/v1/orgs/acme/artifacts/{}/reject", arts[0]), &owner, json!({"comment": "no"})).await;

@@ -85,7 +85,10 @@ fn environment(ws: &Workspace) -> Vec<(String, String)> {
     env
 }
 
-async fn execute(
+/// Runs `command` like the tool does (sandbox, clean environment, process group killed
+/// at the end or the timeout); the output ends with its exit code, and `error` says
+/// whether it failed.
+pub async fn execute(
     ws: &Workspace,
     command: &str,
     timeout: Duration,

@@ -3,7 +3,7 @@
 //! order). A tool never panics at the model: bad input or a failure comes back as a
 //! [`ToolOutput`] with `error` set and a message the model can act on.
 
-mod bash;
+pub mod bash;
 mod edit_file;
 mod glob;
 mod grep;
@@ -53,6 +53,14 @@ impl Workspace {
     pub fn with_env(mut self, env: BTreeMap<String, String>) -> Self {
         self.env = env;
         self
+    }
+
+    pub fn network(&self) -> bool {
+        self.network
+    }
+
+    pub fn env(&self) -> &BTreeMap<String, String> {
+        &self.env
     }
 
     pub fn root(&self) -> &Path {

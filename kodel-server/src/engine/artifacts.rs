@@ -1,6 +1,7 @@
 //! Deciding on what a job produced. Approving moves the task on to its binding's next
 //! status; rejecting sends it back to the binding's return status with the reviewer's
 //! comment on the task. Either way only if the task still sits in the job's status.
+//! The other pending artifacts of the same job are decided with it.
 
 use kodel_core::ErrorCode;
 use kodel_core::api::MAX_COMMENT;
@@ -66,11 +67,14 @@ pub async fn decide(db: &mut OrgTx, artifact: Uuid, decision: Decision, comment:
         Decision::Reject => ("rejected", "artifact.rejected", back),
     };
     let actor = db.actor;
-    sqlx::query("UPDATE artifacts SET state = $2, decided_by = $3, decided_at = now(), comment = $4 WHERE id = $1")
+    // A job's artifacts (its branch, patch and pull request) are one piece of work:
+    // deciding on one decides them all.
+    sqlx::query("UPDATE artifacts SET state = $2, decided_by = $3, decided_at = now(), comment = $4 WHERE id = $1 OR (job_id = $5 AND state = 'pending')")
         .bind(artifact)
         .bind(new_state)
         .bind(actor)
         .bind(comment)
+        .bind(job)
         .execute(db.conn())
         .await?;
     events::record(db, task, event, json!({ "artifact_id": artifact, "job_id": job, "kind": kind, "comment": comment })).await?;

@@ -144,6 +144,8 @@ fn held_by(j: &JobRef, agent: Uuid) -> ApiResult<()> {
     }
 }
 
+const MAX_ARTIFACT_DATA: usize = 1_000_000;
+
 /// A job done: its artifacts stored, `job.succeeded` recorded. `usage`, when given,
 /// replaces what the LLM proxy metered.
 pub async fn complete(db: &mut OrgTx, job: Uuid, agent: Uuid, summary: &str, artifacts: &[NewArtifact], usage: Option<serde_json::Value>) -> ApiResult<Vec<Uuid>> {
@@ -160,8 +162,11 @@ pub async fn complete(db: &mut OrgTx, job: Uuid, agent: Uuid, summary: &str, art
         if a.content.as_ref().is_some_and(|c| c.len() > MAX_ARTIFACT_CONTENT) || a.reference.as_ref().is_some_and(|r| r.len() > 2000) {
             return Err(ApiError::invalid("artifact content is at most 5 MB and a reference 2000 bytes"));
         }
+        if a.data.as_ref().is_some_and(|d| d.to_string().len() > MAX_ARTIFACT_DATA) {
+            return Err(ApiError::invalid("artifact data is at most 1 MB of JSON"));
+        }
         let id = Uuid::now_v7();
-        sqlx::query("INSERT INTO artifacts (id, job_id, task_id, kind, title, content, reference) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+        sqlx::query("INSERT INTO artifacts (id, job_id, task_id, kind, title, content, reference, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
             .bind(id)
             .bind(job)
             .bind(j.task_id)
@@ -169,6 +174,7 @@ pub async fn complete(db: &mut OrgTx, job: Uuid, agent: Uuid, summary: &str, art
             .bind(a.title.as_deref().unwrap_or(default_title(a.kind)))
             .bind(&a.content)
             .bind(&a.reference)
+            .bind(&a.data)
             .execute(db.conn())
             .await?;
         ids.push(id);
@@ -191,6 +197,7 @@ fn default_title(kind: ArtifactKind) -> &'static str {
         ArtifactKind::Branch => "Branch",
         ArtifactKind::Review => "Review",
         ArtifactKind::TestReport => "Test report",
+        ArtifactKind::PullRequest => "Pull request",
         ArtifactKind::Text => "Note",
     }
 }

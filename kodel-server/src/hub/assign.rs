@@ -1,9 +1,11 @@
-//! What an agent gets with a job: the task, the job template, the project's modules and
-//! instance template, and the system prompt. Read in one statement.
+//! What an agent gets with a job: the task, the job template, the project's settings,
+//! modules (with their credentials, opened here) and instance template, the task's
+//! branch, and the system prompt.
 
 use kodel_core::OrgSlug;
-use kodel_core::infra::InstanceTemplate;
-use kodel_core::protocol::{AssignedJob, AssignedModule, AssignedTask, AssignedTemplate, Assignment};
+use kodel_core::forge::{ForgeKind, forge_for, task_branch};
+use kodel_core::infra::{InstanceTemplate, RepoCredentials};
+use kodel_core::protocol::{AssignedJob, AssignedModule, AssignedProject, AssignedTask, AssignedTemplate, Assignment};
 use uuid::Uuid;
 
 use crate::AppState;
@@ -26,9 +28,25 @@ struct Row {
     max_steps: i32,
     time_limit_secs: i32,
     budget_tokens: Option<i64>,
-    modules: serde_json::Value,
     instance_template: Option<serde_json::Value>,
     used: i64,
+    project_key: String,
+    test_command: Option<String>,
+    review_rules: Option<String>,
+    /// The branch an earlier job of the task pushed, if any.
+    branch: Option<String>,
+    first_seq: i32,
+}
+
+#[derive(sqlx::FromRow)]
+struct ModuleRow {
+    name: String,
+    url: String,
+    default_branch: String,
+    path_prefix: String,
+    credentials: Option<Vec<u8>>,
+    forge: Option<String>,
+    forge_api_url: Option<String>,
 }
 
 /// A job ready to send, with what the connection keeps of it.
@@ -45,9 +63,10 @@ pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed,
     let row: Option<Row> = sqlx::query_as(
         "SELECT t.project_id, p.key || '-' || t.number AS key, t.title, t.description, t.labels, t.priority,
                 jt.name AS template, jt.prompt, jt.model, jt.allowed_tools, jt.max_steps, jt.time_limit_secs, jt.budget_tokens,
-                coalesce((SELECT jsonb_agg(jsonb_build_object('name', m.name, 'url', m.url,
-                                 'default_branch', m.default_branch, 'path_prefix', m.path_prefix) ORDER BY m.name)
-                          FROM modules m WHERE m.project_id = t.project_id), '[]') AS modules,
+                p.key AS project_key, p.test_command, p.review_rules,
+                (SELECT a.reference FROM artifacts a WHERE a.task_id = t.id AND a.kind = 'branch' AND a.reference IS NOT NULL
+                 ORDER BY a.created_at DESC, a.id DESC LIMIT 1) AS branch,
+                coalesce((SELECT max(s.seq) + 1 FROM job_steps s WHERE s.job_id = j.id), 0) AS first_seq,
                 (SELECT jsonb_build_object('id', i.id, 'name', i.name, 'base_image', i.base_image, 'packages', i.packages,
                         'setup_script', i.setup_script, 'env', i.env, 'network', i.network, 'cpu_limit', i.cpu_limit,
                         'memory_mb', i.memory_mb, 'dind', i.dind, 'labels', i.labels,
@@ -62,12 +81,35 @@ pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed,
     .bind(agent)
     .fetch_optional(db.conn())
     .await?;
+    let Some(row) = row else {
+        db.commit().await?;
+        return Ok(None);
+    };
+    let module_rows: Vec<ModuleRow> = sqlx::query_as(
+        "SELECT name, url, default_branch, path_prefix, credentials, forge, forge_api_url FROM modules WHERE project_id = $1 ORDER BY name",
+    )
+    .bind(row.project_id)
+    .fetch_all(db.conn())
+    .await?;
     db.commit().await?;
-    let Some(row) = row else { return Ok(None) };
-    let modules: Vec<AssignedModule> = serde_json::from_value(row.modules).map_err(ApiError::internal)?;
+    let mut modules = Vec::with_capacity(module_rows.len());
+    for m in module_rows {
+        let credentials = match &m.credentials {
+            Some(sealed) => {
+                let plain = state.sealer.open(sealed).ok_or_else(|| ApiError::internal(format!("the credentials of module {:?} do not open with this server's key", m.name)))?;
+                Some(serde_json::from_slice::<RepoCredentials>(&plain).map_err(ApiError::internal)?)
+            }
+            None => None,
+        };
+        // Pull requests need a token: a forge without credentials is left out.
+        let forge = credentials.as_ref().and_then(|_| forge_for(&m.url, m.forge.as_deref().and_then(ForgeKind::parse), m.forge_api_url.as_deref()));
+        modules.push(AssignedModule { name: m.name, url: m.url, default_branch: m.default_branch, path_prefix: m.path_prefix, credentials, forge });
+    }
     let instance_template: Option<InstanceTemplate> = row.instance_template.map(serde_json::from_value).transpose().map_err(ApiError::internal)?;
     let assignment = Assignment {
-        job: AssignedJob { id: job.id, kind: job.kind.clone(), attempt: job.attempts },
+        job: AssignedJob { id: job.id, kind: job.kind.clone(), attempt: job.attempts, first_seq: row.first_seq.max(0) as u32 },
+        branch: row.branch.unwrap_or_else(|| task_branch(&row.key, &row.title)),
+        project: AssignedProject { key: row.project_key, test_command: row.test_command, review_rules: row.review_rules },
         task: AssignedTask { key: row.key, title: row.title, description: row.description, labels: row.labels, priority: row.priority },
         system_prompt: state.llm.system_prompt(&row.prompt),
         template: AssignedTemplate {

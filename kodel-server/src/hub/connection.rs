@@ -76,6 +76,8 @@ struct Conn {
     /// whether one came since the last check.
     last_beat: Instant,
     beat_since_check: bool,
+    /// Disk the agent's workspaces take, as it last said.
+    disk_bytes: Option<u64>,
     /// The LLM call in flight (one at a time), and how to stop it when the job ends
     /// here (it is still metered).
     llm_call: Option<(tokio::task::JoinHandle<()>, Arc<tokio::sync::Notify>)>,
@@ -90,7 +92,7 @@ pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
             return;
         }
     };
-    let Ok(AgentMessage::Hello { protocol, name, version, labels, agent_id, job, .. }) = hello else {
+    let Ok(AgentMessage::Hello { protocol, name, version, labels, agent_id, job, disk_bytes, .. }) = hello else {
         close(&mut ws, CLOSE_PROTOCOL_ERROR, "expected agent.hello as the first frame").await;
         return;
     };
@@ -123,6 +125,7 @@ pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
         ending: None,
         last_beat: Instant::now(),
         beat_since_check: false,
+        disk_bytes,
         llm_call: None,
     };
     // A newer connection of the same agent replaces an older one (a half-open socket
@@ -365,9 +368,10 @@ impl Conn {
                 Ok(())
             }
             // Counted here, written by the next check: one statement an interval.
-            AgentMessage::Heartbeat { .. } => {
+            AgentMessage::Heartbeat { disk_bytes, .. } => {
                 self.last_beat = Instant::now();
                 self.beat_since_check = true;
+                self.disk_bytes = disk_bytes.or(self.disk_bytes);
                 Ok(())
             }
             AgentMessage::LlmRequest { job_id, request_id, request } => {
@@ -444,7 +448,7 @@ impl Conn {
         let result: ApiResult<(Option<bool>, bool)> = async {
             let mut db = OrgTx::begin(&self.state, self.token.org_id, &self.token.slug).await?;
             let row: (Option<bool>, bool) = sqlx::query_as(
-                "WITH seen AS (UPDATE agents SET last_seen_at = now() WHERE id = $3 AND $5),
+                "WITH seen AS (UPDATE agents SET last_seen_at = now(), disk_bytes = coalesce($6, disk_bytes) WHERE id = $3 AND $5),
                       held AS (UPDATE ai_jobs SET lease_expires_at = CASE WHEN $5 THEN now() + make_interval(secs => $4) ELSE lease_expires_at END
                                WHERE id = $2 AND lease_agent = $3 AND state = 'running' RETURNING id)
                  SELECT (SELECT revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) FROM public.api_tokens WHERE id = $1),
@@ -455,6 +459,7 @@ impl Conn {
             .bind(self.agent_id)
             .bind(self.state.hub.lease().as_secs_f64())
             .bind(renew)
+            .bind(self.disk_bytes.map(|d| d.min(i64::MAX as u64) as i64))
             .fetch_one(db.conn())
             .await?;
             db.commit().await?;

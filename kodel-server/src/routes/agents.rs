@@ -25,6 +25,7 @@ struct Row {
     status: String,
     current_job: Option<Uuid>,
     current_task: Option<String>,
+    disk_bytes: Option<i64>,
     last_seen_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
 }
@@ -32,7 +33,7 @@ struct Row {
 async fn list(mut t: Tenant) -> ApiResult<Json<Page<Agent>>> {
     let rows: Vec<Row> =
         sqlx::query_as(
-            "SELECT a.id, a.name, a.labels, a.version, a.status, a.current_job, p.key || '-' || t.number AS current_task, a.last_seen_at, a.created_at
+            "SELECT a.id, a.name, a.labels, a.version, a.status, a.current_job, p.key || '-' || t.number AS current_task, a.disk_bytes, a.last_seen_at, a.created_at
              FROM agents a LEFT JOIN ai_jobs j ON j.id = a.current_job LEFT JOIN tasks t ON t.id = j.task_id LEFT JOIN projects p ON p.id = t.project_id
              ORDER BY a.name, a.id LIMIT 1000",
         )
@@ -41,7 +42,7 @@ async fn list(mut t: Tenant) -> ApiResult<Json<Page<Agent>>> {
     t.commit().await?;
     let data = rows
         .into_iter()
-        .map(|r| Agent { id: r.id, name: r.name, labels: r.labels, version: r.version, status: r.status, current_job: r.current_job, current_task: r.current_task, last_seen_at: r.last_seen_at, created_at: r.created_at })
+        .map(|r| Agent { id: r.id, name: r.name, labels: r.labels, version: r.version, status: r.status, current_job: r.current_job, current_task: r.current_task, disk_bytes: r.disk_bytes, last_seen_at: r.last_seen_at, created_at: r.created_at })
         .collect();
     Ok(Json(Page { data, next_cursor: None }))
 }

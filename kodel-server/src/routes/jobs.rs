@@ -248,6 +248,7 @@ struct ArtifactRow {
     title: String,
     content: Option<String>,
     reference: Option<String>,
+    data: Option<serde_json::Value>,
     state: String,
     decided_by: Option<String>,
     decided_at: Option<DateTime<Utc>>,
@@ -265,6 +266,7 @@ impl ArtifactRow {
             title: self.title,
             content: self.content,
             reference: self.reference,
+            data: self.data,
             status: ArtifactState::parse(&self.state).unwrap_or(ArtifactState::Pending),
             decided_by: self.decided_by,
             decided_at: self.decided_at,
@@ -274,7 +276,7 @@ impl ArtifactRow {
     }
 }
 
-const ARTIFACT_SELECT: &str = "SELECT a.id, a.job_id, p.key || '-' || t.number AS task, a.kind, a.title, a.content, a.reference,
+const ARTIFACT_SELECT: &str = "SELECT a.id, a.job_id, p.key || '-' || t.number AS task, a.kind, a.title, a.content, a.reference, a.data,
         a.state, u.email AS decided_by, a.decided_at, a.comment, a.created_at
      FROM artifacts a JOIN tasks t ON t.id = a.task_id JOIN projects p ON p.id = t.project_id
      LEFT JOIN public.users u ON u.id = a.decided_by";

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use kodel_core::api::{MAX_NAME, Page, ProjectRole};
 use kodel_core::infra::{CreateModule, MAX_URL, Module, RepoCredentials, UpdateModule};
 use kodel_core::ErrorCode;
+use kodel_core::forge::{ForgeKind, forge_for};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -33,13 +34,19 @@ struct Row {
     default_branch: String,
     path_prefix: String,
     has_credentials: bool,
+    forge: Option<String>,
+    forge_api_url: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
 
 impl Row {
     fn into_api(self) -> Module {
+        let named = self.forge.as_deref().and_then(ForgeKind::parse);
+        let forge = forge_for(&self.url, named, self.forge_api_url.as_deref()).map(|f| f.kind);
         Module {
+            forge,
+            forge_api_url: self.forge_api_url,
             id: self.id,
             project: self.project,
             name: self.name,
@@ -54,7 +61,7 @@ impl Row {
 }
 
 const SELECT: &str = "SELECT m.id, p.key AS project, m.name, m.url, m.default_branch, m.path_prefix,
-        m.credentials IS NOT NULL AS has_credentials, m.created_at, m.updated_at
+        m.credentials IS NOT NULL AS has_credentials, m.forge, m.forge_api_url, m.created_at, m.updated_at
      FROM modules m JOIN projects p ON p.id = m.project_id";
 
 /// A clone URL: https, http, ssh, git, or scp-like `user@host:path`. Credentials belong
@@ -72,6 +79,19 @@ fn check_url(url: &str) -> ApiResult<String> {
         return Err(ApiError::invalid("put the password or token in \"credentials\", not in the URL"));
     }
     Ok(url)
+}
+
+/// A forge API base: http(s), no credentials in it.
+fn check_api_url(u: &str) -> ApiResult<String> {
+    let u = require_text("forge_api_url", u, MAX_URL)?;
+    let parsed = reqwest::Url::parse(&u).map_err(|e| ApiError::invalid(format!("forge_api_url {u:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(ApiError::invalid("forge_api_url must be an http:// or https:// URL"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(ApiError::invalid("put the forge token in \"credentials\", not in forge_api_url"));
+    }
+    Ok(u.trim_end_matches('/').to_owned())
 }
 
 fn check_branch(b: &str) -> ApiResult<String> {
@@ -137,9 +157,11 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateModule>) -> ApiResult
     let branch = check_branch(req.default_branch.as_deref().unwrap_or("main"))?;
     let prefix = check_prefix(req.path_prefix.as_deref().unwrap_or(""))?;
     let sealed = req.credentials.as_ref().map(|c| seal(&t, c)).transpose()?;
+    let api_url = req.forge_api_url.as_deref().map(check_api_url).transpose()?;
     let id = Uuid::now_v7();
     sqlx::query(
-        "INSERT INTO modules (id, project_id, name, url, default_branch, path_prefix, credentials) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO modules (id, project_id, name, url, default_branch, path_prefix, credentials, forge, forge_api_url)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(id)
     .bind(p.id)
@@ -148,6 +170,8 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateModule>) -> ApiResult
     .bind(&branch)
     .bind(&prefix)
     .bind(sealed)
+    .bind(req.forge.map(ForgeKind::as_str))
+    .bind(api_url)
     .execute(t.conn())
     .await
     .map_err(|e| if is_unique_violation(&e) { ApiError::new(ErrorCode::NameTaken, format!("{} already has a module named {name:?}", p.key)) } else { e.into() })?;
@@ -167,9 +191,15 @@ async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(r
         Some(None) => Some(None),
         None => None,
     };
+    let api_url = match &req.forge_api_url {
+        Some(Some(u)) => Some(Some(check_api_url(u)?)),
+        other => other.clone(),
+    };
     sqlx::query(
         "UPDATE modules SET url = coalesce($2, url), default_branch = coalesce($3, default_branch), path_prefix = coalesce($4, path_prefix),
-                credentials = CASE WHEN $5 THEN $6 ELSE credentials END, updated_at = now() WHERE id = $1",
+                credentials = CASE WHEN $5 THEN $6 ELSE credentials END,
+                forge = CASE WHEN $7 THEN $8 ELSE forge END,
+                forge_api_url = CASE WHEN $9 THEN $10 ELSE forge_api_url END, updated_at = now() WHERE id = $1",
     )
     .bind(m.id)
     .bind(url)
@@ -177,6 +207,10 @@ async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(r
     .bind(prefix)
     .bind(sealed.is_some())
     .bind(sealed.flatten())
+    .bind(req.forge.is_some())
+    .bind(req.forge.flatten().map(ForgeKind::as_str))
+    .bind(api_url.is_some())
+    .bind(api_url.flatten())
     .execute(t.conn())
     .await?;
     let (m, _) = find(&mut t, &raw).await?;

@@ -2,6 +2,7 @@
 //! test, and the real `kodel-server` binary as a child process with its log collected.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod forge;
 pub mod scripted_llm;
 
 use std::io::BufRead;

@@ -1,0 +1,125 @@
+//! One job, start to end: a fresh workspace with the project's modules on the task's
+//! branch, the work its kind asks for, the outcome sent to the server, the workspace
+//! cleaned up.
+//!
+//! - implement: the model works; the agent commits, pushes the branch, attaches branch
+//!   and patch artifacts, and opens or updates the pull request where there is a forge.
+//! - review: the model reads the branch's diff against the project's review rules and
+//!   answers with a verdict and findings: a review artifact.
+//! - qa: the agent runs the project's test command; a test report artifact, with the
+//!   model's summary of the failures when there are any.
+//!
+//! A project without modules gives its jobs an empty workspace and nothing is committed.
+
+pub mod forge;
+pub mod git;
+mod implement;
+mod qa;
+mod review;
+pub mod workspace;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kodel_core::jobs::NewArtifact;
+use kodel_core::llm::{Message, Role};
+use kodel_core::protocol::{AgentMessage, Assignment};
+
+use crate::runner::{self, Failed, Link, Reporter};
+use crate::sandbox::Sandbox;
+use crate::tools::Workspace;
+use workspace::{Branch, Prepared, Workspaces};
+
+/// What every job of this agent shares.
+#[derive(Clone)]
+pub struct JobEnv {
+    pub workspaces: Arc<Workspaces>,
+    pub sandbox: Sandbox,
+    /// The agent's toolchains (RUSTUP_HOME, CARGO_HOME...), for commands.
+    pub toolchain_env: BTreeMap<String, String>,
+}
+
+/// What a finished job hands over.
+pub struct Outcome {
+    pub summary: String,
+    pub artifacts: Vec<NewArtifact>,
+}
+
+/// Runs the job and sends its outcome (`task.complete` or `task.error`).
+pub async fn run(a: Assignment, env: JobEnv, link: Link) {
+    let job_id = a.job.id;
+    let dir = env.workspaces.dir_for(&a);
+    let limit = Duration::from_secs(a.template.time_limit_secs.max(1) as u64);
+    let mut rep = Reporter::new(link.clone(), job_id, a.job.first_seq);
+    let outcome = match tokio::time::timeout(limit, work(&a, &env, &dir, &mut rep)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(runner::time_limit(limit)),
+    };
+    workspace::forget(&env.workspaces, &a);
+    env.workspaces.finish(&dir, outcome.is_ok()).await;
+    let msg = match outcome {
+        Ok(o) => AgentMessage::Complete { job_id, summary: o.summary, artifacts: o.artifacts },
+        Err((error, retryable)) => AgentMessage::Error { job_id, error, retryable },
+    };
+    let _ = link.tx.send(runner::Outgoing::Reliable(msg));
+}
+
+async fn work(a: &Assignment, env: &JobEnv, dir: &std::path::Path, rep: &mut Reporter) -> Result<Outcome, Failed> {
+    env.sandbox.ready().map_err(|e| (e, false))?;
+    if a.job.kind == "qa" && !a.modules.is_empty() && a.project.test_command.as_deref().is_none_or(|c| c.trim().is_empty()) {
+        return Err((
+            format!("project {} has no test command for QA jobs to run; set one: kodel project update {} --test-command 'make test'", a.project.key, a.project.key),
+            false,
+        ));
+    }
+    env.workspaces.prune().await;
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| (format!("cannot create the workspace {}: {e}", dir.display()), false))?;
+    let network = a.instance_template.as_ref().is_some_and(|t| t.network);
+    let mut vars = env.toolchain_env.clone();
+    vars.extend(a.instance_template.as_ref().map(|t| t.env.clone()).unwrap_or_default());
+    let ws = Workspace::new(dir, env.sandbox.clone()).map_err(|e| (format!("cannot open the workspace {}: {e}", dir.display()), false))?.with_network(network).with_env(vars);
+    if a.modules.is_empty() {
+        let (summary, _) = runner::converse(a, &ws, rep, first_messages(a, runner::task_prompt(a))).await?;
+        return Ok(Outcome { summary, artifacts: Vec::new() });
+    }
+    let branch = match a.job.kind.as_str() {
+        "review" | "qa" => Branch::Existing,
+        _ => Branch::Make,
+    };
+    let prepared: Prepared = workspace::prepare(a, dir, &env.workspaces, ws, branch, rep).await?;
+    match a.job.kind.as_str() {
+        "implement" => implement::run(a, &prepared, rep).await,
+        "review" => review::run(a, &prepared, rep).await,
+        "qa" => qa::run(a, &prepared, rep).await,
+        // A custom job works on the branch like implement, without committing.
+        _ => {
+            let (summary, _) = runner::converse(a, &prepared.ws, rep, first_messages(a, with_modules(a, &prepared, runner::task_prompt(a)))).await?;
+            Ok(Outcome { summary, artifacts: Vec::new() })
+        }
+    }
+}
+
+fn first_messages(a: &Assignment, user: String) -> Vec<Message> {
+    vec![Message::text(Role::System, a.system_prompt.clone()), Message::text(Role::User, user)]
+}
+
+/// Tells the model where the modules are.
+fn with_modules(a: &Assignment, p: &Prepared, mut prompt: String) -> String {
+    prompt.push_str(&format!("\nThe workspace is checked out on branch {}.", a.branch));
+    if p.repos.len() > 1 {
+        prompt.push_str(" Each of the project's repositories is a directory of the workspace:\n");
+        for r in &p.repos {
+            prompt.push_str(&format!("- {}/ ({})\n", r.module.name, r.module.url));
+        }
+    } else {
+        prompt.push('\n');
+    }
+    for r in p.repos.iter().filter(|r| !r.module.path_prefix.is_empty()) {
+        prompt.push_str(&format!("In {}, the project's code is under {}/.\n", r.module.name, r.module.path_prefix));
+    }
+    prompt
+}

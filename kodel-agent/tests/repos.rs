@@ -1,0 +1,346 @@
+//! Agents on real git repositories, end to end with the real binaries: modules served
+//! from local bare repositories (file:// and smart HTTP through a local forge), the
+//! Software Development flow through implement, review and QA jobs, pull requests on a
+//! local GitHub/GitLab API, and the failures people must be told about clearly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Stack;
+use kodel_server::testing::forge::FakeForge;
+use kodel_server::testing::scripted_llm::{Reply, ScriptedLlm};
+use serde_json::{Value, json};
+
+const CALC: &str = "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n";
+const TESTS: &str = "import unittest\n\nfrom calc import add, mul\n\n\nclass CalcTest(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n\n    def test_mul(self):\n        self.assertEqual(mul(2, 3), 6)\n\n\nif __name__ == \"__main__\":\n    unittest.main()\n";
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git").args(["-c", "user.name=Test", "-c", "user.email=test@example.com"]).args(args).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A bare repository at `root/<path>.git` whose `main` holds a small Python project
+/// with a bug in add() and its unittest tests.
+fn bare_repo(root: &Path, path: &str) -> PathBuf {
+    let src = root.join(format!("{path}-src"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("calc.py"), CALC).unwrap();
+    std::fs::write(src.join("test_calc.py"), TESTS).unwrap();
+    git(&src, &["init", "-q", "-b", "main"]);
+    git(&src, &["add", "."]);
+    git(&src, &["commit", "-q", "-m", "calc"]);
+    let bare = root.join(format!("{path}.git"));
+    git(root, &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
+    bare
+}
+
+/// The file at `rev` in a bare repository, if it is there.
+fn show(bare: &Path, rev: &str) -> Option<String> {
+    let out = Command::new("git").arg("--git-dir").arg(bare).args(["show", rev]).output().unwrap();
+    out.status.success().then(|| String::from_utf8(out.stdout).unwrap())
+}
+
+fn fix_add() -> Vec<Reply> {
+    vec![
+        Reply::TextAndTools("add() subtracts; fixing it.".into(), vec![("edit_file".into(), json!({"path": "calc.py", "old_string": "return a - b", "new_string": "return a + b"}))]),
+        Reply::Text("Fixed add(): it returned a - b.".into()),
+    ]
+}
+
+impl Stack {
+    async fn module(&self, project: &str, body: Value) {
+        let mut body = body;
+        body["project"] = json!(project);
+        self.call("POST", "/api/v1/orgs/acme/modules", body).await;
+    }
+
+    async fn artifacts(&self, key: &str) -> Vec<Value> {
+        let page = self.call("GET", &format!("/api/v1/orgs/acme/artifacts?task={key}"), Value::Null).await;
+        let mut all = page["data"].as_array().unwrap().clone();
+        all.reverse(); // oldest first
+        all
+    }
+
+    async fn status(&self, key: &str) -> String {
+        self.call("GET", &format!("/api/v1/orgs/acme/tasks/{key}"), Value::Null).await["status"].as_str().unwrap().to_owned()
+    }
+
+    async fn wait_status(&self, key: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.status(key).await != status {
+            assert!(Instant::now() < deadline, "{key} did not reach {status}: it is {}", self.status(key).await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn new_task(&self, project: &str, title: &str) -> String {
+        let t = self.call("POST", &format!("/api/v1/orgs/acme/projects/{project}/tasks"), json!({"title": title, "description": "Make add() add."})).await;
+        let key = t["key"].as_str().unwrap().to_owned();
+        self.follow(&key).await;
+        key
+    }
+
+    async fn to_in_progress(&self, key: &str) {
+        for status in ["Ready", "In Progress"] {
+            self.call("POST", &format!("/api/v1/orgs/acme/tasks/{key}/move"), json!({"status": status})).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_goes_through_implement_review_and_qa_on_a_real_repository() {
+    let review = json!({"verdict": "approve", "summary": "The fix is right and covered by test_add.",
+                        "findings": [{"file": "calc.py", "line": 2, "severity": "nit", "message": "a docstring would help"}]});
+    let mut script = fix_add();
+    script.push(Reply::Text(format!("```json\n{review}\n```")));
+    let llm = ScriptedLlm::start(script).await;
+    let mut stack = Stack::start(&llm, "openai").await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "calc");
+    stack.module("KOD", json!({"name": "calc", "url": format!("file://{}", bare.display()), "default_branch": "main"})).await;
+    stack
+        .call("PATCH", "/api/v1/orgs/acme/projects/KOD", json!({"test_command": "python3 -m unittest -v", "review_rules": "Every fix needs a test that would have caught it."}))
+        .await;
+    stack.call("POST", "/api/v1/orgs/acme/instance-templates", json!({"name": "py", "base_image": "debian:12", "setup_script": "echo preparing the workspace; python3 --version"})).await;
+    stack.call("PATCH", "/api/v1/orgs/acme/projects/KOD", json!({"instance_template": "py"})).await;
+    stack.agent_with("worker-git", &[], None);
+    let key = stack.new_task("KOD", "Fix add").await;
+    stack.to_in_progress(&key).await;
+
+    // implement: the change is committed and pushed to the task's branch.
+    let done = stack.wait_events("job.succeeded", 1, Duration::from_secs(90)).await;
+    assert!(done[0]["summary"].as_str().unwrap().starts_with("Fixed add()"), "{}", done[0]);
+    let branch = format!("kodel/{key}-fix-add");
+    assert_eq!(show(&bare, &format!("{branch}:calc.py")).unwrap(), CALC.replace("a - b", "a + b"));
+    assert_eq!(show(&bare, "main:calc.py").unwrap(), CALC, "main is untouched");
+    let log = show(&bare, &branch).unwrap();
+    assert!(log.contains(&format!("{key}: Fix add")) && log.contains("Fixed add(): it returned a - b."), "{log}");
+    // The steps show the clone, the setup script and the push.
+    let steps = stack.events_of("job.step");
+    let commands: Vec<String> = steps.iter().filter_map(|s| s["step"]["input"]["command"].as_str().map(str::to_owned)).collect();
+    assert!(commands.iter().any(|c| c.starts_with("git clone file://")), "{commands:?}");
+    let setup = steps.iter().find(|s| s["step"]["tool"] == "setup").expect("a setup step");
+    assert!(setup["step"]["output"].as_str().unwrap().contains("preparing the workspace"), "{setup}");
+    assert!(commands.iter().any(|c| c == &format!("git push origin HEAD:refs/heads/{branch}")), "{commands:?}");
+    let seqs: Vec<u64> = steps.iter().map(|s| s["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "steps numbered once each");
+
+    // Branch and patch artifacts; approving the patch moves the task on.
+    let arts = stack.artifacts(&key).await;
+    let kinds: Vec<&str> = arts.iter().map(|a| a["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["branch", "patch"]);
+    assert_eq!(arts[0]["reference"], branch.as_str());
+    let patch = arts[1]["content"].as_str().unwrap();
+    assert!(patch.contains("-    return a - b") && patch.contains("+    return a + b"), "{patch}");
+    assert_eq!(arts[1]["data"]["stat"], "1 file changed, 1 insertion(+), 1 deletion(-)");
+    stack.call("POST", &format!("/api/v1/orgs/acme/artifacts/{}/approve", arts[1]["id"].as_str().unwrap()), json!({})).await;
+    stack.wait_status(&key, "Code Review").await;
+    let arts = stack.artifacts(&key).await;
+    assert_eq!(arts[0]["status"], "approved", "the job's branch artifact is decided with its patch");
+
+    // review: the model gets the diff and the rules, and its verdict is an artifact.
+    stack.wait_events("job.succeeded", 2, Duration::from_secs(90)).await;
+    let reqs = llm.requests();
+    let asked = reqs[2].body["messages"][1]["content"].as_str().unwrap().to_owned();
+    assert!(asked.contains("+    return a + b") && asked.contains("Every fix needs a test"), "{asked}");
+    let arts = stack.artifacts(&key).await;
+    let rev = arts.iter().find(|a| a["kind"] == "review").expect("a review artifact");
+    assert_eq!(rev["title"], "Review: approve (1 finding)");
+    assert_eq!(rev["data"]["verdict"], "approve");
+    assert_eq!(rev["data"]["findings"][0]["file"], "calc.py");
+    assert!(rev["content"].as_str().unwrap().contains("`calc.py:2` (nit): a docstring would help"), "{rev}");
+    stack.call("POST", &format!("/api/v1/orgs/acme/artifacts/{}/approve", rev["id"].as_str().unwrap()), json!({})).await;
+    stack.wait_status(&key, "QA").await;
+
+    // qa: the module's real tests run on the branch; the report says they pass.
+    stack.wait_events("job.succeeded", 3, Duration::from_secs(90)).await;
+    let arts = stack.artifacts(&key).await;
+    let report = arts.iter().find(|a| a["kind"] == "test_report").expect("a test report");
+    assert_eq!(report["data"]["passed"], true, "{report}");
+    assert_eq!(report["data"]["counts"], json!({"passed": 2, "failed": 0, "skipped": 0}));
+    assert_eq!(report["title"], "Tests passed: 2 passed");
+    assert!(report["data"]["output_tail"].as_str().unwrap().contains("test_add"), "{report}");
+    assert_eq!(llm.requests().len(), 3, "passing tests need no model");
+    stack.call("POST", &format!("/api/v1/orgs/acme/artifacts/{}/approve", report["id"].as_str().unwrap()), json!({})).await;
+    stack.wait_status(&key, "Staging").await;
+
+    // Succeeded jobs leave no workspace behind, and the agent says what disk its
+    // workspaces take (with its heartbeats).
+    assert!(stack.workspaces(&key).is_empty(), "{:?}", stack.workspaces(&key));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let agents = stack.call("GET", "/api/v1/orgs/acme/agents", Value::Null).await;
+        if agents["data"][0]["disk_bytes"].is_u64() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no disk use reported: {agents}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_tests_are_reported_with_the_models_summary() {
+    let llm = ScriptedLlm::start(vec![Reply::Text("test_add fails: add() in calc.py:2 subtracts instead of adding.".into())]).await;
+    let mut stack = Stack::start(&llm, "openai").await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "calc");
+    stack.module("KOD", json!({"name": "calc", "url": format!("file://{}", bare.display())})).await;
+    stack.call("PATCH", "/api/v1/orgs/acme/projects/KOD", json!({"test_command": "python3 -m unittest"})).await;
+    let key = stack.new_task("KOD", "Check calc").await;
+    // The task's branch exists already (pushed earlier), with the bug still in it.
+    let src = repos.path().join("calc-src");
+    git(&src, &["push", "-q", bare.to_str().unwrap(), &format!("main:refs/heads/kodel/{key}-check-calc")]);
+    stack.agent_with("worker-qa", &[], None);
+    stack.call("POST", "/api/v1/orgs/acme/jobs", json!({"task": key, "template": "qa-template"})).await;
+
+    let done = stack.wait_events("job.succeeded", 1, Duration::from_secs(90)).await;
+    assert!(done[0]["summary"].as_str().unwrap().contains("subtracts instead of adding"), "{}", done[0]);
+    let arts = stack.artifacts(&key).await;
+    let report = &arts[0];
+    assert_eq!(report["kind"], "test_report");
+    assert_eq!(report["data"]["passed"], false);
+    assert_eq!(report["data"]["exit_code"], 1);
+    assert_eq!(report["data"]["counts"], json!({"passed": 1, "failed": 1, "skipped": 0}));
+    assert_eq!(report["title"], "Tests failed: 1 failed, 1 passed");
+    // The model was shown the failing output to explain.
+    let asked = llm.requests()[0].body["messages"][1]["content"].as_str().unwrap().to_owned();
+    assert!(asked.contains("FAILED (failures=1)") && asked.contains("AssertionError"), "{asked}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clone_setup_and_push_failures_name_their_cause() {
+    let llm = ScriptedLlm::start(fix_add()).await;
+    let mut stack = Stack::start(&llm, "openai").await;
+    let repos = tempfile::tempdir().unwrap();
+    for (key, name) in [("MISS", "Missing repo"), ("SETUP", "Broken setup"), ("PUSH", "Protected repo")] {
+        stack.call("POST", "/api/v1/orgs/acme/projects", json!({"key": key, "name": name, "workflow": "software-development"})).await;
+    }
+    stack.module("MISS", json!({"name": "ghost", "url": format!("file://{}/nowhere.git", repos.path().display())})).await;
+    let setup_repo = bare_repo(repos.path(), "setup");
+    stack.module("SETUP", json!({"name": "calc", "url": format!("file://{}", setup_repo.display())})).await;
+    stack.call("POST", "/api/v1/orgs/acme/instance-templates", json!({"name": "broken", "base_image": "debian:12", "setup_script": "echo installing deps; exit 3"})).await;
+    stack.call("PATCH", "/api/v1/orgs/acme/projects/SETUP", json!({"instance_template": "broken"})).await;
+    let protected = bare_repo(repos.path(), "protected");
+    let hook = protected.join("hooks/pre-receive");
+    std::fs::write(&hook, "#!/bin/sh\necho 'branch protection: pushes need a review' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    stack.module("PUSH", json!({"name": "calc", "url": format!("file://{}", protected.display())})).await;
+    stack.agent_with("worker-f", &["--keep-failed-hours", "1"], None);
+
+    let missing = stack.new_task("MISS", "Anything").await;
+    stack.to_in_progress(&missing).await;
+    let failed = stack.wait_events("job.failed", 1, Duration::from_secs(60)).await;
+    let err = failed[0]["error"].as_str().unwrap();
+    assert!(err.contains("cannot clone module \"ghost\"") && err.contains("does not appear to be a git repository"), "{err}");
+    let job = stack.job(&missing).await;
+    assert_eq!((job["status"].as_str(), job["attempts"].as_i64()), (Some("failed"), Some(1)), "a missing repository is not retried: {job}");
+
+    let setup = stack.new_task("SETUP", "Anything").await;
+    stack.to_in_progress(&setup).await;
+    let failed = stack.wait_events("job.failed", 2, Duration::from_secs(60)).await;
+    let err = failed[1]["error"].as_str().unwrap();
+    assert!(err.contains("the setup script failed") && err.contains("installing deps") && err.contains("exit code: 3"), "{err}");
+
+    let push = stack.new_task("PUSH", "Fix add").await;
+    stack.to_in_progress(&push).await;
+    let failed = stack.wait_events("job.failed", 3, Duration::from_secs(60)).await;
+    let err = failed[2]["error"].as_str().unwrap();
+    assert!(err.contains(&format!("pushing kodel/{push}-fix-add to file://")) && err.contains("pre-receive hook declined") && err.contains("branch protection: pushes need a review"), "{err}");
+    assert!(show(&protected, &format!("kodel/{push}-fix-add")).is_none(), "nothing was pushed");
+
+    // Failed jobs keep their workspace for inspection, with the model's change in it.
+    let kept = stack.workspace(&push);
+    assert_eq!(std::fs::read_to_string(kept.join("calc.py")).unwrap(), CALC.replace("a - b", "a + b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implement_opens_then_updates_a_github_pull_request_over_http() {
+    let mut script = fix_add();
+    script.extend([
+        Reply::ToolCalls(vec![("write_file".into(), json!({"path": "CHANGES.md", "content": "- add() adds\n"}))]),
+        Reply::Text("Noted the fix in CHANGES.md.".into()),
+    ]);
+    let llm = ScriptedLlm::start(script).await;
+    let mut stack = Stack::start(&llm, "openai").await;
+    let repos = tempfile::tempdir().unwrap();
+    bare_repo(&repos.path().join("acme"), "widget");
+    let token = "ghp_forge-secret-token-1234";
+    let forge = FakeForge::start(repos.path(), token).await;
+    stack.module("KOD", json!({"name": "widget", "url": forge.url("acme/widget.git"), "forge": "github", "credentials": {"secret": token}})).await;
+    let modules = stack.call("GET", "/api/v1/orgs/acme/modules?project=KOD", Value::Null).await;
+    assert_eq!(modules["data"][0]["forge"], "github");
+    let log = stack.work.path().join("agent.log");
+    stack.agent_with("worker-pr", &[], Some(&log));
+    let key = stack.new_task("KOD", "Fix add").await;
+    stack.to_in_progress(&key).await;
+
+    stack.wait_events("job.succeeded", 1, Duration::from_secs(90)).await;
+    let branch = format!("kodel/{key}-fix-add");
+    let pulls = forge.pulls();
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    let (repo, number, head, base, title, body) = pulls[0].clone();
+    assert_eq!((repo.as_str(), number, head.as_str(), base.as_str()), ("acme/widget", 1, branch.as_str(), "main"));
+    assert_eq!(title, format!("{key}: Fix add"));
+    assert!(body.contains("Fixed add()") && body.contains("approving does not merge"), "{body}");
+    let arts = stack.artifacts(&key).await;
+    let pr = arts.iter().find(|a| a["kind"] == "pull_request").expect("a pull request artifact");
+    assert_eq!(pr["reference"], format!("{}/acme/widget/pull/1", forge.url("").trim_end_matches('/')));
+
+    // Rejected: back to Ready, and the next implement job updates the same pull request.
+    let patch = arts.iter().find(|a| a["kind"] == "patch").unwrap();
+    stack.call("POST", &format!("/api/v1/orgs/acme/artifacts/{}/reject", patch["id"].as_str().unwrap()), json!({"comment": "note it in CHANGES.md"})).await;
+    stack.wait_status(&key, "Ready").await;
+    stack.call("POST", &format!("/api/v1/orgs/acme/tasks/{key}/move"), json!({"status": "In Progress"})).await;
+    stack.wait_events("job.succeeded", 2, Duration::from_secs(90)).await;
+    let pulls = forge.pulls();
+    assert_eq!(pulls.len(), 1, "updated, not opened again: {pulls:?}");
+    assert!(pulls[0].5.contains("CHANGES.md"), "{pulls:?}");
+    let calls: Vec<String> = forge.calls().iter().map(|c| format!("{} {}", c.path, c.status)).collect();
+    assert_eq!(
+        calls,
+        ["GET /repos/acme/widget/pulls 200", "POST /repos/acme/widget/pulls 201", "GET /repos/acme/widget/pulls 200", "PATCH /repos/acme/widget/pulls/1 200"]
+    );
+    // The second job built on the first: both commits are on the branch.
+    let bare = repos.path().join("acme/widget.git");
+    assert_eq!(show(&bare, &format!("{branch}:CHANGES.md")).unwrap(), "- add() adds\n");
+    assert_eq!(show(&bare, &format!("{branch}:calc.py")).unwrap(), CALC.replace("a - b", "a + b"));
+
+    // The token went to git and the forge only: not to the log, the steps or the
+    // workspace's git config.
+    let agent_log = std::fs::read_to_string(&log).unwrap();
+    assert!(!agent_log.contains(token), "{agent_log}");
+    assert!(!stack.server_log().contains(token));
+    let story = serde_json::to_string(&*stack.events.lock().unwrap()).unwrap();
+    assert!(!story.contains(token));
+    let job = stack.job(&key).await;
+    let steps = stack.call("GET", &format!("/api/v1/orgs/acme/jobs/{}/steps", job["id"].as_str().unwrap()), Value::Null).await;
+    assert!(!steps.to_string().contains(token));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn implement_opens_a_gitlab_merge_request() {
+    let llm = ScriptedLlm::start(fix_add()).await;
+    let mut stack = Stack::start(&llm, "openai").await;
+    let repos = tempfile::tempdir().unwrap();
+    bare_repo(&repos.path().join("team/tools"), "gadget");
+    let token = "glpat-forge-secret-5678";
+    let forge = FakeForge::start(repos.path(), token).await;
+    stack.module("KOD", json!({"name": "gadget", "url": forge.url("team/tools/gadget.git"), "forge": "gitlab", "credentials": {"secret": token}})).await;
+    stack.agent_with("worker-gl", &[], None);
+    let key = stack.new_task("KOD", "Fix add").await;
+    stack.to_in_progress(&key).await;
+    stack.wait_events("job.succeeded", 1, Duration::from_secs(90)).await;
+    let pulls = forge.pulls();
+    assert_eq!(pulls.len(), 1, "{pulls:?}");
+    assert_eq!((pulls[0].0.as_str(), pulls[0].2.as_str(), pulls[0].3.as_str()), ("team/tools/gadget", format!("kodel/{key}-fix-add").as_str(), "main"));
+    let arts = stack.artifacts(&key).await;
+    let mr = arts.iter().find(|a| a["kind"] == "pull_request").expect("a merge request artifact");
+    assert!(mr["reference"].as_str().unwrap().ends_with("/team/tools/gadget/-/merge_requests/1"), "{mr}");
+    let calls: Vec<String> = forge.calls().iter().map(|c| format!("{} {}", c.path, c.status)).collect();
+    assert_eq!(calls, ["GET /projects/team/tools/gadget/merge_requests 200", "POST /projects/team/tools/gadget/merge_requests 201"]);
+}
