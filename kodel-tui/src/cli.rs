@@ -265,9 +265,17 @@ pub enum ModuleCmd {
         /// User name for the credentials
         #[arg(long)]
         username: Option<String>,
-        /// Read a token or password for the repository from stdin (never an argument)
+        /// Read a token or password for the repository from stdin (never an argument);
+        /// on GitHub and GitLab it also opens the pull requests
         #[arg(long)]
         secret_stdin: bool,
+        /// Where pull requests go, for a self-hosted forge (github.com and gitlab.com
+        /// are known from the URL)
+        #[arg(long, value_parser = ["github", "gitlab"])]
+        forge: Option<String>,
+        /// The forge's API base, when not the usual one (https://HOST/api/v3 or /api/v4)
+        #[arg(long)]
+        forge_api_url: Option<String>,
     },
     /// Change a module's URL, branch, path prefix or credentials
     Update {
@@ -286,6 +294,11 @@ pub enum ModuleCmd {
         /// Remove the stored credentials
         #[arg(long)]
         no_credentials: bool,
+        /// github, gitlab, or auto (known from the URL)
+        #[arg(long, value_parser = ["github", "gitlab", "auto"])]
+        forge: Option<String>,
+        #[arg(long)]
+        forge_api_url: Option<String>,
     },
     /// Remove a module
     Remove { id: String },

@@ -303,6 +303,16 @@ async fn engine_commands_through_the_real_binaries() {
     assert!(listed.contains("api") && listed.contains("yes") && !listed.contains("s3cr3t"), "{listed}");
     let out = env.kodel(&["module", "add", "web", "https://x/y.git", "--username", "bot"], None);
     assert_eq!(code(&out), 2);
+    // Pull requests: github.com is known from the URL, a self-hosted forge is named.
+    let gh = env.json(&["module", "add", "app", "https://github.com/acme/app.git"], None);
+    assert_eq!(gh["forge"], "github");
+    let own = env.json(&["module", "add", "own", "https://git.corp.example/team/own.git", "--forge", "gitlab", "--forge-api-url", "https://git.corp.example/api/v4"], None);
+    assert_eq!((own["forge"].as_str(), own["forge_api_url"].as_str()), (Some("gitlab"), Some("https://git.corp.example/api/v4")));
+    assert!(env.ok(&["module", "list"], None).contains("gitlab"));
+    let out = env.kodel(&["module", "update", own["id"].as_str().unwrap(), "--forge-api-url", "ftp://nope"], None);
+    assert_eq!(code(&out), 7, "{}", String::from_utf8_lossy(&out.stderr));
+    let own = env.json(&["module", "update", own["id"].as_str().unwrap(), "--forge", "auto"], None);
+    assert_eq!(own["forge"], Value::Null, "no forge known for that host");
 
     // Instance templates and agents.
     let it_file = env.config.path().join("it.json");

@@ -277,3 +277,50 @@ impl Repo {
 pub fn forget(workspaces: &Workspaces, a: &Assignment) {
     let _ = std::fs::remove_dir_all(workspaces.private().join(a.job.id.to_string()));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept(root: &Path, name: &str, bytes: usize, age: Duration) -> PathBuf {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("data"), vec![7u8; bytes]).unwrap();
+        let mark = std::fs::File::create(dir.join(KEPT_MARK)).unwrap();
+        mark.set_modified(SystemTime::now() - age).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn kept_workspaces_go_when_too_old_or_over_the_disk_bound() {
+        let root = tempfile::tempdir().unwrap();
+        let hour = Duration::from_secs(3600);
+        let expired = kept(root.path(), "KOD-1-implement-0000000a", 1000, 30 * hour);
+        let oldest = kept(root.path(), "KOD-2-implement-0000000b", 300_000, 3 * hour);
+        let newer = kept(root.path(), "KOD-3-qa-0000000c", 300_000, hour);
+        let other = root.path().join("notes");
+        std::fs::create_dir_all(&other).unwrap();
+        // Room for one of the two: the oldest goes.
+        let w = Workspaces::new(root.path(), 24 * hour, 500_000, false);
+        w.prune().await;
+        assert!(!expired.exists(), "past keep_failed");
+        assert!(!oldest.exists(), "the oldest goes first when over the bound");
+        assert!(newer.exists());
+        assert!(other.exists(), "what is not a workspace is left alone");
+        assert!(w.disk() >= 300_000 && w.disk() < 500_000, "{}", w.disk());
+        // A succeeded job's workspace is removed; a failed one is marked and kept.
+        let dir = root.path().join("KOD-4-implement-0000000d");
+        std::fs::create_dir_all(&dir).unwrap();
+        w.finish(&dir, true).await;
+        assert!(!dir.exists());
+        std::fs::create_dir_all(&dir).unwrap();
+        w.finish(&dir, false).await;
+        assert!(dir.join(KEPT_MARK).exists());
+    }
+
+    #[test]
+    fn tails_start_at_a_line() {
+        assert_eq!(tail("one\ntwo\nthree\n", 9), "three\n");
+        assert_eq!(tail("short", 100), "short");
+    }
+}

@@ -25,11 +25,14 @@ pub async fn run(ctx: &mut Ctx, cmd: ModuleCmd) -> Result<(), CliError> {
             let rows: Vec<Vec<String>> = page
                 .data
                 .iter()
-                .map(|m| vec![m.id.to_string(), m.name.clone(), m.default_branch.clone(), if m.has_credentials { "yes".into() } else { "no".into() }, m.url.clone()])
+                .map(|m| {
+                    let forge = m.forge.map(|f| f.as_str().to_owned()).unwrap_or_else(|| "-".into());
+                    vec![m.id.to_string(), m.name.clone(), m.default_branch.clone(), if m.has_credentials { "yes".into() } else { "no".into() }, forge, m.url.clone()]
+                })
                 .collect();
-            output::table(&["ID", "NAME", "BRANCH", "CREDENTIALS", "URL"], &rows)
+            output::table(&["ID", "NAME", "BRANCH", "CREDENTIALS", "FORGE", "URL"], &rows)
         }
-        ModuleCmd::Add { name, url, project, branch, path_prefix, username, secret_stdin } => {
+        ModuleCmd::Add { name, url, project, branch, path_prefix, username, secret_stdin, forge, forge_api_url } => {
             let project = ctx.project(project)?;
             let credentials = if secret_stdin {
                 let secret = output::text_arg(Some("-".into()), false)?.unwrap_or_default();
@@ -39,16 +42,26 @@ pub async fn run(ctx: &mut Ctx, cmd: ModuleCmd) -> Result<(), CliError> {
             } else {
                 None
             };
-            let body = json!({ "project": project, "name": name, "url": url, "default_branch": branch, "path_prefix": path_prefix, "credentials": credentials });
+            let body = json!({ "project": project, "name": name, "url": url, "default_branch": branch, "path_prefix": path_prefix, "credentials": credentials,
+                               "forge": forge, "forge_api_url": forge_api_url });
             let m: Module = ctx.client.post(&base, body).await?;
             if ctx.json { output::json(&m) } else { output::line(format!("{}", m.id)) }
         }
-        ModuleCmd::Update { id, url, branch, path_prefix, username, secret_stdin, no_credentials } => {
+        ModuleCmd::Update { id, url, branch, path_prefix, username, secret_stdin, no_credentials, forge, forge_api_url } => {
             let mut body = serde_json::Map::new();
-            for (k, v) in [("url", url), ("default_branch", branch), ("path_prefix", path_prefix)] {
+            for (k, v) in [("url", url), ("default_branch", branch), ("path_prefix", path_prefix), ("forge_api_url", forge_api_url)] {
                 if let Some(v) = v {
                     body.insert(k.into(), json!(v));
                 }
+            }
+            match forge.as_deref() {
+                Some("auto") => {
+                    body.insert("forge".into(), Value::Null);
+                }
+                Some(f) => {
+                    body.insert("forge".into(), json!(f));
+                }
+                None => {}
             }
             if secret_stdin {
                 let secret = output::text_arg(Some("-".into()), false)?.unwrap_or_default();
@@ -112,10 +125,26 @@ pub async fn agent(ctx: &mut Ctx, cmd: AgentCmd) -> Result<(), CliError> {
                 (Some(task), Some(job)) if a.status == "busy" => format!("{task} ({})", &job.to_string()[..8]),
                 _ => "-".into(),
             };
-            vec![a.id.to_string(), a.name.clone(), a.status.clone(), a.labels.join(","), job, a.last_seen_at.as_ref().map(output::when).unwrap_or_default()]
+            let disk = a.disk_bytes.map(|b| bytes(b.max(0) as u64)).unwrap_or_else(|| "-".into());
+            vec![a.id.to_string(), a.name.clone(), a.status.clone(), a.labels.join(","), job, disk, a.last_seen_at.as_ref().map(output::when).unwrap_or_default()]
         })
         .collect();
-    output::table(&["ID", "NAME", "STATUS", "LABELS", "JOB", "LAST SEEN"], &rows)
+    output::table(&["ID", "NAME", "STATUS", "LABELS", "JOB", "DISK", "LAST SEEN"], &rows)
+}
+
+/// 1.5 GiB, 320 MiB, 12 KiB.
+fn bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if v < 10.0 { format!("{v:.1} {}", UNITS[unit]) } else { format!("{v:.0} {}", UNITS[unit]) }
 }
 
 async fn agent_token(ctx: &mut Ctx, cmd: AgentTokenCmd) -> Result<(), CliError> {
