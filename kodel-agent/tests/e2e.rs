@@ -177,6 +177,7 @@ async fn a_cancelled_job_stops_its_agent_mid_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agents_job_is_requeued_and_finished_by_another() {
     let llm = ScriptedLlm::start(vec![
+        Reply::ToolCalls(vec![("write_file".into(), json!({"path": "first.txt", "content": "first agent\n"}))]),
         Reply::ToolCalls(vec![("bash".into(), json!({"command": "echo first; sleep 60"}))]),
         Reply::ToolCalls(vec![("write_file".into(), json!({"path": "done.txt", "content": "second agent\n"}))]),
         Reply::Text("Finished by the second agent.".into()),
@@ -196,7 +197,19 @@ async fn a_killed_agents_job_is_requeued_and_finished_by_another() {
     assert_eq!(done["summary"], "Finished by the second agent.");
     let job = stack.job(&key).await;
     assert_eq!(job["attempts"], 2, "{job}");
-    assert_eq!(std::fs::read_to_string(stack.workspace(&key).join("done.txt")).unwrap(), "second agent\n");
+    // The second attempt started afresh, in a new workspace of the same job.
+    let ws = stack.workspace(&key);
+    assert_eq!(std::fs::read_to_string(ws.join("done.txt")).unwrap(), "second agent\n");
+    assert!(!ws.join("first.txt").exists());
+    // Both attempts' steps are kept, the second's numbered after the first's.
+    let steps = stack.call("GET", &format!("/api/v1/orgs/acme/jobs/{}/steps", job["id"].as_str().unwrap()), Value::Null).await;
+    let story: Vec<(u64, String)> = steps["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["seq"].as_u64().unwrap(), s["step"]["input"]["path"].as_str().or(s["step"]["text"].as_str()).unwrap_or("-").to_owned()))
+        .collect();
+    assert_eq!(story, [(0, "first.txt".to_owned()), (1, "done.txt".to_owned()), (2, "Finished by the second agent.".to_owned())]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
