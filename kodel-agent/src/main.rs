@@ -40,6 +40,10 @@ struct Args {
     /// Keep every job's workspace, also of jobs that succeeded (to debug).
     #[arg(long, env = "KODEL_AGENT_KEEP_WORKSPACES")]
     keep_workspaces: bool,
+    /// Let modules be cloned from file:// URLs: repositories on this host, which anyone
+    /// who may add a module to a project could then read. Off by default.
+    #[arg(long, env = "KODEL_AGENT_ALLOW_FILE_REMOTES")]
+    allow_file_remotes: bool,
 }
 
 fn main() {
@@ -70,6 +74,7 @@ fn main() {
             keep_failed: std::time::Duration::from_secs(args.keep_failed_hours.saturating_mul(3600)),
             max_disk: args.max_disk_gb.saturating_mul(1 << 30),
             keep_workspaces: args.keep_workspaces,
+            allow_file_remotes: args.allow_file_remotes,
         };
         match connection::run(cfg, stop_signal()).await {
             Ok(()) => 0,

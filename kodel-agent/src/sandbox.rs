@@ -123,9 +123,10 @@ impl Sandbox {
     /// system read-only, the workspace the only writable place, and nothing of the
     /// agent's own reachable: its home, the other workspaces and /run (where sockets
     /// such as Docker's, the session bus and ssh-agent live) are empty tmpfs. The
-    /// toolchain homes in `env` (RUSTUP_HOME, CARGO_HOME, ...) come back read-only. The
+    /// toolchain homes in `env` (RUSTUP_HOME, CARGO_HOME, ...) and `read_only` (the
+    /// modules' git dirs, kept out of the workspace) come back read-only. The
     /// command gets exactly `env` (`--clearenv`), so not even bwrap sees the rest.
-    pub(crate) fn bwrap_command(&self, root: &Path, network: bool, env: &[(String, String)]) -> Option<Command> {
+    pub(crate) fn bwrap_command(&self, root: &Path, network: bool, env: &[(String, String)], read_only: &[PathBuf]) -> Option<Command> {
         let bwrap = self.bwrap.as_ref()?;
         let mut cmd = Command::new(bwrap);
         cmd.args(BASE_ARGS);
@@ -139,6 +140,9 @@ impl Sandbox {
             if TOOLCHAIN_HOMES.contains(&k.as_str()) && Path::new(v).is_dir() {
                 cmd.arg("--ro-bind").arg(v).arg(v);
             }
+        }
+        for dir in read_only.iter().filter(|d| d.is_dir()) {
+            cmd.arg("--ro-bind").arg(dir).arg(dir);
         }
         cmd.arg("--bind").arg(root).arg(root).arg("--chdir").arg(root);
         if !network {

@@ -197,8 +197,11 @@ async fn a_killed_agents_job_is_requeued_and_finished_by_another() {
     assert_eq!(done["summary"], "Finished by the second agent.");
     let job = stack.job(&key).await;
     assert_eq!(job["attempts"], 2, "{job}");
-    // The second attempt started afresh, in a new workspace of the same job.
-    let ws = stack.workspace(&key);
+    // The second attempt started afresh, in a workspace of its own.
+    let all = stack.workspaces(&key);
+    assert_eq!(all.len(), 2, "{all:?}");
+    let ws = all[1].clone();
+    assert!(ws.to_string_lossy().ends_with("-2"), "{ws:?}");
     assert_eq!(std::fs::read_to_string(ws.join("done.txt")).unwrap(), "second agent\n");
     assert!(!ws.join("first.txt").exists());
     // Both attempts' steps are kept, the second's numbered after the first's.

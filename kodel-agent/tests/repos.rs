@@ -106,9 +106,9 @@ async fn a_task_goes_through_implement_review_and_qa_on_a_real_repository() {
     stack
         .call("PATCH", "/api/v1/orgs/acme/projects/KOD", json!({"test_command": "python3 -m unittest -v", "review_rules": "Every fix needs a test that would have caught it."}))
         .await;
-    stack.call("POST", "/api/v1/orgs/acme/instance-templates", json!({"name": "py", "base_image": "debian:12", "setup_script": "echo preparing the workspace; python3 --version"})).await;
+    stack.call("POST", "/api/v1/orgs/acme/instance-templates", json!({"name": "py", "base_image": "debian:12", "setup_script": "echo preparing the workspace; python3 --version; mkdir -p ~/.cache && echo junk > ~/.cache/pip.log"})).await;
     stack.call("PATCH", "/api/v1/orgs/acme/projects/KOD", json!({"instance_template": "py"})).await;
-    stack.agent_with("worker-git", &[], None);
+    stack.agent_with("worker-git", &["--allow-file-remotes"], None);
     let key = stack.new_task("KOD", "Fix add").await;
     stack.to_in_progress(&key).await;
 
@@ -137,7 +137,7 @@ async fn a_task_goes_through_implement_review_and_qa_on_a_real_repository() {
     assert_eq!(arts[0]["reference"], branch.as_str());
     let patch = arts[1]["content"].as_str().unwrap();
     assert!(patch.contains("-    return a - b") && patch.contains("+    return a + b"), "{patch}");
-    assert_eq!(arts[1]["data"]["stat"], "1 file changed, 1 insertion(+), 1 deletion(-)");
+    assert_eq!(arts[1]["data"]["stat"], "1 file changed, 1 insertion(+), 1 deletion(-)", "what HOME holds is not part of the change");
     stack.call("POST", &format!("/api/v1/orgs/acme/artifacts/{}/approve", arts[1]["id"].as_str().unwrap()), json!({})).await;
     stack.wait_status(&key, "Code Review").await;
     let arts = stack.artifacts(&key).await;
@@ -195,7 +195,7 @@ async fn failing_tests_are_reported_with_the_models_summary() {
     // The task's branch exists already (pushed earlier), with the bug still in it.
     let src = repos.path().join("calc-src");
     git(&src, &["push", "-q", bare.to_str().unwrap(), &format!("main:refs/heads/kodel/{key}-check-calc")]);
-    stack.agent_with("worker-qa", &[], None);
+    stack.agent_with("worker-qa", &["--allow-file-remotes"], None);
     stack.call("POST", "/api/v1/orgs/acme/jobs", json!({"task": key, "template": "qa-template"})).await;
 
     let done = stack.wait_events("job.succeeded", 1, Duration::from_secs(90)).await;
@@ -230,7 +230,7 @@ async fn clone_setup_and_push_failures_name_their_cause() {
     std::fs::write(&hook, "#!/bin/sh\necho 'branch protection: pushes need a review' >&2\nexit 1\n").unwrap();
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     stack.module("PUSH", json!({"name": "calc", "url": format!("file://{}", protected.display())})).await;
-    stack.agent_with("worker-f", &["--keep-failed-hours", "1"], None);
+    stack.agent_with("worker-f", &["--keep-failed-hours", "1", "--allow-file-remotes"], None);
 
     let missing = stack.new_task("MISS", "Anything").await;
     stack.to_in_progress(&missing).await;
@@ -343,4 +343,56 @@ async fn implement_opens_a_gitlab_merge_request() {
     assert!(mr["reference"].as_str().unwrap().ends_with("/team/tools/gadget/-/merge_requests/1"), "{mr}");
     let calls: Vec<String> = forge.calls().iter().map(|c| format!("{} {}", c.path, c.status)).collect();
     assert_eq!(calls, ["GET /projects/team/tools/gadget/merge_requests 200", "POST /projects/team/tools/gadget/merge_requests 201"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_model_cannot_make_the_agent_run_code_through_git() {
+    let dir = tempfile::tempdir().unwrap();
+    let pwned = dir.path().join("PWNED");
+    // The model plants what would make an unsandboxed `git add` run a command: a .git
+    // of its own whose config (through commondir) defines a clean filter, and a
+    // .gitattributes that applies it; and a link to a file of the agent's host.
+    let attack = format!(
+        "rm -f .git && mkdir -p .git evil/objects evil/refs && echo ../evil > .git/commondir && printf 'ref: refs/heads/main\\n' > evil/HEAD && \\
+         printf '[filter \"x\"]\\n\\tclean = touch {p}\\n' > evil/config && cp evil/config .git/config && \\
+         echo '* filter=x' > .gitattributes && ln -s {p}.target host-file",
+        p = pwned.display()
+    );
+    let llm = ScriptedLlm::start(vec![
+        Reply::ToolCalls(vec![("bash".into(), json!({"command": attack}))]),
+        Reply::ToolCalls(vec![("edit_file".into(), json!({"path": "calc.py", "old_string": "return a - b", "new_string": "return a + b"}))]),
+        Reply::Text("Fixed add().".into()),
+    ])
+    .await;
+    let mut stack = Stack::start(&llm, "openai").await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "calc");
+    stack.module("KOD", json!({"name": "calc", "url": format!("file://{}", bare.display())})).await;
+    stack.agent_with("worker-x", &["--allow-file-remotes"], None);
+    let key = stack.new_task("KOD", "Fix add").await;
+    stack.to_in_progress(&key).await;
+    stack.wait_events("job.succeeded", 1, Duration::from_secs(90)).await;
+    assert!(!pwned.exists(), "the model's filter ran outside the sandbox");
+    // The agent's git never saw the planted .git: the change is committed, and the
+    // planted files are just files of the change.
+    let branch = format!("kodel/{key}-fix-add");
+    assert_eq!(show(&bare, &format!("{branch}:calc.py")).unwrap(), CALC.replace("a - b", "a + b"));
+    assert_eq!(show(&bare, &format!("{branch}:.gitattributes")).unwrap(), "* filter=x\n");
+    assert!(show(&bare, &format!("{branch}:.git/config")).is_none(), ".git is never committed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_remotes_need_the_agent_operators_consent() {
+    let llm = ScriptedLlm::start(vec![]).await;
+    let mut stack = Stack::start(&llm, "openai").await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "secret");
+    stack.module("KOD", json!({"name": "secret", "url": format!("file://{}", bare.display())})).await;
+    stack.agent_with("worker-nf", &[], None);
+    let key = stack.new_task("KOD", "Read the host").await;
+    stack.to_in_progress(&key).await;
+    let failed = stack.wait_events("job.failed", 1, Duration::from_secs(60)).await;
+    let err = failed[0]["error"].as_str().unwrap();
+    assert!(err.contains("--allow-file-remotes"), "{err}");
+    assert_eq!(llm.requests().len(), 0);
 }

@@ -29,7 +29,8 @@ async fn work_next(app: &TestApp, slug: &str, agent: Uuid, kind: ArtifactKind, c
     let s = kodel_core::OrgSlug::parse(slug).unwrap();
     let job = queue::claim(&app.server.state, &s, agent, &[], LEASE).await.unwrap().expect("a pending job");
     let mut db = app.org_tx(slug).await;
-    let artifact = NewArtifact { kind, title: None, content: Some(content.into()), reference: None, data: None };
+    let reference = (kind == ArtifactKind::Branch).then(|| format!("kodel/{content}"));
+    let artifact = NewArtifact { kind, title: None, content: Some(content.into()), reference, data: None };
     let ids = jobs::complete(&mut db, job.id, agent, "done", &[artifact], Some(json!({"tokens": 10}))).await.unwrap();
     db.commit().await.unwrap();
     (job.id, ids[0])

@@ -42,6 +42,9 @@ async fn modules_keep_credentials_sealed() {
         (json!({"project": "KOD", "name": "x", "url": "not a url"}), "git URL"),
         (json!({"project": "KOD", "name": "x", "url": "git@host:x.git", "default_branch": "a..b"}), "branch"),
         (json!({"project": "KOD", "name": "x", "url": "git@host:x.git", "path_prefix": "../etc"}), "inside"),
+        (json!({"project": "KOD", "name": "x", "url": "https://ghp_token@host/x.git"}), "credentials"),
+        (json!({"project": "KOD", "name": "../../home", "url": "git@host:x.git"}), "module name"),
+        (json!({"project": "KOD", "name": "x", "url": "https://h/x.git", "forge": "gitlab", "forge_api_url": "http://gitlab.corp/api/v4"}), "https"),
     ] {
         let (s, v) = app.post("/api/v1/orgs/acme/modules", &owner, body.clone()).await;
         assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
@@ -53,6 +56,11 @@ async fn modules_keep_credentials_sealed() {
     // Developers read them; credentials can be removed; outsiders see nothing.
     let (_, list) = app.get("/api/v1/orgs/acme/modules?project=KOD", &dev).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    // Credentials stay with their host: moving the module elsewhere drops them.
+    let (s, m) = app.patch(&format!("/api/v1/orgs/acme/modules/{id}"), &owner, json!({"default_branch": "main"})).await;
+    assert_eq!((s, m["has_credentials"].as_bool()), (StatusCode::OK, Some(true)));
+    let (s, m) = app.patch(&format!("/api/v1/orgs/acme/modules/{id}"), &owner, json!({"url": "https://attacker.example/x.git"})).await;
+    assert_eq!((s, m["has_credentials"].as_bool()), (StatusCode::OK, Some(false)), "{m}");
     let (s, m) = app.patch(&format!("/api/v1/orgs/acme/modules/{id}"), &owner, json!({"credentials": null, "url": "git@git.example.com:acme/api.git"})).await;
     assert_eq!((s, m["has_credentials"].as_bool(), m["url"].as_str()), (StatusCode::OK, Some(false), Some("git@git.example.com:acme/api.git")));
     let eve = app.register("eve@x.io").await;

@@ -1,4 +1,4 @@
-//! The `kodel` client: the scripting CLI (and, with its issue, the TUI), the API
+//! The `kodel` client: the TUI and the scripting CLI, the API
 //! client they share, and where credentials and settings are kept.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
@@ -8,3 +8,5 @@ pub mod commands;
 pub mod config;
 pub mod exit;
 pub mod output;
+pub mod sse;
+pub mod tui;

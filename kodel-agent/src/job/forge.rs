@@ -27,6 +27,8 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .user_agent(concat!("kodel-agent/", env!("CARGO_PKG_VERSION")))
         .timeout(Duration::from_secs(30))
+        // A redirect would carry the token (GitLab's PRIVATE-TOKEN) to another host.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap_or_default()
 }

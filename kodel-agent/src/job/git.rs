@@ -1,8 +1,13 @@
 //! git as the agent runs it (outside the sandbox, on the agent's own account):
 //! credentials go to git through GIT_ASKPASS and the environment of the commands that
-//! talk to the remote, never in a URL, a file or an argument; nothing prompts; hooks,
-//! fsmonitor and credential helpers are off, so a workspace the model wrote to cannot
-//! make the agent run its code.
+//! talk to the remote, never in a URL, a file or an argument; nothing prompts.
+//!
+//! A module's git directory lives in the agent's private directory, not in the
+//! workspace (`clone --separate-git-dir`), and every command names it (`--git-dir`,
+//! `--work-tree`): the model, which can write anywhere in the workspace, cannot change
+//! the config, hooks, filters or links git reads, so it cannot make the agent run its
+//! code or write through a link. Hooks, fsmonitor, credential helpers and signing are
+//! off as well.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -38,10 +43,19 @@ pub struct Remote {
     pub url: String,
     credentials: Option<(String, String)>,
     askpass: PathBuf,
+    /// Whether file:// remotes may be used (`--allow-file-remotes`).
+    allow_file: bool,
+}
+
+/// A module's checkout: its private git dir and its work tree in the workspace.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    pub git_dir: PathBuf,
+    pub work_tree: PathBuf,
 }
 
 impl Remote {
-    pub fn new(m: &AssignedModule, askpass: &Path) -> Remote {
+    pub fn new(m: &AssignedModule, askpass: &Path, allow_file: bool) -> Remote {
         let credentials = m.credentials.as_ref().map(|c: &RepoCredentials| {
             let user = c.username.clone().filter(|u| !u.is_empty()).unwrap_or_else(|| {
                 match m.forge.as_ref().map(|f| f.kind) {
@@ -51,7 +65,7 @@ impl Remote {
             });
             (user, c.secret.clone())
         });
-        Remote { url: m.url.clone(), credentials, askpass: askpass.to_owned() }
+        Remote { url: m.url.clone(), credentials, askpass: askpass.to_owned(), allow_file }
     }
 
     pub fn secret(&self) -> Option<&str> {
@@ -74,12 +88,19 @@ pub struct GitOutput {
     pub output: String,
 }
 
-/// Runs `git ARGS` in `dir`. `remote` is given only to commands that talk to it: they
-/// alone see the credentials.
-pub async fn git(dir: &Path, args: &[&str], remote: Option<&Remote>) -> std::io::Result<GitOutput> {
+/// Runs `git ARGS` in `dir`, on `repo` when given. `remote` is given only to commands
+/// that talk to it: they alone see the credentials.
+pub async fn git(dir: &Path, repo: Option<&Checkout>, args: &[&str], remote: Option<&Remote>) -> std::io::Result<GitOutput> {
     let mut cmd = tokio::process::Command::new("git");
     cmd.args(["-c", "credential.helper=", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "protocol.ext.allow=never"])
-        .args(args)
+        .args(["-c", "commit.gpgsign=false", "-c", "tag.gpgsign=false"]);
+    if remote.is_some_and(|r| !r.allow_file) {
+        cmd.args(["-c", "protocol.file.allow=never"]);
+    }
+    if let Some(r) = repo {
+        cmd.arg(format!("--git-dir={}", r.git_dir.display())).arg(format!("--work-tree={}", r.work_tree.display()));
+    }
+    cmd.args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

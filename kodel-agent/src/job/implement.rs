@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::forge::{self, Change};
 use super::git::{self, cause};
-use super::workspace::{Prepared, Repo};
+use super::workspace::{Prepared, Repo, transient};
 use super::{Outcome, first_messages, with_modules};
 use crate::runner::{self, Failed, Reporter};
 
@@ -20,24 +20,27 @@ pub async fn run(a: &Assignment, p: &Prepared, rep: &mut Reporter) -> Result<Out
     let (said, _) = runner::converse(a, &p.ws, rep, first_messages(a, prompt)).await?;
     let mut artifacts = Vec::new();
     let mut notes = Vec::new();
-    let mut changed = 0;
+    let mut new_work = false;
     for repo in &p.repos {
+        repo.check_work_tree(p.ws.root())?;
         match deliver(a, repo, &said, rep).await? {
             Delivered::Nothing => {}
             Delivered::Change { new_commit, mut items, note } => {
-                changed += 1;
+                new_work |= new_commit;
                 if !new_commit {
-                    notes.push(format!("{}: no new changes; the branch already holds earlier work", repo.module.name));
+                    notes.push(format!("{}: no new changes in this job; the branch holds earlier work", repo.module.name));
                 }
                 notes.extend(note);
                 artifacts.append(&mut items);
             }
         }
     }
-    if changed == 0 {
+    // Nothing new (a first job that changed nothing, or a rework that did not touch
+    // the code): say so rather than hand the same work over again.
+    if !new_work {
         let said = said.trim();
         let said = if said.is_empty() { String::new() } else { format!(" The model said: {}", cap_middle(said, 2000)) };
-        return Err((format!("the job made no changes to the repository, so there is nothing to commit or review.{said}"), false));
+        return Err((format!("the job made no changes to the repository, so there is nothing new to commit or review.{said}"), false));
     }
     let mut summary = said.trim().to_owned();
     for n in notes {
@@ -53,13 +56,12 @@ enum Delivered {
 }
 
 async fn run_git(repo: &Repo, args: &[&str], remote: bool) -> Result<git::GitOutput, Failed> {
-    git::git(&repo.dir, args, remote.then_some(&repo.remote)).await.map_err(|e| (format!("cannot run git: {e}"), false))
+    git::git(&repo.checkout.work_tree, Some(&repo.checkout), args, remote.then_some(&repo.remote)).await.map_err(|e| (format!("cannot run git: {e}"), false))
 }
 
 /// Commits, pushes and describes one module's change.
 async fn deliver(a: &Assignment, repo: &Repo, said: &str, rep: &mut Reporter) -> Result<Delivered, Failed> {
     let m = &repo.module;
-    repo.restore_config()?;
     let add = run_git(repo, &["add", "--all"], false).await?;
     if !add.ok {
         return Err((format!("module {:?}: git add failed: {}", m.name, cause(&add.output)), false));
@@ -78,7 +80,7 @@ async fn deliver(a: &Assignment, repo: &Repo, said: &str, rep: &mut Reporter) ->
         new_commit = true;
     }
     let range = format!("origin/{}...HEAD", m.default_branch);
-    let diff = run_git(repo, &["diff", "--no-color", "--no-ext-diff", &range], false).await?;
+    let diff = run_git(repo, &["diff", "--no-color", "--no-ext-diff", "--no-textconv", &range], false).await?;
     if !diff.ok {
         return Err((format!("module {:?}: cannot diff against {}: {}", m.name, m.default_branch, cause(&diff.output)), false));
     }
@@ -96,7 +98,9 @@ async fn deliver(a: &Assignment, repo: &Repo, said: &str, rep: &mut Reporter) ->
         let out = run_git(repo, &["push", "origin", &refspec], true).await?;
         rep.action("git", &format!("git push origin {refspec}"), &out.output, !out.ok, started);
         if !out.ok {
-            return Err((format!("pushing {} to {} was refused: {}", a.branch, m.url, cause(&out.output)), false));
+            let why = cause(&out.output);
+            let retry = transient(&why);
+            return Err((format!("pushing {} to {} {}: {why}", a.branch, m.url, if retry { "failed" } else { "was refused" }), retry));
         }
     }
     let patch_title = format!("{}: {}", m.name, if stat.is_empty() { "patch".to_owned() } else { stat.clone() });

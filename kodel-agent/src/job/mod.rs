@@ -56,13 +56,14 @@ pub async fn run(a: Assignment, env: JobEnv, link: Link) {
         Ok(outcome) => outcome,
         Err(_) => Err(runner::time_limit(limit)),
     };
-    workspace::forget(&env.workspaces, &a);
-    env.workspaces.finish(&dir, outcome.is_ok()).await;
+    let succeeded = outcome.is_ok();
     let msg = match outcome {
         Ok(o) => AgentMessage::Complete { job_id, summary: o.summary, artifacts: o.artifacts },
         Err((error, retryable)) => AgentMessage::Error { job_id, error, retryable },
     };
+    // The outcome first: cleaning up a large workspace must not hold it back.
     let _ = link.tx.send(runner::Outgoing::Reliable(msg));
+    env.workspaces.finish(&dir, succeeded).await;
 }
 
 async fn work(a: &Assignment, env: &JobEnv, dir: &std::path::Path, rep: &mut Reporter) -> Result<Outcome, Failed> {
@@ -74,10 +75,7 @@ async fn work(a: &Assignment, env: &JobEnv, dir: &std::path::Path, rep: &mut Rep
         ));
     }
     env.workspaces.prune().await;
-    if dir.exists() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    std::fs::create_dir_all(dir).map_err(|e| (format!("cannot create the workspace {}: {e}", dir.display()), false))?;
+    env.workspaces.begin(dir).map_err(|e| (e, false))?;
     let network = a.instance_template.as_ref().is_some_and(|t| t.network);
     let mut vars = env.toolchain_env.clone();
     vars.extend(a.instance_template.as_ref().map(|t| t.env.clone()).unwrap_or_default());

@@ -92,7 +92,8 @@ static UNITTEST_RAN: LazyLock<Regex> = LazyLock::new(|| re(r"(?m)^Ran (\d+) test
 static UNITTEST_FAILED: LazyLock<Regex> = LazyLock::new(|| re(r"(?m)^FAILED \(([^)]*)\)"));
 static UNITTEST_OK_SKIPPED: LazyLock<Regex> = LazyLock::new(|| re(r"(?m)^OK \(skipped=(\d+)\)"));
 static JEST: LazyLock<Regex> = LazyLock::new(|| re(r"(?m)^Tests:\s+(.*\d+ total)"));
-static GO: LazyLock<Regex> = LazyLock::new(|| re(r"(?m)^--- (PASS|FAIL|SKIP): "));
+static VITEST: LazyLock<Regex> = LazyLock::new(|| re(r"(?m)^\s*Tests\s+(.*\(\d+\))\s*$"));
+static GO: LazyLock<Regex> = LazyLock::new(|| re(r"(?m)^\s*--- (PASS|FAIL|SKIP): "));
 static NUM_WORD: LazyLock<Regex> = LazyLock::new(|| re(r"(\d+) (passed|failed|skipped|errors?|todo|pending)"));
 static KEY_NUM: LazyLock<Regex> = LazyLock::new(|| re(r"(failures|errors|skipped|expected failures|unexpected successes)=(\d+)"));
 
@@ -113,7 +114,7 @@ pub fn counts(output: &str) -> Option<Counts> {
         }
         return Some(c);
     }
-    if let Some(line) = PYTEST.captures_iter(output).last().or_else(|| JEST.captures_iter(output).last()) {
+    if let Some(line) = PYTEST.captures_iter(output).last().or_else(|| JEST.captures_iter(output).last()).or_else(|| VITEST.captures_iter(output).last()) {
         let mut c = Counts::default();
         for m in NUM_WORD.captures_iter(&line[1]) {
             let n: u64 = m[1].parse().unwrap_or(0);
@@ -177,8 +178,10 @@ mod tests {
         assert_eq!(counts(unittest_ok), c(4, 0, 1));
         let jest = "Tests:       1 failed, 2 skipped, 10 passed, 13 total\n";
         assert_eq!(counts(jest), c(10, 1, 2));
-        let go = "=== RUN   TestA\n--- PASS: TestA (0.00s)\n=== RUN   TestB\n--- FAIL: TestB (0.00s)\nFAIL\n";
-        assert_eq!(counts(go), c(1, 1, 0));
+        let go = "=== RUN   TestA\n--- PASS: TestA (0.00s)\n=== RUN   TestB\n--- FAIL: TestB (0.00s)\n    --- PASS: TestB/sub (0.00s)\nFAIL\n";
+        assert_eq!(counts(go), c(2, 1, 0));
+        let vitest = " Test Files  1 failed | 1 passed (2)\n      Tests  1 failed | 3 passed | 1 skipped (5)\n   Start at  10:00:00\n";
+        assert_eq!(counts(vitest), c(3, 1, 1));
         assert_eq!(counts("all good\n"), None);
         assert_eq!(exit_code("x\nexit code: 3"), Some(3));
     }

@@ -27,12 +27,25 @@ pub struct Review {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
     pub file: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "line_number")]
     pub line: Option<u64>,
     /// blocker, major, minor or nit.
     #[serde(default = "default_severity")]
     pub severity: String,
     pub message: String,
+}
+
+/// A line as a number, or a text that starts with one ("12", "12-15", "L12").
+fn line_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(match v {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => {
+            let digits: String = s.trim_start_matches(|c: char| !c.is_ascii_digit()).chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        }
+        _ => None,
+    })
 }
 
 fn default_severity() -> String {
@@ -49,7 +62,7 @@ pub async fn run(a: &Assignment, p: &Prepared, rep: &mut Reporter) -> Result<Out
     let mut diff = String::new();
     for repo in p.repos.iter().filter(|r| r.had_branch) {
         let range = format!("origin/{}...HEAD", repo.module.default_branch);
-        let out = git::git(&repo.dir, &["diff", "--no-color", "--no-ext-diff", &range], None).await.map_err(|e| (format!("cannot run git: {e}"), false))?;
+        let out = git::git(&repo.checkout.work_tree, Some(&repo.checkout), &["diff", "--no-color", "--no-ext-diff", "--no-textconv", &range], None).await.map_err(|e| (format!("cannot run git: {e}"), false))?;
         if !out.ok {
             return Err((format!("module {:?}: cannot diff {} against {}: {}", repo.module.name, a.branch, repo.module.default_branch, git::cause(&out.output)), false));
         }
@@ -92,18 +105,32 @@ pub async fn run(a: &Assignment, p: &Prepared, rep: &mut Reporter) -> Result<Out
     Ok(Outcome { summary: review.summary.clone(), artifacts: vec![artifact] })
 }
 
-/// The JSON object in the model's answer (bare, or in a ```json fence).
+/// The review in the model's answer: a ```json fence's content, else the first JSON
+/// object in the text that reads as a review.
 pub fn parse(answer: &str) -> Result<Review, String> {
-    let start = answer.find('{').ok_or("it holds no JSON object")?;
-    let end = answer.rfind('}').ok_or("it holds no JSON object")?;
-    if end < start {
-        return Err("it holds no JSON object".into());
+    let fenced = answer.split("```json").nth(1).and_then(|rest| rest.split("```").next());
+    let mut last_err = "it holds no JSON object".to_owned();
+    let candidates = fenced.into_iter().chain(answer.match_indices('{').map(|(i, _)| &answer[i..]));
+    let mut found = None;
+    for text in candidates {
+        let Some(start) = text.find('{') else { continue };
+        let mut stream = serde_json::Deserializer::from_str(&text[start..]).into_iter::<Review>();
+        match stream.next() {
+            Some(Ok(r)) => {
+                found = Some(r);
+                break;
+            }
+            Some(Err(e)) => last_err = format!("it is not the review JSON: {e}"),
+            None => {}
+        }
     }
-    let mut review: Review = serde_json::from_str(&answer[start..=end]).map_err(|e| format!("it is not the review JSON: {e}"))?;
-    review.verdict = review.verdict.trim().to_lowercase().replace([' ', '-'], "_");
-    if !matches!(review.verdict.as_str(), "approve" | "request_changes") {
-        return Err(format!("verdict {:?} is neither \"approve\" nor \"request_changes\"", review.verdict));
-    }
+    let mut review = found.ok_or(last_err)?;
+    let verdict = review.verdict.trim().to_lowercase().replace([' ', '-'], "_");
+    review.verdict = match verdict.as_str() {
+        "approve" | "approved" | "accept" | "lgtm" => "approve".into(),
+        "request_changes" | "changes_requested" | "reject" | "rejected" | "needs_changes" => "request_changes".into(),
+        other => return Err(format!("verdict {other:?} is neither \"approve\" nor \"request_changes\"")),
+    };
     review.findings.truncate(200);
     for f in &mut review.findings {
         f.severity = f.severity.trim().to_lowercase();
@@ -146,5 +173,9 @@ mod tests {
         assert!(parse("{\"verdict\": \"maybe\", \"summary\": \"\"}").unwrap_err().contains("maybe"));
         let md = markdown(&r);
         assert!(md.contains("`a.py:3` (major): m"), "{md}");
+        // Braces in prose before the JSON, a line as text, a verdict in other words.
+        let prose = "The loop `for x in y { .. }` is fine. {\"verdict\": \"changes requested\", \"summary\": \"s\", \"findings\": [{\"file\": \"a.rs\", \"line\": \"12-15\", \"message\": \"m\"}]}";
+        let r = parse(prose).unwrap();
+        assert_eq!((r.verdict.as_str(), r.findings[0].line), ("request_changes", Some(12)));
     }
 }

@@ -1,23 +1,30 @@
-//! Job workspaces: a fresh directory per job under the agent's work dir, with the
-//! project's modules cloned onto the task's branch and the instance template's setup
-//! script run; removed when the job succeeds, kept for a while when it fails (for
+//! Job workspaces: a fresh directory per job attempt under the agent's work dir, with
+//! the project's modules cloned onto the task's branch and the instance template's
+//! setup script run; removed when the job succeeds, kept for a while when it fails (for
 //! people to look at), and bounded in the disk they take together.
+//!
+//! The agent's own files live in `<work dir>/.kodel-agent/`, out of the model's reach
+//! (the sandbox hides them): the askpass helper, the modules' git dirs (`git/<ws>/`),
+//! and a record of each workspace (`ws/<ws>`: running or kept, and since when), so only
+//! directories the agent made are ever removed. A lock keeps a second agent off the
+//! same work dir.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use kodel_core::protocol::{AssignedModule, Assignment};
 
-use super::git::{self, Remote};
+use super::git::{self, Checkout, Remote};
 use crate::runner::{Failed, Reporter};
 use crate::tools::{self, Workspace};
 
-/// The file that marks a kept workspace, and says since when.
-const KEPT_MARK: &str = ".kodel-kept";
-/// The agent's own files in the work dir (the askpass helper, saved git configs).
+/// The agent's own files in the work dir.
 pub const PRIVATE_DIR: &str = ".kodel-agent";
+/// HOME for the job's commands, inside the workspace (and never committed).
+pub const HOME_DIR: &str = ".kodel-home";
 
 /// Where workspaces live and how long and how much of them is kept.
 pub struct Workspaces {
@@ -28,18 +35,21 @@ pub struct Workspaces {
     pub max_disk: u64,
     /// Keep every workspace, also of jobs that succeeded (to debug the agent).
     pub keep_all: bool,
+    /// Whether modules may be cloned from file:// URLs (repositories on this host).
+    pub allow_file_remotes: bool,
     disk: Arc<AtomicU64>,
+    /// Workspaces of jobs running now: never pruned.
+    active: Mutex<HashSet<String>>,
+    _lock: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
 /// A module checked out in a job's workspace.
 pub struct Repo {
     pub module: AssignedModule,
-    pub dir: PathBuf,
+    pub checkout: Checkout,
     pub remote: Remote,
     /// Whether the task's branch was on the remote already (made by an earlier job).
     pub had_branch: bool,
-    /// The module's .git/config as cloned, put back before the agent runs git again.
-    saved_config: PathBuf,
 }
 
 pub struct Prepared {
@@ -47,9 +57,36 @@ pub struct Prepared {
     pub repos: Vec<Repo>,
 }
 
+/// A module name fit to be a directory: letters, digits, '.', '_' and '-', not
+/// starting with a dot.
+pub fn valid_module_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 100 && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
 impl Workspaces {
-    pub fn new(root: &Path, keep_failed: Duration, max_disk: u64, keep_all: bool) -> Workspaces {
-        Workspaces { root: root.to_owned(), keep_failed, max_disk, keep_all, disk: Arc::new(AtomicU64::new(0)) }
+    /// Takes the work dir for this agent (Err if another agent holds it).
+    pub fn open(root: &Path, keep_failed: Duration, max_disk: u64, keep_all: bool, allow_file_remotes: bool) -> Result<Workspaces, String> {
+        let private = root.join(PRIVATE_DIR);
+        for d in [private.join("ws"), private.join("git")] {
+            std::fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(private.join("lock")).map_err(|e| format!("cannot open {}: {e}", private.join("lock").display()))?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| format!("another kodel-agent is using the work dir {}; give this one its own --workdir", root.display()))?;
+        Ok(Workspaces { _lock: Some(lock), ..Workspaces::unlocked(root, keep_failed, max_disk, keep_all, allow_file_remotes) })
+    }
+
+    fn unlocked(root: &Path, keep_failed: Duration, max_disk: u64, keep_all: bool, allow_file_remotes: bool) -> Workspaces {
+        Workspaces {
+            root: root.to_owned(),
+            keep_failed,
+            max_disk,
+            keep_all,
+            allow_file_remotes,
+            disk: Arc::new(AtomicU64::new(0)),
+            active: Mutex::new(HashSet::new()),
+            _lock: None,
+        }
     }
 
     /// Bytes the workspaces took when last measured.
@@ -61,59 +98,90 @@ impl Workspaces {
         self.root.join(PRIVATE_DIR)
     }
 
-    /// `<work dir>/<TASK-KEY>-<kind>-<job id prefix>`: one per job, found by its task.
+    /// `<work dir>/<TASK-KEY>-<kind>-<job id prefix>-<attempt>`: one per job attempt,
+    /// found by its task.
     pub fn dir_for(&self, a: &Assignment) -> PathBuf {
         let id = a.job.id.simple().to_string();
         let key: String = a.task.key.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
         let kind: String = a.job.kind.chars().filter(char::is_ascii_alphanumeric).collect();
-        self.root.join(format!("{key}-{kind}-{}", &id[id.len() - 8..]))
+        self.root.join(format!("{key}-{kind}-{}-{}", &id[id.len() - 8..], a.job.attempt.max(0)))
+    }
+
+    fn record(&self, name: &str) -> PathBuf {
+        self.private().join("ws").join(name)
+    }
+
+    fn git_dirs(&self, name: &str) -> PathBuf {
+        self.private().join("git").join(name)
+    }
+
+    /// A new workspace for a job: recorded as running before anything is written.
+    pub fn begin(&self, dir: &Path) -> Result<(), String> {
+        let name = file_name(dir);
+        self.active.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone());
+        std::fs::write(self.record(&name), "running\n").map_err(|e| format!("cannot record the workspace: {e}"))?;
+        remove_all(dir, &self.git_dirs(&name));
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create the workspace {}: {e}", dir.display()))
     }
 
     /// After a job: its workspace goes (success) or is kept (failure); then kept ones
     /// past their time or over the disk bound go, and the disk is measured again.
     pub async fn finish(&self, dir: &Path, succeeded: bool) {
+        let name = file_name(dir);
         if succeeded && !self.keep_all {
-            remove(dir).await;
-        } else if dir.exists() {
-            let _ = std::fs::write(dir.join(KEPT_MARK), "kept by kodel-agent for inspection\n");
+            let (dir, git, record) = (dir.to_owned(), self.git_dirs(&name), self.record(&name));
+            let _ = tokio::task::spawn_blocking(move || {
+                remove_all(&dir, &git);
+                let _ = std::fs::remove_file(record);
+            })
+            .await;
+        } else {
+            let _ = std::fs::write(self.record(&name), "kept\n");
             if !succeeded {
                 tracing::info!(workspace = %dir.display(), hours = self.keep_failed.as_secs() / 3600, "the failed job's workspace is kept");
             }
         }
+        self.active.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
         self.prune().await;
     }
 
     /// Removes kept workspaces that are too old, then the oldest while over the bound.
-    /// Only called between jobs: nothing here is in use.
+    /// A workspace recorded as running by no job here (the agent was stopped, the job
+    /// cancelled) counts as kept since its record was last written.
     pub async fn prune(&self) {
         let root = self.root.clone();
+        let private = self.private();
+        let active = self.active.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let (keep_failed, max_disk) = (self.keep_failed, self.max_disk);
         let total = tokio::task::spawn_blocking(move || {
-            let mut kept: Vec<(SystemTime, PathBuf, u64)> = Vec::new();
-            let Ok(entries) = std::fs::read_dir(&root) else { return 0 };
-            for e in entries.flatten() {
-                let path = e.path();
-                if !is_workspace(&e.file_name().to_string_lossy()) || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            let mut kept: Vec<(SystemTime, String, u64)> = Vec::new();
+            let Ok(records) = std::fs::read_dir(private.join("ws")) else { return 0 };
+            for e in records.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if active.contains(&name) {
                     continue;
                 }
-                let since = std::fs::metadata(path.join(KEPT_MARK)).or_else(|_| std::fs::metadata(&path)).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
-                if since.elapsed().unwrap_or_default() > keep_failed {
-                    let _ = std::fs::remove_dir_all(&path);
+                let (dir, git) = (root.join(&name), private.join("git").join(&name));
+                let since = e.metadata().and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
+                if since.elapsed().unwrap_or_default() > keep_failed || !dir.exists() {
+                    remove_all(&dir, &git);
+                    let _ = std::fs::remove_file(e.path());
                     continue;
                 }
-                kept.push((since, path.clone(), du(&path)));
+                kept.push((since, name, du(&dir) + du(&git)));
             }
             kept.sort();
             let mut total: u64 = kept.iter().map(|k| k.2).sum();
-            for (_, path, size) in kept {
+            for (_, name, size) in kept {
                 if total <= max_disk {
                     break;
                 }
-                tracing::info!(workspace = %path.display(), "removing a kept workspace: the workspaces are over the disk bound");
-                let _ = std::fs::remove_dir_all(&path);
+                tracing::info!(workspace = %name, "removing a kept workspace: the workspaces are over the disk bound");
+                remove_all(&root.join(&name), &private.join("git").join(&name));
+                let _ = std::fs::remove_file(private.join("ws").join(&name));
                 total -= size;
             }
-            total
+            du(&root)
         })
         .await
         .unwrap_or(0);
@@ -128,18 +196,16 @@ impl Workspaces {
     }
 }
 
-/// A job workspace's name ends with `-` and 8 hex digits (`dir_for`); anything else in
-/// the work dir is left alone.
-fn is_workspace(name: &str) -> bool {
-    name.len() > 9 && name.as_bytes()[name.len() - 9] == b'-' && name[name.len() - 8..].bytes().all(|b| b.is_ascii_hexdigit())
+fn file_name(dir: &Path) -> String {
+    dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-async fn remove(dir: &Path) {
-    let dir = dir.to_owned();
-    let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+fn remove_all(dir: &Path, git: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(git);
 }
 
-/// Disk blocks under `path` (files are not followed through symlinks).
+/// Disk blocks under `path` (links are not followed).
 fn du(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
@@ -163,59 +229,79 @@ pub enum Branch {
     Existing,
 }
 
+async fn run_git(dir: &Path, repo: Option<&Checkout>, args: &[&str], remote: Option<&Remote>) -> Result<git::GitOutput, Failed> {
+    git::git(dir, repo, args, remote).await.map_err(|e| (format!("cannot run git (is it installed?): {e}"), false))
+}
+
+/// Whether a failed clone or push may work when tried again (the network, a server
+/// error), as opposed to a wrong URL, a refused login or a missing repository.
+pub fn transient(cause: &str) -> bool {
+    let c = cause.to_lowercase();
+    let permanent = ["not found", "does not exist", "does not appear to be a git repository", "authentication failed", "could not read username", "permission denied", "host key verification failed", "not allowed", "rejected", "denied"];
+    !permanent.iter().any(|p| c.contains(p))
+}
+
 /// Makes the job's workspace: clones each module (into the workspace itself when there
 /// is one, else into a directory per module), checks out the task's branch, runs the
-/// setup script. Every git command and the script are steps of the job.
+/// setup script. The clones, checkouts and the script are steps of the job.
 pub async fn prepare(a: &Assignment, dir: &Path, workspaces: &Workspaces, ws: Workspace, branch: Branch, rep: &mut Reporter) -> Result<Prepared, Failed> {
     let askpass = git::install_askpass(&workspaces.private()).map_err(|e| (format!("cannot write the git helper in {}: {e}", workspaces.private().display()), false))?;
-    let saved = workspaces.private().join(a.job.id.to_string());
-    std::fs::create_dir_all(&saved).map_err(|e| (format!("cannot create {}: {e}", saved.display()), false))?;
+    let git_dirs = workspaces.git_dirs(&file_name(dir));
+    std::fs::create_dir_all(&git_dirs).map_err(|e| (format!("cannot create {}: {e}", git_dirs.display()), false))?;
     let mut repos = Vec::new();
     for m in &a.modules {
-        let target = if a.modules.len() == 1 { dir.to_owned() } else { dir.join(&m.name) };
-        let remote = Remote::new(m, &askpass);
+        if !valid_module_name(&m.name) {
+            return Err((format!("module name {:?} cannot be a directory name; rename the module (letters, digits, '.', '_', '-')", m.name), false));
+        }
+        let work_tree = if a.modules.len() == 1 { dir.to_owned() } else { dir.join(&m.name) };
+        let checkout = Checkout { git_dir: git_dirs.join(format!("{}.git", m.name)), work_tree };
+        let remote = Remote::new(m, &askpass, workspaces.allow_file_remotes);
         let started = Instant::now();
-        let target_arg = target.to_string_lossy().into_owned();
-        let out = git::git(dir, &["clone", "--no-recurse-submodules", "--", &m.url, &target_arg], Some(&remote))
-            .await
-            .map_err(|e| (format!("cannot run git (is it installed?): {e}"), false))?;
+        let sep = format!("--separate-git-dir={}", checkout.git_dir.display());
+        let target = checkout.work_tree.to_string_lossy().into_owned();
+        let out = run_git(dir, None, &["clone", "--no-recurse-submodules", &sep, "--", &m.url, &target], Some(&remote)).await?;
         rep.action("git", &format!("git clone {} {}", m.url, m.name), &out.output, !out.ok, started);
         if !out.ok {
-            // A remote that cannot be reached may come back; one that is not there will not.
             let cause = git::cause(&out.output);
-            let missing = ["not found", "does not exist", "does not appear to be a git repository", "Authentication failed", "could not read Username"].iter().any(|m| cause.contains(m));
-            return Err((format!("cannot clone module {:?} from {}: {cause}", m.name, m.url), !missing));
+            let hint = if cause.contains("transport 'file' not allowed") { " (file:// remotes are off for this agent: start it with --allow-file-remotes)" } else { "" };
+            return Err((format!("cannot clone module {:?} from {}: {cause}{hint}", m.name, m.url), transient(&cause)));
         }
-        let had_branch = git::git(&target, &["rev-parse", "--verify", "--quiet", &format!("refs/remotes/origin/{}", a.branch)], None).await.is_ok_and(|o| o.ok);
-        let start_point = if had_branch {
-            format!("origin/{}", a.branch)
+        // The commands' HOME is in the workspace; it is never part of the change.
+        let exclude = checkout.git_dir.join("info");
+        let _ = std::fs::create_dir_all(&exclude);
+        let _ = std::fs::write(exclude.join("exclude"), format!("/{HOME_DIR}/\n"));
+        let ok = |o: &git::GitOutput| o.ok;
+        let had_branch = run_git(dir, Some(&checkout), &["rev-parse", "--verify", "--quiet", &format!("refs/remotes/origin/{}", a.branch)], None).await.is_ok_and(|o| ok(&o));
+        let base = format!("origin/{}", m.default_branch);
+        let has_base = run_git(dir, Some(&checkout), &["rev-parse", "--verify", "--quiet", &format!("refs/remotes/{base}")], None).await.is_ok_and(|o| ok(&o));
+        let (local, start_point) = if had_branch {
+            (a.branch.clone(), format!("origin/{}", a.branch))
         } else if branch == Branch::Make {
-            let base = format!("origin/{}", m.default_branch);
-            let exists = git::git(&target, &["rev-parse", "--verify", "--quiet", &format!("refs/remotes/{base}")], None).await.is_ok_and(|o| o.ok);
-            if !exists {
+            if !has_base {
                 return Err((format!("module {:?} has no branch {:?} (its default branch) at {}", m.name, m.default_branch, m.url), false));
             }
-            base
+            (a.branch.clone(), base)
         } else {
-            // Review and QA look at the modules the task changed; the others stay on
+            // Review and QA look at the modules the task changed; the others are on
             // their default branch.
-            repos.push(Repo { module: m.clone(), dir: target, remote, had_branch, saved_config: saved.join(format!("{}.config", m.name)) });
-            continue;
+            (m.default_branch.clone(), base)
         };
         let started = Instant::now();
-        let out = git::git(&target, &["checkout", "-B", &a.branch, &start_point], None).await.map_err(|e| (format!("cannot run git: {e}"), false))?;
-        rep.action("git", &format!("git checkout -B {} {start_point}", a.branch), &out.output, !out.ok, started);
-        if !out.ok {
+        let out = run_git(dir, Some(&checkout), &["checkout", "-B", &local, &start_point], None).await?;
+        rep.action("git", &format!("git checkout -B {local} {start_point}"), &out.output, !out.ok, started);
+        if !out.ok && (had_branch || branch == Branch::Make) {
             return Err((format!("cannot check out {} in module {:?}: {}", a.branch, m.name, git::cause(&out.output)), false));
         }
-        let saved_config = saved.join(format!("{}.config", m.name));
-        std::fs::copy(target.join(".git/config"), &saved_config).map_err(|e| (format!("cannot keep module {:?}'s git config: {e}", m.name), false))?;
-        repos.push(Repo { module: m.clone(), dir: target, remote, had_branch, saved_config });
+        repos.push(Repo { module: m.clone(), checkout, remote, had_branch });
     }
     if branch == Branch::Existing && !a.modules.is_empty() && !repos.iter().any(|r| r.had_branch) {
         return Err((format!("the task's branch {} is on no module's remote: there is nothing to look at yet (an implement job pushes it)", a.branch), false));
     }
-    let ws = Workspace::new(dir, ws.sandbox().clone()).map(|w| w.with_network(ws.network()).with_env(ws.env().clone())).map_err(|e| (format!("cannot open the workspace {}: {e}", dir.display()), false))?;
+    std::fs::create_dir_all(dir.join(HOME_DIR)).map_err(|e| (format!("cannot create {}: {e}", dir.join(HOME_DIR).display()), false))?;
+    let read_only = repos.iter().map(|r| r.checkout.git_dir.clone()).collect();
+    let ws = Workspace::new(dir, ws.sandbox().clone())
+        .map(|w| w.with_network(ws.network()).with_env(ws.env().clone()).with_home(dir.join(HOME_DIR)).with_read_only(read_only))
+        .map_err(|e| (format!("cannot open the workspace {}: {e}", dir.display()), false))?;
     if let Some(script) = a.instance_template.as_ref().map(|t| t.setup_script.trim()).filter(|s| !s.is_empty()) {
         setup(a, &ws, script, rep).await?;
     }
@@ -257,37 +343,30 @@ pub fn tail(text: &str, max: usize) -> &str {
 }
 
 impl Repo {
-    /// Before the agent runs git in a workspace the model has worked in: `.git` must be
-    /// the directory the clone made, and its config the one the clone wrote (a config
-    /// the model changed could name hooks, filters or helpers git would run).
-    pub fn restore_config(&self) -> Result<(), Failed> {
-        let git_dir = self.dir.join(".git");
-        let meta = std::fs::symlink_metadata(&git_dir).map_err(|e| (format!("module {:?}: .git is gone: {e}", self.module.name), false))?;
-        if !meta.is_dir() {
-            return Err((format!("module {:?}: .git was replaced during the job; the change cannot be committed safely", self.module.name), false));
+    /// Before the agent runs git on a work tree the model has worked in: it must still
+    /// be the directory the clone made, not a link to somewhere else on the host.
+    pub fn check_work_tree(&self, dir: &Path) -> Result<(), Failed> {
+        let wt = &self.checkout.work_tree;
+        let real = std::fs::symlink_metadata(wt).map(|m| m.is_dir()).unwrap_or(false);
+        let inside = wt.canonicalize().ok().zip(dir.canonicalize().ok()).is_some_and(|(w, d)| w.starts_with(&d));
+        if !real || !inside {
+            return Err((format!("module {:?}: its directory was replaced during the job; the change cannot be committed safely", self.module.name), false));
         }
-        let config = git_dir.join("config");
-        let _ = std::fs::remove_file(&config);
-        std::fs::copy(&self.saved_config, &config).map_err(|e| (format!("module {:?}: cannot restore .git/config: {e}", self.module.name), false))?;
         Ok(())
     }
-}
-
-/// Forgets the job's saved git configs.
-pub fn forget(workspaces: &Workspaces, a: &Assignment) {
-    let _ = std::fs::remove_dir_all(workspaces.private().join(a.job.id.to_string()));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn kept(root: &Path, name: &str, bytes: usize, age: Duration) -> PathBuf {
-        let dir = root.join(name);
+    /// A workspace recorded as kept `age` ago, holding `bytes`.
+    fn kept(w: &Workspaces, name: &str, bytes: usize, age: Duration) -> PathBuf {
+        let dir = w.root.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("data"), vec![7u8; bytes]).unwrap();
-        let mark = std::fs::File::create(dir.join(KEPT_MARK)).unwrap();
-        mark.set_modified(SystemTime::now() - age).unwrap();
+        let record = std::fs::File::create(w.record(name)).unwrap();
+        record.set_modified(SystemTime::now() - age).unwrap();
         dir
     }
 
@@ -295,27 +374,46 @@ mod tests {
     async fn kept_workspaces_go_when_too_old_or_over_the_disk_bound() {
         let root = tempfile::tempdir().unwrap();
         let hour = Duration::from_secs(3600);
-        let expired = kept(root.path(), "KOD-1-implement-0000000a", 1000, 30 * hour);
-        let oldest = kept(root.path(), "KOD-2-implement-0000000b", 300_000, 3 * hour);
-        let newer = kept(root.path(), "KOD-3-qa-0000000c", 300_000, hour);
-        let other = root.path().join("notes");
+        let w = Workspaces::open(root.path(), 24 * hour, 500_000, false, false).unwrap();
+        let expired = kept(&w, "KOD-1-implement-0000000a-1", 1000, 30 * hour);
+        let oldest = kept(&w, "KOD-2-implement-0000000b-1", 300_000, 3 * hour);
+        let newer = kept(&w, "KOD-3-qa-0000000c-1", 300_000, hour);
+        // Not made by the agent: never touched, whatever its name or age.
+        let other = root.path().join("backup-20240101");
         std::fs::create_dir_all(&other).unwrap();
-        // Room for one of the two: the oldest goes.
-        let w = Workspaces::new(root.path(), 24 * hour, 500_000, false);
         w.prune().await;
         assert!(!expired.exists(), "past keep_failed");
         assert!(!oldest.exists(), "the oldest goes first when over the bound");
         assert!(newer.exists());
-        assert!(other.exists(), "what is not a workspace is left alone");
-        assert!(w.disk() >= 300_000 && w.disk() < 500_000, "{}", w.disk());
-        // A succeeded job's workspace is removed; a failed one is marked and kept.
-        let dir = root.path().join("KOD-4-implement-0000000d");
-        std::fs::create_dir_all(&dir).unwrap();
+        assert!(other.exists(), "what the agent did not make is left alone");
+        // A succeeded job's workspace is removed; a failed one is kept.
+        let dir = root.path().join("KOD-4-implement-0000000d-1");
+        w.begin(&dir).unwrap();
         w.finish(&dir, true).await;
-        assert!(!dir.exists());
-        std::fs::create_dir_all(&dir).unwrap();
+        assert!(!dir.exists() && !w.record("KOD-4-implement-0000000d-1").exists());
+        w.begin(&dir).unwrap();
         w.finish(&dir, false).await;
-        assert!(dir.join(KEPT_MARK).exists());
+        assert!(dir.exists());
+        assert_eq!(std::fs::read_to_string(w.record("KOD-4-implement-0000000d-1")).unwrap(), "kept\n");
+        assert!(w.disk() >= 300_000, "{}", w.disk());
+    }
+
+    #[test]
+    fn one_agent_per_work_dir() {
+        let root = tempfile::tempdir().unwrap();
+        let _first = Workspaces::open(root.path(), Duration::ZERO, 1, false, false).unwrap();
+        let second = Workspaces::open(root.path(), Duration::ZERO, 1, false, false).err().unwrap();
+        assert!(second.contains("another kodel-agent"), "{second}");
+    }
+
+    #[test]
+    fn module_names_are_single_path_components() {
+        for ok in ["api", "web-app", "lib_2", "a.b"] {
+            assert!(valid_module_name(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "../x", "/etc", "a/b", ".hidden", "x y"] {
+            assert!(!valid_module_name(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -68,7 +68,7 @@ pub async fn run(ws: &Workspace, input: Input, live: Option<&UnboundedSender<Str
 /// The environment a command gets: nothing of the agent's own apart from PATH.
 fn environment(ws: &Workspace) -> Vec<(String, String)> {
     let path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
-    let home = ws.root.to_string_lossy().into_owned();
+    let home = ws.home.as_ref().unwrap_or(&ws.root).to_string_lossy().into_owned();
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), path),
         ("HOME".into(), home),
@@ -96,7 +96,7 @@ pub async fn execute(
 ) -> std::io::Result<ToolOutput> {
     let (reader, writer) = std::io::pipe()?;
     let env = environment(ws);
-    let mut cmd = match ws.sandbox.bwrap_command(&ws.root, ws.network, &env) {
+    let mut cmd = match ws.sandbox.bwrap_command(&ws.root, ws.network, &env, &ws.read_only) {
         Some(mut bwrap) => {
             bwrap.arg("bash");
             bwrap

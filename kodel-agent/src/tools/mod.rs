@@ -27,6 +27,10 @@ pub struct Workspace {
     sandbox: Sandbox,
     network: bool,
     env: BTreeMap<String, String>,
+    /// HOME for commands (default: the workspace root).
+    home: Option<PathBuf>,
+    /// Directories commands may read (under the sandbox, outside the workspace).
+    read_only: Vec<PathBuf>,
 }
 
 impl Workspace {
@@ -40,7 +44,7 @@ impl Workspace {
                 format!("workspace {} is not a directory", root.display()),
             ));
         }
-        Ok(Workspace { root, sandbox, network: false, env: BTreeMap::new() })
+        Ok(Workspace { root, sandbox, network: false, env: BTreeMap::new(), home: None, read_only: Vec::new() })
     }
 
     /// Whether bash may use the network under the sandbox (default: no).
@@ -52,6 +56,18 @@ impl Workspace {
     /// Extra environment for bash (secret names in `SECRET_ENV` are dropped).
     pub fn with_env(mut self, env: BTreeMap<String, String>) -> Self {
         self.env = env;
+        self
+    }
+
+    /// HOME for commands, inside the workspace (so the sandbox lets them write there).
+    pub fn with_home(mut self, home: PathBuf) -> Self {
+        self.home = Some(home);
+        self
+    }
+
+    /// Directories outside the workspace that commands may read (a module's git dir).
+    pub fn with_read_only(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.read_only = dirs;
         self
     }
 

@@ -45,6 +45,12 @@ pub async fn decide(db: &mut OrgTx, artifact: Uuid, decision: Decision, comment:
     if let Some(c) = comment {
         check_len("comment", c, MAX_COMMENT)?;
     }
+    // The job's artifacts are decided together: lock them all, in one order, so two
+    // people deciding on sibling artifacts at once wait for each other (no deadlock).
+    sqlx::query("SELECT id FROM artifacts WHERE job_id = (SELECT job_id FROM artifacts WHERE id = $1) ORDER BY id FOR UPDATE")
+        .bind(artifact)
+        .fetch_all(db.conn())
+        .await?;
     let row: Option<DecideRow> = sqlx::query_as(
         "SELECT a.task_id, a.job_id, a.kind, a.state, a.title, n.name AS next, r.name AS back,
                 coalesce(t.status_id = j.status_id, false) AS in_place
@@ -69,15 +75,15 @@ pub async fn decide(db: &mut OrgTx, artifact: Uuid, decision: Decision, comment:
     let actor = db.actor;
     // A job's artifacts (its branch, patch and pull request) are one piece of work:
     // deciding on one decides them all.
-    sqlx::query("UPDATE artifacts SET state = $2, decided_by = $3, decided_at = now(), comment = $4 WHERE id = $1 OR (job_id = $5 AND state = 'pending')")
+    let decided: Vec<Uuid> = sqlx::query_scalar("UPDATE artifacts SET state = $2, decided_by = $3, decided_at = now(), comment = $4 WHERE id = $1 OR (job_id = $5 AND state = 'pending') RETURNING id")
         .bind(artifact)
         .bind(new_state)
         .bind(actor)
         .bind(comment)
         .bind(job)
-        .execute(db.conn())
+        .fetch_all(db.conn())
         .await?;
-    events::record(db, task, event, json!({ "artifact_id": artifact, "job_id": job, "kind": kind, "comment": comment })).await?;
+    events::record(db, task, event, json!({ "artifact_id": artifact, "job_id": job, "kind": kind, "comment": comment, "decided": decided })).await?;
     if decision == Decision::Reject {
         // The reason goes on the task, where the next attempt (person or agent) reads it.
         let body = match comment {

@@ -146,6 +146,21 @@ fn held_by(j: &JobRef, agent: Uuid) -> ApiResult<()> {
 
 const MAX_ARTIFACT_DATA: usize = 1_000_000;
 
+/// A branch later jobs of the task may check out and push to: under `kodel/`, and a
+/// name git accepts (so an agent can never steer them onto `main`).
+fn task_branch_ref(r: &str) -> bool {
+    let Some(rest) = r.strip_prefix("kodel/") else { return false };
+    !rest.is_empty()
+        && r.len() <= 200
+        && !r.contains("..")
+        && !r.contains("@{")
+        && !r.ends_with(['/', '.'])
+        && !r.ends_with(".lock")
+        && !r.contains("//")
+        && r.split('/').all(|part| !part.starts_with('.'))
+        && r.chars().all(|c| c.is_ascii_graphic() && !"~^:?*[\\".contains(c))
+}
+
 /// A job done: its artifacts stored, `job.succeeded` recorded. `usage`, when given,
 /// replaces what the LLM proxy metered.
 pub async fn complete(db: &mut OrgTx, job: Uuid, agent: Uuid, summary: &str, artifacts: &[NewArtifact], usage: Option<serde_json::Value>) -> ApiResult<Vec<Uuid>> {
@@ -161,6 +176,9 @@ pub async fn complete(db: &mut OrgTx, job: Uuid, agent: Uuid, summary: &str, art
         }
         if a.content.as_ref().is_some_and(|c| c.len() > MAX_ARTIFACT_CONTENT) || a.reference.as_ref().is_some_and(|r| r.len() > 2000) {
             return Err(ApiError::invalid("artifact content is at most 5 MB and a reference 2000 bytes"));
+        }
+        if a.kind == ArtifactKind::Branch && !a.reference.as_deref().is_some_and(task_branch_ref) {
+            return Err(ApiError::invalid("a branch artifact's reference must be a branch under kodel/ (the task's branch)"));
         }
         if a.data.as_ref().is_some_and(|d| d.to_string().len() > MAX_ARTIFACT_DATA) {
             return Err(ApiError::invalid("artifact data is at most 1 MB of JSON"));
@@ -230,4 +248,17 @@ pub async fn fail(db: &mut OrgTx, job: Uuid, agent: Uuid, error: &str, retryable
 pub async fn start_now(db: &mut OrgTx, task: Uuid, template: Uuid) -> ApiResult<Uuid> {
     let next: i32 = sqlx::query_scalar("SELECT event_seq + 1 FROM tasks WHERE id = $1 FOR UPDATE").bind(task).fetch_one(db.conn()).await?;
     start(db, task, template, None, next).await?.ok_or_else(|| ApiError::internal("job origin taken twice"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::task_branch_ref;
+
+    #[test]
+    fn branch_artifacts_name_task_branches_only() {
+        assert!(task_branch_ref("kodel/KOD-1-dark-mode"));
+        for bad in ["main", "kodel/", "refs/heads/main", "kodel/../main", "kodel/a b", "kodel/x.lock", "kodel/.hidden", "kodel/a~1", "kodel/x@{1}"] {
+            assert!(!task_branch_ref(bad), "{bad}");
+        }
+    }
 }

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use kodel_core::api::{MAX_NAME, Page, ProjectRole};
+use kodel_core::api::{Page, ProjectRole};
 use kodel_core::infra::{CreateModule, MAX_URL, Module, RepoCredentials, UpdateModule};
 use kodel_core::ErrorCode;
 use kodel_core::forge::{ForgeKind, forge_for};
@@ -73,20 +73,42 @@ fn check_url(url: &str) -> ApiResult<String> {
     if !(scheme_ok || scp_like) || url.chars().any(char::is_whitespace) {
         return Err(ApiError::invalid(format!("url {url:?} is not a git URL (https://, ssh://, git@host:path)")));
     }
-    if let Some(rest) = url.split("://").nth(1)
-        && rest.split('/').next().is_some_and(|host| host.contains(':') && host.contains('@'))
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some(authority) = rest.split('/').next()
+        && (authority.contains(':') && authority.contains('@') || (scheme.starts_with("http") && authority.contains('@')))
     {
-        return Err(ApiError::invalid("put the password or token in \"credentials\", not in the URL"));
+        return Err(ApiError::invalid("put the user name, password or token in \"credentials\", not in the URL"));
     }
     Ok(url)
 }
 
-/// A forge API base: http(s), no credentials in it.
+/// The host a URL points at (scp-like `user@host:path` too), to notice a move.
+fn host_of(url: &str) -> String {
+    let authority = match url.split_once("://") {
+        Some((_, rest)) => rest.split('/').next().unwrap_or_default(),
+        None => url.split(':').next().unwrap_or_default(),
+    };
+    authority.rsplit('@').next().unwrap_or_default().to_lowercase()
+}
+
+/// A module's name is a directory in the agent's workspace: one path component.
+fn check_name(name: &str) -> ApiResult<String> {
+    let name = require_text("name", name, 100)?;
+    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if !ok {
+        return Err(ApiError::invalid(format!("module name {name:?}: letters, digits, '.', '_' and '-', starting with a letter or digit")));
+    }
+    Ok(name)
+}
+
+/// A forge API base: https (http only on this machine), no credentials in it: the
+/// module's token is sent there.
 fn check_api_url(u: &str) -> ApiResult<String> {
     let u = require_text("forge_api_url", u, MAX_URL)?;
     let parsed = reqwest::Url::parse(&u).map_err(|e| ApiError::invalid(format!("forge_api_url {u:?} is not a URL: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-        return Err(ApiError::invalid("forge_api_url must be an http:// or https:// URL"));
+    let loopback = matches!(parsed.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    if !(parsed.scheme() == "https" || parsed.scheme() == "http" && loopback) || parsed.host_str().is_none() {
+        return Err(ApiError::invalid("forge_api_url must be an https:// URL (the module's token is sent there)"));
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(ApiError::invalid("put the forge token in \"credentials\", not in forge_api_url"));
@@ -152,7 +174,7 @@ async fn show(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResul
 async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateModule>) -> ApiResult<(StatusCode, Json<Module>)> {
     let p = access(&mut t, &req.project, ErrorCode::ProjectNotFound).await?;
     p.require(ProjectRole::TechLead, "adding modules")?;
-    let name = require_text("name", &req.name, MAX_NAME)?;
+    let name = check_name(&req.name)?;
     let url = check_url(&req.url)?;
     let branch = check_branch(req.default_branch.as_deref().unwrap_or("main"))?;
     let prefix = check_prefix(req.path_prefix.as_deref().unwrap_or(""))?;
@@ -186,9 +208,14 @@ async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(r
     let url = req.url.as_deref().map(check_url).transpose()?;
     let branch = req.default_branch.as_deref().map(check_branch).transpose()?;
     let prefix = req.path_prefix.as_deref().map(check_prefix).transpose()?;
+    // Credentials follow the host they were given for: a module that moves to another
+    // host (or sends its token to another API) loses them, unless new ones come along.
+    let moved = url.as_deref().is_some_and(|u| host_of(u) != host_of(&m.url))
+        || matches!(&req.forge_api_url, Some(Some(u)) if m.forge_api_url.as_deref().is_none_or(|old| host_of(old) != host_of(u)));
     let sealed = match &req.credentials {
         Some(Some(c)) => Some(Some(seal(&t, c)?)),
         Some(None) => Some(None),
+        None if moved && m.has_credentials => Some(None),
         None => None,
     };
     let api_url = match &req.forge_api_url {

@@ -16,6 +16,7 @@ use serde_json::Value;
 use super::Ctx;
 use crate::client::decode;
 use crate::exit::CliError;
+use crate::sse::SseParser;
 
 pub async fn run(ctx: &mut Ctx, task: &str, follow: bool, since: Option<i32>) -> Result<(), CliError> {
     let mut after = since.unwrap_or(0);
@@ -57,36 +58,21 @@ pub async fn run(ctx: &mut Ctx, task: &str, follow: bool, since: Option<i32>) ->
 /// Prints the stream's events until it ends.
 async fn follow_stream(json: bool, resp: reqwest::Response, last_id: &mut Option<i64>) -> Result<(), CliError> {
     let mut body = resp.bytes_stream();
-    let mut buf = String::new();
+    let mut parser = SseParser::default();
     while let Some(chunk) = body.next().await {
         let Ok(chunk) = chunk else { return Ok(()) };
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let block: String = buf.drain(..end + 2).collect();
-            let (mut kind, mut data, mut id) = (String::new(), String::new(), None);
-            for line in block.lines() {
-                if let Some(k) = line.strip_prefix("event:") {
-                    kind = k.trim().to_owned();
-                } else if let Some(d) = line.strip_prefix("data:") {
-                    data.push_str(d.strip_prefix(' ').unwrap_or(d));
-                } else if let Some(i) = line.strip_prefix("id:") {
-                    id = i.trim().parse::<i64>().ok();
-                }
-            }
-            if kind.is_empty() {
-                continue; // a heartbeat comment
-            }
-            if kind == "resync" {
+        for ev in parser.push(&chunk) {
+            if ev.kind == "resync" {
                 eprintln!("kodel: the server lost track of this stream's position; some events may be missing above");
                 continue;
             }
-            if let Some(id) = id {
+            if let Some(id) = ev.id {
                 *last_id = Some(id);
-                if let Ok(ev) = serde_json::from_str::<Event>(&data) {
+                if let Ok(ev) = serde_json::from_str::<Event>(&ev.data) {
                     print_event(json, &ev)?;
                 }
             } else {
-                print_live(json, &data)?;
+                print_live(json, &ev.data)?;
             }
         }
     }
@@ -124,7 +110,7 @@ fn write_out(text: &str) -> Result<(), CliError> {
     Ok(())
 }
 
-fn first_line(s: &str, max: usize) -> String {
+pub fn first_line(s: &str, max: usize) -> String {
     let line = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
     if line.chars().count() > max { format!("{}…", line.chars().take(max).collect::<String>()) } else { line.to_owned() }
 }
@@ -134,7 +120,7 @@ fn short_id(v: &Value) -> String {
 }
 
 /// What an event says, in a few words.
-fn summary(kind: &str, p: &Value) -> String {
+pub fn summary(kind: &str, p: &Value) -> String {
     let s = |k: &str| p[k].as_str().unwrap_or("").to_owned();
     match kind {
         "task.created" => s("title"),

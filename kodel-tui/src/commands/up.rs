@@ -206,7 +206,7 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
     };
     ctx.settings.save()?;
     let mut agent = match Command::new(sibling_binary("kodel-agent")?)
-        .args(["--server", &url, "--name", "local", "--workdir"])
+        .args(["--server", &url, "--name", "local", "--allow-file-remotes", "--workdir"])
         .arg(data.join("agent-work"))
         .env("KODEL_AGENT_TOKEN", &stack.agent_token)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))

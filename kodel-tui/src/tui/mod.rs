@@ -1,0 +1,179 @@
+//! `kodel` with no arguments: the board, a task with its agent working live, agents and
+//! jobs, over the same API as the CLI. One event loop reads the terminal and the
+//! network's messages and redraws only when something changed (idle = no work).
+//!
+//! - `app.rs`: state, keys, messages (no I/O; unit-tested)
+//! - `ui.rs`: drawing (snapshot-tested with ratatui's TestBackend)
+//! - `net.rs`: requests and the SSE streams, in tasks
+//! - `stream.rs`: a task's bounded agent stream
+
+pub mod app;
+pub mod net;
+pub mod stream;
+pub mod ui;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossterm::event::{DisableMouseCapture, EnableMouseCapture, Event as TermEvent, EventStream, KeyEventKind};
+use crossterm::execute;
+use crossterm::terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode};
+use futures::StreamExt;
+use ratatui::Terminal;
+use ratatui::backend::CrosstermBackend;
+use tokio::sync::mpsc;
+
+use crate::commands::Ctx;
+use crate::exit::{self, CliError};
+use app::{App, Effect, Msg};
+use net::Net;
+use ui::Theme;
+
+/// Puts the terminal back however the TUI ends (a panic included).
+struct TermGuard;
+
+impl TermGuard {
+    fn enter() -> std::io::Result<TermGuard> {
+        enable_raw_mode()?;
+        execute!(std::io::stdout(), EnterAlternateScreen, EnableMouseCapture)?;
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore();
+            hook(info);
+        }));
+        Ok(TermGuard)
+    }
+}
+
+fn restore() {
+    let _ = disable_raw_mode();
+    let _ = execute!(std::io::stdout(), DisableMouseCapture, LeaveAlternateScreen);
+    let _ = std::io::stdout().flush();
+}
+
+impl Drop for TermGuard {
+    fn drop(&mut self) {
+        restore();
+    }
+}
+
+pub async fn run(mut ctx: Ctx) -> Result<(), CliError> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        return Err(CliError::usage("the TUI needs a terminal").hint("use the commands for scripts: `kodel --help`"));
+    }
+    ctx.require_login()?;
+    let started = Instant::now();
+    let org = match ctx.org.clone() {
+        Some(o) => o,
+        None => {
+            let page: kodel_core::api::Page<kodel_core::api::Org> = ctx.client.get("/api/v1/orgs").await?;
+            page.data.first().map(|o| o.slug.clone()).ok_or_else(|| CliError::usage("you belong to no organization yet").hint("create one: kodel org create SLUG NAME"))?
+        }
+    };
+    let project = std::env::var("KODEL_PROJECT").ok().filter(|p| !p.is_empty()).or_else(|| ctx.settings.project.clone());
+    // What a switch of org or project is saved into (the file's settings, not the env's).
+    let mut settings = crate::config::Settings::load().unwrap_or_default();
+    let api = Arc::new(tokio::sync::Mutex::new(ctx.client));
+    let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+    let mut net = Net::new(api, tx.clone(), org.clone());
+    let mut app = App::new(org);
+    let theme = Theme::from_env();
+    // Benchmarks: exit once the first full board is on screen.
+    let exit_after_board = std::env::var_os("KODEL_TUI_EXIT_AFTER_FIRST_BOARD").is_some();
+
+    let _guard = TermGuard::enter().map_err(|e| CliError::new(exit::FAILURE, format!("cannot set up the terminal: {e}")))?;
+    let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout())).map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
+    let _ = terminal.clear();
+
+    net.run(Effect::FollowOrg);
+    match project {
+        Some(key) => net.run(Effect::OpenProject(key)),
+        None => net.run(Effect::LoadProjects),
+    }
+    net.run(Effect::LoadOrgs);
+    let mut events = EventStream::new();
+    let mut dirty = true;
+    loop {
+        if dirty {
+            terminal.draw(|f| ui::draw(f, &app, theme)).map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
+            dirty = false;
+            if exit_after_board && app.project.is_some() && !app.loading {
+                drop(terminal);
+                drop(_guard);
+                println!("first board frame after {} ms", started.elapsed().as_millis());
+                return Ok(());
+            }
+        }
+        if app.quit {
+            break;
+        }
+        let effects = tokio::select! {
+            ev = events.next() => match ev {
+                Some(Ok(TermEvent::Key(k))) if k.kind != KeyEventKind::Release => { dirty = true; app.on_key(k) }
+                Some(Ok(TermEvent::Mouse(m))) => { dirty = true; app.on_mouse(m) }
+                Some(Ok(TermEvent::Resize(..))) => { dirty = true; vec![] }
+                Some(Ok(_)) => vec![],
+                Some(Err(_)) | None => break,
+            },
+            Some(msg) = rx.recv() => {
+                dirty = true;
+                let mut effects = app.on_msg(msg);
+                // Take whatever else is waiting before drawing again (a fast stream).
+                while let Ok(more) = rx.try_recv() {
+                    effects.extend(app.on_msg(more));
+                }
+                effects
+            }
+        };
+        for effect in effects {
+            match effect {
+                Effect::Edit(text) => {
+                    let edited = edit_in_editor(&text, &mut terminal);
+                    dirty = true;
+                    match edited {
+                        Ok(t) => app.on_msg(Msg::Edited(t)),
+                        Err(e) => app.on_msg(Msg::Failed(e)),
+                    };
+                }
+                Effect::SaveSettings => {
+                    // Remember the org and project for the next start (and the CLI).
+                    settings.org = Some(app.org.clone());
+                    let _ = settings.save();
+                }
+                Effect::FollowOrg => {
+                    net.set_org(&app.org);
+                    net.run(Effect::FollowOrg);
+                }
+                Effect::OpenProject(key) => {
+                    settings.project = Some(key.clone());
+                    net.run(Effect::OpenProject(key));
+                }
+                other => net.run(other),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Leaves the TUI for `$EDITOR` (or `vi`) on a temporary file, then comes back.
+fn edit_in_editor(text: &str, terminal: &mut Terminal<CrosstermBackend<std::io::Stdout>>) -> Result<String, String> {
+    let dir = std::env::temp_dir().join(format!("kodel-edit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let path = dir.join("description.md");
+    std::fs::write(&path, text).map_err(|e| e.to_string())?;
+    restore();
+    let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".into());
+    let status = std::process::Command::new("sh").arg("-c").arg(format!("{editor} \"$1\"")).arg("sh").arg(&path).status();
+    let _ = enable_raw_mode();
+    let _ = execute!(std::io::stdout(), EnterAlternateScreen, EnableMouseCapture);
+    let _ = terminal.clear();
+    let result = match status {
+        Ok(s) if s.success() => std::fs::read_to_string(&path).map_err(|e| e.to_string()),
+        Ok(s) => Err(format!("{editor} exited with {s}; the description is unchanged")),
+        Err(e) => Err(format!("cannot run {editor}: {e}")),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
