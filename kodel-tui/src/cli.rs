@@ -367,7 +367,7 @@ pub struct UpArgs {
     /// Where the server keeps its database [default: kodel-server's]
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
-    /// Run without the TUI (today the only mode: the TUI is not built yet)
+    /// Run the stack headless, without opening the TUI (Ctrl-C stops it)
     #[arg(long)]
     pub no_tui: bool,
 }

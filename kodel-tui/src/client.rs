@@ -29,6 +29,11 @@ impl Client {
         Ok(Self { http, server: server.trim_end_matches('/').to_owned(), creds, ephemeral })
     }
 
+    /// Another client with the same server and credentials (for the TUI's tasks).
+    pub fn fork(&self) -> Client {
+        Client { http: self.http.clone(), server: self.server.clone(), creds: self.creds.clone(), ephemeral: self.ephemeral }
+    }
+
     pub fn credentials(&self) -> Option<&Credentials> {
         self.creds.as_ref()
     }

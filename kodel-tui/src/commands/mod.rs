@@ -69,7 +69,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let client = Client::new(&server, creds, env_token.is_some())?;
     let mut ctx = Ctx { client, settings, json: cli.json, org };
     let Some(command) = cli.command else {
-        return crate::tui::run(ctx).await;
+        return crate::tui::run(&mut ctx).await;
     };
     match command {
         Command::Login(args) => auth::login(&mut ctx, args).await,

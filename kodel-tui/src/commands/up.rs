@@ -1,8 +1,9 @@
 //! `kodel up`: a local stack in the foreground: the server on its managed PostgreSQL
 //! and one local agent. The first run creates a local account, an org `local` and a
 //! project `DEMO` (Software Development), and logs the CLI in; later runs reuse them.
-//! Ctrl-C (or SIGTERM) stops the agent, then the server, which stops its database.
-//! (The TUI comes with its issue.)
+//! Then it opens the TUI, logged in (the server's and agent's logs go to files in the
+//! data dir meanwhile); quitting it, Ctrl-C or SIGTERM stops the agent, then the
+//! server, which stops its database. `--no-tui` (or no terminal) runs it headless.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -178,6 +179,19 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
         cmd.env("KODEL_ALLOW_PRIVATE_URLS", "true");
     }
     cmd.arg("--data-dir").arg(&data);
+    use std::io::IsTerminal;
+    let tui = !args.no_tui && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+    // Under the TUI, the stack's messages go to files (they would garble the screen).
+    let logs = |name: &str| -> Result<(Stdio, Stdio), CliError> {
+        if !tui {
+            return Ok((Stdio::inherit(), Stdio::inherit()));
+        }
+        std::fs::create_dir_all(&data)?;
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(data.join(name))?;
+        Ok((Stdio::from(f.try_clone()?), Stdio::from(f)))
+    };
+    let (out, err) = logs("kodel-server.log")?;
+    cmd.stdout(out).stderr(err);
     let mut child = cmd.spawn().map_err(|e| CliError::new(exit::FAILURE, format!("cannot start kodel-server: {e}")))?;
 
     // Wait until it serves (the first start initialises the database).
@@ -205,12 +219,15 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
         }
     };
     ctx.settings.save()?;
+    let (out, err) = logs("kodel-agent.log")?;
     let mut agent = match Command::new(sibling_binary("kodel-agent")?)
         .args(["--server", &url, "--name", "local", "--allow-file-remotes", "--workdir"])
         .arg(data.join("agent-work"))
         .env("KODEL_AGENT_TOKEN", &stack.agent_token)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
         .kill_on_drop(true)
         .spawn()
     {
@@ -220,8 +237,20 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
             return Err(CliError::new(exit::FAILURE, format!("cannot start kodel-agent: {e}")));
         }
     };
-    if !args.no_tui {
-        say("kodel: the TUI is not built yet; running the stack headless.");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    if tui {
+        ctx.org = Some(stack.org.clone());
+        let result = tokio::select! {
+            r = crate::tui::run(ctx) => r,
+            status = child.wait() => Err(CliError::new(exit::FAILURE, format!("kodel-server stopped ({})", status.map(|s| s.to_string()).unwrap_or_default()))
+                .hint(format!("see {}", data.join("kodel-server.log").display()))),
+            _ = term.recv() => Ok(()),
+        };
+        say("Stopping Kodel…");
+        let _ = stop(&mut agent, "kodel-agent").await;
+        let stopped = stop(&mut child, "kodel-server").await;
+        say(&format!("Logs: {} and {}", data.join("kodel-server.log").display(), data.join("kodel-agent.log").display()));
+        return result.and(stopped);
     }
     say(&format!("Kodel is up at {url}, with a local agent. Ctrl-C stops it."));
     say(&format!("You are logged in as {} in org {} (project {}).", stack.email, stack.org, stack.project));
@@ -232,7 +261,6 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
     }
     say("Try: kodel task create \"Add a README\" && kodel task move DEMO-1 Ready && kodel task move DEMO-1 \"In Progress\" && kodel task logs DEMO-1 -f");
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         status = child.wait() => {
             let status = status?;

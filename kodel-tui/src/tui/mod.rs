@@ -58,7 +58,7 @@ impl Drop for TermGuard {
     }
 }
 
-pub async fn run(mut ctx: Ctx) -> Result<(), CliError> {
+pub async fn run(ctx: &mut Ctx) -> Result<(), CliError> {
     use std::io::IsTerminal;
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         return Err(CliError::usage("the TUI needs a terminal").hint("use the commands for scripts: `kodel --help`"));
@@ -75,7 +75,7 @@ pub async fn run(mut ctx: Ctx) -> Result<(), CliError> {
     let project = std::env::var("KODEL_PROJECT").ok().filter(|p| !p.is_empty()).or_else(|| ctx.settings.project.clone());
     // What a switch of org or project is saved into (the file's settings, not the env's).
     let mut settings = crate::config::Settings::load().unwrap_or_default();
-    let api = Arc::new(tokio::sync::Mutex::new(ctx.client));
+    let api = Arc::new(tokio::sync::Mutex::new(ctx.client.fork()));
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
     let mut net = Net::new(api, tx.clone(), org.clone());
     let mut app = App::new(org);

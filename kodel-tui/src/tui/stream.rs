@@ -148,7 +148,7 @@ impl Stream {
                 }
                 let mut output = text.to_owned();
                 cap(&mut output);
-                self.push(Entry::Tool { job, seq, tool: "running".into(), input: String::new(), output, error: false, live: true, open: true, ms: None });
+                self.push(Entry::Tool { job, seq, tool: "output".into(), input: String::new(), output, error: false, live: true, open: true, ms: None });
             }
         }
     }

@@ -344,7 +344,11 @@ fn entry_lines<'a>(e: &Entry, width: usize, selected: bool, hit: bool, theme: Th
     match e {
         Entry::Event { time, kind, text, error } => {
             let style = if *error { theme.error() } else { theme.dim() };
-            out.push(Line::from(vec![Span::raw(mark.to_owned()), Span::styled(format!("{time} {kind} "), theme.dim()), Span::styled(text.clone(), style)]));
+            // Wrapped: an error's hint (which variable to set) must be readable whole.
+            for (n, l) in wrap(&format!("{time} {kind} {text}"), width.saturating_sub(1)).into_iter().enumerate() {
+                let lead = if n == 0 { mark.to_owned() } else { " ".to_owned() };
+                out.push(Line::from(vec![Span::raw(lead), Span::styled(l, style)]));
+            }
         }
         Entry::Said { text, live, .. } => {
             for (n, l) in wrap(text.trim_end(), width.saturating_sub(3)).into_iter().enumerate() {

@@ -1,0 +1,313 @@
+//! The TUI's views drawn with ratatui's TestBackend against fixed data and compared with
+//! snapshots (tests/snapshots/, reviewed by eye when they change), and what keys do in
+//! each view.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use kodel_tui::tui::app::{App, Conn, Detail, Effect, Msg, Overlay, PromptFor, View};
+use kodel_tui::tui::ui::{Theme, draw};
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+use serde_json::{Value, json};
+
+const AT: &str = "2026-11-28T10:00:00Z";
+
+fn project() -> Value {
+    let st = |name: &str, pos: i32, cat: &str, next: &[&str], binding: Option<&str>| {
+        let mut v = json!({"name": name, "category": cat, "position": pos, "next": next});
+        if let Some(b) = binding {
+            v["binding"] = json!({"template": b});
+        }
+        v
+    };
+    json!({
+        "id": "00000000-0000-0000-0000-000000000001", "key": "KOD", "name": "Kodel", "description": "",
+        "workflow": {"id": "00000000-0000-0000-0000-000000000002", "name": "Software Development", "template": "software-development",
+            "statuses": [
+                st("Backlog", 0, "backlog", &["Ready"], None),
+                st("Ready", 1, "unstarted", &["In Progress", "Backlog"], None),
+                st("In Progress", 2, "started", &["Code Review", "Ready"], Some("implement-template")),
+                st("Code Review", 3, "review", &["QA", "In Progress"], Some("code-review-template")),
+                st("QA", 4, "review", &["Staging", "In Progress"], Some("qa-template")),
+                st("Staging", 5, "review", &["Done"], None),
+                st("Done", 6, "done", &[], None),
+            ]},
+        "instance_template": null, "role": "admin", "created_at": AT, "updated_at": AT
+    })
+}
+
+fn task(n: i32, title: &str, status: &str, labels: &[&str], assignee: Option<&str>) -> Value {
+    json!({"key": format!("KOD-{n}"), "project": "KOD", "number": n, "title": title, "description": "Users lose their session when the token expires.\nRefresh it in the background.",
+           "status": status, "priority": if n == 2 { "high" } else { "none" }, "labels": labels, "assignee": assignee, "version": 1,
+           "archived": false, "created_by": "ada@example.com", "created_at": AT, "updated_at": AT})
+}
+
+fn app() -> App {
+    let mut app = App::new("acme".into());
+    let tasks: Vec<Value> = vec![
+        task(1, "Add a login page", "Backlog", &["web"], None),
+        task(2, "Fix the crash on start when the config file is missing", "Ready", &["bug"], Some("ada@example.com")),
+        task(3, "Refresh tokens in the background", "In Progress", &[], Some("bob@example.com")),
+        task(4, "Document the API", "Backlog", &["docs"], None),
+        task(5, "Dark mode", "QA", &[], None),
+    ];
+    let running = vec![job("KOD-3", "implement", "running", None)];
+    app.on_msg(Msg::Board {
+        project: serde_json::from_value(project()).unwrap(),
+        tasks: tasks.into_iter().map(|t| serde_json::from_value(t).unwrap()).collect(),
+        running: running.into_iter().map(|j| serde_json::from_value(j).unwrap()).collect(),
+    });
+    app.on_msg(Msg::Conn(Conn::Live));
+    app
+}
+
+fn job(task: &str, kind: &str, status: &str, error: Option<&str>) -> Value {
+    json!({"id": "01a2204f-0000-7000-8000-000000000001", "task": task, "kind": kind, "template": format!("{kind}-template"), "status": status,
+           "for_status": null, "attempts": 1, "max_attempts": 3, "agent": null, "lease_expires_at": null, "error": error, "summary": null,
+           "usage": {}, "created_at": AT, "started_at": null, "finished_at": null})
+}
+
+fn event(id: i64, kind: &str, payload: Value) -> Value {
+    json!({"id": id, "type": kind, "task": "KOD-3", "seq": id, "actor": null, "payload": payload, "created_at": AT})
+}
+
+fn render(app: &App, w: u16, h: u16) -> String {
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| draw(f, app, Theme { color: false })).unwrap();
+    t.backend().to_string()
+}
+
+fn key(app: &mut App, code: KeyCode) -> Vec<Effect> {
+    app.on_key(KeyEvent::new(code, KeyModifiers::NONE))
+}
+
+fn chars(app: &mut App, text: &str) {
+    for c in text.chars() {
+        key(app, KeyCode::Char(c));
+    }
+}
+
+/// The task view on KOD-3 with an agent at work: events, the model's words, a finished
+/// tool call (opened), a failed one, and live output.
+fn task_app() -> App {
+    let mut app = app();
+    key(&mut app, KeyCode::Right);
+    key(&mut app, KeyCode::Right);
+    assert_eq!(key(&mut app, KeyCode::Enter), vec![Effect::OpenTask("KOD-3".into())]);
+    app.on_msg(Msg::Detail {
+        key: "KOD-3".into(),
+        task: serde_json::from_value(task(3, "Refresh tokens in the background", "In Progress", &[], Some("bob@example.com"))).unwrap(),
+        comments: vec![serde_json::from_value(json!({"id": "01a2204f-0000-7000-8000-000000000009", "task": "KOD-3", "author": "ada@example.com", "body": "Keep the old token valid for a minute.", "created_at": AT})).unwrap()],
+        jobs: vec![serde_json::from_value(job("KOD-3", "implement", "running", None)).unwrap()],
+        artifacts: vec![serde_json::from_value(json!({"id": "01a2204f-0000-7000-8000-000000000007", "job": "01a2204f-0000-7000-8000-000000000001", "task": "KOD-3", "kind": "patch",
+            "title": "app: 1 file changed, 3 insertions(+)", "content": "diff", "reference": "kodel/KOD-3-refresh", "status": "pending", "decided_by": null, "decided_at": null, "comment": null, "created_at": AT})).unwrap()],
+    });
+    let events = vec![
+        event(1, "task.moved", json!({"from": "Ready", "to": "In Progress"})),
+        event(2, "job.started", json!({"job_id": "01a2204f", "kind": "implement", "agent": "01a2aaaa", "attempt": 1})),
+        event(3, "job.step", json!({"job_id": "j", "seq": 0, "step": {"kind": "message", "text": "I'll look at how tokens are refreshed."}})),
+        event(4, "job.step", json!({"job_id": "j", "seq": 1, "step": {"kind": "tool", "tool": "grep", "input": {"pattern": "refresh_token"}, "output": "src/auth.rs:12:fn refresh_token()\nsrc/auth.rs:40:    refresh_token()", "error": false, "duration_ms": 4}})),
+        event(5, "job.step", json!({"job_id": "j", "seq": 2, "step": {"kind": "tool", "tool": "bash", "input": {"command": "cargo test auth"}, "output": "error[E0425]: cannot find value `tok`\nexit code: 101", "error": true, "duration_ms": 5120}})),
+        event(6, "job.llm_call", json!({"model": "openai/gpt-4.1-mini", "status": "error", "input_tokens": 0, "output_tokens": 0, "error": "the provider cannot be reached: set OPENAI_API_KEY"})),
+    ];
+    app.on_msg(Msg::History { key: "KOD-3".into(), events: events.into_iter().map(|e| serde_json::from_value(e).unwrap()).collect() });
+    app.on_msg(Msg::Live { key: "KOD-3".into(), payload: json!({"job_id": "j", "seq": 3, "source": "tool", "text": "running 12 tests\ntest auth::refresh ... ok\n"}) });
+    // Open the grep output.
+    key(&mut app, KeyCode::Char('k'));
+    key(&mut app, KeyCode::Char('k'));
+    key(&mut app, KeyCode::Char('k'));
+    key(&mut app, KeyCode::Enter);
+    app
+}
+
+#[test]
+fn board() {
+    let mut app = app();
+    insta::assert_snapshot!("board_120x30", render(&app, 120, 30));
+    // 80x24: fewer columns, scrolled with the cursor, still every key in reach.
+    insta::assert_snapshot!("board_80x24", render(&app, 80, 24));
+    for _ in 0..5 {
+        key(&mut app, KeyCode::Char('l'));
+    }
+    insta::assert_snapshot!("board_80x24_scrolled", render(&app, 80, 24));
+}
+
+#[test]
+fn board_list_and_filter() {
+    let mut app = app();
+    key(&mut app, KeyCode::Char('v'));
+    insta::assert_snapshot!("list_100x20", render(&app, 100, 20));
+    key(&mut app, KeyCode::Char('/'));
+    chars(&mut app, "#bug");
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.list_tasks().iter().map(|t| t.key.as_str()).collect::<Vec<_>>(), ["KOD-2"]);
+    key(&mut app, KeyCode::Char('/'));
+    for _ in 0..4 {
+        key(&mut app, KeyCode::Backspace);
+    }
+    chars(&mut app, "@bob");
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.list_tasks().iter().map(|t| t.key.as_str()).collect::<Vec<_>>(), ["KOD-3"]);
+    key(&mut app, KeyCode::Esc);
+    assert_eq!(app.list_tasks().len(), 5, "Esc clears the filter");
+}
+
+#[test]
+fn board_keys_move_tasks_only_where_the_workflow_allows() {
+    let mut app = app();
+    // KOD-1 in Backlog: > goes to Ready (allowed), < has nowhere to go.
+    assert_eq!(key(&mut app, KeyCode::Char('>')), vec![Effect::Move { key: "KOD-1".into(), to: "Ready".into() }]);
+    assert_eq!(app.board.col, 1, "the cursor follows the task");
+    // KOD-5 in QA: > to Staging is allowed, < to Code Review is not; the message says
+    // where it may go.
+    key(&mut app, KeyCode::Char('l'));
+    key(&mut app, KeyCode::Char('l'));
+    key(&mut app, KeyCode::Char('l'));
+    assert_eq!(app.selected().unwrap().key, "KOD-5");
+    assert!(key(&mut app, KeyCode::Char('<')).is_empty());
+    let (msg, error) = app.status.clone().unwrap();
+    assert!(error && msg.contains("QA -> Code Review is not allowed; allowed: Staging, In Progress"), "{msg}");
+    // m lists the allowed moves.
+    key(&mut app, KeyCode::Char('m'));
+    assert!(matches!(&app.overlay, Overlay::Move { options, .. } if options == &["Staging".to_owned(), "In Progress".to_owned()]));
+    insta::assert_snapshot!("move_picker", render(&app, 80, 24));
+    key(&mut app, KeyCode::Char('j'));
+    assert_eq!(key(&mut app, KeyCode::Enter), vec![Effect::Move { key: "KOD-5".into(), to: "In Progress".into() }]);
+    assert!(matches!(app.overlay, Overlay::None));
+    // Vim keys and arrows both move the cursor.
+    key(&mut app, KeyCode::Char('h'));
+    key(&mut app, KeyCode::Left);
+    assert_eq!(app.board.col, 2);
+    key(&mut app, KeyCode::Char('q'));
+    assert!(app.quit);
+}
+
+#[test]
+fn a_new_task_form() {
+    let mut app = app();
+    key(&mut app, KeyCode::Char('n'));
+    // Saving without a title says why and keeps the form.
+    assert!(app.on_key(KeyEvent::new(KeyCode::Char('s'), KeyModifiers::CONTROL)).is_empty());
+    assert!(matches!(&app.overlay, Overlay::Form(f) if f.error.as_deref() == Some("a task needs a title")));
+    chars(&mut app, "Rate-limit the login");
+    key(&mut app, KeyCode::Tab);
+    chars(&mut app, "Five tries a minute.");
+    key(&mut app, KeyCode::Enter);
+    chars(&mut app, "Then a captcha.");
+    key(&mut app, KeyCode::Tab);
+    key(&mut app, KeyCode::Right);
+    key(&mut app, KeyCode::Right);
+    key(&mut app, KeyCode::Tab);
+    chars(&mut app, "security, web");
+    insta::assert_snapshot!("new_task_form", render(&app, 100, 30));
+    assert_eq!(app.on_key(KeyEvent::new(KeyCode::Char('e'), KeyModifiers::CONTROL)), vec![Effect::Edit("Five tries a minute.\nThen a captcha.".into())]);
+    let effects = app.on_key(KeyEvent::new(KeyCode::Char('s'), KeyModifiers::CONTROL));
+    let [Effect::Create { project, body }] = effects.as_slice() else { panic!("{effects:?}") };
+    assert_eq!(project, "KOD");
+    assert_eq!(body["title"], "Rate-limit the login");
+    assert_eq!(body["priority"], "medium");
+    assert_eq!(body["labels"], json!(["security", "web"]));
+    assert_eq!(body["assignee"], Value::Null);
+    // The form stays until the server took it.
+    assert!(matches!(app.overlay, Overlay::Form(_)));
+    app.on_msg(Msg::Saved(serde_json::from_value(task(6, "Rate-limit the login", "Backlog", &["security", "web"], None)).unwrap()));
+    assert!(matches!(app.overlay, Overlay::None));
+    assert_eq!(app.column_tasks("Backlog").len(), 3);
+}
+
+#[test]
+fn editing_sends_the_version() {
+    let mut app = app();
+    key(&mut app, KeyCode::Char('e'));
+    key(&mut app, KeyCode::Backspace);
+    let effects = app.on_key(KeyEvent::new(KeyCode::Char('s'), KeyModifiers::CONTROL));
+    let [Effect::Update { key: k, body }] = effects.as_slice() else { panic!("{effects:?}") };
+    assert_eq!((k.as_str(), body["version"].as_i64(), body["title"].as_str()), ("KOD-1", Some(1), Some("Add a login pag")));
+    // A conflict from the server shows in the form.
+    app.on_msg(Msg::Failed("task KOD-1 changed since you read it (version_conflict)".into()));
+    assert!(matches!(&app.overlay, Overlay::Form(f) if f.error.as_deref().is_some_and(|e| e.contains("version_conflict"))));
+}
+
+#[test]
+fn task_detail_with_the_agent_stream() {
+    let mut app = task_app();
+    insta::assert_snapshot!("task_120x30", render(&app, 120, 30));
+    insta::assert_snapshot!("task_80x24", render(&app, 80, 24));
+    // Following the newest again, and live output growing.
+    key(&mut app, KeyCode::Char('G'));
+    app.on_msg(Msg::Live { key: "KOD-3".into(), payload: json!({"job_id": "j", "seq": 3, "source": "tool", "text": "test auth::expiry ... ok\n"}) });
+    let screen = render(&app, 120, 30);
+    assert!(screen.contains("test auth::expiry ... ok"), "{screen}");
+    // Search: the match is selected.
+    key(&mut app, KeyCode::Char('/'));
+    chars(&mut app, "E0425");
+    key(&mut app, KeyCode::Enter);
+    let d = app.detail.as_ref().unwrap();
+    assert!(d.stream.entries[d.sel.unwrap()].text().contains("E0425"));
+    // Approve the pending patch, with a comment.
+    key(&mut app, KeyCode::Char('A'));
+    chars(&mut app, "ship it");
+    let effects = key(&mut app, KeyCode::Enter);
+    assert!(matches!(effects.as_slice(), [Effect::Decide { approve: true, comment: Some(c), .. }] if c == "ship it"), "{effects:?}");
+    // Reject asks why; comment and back.
+    key(&mut app, KeyCode::Char('R'));
+    assert!(matches!(&app.overlay, Overlay::Prompt { purpose: PromptFor::Reject(_), .. }));
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Char('c'));
+    chars(&mut app, "nice");
+    assert_eq!(key(&mut app, KeyCode::Enter), vec![Effect::Comment { key: "KOD-3".into(), body: "nice".into() }]);
+    assert_eq!(key(&mut app, KeyCode::Esc), vec![Effect::CloseTask]);
+    assert_eq!(app.view, View::Board);
+}
+
+#[test]
+fn org_events_keep_the_board_current() {
+    let mut app = app();
+    let ev = |kind: &str, task: &str, payload: Value| Msg::OrgEvent(serde_json::from_value(json!({"id": 9, "type": kind, "task": task, "seq": 2, "actor": null, "payload": payload, "created_at": AT})).unwrap());
+    assert_eq!(app.on_msg(ev("task.moved", "KOD-1", json!({"from": "Backlog", "to": "Ready"}))), vec![Effect::RefreshTask("KOD-1".into())]);
+    assert!(app.on_msg(ev("task.moved", "OTHER-1", json!({}))).is_empty(), "other projects' tasks are not fetched");
+    app.on_msg(ev("job.started", "KOD-1", json!({"kind": "review"})));
+    assert_eq!(app.running.get("KOD-1").map(String::as_str), Some("review"));
+    app.on_msg(ev("job.succeeded", "KOD-1", json!({"kind": "review"})));
+    assert!(!app.running.contains_key("KOD-1"));
+    // A reconnect after a lost position reloads the board.
+    assert_eq!(app.on_msg(Msg::Resync), vec![Effect::OpenProject("KOD".into())]);
+    app.on_msg(Msg::Conn(Conn::Retrying { attempt: 2, error: "cannot connect".into() }));
+    assert!(render(&app, 80, 24).contains("reconnecting (2)"));
+}
+
+#[test]
+fn agents_jobs_and_help() {
+    let mut app = app();
+    assert_eq!(key(&mut app, KeyCode::Char('a')), vec![Effect::LoadAgents]);
+    app.on_msg(Msg::Agents(vec![
+        serde_json::from_value(json!({"id": "01a2204f-0000-7000-8000-00000000000a", "name": "build-1", "labels": ["linux", "rust"], "version": "0.1.0", "status": "busy",
+            "current_job": "01a2204f-0000-7000-8000-000000000001", "current_task": "KOD-3", "disk_bytes": 734003200, "last_seen_at": AT, "created_at": AT})).unwrap(),
+        serde_json::from_value(json!({"id": "01a2204f-0000-7000-8000-00000000000b", "name": "laptop", "labels": [], "version": "0.1.0", "status": "offline",
+            "current_job": null, "current_task": null, "disk_bytes": null, "last_seen_at": AT, "created_at": AT})).unwrap(),
+    ]));
+    insta::assert_snapshot!("agents", render(&app, 100, 12));
+    assert_eq!(key(&mut app, KeyCode::Tab), vec![Effect::LoadJobs]);
+    app.on_msg(Msg::Jobs(vec![
+        serde_json::from_value(job("KOD-3", "implement", "running", None)).unwrap(),
+        serde_json::from_value(job("KOD-5", "qa", "failed", Some("project KOD has no test command for QA jobs to run"))).unwrap(),
+    ]));
+    insta::assert_snapshot!("jobs", render(&app, 100, 12));
+    key(&mut app, KeyCode::Char('j'));
+    assert_eq!(key(&mut app, KeyCode::Enter), vec![Effect::OpenTask("KOD-5".into())]);
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Char('?'));
+    insta::assert_snapshot!("help", render(&app, 80, 30));
+    key(&mut app, KeyCode::Char('x'));
+    assert!(matches!(app.overlay, Overlay::None), "any key closes the help");
+}
+
+#[test]
+fn no_color_keeps_the_layout() {
+    let app = app();
+    let mut t = Terminal::new(TestBackend::new(80, 24)).unwrap();
+    t.draw(|f| draw(f, &app, Theme { color: true })).unwrap();
+    let colored = t.backend().to_string();
+    assert_eq!(colored, render(&app, 80, 24), "colour changes styles, not text");
+    let _ = Detail::default();
+}
