@@ -30,6 +30,8 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 # The agent's bash tool runs under bubblewrap; its sandbox tests need it.
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
+# The TUI is tested in a real terminal.
+command -v tmux >/dev/null || missing+=(tmux)
 apt_install ${missing[@]+"${missing[@]}"}
 
 # The LLM gateway is tested with the official OpenAI Python client.

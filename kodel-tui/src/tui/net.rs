@@ -207,6 +207,11 @@ async fn follow(api: Api, path: String, mut last_id: Option<i64>, tx: UnboundedS
                 backoff = Duration::from_millis(250);
                 if task.is_none() {
                     let _ = tx.send(Msg::Conn(Conn::Live));
+                    // With no event seen yet there is nothing to resume from: what
+                    // changed while the stream was away is read again instead.
+                    if last_id.is_none() {
+                        let _ = tx.send(Msg::Resync);
+                    }
                 }
                 let mut body = r.bytes_stream();
                 let mut parser = SseParser::default();

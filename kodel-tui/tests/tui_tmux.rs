@@ -1,0 +1,270 @@
+//! The TUI in a real terminal: tmux runs the real `kodel` against a real `kodel-server`
+//! and `kodel-agent` (only the model is scripted); the tests type keys and read the
+//! screen (capture-pane), with deadlines, never fixed sleeps.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kodel_server::testing::scripted_llm::{Reply, ScriptedLlm};
+use kodel_server::testing::{ServerProcess, database_url, fresh_database};
+use serde_json::{Value, json};
+
+fn sibling(name: &str) -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_kodel")).parent().unwrap().join(name);
+    assert!(bin.exists(), "{} missing: build the workspace (cargo build --workspace)", bin.display());
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A tmux session running one command in a fixed-size window; killed when dropped.
+struct Tmux {
+    name: String,
+}
+
+impl Tmux {
+    fn start(cmd: &str, env: &[(&str, String)], width: u16, height: u16) -> Tmux {
+        let name = format!("kodel-test-{}", uuid::Uuid::new_v4().simple());
+        let mut c = Command::new("tmux");
+        c.args(["new-session", "-d", "-s", &name, "-x", &width.to_string(), "-y", &height.to_string()]);
+        for (k, v) in env {
+            c.args(["-e", &format!("{k}={v}")]);
+        }
+        // The pane stays after the command ends, so its last words can be read.
+        let status = c.arg(format!("{cmd}; echo KODEL-EXITED $?; sleep 600")).status().unwrap();
+        assert!(status.success(), "tmux could not start");
+        Tmux { name }
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let status = Command::new("tmux").args(["send-keys", "-t", &self.name]).args(keys).status().unwrap();
+        assert!(status.success());
+    }
+
+    fn text(&self, text: &str) {
+        let status = Command::new("tmux").args(["send-keys", "-t", &self.name, "-l", text]).status().unwrap();
+        assert!(status.success());
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.name]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Waits until the screen shows `text`; returns the screen.
+    fn wait_for(&self, text: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "{text:?} did not show within {within:?}; the screen:\n{screen}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["kill-session", "-t", &self.name]).status();
+    }
+}
+
+struct Stack {
+    server: Option<ServerProcess>,
+    listen: String,
+    env: Vec<(String, String)>,
+    token: String,
+    http: reqwest::Client,
+    config: tempfile::TempDir,
+    agent: Option<Child>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(a) = &mut self.agent {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+}
+
+impl Stack {
+    async fn start(llm: Option<&ScriptedLlm>) -> Stack {
+        let db = fresh_database().await;
+        let mut env = vec![("DATABASE_URL".to_owned(), database_url(&db)), ("KODEL_ENGINE_TICK".to_owned(), "0.2".to_owned()), ("KODEL_SPARE_SCHEMAS".to_owned(), "0".to_owned())];
+        if let Some(llm) = llm {
+            env.push(("OPENAI_BASE_URL".into(), llm.openai_base()));
+            env.push(("OPENAI_API_KEY".into(), "sk-test".into()));
+            env.push(("KODEL_DEFAULT_MODEL".into(), "openai/gpt-test".into()));
+        }
+        let mut s = Stack { server: None, listen: format!("127.0.0.1:{}", free_port()), env, token: String::new(), http: reqwest::Client::new(), config: tempfile::tempdir().unwrap(), agent: None };
+        s.start_server();
+        let reg = s.call("POST", "/api/v1/auth/register", json!({"email": "ada@example.com", "password": "correct horse battery", "name": "Ada"})).await;
+        s.token = reg["access_token"].as_str().unwrap().to_owned();
+        s.call("POST", "/api/v1/orgs", json!({"slug": "acme", "name": "Acme"})).await;
+        s.call("POST", "/api/v1/orgs/acme/projects", json!({"key": "KOD", "name": "Kodel", "workflow": "software-development"})).await;
+        s
+    }
+
+    fn start_server(&mut self) {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.server = Some(ServerProcess::start_on(&sibling("kodel-server"), &self.listen, &[], &env));
+    }
+
+    fn base(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let req = self.http.request(method.parse().unwrap(), format!("{}{path}", self.base())).bearer_auth(&self.token);
+        let req = if body.is_null() { req } else { req.json(&body) };
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "{method} {path}: {status} {v}");
+        v
+    }
+
+    /// `kodel` (the TUI) in tmux, as a script-free user would run it: token, org and
+    /// project from the environment.
+    fn tui(&self, width: u16, height: u16) -> Tmux {
+        let env = vec![
+            ("KODEL_SERVER", self.base()),
+            ("KODEL_TOKEN", self.token.clone()),
+            ("KODEL_ORG", "acme".to_owned()),
+            ("KODEL_PROJECT", "KOD".to_owned()),
+            ("KODEL_CONFIG_DIR", self.config.path().to_string_lossy().into_owned()),
+            ("KODEL_NO_KEYRING", "1".to_owned()),
+            ("TERM", "xterm-256color".to_owned()),
+        ];
+        Tmux::start(&sibling("kodel").to_string_lossy(), &env, width, height)
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git").args(["-c", "user.name=T", "-c", "user.email=t@example.com"]).args(args).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_from_creation_to_an_approved_patch_in_the_tui() {
+    let llm = ScriptedLlm::start(vec![
+        Reply::TextAndTools("Fixing add() now.".into(), vec![("edit_file".into(), json!({"path": "calc.py", "old_string": "a - b", "new_string": "a + b"}))]),
+        Reply::Text("Fixed add(): it subtracted.".into()),
+    ])
+    .await;
+    let mut stack = Stack::start(Some(&llm)).await;
+    let repos = tempfile::tempdir().unwrap();
+    let src = repos.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("calc.py"), "def add(a, b):\n    return a - b\n").unwrap();
+    git(&src, &["init", "-q", "-b", "main"]);
+    git(&src, &["add", "."]);
+    git(&src, &["commit", "-q", "-m", "calc"]);
+    let bare = repos.path().join("calc.git");
+    git(repos.path(), &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
+    stack.call("POST", "/api/v1/orgs/acme/modules", json!({"project": "KOD", "name": "calc", "url": format!("file://{}", bare.display())})).await;
+    let t = stack.call("POST", "/api/v1/orgs/acme/agent-tokens", json!({"name": "tui"})).await;
+    let work = tempfile::tempdir().unwrap();
+    stack.agent = Some(
+        Command::new(sibling("kodel-agent"))
+            .args(["--server", &stack.base(), "--name", "tui-agent", "--allow-file-remotes", "--workdir"])
+            .arg(work.path())
+            .env("KODEL_AGENT_TOKEN", t["token"].as_str().unwrap())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+
+    let tui = stack.tui(120, 32);
+    tui.wait_for("Backlog (0)", Duration::from_secs(20));
+    tui.wait_for("● live", Duration::from_secs(10));
+    // Create a task in the form.
+    tui.keys(&["n"]);
+    tui.wait_for("new task", Duration::from_secs(5));
+    tui.text("Fix add");
+    tui.keys(&["C-s"]);
+    tui.wait_for("Backlog (1)", Duration::from_secs(10));
+    // Into the bound status, one allowed move at a time; the AI marker shows.
+    tui.keys(&[">"]);
+    tui.wait_for("Ready (1)", Duration::from_secs(10));
+    tui.keys(&[">"]);
+    tui.wait_for("In Progress (1)", Duration::from_secs(10));
+    // The task: the agent's words and its tool call appear on screen.
+    tui.keys(&["Enter"]);
+    tui.wait_for("agent stream", Duration::from_secs(5));
+    tui.wait_for("Fixing add() now.", Duration::from_secs(60));
+    tui.wait_for("edit_file calc.py", Duration::from_secs(30));
+    let screen = tui.wait_for("pending  patch", Duration::from_secs(60));
+    assert!(screen.contains("job.succeeded"), "{screen}");
+    // Approve: the task moves on to Code Review.
+    tui.keys(&["A"]);
+    tui.wait_for("approve: a comment", Duration::from_secs(5));
+    tui.text("looks right");
+    tui.keys(&["Enter"]);
+    tui.wait_for("approved patch", Duration::from_secs(10));
+    let screen = tui.wait_for("Code Review  none", Duration::from_secs(10));
+    assert!(screen.contains("approved"), "{screen}");
+    tui.keys(&["Escape"]);
+    tui.wait_for("Code Review (1)", Duration::from_secs(10));
+    let task = stack.call("GET", "/api/v1/orgs/acme/tasks/KOD-1", Value::Null).await;
+    assert_eq!(task["status"], "Code Review");
+    // q quits and gives the terminal back.
+    tui.keys(&["q"]);
+    tui.wait_for("KODEL-EXITED 0", Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tui_reconnects_after_a_server_restart_and_shows_what_it_missed() {
+    let mut stack = Stack::start(None).await;
+    stack.call("POST", "/api/v1/orgs/acme/projects/KOD/tasks", json!({"title": "Before the restart"})).await;
+    let tui = stack.tui(100, 24);
+    tui.wait_for("Before the restart", Duration::from_secs(20));
+    tui.wait_for("● live", Duration::from_secs(10));
+    let status = stack.server.take().unwrap().stop();
+    assert!(status.success());
+    tui.wait_for("reconnecting", Duration::from_secs(10));
+    stack.start_server();
+    // Changes made as soon as the server is back, before the TUI reconnected, show up.
+    stack.call("POST", "/api/v1/orgs/acme/projects/KOD/tasks", json!({"title": "Missed one"})).await;
+    stack.call("POST", "/api/v1/orgs/acme/tasks/KOD-1/move", json!({"status": "Ready"})).await;
+    tui.wait_for("● live", Duration::from_secs(20));
+    let screen = tui.wait_for("Missed one", Duration::from_secs(10));
+    let screen = if screen.contains("Ready (1)") { screen } else { tui.wait_for("Ready (1)", Duration::from_secs(10)) };
+    assert!(screen.contains("Backlog (1)"), "{screen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kodel_up_opens_the_tui_logged_in_on_a_clean_data_dir() {
+    let data = tempfile::tempdir().unwrap();
+    let config = tempfile::tempdir().unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let env = vec![
+        ("KODEL_CONFIG_DIR", config.path().to_string_lossy().into_owned()),
+        ("KODEL_NO_KEYRING", "1".to_owned()),
+        ("HOME", data.path().to_string_lossy().into_owned()),
+        ("TERM", "xterm-256color".to_owned()),
+    ];
+    let cmd = format!("{} up --listen {listen} --data-dir {}", sibling("kodel").display(), data.path().join("kodel").display());
+    let tui = Tmux::start(&cmd, &env, 100, 30);
+    let screen = tui.wait_for("Backlog (0)", Duration::from_secs(180));
+    assert!(screen.contains("local / DEMO"), "{screen}");
+    tui.wait_for("● live", Duration::from_secs(10));
+    // The local agent is there.
+    tui.keys(&["a"]);
+    tui.wait_for("local", Duration::from_secs(10));
+    tui.wait_for("online", Duration::from_secs(30));
+    // Quitting the TUI stops the stack.
+    tui.keys(&["b"]);
+    tui.keys(&["q"]);
+    let screen = tui.wait_for("KODEL-EXITED", Duration::from_secs(90));
+    assert!(screen.contains("KODEL-EXITED 0"), "{screen}");
+    assert!(screen.contains("Stopping Kodel"), "{screen}");
+}
