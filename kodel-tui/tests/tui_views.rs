@@ -311,3 +311,39 @@ fn no_color_keeps_the_layout() {
     assert_eq!(colored, render(&app, 80, 24), "colour changes styles, not text");
     let _ = Detail::default();
 }
+
+#[test]
+fn switching_project_and_org() {
+    let mut app = app();
+    assert_eq!(key(&mut app, KeyCode::Char('p')), vec![Effect::LoadProjects]);
+    let mut other: Value = project();
+    other["key"] = json!("WEB");
+    other["name"] = json!("Website");
+    app.on_msg(Msg::Projects(vec![serde_json::from_value(project()).unwrap(), serde_json::from_value(other).unwrap()]));
+    key(&mut app, KeyCode::Char('j'));
+    insta::assert_snapshot!("project_picker", render(&app, 80, 16));
+    assert_eq!(key(&mut app, KeyCode::Enter), vec![Effect::OpenProject("WEB".into()), Effect::SaveSettings]);
+    assert_eq!(key(&mut app, KeyCode::Char('o')), vec![Effect::LoadOrgs]);
+    app.on_msg(Msg::Orgs(vec![serde_json::from_value(json!({"id": "00000000-0000-0000-0000-000000000003", "slug": "globex", "name": "Globex", "role": "member", "created_at": AT})).unwrap()]));
+    assert_eq!(key(&mut app, KeyCode::Enter), vec![Effect::FollowOrg, Effect::LoadProjects, Effect::SaveSettings]);
+    assert_eq!(app.org, "globex");
+    assert!(app.project.is_none() && app.tasks.is_empty(), "the old org's board is gone");
+    // Its projects arrive: the first one opens.
+    assert_eq!(app.on_msg(Msg::Projects(vec![serde_json::from_value(project()).unwrap()])), vec![Effect::OpenProject("KOD".into())]);
+}
+
+#[test]
+fn a_prompt_and_a_refused_decision() {
+    let mut app = task_app();
+    key(&mut app, KeyCode::Char('c'));
+    chars(&mut app, "Please keep the old token valid for a minute");
+    insta::assert_snapshot!("comment_prompt", render(&app, 80, 24));
+    key(&mut app, KeyCode::Esc);
+    // A decided artifact is not decided again; the message says so.
+    if let Some(d) = app.detail.as_mut() {
+        d.artifacts[0].status = kodel_core::jobs::ArtifactState::Approved;
+    }
+    assert!(key(&mut app, KeyCode::Char('R')).is_empty());
+    let (msg, error) = app.status.clone().unwrap();
+    assert!(error && msg.contains("already approved"), "{msg}");
+}

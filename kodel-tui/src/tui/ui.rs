@@ -240,10 +240,22 @@ fn draw_task(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             if !t.labels.is_empty() {
                 lines.push(Line::styled(t.labels.iter().map(|l| format!("#{l}")).collect::<Vec<_>>().join(" "), theme.dim()));
             }
-            lines.push(Line::raw(""));
-            for l in wrap(t.description.trim(), width).into_iter().take(8) {
-                lines.push(Line::raw(l));
+        }
+    }
+    if !d.artifacts.is_empty() {
+        lines.push(Line::raw(""));
+        lines.push(Line::styled("Artifacts (Tab, A approve, R reject)", theme.title()));
+        for (i, a) in d.artifacts.iter().enumerate() {
+            let state = match a.status {
+                ArtifactState::Pending => Span::styled("pending ", theme.hint()),
+                ArtifactState::Approved => Span::styled("approved", theme.ok()),
+                ArtifactState::Rejected => Span::styled("rejected", theme.error()),
+            };
+            let mut line = Line::from(vec![state, Span::raw(format!(" {}: {}", a.kind.as_str(), truncate(&a.title, width.saturating_sub(20))))]);
+            if i == d.art {
+                line = line.style(theme.selected());
             }
+            lines.push(line);
         }
     }
     if !d.jobs.is_empty() {
@@ -263,20 +275,13 @@ fn draw_task(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             lines.push(Line::styled(truncate(&text, width), style));
         }
     }
-    if !d.artifacts.is_empty() {
+    // What to act on first (it must fit in 80x24), then what to read.
+    if let Some(t) = &d.task
+        && !t.description.trim().is_empty()
+    {
         lines.push(Line::raw(""));
-        lines.push(Line::styled("Artifacts (Tab, A approve, R reject)", theme.title()));
-        for (i, a) in d.artifacts.iter().enumerate() {
-            let state = match a.status {
-                ArtifactState::Pending => Span::styled("pending ", theme.hint()),
-                ArtifactState::Approved => Span::styled("approved", theme.ok()),
-                ArtifactState::Rejected => Span::styled("rejected", theme.error()),
-            };
-            let mut line = Line::from(vec![state, Span::raw(format!(" {}: {}", a.kind.as_str(), truncate(&a.title, width.saturating_sub(20))))]);
-            if i == d.art {
-                line = line.style(theme.selected());
-            }
-            lines.push(line);
+        for l in wrap(t.description.trim(), width).into_iter().take(8) {
+            lines.push(Line::raw(l));
         }
     }
     if !d.comments.is_empty() {
