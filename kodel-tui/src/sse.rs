@@ -10,17 +10,20 @@ pub struct SseEvent {
 }
 
 /// Gathers a stream's bytes into events (a block may arrive in several chunks).
+/// Bytes are kept until a whole block is in, so a character split between two chunks
+/// is decoded whole.
 #[derive(Debug, Default)]
 pub struct SseParser {
-    buf: String,
+    buf: Vec<u8>,
 }
 
 impl SseParser {
     pub fn push(&mut self, chunk: &[u8]) -> Vec<SseEvent> {
-        self.buf.push_str(&String::from_utf8_lossy(chunk));
+        self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
-        while let Some(end) = self.buf.find("\n\n") {
-            let block: String = self.buf.drain(..end + 2).collect();
+        while let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+            let raw: Vec<u8> = self.buf.drain(..end + 2).collect();
+            let block = String::from_utf8_lossy(&raw);
             let (mut kind, mut data, mut id) = (String::new(), String::new(), None);
             for line in block.lines() {
                 if let Some(k) = line.strip_prefix("event:") {
@@ -59,5 +62,15 @@ mod tests {
             SseEvent { kind: "task.created".into(), id: Some(42), data: "{\"a\":1}".into() },
             SseEvent { kind: "job.output".into(), id: None, data: "{}".into() },
         ]);
+    }
+
+    #[test]
+    fn a_character_split_between_chunks_stays_whole() {
+        let mut p = SseParser::default();
+        let block = "event: job.output\ndata: caf\u{e9} \u{2014} \u{1f680}\n\n".as_bytes();
+        let cut = block.iter().position(|b| *b == 0xC3).unwrap() + 1;
+        assert!(p.push(&block[..cut]).is_empty());
+        let evs = p.push(&block[cut..]);
+        assert_eq!(evs[0].data, "caf\u{e9} \u{2014} \u{1f680}");
     }
 }

@@ -224,10 +224,13 @@ async fn a_task_from_creation_to_an_approved_patch_in_the_tui() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tui_reconnects_after_a_server_restart_and_shows_what_it_missed() {
     let mut stack = Stack::start(None).await;
-    stack.call("POST", "/api/v1/orgs/acme/projects/KOD/tasks", json!({"title": "Before the restart"})).await;
+    stack.call("POST", "/api/v1/orgs/acme/projects/KOD/tasks", json!({"title": "First"})).await;
     let tui = stack.tui(100, 24);
-    tui.wait_for("Before the restart", Duration::from_secs(20));
+    tui.wait_for("First", Duration::from_secs(20));
     tui.wait_for("● live", Duration::from_secs(10));
+    // An event seen live: the stream now has a place to resume from (Last-Event-ID).
+    stack.call("POST", "/api/v1/orgs/acme/projects/KOD/tasks", json!({"title": "Seen live"})).await;
+    tui.wait_for("Seen live", Duration::from_secs(10));
     let status = stack.server.take().unwrap().stop();
     assert!(status.success());
     tui.wait_for("reconnecting", Duration::from_secs(10));
@@ -238,7 +241,9 @@ async fn the_tui_reconnects_after_a_server_restart_and_shows_what_it_missed() {
     tui.wait_for("● live", Duration::from_secs(20));
     let screen = tui.wait_for("Missed one", Duration::from_secs(10));
     let screen = if screen.contains("Ready (1)") { screen } else { tui.wait_for("Ready (1)", Duration::from_secs(10)) };
-    assert!(screen.contains("Backlog (1)"), "{screen}");
+    // With an event id to resume from, the TUI does not reload the board: what it
+    // missed came from the server's replay after that id.
+    assert!(screen.contains("Backlog (2)"), "{screen}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,14 +262,20 @@ async fn kodel_up_opens_the_tui_logged_in_on_a_clean_data_dir() {
     let screen = tui.wait_for("Backlog (0)", Duration::from_secs(180));
     assert!(screen.contains("local / DEMO"), "{screen}");
     tui.wait_for("● live", Duration::from_secs(10));
-    // The local agent is there.
+    // The local agent is there, connected.
     tui.keys(&["a"]);
-    tui.wait_for("local", Duration::from_secs(10));
-    tui.wait_for("online", Duration::from_secs(30));
-    // Quitting the TUI stops the stack.
+    let screen = tui.wait_for("online", Duration::from_secs(30));
+    assert!(screen.contains("agents (1)"), "{screen}");
+    // Quitting the TUI stops the stack: the server no longer answers, and its data
+    // dir is free for the next `kodel up`.
     tui.keys(&["b"]);
     tui.keys(&["q"]);
     let screen = tui.wait_for("KODEL-EXITED", Duration::from_secs(90));
     assert!(screen.contains("KODEL-EXITED 0"), "{screen}");
     assert!(screen.contains("Stopping Kodel"), "{screen}");
+    assert!(std::net::TcpStream::connect(&listen).is_err(), "the server stopped");
+    let again = Tmux::start(&cmd, &env, 100, 30);
+    again.wait_for("Backlog (0)", Duration::from_secs(120));
+    again.keys(&["q"]);
+    again.wait_for("KODEL-EXITED 0", Duration::from_secs(90));
 }

@@ -53,6 +53,7 @@ fn app() -> App {
     ];
     let running = vec![job("KOD-3", "implement", "running", None)];
     app.on_msg(Msg::Board {
+        org: "acme".into(),
         project: serde_json::from_value(project()).unwrap(),
         tasks: tasks.into_iter().map(|t| serde_json::from_value(t).unwrap()).collect(),
         running: running.into_iter().map(|j| serde_json::from_value(j).unwrap()).collect(),
@@ -157,9 +158,19 @@ fn board_keys_move_tasks_only_where_the_workflow_allows() {
     let mut app = app();
     // KOD-1 in Backlog: > goes to Ready (allowed), < has nowhere to go.
     assert_eq!(key(&mut app, KeyCode::Char('>')), vec![Effect::Move { key: "KOD-1".into(), to: "Ready".into() }]);
-    assert_eq!(app.board.col, 1, "the cursor follows the task");
+    assert_eq!((app.board.col, app.selected().map(|t| t.key.as_str())), (1, Some("KOD-1")), "the cursor follows the task");
+    // A second > moves the same task on, not whatever sat at its row in Ready.
+    assert_eq!(key(&mut app, KeyCode::Char('>')), vec![Effect::Move { key: "KOD-1".into(), to: "In Progress".into() }]);
+    // The server's answers (and other people's moves) keep the cursor on it.
+    let mut t: Value = task(1, "Add a login page", "In Progress", &["web"], None);
+    t["version"] = json!(3);
+    app.on_msg(Msg::Task(serde_json::from_value(t).unwrap()));
+    app.on_msg(Msg::Task(serde_json::from_value(task(9, "Another one", "In Progress", &[], None)).unwrap()));
+    assert_eq!(app.selected().map(|t| t.key.as_str()), Some("KOD-1"));
+    let mut app = self::app();
     // KOD-5 in QA: > to Staging is allowed, < to Code Review is not; the message says
     // where it may go.
+    key(&mut app, KeyCode::Char('l'));
     key(&mut app, KeyCode::Char('l'));
     key(&mut app, KeyCode::Char('l'));
     key(&mut app, KeyCode::Char('l'));
@@ -177,7 +188,7 @@ fn board_keys_move_tasks_only_where_the_workflow_allows() {
     // Vim keys and arrows both move the cursor.
     key(&mut app, KeyCode::Char('h'));
     key(&mut app, KeyCode::Left);
-    assert_eq!(app.board.col, 2);
+    assert_eq!(app.board.col, 0, "the cursor went with KOD-5 to In Progress, then two columns left");
     key(&mut app, KeyCode::Char('q'));
     assert!(app.quit);
 }
@@ -297,18 +308,22 @@ fn agents_jobs_and_help() {
     assert_eq!(key(&mut app, KeyCode::Enter), vec![Effect::OpenTask("KOD-5".into())]);
     key(&mut app, KeyCode::Esc);
     key(&mut app, KeyCode::Char('?'));
-    insta::assert_snapshot!("help", render(&app, 80, 30));
+    insta::assert_snapshot!("help_80x24", render(&app, 80, 24));
     key(&mut app, KeyCode::Char('x'));
     assert!(matches!(app.overlay, Overlay::None), "any key closes the help");
 }
 
 #[test]
-fn no_color_keeps_the_layout() {
-    let app = app();
-    let mut t = Terminal::new(TestBackend::new(80, 24)).unwrap();
-    t.draw(|f| draw(f, &app, Theme { color: true })).unwrap();
-    let colored = t.backend().to_string();
-    assert_eq!(colored, render(&app, 80, 24), "colour changes styles, not text");
+fn no_color_means_no_colour() {
+    let app = task_app();
+    let colours = |color: bool| {
+        let mut t = Terminal::new(TestBackend::new(120, 30)).unwrap();
+        t.draw(|f| draw(f, &app, Theme { color })).unwrap();
+        let buf = t.backend().buffer().clone();
+        buf.content().iter().filter(|c| c.fg != ratatui::style::Color::Reset || c.bg != ratatui::style::Color::Reset).count()
+    };
+    assert!(colours(true) > 0, "colour is used when allowed");
+    assert_eq!(colours(false), 0, "NO_COLOR: not one coloured cell");
     let _ = Detail::default();
 }
 
@@ -319,17 +334,28 @@ fn switching_project_and_org() {
     let mut other: Value = project();
     other["key"] = json!("WEB");
     other["name"] = json!("Website");
-    app.on_msg(Msg::Projects(vec![serde_json::from_value(project()).unwrap(), serde_json::from_value(other).unwrap()]));
+    app.on_msg(Msg::Projects { org: "acme".into(), projects: vec![serde_json::from_value(project()).unwrap(), serde_json::from_value(other.clone()).unwrap()] });
     key(&mut app, KeyCode::Char('j'));
     insta::assert_snapshot!("project_picker", render(&app, 80, 16));
-    assert_eq!(key(&mut app, KeyCode::Enter), vec![Effect::OpenProject("WEB".into()), Effect::SaveSettings]);
+    assert_eq!(key(&mut app, KeyCode::Enter), vec![Effect::OpenProject("WEB".into())]);
+    // A late board of the project left behind is dropped; WEB's is shown and saved.
+    let board = |org: &str, p: Value| Msg::Board { org: org.into(), project: serde_json::from_value(p).unwrap(), tasks: vec![], running: vec![] };
+    assert!(app.on_msg(board("acme", project())).is_empty());
+    assert_eq!(app.project.as_ref().map(|p| p.key.as_str()), Some("KOD"), "still the old board until WEB's arrives");
+    assert_eq!(app.on_msg(board("acme", other.clone())), vec![Effect::SaveSettings]);
+    assert_eq!(app.project.as_ref().map(|p| p.key.as_str()), Some("WEB"));
     assert_eq!(key(&mut app, KeyCode::Char('o')), vec![Effect::LoadOrgs]);
     app.on_msg(Msg::Orgs(vec![serde_json::from_value(json!({"id": "00000000-0000-0000-0000-000000000003", "slug": "globex", "name": "Globex", "role": "member", "created_at": AT})).unwrap()]));
-    assert_eq!(key(&mut app, KeyCode::Enter), vec![Effect::FollowOrg, Effect::LoadProjects, Effect::SaveSettings]);
+    assert_eq!(key(&mut app, KeyCode::Enter), vec![Effect::FollowOrg, Effect::LoadProjects]);
     assert_eq!(app.org, "globex");
     assert!(app.project.is_none() && app.tasks.is_empty(), "the old org's board is gone");
-    // Its projects arrive: the first one opens.
-    assert_eq!(app.on_msg(Msg::Projects(vec![serde_json::from_value(project()).unwrap()])), vec![Effect::OpenProject("KOD".into())]);
+    // Answers about the old org are dropped; the new org's projects arrive and the
+    // first one opens.
+    assert!(app.on_msg(board("acme", other)).is_empty());
+    assert!(app.project.is_none());
+    assert!(app.on_msg(Msg::Projects { org: "acme".into(), projects: vec![serde_json::from_value(project()).unwrap()] }).is_empty());
+    assert_eq!(app.on_msg(Msg::Projects { org: "globex".into(), projects: vec![serde_json::from_value(project()).unwrap()] }), vec![Effect::OpenProject("KOD".into())]);
+    assert_eq!(app.on_msg(board("globex", project())), vec![Effect::SaveSettings], "the switch is remembered once the board is there");
 }
 
 #[test]

@@ -171,6 +171,12 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
         return Err(CliError::new(exit::CONFLICT, format!("a Kodel server already answers at {url}")).hint("use it, or pass --listen with another address"));
     }
     let data = data_dir(&args)?;
+    // Signals are ours from here on: the children run in their own process group, and
+    // an interrupted start must still stop what it started.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
     let mut cmd = Command::new(sibling_binary("kodel-server")?);
     let model = llm_defaults(&mut cmd);
     cmd.arg("--listen").arg(&args.listen).env_remove("DATABASE_URL").stdin(Stdio::null()).kill_on_drop(true);
@@ -191,14 +197,19 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
         Ok((Stdio::from(f.try_clone()?), Stdio::from(f)))
     };
     let (out, err) = logs("kodel-server.log")?;
-    cmd.stdout(out).stderr(err);
+    // Their own process group: a Ctrl-C or a hang-up of the terminal reaches this
+    // process only, which stops them in order (the agent, then the server and its
+    // database).
+    cmd.stdout(out).stderr(err).process_group(0);
     let mut child = cmd.spawn().map_err(|e| CliError::new(exit::FAILURE, format!("cannot start kodel-server: {e}")))?;
 
     // Wait until it serves (the first start initialises the database).
+    say(&format!("Starting Kodel at {url} (the first start sets up its database; data in {})…", data.display()));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Some(status) = child.try_wait()? {
-            return Err(CliError::new(exit::FAILURE, format!("kodel-server exited ({status}) before it was ready; see its messages above")));
+            let see = if tui { format!("see {}", data.join("kodel-server.log").display()) } else { "see its messages above".to_owned() };
+            return Err(CliError::new(exit::FAILURE, format!("kodel-server exited ({status}) before it was ready; {see}")));
         }
         if http.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
             break;
@@ -207,7 +218,12 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
             let _ = child.kill().await;
             return Err(CliError::new(exit::UNAVAILABLE, "kodel-server did not become ready within 120 s"));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = interrupt.recv() => return stop(&mut child, "kodel-server").await,
+            _ = term.recv() => return stop(&mut child, "kodel-server").await,
+            _ = hangup.recv() => return stop(&mut child, "kodel-server").await,
+        }
     }
     ctx.settings.server = Some(url.clone());
     ctx.client = crate::client::Client::new(&url, None, false)?;
@@ -228,6 +244,7 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
     {
@@ -237,7 +254,6 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
             return Err(CliError::new(exit::FAILURE, format!("cannot start kodel-agent: {e}")));
         }
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     if tui {
         ctx.org = Some(stack.org.clone());
         let result = tokio::select! {
@@ -245,6 +261,8 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
             status = child.wait() => Err(CliError::new(exit::FAILURE, format!("kodel-server stopped ({})", status.map(|s| s.to_string()).unwrap_or_default()))
                 .hint(format!("see {}", data.join("kodel-server.log").display()))),
             _ = term.recv() => Ok(()),
+            _ = hangup.recv() => Ok(()),
+            _ = interrupt.recv() => Ok(()),
         };
         say("Stopping Kodel…");
         let _ = stop(&mut agent, "kodel-agent").await;
@@ -267,8 +285,9 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
             let _ = stop(&mut agent, "kodel-agent").await;
             return if status.success() { Ok(()) } else { Err(CliError::new(exit::FAILURE, format!("kodel-server stopped ({status})"))) };
         }
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
         _ = term.recv() => {}
+        _ = hangup.recv() => {}
     }
     say("Stopping Kodel…");
     // The agent first (a job it runs goes back to the queue), then the server, which

@@ -34,6 +34,8 @@ pub enum Conn {
 pub struct Board {
     pub col: usize,
     pub row: usize,
+    /// The task the cursor is on: the cursor follows it when tasks move or arrive.
+    pub key: Option<String>,
     /// A list of every task instead of columns.
     pub list: bool,
     pub filter: String,
@@ -53,6 +55,10 @@ pub struct Detail {
     pub sel: Option<usize>,
     pub search: String,
     pub loaded: bool,
+    /// Lines the info pane is scrolled by (`u`/`d`).
+    pub info_scroll: u16,
+    /// Lines skipped of the selected entry (PgDn/PgUp in a long, open output).
+    pub sel_off: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,11 +99,13 @@ pub struct Form {
     pub assignee: String,
     pub field: usize,
     pub error: Option<String>,
+    /// Sent, waiting for the server: a second save is not sent.
+    pub saving: bool,
 }
 
 impl Form {
     pub fn new() -> Form {
-        Form { editing: None, title: String::new(), description: String::new(), priority: Priority::None, labels: String::new(), assignee: String::new(), field: 0, error: None }
+        Form { editing: None, title: String::new(), description: String::new(), priority: Priority::None, labels: String::new(), assignee: String::new(), field: 0, error: None, saving: false }
     }
 
     pub fn edit(t: &Task) -> Form {
@@ -110,6 +118,7 @@ impl Form {
             assignee: t.assignee.clone().unwrap_or_default(),
             field: 0,
             error: None,
+            saving: false,
         }
     }
 
@@ -171,8 +180,12 @@ pub enum Effect {
 #[derive(Debug)]
 pub enum Msg {
     Orgs(Vec<Org>),
-    Projects(Vec<Project>),
-    Board { project: Project, tasks: Vec<Task>, running: Vec<Job> },
+    /// The projects of `org`.
+    Projects { org: String, projects: Vec<Project> },
+    /// A project of `org`, its tasks and the org's running jobs.
+    Board { org: String, project: Project, tasks: Vec<Task>, running: Vec<Job> },
+    /// The task's stream lost its place: read its history again.
+    TaskResync(String),
     Task(Task),
     Detail { key: String, task: Task, comments: Vec<Comment>, jobs: Vec<Job>, artifacts: Vec<Artifact> },
     History { key: String, events: Vec<Event> },
@@ -212,6 +225,10 @@ pub struct App {
     pub status: Option<(String, bool)>,
     pub quit: bool,
     pub loading: bool,
+    /// The project asked for last: a board for another one (a late reply) is dropped.
+    pub wanted: Option<String>,
+    /// Save the settings when the next board arrives (after a switch).
+    save_on_board: bool,
 }
 
 fn key_of(t: &Task) -> &str {
@@ -239,7 +256,34 @@ impl App {
             status: None,
             quit: false,
             loading: true,
+            wanted: None,
+            save_on_board: false,
         }
+    }
+
+    /// Asks for a project's board (and remembers it is the one wanted).
+    pub fn open_project(&mut self, key: String) -> Effect {
+        self.wanted = Some(key.clone());
+        Effect::OpenProject(key)
+    }
+
+    /// Puts the cursor back on the task it was on, wherever that task is now.
+    fn reanchor(&mut self) {
+        if let Some(key) = self.board.key.clone() {
+            if self.board.list {
+                if let Some(i) = self.list_tasks().iter().position(|t| t.key == key) {
+                    self.board.row = i;
+                }
+            } else if let Some(t) = self.tasks.iter().find(|t| t.key == key && self.visible(t)) {
+                let status = t.status.clone();
+                if let Some(c) = self.columns().iter().position(|s| s.name == status) {
+                    self.board.col = c;
+                    self.board.row = self.column_tasks(&status).iter().position(|t| t.key == key).unwrap_or(0);
+                }
+            }
+        }
+        self.clamp_board();
+        self.board.key = self.selected().map(|t| t.key.clone());
     }
 
     /// The workflow's statuses, in order.
@@ -411,12 +455,14 @@ impl App {
             }
             KeyCode::Char('r') => {
                 if let Some(p) = &self.project {
-                    return vec![Effect::OpenProject(p.key.clone())];
+                    let key = p.key.clone();
+                    return vec![self.open_project(key)];
                 }
             }
             _ => {}
         }
         self.clamp_board();
+        self.board.key = self.selected().map(|t| t.key.clone());
         vec![]
     }
 
@@ -429,6 +475,10 @@ impl App {
     fn open_move(&mut self) {
         let Some(t) = self.current_task() else { return };
         let key = t.key.clone();
+        if self.project.as_ref().is_none_or(|p| p.key != t.project) {
+            self.warn(format!("{key} is in project {}: open that project (p) to move its tasks", t.project));
+            return;
+        }
         let options = self.columns().iter().find(|s| s.name == t.status).map(|s| s.next.clone()).unwrap_or_default();
         if options.is_empty() {
             let status = t.status.clone();
@@ -442,6 +492,10 @@ impl App {
     fn step_move(&mut self, dir: i32) -> Vec<Effect> {
         let Some(t) = self.current_task() else { return vec![] };
         let (key, from) = (t.key.clone(), t.status.clone());
+        if self.project.as_ref().is_none_or(|p| p.key != t.project) {
+            self.warn(format!("{key} is in project {}: open that project (p) to move its tasks", t.project));
+            return vec![];
+        }
         let cols = self.columns();
         let Some(i) = cols.iter().position(|s| s.name == from) else { return vec![] };
         let Some(to) = (i as i32 + dir).try_into().ok().and_then(|j: usize| cols.get(j)) else { return vec![] };
@@ -452,10 +506,20 @@ impl App {
             self.warn(format!("{key}: {from} -> {to_name} is not allowed; allowed: {list}"));
             return vec![];
         }
-        if self.view == View::Board && !self.board.list {
-            self.board.col = (i as i32 + dir) as usize;
-        }
+        self.moved_locally(&key, &to_name);
         vec![Effect::Move { key, to: to_name }]
+    }
+
+    /// Shows a move at once (the server's answer, or its refusal, corrects it), with the
+    /// cursor on the moved task.
+    fn moved_locally(&mut self, key: &str, to: &str) {
+        if let Some(t) = self.tasks.iter_mut().find(|t| t.key == key) {
+            t.status = to.to_owned();
+        }
+        if self.view == View::Board {
+            self.board.key = Some(key.to_owned());
+            self.reanchor();
+        }
     }
 
     fn task_key(&mut self, k: KeyEvent) -> Vec<Effect> {
@@ -465,15 +529,24 @@ impl App {
             return vec![];
         };
         let n = d.stream.entries.len();
+        // An open output of the selected entry scrolls before the selection moves on.
+        let sel_open = d.sel.and_then(|i| d.stream.entries.get(i)).is_some_and(|e| matches!(e, Entry::Tool { open: true, .. }));
+        if !matches!(k.code, KeyCode::PageDown | KeyCode::PageUp) {
+            d.sel_off = 0;
+        }
         match k.code {
-            KeyCode::Esc | KeyCode::Char('q') => {
+            KeyCode::Esc | KeyCode::Char('q') | KeyCode::Char('b') => {
                 self.view = View::Board;
                 return self.leave_task(vec![]);
             }
-            KeyCode::Char('j') | KeyCode::Down => d.sel = d.sel.map(|s| (s + 1).min(n.saturating_sub(1))).or(n.checked_sub(1)),
-            KeyCode::Char('k') | KeyCode::Up => d.sel = Some(d.sel.unwrap_or(n).saturating_sub(1)),
-            KeyCode::PageDown => d.sel = d.sel.map(|s| (s + 10).min(n.saturating_sub(1))),
-            KeyCode::PageUp => d.sel = Some(d.sel.unwrap_or(n).saturating_sub(10)),
+            KeyCode::Char('j') | KeyCode::Down if n > 0 => d.sel = d.sel.map(|s| (s + 1).min(n - 1)).or(Some(n - 1)),
+            KeyCode::Char('k') | KeyCode::Up if n > 0 => d.sel = Some(d.sel.unwrap_or(n).saturating_sub(1)),
+            KeyCode::PageDown if sel_open => d.sel_off += 10,
+            KeyCode::PageUp if sel_open && d.sel_off > 0 => d.sel_off = d.sel_off.saturating_sub(10),
+            KeyCode::PageDown if n > 0 => d.sel = d.sel.map(|s| (s + 10).min(n - 1)),
+            KeyCode::PageUp if n > 0 => d.sel = Some(d.sel.unwrap_or(n).saturating_sub(10)),
+            KeyCode::Char('d') => d.info_scroll = d.info_scroll.saturating_add(5),
+            KeyCode::Char('u') => d.info_scroll = d.info_scroll.saturating_sub(5),
             KeyCode::Char('g') | KeyCode::Home => d.sel = (n > 0).then_some(0),
             KeyCode::Char('G') | KeyCode::End => d.sel = None,
             KeyCode::Enter | KeyCode::Char(' ') | KeyCode::Char('o') => {
@@ -586,7 +659,11 @@ impl App {
                     self.overlay = Overlay::Move { key, options, sel };
                     vec![]
                 }
-                KeyCode::Enter => vec![Effect::Move { key, to: options[sel].clone() }],
+                KeyCode::Enter => {
+                    let to = options[sel].clone();
+                    self.moved_locally(&key, &to);
+                    vec![Effect::Move { key, to }]
+                }
                 _ => {
                     self.overlay = Overlay::Move { key, options, sel };
                     vec![]
@@ -608,16 +685,21 @@ impl App {
                     (Pick::Project, Some((key, _))) => {
                         self.board = Board::default();
                         self.loading = true;
-                        vec![Effect::OpenProject(key.clone()), Effect::SaveSettings]
+                        self.save_on_board = true;
+                        let key = key.clone();
+                        vec![self.open_project(key)]
                     }
                     (Pick::Org, Some((slug, _))) => {
                         self.org = slug.clone();
                         self.project = None;
+                        self.wanted = None;
+                        self.projects.clear();
                         self.tasks.clear();
                         self.running.clear();
                         self.board = Board::default();
                         self.loading = true;
-                        vec![Effect::FollowOrg, Effect::LoadProjects, Effect::SaveSettings]
+                        self.save_on_board = true;
+                        vec![Effect::FollowOrg, Effect::LoadProjects]
                     }
                     _ => vec![],
                 },
@@ -634,7 +716,7 @@ impl App {
                     self.overlay = Overlay::Prompt { purpose, input };
                     vec![]
                 }
-                KeyCode::Char(c) => {
+                KeyCode::Char(c) if !k.modifiers.contains(KeyModifiers::CONTROL) => {
                     input.push(c);
                     self.overlay = Overlay::Prompt { purpose, input };
                     vec![]
@@ -714,6 +796,9 @@ impl App {
     }
 
     fn submit_form(&mut self, f: &mut Form) -> Vec<Effect> {
+        if f.saving {
+            return vec![];
+        }
         let title = f.title.trim();
         if title.is_empty() {
             f.error = Some("a task needs a title".into());
@@ -723,6 +808,7 @@ impl App {
         let labels: Vec<String> = f.labels.split(',').map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
         let assignee = f.assignee.trim();
         let assignee = (!assignee.is_empty()).then(|| assignee.to_owned());
+        f.saving = self.project.is_some() || f.editing.is_some();
         match &f.editing {
             Some((key, version)) => vec![Effect::Update {
                 key: key.clone(),
@@ -738,6 +824,22 @@ impl App {
                     vec![]
                 }
             },
+        }
+    }
+
+    /// Pasted text (bracketed paste) goes into the prompt or the form's field as text,
+    /// never run as keys.
+    pub fn on_paste(&mut self, text: &str) {
+        match &mut self.overlay {
+            Overlay::Prompt { input, .. } => input.push_str(&text.replace(['\r', '\n'], " ")),
+            Overlay::Form(f) => {
+                let multi_line = FIELDS[f.field] == Field::Description;
+                let text = if multi_line { text.replace("\r\n", "\n") } else { text.replace(['\r', '\n'], " ") };
+                if let Some(t) = f.text_mut() {
+                    t.push_str(&text);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -763,25 +865,36 @@ impl App {
                 }
                 self.orgs = orgs;
             }
-            Msg::Projects(projects) => {
+            Msg::Projects { org, projects } => {
+                if org != self.org {
+                    return vec![];
+                }
                 if let Overlay::Pick { what: Pick::Project, items, .. } = &mut self.overlay {
                     *items = projects.iter().map(|p| (p.key.clone(), p.name.clone())).collect();
                 }
-                let open_first = self.project.is_none() && !projects.is_empty();
+                let open_first = self.project.is_none() && self.wanted.is_none() && !projects.is_empty();
                 self.projects = projects;
                 if open_first {
-                    return vec![Effect::OpenProject(self.projects[0].key.clone())];
+                    let key = self.projects[0].key.clone();
+                    return vec![self.open_project(key)];
                 }
                 if self.projects.is_empty() {
                     self.loading = false;
                 }
             }
-            Msg::Board { project, tasks, running } => {
+            Msg::Board { org, project, tasks, running } => {
+                // A late answer for another org or project is not this board.
+                if org != self.org || self.wanted.as_ref().is_some_and(|w| *w != project.key) {
+                    return vec![];
+                }
                 self.running = running.into_iter().filter(|j| j.status == JobState::Running || j.status == JobState::Pending).map(|j| (j.task, j.kind.as_str().to_owned())).collect();
                 self.project = Some(project);
                 self.tasks = tasks;
                 self.loading = false;
-                self.clamp_board();
+                self.reanchor();
+                if std::mem::take(&mut self.save_on_board) {
+                    return vec![Effect::SaveSettings];
+                }
             }
             Msg::Task(t) => self.upsert(t),
             Msg::Saved(t) => {
@@ -805,26 +918,40 @@ impl App {
             }
             Msg::History { key, events } => {
                 if let Some(d) = self.detail.as_mut().filter(|d| d.key == key) {
+                    let dropped = d.stream.dropped;
                     for e in &events {
                         d.stream.event(e);
                     }
                     d.loaded = true;
+                    d.keep_selection(dropped);
                 }
             }
             Msg::TaskEvent { key, event } => {
                 if let Some(d) = self.detail.as_mut().filter(|d| d.key == key) {
+                    let dropped = d.stream.dropped;
                     d.stream.event(&event);
+                    d.keep_selection(dropped);
                 }
             }
             Msg::Live { key, payload } => {
                 if let Some(d) = self.detail.as_mut().filter(|d| d.key == key) {
+                    let dropped = d.stream.dropped;
                     d.stream.live(&payload);
+                    d.keep_selection(dropped);
+                }
+            }
+            Msg::TaskResync(key) => {
+                if let Some(d) = self.detail.as_mut().filter(|d| d.key == key) {
+                    d.stream = Stream::default();
+                    d.sel = None;
+                    d.loaded = false;
+                    return vec![Effect::OpenTask(key)];
                 }
             }
             Msg::OrgEvent(ev) => return self.org_event(ev),
             Msg::Resync => {
-                if let Some(p) = &self.project {
-                    return vec![Effect::OpenProject(p.key.clone())];
+                if let Some(key) = self.project.as_ref().map(|p| p.key.clone()) {
+                    return vec![self.open_project(key)];
                 }
             }
             Msg::Agents(a) => {
@@ -846,6 +973,7 @@ impl App {
             Msg::Failed(text) => {
                 if let Overlay::Form(f) = &mut self.overlay {
                     f.error = Some(text);
+                    f.saving = false;
                 } else {
                     self.warn(text);
                 }
@@ -868,7 +996,9 @@ impl App {
             Some(x) => *x = t,
             None => self.tasks.push(t),
         }
-        self.clamp_board();
+        if self.view == View::Board {
+            self.reanchor();
+        }
     }
 
     fn org_event(&mut self, ev: Event) -> Vec<Effect> {
@@ -911,14 +1041,14 @@ pub fn keys(view: View, overlay: &Overlay) -> &'static [(&'static str, &'static 
         Overlay::Help => &[("any key", "close")],
         Overlay::None => match view {
             View::Board => &[
+                ("?", "keys"),
+                ("q", "quit"),
                 ("h/j/k/l", "move around"),
                 ("Enter", "open"),
                 ("n", "new"),
                 ("</>", "move task"),
                 ("m", "move to..."),
                 ("/", "filter"),
-                ("?", "keys"),
-                ("q", "quit"),
                 ("e", "edit"),
                 ("v", "list/board"),
                 ("p", "project"),
@@ -930,14 +1060,16 @@ pub fn keys(view: View, overlay: &Overlay) -> &'static [(&'static str, &'static 
                 ("filter", "words, #label, @assignee"),
             ],
             View::Task => &[
+                ("?", "keys"),
+                ("Esc", "back"),
                 ("j/k", "select"),
                 ("Enter", "fold output"),
                 ("A/R", "approve/reject"),
                 ("Tab", "next artifact"),
                 ("c", "comment"),
-                ("Esc", "back"),
-                ("?", "keys"),
                 ("G", "follow"),
+                ("u/d", "scroll the task"),
+                ("PgUp/PgDn", "page (in an open output first)"),
                 ("g", "top"),
                 ("/", "search"),
                 ("n/N", "next/prev match"),
@@ -949,6 +1081,18 @@ pub fn keys(view: View, overlay: &Overlay) -> &'static [(&'static str, &'static 
             View::Agents => &[("j/k", "select"), ("Tab", "jobs"), ("r", "reload"), ("b/Esc", "board"), ("?", "keys")],
             View::Jobs => &[("j/k", "select"), ("Enter", "open task"), ("Tab", "agents"), ("r", "reload"), ("b/Esc", "board"), ("?", "keys")],
         },
+    }
+}
+
+impl Detail {
+    /// Keeps the selection on the same entry when old ones were dropped off the front.
+    fn keep_selection(&mut self, dropped_before: usize) {
+        let gone = self.stream.dropped - dropped_before;
+        if gone > 0
+            && let Some(s) = self.sel
+        {
+            self.sel = Some(s.saturating_sub(gone));
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crossterm::event::{DisableMouseCapture, EnableMouseCapture, Event as TermEvent, EventStream, KeyEventKind};
+use crossterm::event::{DisableBracketedPaste, DisableMouseCapture, EnableBracketedPaste, EnableMouseCapture, Event as TermEvent, EventStream, KeyEventKind, MouseEventKind};
 use crossterm::execute;
 use crossterm::terminal::{EnterAlternateScreen, LeaveAlternateScreen, disable_raw_mode, enable_raw_mode};
 use futures::StreamExt;
@@ -30,31 +30,45 @@ use app::{App, Effect, Msg};
 use net::Net;
 use ui::Theme;
 
+/// A panic's message while the TUI holds the screen: printed once the terminal is back
+/// (printed on the alternate screen, it would vanish with it).
+static PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+type PanicHook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>;
+
 /// Puts the terminal back however the TUI ends (a panic included).
-struct TermGuard;
+struct TermGuard {
+    hook: Option<PanicHook>,
+}
 
 impl TermGuard {
     fn enter() -> std::io::Result<TermGuard> {
         enable_raw_mode()?;
-        execute!(std::io::stdout(), EnterAlternateScreen, EnableMouseCapture)?;
+        execute!(std::io::stdout(), EnterAlternateScreen, EnableMouseCapture, EnableBracketedPaste)?;
         let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            restore();
-            hook(info);
+        std::panic::set_hook(Box::new(|info| {
+            let mut p = PANIC.lock().unwrap_or_else(|e| e.into_inner());
+            p.get_or_insert_with(|| format!("{info}\n{}", std::backtrace::Backtrace::capture()));
         }));
-        Ok(TermGuard)
+        Ok(TermGuard { hook: Some(hook) })
     }
 }
 
 fn restore() {
     let _ = disable_raw_mode();
-    let _ = execute!(std::io::stdout(), DisableMouseCapture, LeaveAlternateScreen);
+    let _ = execute!(std::io::stdout(), DisableBracketedPaste, DisableMouseCapture, LeaveAlternateScreen);
     let _ = std::io::stdout().flush();
 }
 
 impl Drop for TermGuard {
     fn drop(&mut self) {
         restore();
+        if let Some(hook) = self.hook.take() {
+            std::panic::set_hook(hook);
+        }
+        if let Some(msg) = PANIC.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            eprintln!("kodel: the TUI hit a bug: {msg}");
+        }
     }
 }
 
@@ -75,6 +89,9 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), CliError> {
     let project = std::env::var("KODEL_PROJECT").ok().filter(|p| !p.is_empty()).or_else(|| ctx.settings.project.clone());
     // What a switch of org or project is saved into (the file's settings, not the env's).
     let mut settings = crate::config::Settings::load().unwrap_or_default();
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
     let api = Arc::new(tokio::sync::Mutex::new(ctx.client.fork()));
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
     let mut net = Net::new(api, tx.clone(), org.clone());
@@ -90,7 +107,10 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), CliError> {
 
     net.run(Effect::FollowOrg);
     match project {
-        Some(key) => net.run(Effect::OpenProject(key)),
+        Some(key) => {
+            let e = app.open_project(key);
+            net.run(e);
+        }
         None => net.run(Effect::LoadProjects),
     }
     net.run(Effect::LoadOrgs);
@@ -117,11 +137,15 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), CliError> {
         let effects = tokio::select! {
             ev = events.next() => match ev {
                 Some(Ok(TermEvent::Key(k))) if k.kind != KeyEventKind::Release => { dirty = true; app.on_key(k) }
-                Some(Ok(TermEvent::Mouse(m))) => { dirty = true; app.on_mouse(m) }
+                // Only the wheel means something: plain mouse motion costs no redraw.
+                Some(Ok(TermEvent::Mouse(m))) if matches!(m.kind, MouseEventKind::ScrollUp | MouseEventKind::ScrollDown) => { dirty = true; app.on_mouse(m) }
+                Some(Ok(TermEvent::Paste(text))) => { dirty = true; app.on_paste(&text); vec![] }
                 Some(Ok(TermEvent::Resize(..))) => { dirty = true; vec![] }
                 Some(Ok(_)) => vec![],
                 Some(Err(_)) | None => break,
             },
+            _ = term.recv() => break,
+            _ = hangup.recv() => break,
             Some(msg) = rx.recv() => {
                 dirty = true;
                 let mut effects = app.on_msg(msg);
@@ -145,15 +169,12 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), CliError> {
                 Effect::SaveSettings => {
                     // Remember the org and project for the next start (and the CLI).
                     settings.org = Some(app.org.clone());
+                    settings.project = app.project.as_ref().map(|p| p.key.clone());
                     let _ = settings.save();
                 }
                 Effect::FollowOrg => {
                     net.set_org(&app.org);
                     net.run(Effect::FollowOrg);
-                }
-                Effect::OpenProject(key) => {
-                    settings.project = Some(key.clone());
-                    net.run(Effect::OpenProject(key));
                 }
                 other => net.run(other),
             }
@@ -164,21 +185,19 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), CliError> {
 
 /// Leaves the TUI for `$EDITOR` (or `vi`) on a temporary file, then comes back.
 fn edit_in_editor(text: &str, terminal: &mut Terminal<CrosstermBackend<std::io::Stdout>>) -> Result<String, String> {
-    let dir = std::env::temp_dir().join(format!("kodel-edit-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let path = dir.join("description.md");
+    // A private directory (0700, a random name): the draft is nobody else's to read.
+    let dir = tempfile::Builder::new().prefix("kodel-edit-").tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("description.md");
     std::fs::write(&path, text).map_err(|e| e.to_string())?;
     restore();
     let editor = std::env::var("VISUAL").or_else(|_| std::env::var("EDITOR")).unwrap_or_else(|_| "vi".into());
     let status = std::process::Command::new("sh").arg("-c").arg(format!("{editor} \"$1\"")).arg("sh").arg(&path).status();
     let _ = enable_raw_mode();
-    let _ = execute!(std::io::stdout(), EnterAlternateScreen, EnableMouseCapture);
+    let _ = execute!(std::io::stdout(), EnterAlternateScreen, EnableMouseCapture, EnableBracketedPaste);
     let _ = terminal.clear();
-    let result = match status {
+    match status {
         Ok(s) if s.success() => std::fs::read_to_string(&path).map_err(|e| e.to_string()),
         Ok(s) => Err(format!("{editor} exited with {s}; the description is unchanged")),
         Err(e) => Err(format!("cannot run {editor}: {e}")),
-    };
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    }
 }

@@ -14,6 +14,7 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
+
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
@@ -26,12 +27,18 @@ use crate::sse::SseParser;
 /// One client for every request: a refreshed token is seen by all of them.
 pub type Api = Arc<Mutex<Client>>;
 
+type Work = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 pub struct Net {
     api: Api,
     tx: UnboundedSender<Msg>,
     org: String,
     org_stream: Option<JoinHandle<()>>,
     task_stream: Option<JoinHandle<()>>,
+    /// Changes (moves, edits, comments, decisions) go one after another, in the order
+    /// they were made: `>` pressed twice is two moves, the second after the first.
+    writes: UnboundedSender<Work>,
+    writer: JoinHandle<()>,
 }
 
 impl Drop for Net {
@@ -39,16 +46,50 @@ impl Drop for Net {
         for h in [self.org_stream.take(), self.task_stream.take()].into_iter().flatten() {
             h.abort();
         }
+        self.writer.abort();
     }
 }
 
+/// How long a request may take before it is given up (streams excepted).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A stream that sends nothing for this long (the server sends a heartbeat every 15 s)
+/// is taken for dead and reconnected.
+const STREAM_SILENCE: Duration = Duration::from_secs(45);
+
+/// A request with its own copy of the client: the lock is held only to copy the
+/// credentials, and to store them back if the request refreshed them.
+async fn send<T: DeserializeOwned>(api: &Api, method: Method, path: &str, body: Option<Value>) -> Result<T, CliError> {
+    let mut client = api.lock().await.fork();
+    let before = client.credentials().cloned();
+    let result = match tokio::time::timeout(REQUEST_TIMEOUT, client.send(method, path, body)).await {
+        Ok(r) => r,
+        Err(_) => Err(CliError::new(crate::exit::UNAVAILABLE, format!("the server did not answer within {} s", REQUEST_TIMEOUT.as_secs()))),
+    };
+    if client.credentials() != before.as_ref()
+        && let Some(c) = client.credentials().cloned()
+    {
+        api.lock().await.set_credentials(c);
+    }
+    result
+}
+
 async fn get<T: DeserializeOwned>(api: &Api, path: &str) -> Result<T, CliError> {
-    api.lock().await.get(path).await
+    send(api, Method::GET, path, None).await
+}
+
+async fn post<T: DeserializeOwned>(api: &Api, path: &str, body: Value) -> Result<T, CliError> {
+    send(api, Method::POST, path, Some(body)).await
 }
 
 impl Net {
     pub fn new(api: Api, tx: UnboundedSender<Msg>, org: String) -> Net {
-        Net { api, tx, org, org_stream: None, task_stream: None }
+        let (writes, mut queue) = tokio::sync::mpsc::unbounded_channel::<Work>();
+        let writer = tokio::spawn(async move {
+            while let Some(work) = queue.recv().await {
+                work.await;
+            }
+        });
+        Net { api, tx, org, org_stream: None, task_stream: None, writes, writer }
     }
 
     pub fn set_org(&mut self, org: &str) {
@@ -64,27 +105,34 @@ impl Net {
     where
         F: std::future::Future<Output = Result<Msg, CliError>> + Send + 'static,
     {
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            let msg = match work.await {
-                Ok(m) => m,
-                Err(e) => Msg::Failed(match e.hint {
-                    Some(h) => format!("{} ({h})", e.message),
-                    None => e.message,
-                }),
-            };
-            let _ = tx.send(msg);
-        });
+        tokio::spawn(answer(self.tx.clone(), work));
+    }
+
+    /// Queues a change behind the earlier ones.
+    fn write<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = Result<Msg, CliError>> + Send + 'static,
+    {
+        let _ = self.writes.send(Box::pin(answer(self.tx.clone(), work)));
     }
 
     pub fn run(&mut self, effect: Effect) {
         let api = self.api.clone();
         let base = self.base();
+        let org = self.org.clone();
         match effect {
             Effect::LoadOrgs => self.spawn(async move { Ok(Msg::Orgs(get::<Page<Org>>(&api, "/api/v1/orgs").await?.data)) }),
-            Effect::LoadProjects => self.spawn(async move { Ok(Msg::Projects(get::<Page<Project>>(&api, &format!("{base}/projects")).await?.data)) }),
+            Effect::LoadProjects => self.spawn(async move { Ok(Msg::Projects { org, projects: get::<Page<Project>>(&api, &format!("{base}/projects")).await?.data }) }),
             Effect::OpenProject(key) => self.spawn(async move {
-                let project: Project = get(&api, &format!("{base}/projects/{}", enc(&key))).await?;
+                let project: Project = match get(&api, &format!("{base}/projects/{}", enc(&key))).await {
+                    Ok(p) => p,
+                    // A remembered project that is gone (or of another org): the list,
+                    // from which the first one opens.
+                    Err(e) if e.code == crate::exit::NOT_FOUND => {
+                        return Ok(Msg::Projects { org, projects: get::<Page<Project>>(&api, &format!("{base}/projects")).await?.data });
+                    }
+                    Err(e) => return Err(e),
+                };
                 let mut tasks = Vec::new();
                 let mut cursor: Option<String> = None;
                 // Every task of the project, a page at a time (bounded: 20 pages).
@@ -102,7 +150,7 @@ impl Net {
                 }
                 let mut running: Vec<Job> = get::<Page<Job>>(&api, &format!("{base}/jobs?status=running")).await?.data;
                 running.extend(get::<Page<Job>>(&api, &format!("{base}/jobs?status=pending")).await?.data);
-                Ok(Msg::Board { project, tasks, running })
+                Ok(Msg::Board { org, project, tasks, running })
             }),
             Effect::FollowOrg => {
                 if let Some(h) = self.org_stream.take() {
@@ -123,8 +171,13 @@ impl Net {
                     let mut after = 0;
                     let mut last_id = None;
                     loop {
-                        let page: Result<Page<Event>, _> = get(&api, &format!("{base}/tasks/{}/history?after={after}&limit=500", enc(&key))).await;
-                        let Ok(page) = page else { break };
+                        let page: Page<Event> = match get(&api, &format!("{base}/tasks/{}/history?after={after}&limit=500", enc(&key))).await {
+                            Ok(p) => p,
+                            Err(e) => {
+                                let _ = tx.send(Msg::Failed(format!("the task's history could not be read: {}", e.message)));
+                                break;
+                            }
+                        };
                         if let Some(last) = page.data.last() {
                             after = last.seq;
                             last_id = Some(last.id);
@@ -141,7 +194,17 @@ impl Net {
             Effect::ReloadDetail(key) => self.spawn(async move {
                 let k = enc(&key);
                 let task: Task = get(&api, &format!("{base}/tasks/{k}")).await?;
-                let comments = get::<Page<Comment>>(&api, &format!("{base}/tasks/{k}/comments")).await?.data;
+                // Every comment, a page at a time (bounded: the newest 1,000).
+                let mut comments: Vec<Comment> = Vec::new();
+                let mut cursor = String::new();
+                for _ in 0..5 {
+                    let page: Page<Comment> = get(&api, &format!("{base}/tasks/{k}/comments?limit=200&cursor={}", enc(&cursor))).await?;
+                    comments.extend(page.data);
+                    match page.next_cursor {
+                        Some(c) => cursor = c,
+                        None => break,
+                    }
+                }
                 let jobs = get::<Page<Job>>(&api, &format!("{base}/jobs?task={k}")).await?.data;
                 let artifacts = get::<Page<Artifact>>(&api, &format!("{base}/artifacts?task={k}")).await?.data;
                 Ok(Msg::Detail { key, task, comments, jobs, artifacts })
@@ -151,25 +214,36 @@ impl Net {
                     h.abort();
                 }
             }
-            Effect::Move { key, to } => self.spawn(async move {
-                let t: Task = api.lock().await.post(&format!("{base}/tasks/{}/move", enc(&key)), json!({ "status": to })).await?;
-                Ok(Msg::Task(t))
-            }),
-            Effect::Create { project, body } => self.spawn(async move {
-                let t: Task = api.lock().await.post(&format!("{base}/projects/{}/tasks", enc(&project)), body).await?;
+            Effect::Move { key, to } => {
+                let tx = self.tx.clone();
+                self.write(async move {
+                    match post::<Task>(&api, &format!("{base}/tasks/{}/move", enc(&key)), json!({ "status": to })).await {
+                        Ok(t) => Ok(Msg::Task(t)),
+                        Err(e) => {
+                            // Shown moved already: put it back where the server has it.
+                            if let Ok(t) = get::<Task>(&api, &format!("{base}/tasks/{}", enc(&key))).await {
+                                let _ = tx.send(Msg::Task(t));
+                            }
+                            Err(e)
+                        }
+                    }
+                })
+            }
+            Effect::Create { project, body } => self.write(async move {
+                let t: Task = post(&api, &format!("{base}/projects/{}/tasks", enc(&project)), body).await?;
                 Ok(Msg::Saved(t))
             }),
-            Effect::Update { key, body } => self.spawn(async move {
-                let t: Task = api.lock().await.patch(&format!("{base}/tasks/{}", enc(&key)), body).await?;
+            Effect::Update { key, body } => self.write(async move {
+                let t: Task = send(&api, Method::PATCH, &format!("{base}/tasks/{}", enc(&key)), Some(body)).await?;
                 Ok(Msg::Saved(t))
             }),
-            Effect::Comment { key, body } => self.spawn(async move {
-                let _: Comment = api.lock().await.post(&format!("{base}/tasks/{}/comments", enc(&key)), json!({ "body": body })).await?;
+            Effect::Comment { key, body } => self.write(async move {
+                let _: Comment = post(&api, &format!("{base}/tasks/{}/comments", enc(&key)), json!({ "body": body })).await?;
                 Ok(Msg::Done(format!("commented on {key}")))
             }),
-            Effect::Decide { id, approve, comment } => self.spawn(async move {
+            Effect::Decide { id, approve, comment } => self.write(async move {
                 let verb = if approve { "approve" } else { "reject" };
-                let a: Artifact = api.lock().await.post(&format!("{base}/artifacts/{id}/{verb}"), json!({ "comment": comment })).await?;
+                let a: Artifact = post(&api, &format!("{base}/artifacts/{id}/{verb}"), json!({ "comment": comment })).await?;
                 Ok(Msg::Done(format!("{} {}", if approve { "approved" } else { "rejected" }, a.title)))
             }),
             Effect::LoadAgents => self.spawn(async move { Ok(Msg::Agents(get::<Page<Agent>>(&api, &format!("{base}/agents")).await?.data)) }),
@@ -180,45 +254,71 @@ impl Net {
     }
 }
 
+/// Sends what `work` gave, or its error as a `Failed` message.
+async fn answer<F>(tx: UnboundedSender<Msg>, work: F)
+where
+    F: std::future::Future<Output = Result<Msg, CliError>>,
+{
+    let msg = match work.await {
+        Ok(m) => m,
+        Err(e) => Msg::Failed(match e.hint {
+            Some(h) => format!("{} ({h})", e.message),
+            None => e.message,
+        }),
+    };
+    let _ = tx.send(msg);
+}
+
 /// Follows an SSE stream until aborted: reconnects with backoff, resuming after the
 /// last stored event. `task`: the task's stream (else the org's).
 async fn follow(api: Api, path: String, mut last_id: Option<i64>, tx: UnboundedSender<Msg>, task: Option<String>) {
     let mut backoff = Duration::from_millis(250);
     let mut attempt = 0u32;
+    let mut first = true;
     loop {
         let url = match last_id {
             Some(id) => format!("{path}?last_event_id={id}"),
             None => path.clone(),
         };
-        let resp = {
-            let mut client = api.lock().await;
-            match client.raw(Method::GET, &url, None).await {
-                // An expired access token: one authenticated request refreshes it.
-                Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED => match client.get::<Value>("/api/v1/me").await {
-                    Ok(_) => client.raw(Method::GET, &url, None).await,
-                    Err(e) => Err(e),
-                },
-                other => other,
-            }
+        let client = api.lock().await.fork();
+        let resp = match tokio::time::timeout(REQUEST_TIMEOUT, client.raw(Method::GET, &url, None)).await {
+            // An expired access token: one ordinary request refreshes it for everyone.
+            Ok(Ok(r)) if r.status() == reqwest::StatusCode::UNAUTHORIZED => match get::<Value>(&api, "/api/v1/me").await {
+                Ok(_) => {
+                    let client = api.lock().await.fork();
+                    client.raw(Method::GET, &url, None).await
+                }
+                Err(e) => Err(e),
+            },
+            Ok(other) => other,
+            Err(_) => Err(CliError::new(crate::exit::UNAVAILABLE, "the server did not answer")),
         };
         let error = match resp {
             Ok(r) if r.status().is_success() => {
-                attempt = 0;
-                backoff = Duration::from_millis(250);
+                let connected = std::time::Instant::now();
                 if task.is_none() {
                     let _ = tx.send(Msg::Conn(Conn::Live));
-                    // With no event seen yet there is nothing to resume from: what
-                    // changed while the stream was away is read again instead.
-                    if last_id.is_none() {
+                    // Back after a break with nothing to resume from: what changed
+                    // meanwhile is read again.
+                    if !first && last_id.is_none() {
                         let _ = tx.send(Msg::Resync);
                     }
                 }
+                first = false;
                 let mut body = r.bytes_stream();
                 let mut parser = SseParser::default();
-                while let Some(Ok(chunk)) = body.next().await {
+                let ended = loop {
+                    let chunk = match tokio::time::timeout(STREAM_SILENCE, body.next()).await {
+                        Ok(Some(Ok(c))) => c,
+                        Ok(_) => break "the event stream ended".to_owned(),
+                        Err(_) => break format!("nothing from the server for {} s", STREAM_SILENCE.as_secs()),
+                    };
                     for ev in parser.push(&chunk) {
                         if ev.kind == "resync" {
-                            let _ = tx.send(Msg::Resync);
+                            let _ = tx.send(match &task {
+                                Some(key) => Msg::TaskResync(key.clone()),
+                                None => Msg::Resync,
+                            });
                             continue;
                         }
                         match (ev.id, &task) {
@@ -237,8 +337,14 @@ async fn follow(api: Api, path: String, mut last_id: Option<i64>, tx: UnboundedS
                             (None, None) => {}
                         }
                     }
+                };
+                // Only a connection that held for a while resets the backoff: a server
+                // that answers and hangs up at once is not hammered.
+                if connected.elapsed() > Duration::from_secs(5) {
+                    attempt = 0;
+                    backoff = Duration::from_millis(250);
                 }
-                "the event stream ended".to_owned()
+                ended
             }
             Ok(r) => match decode::<Value>(r).await {
                 Err(e) => e.message,

@@ -76,7 +76,10 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let (conn, style) = match &app.conn {
         Conn::Live => ("● live".to_owned(), theme.ok()),
         Conn::Connecting => ("○ connecting".to_owned(), theme.dim()),
-        Conn::Retrying { attempt, .. } => (format!("○ reconnecting ({attempt})"), theme.error()),
+        Conn::Retrying { attempt, error } => {
+            let why = truncate(error, (area.width as usize / 3).max(10));
+            (format!("○ reconnecting ({attempt}): {why}"), theme.error())
+        }
     };
     let left = Line::from(vec![Span::styled(" kodel ", theme.title()), Span::raw(format!("{} / {project} ", app.org)), Span::styled(format!("[{view}]"), theme.dim())]);
     let [l, r] = Layout::horizontal([Constraint::Min(10), Constraint::Length(conn.chars().count() as u16 + 1)]).areas(area);
@@ -280,19 +283,26 @@ fn draw_task(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         && !t.description.trim().is_empty()
     {
         lines.push(Line::raw(""));
-        for l in wrap(t.description.trim(), width).into_iter().take(8) {
+        for l in wrap(t.description.trim(), width).into_iter().take(200) {
             lines.push(Line::raw(l));
         }
     }
     if !d.comments.is_empty() {
         lines.push(Line::raw(""));
         lines.push(Line::styled(format!("Comments ({})", d.comments.len()), theme.title()));
-        for c in d.comments.iter().rev().take(4).rev() {
-            lines.push(Line::from(vec![Span::styled(format!("{}: ", c.author.split('@').next().unwrap_or_default()), theme.dim()), Span::raw(truncate(c.body.lines().next().unwrap_or_default(), width))]));
+        for c in d.comments.iter().rev().take(20).rev() {
+            lines.push(Line::styled(format!("{} {}", c.author.split('@').next().unwrap_or_default(), c.created_at.format("%m-%d %H:%M")), theme.dim()));
+            for l in wrap(c.body.trim(), width).into_iter().take(12) {
+                lines.push(Line::raw(l));
+            }
         }
     }
     let title = format!(" {} ", d.key);
-    f.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title)).wrap(Wrap { trim: false }), info);
+    let more = if d.info_scroll > 0 { " u/d scroll " } else { "" };
+    f.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title).title_bottom(Span::styled(more, theme.dim()))).wrap(Wrap { trim: false }).scroll((d.info_scroll, 0)),
+        info,
+    );
     draw_stream(f, stream, app, theme);
 }
 
@@ -315,7 +325,15 @@ fn draw_stream(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         f.render_widget(Paragraph::new(Span::styled(text, theme.dim())).block(block), area);
         return;
     }
-    let render = |i: usize| entry_lines(&entries[i], width, Some(i) == d.sel, matches(&entries[i], &d.search), theme);
+    let render = |i: usize| {
+        let mut l = entry_lines(&entries[i], width, Some(i) == d.sel, matches(&entries[i], &d.search), theme);
+        // The selected entry scrolled (PgDn in a long output): its head line stays.
+        if Some(i) == d.sel && d.sel_off > 0 && l.len() > 1 {
+            let skip = d.sel_off.min(l.len().saturating_sub(2));
+            l.drain(1..1 + skip);
+        }
+        l
+    };
     // Lay out only what fits: when following, the newest entries upwards from the
     // bottom; with a selection, half a screen above it, then it and what follows.
     let (end, budget) = match d.sel {
@@ -475,14 +493,23 @@ fn draw_overlay(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     match &app.overlay {
         Overlay::None => {}
         Overlay::Help => {
-            let mut lines: Vec<Line> = keys(app.view, &Overlay::None).iter().map(|(k, what)| Line::from(vec![Span::styled(format!("{k:>10}  "), theme.hint()), Span::raw(*what)])).collect();
-            lines.push(Line::raw(""));
-            for (k, what) in [("a / J", "agents / jobs"), ("b", "back to the board"), ("Ctrl-C", "quit from anywhere"), ("wheel", "scroll")] {
-                lines.push(Line::from(vec![Span::styled(format!("{k:>10}  "), theme.hint()), Span::raw(what)]));
-            }
-            let r = centered(area, 56, lines.len() as u16 + 2);
+            let mut all: Vec<(&str, &str)> = keys(app.view, &Overlay::None).to_vec();
+            all.extend([("a / J", "agents / jobs"), ("b", "back to the board"), ("Ctrl-C", "quit from anywhere"), ("wheel", "scroll")]);
+            // Two columns when one does not fit (80x24).
+            let rows = area.height.saturating_sub(2) as usize;
+            let cols = if all.len() > rows { 2 } else { 1 };
+            let per = all.len().div_ceil(cols);
+            let line = |(k, what): &(&str, &str)| Line::from(vec![Span::styled(format!("{k:>9} "), theme.hint()), Span::raw(truncate(what, 26))]);
+            let r = centered(area, if cols == 2 { 78 } else { 48 }, per as u16 + 2);
             f.render_widget(Clear, r);
-            f.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" keys (any key closes) ")), r);
+            let block = Block::default().borders(Borders::ALL).title(" keys (any key closes) ");
+            let inner = block.inner(r);
+            f.render_widget(block, r);
+            let halves = Layout::horizontal(vec![Constraint::Fill(1); cols]).split(inner);
+            for (c, half) in halves.iter().enumerate() {
+                let lines: Vec<Line> = all.iter().skip(c * per).take(per).map(line).collect();
+                f.render_widget(Paragraph::new(lines), *half);
+            }
         }
         Overlay::Move { key, options, sel } => {
             let items: Vec<ListItem> = options.iter().map(|o| ListItem::new(o.clone())).collect();
@@ -512,7 +539,12 @@ fn draw_overlay(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             };
             let r = centered(area, 64, 3);
             f.render_widget(Clear, r);
-            f.render_widget(Paragraph::new(format!("{input}▏")).block(Block::default().borders(Borders::ALL).title(title)), r);
+            let room = r.width.saturating_sub(3) as usize;
+            let shown: String = {
+                let n = input.chars().count();
+                input.chars().skip(n.saturating_sub(room)).collect()
+            };
+            f.render_widget(Paragraph::new(format!("{shown}▏")).block(Block::default().borders(Borders::ALL).title(title)), r);
         }
         Overlay::Form(form) => {
             let r = centered(area, 72, 18);
