@@ -101,7 +101,7 @@ fn task_app() -> App {
         comments: vec![serde_json::from_value(json!({"id": "01a2204f-0000-7000-8000-000000000009", "task": "KOD-3", "author": "ada@example.com", "body": "Keep the old token valid for a minute.", "created_at": AT})).unwrap()],
         jobs: vec![serde_json::from_value(job("KOD-3", "implement", "running", None)).unwrap()],
         artifacts: vec![serde_json::from_value(json!({"id": "01a2204f-0000-7000-8000-000000000007", "job": "01a2204f-0000-7000-8000-000000000001", "task": "KOD-3", "kind": "patch",
-            "title": "app: 1 file changed, 3 insertions(+)", "content": "diff", "reference": "kodel/KOD-3-refresh", "status": "pending", "decided_by": null, "decided_at": null, "comment": null, "created_at": AT})).unwrap()],
+            "title": "app: 1 file changed, 3 insertions(+)", "content": "diff --git a/src/auth.rs b/src/auth.rs\n--- a/src/auth.rs\n+++ b/src/auth.rs\n@@ -10,3 +10,6 @@\n fn refresh_token() {\n-    todo!()\n+    let tok = current();\n+    renew(tok);\n }\n", "reference": "kodel/KOD-3-refresh", "status": "pending", "decided_by": null, "decided_at": null, "comment": null, "created_at": AT})).unwrap()],
     });
     let events = vec![
         event(1, "task.moved", json!({"from": "Ready", "to": "In Progress"})),
@@ -255,6 +255,11 @@ fn task_detail_with_the_agent_stream() {
     key(&mut app, KeyCode::Enter);
     let d = app.detail.as_ref().unwrap();
     assert!(d.stream.entries[d.sel.unwrap()].text().contains("E0425"));
+    // The patch can be read before deciding; A from there asks for the comment.
+    key(&mut app, KeyCode::Char('v'));
+    insta::assert_snapshot!("artifact_view", render(&app, 80, 24));
+    key(&mut app, KeyCode::Char('j'));
+    assert!(matches!(app.overlay, Overlay::Artifact { scroll: 1 }));
     // Approve the pending patch, with a comment.
     key(&mut app, KeyCode::Char('A'));
     chars(&mut app, "ship it");

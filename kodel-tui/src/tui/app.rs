@@ -147,6 +147,8 @@ pub enum Overlay {
     Pick { what: Pick, items: Vec<(String, String)>, sel: usize },
     Form(Box<Form>),
     Prompt { purpose: PromptFor, input: String },
+    /// The selected artifact's content (a diff, a review, a test report), scrolled.
+    Artifact { scroll: usize },
 }
 
 /// What the app asks the outside world to do.
@@ -558,6 +560,7 @@ impl App {
             KeyCode::Char('n') => self.find(true),
             KeyCode::Char('N') => self.find(false),
             KeyCode::Tab if !d.artifacts.is_empty() => d.art = (d.art + 1) % d.artifacts.len(),
+            KeyCode::Char('v') if !d.artifacts.is_empty() => self.overlay = Overlay::Artifact { scroll: 0 },
             KeyCode::Char('A') | KeyCode::Char('R') => {
                 let approve = k.code == KeyCode::Char('A');
                 match d.artifacts.get(d.art) {
@@ -647,6 +650,23 @@ impl App {
         match overlay {
             Overlay::None => vec![],
             Overlay::Help => vec![], // any key closes it
+            Overlay::Artifact { mut scroll } => match k.code {
+                KeyCode::Esc | KeyCode::Char('q') | KeyCode::Char('v') => vec![],
+                // Decide from here too: the prompt replaces the view.
+                KeyCode::Char('A') | KeyCode::Char('R') => self.task_key(k),
+                _ => {
+                    match k.code {
+                        KeyCode::Char('j') | KeyCode::Down => scroll += 1,
+                        KeyCode::Char('k') | KeyCode::Up => scroll = scroll.saturating_sub(1),
+                        KeyCode::PageDown | KeyCode::Char(' ') | KeyCode::Char('d') => scroll += 20,
+                        KeyCode::PageUp | KeyCode::Char('u') => scroll = scroll.saturating_sub(20),
+                        KeyCode::Char('g') | KeyCode::Home => scroll = 0,
+                        _ => {}
+                    }
+                    self.overlay = Overlay::Artifact { scroll };
+                    vec![]
+                }
+            },
             Overlay::Move { key, options, mut sel } => match k.code {
                 KeyCode::Esc | KeyCode::Char('q') => vec![],
                 KeyCode::Char('j') | KeyCode::Down => {
@@ -849,7 +869,7 @@ impl App {
             MouseEventKind::ScrollUp => KeyCode::Up,
             _ => return vec![],
         };
-        if !matches!(self.overlay, Overlay::None | Overlay::Move { .. } | Overlay::Pick { .. }) {
+        if !matches!(self.overlay, Overlay::None | Overlay::Move { .. } | Overlay::Pick { .. } | Overlay::Artifact { .. }) {
             return vec![];
         }
         self.on_key(KeyEvent::new(code, KeyModifiers::NONE))
@@ -1039,6 +1059,7 @@ pub fn keys(view: View, overlay: &Overlay) -> &'static [(&'static str, &'static 
         Overlay::Move { .. } | Overlay::Pick { .. } => &[("j/k", "choose"), ("Enter", "pick"), ("Esc", "cancel")],
         Overlay::Prompt { .. } => &[("Enter", "ok"), ("Esc", "cancel")],
         Overlay::Help => &[("any key", "close")],
+        Overlay::Artifact { .. } => &[("j/k", "scroll"), ("PgDn/PgUp", "page"), ("A/R", "approve/reject"), ("Esc", "close")],
         Overlay::None => match view {
             View::Board => &[
                 ("?", "keys"),
@@ -1066,6 +1087,7 @@ pub fn keys(view: View, overlay: &Overlay) -> &'static [(&'static str, &'static 
                 ("Enter", "fold output"),
                 ("A/R", "approve/reject"),
                 ("Tab", "next artifact"),
+                ("v", "view artifact"),
                 ("c", "comment"),
                 ("G", "follow"),
                 ("u/d", "scroll the task"),

@@ -247,7 +247,7 @@ fn draw_task(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     }
     if !d.artifacts.is_empty() {
         lines.push(Line::raw(""));
-        lines.push(Line::styled("Artifacts (Tab, A approve, R reject)", theme.title()));
+        lines.push(Line::styled("Artifacts (Tab, v view, A/R decide)", theme.title()));
         for (i, a) in d.artifacts.iter().enumerate() {
             let state = match a.status {
                 ArtifactState::Pending => Span::styled("pending ", theme.hint()),
@@ -510,6 +510,35 @@ fn draw_overlay(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 let lines: Vec<Line> = all.iter().skip(c * per).take(per).map(line).collect();
                 f.render_widget(Paragraph::new(lines), *half);
             }
+        }
+        Overlay::Artifact { scroll } => {
+            let Some(a) = app.detail.as_ref().and_then(|d| d.artifacts.get(d.art)) else { return };
+            let r = Rect { x: area.x + 1, y: area.y, width: area.width.saturating_sub(2), height: area.height };
+            f.render_widget(Clear, r);
+            let width = r.width.saturating_sub(2) as usize;
+            let mut text = String::new();
+            if let Some(reference) = &a.reference {
+                text.push_str(&format!("{reference}\n\n"));
+            }
+            text.push_str(a.content.as_deref().unwrap_or("(no content: the reference above is the artifact)"));
+            let body: Vec<Line> = wrap(&text, width)
+                .into_iter()
+                .skip(*scroll)
+                .take(r.height.saturating_sub(2) as usize)
+                .map(|l| {
+                    // A diff reads better with its additions and removals marked.
+                    let style = if a.kind.as_str() == "patch" && l.starts_with('+') && !l.starts_with("+++") {
+                        theme.ok()
+                    } else if a.kind.as_str() == "patch" && l.starts_with('-') && !l.starts_with("---") {
+                        theme.error()
+                    } else {
+                        Style::default()
+                    };
+                    Line::styled(l, style)
+                })
+                .collect();
+            let title = format!(" {} {}: {} ", a.status.as_str(), a.kind.as_str(), truncate(&a.title, width.saturating_sub(30)));
+            f.render_widget(Paragraph::new(body).block(Block::default().borders(Borders::ALL).title(title)), r);
         }
         Overlay::Move { key, options, sel } => {
             let items: Vec<ListItem> = options.iter().map(|o| ListItem::new(o.clone())).collect();
