@@ -254,6 +254,12 @@ async fn kodel_up_opens_the_tui_logged_in_on_a_clean_data_dir() {
     let env = vec![
         ("KODEL_CONFIG_DIR", config.path().to_string_lossy().into_owned()),
         ("KODEL_NO_KEYRING", "1".to_owned()),
+        // No provider: the stack falls back to Ollama's default address.
+        ("OPENAI_API_KEY", String::new()),
+        ("ANTHROPIC_API_KEY", String::new()),
+        ("OPENROUTER_API_KEY", String::new()),
+        ("OLLAMA_BASE_URL", String::new()),
+        ("KODEL_DEFAULT_MODEL", String::new()),
         ("HOME", data.path().to_string_lossy().into_owned()),
         ("TERM", "xterm-256color".to_owned()),
     ];
@@ -261,6 +267,8 @@ async fn kodel_up_opens_the_tui_logged_in_on_a_clean_data_dir() {
     let tui = Tmux::start(&cmd, &env, 100, 30);
     let screen = tui.wait_for("Backlog (0)", Duration::from_secs(180));
     assert!(screen.contains("local / DEMO"), "{screen}");
+    // The footer says which model AI jobs will use (no provider is set here).
+    assert!(screen.contains("AI jobs use ollama/qwen2.5-coder: set OPENAI_API_KEY"), "{screen}");
     tui.wait_for("● live", Duration::from_secs(10));
     // The local agent is there, connected.
     tui.keys(&["a"]);

@@ -256,8 +256,12 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
     };
     if tui {
         ctx.org = Some(stack.org.clone());
+        let welcome = match &model {
+            Some(m) => format!("AI jobs use {m}: set OPENAI_API_KEY, ANTHROPIC_API_KEY or OPENROUTER_API_KEY before `kodel up` for another. ? shows the keys."),
+            None => format!("AI jobs use {}. ? shows the keys.", std::env::var("KODEL_DEFAULT_MODEL").unwrap_or_default()),
+        };
         let result = tokio::select! {
-            r = crate::tui::run(ctx) => r,
+            r = crate::tui::run_with(ctx, Some(welcome)) => r,
             status = child.wait() => Err(CliError::new(exit::FAILURE, format!("kodel-server stopped ({})", status.map(|s| s.to_string()).unwrap_or_default()))
                 .hint(format!("see {}", data.join("kodel-server.log").display()))),
             _ = term.recv() => Ok(()),

@@ -73,6 +73,11 @@ impl Drop for TermGuard {
 }
 
 pub async fn run(ctx: &mut Ctx) -> Result<(), CliError> {
+    run_with(ctx, None).await
+}
+
+/// The TUI with a first message in its footer (`kodel up` says which model AI jobs use).
+pub async fn run_with(ctx: &mut Ctx, welcome: Option<String>) -> Result<(), CliError> {
     use std::io::IsTerminal;
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         return Err(CliError::usage("the TUI needs a terminal").hint("use the commands for scripts: `kodel --help`"));
@@ -96,6 +101,7 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), CliError> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
     let mut net = Net::new(api, tx.clone(), org.clone());
     let mut app = App::new(org);
+    app.status = welcome.map(|w| (w, false));
     let theme = Theme::from_env();
     // Benchmarks: exit once the first full board is on screen, writing how long it took
     // (ms) to the file this names.
