@@ -12,17 +12,12 @@ use std::time::{Duration, Instant};
 
 use common::Stack;
 use kodel_server::testing::forge::FakeForge;
+use kodel_server::testing::git;
 use kodel_server::testing::scripted_llm::{Reply, ScriptedLlm};
 use serde_json::{Value, json};
 
 const CALC: &str = "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n";
 const TESTS: &str = "import unittest\n\nfrom calc import add, mul\n\n\nclass CalcTest(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n\n    def test_mul(self):\n        self.assertEqual(mul(2, 3), 6)\n\n\nif __name__ == \"__main__\":\n    unittest.main()\n";
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git").args(["-c", "user.name=Test", "-c", "user.email=test@example.com"]).args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
 
 /// A bare repository at `root/<path>.git` whose `main` holds a small Python project
 /// with a bug in add() and its unittest tests.

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::{DateTime, Utc};
 use futures::{SinkExt, StreamExt};
 use kodel_core::protocol::{AgentMessage, PROTOCOL, ServerMessage};
-use kodel_server::testing::{ServerProcess, database_url, fresh_database, rss_kib};
+use kodel_server::testing::{ServerProcess, database_url, fresh_database, register, rss_kib};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -153,16 +153,8 @@ async fn main() {
     );
     let pid = server.child.id();
     let http = reqwest::Client::new();
-    let reg: Value = http
-        .post(format!("{}/api/v1/auth/register", server.base))
-        .json(&json!({"email": "b@x.io", "password": "benchmark", "name": "B"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let api = Api { http, base: server.base.clone(), token: reg["access_token"].as_str().unwrap().to_owned() };
+    let token = register(&server.base, "b@x.io").await;
+    let api = Api { http, base: server.base.clone(), token };
     api.post("/api/v1/orgs", json!({"slug": "hub", "name": "hub"})).await;
     api.post("/api/v1/orgs/hub/projects", json!({"key": "HUB", "name": "HUB", "workflow": "software-development"})).await;
     let agent_token = api.post("/api/v1/orgs/hub/agent-tokens", json!({"name": "bench"})).await["token"].as_str().unwrap().to_owned();

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kodel_server::testing::{ServerProcess, database_url, fresh_database, rss_kib};
-use serde_json::{Value, json};
+use kodel_server::testing::{ServerProcess, database_url, fresh_database, register, rss_kib};
+use serde_json::json;
 
 const SUBSCRIBERS: usize = 1000;
 const EVENTS: usize = 20;
@@ -25,16 +25,7 @@ async fn main() {
     let server = ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_kodel-server")), &[], &[("DATABASE_URL", url.as_str()), ("RUST_LOG", "info,sqlx=warn")]);
     let base = server.base.clone();
     let http = reqwest::Client::new();
-    let reg: Value = http
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&json!({"email": "b@x.io", "password": "benchmark", "name": "B"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = reg["access_token"].as_str().unwrap().to_owned();
+    let token = register(&base, "b@x.io").await;
     http.post(format!("{base}/api/v1/orgs")).bearer_auth(&token).json(&json!({"slug": "bench", "name": "x"})).send().await.unwrap();
     http.post(format!("{base}/api/v1/orgs/bench/projects")).bearer_auth(&token).json(&json!({"key": "BEN", "name": "x"})).send().await.unwrap();
     let rss_before = rss_kib(server.child.id());

@@ -8,8 +8,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kodel_server::testing::{ServerProcess, database_url, fresh_database, rss_kib};
-use serde_json::{Value, json};
+use kodel_server::testing::{ServerProcess, database_url, fresh_database, register, rss_kib};
+use serde_json::json;
 
 const ORGS: usize = 1000;
 const WITH_SPARES: usize = 50;
@@ -27,16 +27,7 @@ async fn main() {
     let http = reqwest::Client::new();
 
     let server = ServerProcess::start(bin, &[], &[env[0], env[1], ("KODEL_SPARE_SCHEMAS", "0")]);
-    let reg: Value = http
-        .post(format!("{}/api/v1/auth/register", server.base))
-        .json(&json!({"email": "b@x.io", "password": "benchmark", "name": "B"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = reg["access_token"].as_str().unwrap().to_owned();
+    let token = register(&server.base, "b@x.io").await;
     let mut creates = Vec::with_capacity(ORGS);
     for i in 0..ORGS {
         let started = Instant::now();

@@ -5,57 +5,22 @@
 //! (numbers in docs/benchmarks.md)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kodel_server::testing::scripted_llm::{Reply, ScriptedLlm};
-use kodel_server::testing::{ServerProcess, database_url, fresh_database};
+use kodel_server::testing::tmux::Tmux;
+use kodel_server::testing::{ServerProcess, database_url, fresh_database, register, rss_kib, sibling_binary};
 use serde_json::{Value, json};
 
 fn sibling(name: &str) -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_kodel")).parent().unwrap().join(name);
-    assert!(bin.exists(), "{} missing: cargo build --release --workspace first", bin.display());
-    bin
+    sibling_binary(env!("CARGO_BIN_EXE_kodel"), name)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
-}
-
-fn tmux(name: &str, cmd: &str, env: &[(&str, String)]) {
-    kill(name);
-    let mut c = Command::new("tmux");
-    c.args(["new-session", "-d", "-s", name, "-x", "120", "-y", "35"]);
-    for (k, v) in env {
-        c.args(["-e", &format!("{k}={v}")]);
-    }
-    assert!(c.arg(cmd).status().unwrap().success());
-}
-
-fn kill(name: &str) {
-    let _ = Command::new("tmux").args(["kill-session", "-t", name]).stderr(Stdio::null()).status();
-}
-
-fn screen(name: &str) -> String {
-    String::from_utf8_lossy(&Command::new("tmux").args(["capture-pane", "-p", "-t", name]).output().unwrap().stdout).into_owned()
-}
-
-fn wait_screen(name: &str, text: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !screen(name).contains(text) {
-        assert!(Instant::now() < deadline, "{text:?} not on screen:\n{}", screen(name));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// The pid of the `kodel` process running in a tmux session.
-fn kodel_pid(name: &str) -> u32 {
-    let out = Command::new("tmux").args(["list-panes", "-t", name, "-F", "#{pane_pid}"]).output().unwrap();
-    let pane: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    // The pane runs `kodel` itself (exec), so the pane's pid is kodel's.
-    pane
 }
 
 /// CPU time (user + system) of a process, in seconds.
@@ -67,9 +32,7 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: f64 = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib / 1024.0
+    rss_kib(pid) as f64 / 1024.0
 }
 
 #[tokio::main]
@@ -90,8 +53,7 @@ async fn main() {
         }
         async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
     };
-    let reg = call("POST", "/api/v1/auth/register", json!({"email": "b@x.io", "password": "benchmark", "name": "B"}), None).await;
-    let token = reg["access_token"].as_str().unwrap().to_owned();
+    let token = register(&base, "b@x.io").await;
     let t = || Some(token.clone());
     call("POST", "/api/v1/orgs", json!({"slug": "bench", "name": "x"}), t()).await;
     call("POST", "/api/v1/orgs/bench/projects", json!({"key": "BEN", "name": "Bench", "workflow": "software-development"}), t()).await;
@@ -125,26 +87,19 @@ async fn main() {
     for i in 0..15 {
         let out = config.path().join(format!("frame-{i}"));
         let wall_file = config.path().join(format!("wall-{i}"));
-        let name = format!("kodel-bench-frame-{i}");
-        let cmd = format!("s=$(date +%s%N); KODEL_TUI_EXIT_AFTER_FIRST_BOARD={} {kodel}; e=$(date +%s%N); echo $(( (e - s) / 1000 )) > {}; sleep 30", out.display(), wall_file.display());
-        tmux(&name, &cmd, &env);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !wall_file.exists() || std::fs::read_to_string(&wall_file).unwrap().trim().is_empty() {
-            assert!(Instant::now() < deadline, "no frame:\n{}", screen(&name));
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        kill(&name);
+        let cmd = format!("s=$(date +%s%N); KODEL_TUI_EXIT_AFTER_FIRST_BOARD={} {kodel}; e=$(date +%s%N); echo $(( (e - s) / 1000 )) > {}", out.display(), wall_file.display());
+        let tmux = Tmux::start(&cmd, &env, 120, 35);
+        tmux.wait_for("KODEL-EXITED", Duration::from_secs(30));
         inner.push(std::fs::read_to_string(&out).unwrap().trim().parse::<f64>().unwrap());
         wall.push(std::fs::read_to_string(&wall_file).unwrap().trim().parse::<f64>().unwrap() / 1000.0);
     }
     println!("start to first full board frame (50 tasks): median {:.1} ms in process, {:.1} ms exec to exit (15 runs)", median(inner), median(wall));
 
     // Idle: RSS, and CPU over 30 s with nothing changing.
-    let name = "kodel-bench-idle";
-    tmux(name, &format!("exec {kodel}"), &env);
-    wait_screen(name, "Backlog (50)");
-    wait_screen(name, "● live");
-    let pid = kodel_pid(name);
+    let tui = Tmux::start(&format!("exec {kodel}"), &env, 120, 35);
+    tui.wait_for("Backlog (50)", Duration::from_secs(60));
+    tui.wait_for("● live", Duration::from_secs(60));
+    let pid = tui.pid();
     std::thread::sleep(Duration::from_secs(1));
     let (cpu0, t0) = (cpu_secs(pid), Instant::now());
     std::thread::sleep(Duration::from_secs(30));
@@ -163,25 +118,25 @@ async fn main() {
         .spawn()
         .unwrap();
     // Open BEN-1 (the first card), then start its job.
-    Command::new("tmux").args(["send-keys", "-t", name, "Enter"]).status().unwrap();
-    wait_screen(name, "agent stream");
+    tui.keys(&["Enter"]);
+    tui.wait_for("agent stream", Duration::from_secs(60));
     for s in ["Ready", "In Progress"] {
         call("POST", "/api/v1/orgs/bench/tasks/BEN-1/move", json!({"status": s}), t()).await;
     }
-    wait_screen(name, "line 1000 of the build output");
+    tui.wait_for("line 1000 of the build output", Duration::from_secs(60));
     let rss_start = rss_mib(pid);
     let (cpu0, t0) = (cpu_secs(pid), Instant::now());
     std::thread::sleep(Duration::from_secs(15));
     let cpu = cpu_secs(pid) - cpu0;
     let secs = t0.elapsed().as_secs_f64();
-    let shown = screen(name);
+    let shown = tui.screen();
     let last = shown.lines().filter_map(|l| l.split("line ").nth(1)).filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok()).max().unwrap_or(0);
     println!(
         "streaming 1,000 lines/s into the open task for {secs:.0} s: {:.1} % of one core, RSS {rss_start:.1} -> {:.1} MiB (last line on screen: {last})",
         cpu / secs * 100.0,
         rss_mib(pid)
     );
-    kill(name);
+    drop(tui);
     let _ = agent.kill();
     let _ = agent.wait();
     drop(server);

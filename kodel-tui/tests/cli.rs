@@ -2,18 +2,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use kodel_server::testing::{ServerProcess, database_url, fresh_database};
+use kodel_server::testing::{ServerProcess, database_url, fresh_database, sibling_binary};
 use serde_json::Value;
 
 /// kodel-server is built into the same directory as kodel by a workspace build.
 fn server_binary() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_kodel")).parent().unwrap().to_path_buf();
-    let bin = dir.join("kodel-server");
-    assert!(bin.exists(), "{} missing: build the workspace (cargo build --workspace)", bin.display());
-    bin
+    sibling_binary(env!("CARGO_BIN_EXE_kodel"), "kodel-server")
 }
 
 struct Env {

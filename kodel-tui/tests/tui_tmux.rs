@@ -3,76 +3,17 @@
 //! screen (capture-pane), with deadlines, never fixed sleeps.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kodel_server::testing::scripted_llm::{Reply, ScriptedLlm};
-use kodel_server::testing::{ServerProcess, database_url, fresh_database};
+use kodel_server::testing::tmux::Tmux;
+use kodel_server::testing::{ServerProcess, database_url, free_port, fresh_database, git, register, sibling_binary};
 use serde_json::{Value, json};
 
 fn sibling(name: &str) -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_kodel")).parent().unwrap().join(name);
-    assert!(bin.exists(), "{} missing: build the workspace (cargo build --workspace)", bin.display());
-    bin
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A tmux session running one command in a fixed-size window; killed when dropped.
-struct Tmux {
-    name: String,
-}
-
-impl Tmux {
-    fn start(cmd: &str, env: &[(&str, String)], width: u16, height: u16) -> Tmux {
-        let name = format!("kodel-test-{}", uuid::Uuid::new_v4().simple());
-        let mut c = Command::new("tmux");
-        c.args(["new-session", "-d", "-s", &name, "-x", &width.to_string(), "-y", &height.to_string()]);
-        for (k, v) in env {
-            c.args(["-e", &format!("{k}={v}")]);
-        }
-        // The pane stays after the command ends, so its last words can be read.
-        let status = c.arg(format!("{cmd}; echo KODEL-EXITED $?; sleep 600")).status().unwrap();
-        assert!(status.success(), "tmux could not start");
-        Tmux { name }
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let status = Command::new("tmux").args(["send-keys", "-t", &self.name]).args(keys).status().unwrap();
-        assert!(status.success());
-    }
-
-    fn text(&self, text: &str) {
-        let status = Command::new("tmux").args(["send-keys", "-t", &self.name, "-l", text]).status().unwrap();
-        assert!(status.success());
-    }
-
-    fn screen(&self) -> String {
-        let out = Command::new("tmux").args(["capture-pane", "-p", "-t", &self.name]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// Waits until the screen shows `text`; returns the screen.
-    fn wait_for(&self, text: &str, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            let screen = self.screen();
-            if screen.contains(text) {
-                return screen;
-            }
-            assert!(Instant::now() < deadline, "{text:?} did not show within {within:?}; the screen:\n{screen}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux").args(["kill-session", "-t", &self.name]).status();
-    }
+    sibling_binary(env!("CARGO_BIN_EXE_kodel"), name)
 }
 
 struct Stack {
@@ -105,8 +46,7 @@ impl Stack {
         }
         let mut s = Stack { server: None, listen: format!("127.0.0.1:{}", free_port()), env, token: String::new(), http: reqwest::Client::new(), config: tempfile::tempdir().unwrap(), agent: None };
         s.start_server();
-        let reg = s.call("POST", "/api/v1/auth/register", json!({"email": "ada@example.com", "password": "correct horse battery", "name": "Ada"})).await;
-        s.token = reg["access_token"].as_str().unwrap().to_owned();
+        s.token = register(&s.base(), "ada@example.com").await;
         s.call("POST", "/api/v1/orgs", json!({"slug": "acme", "name": "Acme"})).await;
         s.call("POST", "/api/v1/orgs/acme/projects", json!({"key": "KOD", "name": "Kodel", "workflow": "software-development"})).await;
         s
@@ -145,11 +85,6 @@ impl Stack {
         ];
         Tmux::start(&sibling("kodel").to_string_lossy(), &env, width, height)
     }
-}
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git").args(["-c", "user.name=T", "-c", "user.email=t@example.com"]).args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

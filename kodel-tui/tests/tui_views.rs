@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use kodel_tui::tui::app::{App, Conn, Detail, Effect, Msg, Overlay, PromptFor, View};
+use kodel_tui::tui::app::{App, Conn, Effect, Msg, Overlay, PromptFor, View};
 use kodel_tui::tui::ui::{Theme, draw};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -329,7 +329,6 @@ fn no_color_means_no_colour() {
     };
     assert!(colours(true) > 0, "colour is used when allowed");
     assert_eq!(colours(false), 0, "NO_COLOR: not one coloured cell");
-    let _ = Detail::default();
 }
 
 #[test]

@@ -5,11 +5,9 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kodel_server::testing::free_port;
 use serde_json::{Value, json};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn up(listen: &str, data: &std::path::Path, config: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_kodel"))

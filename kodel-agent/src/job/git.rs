@@ -128,6 +128,11 @@ pub async fn git(dir: &Path, repo: Option<&Checkout>, args: &[&str], remote: Opt
     Ok(GitOutput { ok: out.status.success(), output: text })
 }
 
+/// `git` for a job: not being able to run git at all fails the job.
+pub async fn run(dir: &Path, repo: Option<&Checkout>, args: &[&str], remote: Option<&Remote>) -> Result<GitOutput, crate::runner::Failed> {
+    git(dir, repo, args, remote).await.map_err(|e| (format!("cannot run git (is it installed?): {e}"), false))
+}
+
 /// The line of git's output that says what went wrong (`! [rejected]`, `fatal:`,
 /// `error:`, or the last line), followed by what the remote said (`remote:` lines).
 pub fn cause(output: &str) -> String {

@@ -9,7 +9,7 @@ use kodel_core::protocol::{Assignment, cap_middle};
 use serde_json::json;
 
 use super::forge::{self, Change};
-use super::git::{self, cause};
+use super::git::cause;
 use super::workspace::{Prepared, Repo, transient};
 use super::{Outcome, first_messages, with_modules};
 use crate::runner::{self, Failed, Reporter};
@@ -55,24 +55,20 @@ enum Delivered {
     Change { new_commit: bool, items: Vec<NewArtifact>, note: Option<String> },
 }
 
-async fn run_git(repo: &Repo, args: &[&str], remote: bool) -> Result<git::GitOutput, Failed> {
-    git::git(&repo.checkout.work_tree, Some(&repo.checkout), args, remote.then_some(&repo.remote)).await.map_err(|e| (format!("cannot run git: {e}"), false))
-}
-
 /// Commits, pushes and describes one module's change.
 async fn deliver(a: &Assignment, repo: &Repo, said: &str, rep: &mut Reporter) -> Result<Delivered, Failed> {
     let m = &repo.module;
-    let add = run_git(repo, &["add", "--all"], false).await?;
+    let add = repo.git(&["add", "--all"], false).await?;
     if !add.ok {
         return Err((format!("module {:?}: git add failed: {}", m.name, cause(&add.output)), false));
     }
     // Exit code 1: something is staged.
-    let staged = !run_git(repo, &["diff", "--cached", "--quiet"], false).await?.ok;
+    let staged = !repo.git(&["diff", "--cached", "--quiet"], false).await?.ok;
     let mut new_commit = false;
     if staged {
         let message = commit_message(a, said);
         let started = Instant::now();
-        let out = run_git(repo, &["-c", "user.name=Kodel", "-c", "user.email=agent@kodel.localhost", "commit", "--no-verify", "--quiet", "-m", &message], false).await?;
+        let out = repo.git(&["-c", "user.name=Kodel", "-c", "user.email=agent@kodel.localhost", "commit", "--no-verify", "--quiet", "-m", &message], false).await?;
         rep.action("git", &format!("git commit -m {:?}", message.lines().next().unwrap_or_default()), &out.output, !out.ok, started);
         if !out.ok {
             return Err((format!("module {:?}: git commit failed: {}", m.name, cause(&out.output)), false));
@@ -80,22 +76,22 @@ async fn deliver(a: &Assignment, repo: &Repo, said: &str, rep: &mut Reporter) ->
         new_commit = true;
     }
     let range = format!("origin/{}...HEAD", m.default_branch);
-    let diff = run_git(repo, &["diff", "--no-color", "--no-ext-diff", "--no-textconv", &range], false).await?;
+    let diff = repo.git(&["diff", "--no-color", "--no-ext-diff", "--no-textconv", &range], false).await?;
     if !diff.ok {
         return Err((format!("module {:?}: cannot diff against {}: {}", m.name, m.default_branch, cause(&diff.output)), false));
     }
     if diff.output.trim().is_empty() {
         return Ok(Delivered::Nothing);
     }
-    let stat = run_git(repo, &["diff", "--shortstat", &range], false).await?.output.trim().to_owned();
-    let commit = run_git(repo, &["rev-parse", "HEAD"], false).await?.output.trim().to_owned();
+    let stat = repo.git(&["diff", "--shortstat", &range], false).await?.output.trim().to_owned();
+    let commit = repo.git(&["rev-parse", "HEAD"], false).await?.output.trim().to_owned();
     // The model may have committed by itself: what counts is whether HEAD is new.
-    let pushed_before = if repo.had_branch { Some(run_git(repo, &["rev-parse", &format!("refs/remotes/origin/{}", a.branch)], false).await?.output.trim().to_owned()) } else { None };
+    let pushed_before = if repo.had_branch { Some(repo.git(&["rev-parse", &format!("refs/remotes/origin/{}", a.branch)], false).await?.output.trim().to_owned()) } else { None };
     let new_commit = new_commit || pushed_before.as_deref() != Some(commit.as_str());
     if new_commit {
         let started = Instant::now();
         let refspec = format!("HEAD:refs/heads/{}", a.branch);
-        let out = run_git(repo, &["push", "origin", &refspec], true).await?;
+        let out = repo.git(&["push", "origin", &refspec], true).await?;
         rep.action("git", &format!("git push origin {refspec}"), &out.output, !out.ok, started);
         if !out.ok {
             let why = cause(&out.output);

@@ -62,7 +62,7 @@ pub async fn run(a: &Assignment, p: &Prepared, rep: &mut Reporter) -> Result<Out
     let mut diff = String::new();
     for repo in p.repos.iter().filter(|r| r.had_branch) {
         let range = format!("origin/{}...HEAD", repo.module.default_branch);
-        let out = git::git(&repo.checkout.work_tree, Some(&repo.checkout), &["diff", "--no-color", "--no-ext-diff", "--no-textconv", &range], None).await.map_err(|e| (format!("cannot run git: {e}"), false))?;
+        let out = repo.git(&["diff", "--no-color", "--no-ext-diff", "--no-textconv", &range], false).await?;
         if !out.ok {
             return Err((format!("module {:?}: cannot diff {} against {}: {}", repo.module.name, a.branch, repo.module.default_branch, git::cause(&out.output)), false));
         }

@@ -229,10 +229,6 @@ pub enum Branch {
     Existing,
 }
 
-async fn run_git(dir: &Path, repo: Option<&Checkout>, args: &[&str], remote: Option<&Remote>) -> Result<git::GitOutput, Failed> {
-    git::git(dir, repo, args, remote).await.map_err(|e| (format!("cannot run git (is it installed?): {e}"), false))
-}
-
 /// Whether a failed clone or push may work when tried again (the network, a server
 /// error), as opposed to a wrong URL, a refused login or a missing repository.
 pub fn transient(cause: &str) -> bool {
@@ -259,7 +255,7 @@ pub async fn prepare(a: &Assignment, dir: &Path, workspaces: &Workspaces, ws: Wo
         let started = Instant::now();
         let sep = format!("--separate-git-dir={}", checkout.git_dir.display());
         let target = checkout.work_tree.to_string_lossy().into_owned();
-        let out = run_git(dir, None, &["clone", "--no-recurse-submodules", &sep, "--", &m.url, &target], Some(&remote)).await?;
+        let out = git::run(dir, None, &["clone", "--no-recurse-submodules", &sep, "--", &m.url, &target], Some(&remote)).await?;
         rep.action("git", &format!("git clone {} {}", m.url, m.name), &out.output, !out.ok, started);
         if !out.ok {
             let cause = git::cause(&out.output);
@@ -271,9 +267,9 @@ pub async fn prepare(a: &Assignment, dir: &Path, workspaces: &Workspaces, ws: Wo
         let _ = std::fs::create_dir_all(&exclude);
         let _ = std::fs::write(exclude.join("exclude"), format!("/{HOME_DIR}/\n"));
         let ok = |o: &git::GitOutput| o.ok;
-        let had_branch = run_git(dir, Some(&checkout), &["rev-parse", "--verify", "--quiet", &format!("refs/remotes/origin/{}", a.branch)], None).await.is_ok_and(|o| ok(&o));
+        let had_branch = git::run(dir, Some(&checkout), &["rev-parse", "--verify", "--quiet", &format!("refs/remotes/origin/{}", a.branch)], None).await.is_ok_and(|o| ok(&o));
         let base = format!("origin/{}", m.default_branch);
-        let has_base = run_git(dir, Some(&checkout), &["rev-parse", "--verify", "--quiet", &format!("refs/remotes/{base}")], None).await.is_ok_and(|o| ok(&o));
+        let has_base = git::run(dir, Some(&checkout), &["rev-parse", "--verify", "--quiet", &format!("refs/remotes/{base}")], None).await.is_ok_and(|o| ok(&o));
         let (local, start_point) = if had_branch {
             (a.branch.clone(), format!("origin/{}", a.branch))
         } else if branch == Branch::Make {
@@ -287,7 +283,7 @@ pub async fn prepare(a: &Assignment, dir: &Path, workspaces: &Workspaces, ws: Wo
             (m.default_branch.clone(), base)
         };
         let started = Instant::now();
-        let out = run_git(dir, Some(&checkout), &["checkout", "-B", &local, &start_point], None).await?;
+        let out = git::run(dir, Some(&checkout), &["checkout", "-B", &local, &start_point], None).await?;
         rep.action("git", &format!("git checkout -B {local} {start_point}"), &out.output, !out.ok, started);
         if !out.ok && (had_branch || branch == Branch::Make) {
             return Err((format!("cannot check out {} in module {:?}: {}", a.branch, m.name, git::cause(&out.output)), false));
@@ -343,6 +339,12 @@ pub fn tail(text: &str, max: usize) -> &str {
 }
 
 impl Repo {
+    /// git on this module's checkout; `remote`: the command talks to the remote (and
+    /// only then gets the credentials).
+    pub async fn git(&self, args: &[&str], remote: bool) -> Result<git::GitOutput, Failed> {
+        git::run(&self.checkout.work_tree, Some(&self.checkout), args, remote.then_some(&self.remote)).await
+    }
+
     /// Before the agent runs git on a work tree the model has worked in: it must still
     /// be the directory the clone made, not a link to somewhere else on the host.
     pub fn check_work_tree(&self, dir: &Path) -> Result<(), Failed> {

@@ -9,19 +9,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kodel_server::testing::scripted_llm::ScriptedLlm;
-use kodel_server::testing::{ServerProcess, database_url, fresh_database};
+pub use kodel_server::testing::free_port;
+use kodel_server::testing::{ServerProcess, database_url, fresh_database, register, sibling_binary};
 use serde_json::{Value, json};
 
 pub fn server_binary() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_kodel-agent")).parent().unwrap().to_path_buf();
-    let bin = dir.join("kodel-server");
-    assert!(bin.exists(), "{} missing: build the workspace (cargo build --workspace)", bin.display());
-    bin
-}
-
-/// A free port on 127.0.0.1 (for a server that must come back where it was).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    sibling_binary(env!("CARGO_BIN_EXE_kodel-agent"), "kodel-server")
 }
 
 pub struct Stack {
@@ -74,8 +67,7 @@ impl Stack {
             agents: Vec::new(),
         };
         stack.start_server();
-        let reg = stack.call("POST", "/api/v1/auth/register", json!({"email": "ada@example.com", "password": "correct horse battery", "name": "Ada"})).await;
-        stack.token = reg["access_token"].as_str().unwrap().to_owned();
+        stack.token = register(&stack.base(), "ada@example.com").await;
         stack.call("POST", "/api/v1/orgs", json!({"slug": "acme", "name": "Acme"})).await;
         stack.call("POST", "/api/v1/orgs/acme/projects", json!({"key": "KOD", "name": "Kodel", "workflow": "software-development"})).await;
         let t = stack.call("POST", "/api/v1/orgs/acme/agent-tokens", json!({"name": "e2e"})).await;
@@ -251,9 +243,7 @@ impl Drop for Stack {
 }
 
 pub fn kodel_binary() -> PathBuf {
-    let bin = Path::new(env!("CARGO_BIN_EXE_kodel-agent")).parent().unwrap().join("kodel");
-    assert!(bin.exists(), "{} missing: build the workspace (cargo build --workspace)", bin.display());
-    bin
+    sibling_binary(env!("CARGO_BIN_EXE_kodel-agent"), "kodel")
 }
 
 impl Stack {

@@ -2,6 +2,7 @@
 //! local port, and a user who owns some orgs.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use kodel_server::testing::register;
 use kodel_server::{Config, Server};
 use serde_json::{Value, json};
 
@@ -41,16 +42,7 @@ impl Bench {
         let router = server.router.clone();
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
         let http = reqwest::Client::new();
-        let reg: Value = http
-            .post(format!("{base}/api/v1/auth/register"))
-            .json(&json!({"email": "b@x.io", "password": "benchmark", "name": "B"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = reg["access_token"].as_str().unwrap().to_owned();
+        let token = register(&base, "b@x.io").await;
         Self { server, base, http, token }
     }
 

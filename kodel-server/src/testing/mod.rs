@@ -4,6 +4,7 @@
 
 pub mod forge;
 pub mod scripted_llm;
+pub mod tmux;
 
 use std::io::BufRead;
 use std::path::Path;
@@ -104,6 +105,40 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A free port on 127.0.0.1 (for a server that must come back where it was).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A binary of the workspace next to `beside` (a test's or bench's own binary, from
+/// `env!("CARGO_BIN_EXE_...")`): a workspace build puts them all in one directory.
+pub fn sibling_binary(beside: &str, name: &str) -> std::path::PathBuf {
+    let bin = Path::new(beside).parent().unwrap().join(name);
+    assert!(bin.exists(), "{} missing: build the workspace first (cargo build --workspace, with --release for benches)", bin.display());
+    bin
+}
+
+/// Registers a user through the API; gives its access token.
+pub async fn register(base: &str, email: &str) -> String {
+    let reg: serde_json::Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/auth/register"))
+        .json(&serde_json::json!({"email": email, "password": "correct horse battery", "name": email}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    reg["access_token"].as_str().unwrap_or_else(|| panic!("registering {email}: {reg}")).to_owned()
+}
+
+/// Runs git in `dir` as a test's fixture maker would (a fixed identity); gives stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git").args(["-c", "user.name=Test", "-c", "user.email=test@example.com"]).args(args).current_dir(dir).output().unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Resident memory of a process, in KiB (from /proc).

@@ -233,10 +233,6 @@ pub struct App {
     save_on_board: bool,
 }
 
-fn key_of(t: &Task) -> &str {
-    &t.key
-}
-
 impl App {
     pub fn new(org: String) -> App {
         App {
@@ -1012,7 +1008,7 @@ impl App {
         if self.project.as_ref().is_none_or(|p| p.key != t.project) {
             return;
         }
-        match self.tasks.iter_mut().find(|x| key_of(x) == t.key) {
+        match self.tasks.iter_mut().find(|x| x.key == t.key) {
             Some(x) => *x = t,
             None => self.tasks.push(t),
         }
