@@ -38,6 +38,8 @@ pub struct AppState {
     /// Connected agent workers and the dispatch of jobs to them.
     pub hub: hub::Hub,
     pub llm: Arc<llm::Proxy>,
+    /// Task creations waiting to be committed together (routes/tasks/create.rs).
+    pub creates: routes::tasks::Creates,
     /// KODEL_ALLOW_PRIVATE_URLS (see net.rs).
     pub allow_private_urls: bool,
 }
@@ -75,6 +77,7 @@ impl Server {
         let sealer = Arc::new(crypto::Sealer::load(&pool, config.encryption_key.as_deref()).await?);
         let secs = |s: f64| std::time::Duration::from_secs_f64(s.clamp(0.01, 86_400.0));
         let (background, wakes) = engine::background::Background::new(secs(config.engine_tick), secs(config.webhook_retry));
+        let (creates, created_rx) = routes::tasks::Creates::new();
         let state = AppState {
             events: events::EventHub::new(pool.clone()),
             pool,
@@ -86,8 +89,10 @@ impl Server {
             spares: Arc::default(),
             hub: hub::Hub::new(secs(config.job_lease)),
             llm: Arc::new(llm::Proxy::new(&config.llm, llm::client())),
+            creates,
             allow_private_urls: config.allow_private_urls,
         };
+        routes::tasks::Creates::start(&state, created_rx);
         engine::background::spawn(state.clone(), wakes);
         if config.spare_schemas > 0 {
             tokio::spawn(keep_spares(state.clone(), config.spare_schemas));

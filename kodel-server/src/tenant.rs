@@ -84,7 +84,7 @@ impl OrgTx {
         Ok(Self::new(tx, state, org_id, slug.clone(), None))
     }
 
-    fn new(tx: Transaction<'static, Postgres>, state: &AppState, org_id: Uuid, slug: OrgSlug, actor: Option<Uuid>) -> Self {
+    pub(crate) fn new(tx: Transaction<'static, Postgres>, state: &AppState, org_id: Uuid, slug: OrgSlug, actor: Option<Uuid>) -> Self {
         Self {
             tx,
             state: state.clone(),
@@ -182,7 +182,14 @@ struct ScopeRow {
     migration_error: Option<String>,
 }
 
-impl FromRequestParts<AppState> for Tenant {
+/// A request's org slug and bearer credential, checked as far as they can be without
+/// the database; `Tenant::open` does the rest.
+pub struct Caller {
+    pub slug: OrgSlug,
+    pub credential: Credential,
+}
+
+impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
@@ -190,8 +197,26 @@ impl FromRequestParts<AppState> for Tenant {
             .await
             .map_err(|_| ApiError::new(ErrorCode::NotFound, "no org in path"))?;
         let slug = org_slug_from_path(&params)?;
-        let cred = Credential::from_parts(parts, state)?;
+        let credential = Credential::from_parts(parts, state)?;
+        Ok(Caller { slug, credential })
+    }
+}
 
+impl FromRequestParts<AppState> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Caller { slug, credential } = Caller::from_request_parts(parts, state).await?;
+        let tenant = Tenant::open(state, slug, credential).await?;
+        parts.extensions.insert(tenant.auth.clone());
+        Ok(tenant)
+    }
+}
+
+impl Tenant {
+    /// Checks the caller and their membership of `slug`'s org, and opens the
+    /// transaction scoped to its schema.
+    pub async fn open(state: &AppState, slug: OrgSlug, cred: Credential) -> ApiResult<Tenant> {
         // One statement checks the caller, their membership and the org's schema, and
         // scopes the transaction to it.
         let sql = format!(
@@ -228,7 +253,6 @@ impl FromRequestParts<AppState> for Tenant {
         }
         let role = OrgRole::parse(role).ok_or_else(|| ApiError::internal("bad org role in database"))?;
         let auth = Auth { user, session: cred.session() };
-        parts.extensions.insert(auth.clone());
         let db = OrgTx::new(tx, state, org_id, slug.clone(), Some(auth.user.id));
         Ok(Tenant { auth, credential: std::sync::Arc::new(cred), org: OrgCtx { id: org_id, slug, role }, db })
     }

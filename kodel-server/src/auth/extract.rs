@@ -36,6 +36,7 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
 }
 
 /// A bearer token, checked as far as possible without the database.
+#[derive(Clone)]
 pub enum Credential {
     /// A valid JWT: its session must still be alive.
     Session { user: Uuid, session: Uuid },
@@ -45,7 +46,11 @@ pub enum Credential {
 
 impl Credential {
     pub fn from_parts(parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(parts).ok_or_else(ApiError::unauthorized)?;
+        Self::parse(bearer(parts).ok_or_else(ApiError::unauthorized)?, state)
+    }
+
+    /// A bearer token's credential: an API token's hash, or a JWT's verified claims.
+    pub fn parse(token: &str, state: &AppState) -> Result<Self, ApiError> {
         if token.starts_with(PAT_PREFIX) {
             return Ok(Self::ApiToken { hash: hash_token(token) });
         }
@@ -68,6 +73,31 @@ impl Credential {
                        AND (expires_at IS NULL OR expires_at > now()))"
             }
         }
+    }
+
+    /// The same check for many credentials at once (task creations committed
+    /// together): a FROM item `callers(i, id)` giving, for each live credential, its
+    /// 1-based position in the arrays bound by `bind_many` ($1, $2, $3) and its user.
+    pub const CALLERS_SQL: &'static str = "(
+        SELECT r.i, coalesce(s.user_id, k.user_id) AS id
+        FROM unnest($1::uuid[], $2::uuid[], $3::bytea[]) WITH ORDINALITY AS r(session_id, user_id, token_hash, i)
+        LEFT JOIN public.sessions s ON s.id = r.session_id AND s.user_id = r.user_id AND s.revoked_at IS NULL
+        LEFT JOIN public.api_tokens k ON k.token_hash = r.token_hash AND k.kind = 'user' AND k.revoked_at IS NULL
+                                     AND (k.expires_at IS NULL OR k.expires_at > now())
+        WHERE s.user_id IS NOT NULL OR k.user_id IS NOT NULL) AS callers";
+
+    pub fn bind_many<'q, O>(creds: &[&Credential], q: QueryAs<'q, Postgres, O, PgArguments>) -> QueryAs<'q, Postgres, O, PgArguments> {
+        let (mut sessions, mut users, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
+        for c in creds {
+            let (s, u, h) = match c {
+                Self::Session { user, session } => (Some(*session), Some(*user), None),
+                Self::ApiToken { hash } => (None, None, Some(hash.clone())),
+            };
+            sessions.push(s);
+            users.push(u);
+            hashes.push(h);
+        }
+        q.bind(sessions).bind(users).bind(hashes)
     }
 
     pub fn bind<'q, O>(&'q self, q: QueryAs<'q, Postgres, O, PgArguments>) -> QueryAs<'q, Postgres, O, PgArguments> {

@@ -8,13 +8,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use kodel_core::api::{
-    Comment, CreateComment, CreateTask, DEFAULT_PAGE, MAX_COMMENT, MAX_DESCRIPTION, MAX_LABEL, MAX_LABELS, MAX_PAGE,
-    MAX_TITLE, MoveTask, OrgRole, Page, Priority, ProjectRole, Task, UpdateTask,
+    Comment, CreateComment, DEFAULT_PAGE, MAX_COMMENT, MAX_DESCRIPTION, MAX_LABEL, MAX_LABELS, MAX_PAGE,
+    MAX_TITLE, MoveTask, Page, Priority, ProjectRole, Task, UpdateTask,
 };
-use kodel_core::{ErrorCode, ProjectKey, TaskKey};
+use kodel_core::{ErrorCode, TaskKey};
 use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
+
+mod create;
+
+pub use create::{COMMITTERS, Created, Creates, CreatesReceiver, NewTask, create_batch};
 
 use super::projects::{ProjectCtx, access};
 use crate::AppState;
@@ -26,7 +30,7 @@ use crate::tenant::Tenant;
 
 pub fn router() -> Router<AppState> {
     Router::new()
-        .route("/api/v1/orgs/{org}/projects/{key}/tasks", get(list).post(create))
+        .route("/api/v1/orgs/{org}/projects/{key}/tasks", get(list).post(create::create))
         .route("/api/v1/orgs/{org}/tasks/{task}", get(show).patch(update))
         .route("/api/v1/orgs/{org}/tasks/{task}/move", post(move_task))
         .route("/api/v1/orgs/{org}/tasks/{task}/comments", get(list_comments).post(add_comment))
@@ -115,125 +119,6 @@ fn clean_labels(labels: Vec<String>) -> ApiResult<Vec<String>> {
 /// An assignee given by email must be a member of the org.
 async fn resolve_assignee(t: &mut Tenant, email: &str) -> ApiResult<Uuid> {
     t.member_by_email(email).await?.ok_or_else(|| ApiError::invalid(format!("assignee {email:?} is not a member of this org")))
-}
-
-async fn create(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(req): ApiJson<CreateTask>) -> ApiResult<(StatusCode, Json<Task>)> {
-    let key = ProjectKey::parse(&key).map_err(|e| ApiError::new(ErrorCode::InvalidKey, e.0))?;
-    let title = require_text("title", &req.title, MAX_TITLE)?;
-    let description = req.description.unwrap_or_default();
-    check_len("description", &description, MAX_DESCRIPTION)?;
-    let labels = clean_labels(req.labels.unwrap_or_default())?;
-    let priority = req.priority.unwrap_or_default();
-    let assignee_id = match req.assignee.as_deref() {
-        Some(email) => Some(resolve_assignee(&mut t, email).await?),
-        None => None,
-    };
-    let payload = json!({
-        "title": title, "priority": priority, "labels": labels,
-        "assignee": req.assignee.as_deref().map(str::trim), "status": req.status,
-    });
-    let user = t.user_id();
-    let task_id = Uuid::now_v7();
-    let org_admin = t.org.role >= OrgRole::Admin;
-    let may_create: Vec<&str> = ProjectRole::ALL.iter().filter(|r| **r >= ProjectRole::Developer).map(|r| r.as_str()).collect();
-    // Task creation is the hottest write, so one statement does it all: the caller's
-    // project role, the starting status, the task with its number, and its first event.
-    // What did not happen tells which error to give.
-    let row: CreatedRow = sqlx::query_as(
-        "WITH acc AS (
-             SELECT p.id, p.key, p.workflow_id, pm.role FROM projects p
-             LEFT JOIN project_members pm ON pm.project_id = p.id AND pm.user_id = $8
-             WHERE p.key = $2),
-         ok AS (SELECT * FROM acc WHERE $11 OR role = ANY ($12)),
-         st AS (
-             SELECT s.id, s.name FROM statuses s JOIN ok ON s.workflow_id = ok.workflow_id
-             WHERE $9::text IS NULL OR lower(s.name) = lower($9)
-             ORDER BY s.position LIMIT 1),
-         t AS (
-             INSERT INTO tasks (id, project_id, number, title, description, status_id, priority, labels,
-                                assignee_id, created_by, event_seq)
-             SELECT $1, ok.id, nextval(('task_number_' || replace(ok.id::text, '-', ''))::regclass),
-                    $3, $4, st.id, $5, $6, $7, $8, 1
-             FROM ok, st
-             RETURNING id, project_id, number, created_at),
-         e AS (
-             INSERT INTO task_events (task_id, project_id, seq, type, payload, actor_id)
-             SELECT id, project_id, 1, 'task.created', $10 || jsonb_build_object('status', (SELECT name FROM st)), $8 FROM t)
-         SELECT EXISTS (SELECT 1 FROM acc WHERE $11 OR role IS NOT NULL) AS found, EXISTS (SELECT 1 FROM ok) AS allowed,
-                t.number, (SELECT name FROM st) AS status, t.created_at,
-                EXISTS (SELECT 1 FROM bindings b JOIN st ON b.status_id = st.id)
-                OR EXISTS (SELECT 1 FROM automation_rules r JOIN ok ON r.project_id IS NULL OR r.project_id = ok.id
-                           WHERE r.enabled AND r.trigger_kind = 'task_created') AS engine
-         FROM (SELECT 1) AS one LEFT JOIN t ON true",
-    )
-    .bind(task_id)
-    .bind(key.as_str())
-    .bind(&title)
-    .bind(&description)
-    .bind(priority.as_str())
-    .bind(&labels)
-    .bind(assignee_id)
-    .bind(user)
-    .bind(req.status.as_deref())
-    .bind(&payload)
-    .bind(org_admin)
-    .bind(&may_create)
-    .fetch_one(t.conn())
-    .await?;
-    let (Some(number), Some(status), Some(created_at)) = (row.number, row.status, row.created_at) else {
-        return Err(if !row.found {
-            ApiError::new(ErrorCode::ProjectNotFound, format!("{key} not found"))
-        } else if !row.allowed {
-            ApiError::forbidden("creating tasks")
-        } else {
-            ApiError::invalid(format!("status {:?} is not in this project's workflow", req.status.unwrap_or_default()))
-        });
-    };
-    // The statement also said whether the engine has anything to do with a new task
-    // (a bound status, a task_created rule), so most creations skip it.
-    if !row.engine {
-        t.wrote_events = true;
-    } else {
-        let mut payload = payload;
-        payload["status"] = json!(status);
-        t.note_event(task_id, 1, "task.created", payload);
-    }
-    // Rules that fire on creation may have changed the task: then it is read back.
-    if crate::engine::react(&mut t).await? > 1 {
-        let row = sqlx::query_as::<_, TaskRow>(&format!("{TASK_SELECT} WHERE t.id = $1")).bind(task_id).fetch_one(t.conn()).await?;
-        t.commit().await?;
-        return Ok((StatusCode::CREATED, Json(row.into_api())));
-    }
-    let email = t.auth.user.email.clone();
-    t.commit().await?;
-    let task = Task {
-        key: format!("{key}-{number}"),
-        project: key.to_string(),
-        number,
-        title,
-        description,
-        status,
-        priority,
-        labels,
-        assignee: req.assignee.map(|a| a.trim().to_lowercase()),
-        version: 1,
-        archived: false,
-        created_by: Some(email),
-        created_at,
-        updated_at: created_at,
-    };
-    Ok((StatusCode::CREATED, Json(task)))
-}
-
-#[derive(sqlx::FromRow)]
-struct CreatedRow {
-    found: bool,
-    allowed: bool,
-    number: Option<i32>,
-    status: Option<String>,
-    created_at: Option<DateTime<Utc>>,
-    /// Whether a binding or a rule can react to the creation.
-    engine: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,0 +1,445 @@
+//! Creating a task, the hottest write, with group commit.
+//!
+//! A creation is validated in its request, then queued. A few committers take what is
+//! queued, up to `MAX_BATCH` at a time, and create each org's share in one transaction
+//! of four statements whatever its size: `BEGIN`; one statement that checks every
+//! caller (live session or API token) and their membership of the org, and scopes the
+//! transaction to the org's schema; one statement that checks each caller's project
+//! role and creates the tasks that pass with their numbers and `task.created` events;
+//! `COMMIT`. Nothing waits for a batch to fill: a committer takes what is there when it
+//! is free, so a lone creation is committed at once, and under load each commit carries
+//! the creations that arrived while the others were busy.
+//!
+//! A creation a batch did not make is made alone, the way every other write is made
+//! (`create_alone`), which gives the answer: an error (unknown project, missing role,
+//! bad status or assignee, dead credential), or the task. The batch leaves there the
+//! creations the engine reacts to (a bound first status, a `task_created` rule), and
+//! all of a batch whose transaction failed, so nothing is lost and no error is guessed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use kodel_core::api::{CreateTask, MAX_DESCRIPTION, MAX_TITLE, OrgRole, Priority, ProjectRole, Task};
+use kodel_core::{ErrorCode, OrgSlug, ProjectKey};
+use serde_json::json;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::{TASK_SELECT, TaskRow, clean_labels, resolve_assignee};
+use crate::AppState;
+use crate::auth::extract::Credential;
+use crate::error::{ApiError, ApiResult, check_len, require_text};
+use crate::json::ApiJson;
+use crate::tenant::{Caller, OrgTx, Tenant};
+
+/// How many transactions commit creations at the same time.
+pub const COMMITTERS: usize = 4;
+/// The most creations one transaction carries.
+const MAX_BATCH: usize = 64;
+/// Creations waiting for a committer (beyond this, requests wait to be queued).
+const QUEUE: usize = 1024;
+
+/// A creation, validated, waiting to be committed.
+#[derive(Clone)]
+pub struct NewTask {
+    pub credential: Credential,
+    pub project: ProjectKey,
+    pub title: String,
+    pub description: String,
+    pub priority: Priority,
+    pub labels: Vec<String>,
+    /// An email, trimmed.
+    pub assignee: Option<String>,
+    /// A status name; the workflow's first status when None.
+    pub status: Option<String>,
+}
+
+impl NewTask {
+    fn from_request(credential: Credential, key: &str, req: CreateTask) -> ApiResult<Self> {
+        let project = ProjectKey::parse(key).map_err(|e| ApiError::new(ErrorCode::InvalidKey, e.0))?;
+        let title = require_text("title", &req.title, MAX_TITLE)?;
+        let description = req.description.unwrap_or_default();
+        check_len("description", &description, MAX_DESCRIPTION)?;
+        let labels = clean_labels(req.labels.unwrap_or_default())?;
+        Ok(Self {
+            credential,
+            project,
+            title,
+            description,
+            priority: req.priority.unwrap_or_default(),
+            labels,
+            assignee: req.assignee.map(|a| a.trim().to_owned()),
+            status: req.status,
+        })
+    }
+
+    /// The `task.created` event's payload, before the status it got is added.
+    fn payload(&self) -> serde_json::Value {
+        json!({
+            "title": self.title, "priority": self.priority, "labels": self.labels,
+            "assignee": self.assignee, "status": self.status,
+        })
+    }
+
+    fn into_task(self, number: i32, status: String, created_by: String, created_at: DateTime<Utc>) -> Task {
+        Task {
+            key: format!("{}-{number}", self.project),
+            project: self.project.to_string(),
+            number,
+            title: self.title,
+            description: self.description,
+            status,
+            priority: self.priority,
+            labels: self.labels,
+            assignee: self.assignee.map(|a| a.to_lowercase()),
+            version: 1,
+            archived: false,
+            created_by: Some(created_by),
+            created_at,
+            updated_at: created_at,
+        }
+    }
+}
+
+/// A task a batch created, and who created it.
+pub struct Created {
+    pub task: Task,
+    pub user: Uuid,
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    Caller { slug, credential }: Caller,
+    Path((_, key)): Path<(String, String)>,
+    ApiJson(req): ApiJson<CreateTask>,
+) -> ApiResult<(StatusCode, Json<Task>)> {
+    let new = NewTask::from_request(credential, &key, req)?;
+    if let Some(created) = state.creates.submit(&slug, new.clone()).await {
+        let span = tracing::Span::current();
+        span.record("user", tracing::field::display(created.user));
+        span.record("org", slug.as_str());
+        new.credential.touch(&state);
+        return Ok((StatusCode::CREATED, Json(created.task)));
+    }
+    let t = Tenant::open(&state, slug, new.credential.clone()).await?;
+    create_alone(t, new).await
+}
+
+/// The creation queue and its committers.
+#[derive(Clone)]
+pub struct Creates {
+    queue: mpsc::Sender<Pending>,
+    submitted: Arc<AtomicU64>,
+}
+
+struct Pending {
+    slug: OrgSlug,
+    task: NewTask,
+    reply: oneshot::Sender<Option<Created>>,
+}
+
+impl Creates {
+    /// The queue, and what `start` gives to the committers.
+    pub fn new() -> (Self, CreatesReceiver) {
+        let (queue, rx) = mpsc::channel(QUEUE);
+        (Self { queue, submitted: Arc::default() }, CreatesReceiver(rx))
+    }
+
+    /// Starts the committers.
+    pub fn start(state: &AppState, rx: CreatesReceiver) {
+        let rx = Arc::new(Mutex::new(rx.0));
+        for _ in 0..COMMITTERS {
+            tokio::spawn(committer(state.clone(), rx.clone()));
+        }
+    }
+
+    /// How many creations were queued since the server started.
+    pub fn submitted(&self) -> u64 {
+        self.submitted.load(Ordering::Relaxed)
+    }
+
+    /// How many creations wait for a committer now.
+    pub fn queued(&self) -> usize {
+        QUEUE - self.queue.capacity()
+    }
+
+    /// Queues a creation and waits for its batch: the task, or None when it must be
+    /// made alone.
+    async fn submit(&self, slug: &OrgSlug, task: NewTask) -> Option<Created> {
+        let (reply, answer) = oneshot::channel();
+        self.submitted.fetch_add(1, Ordering::Relaxed);
+        self.queue.send(Pending { slug: slug.clone(), task, reply }).await.ok()?;
+        answer.await.ok().flatten()
+    }
+}
+
+pub struct CreatesReceiver(mpsc::Receiver<Pending>);
+
+async fn committer(state: AppState, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+    loop {
+        let mut batch = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+        }
+        // One transaction per org.
+        while let Some(first) = batch.first() {
+            let slug = first.slug.clone();
+            let (mine, rest): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|p| p.slug == slug);
+            batch = rest;
+            let tasks: Vec<NewTask> = mine.iter().map(|p| p.task.clone()).collect();
+            let answers = match create_batch(&state, &slug, tasks).await {
+                Ok(answers) => answers,
+                Err(e) => {
+                    tracing::warn!(org = %slug, tasks = mine.len(), error = %e.message, "a batch of task creations failed; each is retried alone");
+                    Vec::new()
+                }
+            };
+            let mut answers = answers.into_iter();
+            for p in mine {
+                let _ = p.reply.send(answers.next().flatten());
+            }
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct CallerRow {
+    i: i64,
+    user_id: Uuid,
+    email: String,
+    org_id: Uuid,
+    role: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct BatchRow {
+    i: i64,
+    number: i32,
+    status: String,
+    created_at: DateTime<Utc>,
+}
+
+/// Creates in `slug`'s org, in one transaction, those of `tasks` whose caller may and
+/// that the engine does not react to. The answer has one entry per task, in order:
+/// None for those it did not create.
+pub async fn create_batch(state: &AppState, slug: &OrgSlug, tasks: Vec<NewTask>) -> ApiResult<Vec<Option<Created>>> {
+    let mut tx = state.pool.begin().await?;
+    let creds: Vec<&Credential> = tasks.iter().map(|t| &t.credential).collect();
+    let sql = format!(
+        "SELECT callers.i, u.id AS user_id, u.email, o.id AS org_id, m.role,
+                set_config('search_path', $5, true) AS search_path
+         FROM {} JOIN public.users u ON u.id = callers.id
+         JOIN public.orgs o ON o.slug = $4 AND o.migration_error IS NULL AND o.schema_version >= $6
+         JOIN public.org_members m ON m.org_id = o.id AND m.user_id = u.id",
+        Credential::CALLERS_SQL
+    );
+    let callers: Vec<CallerRow> = Credential::bind_many(&creds, sqlx::query_as(&sql))
+        .bind(slug.as_str())
+        .bind(slug.search_path())
+        .bind(crate::db::migrate::tenant_version())
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut answers: Vec<Option<Created>> = tasks.iter().map(|_| None).collect();
+    let Some(org_id) = callers.first().map(|c| c.org_id) else {
+        return Ok(answers);
+    };
+    // One entry per caller that passed, as columns.
+    let mut idx = Vec::with_capacity(callers.len());
+    let (mut ids, mut users, mut admins, mut keys, mut titles, mut descriptions) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut priorities, mut labels, mut assignees, mut statuses, mut payloads) = (vec![], vec![], vec![], vec![], vec![]);
+    for c in &callers {
+        let Some(t) = usize::try_from(c.i - 1).ok().and_then(|i| tasks.get(i)) else { continue };
+        idx.push(c.i);
+        ids.push(Uuid::now_v7());
+        users.push(c.user_id);
+        admins.push(OrgRole::parse(&c.role).is_some_and(|r| r >= OrgRole::Admin));
+        keys.push(t.project.as_str());
+        titles.push(t.title.as_str());
+        descriptions.push(t.description.as_str());
+        priorities.push(t.priority.as_str());
+        labels.push(json!(t.labels));
+        assignees.push(t.assignee.as_deref());
+        statuses.push(t.status.as_deref());
+        payloads.push(t.payload());
+    }
+    let may_create: Vec<&str> = ProjectRole::ALL.iter().filter(|r| **r >= ProjectRole::Developer).map(|r| r.as_str()).collect();
+    // The same checks as a creation made alone, per row: the project role, the status,
+    // the assignee's membership; and only where neither a binding nor a rule reacts.
+    let rows: Vec<BatchRow> = sqlx::query_as(
+        "WITH r AS (
+             SELECT * FROM unnest($1::int8[], $2::uuid[], $3::uuid[], $4::bool[], $5::text[], $6::text[], $7::text[],
+                                  $8::text[], $9::jsonb[], $10::text[], $11::text[], $12::jsonb[])
+                 AS r(i, id, user_id, org_admin, key, title, description, priority, labels, assignee, status, payload)),
+         ok AS (
+             SELECT r.*, p.id AS project_id, p.workflow_id FROM r JOIN projects p ON p.key = r.key
+             LEFT JOIN project_members pm ON pm.project_id = p.id AND pm.user_id = r.user_id
+             WHERE r.org_admin OR pm.role = ANY ($13)),
+         st AS (
+             SELECT DISTINCT ON (ok.i) ok.i, s.id, s.name FROM ok JOIN statuses s ON s.workflow_id = ok.workflow_id
+             WHERE ok.status IS NULL OR lower(s.name) = lower(ok.status)
+             ORDER BY ok.i, s.position),
+         ready AS (
+             SELECT ok.*, st.id AS status_id, st.name AS status_name, a.id AS assignee_id
+             FROM ok JOIN st ON st.i = ok.i
+             LEFT JOIN LATERAL (
+                 SELECT u.id FROM public.users u JOIN public.org_members m ON m.user_id = u.id AND m.org_id = $14
+                 WHERE lower(u.email) = lower(ok.assignee)) a ON true
+             WHERE (ok.assignee IS NULL OR a.id IS NOT NULL)
+               AND NOT EXISTS (SELECT 1 FROM bindings b WHERE b.status_id = st.id)
+               AND NOT EXISTS (SELECT 1 FROM automation_rules ru
+                               WHERE ru.enabled AND ru.trigger_kind = 'task_created'
+                                 AND (ru.project_id IS NULL OR ru.project_id = ok.project_id))),
+         t AS (
+             INSERT INTO tasks (id, project_id, number, title, description, status_id, priority, labels,
+                                assignee_id, created_by, event_seq)
+             SELECT id, project_id, nextval(('task_number_' || replace(project_id::text, '-', ''))::regclass),
+                    title, description, status_id, priority, ARRAY(SELECT jsonb_array_elements_text(labels)),
+                    assignee_id, user_id, 1
+             FROM ready ORDER BY i
+             RETURNING id, number, created_at),
+         e AS (
+             INSERT INTO task_events (task_id, project_id, seq, type, payload, actor_id)
+             SELECT t.id, ready.project_id, 1, 'task.created',
+                    ready.payload || jsonb_build_object('status', ready.status_name), ready.user_id
+             FROM t JOIN ready ON ready.id = t.id ORDER BY ready.i)
+         SELECT ready.i, t.number, ready.status_name AS status, t.created_at FROM t JOIN ready ON ready.id = t.id",
+    )
+    .bind(&idx)
+    .bind(&ids)
+    .bind(&users)
+    .bind(&admins)
+    .bind(&keys)
+    .bind(&titles)
+    .bind(&descriptions)
+    .bind(&priorities)
+    .bind(&labels)
+    .bind(&assignees)
+    .bind(&statuses)
+    .bind(&payloads)
+    .bind(&may_create)
+    .bind(org_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(answers);
+    }
+    let mut db = OrgTx::new(tx, state, org_id, slug.clone(), None);
+    db.wrote_events = true;
+    db.commit().await?;
+    for row in rows {
+        let (Some(c), Some(i)) = (callers.iter().find(|c| c.i == row.i), usize::try_from(row.i - 1).ok()) else { continue };
+        let Some(task) = tasks.get(i) else { continue };
+        let task = task.clone().into_task(row.number, row.status, c.email.clone(), row.created_at);
+        answers[i] = Some(Created { task, user: c.user_id });
+    }
+    Ok(answers)
+}
+
+/// Creates one task in the request's own transaction, with every check giving its
+/// error, and lets the engine react to the new task.
+async fn create_alone(mut t: Tenant, new: NewTask) -> ApiResult<(StatusCode, Json<Task>)> {
+    let assignee_id = match new.assignee.as_deref() {
+        Some(email) => Some(resolve_assignee(&mut t, email).await?),
+        None => None,
+    };
+    let payload = new.payload();
+    let user = t.user_id();
+    let task_id = Uuid::now_v7();
+    let org_admin = t.org.role >= OrgRole::Admin;
+    let may_create: Vec<&str> = ProjectRole::ALL.iter().filter(|r| **r >= ProjectRole::Developer).map(|r| r.as_str()).collect();
+    // One statement does it all: the caller's project role, the starting status, the
+    // task with its number, and its first event. What did not happen tells which error
+    // to give.
+    let row: CreatedRow = sqlx::query_as(
+        "WITH acc AS (
+             SELECT p.id, p.key, p.workflow_id, pm.role FROM projects p
+             LEFT JOIN project_members pm ON pm.project_id = p.id AND pm.user_id = $8
+             WHERE p.key = $2),
+         ok AS (SELECT * FROM acc WHERE $11 OR role = ANY ($12)),
+         st AS (
+             SELECT s.id, s.name FROM statuses s JOIN ok ON s.workflow_id = ok.workflow_id
+             WHERE $9::text IS NULL OR lower(s.name) = lower($9)
+             ORDER BY s.position LIMIT 1),
+         t AS (
+             INSERT INTO tasks (id, project_id, number, title, description, status_id, priority, labels,
+                                assignee_id, created_by, event_seq)
+             SELECT $1, ok.id, nextval(('task_number_' || replace(ok.id::text, '-', ''))::regclass),
+                    $3, $4, st.id, $5, $6, $7, $8, 1
+             FROM ok, st
+             RETURNING id, project_id, number, created_at),
+         e AS (
+             INSERT INTO task_events (task_id, project_id, seq, type, payload, actor_id)
+             SELECT id, project_id, 1, 'task.created', $10 || jsonb_build_object('status', (SELECT name FROM st)), $8 FROM t)
+         SELECT EXISTS (SELECT 1 FROM acc WHERE $11 OR role IS NOT NULL) AS found, EXISTS (SELECT 1 FROM ok) AS allowed,
+                t.number, (SELECT name FROM st) AS status, t.created_at,
+                EXISTS (SELECT 1 FROM bindings b JOIN st ON b.status_id = st.id)
+                OR EXISTS (SELECT 1 FROM automation_rules r JOIN ok ON r.project_id IS NULL OR r.project_id = ok.id
+                           WHERE r.enabled AND r.trigger_kind = 'task_created') AS engine
+         FROM (SELECT 1) AS one LEFT JOIN t ON true",
+    )
+    .bind(task_id)
+    .bind(new.project.as_str())
+    .bind(&new.title)
+    .bind(&new.description)
+    .bind(new.priority.as_str())
+    .bind(&new.labels)
+    .bind(assignee_id)
+    .bind(user)
+    .bind(new.status.as_deref())
+    .bind(&payload)
+    .bind(org_admin)
+    .bind(&may_create)
+    .fetch_one(t.conn())
+    .await?;
+    let (Some(number), Some(status), Some(created_at)) = (row.number, row.status, row.created_at) else {
+        let key = &new.project;
+        return Err(if !row.found {
+            ApiError::new(ErrorCode::ProjectNotFound, format!("{key} not found"))
+        } else if !row.allowed {
+            ApiError::forbidden("creating tasks")
+        } else {
+            ApiError::invalid(format!("status {:?} is not in this project's workflow", new.status.unwrap_or_default()))
+        });
+    };
+    // The statement also said whether the engine has anything to do with the new task
+    // (a bound status, a task_created rule).
+    if !row.engine {
+        t.wrote_events = true;
+    } else {
+        let mut payload = payload;
+        payload["status"] = json!(status);
+        t.note_event(task_id, 1, "task.created", payload);
+    }
+    // Rules that fire on creation may have changed the task: then it is read back.
+    if crate::engine::react(&mut t).await? > 1 {
+        let row = sqlx::query_as::<_, TaskRow>(&format!("{TASK_SELECT} WHERE t.id = $1")).bind(task_id).fetch_one(t.conn()).await?;
+        t.commit().await?;
+        return Ok((StatusCode::CREATED, Json(row.into_api())));
+    }
+    let email = t.auth.user.email.clone();
+    t.commit().await?;
+    Ok((StatusCode::CREATED, Json(new.into_task(number, status, email, created_at))))
+}
+
+#[derive(sqlx::FromRow)]
+struct CreatedRow {
+    found: bool,
+    allowed: bool,
+    number: Option<i32>,
+    status: Option<String>,
+    created_at: Option<DateTime<Utc>>,
+    /// Whether a binding or a rule can react to the creation.
+    engine: bool,
+}
