@@ -193,6 +193,39 @@ fn board_keys_move_tasks_only_where_the_workflow_allows() {
     assert!(app.quit);
 }
 
+/// Answers arrive out of order: a copy of a task read before a move (the refresh an
+/// event asked for) must not put it back on screen, or the next key moves it from the
+/// wrong column. The server's answers to the moves, and a refusal, do count.
+#[test]
+fn a_copy_read_before_a_move_does_not_undo_it() {
+    let mut app = app();
+    let at = |status: &str, version: i32| {
+        let mut t = task(1, "Add a login page", status, &["web"], None);
+        t["version"] = json!(version);
+        serde_json::from_value::<kodel_core::api::Task>(t).unwrap()
+    };
+    let shown = |app: &App| app.tasks.iter().find(|t| t.key == "KOD-1").map(|t| t.status.clone()).unwrap();
+    assert_eq!(key(&mut app, KeyCode::Char('>')), vec![Effect::Move { key: "KOD-1".into(), to: "Ready".into() }]);
+    app.on_msg(Msg::Task(at("Backlog", 1)));
+    assert_eq!(shown(&app), "Ready");
+    assert_eq!(key(&mut app, KeyCode::Char('>')), vec![Effect::Move { key: "KOD-1".into(), to: "In Progress".into() }]);
+    // The first move's answer, while the second is in flight: it stays where it goes.
+    app.on_msg(Msg::Moved(at("Ready", 2)));
+    assert_eq!(shown(&app), "In Progress");
+    app.on_msg(Msg::Moved(at("In Progress", 3)));
+    // Now settled: an older copy is ignored, a newer one (someone else's move) is shown.
+    app.on_msg(Msg::Task(at("Ready", 2)));
+    assert_eq!(shown(&app), "In Progress");
+    app.on_msg(Msg::Task(at("Code Review", 4)));
+    assert_eq!(shown(&app), "Code Review");
+    // A refused move puts the task back where the server has it.
+    let mut app = self::app();
+    key(&mut app, KeyCode::Char('>'));
+    app.on_msg(Msg::MoveUndone { key: "KOD-1".into(), task: Some(at("Backlog", 1)) });
+    assert_eq!(shown(&app), "Backlog");
+    assert_eq!(app.selected().map(|t| t.key.as_str()), Some("KOD-1"));
+}
+
 #[test]
 fn a_new_task_form() {
     let mut app = app();

@@ -204,6 +204,21 @@ pub enum Msg {
     /// A request finished that changed a task (the form closes).
     Saved(Task),
     Edited(String),
+    /// The server's answer to a move this client sent.
+    Moved(Task),
+    /// A move was refused: where the server has the task (if it could be read).
+    MoveUndone { key: String, task: Option<Task> },
+}
+
+/// Moves sent for one task and not answered yet.
+#[derive(Debug, Clone)]
+struct Moving {
+    /// The task's version when the first of them was shown: a copy of the task no newer
+    /// than this was read before the moves and must not undo them on screen.
+    base: i32,
+    /// Where the last of them puts it.
+    to: String,
+    count: usize,
 }
 
 pub struct App {
@@ -231,6 +246,8 @@ pub struct App {
     pub wanted: Option<String>,
     /// Save the settings when the next board arrives (after a switch).
     save_on_board: bool,
+    /// Moves in flight, by task key (their status is shown before the server answers).
+    moving: HashMap<String, Moving>,
 }
 
 impl App {
@@ -256,6 +273,7 @@ impl App {
             loading: true,
             wanted: None,
             save_on_board: false,
+            moving: HashMap::new(),
         }
     }
 
@@ -513,6 +531,9 @@ impl App {
     fn moved_locally(&mut self, key: &str, to: &str) {
         if let Some(t) = self.tasks.iter_mut().find(|t| t.key == key) {
             t.status = to.to_owned();
+            let m = self.moving.entry(key.to_owned()).or_insert(Moving { base: t.version, to: String::new(), count: 0 });
+            m.to = to.to_owned();
+            m.count += 1;
         }
         if self.view == View::Board {
             self.board.key = Some(key.to_owned());
@@ -906,6 +927,12 @@ impl App {
                 self.running = running.into_iter().filter(|j| j.status == JobState::Running || j.status == JobState::Pending).map(|j| (j.task, j.kind.as_str().to_owned())).collect();
                 self.project = Some(project);
                 self.tasks = tasks;
+                // Moves still in flight stay shown where they go.
+                for t in &mut self.tasks {
+                    if let Some(m) = self.moving.get(&t.key) {
+                        t.status = m.to.clone();
+                    }
+                }
                 self.loading = false;
                 self.reanchor();
                 if std::mem::take(&mut self.save_on_board) {
@@ -913,6 +940,22 @@ impl App {
                 }
             }
             Msg::Task(t) => self.upsert(t),
+            Msg::Moved(t) => {
+                if let Some(m) = self.moving.get_mut(&t.key) {
+                    m.count -= 1;
+                    if m.count == 0 {
+                        self.moving.remove(&t.key);
+                    }
+                }
+                self.upsert(t);
+            }
+            Msg::MoveUndone { key, task } => {
+                self.moving.remove(&key);
+                if let Some(t) = task {
+                    self.tasks.retain(|x| x.key != t.key);
+                    self.upsert(t);
+                }
+            }
             Msg::Saved(t) => {
                 self.overlay = Overlay::None;
                 self.say(format!("saved {}", t.key));
@@ -1004,11 +1047,20 @@ impl App {
         vec![]
     }
 
-    fn upsert(&mut self, t: Task) {
+    /// Takes a copy of a task read from the server, unless a newer one is shown:
+    /// answers can arrive out of order, and one read before a move must not undo it.
+    fn upsert(&mut self, mut t: Task) {
         if self.project.as_ref().is_none_or(|p| p.key != t.project) {
             return;
         }
+        if let Some(m) = self.moving.get(&t.key) {
+            if t.version <= m.base {
+                return;
+            }
+            t.status = m.to.clone();
+        }
         match self.tasks.iter_mut().find(|x| x.key == t.key) {
+            Some(x) if x.version > t.version => return,
             Some(x) => *x = t,
             None => self.tasks.push(t),
         }

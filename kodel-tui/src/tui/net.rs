@@ -218,12 +218,11 @@ impl Net {
                 let tx = self.tx.clone();
                 self.write(async move {
                     match post::<Task>(&api, &format!("{base}/tasks/{}/move", enc(&key)), json!({ "status": to })).await {
-                        Ok(t) => Ok(Msg::Task(t)),
+                        Ok(t) => Ok(Msg::Moved(t)),
                         Err(e) => {
                             // Shown moved already: put it back where the server has it.
-                            if let Ok(t) = get::<Task>(&api, &format!("{base}/tasks/{}", enc(&key))).await {
-                                let _ = tx.send(Msg::Task(t));
-                            }
+                            let task = get::<Task>(&api, &format!("{base}/tasks/{}", enc(&key))).await.ok();
+                            let _ = tx.send(Msg::MoveUndone { key, task });
                             Err(e)
                         }
                     }

@@ -1,8 +1,8 @@
 //! Creating a task, the hottest write, with group commit.
 //!
-//! A creation is validated in its request, then queued. A few committers take what is
-//! queued, up to `MAX_BATCH` at a time, and create each org's share in one transaction
-//! of four statements whatever its size: `BEGIN`; one statement that checks every
+//! A creation is validated in its request, then queued. `COMMITTERS` tasks take what
+//! is queued, up to `MAX_BATCH` at a time, and create each org's share in one
+//! transaction of four statements whatever its size: `BEGIN`; one statement that checks every
 //! caller (live session or API token) and their membership of the org, and scopes the
 //! transaction to the org's schema; one statement that checks each caller's project
 //! role and creates the tasks that pass with their numbers and `task.created` events;
@@ -36,8 +36,9 @@ use crate::error::{ApiError, ApiResult, check_len, require_text};
 use crate::json::ApiJson;
 use crate::tenant::{Caller, OrgTx, Tenant};
 
-/// How many transactions commit creations at the same time.
-pub const COMMITTERS: usize = 4;
+/// How many transactions commit creations at the same time. Two carry bigger batches
+/// than four and were faster on the 2-core bench (docs/benchmarks.md).
+pub const COMMITTERS: usize = 2;
 /// The most creations one transaction carries.
 const MAX_BATCH: usize = 64;
 /// Creations waiting for a committer (beyond this, requests wait to be queued).
