@@ -1,5 +1,5 @@
 //! The agents hub over a real WebSocket: enrollment, the protocol's refusals and
-//! errors, dispatch by labels, token revocation.
+//! errors, dispatch by labels, token revocation, a job given back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -236,4 +236,39 @@ async fn a_reconnecting_agent_replaces_its_old_connection() {
     let (_, agents) = app.get("/api/v1/orgs/re/agents", &owner).await;
     assert_eq!(agents["data"].as_array().unwrap().len(), 1, "one agent, not two: {agents}");
     assert_eq!(agents["data"][0]["status"], "busy");
+}
+
+/// An agent that gives its job back is stopping: the job waits for another agent
+/// instead of going straight back to the one about to leave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_job_is_not_handed_back_to_the_stopping_agent() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner_with_project("rel@example.com", "rel", "REL").await;
+    let (s, v) = app.post("/api/v1/orgs/rel/projects", &owner, json!({"key": "SD", "name": "SD", "workflow": "software-development"})).await;
+    assert_eq!(s, 201, "{v}");
+    let token = agent_token(&app, &owner, "rel").await;
+    let mut leaving = welcomed(&app, &token, &[]).await;
+    let key = app.create_task(&owner, "rel", "SD", "Give it back").await["key"].as_str().unwrap().to_owned();
+    for status in ["Ready", "In Progress"] {
+        let (s, v) = app.post(&format!("/api/v1/orgs/rel/tasks/{key}/move"), &owner, json!({"status": status})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let job_id = match next(&mut leaving, Duration::from_secs(5)).await {
+        Some(Ok(ServerMessage::Assigned(a))) => a.job.id,
+        other => panic!("expected the job, got {other:?}"),
+    };
+    send(&mut leaving, &AgentMessage::Release { job_id, reason: "stopping".into() }).await;
+    match next(&mut leaving, Duration::from_secs(5)).await {
+        Some(Ok(ServerMessage::Ack { job_id: acked })) => assert_eq!(acked, job_id),
+        other => panic!("expected an ack, got {other:?}"),
+    }
+    assert!(next(&mut leaving, Duration::from_secs(1)).await.is_none(), "the stopping agent was given work again");
+    let (_, job) = app.get(&format!("/api/v1/orgs/rel/jobs/{job_id}"), &owner).await;
+    assert_eq!((job["status"].as_str(), job["attempts"].as_i64()), (Some("pending"), Some(0)), "{job}");
+    // Another agent takes it.
+    let mut other = welcomed(&app, &token, &[]).await;
+    match next(&mut other, Duration::from_secs(5)).await {
+        Some(Ok(ServerMessage::Assigned(a))) => assert_eq!(a.job.id, job_id),
+        other => panic!("the next agent should get the job, got {other:?}"),
+    }
 }

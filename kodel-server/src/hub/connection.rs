@@ -412,7 +412,8 @@ impl Conn {
                     self.state.hub.finished(job.id, &self.ctl);
                     let _ = self.out.send(ServerMessage::Ack { job_id: job.id });
                     self.set_status("online", None).await;
-                    self.become_idle();
+                    // The agent is stopping: this connection gets no more work (made
+                    // idle, it was handed the job it had just given back).
                     Ok(())
                 }
                 None => {
