@@ -158,22 +158,17 @@ impl Creates {
         }
     }
 
-    /// How many creations were queued since the server started.
+    /// How many creations were queued since the server started (counted once queued).
     pub fn submitted(&self) -> u64 {
         self.submitted.load(Ordering::Relaxed)
-    }
-
-    /// How many creations wait for a committer now.
-    pub fn queued(&self) -> usize {
-        QUEUE - self.queue.capacity()
     }
 
     /// Queues a creation and waits for its batch: the task, or None when it must be
     /// made alone.
     async fn submit(&self, slug: &OrgSlug, task: NewTask) -> Option<Created> {
         let (reply, answer) = oneshot::channel();
-        self.submitted.fetch_add(1, Ordering::Relaxed);
         self.queue.send(Pending { slug: slug.clone(), task, reply }).await.ok()?;
+        self.submitted.fetch_add(1, Ordering::Relaxed);
         answer.await.ok().flatten()
     }
 }
