@@ -82,6 +82,12 @@ async fn a_batch_creates_what_each_caller_may_in_one_transaction() {
     let revoked_token = revoked["token"].as_str().unwrap().to_owned();
     let id = revoked["id"].as_str().unwrap();
     assert_eq!(app.delete(&format!("/api/v1/tokens/{id}"), &o.owner).await.0, StatusCode::NO_CONTENT);
+    // A developer whose session was revoked (logged out) keeps a well-signed token.
+    let gone = app.register("gone@x.io").await;
+    app.post("/api/v1/orgs/acme/members", &o.owner, json!({"email": "gone@x.io", "role": "member"})).await;
+    app.post("/api/v1/orgs/acme/projects/KOD/members", &o.owner, json!({"email": "gone@x.io", "role": "developer"})).await;
+    let mut db = app.sql().await;
+    sqlx::query("UPDATE sessions SET revoked_at = now() WHERE user_id = (SELECT id FROM users WHERE email = 'gone@x.io')").execute(&mut db).await.unwrap();
 
     let cases: Vec<Case> = vec![
         (&o.owner, "KOD", json!({"title": "first", "labels": ["x", "y"], "priority": "high"}), None),
@@ -93,6 +99,7 @@ async fn a_batch_creates_what_each_caller_may_in_one_transaction() {
         (&o.owner, "KOD", json!({"status": "Nowhere"}), Some((StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"))),
         (&o.owner, "KOD", json!({"assignee": "stranger@x.io"}), Some((StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"))),
         (&revoked_token, "KOD", json!({}), Some((StatusCode::UNAUTHORIZED, "unauthorized"))),
+        (&gone, "KOD", json!({}), Some((StatusCode::UNAUTHORIZED, "unauthorized"))),
         (&o.owner, "WEB", json!({"title": "ruled"}), Some((StatusCode::CREATED, ""))),
         (&o.dev_token, "KOD", json!({"title": "by script"}), None),
     ];
@@ -101,7 +108,7 @@ async fn a_batch_creates_what_each_caller_may_in_one_transaction() {
     let answers = create_batch(&app.server.state, &acme, tasks).await.unwrap();
 
     let made: Vec<usize> = answers.iter().enumerate().filter(|(_, a)| a.is_some()).map(|(i, _)| i).collect();
-    assert_eq!(made, vec![0, 1, 5, 10]);
+    assert_eq!(made, vec![0, 1, 5, 11]);
     let task = |i: usize| &answers[i].as_ref().unwrap().task;
     let mut numbers: Vec<i32> = made.iter().map(|i| task(*i).number).collect();
     numbers.sort();
@@ -110,14 +117,13 @@ async fn a_batch_creates_what_each_caller_may_in_one_transaction() {
     assert_eq!((task(1).assignee.as_deref(), task(1).created_by.as_deref()), (Some("own@x.io"), Some("dev@x.io")));
     assert_eq!(task(5).status, "Done");
 
-    // One transaction made them, each with its task.created event.
-    let mut db = app.sql().await;
+    // One transaction made them, each with its task.created event, by its creator.
     assert_eq!(sql_i64(&mut db, "SELECT count(*) FROM org_acme.tasks").await, 4);
     assert_eq!(sql_i64(&mut db, "SELECT count(DISTINCT xmin::text) FROM org_acme.tasks").await, 1);
     let events: Vec<(String, Value)> = sqlx::query_as(
         "SELECT p.key || '-' || t.number, e.payload FROM org_acme.task_events e
          JOIN org_acme.tasks t ON t.id = e.task_id JOIN org_acme.projects p ON p.id = t.project_id
-         WHERE e.type = 'task.created' ORDER BY e.id",
+         WHERE e.type = 'task.created' AND e.actor_id = t.created_by ORDER BY e.id",
     )
     .fetch_all(&mut db)
     .await
@@ -148,14 +154,40 @@ async fn a_batch_creates_what_each_caller_may_in_one_transaction() {
     let (_, web) = app.get("/api/v1/orgs/acme/projects/WEB/tasks", &o.owner).await;
     assert_eq!(web["data"][0]["labels"], json!(["triaged"]));
     assert_eq!(sql_i64(&mut db, "SELECT count(*) FROM org_beta.tasks").await, 0);
+
+    // A NUL in a status or an assignee is refused before it reaches a batch.
+    for body in [json!({"title": "t", "status": "To Do\u{0}"}), json!({"title": "t", "assignee": "own@x.io\u{0}"})] {
+        let (s, v) = app.post("/api/v1/orgs/acme/projects/KOD/tasks", &o.owner, body).await;
+        assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"), "{v}");
+    }
+    // An org whose schema failed to migrate gets nothing from a batch, and 503 alone.
+    sqlx::query("UPDATE orgs SET migration_error = 'test' WHERE slug = 'acme'").execute(&mut db).await.unwrap();
+    let answers = create_batch(&app.server.state, &acme, vec![new_task(&app, &o.owner, "KOD", json!({}))]).await.unwrap();
+    assert!(answers[0].is_none());
+    let (s, v) = app.post("/api/v1/orgs/acme/projects/KOD/tasks", &o.owner, json!({"title": "t"})).await;
+    assert_eq!((s, code(&v)), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"), "{v}");
 }
 
-/// Holds the committers on a lock on acme's tasks while `requests` are sent, so that
-/// what arrives meanwhile queues; then lets them go and returns the answers.
+/// Holds creations in acme at a gate (a trigger that waits while `org_acme.gate` has a
+/// row) while `requests` are sent, so that what arrives meanwhile queues; then opens
+/// it and returns the answers. A gate rather than a lock: a batch gives up waiting for
+/// a lock after a second.
 async fn burst(app: &TestApp, requests: Vec<(String, String, Value)>) -> Vec<(StatusCode, Value)> {
     let mut db = app.sql().await;
-    let mut lock = db.begin().await.unwrap();
-    sqlx::query("LOCK TABLE org_acme.tasks IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS org_acme.gate (closed bool);
+         INSERT INTO org_acme.gate VALUES (true);
+         CREATE OR REPLACE FUNCTION org_acme.wait_at_gate() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             WHILE EXISTS (SELECT 1 FROM org_acme.gate) LOOP PERFORM pg_sleep(0.005); END LOOP;
+             RETURN NULL;
+         END $$;
+         CREATE OR REPLACE TRIGGER wait_at_gate BEFORE INSERT ON org_acme.tasks
+             FOR EACH STATEMENT EXECUTE FUNCTION org_acme.wait_at_gate();",
+    )
+    .execute(&mut db)
+    .await
+    .unwrap();
     let creates = app.server.state.creates.clone();
     let expected = creates.submitted() + requests.len() as u64;
     let sent: Vec<_> = requests
@@ -171,18 +203,60 @@ async fn burst(app: &TestApp, requests: Vec<(String, String, Value)>) -> Vec<(St
         })
         .collect();
     // Every request is queued, or in one of the (at most COMMITTERS) batches waiting
-    // for the lock: once it is released, one committer takes all that is queued.
+    // at the gate: once it opens, one committer takes all that is queued.
     let deadline = Instant::now() + Duration::from_secs(20);
     while creates.submitted() < expected {
         assert!(Instant::now() < deadline, "requests not queued: {} of {expected}", creates.submitted());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    lock.rollback().await.unwrap();
+    sqlx::query("DELETE FROM org_acme.gate").execute(&mut db).await.unwrap();
     let mut answers = Vec::new();
     for s in sent {
         answers.push(s.await.unwrap());
     }
     answers
+}
+
+/// While one org's tasks table is locked (another transaction's DDL, say), creations
+/// in other orgs go on: a batch waits a second for a lock, then leaves its creations
+/// to be made alone, each waiting on its own connection.
+#[tokio::test]
+async fn one_org_s_locked_tables_do_not_hold_up_the_others() {
+    let app = TestApp::spawn().await;
+    let o = orgs(&app).await;
+    let mut db = app.sql().await;
+    let mut lock = db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE org_acme.tasks IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    let mut watch = app.sql().await;
+    let post = |token: &str, path: &str, title: &str| {
+        let req = app.http.post(format!("{}{path}", app.base)).bearer_auth(token).json(&json!({"title": title}));
+        tokio::spawn(async move {
+            let resp = req.send().await.unwrap();
+            (resp.status(), resp.json::<Value>().await.unwrap())
+        })
+    };
+    // Both committers end up waiting on acme's lock.
+    let mut held = Vec::new();
+    for i in 0..COMMITTERS {
+        held.push(post(&o.owner, "/api/v1/orgs/acme/projects/KOD/tasks", &format!("held {i}")));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sql_i64(&mut watch, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'").await
+            < i as i64 + 1
+        {
+            assert!(Instant::now() < deadline, "the creation in acme did not reach the lock");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    // beta's creation is answered while acme's lock is still held.
+    let beta = post(&o.outsider, "/api/v1/orgs/beta/projects/BET/tasks", "elsewhere");
+    let (s, v) = tokio::time::timeout(Duration::from_secs(10), beta).await.expect("beta waited for acme's lock").unwrap();
+    assert_eq!((s, v["key"].as_str()), (StatusCode::CREATED, Some("BET-1")), "{v}");
+    assert!(!held.iter().any(|h| h.is_finished()), "acme's creations cannot have finished under the lock");
+    lock.rollback().await.unwrap();
+    for h in held {
+        let (s, v) = h.await.unwrap();
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+    }
 }
 
 /// Under concurrency, creations share commits: what queued while the committers were

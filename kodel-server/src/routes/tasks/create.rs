@@ -14,7 +14,10 @@
 //! (`create_alone`), which gives the answer: an error (unknown project, missing role,
 //! bad status or assignee, dead credential), or the task. The batch leaves there the
 //! creations the engine reacts to (a bound first status, a `task_created` rule), and
-//! all of a batch whose transaction failed, so nothing is lost and no error is guessed.
+//! all of a batch whose transaction failed before `COMMIT`, so nothing is lost and no
+//! error is guessed. A failed `COMMIT` may have happened, so its creations are answered
+//! with an error instead of being made twice. A batch waits at most `LOCK_TIMEOUT` for
+//! a lock, so one org's locked tables hold up the others briefly at most.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +26,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use kodel_core::api::{CreateTask, MAX_DESCRIPTION, MAX_TITLE, OrgRole, Priority, ProjectRole, Task};
+use futures::StreamExt;
+use kodel_core::api::{CreateTask, MAX_DESCRIPTION, MAX_NAME, MAX_TITLE, OrgRole, Priority, ProjectRole, Task};
 use kodel_core::{ErrorCode, OrgSlug, ProjectKey};
 use serde_json::json;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -43,6 +47,14 @@ pub const COMMITTERS: usize = 2;
 const MAX_BATCH: usize = 64;
 /// Creations waiting for a committer (beyond this, requests wait to be queued).
 const QUEUE: usize = 1024;
+/// How long a batch waits for a lock (another transaction's DDL or `LOCK` on the org's
+/// tables) before its creations are made alone, each waiting on its own connection, so
+/// one org's locked tables do not hold up the committers for long.
+const LOCK_TIMEOUT: &str = "1s";
+/// How many orgs' shares of one batch are committed at the same time.
+const ORGS_AT_ONCE: usize = 4;
+/// The longest email address (as registration accepts).
+const MAX_EMAIL: usize = 254;
 
 /// A creation, validated, waiting to be committed.
 #[derive(Clone)]
@@ -66,6 +78,13 @@ impl NewTask {
         let description = req.description.unwrap_or_default();
         check_len("description", &description, MAX_DESCRIPTION)?;
         let labels = clean_labels(req.labels.unwrap_or_default())?;
+        let assignee = req.assignee.map(|a| a.trim().to_owned());
+        if let Some(a) = &assignee {
+            check_len("assignee", a, MAX_EMAIL)?;
+        }
+        if let Some(s) = &req.status {
+            check_len("status", s, MAX_NAME)?;
+        }
         Ok(Self {
             credential,
             project,
@@ -73,7 +92,7 @@ impl NewTask {
             description,
             priority: req.priority.unwrap_or_default(),
             labels,
-            assignee: req.assignee.map(|a| a.trim().to_owned()),
+            assignee,
             status: req.status,
         })
     }
@@ -119,15 +138,22 @@ pub(super) async fn create(
     ApiJson(req): ApiJson<CreateTask>,
 ) -> ApiResult<(StatusCode, Json<Task>)> {
     let new = NewTask::from_request(credential, &key, req)?;
-    if let Some(created) = state.creates.submit(&slug, new.clone()).await {
-        let span = tracing::Span::current();
-        span.record("user", tracing::field::display(created.user));
-        span.record("org", slug.as_str());
-        new.credential.touch(&state);
-        return Ok((StatusCode::CREATED, Json(created.task)));
+    match state.creates.submit(&slug, new.clone()).await {
+        Answer::Created(created) => {
+            let span = tracing::Span::current();
+            span.record("user", tracing::field::display(created.user));
+            span.record("org", slug.as_str());
+            new.credential.touch(&state);
+            Ok((StatusCode::CREATED, Json(created.task)))
+        }
+        Answer::Alone => {
+            let t = Tenant::open(&state, slug, new.credential.clone()).await?;
+            create_alone(t, new).await
+        }
+        Answer::Unknown => Err(ApiError::internal(
+            "the database failed while committing the task: it may have been created; check the list before retrying",
+        )),
     }
-    let t = Tenant::open(&state, slug, new.credential.clone()).await?;
-    create_alone(t, new).await
 }
 
 /// The creation queue and its committers.
@@ -140,7 +166,39 @@ pub struct Creates {
 struct Pending {
     slug: OrgSlug,
     task: NewTask,
-    reply: oneshot::Sender<Option<Created>>,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// What a batch says of one creation.
+enum Answer {
+    Created(Box<Created>),
+    /// Not made: make it alone.
+    Alone,
+    /// The commit failed and may have happened: making it again could make it twice.
+    Unknown,
+}
+
+/// Why a batch made nothing it can vouch for.
+#[derive(Debug)]
+pub enum BatchError {
+    /// Nothing was committed: each creation can be made alone.
+    Before(ApiError),
+    /// The commit itself failed: it may or may not have happened.
+    AtCommit(ApiError),
+}
+
+impl BatchError {
+    fn message(&self) -> &str {
+        match self {
+            Self::Before(e) | Self::AtCommit(e) => &e.message,
+        }
+    }
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Before(e.into())
+    }
 }
 
 impl Creates {
@@ -150,11 +208,16 @@ impl Creates {
         (Self { queue, submitted: Arc::default() }, CreatesReceiver(rx))
     }
 
-    /// Starts the committers.
+    /// Starts the committers (one that panics is started again).
     pub fn start(state: &AppState, rx: CreatesReceiver) {
         let rx = Arc::new(Mutex::new(rx.0));
         for _ in 0..COMMITTERS {
-            tokio::spawn(committer(state.clone(), rx.clone()));
+            let (state, rx) = (state.clone(), rx.clone());
+            tokio::spawn(async move {
+                while let Err(e) = tokio::spawn(committer(state.clone(), rx.clone())).await {
+                    tracing::error!(error = %e, "a task committer stopped; starting it again");
+                }
+            });
         }
     }
 
@@ -165,11 +228,13 @@ impl Creates {
 
     /// Queues a creation and waits for its batch: the task, or None when it must be
     /// made alone.
-    async fn submit(&self, slug: &OrgSlug, task: NewTask) -> Option<Created> {
+    async fn submit(&self, slug: &OrgSlug, task: NewTask) -> Answer {
         let (reply, answer) = oneshot::channel();
-        self.queue.send(Pending { slug: slug.clone(), task, reply }).await.ok()?;
+        if self.queue.send(Pending { slug: slug.clone(), task, reply }).await.is_err() {
+            return Answer::Alone;
+        }
         self.submitted.fetch_add(1, Ordering::Relaxed);
-        answer.await.ok().flatten()
+        answer.await.unwrap_or(Answer::Alone)
     }
 }
 
@@ -189,24 +254,37 @@ async fn committer(state: AppState, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
                 }
             }
         }
-        // One transaction per org.
-        while let Some(first) = batch.first() {
-            let slug = first.slug.clone();
-            let (mine, rest): (Vec<Pending>, Vec<Pending>) = batch.into_iter().partition(|p| p.slug == slug);
-            batch = rest;
-            let tasks: Vec<NewTask> = mine.iter().map(|p| p.task.clone()).collect();
-            let answers = match create_batch(&state, &slug, tasks).await {
-                Ok(answers) => answers,
-                Err(e) => {
-                    tracing::warn!(org = %slug, tasks = mine.len(), error = %e.message, "a batch of task creations failed; each is retried alone");
-                    Vec::new()
-                }
-            };
-            let mut answers = answers.into_iter();
-            for p in mine {
-                let _ = p.reply.send(answers.next().flatten());
+        // A request whose client went away is not made (as when a request's own
+        // transaction is dropped).
+        batch.retain(|p| !p.reply.is_closed());
+        // One transaction per org, a few orgs at a time.
+        let mut orgs: Vec<(OrgSlug, Vec<Pending>)> = Vec::new();
+        for p in batch {
+            match orgs.iter_mut().find(|(slug, _)| *slug == p.slug) {
+                Some((_, mine)) => mine.push(p),
+                None => orgs.push((p.slug.clone(), vec![p])),
             }
         }
+        futures::stream::iter(orgs)
+            .for_each_concurrent(ORGS_AT_ONCE, |(slug, mine)| commit_share(&state, slug, mine))
+            .await;
+    }
+}
+
+/// Commits one org's share of a batch and answers each of its requests.
+async fn commit_share(state: &AppState, slug: OrgSlug, mine: Vec<Pending>) {
+    let tasks: Vec<NewTask> = mine.iter().map(|p| p.task.clone()).collect();
+    let mut answers: Vec<Answer> = match create_batch(state, &slug, tasks).await {
+        Ok(made) => made.into_iter().map(|m| m.map_or(Answer::Alone, |c| Answer::Created(Box::new(c)))).collect(),
+        Err(e) => {
+            tracing::warn!(org = %slug, tasks = mine.len(), error = %e.message(), "a batch of task creations failed");
+            let at_commit = matches!(e, BatchError::AtCommit(_));
+            mine.iter().map(|_| if at_commit { Answer::Unknown } else { Answer::Alone }).collect()
+        }
+    };
+    answers.reverse();
+    for p in mine {
+        let _ = p.reply.send(answers.pop().unwrap_or(Answer::Alone));
     }
 }
 
@@ -230,12 +308,12 @@ struct BatchRow {
 /// Creates in `slug`'s org, in one transaction, those of `tasks` whose caller may and
 /// that the engine does not react to. The answer has one entry per task, in order:
 /// None for those it did not create.
-pub async fn create_batch(state: &AppState, slug: &OrgSlug, tasks: Vec<NewTask>) -> ApiResult<Vec<Option<Created>>> {
+pub async fn create_batch(state: &AppState, slug: &OrgSlug, tasks: Vec<NewTask>) -> Result<Vec<Option<Created>>, BatchError> {
     let mut tx = state.pool.begin().await?;
     let creds: Vec<&Credential> = tasks.iter().map(|t| &t.credential).collect();
     let sql = format!(
         "SELECT callers.i, u.id AS user_id, u.email, o.id AS org_id, m.role,
-                set_config('search_path', $5, true) AS search_path
+                set_config('search_path', $5, true) AS search_path, set_config('lock_timeout', $7, true) AS lock_timeout
          FROM {} JOIN public.users u ON u.id = callers.id
          JOIN public.orgs o ON o.slug = $4 AND o.migration_error IS NULL AND o.schema_version >= $6
          JOIN public.org_members m ON m.org_id = o.id AND m.user_id = u.id",
@@ -245,6 +323,7 @@ pub async fn create_batch(state: &AppState, slug: &OrgSlug, tasks: Vec<NewTask>)
         .bind(slug.as_str())
         .bind(slug.search_path())
         .bind(crate::db::migrate::tenant_version())
+        .bind(LOCK_TIMEOUT)
         .fetch_all(&mut *tx)
         .await?;
     let mut answers: Vec<Option<Created>> = tasks.iter().map(|_| None).collect();
@@ -301,7 +380,8 @@ pub async fn create_batch(state: &AppState, slug: &OrgSlug, tasks: Vec<NewTask>)
              INSERT INTO tasks (id, project_id, number, title, description, status_id, priority, labels,
                                 assignee_id, created_by, event_seq)
              SELECT id, project_id, nextval(('task_number_' || replace(project_id::text, '-', ''))::regclass),
-                    title, description, status_id, priority, ARRAY(SELECT jsonb_array_elements_text(labels)),
+                    title, description, status_id, priority,
+                    ARRAY(SELECT l FROM jsonb_array_elements_text(labels) WITH ORDINALITY AS x(l, n) ORDER BY n),
                     assignee_id, user_id, 1
              FROM ready ORDER BY i
              RETURNING id, number, created_at),
@@ -333,7 +413,7 @@ pub async fn create_batch(state: &AppState, slug: &OrgSlug, tasks: Vec<NewTask>)
     }
     let mut db = OrgTx::new(tx, state, org_id, slug.clone(), None);
     db.wrote_events = true;
-    db.commit().await?;
+    db.commit().await.map_err(BatchError::AtCommit)?;
     for row in rows {
         let (Some(c), Some(i)) = (callers.iter().find(|c| c.i == row.i), usize::try_from(row.i - 1).ok()) else { continue };
         let Some(task) = tasks.get(i) else { continue };
