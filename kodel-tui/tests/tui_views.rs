@@ -208,6 +208,11 @@ fn a_copy_read_before_a_move_does_not_undo_it() {
     assert_eq!(key(&mut app, KeyCode::Char('>')), vec![Effect::Move { key: "KOD-1".into(), to: "Ready".into() }]);
     app.on_msg(Msg::Task(at("Backlog", 1)));
     assert_eq!(shown(&app), "Ready");
+    // Nor in the task's pane, opened meanwhile.
+    assert_eq!(key(&mut app, KeyCode::Enter), vec![Effect::OpenTask("KOD-1".into())]);
+    app.on_msg(Msg::Detail { key: "KOD-1".into(), task: at("Backlog", 1), comments: vec![], jobs: vec![], artifacts: vec![] });
+    assert_eq!(app.detail.as_ref().and_then(|d| d.task.as_ref()).map(|t| t.status.as_str()), Some("Ready"));
+    key(&mut app, KeyCode::Esc);
     assert_eq!(key(&mut app, KeyCode::Char('>')), vec![Effect::Move { key: "KOD-1".into(), to: "In Progress".into() }]);
     // The first move's answer, while the second is in flight: it stays where it goes.
     app.on_msg(Msg::Moved(at("Ready", 2)));

@@ -963,6 +963,8 @@ impl App {
             }
             Msg::Detail { key, task, comments, jobs, artifacts } => {
                 self.upsert(task.clone());
+                // What the board shows, if newer (a move in flight, a later copy).
+                let task = self.tasks.iter().find(|t| t.key == task.key).cloned().unwrap_or(task);
                 if let Some(d) = self.detail.as_mut().filter(|d| d.key == key) {
                     d.task = Some(task);
                     d.comments = comments;
