@@ -45,6 +45,8 @@ async fn orgs(app: &TestApp) -> Orgs {
     let dev = member("dev@x.io", "developer").await;
     let viewer = member("view@x.io", "viewer").await;
     let dev_token = app.post("/api/v1/tokens", &dev, json!({"name": "script"})).await.1["token"].as_str().unwrap().to_owned();
+    // Used once, as a script would, so its creations are queued from now on.
+    assert_eq!(app.get("/api/v1/me", &dev_token).await.0, StatusCode::OK);
     let outsider = app.owner_with_project("out@x.io", "beta", "BET").await;
     Orgs { owner, dev_token, viewer, outsider }
 }
@@ -331,4 +333,32 @@ async fn a_failed_batch_is_retried_one_by_one() {
     assert_eq!(sql_i64(&mut db, "SELECT count(*) FROM org_acme.task_events WHERE type = 'task.created'").await, 30);
     let keys: std::collections::HashSet<_> = answers.iter().map(|(_, v)| v["key"].as_str().unwrap().to_owned()).collect();
     assert_eq!(keys.len(), 30);
+}
+
+/// Made-up API tokens never reach the shared committers: a token is queued only once
+/// it has passed a check on this server.
+#[tokio::test]
+async fn made_up_api_tokens_are_refused_without_the_queue() {
+    let app = TestApp::spawn().await;
+    let o = orgs(&app).await;
+    let creates = &app.server.state.creates;
+    let path = "/api/v1/orgs/acme/projects/KOD/tasks";
+    let before = creates.submitted();
+    for i in 0..5 {
+        let (s, v) = app.post(path, &format!("kodel_pat_made_up_{i}"), json!({"title": "x"})).await;
+        assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    }
+    assert_eq!(creates.submitted(), before);
+    // A real token is checked alone the first time, then queued.
+    let (s, v) = app.post("/api/v1/tokens", &o.owner, json!({"name": "fresh"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let fresh = v["token"].as_str().unwrap();
+    assert_eq!(app.post(path, fresh, json!({"title": "first"})).await.0, StatusCode::CREATED);
+    assert_eq!(creates.submitted(), before);
+    assert_eq!(app.post(path, fresh, json!({"title": "second"})).await.0, StatusCode::CREATED);
+    assert_eq!(creates.submitted(), before + 1);
+    // Revoked, it is refused even though it was seen lately.
+    let id = v["id"].as_str().unwrap();
+    assert_eq!(app.delete(&format!("/api/v1/tokens/{id}"), &o.owner).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(app.post(path, fresh, json!({"title": "third"})).await.0, StatusCode::UNAUTHORIZED);
 }

@@ -160,6 +160,13 @@ pub struct TokenUses(std::sync::Mutex<std::collections::HashMap<Vec<u8>, std::ti
 impl TokenUses {
     const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+    /// True when the token passed a check on this server in the last two minutes (its
+    /// use is noted at most once a minute while it is used).
+    pub fn seen_lately(&self, hash: &[u8]) -> bool {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(hash).is_some_and(|at| at.elapsed() < 2 * Self::EVERY)
+    }
+
     /// True (and noted) when the token's use has not been recorded for a minute.
     pub fn due(&self, hash: &[u8]) -> bool {
         let now = std::time::Instant::now();
