@@ -105,9 +105,9 @@ async fn a_batch_creates_what_each_caller_may_in_one_transaction() {
         (&o.owner, "WEB", json!({"title": "ruled"}), Some((StatusCode::CREATED, ""))),
         (&o.dev_token, "KOD", json!({"title": "by script"}), None),
     ];
-    let tasks = cases.iter().map(|(who, project, body, _)| new_task(&app, who, project, body.clone())).collect();
+    let tasks: Vec<NewTask> = cases.iter().map(|(who, project, body, _)| new_task(&app, who, project, body.clone())).collect();
     let acme = OrgSlug::parse("acme").unwrap();
-    let answers = create_batch(&app.server.state, &acme, tasks).await.unwrap();
+    let answers = create_batch(&app.server.state, &acme, &tasks).await.unwrap();
 
     let made: Vec<usize> = answers.iter().enumerate().filter(|(_, a)| a.is_some()).map(|(i, _)| i).collect();
     assert_eq!(made, vec![0, 1, 5, 11]);
@@ -164,7 +164,7 @@ async fn a_batch_creates_what_each_caller_may_in_one_transaction() {
     }
     // An org whose schema failed to migrate gets nothing from a batch, and 503 alone.
     sqlx::query("UPDATE orgs SET migration_error = 'test' WHERE slug = 'acme'").execute(&mut db).await.unwrap();
-    let answers = create_batch(&app.server.state, &acme, vec![new_task(&app, &o.owner, "KOD", json!({}))]).await.unwrap();
+    let answers = create_batch(&app.server.state, &acme, &[new_task(&app, &o.owner, "KOD", json!({}))]).await.unwrap();
     assert!(answers[0].is_none());
     let (s, v) = app.post("/api/v1/orgs/acme/projects/KOD/tasks", &o.owner, json!({"title": "t"})).await;
     assert_eq!((s, code(&v)), (StatusCode::SERVICE_UNAVAILABLE, "unavailable"), "{v}");

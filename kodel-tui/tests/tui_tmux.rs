@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kodel_server::testing::scripted_llm::{Reply, ScriptedLlm};
 use kodel_server::testing::tmux::Tmux;
-use kodel_server::testing::{ServerProcess, database_url, free_port, fresh_database, git, register, sibling_binary};
+use kodel_server::testing::{ServerProcess, api, database_url, free_port, fresh_database, git, register, sibling_binary};
 use serde_json::{Value, json};
 
 fn sibling(name: &str) -> PathBuf {
@@ -62,13 +62,7 @@ impl Stack {
     }
 
     async fn call(&self, method: &str, path: &str, body: Value) -> Value {
-        let req = self.http.request(method.parse().unwrap(), format!("{}{path}", self.base())).bearer_auth(&self.token);
-        let req = if body.is_null() { req } else { req.json(&body) };
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "{method} {path}: {status} {v}");
-        v
+        api(&self.http, &self.base(), &self.token, method, path, body).await
     }
 
     /// `kodel` (the TUI) in tmux, as a script-free user would run it: token, org and

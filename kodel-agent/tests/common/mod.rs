@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kodel_server::testing::scripted_llm::ScriptedLlm;
 pub use kodel_server::testing::free_port;
-use kodel_server::testing::{ServerProcess, database_url, fresh_database, register, sibling_binary};
+use kodel_server::testing::{ServerProcess, api, database_url, fresh_database, register, sibling_binary};
 use serde_json::{Value, json};
 
 pub fn server_binary() -> PathBuf {
@@ -19,7 +19,6 @@ pub fn server_binary() -> PathBuf {
 
 pub struct Stack {
     pub server: Option<ServerProcess>,
-    pub db_url: String,
     pub env: Vec<(String, String)>,
     pub listen: String,
     pub http: reqwest::Client,
@@ -56,7 +55,6 @@ impl Stack {
         let listen = format!("127.0.0.1:{}", free_port());
         let mut stack = Stack {
             server: None,
-            db_url: database_url(&db),
             env,
             listen,
             http: reqwest::Client::new(),
@@ -73,7 +71,6 @@ impl Stack {
         let t = stack.call("POST", "/api/v1/orgs/acme/agent-tokens", json!({"name": "e2e"})).await;
         stack.agent_token = t["token"].as_str().unwrap().to_owned();
         assert!(stack.agent_token.starts_with("kodel_agt_"));
-        let _ = &stack.db_url;
         stack
     }
 
@@ -87,13 +84,7 @@ impl Stack {
     }
 
     pub async fn call(&self, method: &str, path: &str, body: Value) -> Value {
-        let req = self.http.request(method.parse().unwrap(), format!("{}{path}", self.base())).bearer_auth(&self.token);
-        let req = if body.is_null() { req } else { req.json(&body) };
-        let resp = req.send().await.unwrap();
-        let status = resp.status();
-        let v: Value = resp.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "{method} {path}: {status} {v}");
-        v
+        api(&self.http, &self.base(), &self.token, method, path, body).await
     }
 
     /// A real kodel-agent process that keeps its workspaces (tests look inside).

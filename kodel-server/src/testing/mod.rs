@@ -134,6 +134,18 @@ pub async fn register(base: &str, email: &str) -> String {
     reg["access_token"].as_str().unwrap_or_else(|| panic!("registering {email}: {reg}")).to_owned()
 }
 
+/// Calls the API at `base` as `token` and gives the JSON answer (Null when empty);
+/// anything but a success fails the test.
+pub async fn api(http: &reqwest::Client, base: &str, token: &str, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let req = http.request(method.parse().unwrap(), format!("{base}{path}")).bearer_auth(token);
+    let req = if body.is_null() { req } else { req.json(&body) };
+    let resp = req.send().await.unwrap();
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    assert!(status.is_success(), "{method} {path}: {status} {v}");
+    v
+}
+
 /// Runs git in `dir` as a test's fixture maker would (a fixed identity); gives stdout.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git").args(["-c", "user.name=Test", "-c", "user.email=test@example.com"]).args(args).current_dir(dir).output().unwrap();

@@ -234,8 +234,7 @@ impl Creates {
         self.submitted.load(Ordering::Relaxed)
     }
 
-    /// Queues a creation and waits for its batch: the task, or None when it must be
-    /// made alone.
+    /// Queues a creation and waits for what its batch says of it.
     async fn submit(&self, slug: &OrgSlug, task: NewTask) -> Answer {
         let (reply, answer) = oneshot::channel();
         if self.queue.send(Pending { slug: slug.clone(), task, reply }).await.is_err() {
@@ -281,18 +280,18 @@ async fn committer(state: AppState, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
 
 /// Commits one org's share of a batch and answers each of its requests.
 async fn commit_share(state: &AppState, slug: OrgSlug, mine: Vec<Pending>) {
-    let tasks: Vec<NewTask> = mine.iter().map(|p| p.task.clone()).collect();
-    let mut answers: Vec<Answer> = match create_batch(state, &slug, tasks).await {
+    let (tasks, replies): (Vec<NewTask>, Vec<_>) = mine.into_iter().map(|p| (p.task, p.reply)).unzip();
+    let answers: Vec<Answer> = match create_batch(state, &slug, &tasks).await {
         Ok(made) => made.into_iter().map(|m| m.map_or(Answer::Alone, |c| Answer::Created(Box::new(c)))).collect(),
         Err(e) => {
-            tracing::warn!(org = %slug, tasks = mine.len(), error = %e.message(), "a batch of task creations failed");
+            tracing::warn!(org = %slug, tasks = tasks.len(), error = %e.message(), "a batch of task creations failed");
             let at_commit = matches!(e, BatchError::AtCommit(_));
-            mine.iter().map(|_| if at_commit { Answer::Unknown } else { Answer::Alone }).collect()
+            tasks.iter().map(|_| if at_commit { Answer::Unknown } else { Answer::Alone }).collect()
         }
     };
-    answers.reverse();
-    for p in mine {
-        let _ = p.reply.send(answers.pop().unwrap_or(Answer::Alone));
+    // One answer per task, in order.
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(answer);
     }
 }
 
@@ -316,7 +315,7 @@ struct BatchRow {
 /// Creates in `slug`'s org, in one transaction, those of `tasks` whose caller may and
 /// that the engine does not react to. The answer has one entry per task, in order:
 /// None for those it did not create.
-pub async fn create_batch(state: &AppState, slug: &OrgSlug, tasks: Vec<NewTask>) -> Result<Vec<Option<Created>>, BatchError> {
+pub async fn create_batch(state: &AppState, slug: &OrgSlug, tasks: &[NewTask]) -> Result<Vec<Option<Created>>, BatchError> {
     let mut tx = state.pool.begin().await?;
     let creds: Vec<&Credential> = tasks.iter().map(|t| &t.credential).collect();
     let sql = format!(
