@@ -165,7 +165,7 @@ pub async fn position_of(conn: &mut PgConnection, id: i64) -> Result<Option<Pos>
 
 /// Opens a transaction scoped to an org's schema, for background readers.
 pub async fn tenant_tx(pool: &PgPool, slug: &OrgSlug) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin(pool).await?;
     sqlx::query("SELECT set_config('search_path', $1, true)").bind(slug.search_path()).execute(&mut *tx).await?;
     Ok(tx)
 }

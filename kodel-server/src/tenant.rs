@@ -79,7 +79,7 @@ pub struct OrgTx {
 impl OrgTx {
     /// A transaction scoped to `slug`'s schema, for the engine's own work.
     pub async fn begin(state: &AppState, org_id: Uuid, slug: &OrgSlug) -> ApiResult<Self> {
-        let mut tx = state.pool.begin().await?;
+        let mut tx = crate::db::begin(&state.pool).await?;
         sqlx::query("SELECT set_config('search_path', $1, true)").bind(slug.search_path()).execute(&mut *tx).await?;
         Ok(Self::new(tx, state, org_id, slug.clone(), None))
     }
@@ -228,7 +228,7 @@ impl Tenant {
              LEFT JOIN public.org_members m ON m.org_id = o.id AND m.user_id = u.id",
             cred.caller_sql()
         );
-        let mut tx = state.pool.begin().await?;
+        let mut tx = crate::db::begin(&state.pool).await?;
         let row = cred
             .bind(sqlx::query_as::<_, ScopeRow>(&sql))
             .bind(slug.as_str())

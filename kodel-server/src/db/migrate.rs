@@ -182,7 +182,7 @@ pub async fn refill_spares(pool: &PgPool, target: usize) -> Result<usize, sqlx::
             return Ok(made);
         }
         let name = format!("kodel_spare_{}", uuid::Uuid::new_v4().simple());
-        let mut tx = pool.begin().await?;
+        let mut tx = crate::db::begin(pool).await?;
         apply_tenant(&mut tx, &format!("\"{name}\"")).await?;
         sqlx::query("INSERT INTO public.schema_spares (name, version) VALUES ($1, $2)")
             .bind(&name)

@@ -19,3 +19,19 @@ pub async fn connect(options: PgConnectOptions, max: u32) -> Result<PgPool, sqlx
         .connect_with(options)
         .await
 }
+
+/// Begins a transaction on a pooled connection, always: use this, never `pool.begin()`.
+///
+/// sqlx 0.8's BEGIN cancelled between sending the statement and reading its answer
+/// (a client that hangs up, a stream dropped mid-step) leaves the connection inside a
+/// transaction that sqlx does not know of: its rollback guard looks at a depth it has
+/// not raised yet. The pool then hands that connection out "idle in transaction", and
+/// every later write on it is answered but never committed. So the BEGIN runs to its
+/// end on a task of its own; a caller that left drops the finished transaction, which
+/// rolls back before the connection goes back to the pool.
+pub async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let pool = pool.clone();
+    #[allow(clippy::disallowed_methods)]
+    let started = tokio::spawn(async move { pool.begin().await });
+    started.await.map_err(|e| sqlx::Error::Protocol(format!("the task that began a transaction failed: {e}")))?
+}

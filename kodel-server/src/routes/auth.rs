@@ -52,7 +52,7 @@ async fn register(State(state): State<AppState>, ApiJson(req): ApiJson<RegisterR
     let name = require_text("name", &req.name, kodel_core::api::MAX_NAME)?;
     password::validate(&req.password)?;
     let hash = password::hash(req.password).await?;
-    let mut tx = state.pool.begin().await?;
+    let mut tx = crate::db::begin(&state.pool).await?;
     let user = sqlx::query_as::<_, UserRow>(
         "INSERT INTO users (id, email, name, password_hash) VALUES ($1, $2, $3, $4)
          RETURNING id, email, name, created_at",
@@ -91,7 +91,7 @@ async fn login(State(state): State<AppState>, ApiJson(req): ApiJson<LoginRequest
     let Some(id) = id.filter(|_| ok) else {
         return Err(ApiError::new(ErrorCode::InvalidCredentials, "wrong email or password"));
     };
-    let mut tx = state.pool.begin().await?;
+    let mut tx = crate::db::begin(&state.pool).await?;
     let tokens = start_session(&state, &mut tx, id).await?;
     tx.commit().await?;
     Ok(Json(tokens))
@@ -130,7 +130,7 @@ struct RefreshRow {
 /// Rotates a refresh token: the old one dies. Presenting a used one again means it was
 /// stolen or replayed, so the whole session is revoked.
 async fn refresh(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshRequest>) -> ApiResult<Json<TokenPair>> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = crate::db::begin(&state.pool).await?;
     let row = sqlx::query_as::<_, RefreshRow>(
         "SELECT r.session_id, s.user_id, r.used_at IS NOT NULL AS used, r.expires_at <= now() AS expired,
                 s.revoked_at IS NOT NULL AS revoked

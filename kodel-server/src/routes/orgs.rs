@@ -54,7 +54,7 @@ async fn create(State(state): State<AppState>, auth: Auth, ApiJson(req): ApiJson
     let slug = OrgSlug::parse(&req.slug).map_err(|e| ApiError::new(ErrorCode::InvalidSlug, e.0))?;
     let name = require_text("name", &req.name, MAX_NAME)?;
     let started = std::time::Instant::now();
-    let mut tx = state.pool.begin().await?;
+    let mut tx = crate::db::begin(&state.pool).await?;
     let row = sqlx::query_as::<_, OrgRow>(
         "INSERT INTO orgs (id, slug, name, created_by) VALUES ($1, $2, $3, $4)
          RETURNING id, slug, name, 'owner' AS role, created_at",

@@ -316,7 +316,7 @@ struct BatchRow {
 /// that the engine does not react to. The answer has one entry per task, in order:
 /// None for those it did not create.
 pub async fn create_batch(state: &AppState, slug: &OrgSlug, tasks: &[NewTask]) -> Result<Vec<Option<Created>>, BatchError> {
-    let mut tx = state.pool.begin().await?;
+    let mut tx = crate::db::begin(&state.pool).await?;
     let creds: Vec<&Credential> = tasks.iter().map(|t| &t.credential).collect();
     let sql = format!(
         "SELECT callers.i, u.id AS user_id, u.email, o.id AS org_id, m.role,
