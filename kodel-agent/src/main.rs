@@ -15,9 +15,17 @@ struct Args {
     /// The server's URL, e.g. http://127.0.0.1:7700.
     #[arg(long, env = "KODEL_SERVER")]
     server: String,
-    /// An agent token of the org (kodel agent token create NAME).
-    #[arg(long, env = "KODEL_AGENT_TOKEN", hide_env_values = true)]
-    token: String,
+    /// An agent token of the org (kodel agent token create NAME). Prefer the
+    /// environment or --token-file: a command line is visible to every user in `ps`.
+    #[arg(long, env = "KODEL_AGENT_TOKEN", hide_env_values = true, conflicts_with = "token_file")]
+    token: Option<String>,
+    /// A file holding the agent token (keep it 0600; read once at start).
+    #[arg(long, env = "KODEL_AGENT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Started as root, become this unprivileged user at once (required as root: the
+    /// model's commands must never run as root).
+    #[arg(long, env = "KODEL_AGENT_USER")]
+    user: Option<String>,
     /// Where job workspaces live (a fresh directory per job).
     #[arg(long, env = "KODEL_AGENT_WORKDIR")]
     workdir: Option<PathBuf>,
@@ -47,12 +55,27 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let matches = <Args as clap::CommandFactory>::command().get_matches();
+    let token_on_command_line = matches.value_source("token") == Some(clap::parser::ValueSource::CommandLine);
+    let args = match <Args as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
         .init();
+    if token_on_command_line {
+        tracing::warn!("the agent token was given on the command line, where every user of this machine can read it (ps); use KODEL_AGENT_TOKEN or --token-file");
+    }
+    let (token, workdir) = match setup(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("kodel-agent: {e}");
+            std::process::exit(1);
+        }
+    };
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -61,16 +84,16 @@ fn main() {
             std::process::exit(1);
         }
     };
+    let hidden: Vec<PathBuf> = args.token_file.iter().cloned().collect();
     let code = runtime.block_on(async move {
-        let workdir = args.workdir.unwrap_or_else(default_workdir);
         let name = args.name.unwrap_or_else(|| nix_hostname().unwrap_or_else(|| "kodel-agent".into()));
         let cfg = AgentConfig {
             server: args.server,
-            token: args.token,
+            token,
             workdir,
             labels: args.labels,
             name,
-            sandbox: Sandbox::detect(args.sandbox),
+            sandbox: Sandbox::detect(args.sandbox).hiding(hidden),
             keep_failed: std::time::Duration::from_secs(args.keep_failed_hours.saturating_mul(3600)),
             max_disk: args.max_disk_gb.saturating_mul(1 << 30),
             keep_workspaces: args.keep_workspaces,
@@ -91,8 +114,65 @@ fn main() {
     std::process::exit(code);
 }
 
-fn default_workdir() -> PathBuf {
-    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir).join(".local/share/kodel-agent/work")
+/// Reads the token and, started as root, becomes `--user` (before any thread starts).
+/// Returns the token and the work dir.
+fn setup(args: &Args) -> Result<(String, PathBuf), String> {
+    let token = match (&args.token, &args.token_file) {
+        (Some(t), _) => t.trim().to_owned(),
+        (None, Some(path)) => read_token_file(path)?,
+        (None, None) => return Err("no agent token: set KODEL_AGENT_TOKEN or pass --token-file (kodel agent token create NAME makes one)".into()),
+    };
+    if !nix::unistd::geteuid().is_root() {
+        if let Some(user) = &args.user {
+            let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name);
+            if me.as_deref() != Some(user.as_str()) {
+                return Err(format!("--user {user} needs the agent to start as root (it runs as {})", me.unwrap_or_else(|| "another user".into())));
+            }
+        }
+        let workdir = args.workdir.clone().unwrap_or_else(|| default_workdir(std::env::var_os("HOME").map(PathBuf::from)));
+        return Ok((token, workdir));
+    }
+    let user = args.user.as_deref().ok_or(
+        "kodel-agent is running as root, so the model's commands would too (a sandbox run by root can be escaped): \
+         start it as an unprivileged user, or pass --user NAME to become that user at start",
+    )?;
+    let run = kodel_agent::privileges::resolve(user)?;
+    let workdir = match (&args.workdir, &run.home) {
+        (Some(w), _) => w.clone(),
+        (None, Some(home)) => default_workdir(Some(home.clone())),
+        (None, None) => return Err(format!("{user} has no home directory: pass --workdir")),
+    };
+    kodel_agent::privileges::become_user(&run, &workdir)?;
+    // git and the tools look in $HOME: make it the user's (or the work dir, for an
+    // account without a home), not root's, which the user cannot enter.
+    let home = run.home.clone().unwrap_or_else(|| workdir.clone());
+    // SAFETY: no other thread exists yet (the runtime starts after setup), so nothing
+    // reads the environment while it changes.
+    unsafe {
+        std::env::set_var("HOME", &home);
+        std::env::set_var("USER", &run.name);
+        std::env::set_var("LOGNAME", &run.name);
+    }
+    tracing::info!(user = %run.name, "started as root; now running as {}", run.name);
+    Ok((token, workdir))
+}
+
+fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!("the token file {} can be read by others; chmod 600 it", path.display()));
+    }
+    let token = std::fs::read_to_string(path).map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(format!("the token file {} is empty", path.display()));
+    }
+    Ok(token.to_owned())
+}
+
+fn default_workdir(home: Option<PathBuf>) -> PathBuf {
+    home.unwrap_or_else(std::env::temp_dir).join(".local/share/kodel-agent/work")
 }
 
 fn nix_hostname() -> Option<String> {

@@ -1,6 +1,11 @@
 //! The bash sandbox: bubblewrap (`bwrap`) gives each command a read-only view of the
-//! machine with only the workspace writable, a private /tmp, no network and its own PID
-//! namespace. Other tools need no sandbox: they check every path themselves.
+//! machine with only the workspace writable, a private /tmp, no network, its own PID
+//! namespace (no host process is visible) and no capabilities. Other tools need no
+//! sandbox: they check every path themselves.
+//!
+//! bwrap run by root keeps nearly every capability unless told otherwise, so the flags
+//! drop them all; and the agent never runs as root in the first place (it drops to
+//! `--user` at start, see `privileges`), so the sandbox has no mapping to root either.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -38,12 +43,15 @@ pub struct Sandbox {
     bwrap: Option<PathBuf>,
     /// Why bwrap cannot be used (when it cannot and the mode is not Off).
     problem: Option<String>,
+    /// Files and directories of the agent's that commands must not see (its token
+    /// file): empty in the sandbox.
+    hidden: Vec<PathBuf>,
 }
 
 /// The flags every sandboxed command gets, apart from the workspace bind and the
 /// network. The probe runs with them too, so a bwrap that passes the probe can run
 /// commands (some containers allow `--ro-bind` but not `--proc`).
-pub(crate) const BASE_ARGS: [&str; 15] = [
+pub(crate) const BASE_ARGS: [&str; 17] = [
     "--ro-bind",
     "/",
     "/",
@@ -61,6 +69,9 @@ pub(crate) const BASE_ARGS: [&str; 15] = [
     "--unshare-ipc",
     "--die-with-parent",
     "--new-session",
+    // As root bwrap would keep every capability but CAP_SYS_MODULE.
+    "--cap-drop",
+    "ALL",
 ];
 
 static WARNED: AtomicBool = AtomicBool::new(false);
@@ -79,7 +90,7 @@ impl Sandbox {
             return Sandbox::off();
         }
         match probe(bwrap) {
-            Ok(()) => Sandbox { mode, bwrap: Some(bwrap.to_path_buf()), problem: None },
+            Ok(()) => Sandbox { mode, bwrap: Some(bwrap.to_path_buf()), problem: None, hidden: Vec::new() },
             Err(problem) => {
                 if mode == SandboxMode::Auto && !WARNED.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
@@ -87,14 +98,20 @@ impl Sandbox {
                          and allow unprivileged user namespaces to confine commands to the workspace"
                     );
                 }
-                Sandbox { mode, bwrap: None, problem: Some(problem) }
+                Sandbox { mode, bwrap: None, problem: Some(problem), hidden: Vec::new() }
             }
         }
     }
 
     /// No sandbox: commands run with the agent's own rights.
     pub fn off() -> Sandbox {
-        Sandbox { mode: SandboxMode::Off, bwrap: None, problem: None }
+        Sandbox { mode: SandboxMode::Off, bwrap: None, problem: None, hidden: Vec::new() }
+    }
+
+    /// Also hides these paths from commands (a file reads as empty, a directory is empty).
+    pub fn hiding(mut self, paths: impl IntoIterator<Item = PathBuf>) -> Sandbox {
+        self.hidden.extend(paths);
+        self
     }
 
     pub fn mode(&self) -> SandboxMode {
@@ -130,8 +147,13 @@ impl Sandbox {
         let bwrap = self.bwrap.as_ref()?;
         let mut cmd = Command::new(bwrap);
         cmd.args(BASE_ARGS);
-        if let Some(home) = std::env::var_os("HOME").map(PathBuf::from).filter(|h| h.is_dir() && h.parent().is_some()) {
-            cmd.arg("--tmpfs").arg(&home);
+        // The agent's home, by $HOME and by its account (they differ once an agent
+        // started as root has dropped to its user).
+        let account_home = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.dir);
+        let mut homes: Vec<PathBuf> = std::env::var_os("HOME").map(PathBuf::from).into_iter().chain(account_home).collect();
+        homes.dedup();
+        for home in homes.iter().filter(|h| h.is_dir() && h.parent().is_some()) {
+            cmd.arg("--tmpfs").arg(home);
         }
         if let Some(workdir) = root.parent().filter(|p| p.parent().is_some()) {
             cmd.arg("--tmpfs").arg(workdir);
@@ -145,6 +167,13 @@ impl Sandbox {
             cmd.arg("--ro-bind").arg(dir).arg(dir);
         }
         cmd.arg("--bind").arg(root).arg(root).arg("--chdir").arg(root);
+        for path in &self.hidden {
+            if path.is_dir() {
+                cmd.arg("--tmpfs").arg(path);
+            } else if path.exists() {
+                cmd.arg("--ro-bind").arg("/dev/null").arg(path);
+            }
+        }
         if !network {
             cmd.arg("--unshare-net");
         }

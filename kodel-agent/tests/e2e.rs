@@ -252,8 +252,10 @@ async fn an_agent_with_a_bad_token_says_why_and_exits() {
     let llm = ScriptedLlm::start(vec![]).await;
     let stack = Stack::start(&llm, "openai").await;
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kodel-agent"))
-        .args(["--server", &stack.base(), "--token", "kodel_agt_not-a-real-token", "--workdir"])
+        .args(["--server", &stack.base(), "--workdir"])
         .arg(stack.work.path())
+        .args(kodel_server::testing::agent_user_args())
+        .env("KODEL_AGENT_TOKEN", "kodel_agt_not-a-real-token")
         .output()
         .await
         .unwrap();

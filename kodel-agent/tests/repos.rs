@@ -49,6 +49,9 @@ fn fix_add() -> Vec<Reply> {
 
 impl Stack {
     async fn module(&self, project: &str, body: Value) {
+        if let Some(path) = body["url"].as_str().and_then(|u| u.strip_prefix("file://")) {
+            kodel_server::testing::agent_may_use(Path::new(path));
+        }
         let mut body = body;
         body["project"] = json!(project);
         self.call("POST", "/api/v1/orgs/acme/modules", body).await;

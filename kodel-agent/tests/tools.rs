@@ -587,6 +587,32 @@ async fn sandbox_hides_the_agents_home_other_workspaces_and_sockets() {
     assert!(counts[2].trim() == "0", "a KODEL_ variable leaked: {}", out.output);
 }
 
+/// Whoever runs the agent, commands get no capability and no view of the agent's
+/// processes, and the files it hides (its token file) read as empty.
+#[tokio::test]
+async fn sandbox_drops_every_capability_and_hides_the_token_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_dir = tempfile::tempdir().unwrap();
+    let token_file = secret_dir.path().join("agent-token");
+    std::fs::write(&token_file, "kodel_agt_secret").unwrap();
+    let sandbox = Sandbox::detect(SandboxMode::Auto);
+    if !sandbox.is_active() {
+        eprintln!("NOTE: bubblewrap does not work here; sandbox test skipped");
+        return;
+    }
+    let ws = Workspace::new(dir.path(), sandbox.hiding([token_file.clone()])).unwrap();
+    let probe = format!(
+        "grep CapEff /proc/self/status; echo \"token=[$(cat {})]\"; test -e /proc/{} && echo AGENT_VISIBLE; echo end",
+        token_file.display(),
+        std::process::id()
+    );
+    let out = call(&ws, "bash", json!({"command": probe})).await;
+    assert!(out.output.contains("CapEff:\t0000000000000000"), "{}", out.output);
+    assert!(out.output.contains("token=[]"), "the token file is readable: {}", out.output);
+    assert!(!out.output.contains("AGENT_VISIBLE"), "{}", out.output);
+    assert!(out.output.contains("end"), "{}", out.output);
+}
+
 #[tokio::test]
 async fn pipes_are_refused_instead_of_blocking() {
     let dir = tempfile::tempdir().unwrap();

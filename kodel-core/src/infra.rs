@@ -13,6 +13,9 @@ pub const MAX_URL: usize = 2000;
 pub const MAX_SETUP_SCRIPT: usize = 100_000;
 pub const MAX_PACKAGES: usize = 200;
 pub const MAX_ENV: usize = 100;
+/// What an instance template's env values read as: they are secrets, write-only. Sent
+/// back in an update, it keeps the value stored.
+pub const SECRET_MASK: &str = "********";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Module {
@@ -96,6 +99,7 @@ pub struct InstanceTemplate {
     pub base_image: String,
     pub packages: Vec<String>,
     pub setup_script: String,
+    /// Names and values; read through the API, every value is `SECRET_MASK`.
     pub env: BTreeMap<String, String>,
     /// Whether jobs may reach the network.
     pub network: bool,

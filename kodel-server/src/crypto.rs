@@ -51,7 +51,23 @@ impl Sealer {
         let (nonce, body) = sealed.split_at(NONCE_LEN);
         self.cipher.decrypt(Nonce::from_slice(nonce), body).ok()
     }
+
+    /// A secret kept inside JSON (an instance template's env value): `sealed:` and
+    /// the base64 of `seal`.
+    pub fn seal_text(&self, plain: &str) -> String {
+        format!("{SEALED_TEXT}{}", base64::engine::general_purpose::STANDARD.encode(self.seal(plain.as_bytes())))
+    }
+
+    /// The secret behind `seal_text`; a value stored before secrets were sealed comes
+    /// back as it is. None when it does not open with this server's key.
+    pub fn open_text(&self, stored: &str) -> Option<String> {
+        let Some(b64) = stored.strip_prefix(SEALED_TEXT) else { return Some(stored.to_owned()) };
+        let sealed = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+        String::from_utf8(self.open(&sealed)?).ok()
+    }
 }
+
+const SEALED_TEXT: &str = "sealed:";
 
 #[cfg(test)]
 mod tests {

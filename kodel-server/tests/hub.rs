@@ -272,3 +272,101 @@ async fn a_released_job_is_not_handed_back_to_the_stopping_agent() {
         other => panic!("the next agent should get the job, got {other:?}"),
     }
 }
+
+/// An agent token acts with its maker's authority: when the admin who made it leaves
+/// the org, or is made a plain member, it stops working at once (connected agents are
+/// closed at their next check, new connections refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_tokens_die_when_their_maker_is_no_longer_an_admin() {
+    let mut config = test_config();
+    config.job_lease = 0.6; // heartbeats every 0.2 s
+    let app = TestApp::spawn_with(fresh_database().await, config).await;
+    let owner = app.owner_with_project("own@example.com", "crew", "CRW").await;
+    let mut admins = Vec::new();
+    for email in ["leaver@example.com", "demoted@example.com"] {
+        let token = app.register(email).await;
+        let (s, v) = app.post("/api/v1/orgs/crew/members", &owner, json!({"email": email, "role": "admin"})).await;
+        assert_eq!(s, 201, "{v}");
+        admins.push((email, agent_token(&app, &token, "crew").await));
+    }
+    let kept = agent_token(&app, &owner, "crew").await;
+    let (leaver, leaver_token) = admins[0].clone();
+    let (demoted, demoted_token) = admins[1].clone();
+    let mut ws = welcomed(&app, &leaver_token, &[]).await;
+    let mut ws2 = welcomed(&app, &demoted_token, &[]).await;
+
+    let (s, v) = app.delete(&format!("/api/v1/orgs/crew/members/{leaver}"), &owner).await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = app.patch(&format!("/api/v1/orgs/crew/members/{demoted}"), &owner, json!({"role": "member"})).await;
+    assert_eq!(s, 200, "{v}");
+    for ws in [&mut ws, &mut ws2] {
+        send(ws, &AgentMessage::Heartbeat { job_id: None, disk_bytes: None }).await;
+        match next(ws, Duration::from_secs(10)).await {
+            Some(Err((code, _))) => assert_eq!(code, CLOSE_UNAUTHORIZED),
+            other => panic!("expected the connection to close, got {other:?}"),
+        }
+    }
+    assert!(connect(&app, &leaver_token).await.is_err(), "the removed admin's token cannot connect");
+    assert!(connect(&app, &demoted_token).await.is_err(), "the demoted admin's token cannot connect");
+    // The owner's own token is untouched, and the list shows only live tokens.
+    welcomed(&app, &kept, &[]).await;
+    let (_, list) = app.get("/api/v1/orgs/crew/agent-tokens", &owner).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+}
+
+/// Instance-template env values are secrets: nobody reads them back through the API
+/// (the mask keeps them on update), the database holds them sealed, and only the agent
+/// that runs a job gets them. The agents list shows a job's task only to those who may
+/// see its project.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_secrets_reach_only_the_agent_and_agents_show_only_visible_tasks() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner_with_project("sec@example.com", "vault", "VLT").await;
+    let member = app.register("member@example.com").await;
+    let (s, v) = app.post("/api/v1/orgs/vault/members", &owner, json!({"email": "member@example.com", "role": "member"})).await;
+    assert_eq!(s, 201, "{v}");
+    let body = json!({"name": "box", "base_image": "debian:12", "env": {"DEPLOY_KEY": "s3cr3t-value", "REGION": "eu"}});
+    let (s, v) = app.post("/api/v1/orgs/vault/instance-templates", &owner, body).await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["env"], json!({"DEPLOY_KEY": "********", "REGION": "********"}));
+    for who in [&owner, &member] {
+        let (s, v) = app.get("/api/v1/orgs/vault/instance-templates/box", who).await;
+        assert_eq!(s, 200);
+        assert!(!v.to_string().contains("s3cr3t"), "{v}");
+    }
+    // Sent back masked, a value is kept; a new one is added; a left-out one goes.
+    let (s, v) = app.patch("/api/v1/orgs/vault/instance-templates/box", &owner, json!({"env": {"DEPLOY_KEY": "********", "TOKEN": "t0k"}})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["env"], json!({"DEPLOY_KEY": "********", "TOKEN": "********"}));
+    let (s, v) = app.patch("/api/v1/orgs/vault/instance-templates/box", &owner, json!({"env": {"GHOST": "********"}})).await;
+    assert_eq!(s, 422, "the mask keeps only what is stored: {v}");
+    let mut sql = app.sql().await;
+    let stored: String = sqlx::query_scalar("SELECT env::text FROM org_vault.instance_templates").fetch_one(&mut sql).await.unwrap();
+    assert!(!stored.contains("s3cr3t") && !stored.contains("t0k"), "sealed at rest: {stored}");
+
+    let (s, v) = app.post("/api/v1/orgs/vault/projects", &owner, json!({"key": "OPS", "name": "Ops", "workflow": "software-development"})).await;
+    assert_eq!(s, 201, "{v}");
+    app.patch("/api/v1/orgs/vault/projects/OPS", &owner, json!({"instance_template": "box"})).await;
+    let token = agent_token(&app, &owner, "vault").await;
+    let mut ws = welcomed(&app, &token, &[]).await;
+    let task = app.create_task(&owner, "vault", "OPS", "Deploy").await;
+    let key = task["key"].as_str().unwrap();
+    for status in ["Ready", "In Progress"] {
+        let (s, v) = app.post(&format!("/api/v1/orgs/vault/tasks/{key}/move"), &owner, json!({"status": status})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    match next(&mut ws, Duration::from_secs(5)).await {
+        Some(Ok(ServerMessage::Assigned(a))) => {
+            let env = a.instance_template.unwrap().env;
+            assert_eq!(env.get("DEPLOY_KEY").map(String::as_str), Some("s3cr3t-value"));
+            assert_eq!(env.get("TOKEN").map(String::as_str), Some("t0k"));
+        }
+        other => panic!("the agent should get the job, got {other:?}"),
+    }
+    // The owner sees which task the agent works on; a member outside OPS does not.
+    let (_, agents) = app.get("/api/v1/orgs/vault/agents", &owner).await;
+    assert_eq!(agents["data"][0]["current_task"], key, "{agents}");
+    let (_, agents) = app.get("/api/v1/orgs/vault/agents", &member).await;
+    assert_eq!(agents["data"][0]["status"], "busy", "{agents}");
+    assert_eq!((agents["data"][0]["current_task"].clone(), agents["data"][0]["current_job"].clone()), (json!(null), json!(null)), "{agents}");
+}

@@ -81,7 +81,7 @@ async fn instance_templates_are_assigned_per_project() {
                       "cpu_limit": 2.0, "memory_mb": 4096, "dind": false});
     let (s, it) = app.post("/api/v1/orgs/acme/instance-templates", &owner, body).await;
     assert_eq!(s, StatusCode::CREATED, "{it}");
-    assert_eq!((it["env"]["RUST_LOG"].as_str(), it["memory_mb"].as_i64(), it["network"].as_bool()), (Some("info"), Some(4096), Some(true)));
+    assert_eq!((it["env"]["RUST_LOG"].as_str(), it["memory_mb"].as_i64(), it["network"].as_bool()), (Some("********"), Some(4096), Some(true)));
     for bad in [
         json!({"name": "b", "base_image": "x", "packages": ["a; rm -rf /"]}),
         json!({"name": "b", "base_image": "x", "env": {"BAD-NAME": "1"}}),

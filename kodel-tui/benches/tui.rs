@@ -112,6 +112,7 @@ async fn main() {
     let mut agent = Command::new(sibling("kodel-agent"))
         .args(["--server", &base, "--name", "bench", "--workdir"])
         .arg(work.path())
+        .args(kodel_server::testing::agent_user_args())
         .env("KODEL_AGENT_TOKEN", at["token"].as_str().unwrap())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -98,6 +98,7 @@ async fn a_task_from_creation_to_an_approved_patch_in_the_tui() {
     git(&src, &["commit", "-q", "-m", "calc"]);
     let bare = repos.path().join("calc.git");
     git(repos.path(), &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
+    kodel_server::testing::agent_may_use(&bare);
     stack.call("POST", "/api/v1/orgs/acme/modules", json!({"project": "KOD", "name": "calc", "url": format!("file://{}", bare.display())})).await;
     let t = stack.call("POST", "/api/v1/orgs/acme/agent-tokens", json!({"name": "tui"})).await;
     let work = tempfile::tempdir().unwrap();
@@ -105,6 +106,7 @@ async fn a_task_from_creation_to_an_approved_patch_in_the_tui() {
         Command::new(sibling("kodel-agent"))
             .args(["--server", &stack.base(), "--name", "tui-agent", "--allow-file-remotes", "--workdir"])
             .arg(work.path())
+            .args(kodel_server::testing::agent_user_args())
             .env("KODEL_AGENT_TOKEN", t["token"].as_str().unwrap())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -101,7 +101,9 @@ impl Stack {
         let child = Command::new(env!("CARGO_BIN_EXE_kodel-agent"))
             .args(["--server", &self.base(), "--workdir"])
             .arg(self.work.path())
-            .args(["--name", name, "--sandbox", "auto"])
+            .args(["--name", name])
+            .args(if flags.contains(&"--sandbox") { &[][..] } else { &["--sandbox", "auto"][..] })
+            .args(kodel_server::testing::agent_user_args())
             .args(flags)
             .env("KODEL_AGENT_TOKEN", &self.agent_token)
             .env("RUST_LOG", "info")
@@ -112,6 +114,11 @@ impl Stack {
             .unwrap();
         self.agents.push(child);
         self.agents.len() - 1
+    }
+
+    /// The server's process id.
+    pub fn server_pid(&self) -> u32 {
+        self.server.as_ref().unwrap().child.id()
     }
 
     /// The workspaces of a task's jobs (`<work>/<KEY>-<kind>-<id>`).

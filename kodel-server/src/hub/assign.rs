@@ -36,6 +36,8 @@ struct Row {
     /// The branch an earlier job of the task pushed, if any.
     branch: Option<String>,
     first_seq: i32,
+    /// The agent's token still works (not revoked since the connection was checked).
+    token_live: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -57,8 +59,10 @@ pub struct Loaded {
     pub used: u64,
 }
 
-/// None when the job is no longer this agent's (cancelled or re-queued since the claim).
-pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed, agent: Uuid) -> ApiResult<Option<Loaded>> {
+/// None when the job is no longer this agent's (cancelled or re-queued since the claim);
+/// `unauthorized` when the agent's token died since its last check, so nothing of the
+/// job (module credentials least of all) reaches it.
+pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed, agent: Uuid, token_id: Uuid) -> ApiResult<Option<Loaded>> {
     let mut db = OrgTx::begin(state, org_id, slug).await?;
     let row: Option<Row> = sqlx::query_as(
         "SELECT t.project_id, p.key || '-' || t.number AS key, t.title, t.description, t.labels, t.priority,
@@ -72,19 +76,25 @@ pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed,
                         'memory_mb', i.memory_mb, 'dind', i.dind, 'labels', i.labels,
                         'created_at', i.created_at, 'updated_at', i.updated_at)
                  FROM instance_templates i WHERE i.id = p.instance_template_id) AS instance_template,
-                coalesce((j.usage->>'input_tokens')::bigint, 0) + coalesce((j.usage->>'output_tokens')::bigint, 0) AS used
+                coalesce((j.usage->>'input_tokens')::bigint, 0) + coalesce((j.usage->>'output_tokens')::bigint, 0) AS used,
+                EXISTS (SELECT 1 FROM public.api_tokens k WHERE k.id = $3 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())) AS token_live
          FROM ai_jobs j JOIN tasks t ON t.id = j.task_id JOIN projects p ON p.id = t.project_id
          JOIN ai_job_templates jt ON jt.id = j.template_id
          WHERE j.id = $1 AND j.state = 'running' AND j.lease_agent = $2",
     )
     .bind(job.id)
     .bind(agent)
+    .bind(token_id)
     .fetch_optional(db.conn())
     .await?;
     let Some(row) = row else {
         db.commit().await?;
         return Ok(None);
     };
+    if !row.token_live {
+        db.commit().await?;
+        return Err(ApiError::unauthorized());
+    }
     let module_rows: Vec<ModuleRow> = sqlx::query_as(
         "SELECT name, url, default_branch, path_prefix, credentials, forge, forge_api_url FROM modules WHERE project_id = $1 ORDER BY name",
     )
@@ -105,7 +115,13 @@ pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed,
         let forge = credentials.as_ref().and_then(|_| forge_for(&m.url, m.forge.as_deref().and_then(ForgeKind::parse), m.forge_api_url.as_deref()));
         modules.push(AssignedModule { name: m.name, url: m.url, default_branch: m.default_branch, path_prefix: m.path_prefix, credentials, forge });
     }
-    let instance_template: Option<InstanceTemplate> = row.instance_template.map(serde_json::from_value).transpose().map_err(ApiError::internal)?;
+    let mut instance_template: Option<InstanceTemplate> = row.instance_template.map(serde_json::from_value).transpose().map_err(ApiError::internal)?;
+    // Env values are sealed at rest; only the agent running the job sees them.
+    if let Some(it) = &mut instance_template {
+        for (name, value) in it.env.iter_mut() {
+            *value = state.sealer.open_text(value).ok_or_else(|| ApiError::internal(format!("env {name} of instance template {:?} does not open with this server's key", it.name)))?;
+        }
+    }
     let assignment = Assignment {
         job: AssignedJob { id: job.id, kind: job.kind.clone(), attempt: job.attempts, first_seq: row.first_seq.max(0) as u32 },
         branch: row.branch.unwrap_or_else(|| task_branch(&row.key, &row.title)),

@@ -613,7 +613,7 @@ impl Conn {
                 }
                 // Registered first, so a cancel from now on finds this connection.
                 self.state.hub.running(claimed.id, self.ctl.clone());
-                match super::assign::load(&self.state, self.token.org_id, &self.token.slug, &claimed, self.agent_id).await {
+                match super::assign::load(&self.state, self.token.org_id, &self.token.slug, &claimed, self.agent_id, self.token.token_id).await {
                     Ok(None) => {
                         // Cancelled (or re-queued) between the claim and now.
                         self.state.hub.finished(claimed.id, &self.ctl);
@@ -635,9 +635,13 @@ impl Conn {
                         Some(ServerMessage::Assigned(Box::new(assignment)))
                     }
                     Err(e) => {
-                        tracing::warn!(org = %self.token.slug, job = %claimed.id, error = %e.message, "could not prepare a job for its agent");
                         self.state.hub.finished(claimed.id, &self.ctl);
                         release(&self.state, self.token.org_id, &self.token.slug, self.agent_id, claimed.id).await;
+                        if e.code == kodel_core::ErrorCode::Unauthorized {
+                            self.ending = Some((CLOSE_UNAUTHORIZED, "the agent token was revoked or has expired"));
+                            return None;
+                        }
+                        tracing::warn!(org = %self.token.slug, job = %claimed.id, error = %e.message, "could not prepare a job for its agent");
                         self.become_idle();
                         None
                     }

@@ -1,5 +1,9 @@
 //! Agent enrollment tokens: org-scoped, shown once, stored hashed, revocable. An agent
 //! connects to `/api/v1/agent/ws` with one; it opens nothing else. Org admins manage them.
+//!
+//! A token acts with the authority of the admin who made it: when that person leaves
+//! the org or stops being an owner or admin, their agent tokens are revoked with the
+//! change (`revoke_made_by`), and their agents are disconnected at their next check.
 
 use axum::extract::Path;
 use axum::http::StatusCode;
@@ -93,4 +97,15 @@ async fn revoke(mut t: Tenant, Path((_, id)): Path<(String, String)>) -> ApiResu
         return Err(ApiError::new(ErrorCode::TokenNotFound, "no such agent token"));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes the agent tokens `user` made in `org` (they left it, or are no longer an
+/// owner or admin); returns how many. Part of the membership change's transaction.
+pub async fn revoke_made_by(conn: &mut sqlx::PgConnection, org: Uuid, user: Uuid) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("UPDATE public.api_tokens SET revoked_at = now() WHERE org_id = $1 AND user_id = $2 AND kind = 'agent' AND revoked_at IS NULL")
+        .bind(org)
+        .bind(user)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
 }

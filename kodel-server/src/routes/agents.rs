@@ -4,7 +4,7 @@
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
-use kodel_core::api::Page;
+use kodel_core::api::{OrgRole, Page};
 use kodel_core::infra::Agent;
 use uuid::Uuid;
 
@@ -30,15 +30,26 @@ struct Row {
     created_at: DateTime<Utc>,
 }
 
+/// Every agent of the org; the job and task an agent works on only where the caller
+/// may see the task's project (org owners and admins see all).
 async fn list(mut t: Tenant) -> ApiResult<Json<Page<Agent>>> {
-    let rows: Vec<Row> =
-        sqlx::query_as(
-            "SELECT a.id, a.name, a.labels, a.version, a.status, a.current_job, p.key || '-' || t.number AS current_task, a.disk_bytes, a.last_seen_at, a.created_at
-             FROM agents a LEFT JOIN ai_jobs j ON j.id = a.current_job LEFT JOIN tasks t ON t.id = j.task_id LEFT JOIN projects p ON p.id = t.project_id
-             ORDER BY a.name, a.id LIMIT 1000",
-        )
-            .fetch_all(t.conn())
-            .await?;
+    let sees_all = t.org.role >= OrgRole::Admin;
+    let user = t.user_id();
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT a.id, a.name, a.labels, a.version, a.status, v.current_job, v.current_task, a.disk_bytes, a.last_seen_at, a.created_at
+         FROM agents a
+         LEFT JOIN LATERAL (
+             SELECT j.id AS current_job, p.key || '-' || t.number AS current_task
+             FROM ai_jobs j JOIN tasks t ON t.id = j.task_id JOIN projects p ON p.id = t.project_id
+             WHERE j.id = a.current_job
+               AND ($1 OR EXISTS (SELECT 1 FROM project_members pm WHERE pm.project_id = p.id AND pm.user_id = $2))
+         ) v ON true
+         ORDER BY a.name, a.id LIMIT 1000",
+    )
+    .bind(sees_all)
+    .bind(user)
+    .fetch_all(t.conn())
+    .await?;
     t.commit().await?;
     let data = rows
         .into_iter()

@@ -1,6 +1,10 @@
 //! Instance templates: what an agent's workspace for a job is built from (base image,
 //! packages, setup script, environment, network, limits). Org admins manage them;
 //! projects pick one with `PATCH /projects/{key} {"instance_template": name}`.
+//!
+//! Env values are secrets: sealed at rest with the server's key, never returned (every
+//! value reads as `SECRET_MASK`, which sent back keeps the stored value), opened only
+//! for the agent that runs a job.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +14,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use kodel_core::api::{MAX_NAME, OrgRole, Page};
-use kodel_core::infra::{InstanceTemplate, InstanceTemplateIn, MAX_SETUP_SCRIPT, validate_instance_template};
+use kodel_core::infra::{InstanceTemplate, InstanceTemplateIn, MAX_SETUP_SCRIPT, SECRET_MASK, validate_instance_template};
 use kodel_core::ErrorCode;
 use uuid::Uuid;
 
@@ -50,7 +54,7 @@ impl Row {
             base_image: self.base_image,
             packages: self.packages,
             setup_script: self.setup_script,
-            env: serde_json::from_value::<BTreeMap<String, String>>(self.env).unwrap_or_default(),
+            env: stored_env(&self.env).into_keys().map(|k| (k, SECRET_MASK.to_owned())).collect(),
             network: self.network,
             cpu_limit: self.cpu_limit,
             memory_mb: self.memory_mb,
@@ -65,15 +69,36 @@ impl Row {
 const SELECT: &str = "SELECT id, name, base_image, packages, setup_script, env, network, cpu_limit, memory_mb, dind, labels, created_at, updated_at
      FROM instance_templates";
 
-async fn find(t: &mut Tenant, raw: &str) -> ApiResult<InstanceTemplate> {
+fn stored_env(v: &serde_json::Value) -> BTreeMap<String, String> {
+    serde_json::from_value(v.clone()).unwrap_or_default()
+}
+
+/// The env to store: each value sealed; the mask keeps what `stored` has.
+fn seal_env(t: &Tenant, new: BTreeMap<String, String>, stored: &BTreeMap<String, String>) -> ApiResult<serde_json::Value> {
+    let mut sealed = BTreeMap::new();
+    for (name, value) in new {
+        let value = if value == SECRET_MASK {
+            stored.get(&name).cloned().ok_or_else(|| ApiError::invalid(format!("env {name}: {SECRET_MASK} keeps a stored value, and {name} has none")))?
+        } else {
+            t.state.sealer.seal_text(&value)
+        };
+        sealed.insert(name, value);
+    }
+    serde_json::to_value(sealed).map_err(ApiError::internal)
+}
+
+async fn find_row(t: &mut Tenant, raw: &str) -> ApiResult<Row> {
     let id = Uuid::parse_str(raw.trim()).ok();
-    let row = sqlx::query_as::<_, Row>(&format!("{SELECT} WHERE name = $1 OR id = $2"))
+    sqlx::query_as::<_, Row>(&format!("{SELECT} WHERE name = $1 OR id = $2"))
         .bind(raw.trim())
         .bind(id)
         .fetch_optional(t.conn())
         .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::TemplateNotFound, format!("instance template {raw:?} not found")))?;
-    Ok(row.into_api())
+        .ok_or_else(|| ApiError::new(ErrorCode::TemplateNotFound, format!("instance template {raw:?} not found")))
+}
+
+async fn find(t: &mut Tenant, raw: &str) -> ApiResult<InstanceTemplate> {
+    Ok(find_row(t, raw).await?.into_api())
 }
 
 fn check(req: &InstanceTemplateIn) -> ApiResult<()> {
@@ -107,6 +132,7 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<InstanceTemplateIn>) -> Api
     let name = require_text("name", req.name.as_deref().unwrap_or(""), MAX_NAME)?;
     let base_image = req.base_image.clone().ok_or_else(|| ApiError::invalid("base_image is required"))?;
     check(&req)?;
+    let env = seal_env(&t, req.env.clone().unwrap_or_default(), &BTreeMap::new())?;
     sqlx::query(
         "INSERT INTO instance_templates (id, name, base_image, packages, setup_script, env, network, cpu_limit, memory_mb, dind, labels)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
@@ -116,7 +142,7 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<InstanceTemplateIn>) -> Api
     .bind(base_image.trim())
     .bind(req.packages.unwrap_or_default())
     .bind(req.setup_script.unwrap_or_default())
-    .bind(serde_json::to_value(req.env.unwrap_or_default()).map_err(ApiError::internal)?)
+    .bind(env)
     .bind(req.network.unwrap_or(false))
     .bind(req.cpu_limit.flatten())
     .bind(req.memory_mb.flatten())
@@ -132,8 +158,10 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<InstanceTemplateIn>) -> Api
 
 async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(req): ApiJson<InstanceTemplateIn>) -> ApiResult<Json<InstanceTemplate>> {
     t.require_org_role(OrgRole::Admin, "editing instance templates")?;
-    let cur = find(&mut t, &raw).await?;
+    let row = find_row(&mut t, &raw).await?;
     check(&req)?;
+    let env = req.env.clone().map(|e| seal_env(&t, e, &stored_env(&row.env))).transpose()?;
+    let cur = row.into_api();
     let name = req.name.as_deref().map(|n| require_text("name", n, MAX_NAME)).transpose()?;
     sqlx::query(
         "UPDATE instance_templates SET name = coalesce($2, name), base_image = coalesce($3, base_image), packages = coalesce($4, packages),
@@ -145,7 +173,7 @@ async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(r
     .bind(req.base_image.as_deref().map(str::trim))
     .bind(req.packages)
     .bind(req.setup_script)
-    .bind(req.env.map(|e| serde_json::to_value(e).unwrap_or_default()))
+    .bind(env)
     .bind(req.network)
     .bind(req.cpu_limit.unwrap_or(cur.cpu_limit))
     .bind(req.memory_mb.unwrap_or(cur.memory_mb))

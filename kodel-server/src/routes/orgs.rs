@@ -191,6 +191,12 @@ async fn update_member(mut t: Tenant, Path((_, who)): Path<(String, String)>, Ap
         .bind(req.role.as_str())
         .execute(t.conn())
         .await?;
+    if req.role < OrgRole::Admin {
+        let revoked = super::agent_tokens::revoke_made_by(t.conn(), org, m.user_id).await?;
+        if revoked > 0 {
+            tracing::info!(org = %t.org.slug, user = %m.user_id, revoked, "agent tokens revoked: their maker is no longer an admin");
+        }
+    }
     let m = find_member(&mut t, &m.user_id.to_string()).await?;
     t.commit().await?;
     Ok(Json(m.into_api()))
@@ -213,8 +219,13 @@ async fn remove_member(mut t: Tenant, Path((_, who)): Path<(String, String)>) ->
     }
     let org = t.org.id;
     sqlx::query("DELETE FROM org_members WHERE org_id = $1 AND user_id = $2").bind(org).bind(m.user_id).execute(t.conn()).await?;
-    // Project roles in this org go with the membership.
+    // Project roles in this org go with the membership, and so do the agent tokens
+    // the member made (they act with their maker's authority).
     sqlx::query("DELETE FROM project_members WHERE user_id = $1").bind(m.user_id).execute(t.conn()).await?;
+    let revoked = super::agent_tokens::revoke_made_by(t.conn(), org, m.user_id).await?;
+    if revoked > 0 {
+        tracing::info!(org = %t.org.slug, user = %m.user_id, revoked, "agent tokens revoked: their maker left the org");
+    }
     t.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

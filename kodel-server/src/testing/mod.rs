@@ -7,7 +7,7 @@ pub mod scripted_llm;
 pub mod tmux;
 
 use std::io::BufRead;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -147,14 +147,62 @@ pub async fn api(http: &reqwest::Client, base: &str, token: &str, method: &str, 
 }
 
 /// Runs git in `dir` as a test's fixture maker would (a fixed identity); gives stdout.
+/// Repositories may belong to the agents' user (`agent_may_use`), so any owner is fine.
 pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git").args(["-c", "user.name=Test", "-c", "user.email=test@example.com"]).args(args).current_dir(dir).output().unwrap();
+    let out = Command::new("git")
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", any_owner_gitconfig())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// A git config that trusts repositories whatever their owner, given as the global
+/// one (git passes that on to the other end of a local push, unlike `-c`).
+fn any_owner_gitconfig() -> PathBuf {
+    let path = std::env::temp_dir().join(format!("kodel-test-gitconfig-{}", nix::unistd::geteuid()));
+    if !path.exists() {
+        let tmp = path.with_extension(format!("{}", std::process::id()));
+        std::fs::write(&tmp, "[safe]\n\tdirectory = *\n").unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
 }
 
 /// Resident memory of a process, in KiB (from /proc).
 pub fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// The flags an agent started by a test needs: run as root (as CI runs), an agent must
+/// be told whom to become, as `kodel up` does; tests take `nobody`, which every Debian
+/// has.
+pub fn agent_user_args() -> Vec<&'static str> {
+    if nix::unistd::geteuid().is_root() { vec!["--user", AGENT_TEST_USER] } else { Vec::new() }
+}
+
+pub const AGENT_TEST_USER: &str = "nobody";
+
+/// Lets a test's agent (which runs as `nobody` when the test runs as root) read and
+/// write `path` (a repository on this host): it becomes that user's, and the private
+/// temporary directories above it may be entered.
+pub fn agent_may_use(path: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::geteuid().is_root() || !path.exists() {
+        return;
+    }
+    let user = nix::unistd::User::from_name(AGENT_TEST_USER).unwrap().unwrap();
+    let out = Command::new("chown").arg("-R").arg(format!("{}:{}", user.uid, user.gid)).arg(path).output().unwrap();
+    assert!(out.status.success(), "chown {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    let tmp = std::env::temp_dir();
+    for dir in path.ancestors().skip(1).take_while(|d| d.starts_with(&tmp) && *d != tmp) {
+        let mode = std::fs::metadata(dir).unwrap().mode();
+        if mode & 0o001 == 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode((mode & 0o7777) | 0o711)).unwrap();
+        }
+    }
 }

@@ -236,9 +236,19 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
     };
     ctx.settings.save()?;
     let (out, err) = logs("kodel-agent.log")?;
+    // Run by root, the agent becomes an unprivileged user of its own: the model's
+    // commands must never run as root.
+    let run_as = match agent_user() {
+        Ok(user) => user,
+        Err(e) => {
+            stop(&mut child, "kodel-server").await?;
+            return Err(e);
+        }
+    };
     let mut agent = match Command::new(sibling_binary("kodel-agent")?)
         .args(["--server", &url, "--name", "local", "--allow-file-remotes", "--workdir"])
         .arg(data.join("agent-work"))
+        .args(run_as.iter().flat_map(|u| ["--user", u]))
         .env("KODEL_AGENT_TOKEN", &stack.agent_token)
         .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null())
@@ -301,6 +311,33 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
 }
 
 /// A message on stderr that cannot fail the shutdown (stderr may be a closed pipe).
+/// The user the local agent runs as when `kodel up` runs as root: `kodel-agent`, a
+/// system account made here on first use. None when not root.
+const AGENT_USER: &str = "kodel-agent";
+
+fn agent_user() -> Result<Option<&'static str>, CliError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    if nix::unistd::User::from_name(AGENT_USER).ok().flatten().is_none() {
+        let made = std::process::Command::new("useradd")
+            .args(["--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", AGENT_USER])
+            .output();
+        match made {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                return Err(CliError::new(exit::FAILURE, format!("cannot create the user {AGENT_USER} for the local agent: {}", String::from_utf8_lossy(&out.stderr).trim()))
+                    .hint("run kodel up as a normal user, or create it: useradd --system kodel-agent"));
+            }
+            Err(e) => {
+                return Err(CliError::new(exit::FAILURE, format!("cannot run useradd to create the user {AGENT_USER} for the local agent: {e}"))
+                    .hint("run kodel up as a normal user, or create it: useradd --system kodel-agent"));
+            }
+        }
+    }
+    Ok(Some(AGENT_USER))
+}
+
 fn say(msg: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{msg}");

@@ -1,0 +1,80 @@
+//! Never root: an agent started as root drops to an unprivileged user (`--user NAME`)
+//! before it does anything else, so the model's commands, its git and its file tools
+//! all run with that user's rights. Under bubblewrap as root the sandbox would keep
+//! nearly every capability (unmount /proc, enter the server's network namespace,
+//! remount / writable); run as another user it starts with none and has no mapping to
+//! root at all.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{Gid, Uid, User};
+
+/// The unprivileged account an agent started as root becomes.
+#[derive(Debug, Clone)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: Uid,
+    pub gid: Gid,
+    /// The account's home, when it has one on this machine.
+    pub home: Option<PathBuf>,
+}
+
+/// Looks `name` up and refuses root (or any account with uid 0).
+pub fn resolve(name: &str) -> Result<RunAs, String> {
+    let user = User::from_name(name)
+        .map_err(|e| format!("cannot look up user {name:?}: {e}"))?
+        .ok_or_else(|| format!("there is no user {name:?} on this machine (create one: useradd --system {name})"))?;
+    if user.uid.is_root() {
+        return Err(format!("--user {name} is root; name an unprivileged user"));
+    }
+    let home = Some(user.dir).filter(|d| d.is_dir() && d.parent().is_some());
+    Ok(RunAs { name: user.name, uid: user.uid, gid: user.gid, home })
+}
+
+/// Gives `workdir` to the user (made if missing; its contents too when it already is an
+/// agent's work dir, from a start as root before), checks the user can reach it, then
+/// becomes the user for good: no supplementary groups, real, effective and saved ids
+/// all theirs. Call it before any thread starts.
+pub fn become_user(run: &RunAs, workdir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(workdir).map_err(|e| format!("cannot create the work dir {}: {e}", workdir.display()))?;
+    let owner = |p: &Path| std::os::unix::fs::lchown(p, Some(run.uid.as_raw()), Some(run.gid.as_raw()));
+    owner(workdir).map_err(|e| format!("cannot give {} to {}: {e}", workdir.display(), run.name))?;
+    if workdir.join(".kodel-agent").is_dir() {
+        chown_tree(workdir, &owner).map_err(|e| format!("cannot give the contents of {} to {}: {e}", workdir.display(), run.name))?;
+    }
+    let abs = std::fs::canonicalize(workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
+    for dir in abs.ancestors().skip(1) {
+        let meta = std::fs::metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let enterable = meta.uid() == run.uid.as_raw() || meta.mode() & 0o001 != 0 || (meta.gid() == run.gid.as_raw() && meta.mode() & 0o010 != 0);
+        if !enterable {
+            return Err(format!(
+                "the agent runs as {}, who cannot enter {} on the way to the work dir: choose a --workdir it can reach (or chmod o+x {})",
+                run.name,
+                dir.display(),
+                dir.display()
+            ));
+        }
+    }
+    nix::unistd::setgroups(&[run.gid]).map_err(|e| format!("cannot drop supplementary groups: {e}"))?;
+    nix::unistd::setgid(run.gid).map_err(|e| format!("cannot become group {}: {e}", run.gid))?;
+    nix::unistd::setuid(run.uid).map_err(|e| format!("cannot become user {}: {e}", run.name))?;
+    // There is no way back.
+    if nix::unistd::setuid(Uid::from_raw(0)).is_ok() || nix::unistd::geteuid().is_root() {
+        return Err("still able to become root after dropping privileges; refusing to run".into());
+    }
+    Ok(())
+}
+
+/// lchown of everything below `dir` (links are not followed).
+fn chown_tree(dir: &Path, owner: &dyn Fn(&Path) -> std::io::Result<()>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        owner(&path)?;
+        if entry.file_type()?.is_dir() {
+            chown_tree(&path, owner)?;
+        }
+    }
+    Ok(())
+}

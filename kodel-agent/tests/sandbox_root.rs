@@ -1,0 +1,97 @@
+//! The sandbox escapes an agent run as root used to allow, tried by the model itself
+//! through the bash tool of a real `kodel-agent` started as root (as `kodel up` run by
+//! root starts it): every one must fail. Run as another user the test has nothing to
+//! show (no root to escape to) and says so.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::Stack;
+use kodel_server::testing::scripted_llm::{Reply, ScriptedLlm};
+use serde_json::json;
+
+/// Each escape prints `ESCAPED:<what>` only if it worked.
+const ATTACKS: &str = r#"
+echo "CAPS:$(grep CapEff /proc/self/status | awk '{print $2}')"
+echo "UID:$(id -u)"
+umount -l /proc 2>/dev/null && echo "ESCAPED:umount-proc"
+umount -l /tmp 2>/dev/null && echo "ESCAPED:umount-tmp"
+mount -o remount,bind,rw / 2>/dev/null && echo "ESCAPED:remount-root"
+touch /kodel-escape-$$ 2>/dev/null && echo "ESCAPED:host-write"
+test -e /proc/$SERVER_PID && echo "ESCAPED:server-pid-visible"
+cat /proc/$SERVER_PID/environ 2>/dev/null | tr '\0' '\n' | grep -q KODEL && echo "ESCAPED:server-environ"
+nsenter --net=/proc/$SERVER_PID/ns/net true 2>/dev/null && echo "ESCAPED:nsenter"
+for p in /proc/[0-9]*; do cat $p/environ $p/cmdline 2>/dev/null; done | tr '\0' '\n' | grep 'kodel_ag[t]_' | sed 's/^/ESCAPED:agent-token: /'
+env | grep -q 'kodel_ag[t]_' && echo "ESCAPED:agent-token-env"
+cat /etc/shadow >/dev/null 2>&1 && echo "ESCAPED:shadow"
+ls /root >/dev/null 2>&1 && ls -A /root | grep -q . && echo "ESCAPED:root-home"
+unshare -Urm sh -c 'umount -l /proc' 2>/dev/null && ls /proc | grep -qx "$SERVER_PID" && echo "ESCAPED:nested-userns"
+echo "PIDS:$(ls -d /proc/[0-9]* | wc -l)"
+echo END
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_models_commands_cannot_escape_the_sandbox_of_an_agent_started_as_root() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("NOTE: not root; the escapes of an agent started as root cannot be tried here");
+        return;
+    }
+    if Command::new("bwrap").arg("--version").output().is_err() {
+        eprintln!("NOTE: bubblewrap is not installed; sandbox test skipped");
+        return;
+    }
+    let llm = ScriptedLlm::start(Vec::new()).await;
+    let mut stack = Stack::start(&llm, "openai").await;
+    let script = ATTACKS.replace("$SERVER_PID", &stack.server_pid().to_string());
+    llm.push(Reply::ToolCalls(vec![("bash".into(), json!({"command": script}))]));
+    llm.push(Reply::Text("tried".into()));
+    // The agent's own log goes where root can read it, outside its work dir.
+    let log = std::env::temp_dir().join(format!("kodel-agent-root-{}.log", std::process::id()));
+    stack.agent_with("root-started", &["--sandbox", "required"], Some(&log));
+    stack.task_in_progress("Try to escape").await;
+    stack.wait_event("job.succeeded", Duration::from_secs(60)).await;
+
+    let steps = stack.events_of("job.step");
+    let out = steps.iter().find(|s| s["step"]["tool"] == "bash").expect("the bash step")["step"]["output"].as_str().unwrap().to_owned();
+    let _ = std::fs::remove_file(&log);
+    assert!(out.contains("END"), "the whole script ran: {out}");
+    assert!(out.contains("CAPS:0000000000000000"), "no capability in the sandbox: {out}");
+    let uid: u32 = out.split("UID:").nth(1).unwrap().lines().next().unwrap().trim().parse().unwrap();
+    assert_ne!(uid, 0, "commands do not run as root: {out}");
+    let escaped: Vec<&str> = out.lines().filter(|l| l.starts_with("ESCAPED:")).collect();
+    assert!(escaped.is_empty(), "escapes that worked: {escaped:?}\n{out}");
+    let pids: u32 = out.split("PIDS:").nth(1).unwrap().lines().next().unwrap().trim().parse().unwrap();
+    assert!(pids < 10, "only the sandbox's own processes are visible: {pids}");
+    // And the agent itself no longer runs as root.
+    let agent_pid = stack.agents[0].id();
+    let status = std::fs::read_to_string(format!("/proc/{agent_pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(uid_line.split_whitespace().skip(1).all(|u| u != "0"), "the agent dropped root for good: {uid_line}");
+}
+
+#[test]
+fn an_agent_started_as_root_without_a_user_refuses_to_run() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("NOTE: not root; nothing to refuse");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kodel-agent"))
+        .args(["--server", "http://127.0.0.1:9"])
+        .env("KODEL_AGENT_TOKEN", "kodel_agt_x")
+        .env_remove("KODEL_AGENT_USER")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("running as root") && err.contains("--user"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_kodel-agent"))
+        .args(["--server", "http://127.0.0.1:9", "--user", "root"])
+        .env("KODEL_AGENT_TOKEN", "kodel_agt_x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unprivileged"));
+}
