@@ -36,8 +36,10 @@ trap finish EXIT
 for _ in $(seq 100); do curl -sf "$BASE/readyz" >/dev/null && break; sleep 0.1; done
 
 api() { curl -sf -X "$1" "$BASE$2" -H "authorization: Bearer ${TOKEN:-}" -H 'content-type: application/json' ${3:+-d "$3"}; }
-access=$(curl -sf -X POST "$BASE/api/v1/auth/register" -H 'content-type: application/json' \
-  -d '{"email":"bench@example.com","password":"benchmark-password","name":"Bench"}' | jq -r .access_token)
+curl -sf -X POST "$BASE/api/v1/auth/register" -H 'content-type: application/json' \
+  -d '{"email":"bench@example.com","password":"benchmark-password","name":"Bench"}' >/dev/null
+access=$(curl -sf -X POST "$BASE/api/v1/auth/login" -H 'content-type: application/json' \
+  -d '{"email":"bench@example.com","password":"benchmark-password"}' | jq -r .access_token)
 TOKEN=$access
 TOKEN=$(api POST /api/v1/tokens '{"name":"bench"}' | jq -r .token)
 api POST /api/v1/orgs '{"slug":"bench","name":"Bench"}' >/dev/null

@@ -61,9 +61,9 @@ pub struct TokenPair {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Registered {
-    pub user: User,
-    #[serde(flatten)]
-    pub tokens: TokenPair,
+    /// The email, as the server keeps it (trimmed, lower case).
+    pub email: String,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

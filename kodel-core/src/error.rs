@@ -61,6 +61,7 @@ codes! {
     JobFinished = "job_finished" => 409,
     LeaseLost = "lease_lost" => 409,
     ArtifactDecided = "artifact_decided" => 409,
+    TooManyRequests = "too_many_requests" => 429,
     Unavailable = "unavailable" => 503,
     Internal = "internal" => 500,
 }

@@ -63,6 +63,34 @@ pub struct Config {
 
     #[command(flatten)]
     pub llm: LlmSettings,
+
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// What one client may hold or try: bounds on anonymous password work and on open
+/// event streams (docs/security.md).
+#[derive(Clone, Debug, clap::Args)]
+pub struct Limits {
+    /// Logins and registrations a minute from one client address.
+    #[arg(long, env = "KODEL_LOGIN_PER_ADDRESS", default_value_t = 30)]
+    pub login_per_address: u32,
+    /// Failed logins to one account in 15 minutes before its logins are refused until
+    /// the window ends.
+    #[arg(long, env = "KODEL_LOGIN_PER_ACCOUNT", default_value_t = 10)]
+    pub login_per_account: u32,
+    /// Event streams (SSE) one user may hold open at once.
+    #[arg(long, env = "KODEL_STREAMS_PER_USER", default_value_t = 64)]
+    pub streams_per_user: u32,
+    /// Event streams one org's members may hold open together.
+    #[arg(long, env = "KODEL_STREAMS_PER_ORG", default_value_t = 2000)]
+    pub streams_per_org: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { login_per_address: 30, login_per_account: 10, streams_per_user: 64, streams_per_org: 2000 }
+    }
 }
 
 /// The LLM providers the server may call, and how. Keys never leave the server.

@@ -37,6 +37,11 @@ impl ApiError {
         Self::new(ErrorCode::Forbidden, format!("your role does not allow {what}"))
     }
 
+    /// 429 with `Retry-After`: the caller must wait `retry_after` seconds.
+    pub fn too_many(message: impl Into<String>, retry_after: u64) -> Self {
+        Self::new(ErrorCode::TooManyRequests, message).with_details(serde_json::json!({ "retry_after_secs": retry_after }))
+    }
+
     pub fn internal(err: impl std::fmt::Display) -> Self {
         tracing::error!(error = %err, "internal error");
         Self::new(ErrorCode::Internal, "internal server error")
@@ -61,10 +66,15 @@ impl From<sqlx::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry_after = self.details.as_ref().and_then(|d| d["retry_after_secs"].as_u64());
         let body = ErrorBody {
             error: ErrorDetail { code: self.code.as_str().to_owned(), message: self.message, details: self.details },
         };
-        (status, Json(body)).into_response()
+        let mut resp = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 

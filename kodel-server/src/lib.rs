@@ -13,6 +13,7 @@ pub mod json;
 pub mod llm;
 pub mod net;
 pub mod routes;
+pub mod serve;
 pub mod tenant;
 pub mod testing;
 
@@ -42,6 +43,10 @@ pub struct AppState {
     pub creates: routes::tasks::Creates,
     /// KODEL_ALLOW_PRIVATE_URLS (see net.rs).
     pub allow_private_urls: bool,
+    /// Bounds on password work (auth/limits.rs).
+    pub logins: Arc<auth::limits::LoginLimits>,
+    /// Open event streams per user and org (routes/events.rs).
+    pub streams: Arc<routes::events::StreamCounts>,
 }
 
 /// Keeps `target` spare org schemas ready, refilling after each org creation.
@@ -91,6 +96,8 @@ impl Server {
             llm: Arc::new(llm::Proxy::new(&config.llm, llm::client())),
             creates,
             allow_private_urls: config.allow_private_urls,
+            logins: Arc::new(auth::limits::LoginLimits::new(config.limits.login_per_address, config.limits.login_per_account)),
+            streams: Arc::new(routes::events::StreamCounts::new(config.limits.streams_per_user, config.limits.streams_per_org)),
         };
         routes::tasks::Creates::start(&state, created_rx);
         engine::background::spawn(state.clone(), wakes);

@@ -55,12 +55,7 @@ async fn serve(config: &Config, db: PgConnectOptions) -> anyhow::Result<()> {
         hub.shut_down();
         hub.drained(std::time::Duration::from_secs(3)).await;
     };
-    // Small writes (SSE events, WebSocket frames, token chunks) go out at once instead of
-    // waiting on Nagle's algorithm and the peer's delayed ACK (~40 ms stalls).
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, server.router).with_graceful_shutdown(stopping).await?;
+    kodel_server::serve::serve(listener, server.router, stopping).await;
     server.state.pool.close().await;
     Ok(())
 }

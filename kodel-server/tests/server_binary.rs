@@ -24,7 +24,9 @@ async fn managed_database_starts_serves_and_restarts_on_the_same_data() {
 
     let server = start_server(&["--data-dir", data_arg], &[]);
     let (s, v) = post(&server.base, "/api/v1/auth/register", None, json!({"email": "m@x.io", "password": "longenough", "name": "M"})).await;
-    assert_eq!(s, 201, "{v}");
+    assert_eq!(s, 202, "{v}");
+    let (s, v) = post(&server.base, "/api/v1/auth/login", None, json!({"email": "m@x.io", "password": "longenough"})).await;
+    assert_eq!(s, 200, "{v}");
     let token = v["access_token"].as_str().unwrap().to_owned();
     assert_eq!(post(&server.base, "/api/v1/orgs", Some(&token), json!({"slug": "home", "name": "Home"})).await.0, 201);
     assert!(data.join("postgres/PG_VERSION").exists());
@@ -80,7 +82,8 @@ async fn passwords_and_tokens_never_reach_the_log() {
     // The most verbose level: nothing logged at any level may carry a secret.
     let server = start_server(&[], &[("DATABASE_URL", &url), ("RUST_LOG", "trace")]);
     let password = "s3cret-Password-XYZ";
-    let (_, v) = post(&server.base, "/api/v1/auth/register", None, json!({"email": "p@x.io", "password": password, "name": "P"})).await;
+    post(&server.base, "/api/v1/auth/register", None, json!({"email": "p@x.io", "password": password, "name": "P"})).await;
+    let (_, v) = post(&server.base, "/api/v1/auth/login", None, json!({"email": "p@x.io", "password": password})).await;
     let access = v["access_token"].as_str().unwrap().to_owned();
     let refresh = v["refresh_token"].as_str().unwrap().to_owned();
     post(&server.base, "/api/v1/auth/login", None, json!({"email": "p@x.io", "password": "wrong-password-123"})).await;

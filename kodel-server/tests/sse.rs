@@ -197,9 +197,7 @@ async fn a_lagging_subscriber_catches_up_without_loss() {
 #[tokio::test]
 async fn a_stream_ends_when_its_session_is_revoked() {
     let app = TestApp::spawn().await;
-    let (_, reg) = app
-        .call(reqwest::Method::POST, "/api/v1/auth/register", None, Some(json!({"email": "s@x.io", "password": "longenough", "name": "S"})))
-        .await;
+    let reg = app.register_pair("s@x.io").await;
     let access = reg["access_token"].as_str().unwrap().to_owned();
     app.post("/api/v1/orgs", &access, json!({"slug": "acme", "name": "A"})).await;
     let mut stream = app.sse("/api/v1/orgs/acme/events", &access, None).await;

@@ -35,12 +35,14 @@ impl Bench {
             job_lease: 60.0,
             allow_private_urls: true,
             llm,
+            // Benchmarks open many streams and logins from one address as one user.
+            limits: kodel_server::config::Limits { login_per_address: 1_000_000, streams_per_user: 1_000_000, streams_per_org: 1_000_000, ..Default::default() },
         };
         let server = Server::build(&config, db).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let router = server.router.clone();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        tokio::spawn(kodel_server::serve::serve(listener, router, std::future::pending()));
         let http = reqwest::Client::new();
         let token = register(&base, "b@x.io").await;
         Self { server, base, http, token }

@@ -38,8 +38,9 @@ pub fn bearer(parts: &Parts) -> Option<&str> {
 /// A bearer token, checked as far as possible without the database.
 #[derive(Clone)]
 pub enum Credential {
-    /// A valid JWT: its session must still be alive.
-    Session { user: Uuid, session: Uuid },
+    /// A valid JWT: its session must still be alive. `expires`: its `exp`, in Unix
+    /// seconds (a stream opened with it ends then).
+    Session { user: Uuid, session: Uuid, expires: i64 },
     /// An API token: its hash must match a live token.
     ApiToken { hash: Vec<u8> },
 }
@@ -55,7 +56,7 @@ impl Credential {
             return Ok(Self::ApiToken { hash: hash_token(token) });
         }
         let claims = state.jwt.verify(token).ok_or_else(ApiError::unauthorized)?;
-        Ok(Self::Session { user: claims.sub, session: claims.sid })
+        Ok(Self::Session { user: claims.sub, session: claims.sid, expires: claims.exp })
     }
 
     /// A CTE defining `caller(id)`: the user behind the credential, if it is live. It
@@ -90,7 +91,7 @@ impl Credential {
         let (mut sessions, mut users, mut hashes) = (Vec::new(), Vec::new(), Vec::new());
         for c in creds {
             let (s, u, h) = match c {
-                Self::Session { user, session } => (Some(*session), Some(*user), None),
+                Self::Session { user, session, .. } => (Some(*session), Some(*user), None),
                 Self::ApiToken { hash } => (None, None, Some(hash.clone())),
             };
             sessions.push(s);
@@ -102,7 +103,7 @@ impl Credential {
 
     pub fn bind<'q, O>(&'q self, q: QueryAs<'q, Postgres, O, PgArguments>) -> QueryAs<'q, Postgres, O, PgArguments> {
         match self {
-            Self::Session { user, session } => q.bind(*session).bind(*user),
+            Self::Session { user, session, .. } => q.bind(*session).bind(*user),
             Self::ApiToken { hash } => q.bind(hash.as_slice()).bind("user"),
         }
     }

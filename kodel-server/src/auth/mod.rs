@@ -2,6 +2,7 @@
 //! refresh tokens, personal API tokens, and the `Auth` extractor that verifies them.
 
 pub mod extract;
+pub mod limits;
 pub mod password;
 pub mod tokens;
 

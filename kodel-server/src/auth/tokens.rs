@@ -61,8 +61,13 @@ impl JwtKeys {
     }
 
     pub fn issue(&self, user: Uuid, session: Uuid) -> Result<String, jsonwebtoken::errors::Error> {
+        self.issue_for(user, session, ACCESS_TTL_SECS)
+    }
+
+    /// An access token that lives `ttl_secs` (tests of expiry use short ones).
+    pub fn issue_for(&self, user: Uuid, session: Uuid, ttl_secs: i64) -> Result<String, jsonwebtoken::errors::Error> {
         let now = chrono::Utc::now().timestamp();
-        let claims = Claims { sub: user, sid: session, iat: now, exp: now + ACCESS_TTL_SECS, typ: "access".into() };
+        let claims = Claims { sub: user, sid: session, iat: now, exp: now + ttl_secs, typ: "access".into() };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
     }
 

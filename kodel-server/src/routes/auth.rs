@@ -13,7 +13,8 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::tokens::{ACCESS_TTL_SECS, REFRESH_PREFIX, REFRESH_TTL_DAYS, hash_token, random_token};
 use crate::auth::{Auth, password};
-use crate::error::{ApiError, ApiResult, is_unique_violation, require_text};
+use crate::error::{ApiError, ApiResult, require_text};
+use crate::serve::Peer;
 use crate::json::ApiJson;
 
 pub fn router() -> Router<AppState> {
@@ -47,37 +48,37 @@ pub fn normalize_email(email: &str) -> ApiResult<String> {
     if valid { Ok(email) } else { Err(ApiError::invalid("email is not a valid address")) }
 }
 
-async fn register(State(state): State<AppState>, ApiJson(req): ApiJson<RegisterRequest>) -> ApiResult<(StatusCode, Json<Registered>)> {
+/// Makes an account, unless the email has one already: the answer is the same either
+/// way (and so is the time it takes), so registering tells nobody which emails have
+/// accounts. The caller then logs in; an existing account keeps its own password.
+async fn register(State(state): State<AppState>, Peer(peer): Peer, ApiJson(req): ApiJson<RegisterRequest>) -> ApiResult<(StatusCode, Json<Registered>)> {
     let email = normalize_email(&req.email)?;
     let name = require_text("name", &req.name, kodel_core::api::MAX_NAME)?;
     password::validate(&req.password)?;
-    let hash = password::hash(req.password).await?;
-    let mut tx = crate::db::begin(&state.pool).await?;
-    let user = sqlx::query_as::<_, UserRow>(
-        "INSERT INTO users (id, email, name, password_hash) VALUES ($1, $2, $3, $4)
-         RETURNING id, email, name, created_at",
-    )
-    .bind(Uuid::now_v7())
-    .bind(&email)
-    .bind(&name)
-    .bind(hash)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(|e| {
-        if is_unique_violation(&e) {
-            ApiError::new(ErrorCode::EmailTaken, "an account with this email already exists")
-        } else {
-            e.into()
-        }
-    })?;
-    let tokens = start_session(&state, &mut tx, user.id).await?;
-    tx.commit().await?;
-    tracing::info!(user = %user.id, "registered");
-    Ok((StatusCode::CREATED, Json(Registered { user: user.into(), tokens })))
+    state.logins.attempt(peer, None)?;
+    let hash = state.logins.hash(req.password).await?;
+    let made = sqlx::query("INSERT INTO users (id, email, name, password_hash) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+        .bind(Uuid::now_v7())
+        .bind(&email)
+        .bind(&name)
+        .bind(hash)
+        .execute(&state.pool)
+        .await?;
+    if made.rows_affected() == 1 {
+        tracing::info!("registered a new account");
+    } else {
+        tracing::info!("registration for an email that has an account: nothing changed");
+    }
+    let message = "Log in with this email and password. (If the email already had an account, that account is unchanged: log in with its own password.)";
+    Ok((StatusCode::ACCEPTED, Json(Registered { email, message: message.into() })))
 }
 
-async fn login(State(state): State<AppState>, ApiJson(req): ApiJson<LoginRequest>) -> ApiResult<Json<TokenPair>> {
+async fn login(State(state): State<AppState>, Peer(peer): Peer, ApiJson(req): ApiJson<LoginRequest>) -> ApiResult<Json<TokenPair>> {
     let email = req.email.trim().to_lowercase();
+    if email.len() > 254 || req.password.len() > password::MAX_LEN {
+        return Err(ApiError::new(ErrorCode::InvalidCredentials, "wrong email or password"));
+    }
+    state.logins.attempt(peer, Some(&email))?;
     let row: Option<(Uuid, Option<String>)> =
         sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = $1")
             .bind(&email)
@@ -87,10 +88,12 @@ async fn login(State(state): State<AppState>, ApiJson(req): ApiJson<LoginRequest
         Some((id, hash)) => (Some(id), hash),
         None => (None, None),
     };
-    let ok = password::verify(req.password, hash).await?;
+    let ok = state.logins.verify(req.password, hash).await?;
     let Some(id) = id.filter(|_| ok) else {
+        state.logins.failed(peer, &email);
         return Err(ApiError::new(ErrorCode::InvalidCredentials, "wrong email or password"));
     };
+    state.logins.succeeded(&email);
     let mut tx = crate::db::begin(&state.pool).await?;
     let tokens = start_session(&state, &mut tx, id).await?;
     tx.commit().await?;

@@ -1,9 +1,12 @@
 //! SSE streams: `GET /orgs/{org}/events` (the board) and `/tasks/{KEY-n}/events` (one
 //! task). Every event has `id:`; `Last-Event-ID` (header, or `?last_event_id=`) resumes
 //! after that event with nothing missed and nothing repeated. Heartbeat comments every
-//! 15 s. Access is checked again every 30 s, so a removed member stops receiving.
+//! 15 s. Access is checked again every 30 s, so a removed member stops receiving; a
+//! stream opened with an access token (JWT) ends when that token expires. A user may
+//! hold `KODEL_STREAMS_PER_USER` streams at once and an org's members
+//! `KODEL_STREAMS_PER_ORG` together; past that a new one is refused with 429.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -82,18 +85,77 @@ async fn visible_projects(conn: &mut PgConnection, user: Uuid, role: OrgRole) ->
     Ok(Some(ids.into_iter().collect()))
 }
 
+/// Open streams per user and per org, and the bounds on them.
+pub struct StreamCounts {
+    per_user: u32,
+    per_org: u32,
+    open: std::sync::Mutex<(HashMap<Uuid, u32>, HashMap<Uuid, u32>)>,
+}
+
+/// One open stream, counted until it is dropped.
+pub struct StreamSlot {
+    counts: Arc<StreamCounts>,
+    user: Uuid,
+    org: Uuid,
+}
+
+impl StreamCounts {
+    pub fn new(per_user: u32, per_org: u32) -> Self {
+        Self { per_user, per_org, open: std::sync::Mutex::default() }
+    }
+
+    fn open(self: &Arc<Self>, user: Uuid, org: Uuid) -> ApiResult<StreamSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (users, orgs) = &mut *open;
+        if users.get(&user).copied().unwrap_or(0) >= self.per_user {
+            return Err(ApiError::too_many(format!("you have {} event streams open, the most one user may; close one first", self.per_user), 5));
+        }
+        if orgs.get(&org).copied().unwrap_or(0) >= self.per_org {
+            return Err(ApiError::too_many(format!("this org's members have {} event streams open, the most it may; try again later", self.per_org), 5));
+        }
+        *users.entry(user).or_default() += 1;
+        *orgs.entry(org).or_default() += 1;
+        Ok(StreamSlot { counts: self.clone(), user, org })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.counts.open.lock().unwrap_or_else(|e| e.into_inner());
+        let (users, orgs) = &mut *open;
+        for (map, key) in [(users, self.user), (orgs, self.org)] {
+            if let Some(n) = map.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// When a stream opened with `credential` must end: a JWT's expiry (API tokens are
+/// checked with the access re-check).
+fn ends_at(credential: &Credential) -> Option<tokio::time::Instant> {
+    let Credential::Session { expires, .. } = credential else { return None };
+    let left = (*expires - chrono::Utc::now().timestamp()).max(0) as u64;
+    Some(tokio::time::Instant::now() + Duration::from_secs(left))
+}
+
 async fn org_events(State(state): State<AppState>, mut t: Tenant, headers: HeaderMap, Query(q): Query<ResumeQuery>) -> ApiResult<Sse<SseStream>> {
     let resume = last_event_id(&headers, &q)?;
+    let slot = state.streams.open(t.user_id(), t.org.id)?;
     let (user, role) = (t.user_id(), t.org.role);
     let visible = visible_projects(t.conn(), user, role).await?;
     let scope = Scope { slug: t.org.slug.clone(), credential: t.credential.clone(), user, task: None, visible };
     t.commit().await?;
-    Ok(stream(state, scope, resume).await)
+    Ok(stream(state, scope, resume, slot).await)
 }
 
 async fn task_events(State(state): State<AppState>, mut t: Tenant, Path((_, task)): Path<(String, String)>, headers: HeaderMap, Query(q): Query<ResumeQuery>) -> ApiResult<Sse<SseStream>> {
     let resume = last_event_id(&headers, &q)?;
     let key = TaskKey::parse(&task).map_err(|e| ApiError::new(ErrorCode::InvalidKey, e.0))?;
+    let slot = state.streams.open(t.user_id(), t.org.id)?;
     let p = access(&mut t, key.project.as_str(), ErrorCode::TaskNotFound).await?;
     let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM tasks WHERE project_id = $1 AND number = $2")
         .bind(p.id)
@@ -105,10 +167,11 @@ async fn task_events(State(state): State<AppState>, mut t: Tenant, Path((_, task
     let visible = visible_projects(t.conn(), user, role).await?;
     let scope = Scope { slug: t.org.slug.clone(), credential: t.credential.clone(), user, task: Some((id, p.id)), visible };
     t.commit().await?;
-    Ok(stream(state, scope, resume).await)
+    Ok(stream(state, scope, resume, slot).await)
 }
 
-async fn stream(state: AppState, scope: Scope, resume: Option<i64>) -> Sse<SseStream> {
+async fn stream(state: AppState, scope: Scope, resume: Option<i64>, slot: StreamSlot) -> Sse<SseStream> {
+    let ends_at = ends_at(&scope.credential);
     let sub = state.events.subscribe(&scope.slug).await;
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.reset();
@@ -124,6 +187,8 @@ async fn stream(state: AppState, scope: Scope, resume: Option<i64>) -> Sse<SseSt
         catching_up: false,
         pending: VecDeque::new(),
         recheck,
+        ends_at,
+        _slot: slot,
         done: false,
     };
     // The body pulls events as the client takes them: no task or queue per connection,
@@ -153,6 +218,8 @@ type SseStream = axum::response::sse::KeepAliveStream<SseBody>;
 enum StreamEnd {
     #[error("access revoked")]
     Revoked,
+    #[error("the access token expired")]
+    Expired,
     #[error("feed closed")]
     Closed,
     #[error(transparent)]
@@ -175,6 +242,10 @@ struct Feed {
     catching_up: bool,
     pending: VecDeque<SseEvent>,
     recheck: tokio::time::Interval,
+    /// The access token's expiry: the stream ends then.
+    ends_at: Option<tokio::time::Instant>,
+    /// Counts this stream against its user's and org's bounds while it lives.
+    _slot: StreamSlot,
     done: bool,
 }
 
@@ -233,6 +304,7 @@ impl Feed {
                 Err(broadcast::error::RecvError::Closed) => Err(StreamEnd::Closed),
             },
             _ = self.recheck.tick() => recheck_access(&self.state, &mut self.scope).await,
+            _ = sleep_until_or_never(self.ends_at) => Err(StreamEnd::Expired),
             _ = self.shutdown.changed() => Err(StreamEnd::Closed),
         }
     }
@@ -255,6 +327,13 @@ impl Feed {
             }
         }
         Ok(())
+    }
+}
+
+async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

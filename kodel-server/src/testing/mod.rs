@@ -120,18 +120,15 @@ pub fn sibling_binary(beside: &str, name: &str) -> std::path::PathBuf {
     bin
 }
 
-/// Registers a user through the API; gives its access token.
+/// Registers a user through the API and logs in; gives its access token.
 pub async fn register(base: &str, email: &str) -> String {
-    let reg: serde_json::Value = reqwest::Client::new()
-        .post(format!("{base}/api/v1/auth/register"))
-        .json(&serde_json::json!({"email": email, "password": "correct horse battery", "name": email}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    reg["access_token"].as_str().unwrap_or_else(|| panic!("registering {email}: {reg}")).to_owned()
+    let http = reqwest::Client::new();
+    let body = serde_json::json!({"email": email, "password": "correct horse battery", "name": email});
+    let resp = http.post(format!("{base}/api/v1/auth/register")).json(&body).send().await.unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::ACCEPTED, "registering {email}: {}", resp.text().await.unwrap_or_default());
+    let login = serde_json::json!({"email": email, "password": "correct horse battery"});
+    let pair: serde_json::Value = http.post(format!("{base}/api/v1/auth/login")).json(&login).send().await.unwrap().json().await.unwrap();
+    pair["access_token"].as_str().unwrap_or_else(|| panic!("logging in {email}: {pair}")).to_owned()
 }
 
 /// Calls the API at `base` as `token` and gives the JSON answer (Null when empty);

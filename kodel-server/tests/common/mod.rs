@@ -28,6 +28,8 @@ pub fn test_config() -> Config {
         job_lease: 60.0,
         allow_private_urls: true,
         llm: kodel_server::config::LlmSettings { llm_concurrency: 8, llm_timeout: 30.0, ..Default::default() },
+        // Tests make many users from one address; the limits have tests of their own.
+        limits: kodel_server::config::Limits { login_per_address: 10_000, ..Default::default() },
     }
 }
 
@@ -57,7 +59,7 @@ impl TestApp {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = server.router.clone();
-        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        tokio::spawn(kodel_server::serve::serve(listener, router, std::future::pending()));
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         Self { base: format!("http://{addr}"), http, db, server }
     }
@@ -97,13 +99,19 @@ impl TestApp {
         self.call(Method::DELETE, path, Some(token), None).await
     }
 
-    /// Registers a user; returns the access token.
+    /// Registers a user and logs in; returns the access token.
     pub async fn register(&self, email: &str) -> String {
-        let (s, v) = self
-            .call(Method::POST, "/api/v1/auth/register", None, Some(json!({"email": email, "password": "correct horse", "name": email})))
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{v}");
-        v["access_token"].as_str().unwrap().to_owned()
+        self.register_pair(email).await["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Registers a user and logs in; returns the login's answer (both tokens).
+    pub async fn register_pair(&self, email: &str) -> Value {
+        let body = json!({"email": email, "password": "correct horse", "name": email});
+        let (s, v) = self.call(Method::POST, "/api/v1/auth/register", None, Some(body)).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{v}");
+        let (s, v) = self.call(Method::POST, "/api/v1/auth/login", None, Some(json!({"email": email, "password": "correct horse"}))).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        v
     }
 
     /// A user who owns org `slug` with project `key`.

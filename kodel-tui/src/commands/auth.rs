@@ -71,8 +71,7 @@ pub async fn login(ctx: &mut Ctx, args: LoginArgs) -> Result<(), CliError> {
             None => prompt("Email")?,
         };
         let password = read_password(args.password_stdin)?;
-        let resp = ctx.client.raw(reqwest::Method::POST, "/api/v1/auth/login", Some(json!({ "email": email, "password": password }))).await?;
-        let pair: TokenPair = crate::client::decode(resp).await?;
+        let pair = password_login(&ctx.client, &email, &password).await?;
         let creds = Credentials { email: Some(email.clone()), access_token: Some(pair.access_token), refresh_token: Some(pair.refresh_token), api_token: None };
         (creds, email)
     };
@@ -89,17 +88,23 @@ pub async fn register(ctx: &mut Ctx, args: RegisterArgs) -> Result<(), CliError>
         .raw(reqwest::Method::POST, "/api/v1/auth/register", Some(json!({ "email": args.email, "password": password, "name": args.name })))
         .await?;
     let reg: Registered = crate::client::decode(resp).await?;
+    // The server answers the same whether the email was free or not (so registering
+    // tells nobody which emails have accounts); logging in tells the user.
+    let pair = password_login(&ctx.client, &reg.email, &password)
+        .await
+        .map_err(|e| e.hint("if this email already had an account, log in with its own password: kodel login"))?;
     let server = ctx.client.server.clone();
-    let creds = Credentials {
-        email: Some(reg.user.email.clone()),
-        access_token: Some(reg.tokens.access_token),
-        refresh_token: Some(reg.tokens.refresh_token),
-        api_token: None,
-    };
+    let creds = Credentials { email: Some(reg.email.clone()), access_token: Some(pair.access_token), refresh_token: Some(pair.refresh_token), api_token: None };
     let stored = creds.save(&server)?;
     ctx.settings.server = Some(server);
     ctx.settings.save()?;
-    report(ctx, &stored, &reg.user.email)
+    report(ctx, &stored, &reg.email)
+}
+
+/// Logs in with an email and password; the pair of tokens.
+pub async fn password_login(client: &Client, email: &str, password: &str) -> Result<TokenPair, CliError> {
+    let resp = client.raw(reqwest::Method::POST, "/api/v1/auth/login", Some(json!({ "email": email, "password": password }))).await?;
+    crate::client::decode(resp).await
 }
 
 pub async fn logout(ctx: &mut Ctx) -> Result<(), CliError> {

@@ -66,8 +66,7 @@ async fn local_stack(ctx: &mut Ctx, dir: &std::path::Path) -> Result<LocalStack,
     let existing: Option<LocalStack> = std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok());
     let (stack, tokens) = match existing {
         Some(stack) => {
-            let resp = ctx.client.raw(reqwest::Method::POST, "/api/v1/auth/login", Some(json!({ "email": stack.email, "password": stack.password }))).await?;
-            let pair: kodel_core::api::TokenPair = crate::client::decode(resp).await?;
+            let pair = super::auth::password_login(&ctx.client, &stack.email, &stack.password).await?;
             (stack, (pair.access_token, pair.refresh_token))
         }
         None => {
@@ -76,10 +75,11 @@ async fn local_stack(ctx: &mut Ctx, dir: &std::path::Path) -> Result<LocalStack,
                 .client
                 .raw(reqwest::Method::POST, "/api/v1/auth/register", Some(json!({ "email": LOCAL_EMAIL, "password": password, "name": "You" })))
                 .await?;
-            let reg: kodel_core::api::Registered = crate::client::decode(resp).await.map_err(|e| {
+            let _: kodel_core::api::Registered = crate::client::decode(resp).await?;
+            let pair = super::auth::password_login(&ctx.client, LOCAL_EMAIL, &password).await.map_err(|e| {
                 e.hint(format!("the local account exists but {} is gone; remove the data dir to start over", file.display()))
             })?;
-            let tokens = (reg.tokens.access_token, reg.tokens.refresh_token);
+            let tokens = (pair.access_token, pair.refresh_token);
             ctx.client.set_credentials(credentials(&tokens));
             let _: serde_json::Value = ctx.client.post("/api/v1/orgs", json!({ "slug": "local", "name": "Local" })).await?;
             let _: serde_json::Value = ctx

@@ -1,0 +1,200 @@
+//! Limits on password work, the one thing an anonymous client can make expensive:
+//! each argon2 hash takes ~19 MiB and tens of milliseconds of a core.
+//!
+//! - Hashes run on a few threads of their own (one per core, at most four), each
+//!   reusing its own memory; up to `HASH_QUEUE` wait their turn, for at most
+//!   `HASH_WAIT`, and more get 503 at once. Memory stays bounded however many logins
+//!   arrive together (on tokio's blocking pool every new thread kept its own 19 MiB).
+//! - Per client address: at most `per_address` logins and registrations a minute.
+//! - Per account (the email asked for, known or not, so the answer tells nothing):
+//!   after `per_account` failed logins in 15 minutes, logins to it are refused until
+//!   the window ends; a good password clears the count. An attacker can slow one
+//!   account's logins down, not take it over.
+//!
+//! Counts live in this server's memory (bounded: old windows are dropped first), so
+//! behind several replicas each replica counts on its own.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+
+use crate::error::{ApiError, ApiResult};
+
+const ADDRESS_WINDOW: Duration = Duration::from_secs(60);
+const ACCOUNT_WINDOW: Duration = Duration::from_secs(15 * 60);
+const HASH_WAIT: Duration = Duration::from_secs(10);
+const HASH_QUEUE: usize = 64;
+/// Windows kept at most, per kind.
+const MAX_KEYS: usize = 100_000;
+
+type HashJob = Box<dyn FnOnce() + Send>;
+
+pub struct LoginLimits {
+    hashing: std::sync::mpsc::SyncSender<HashJob>,
+    per_address: u32,
+    per_account: u32,
+    addresses: Mutex<Windows>,
+    accounts: Mutex<Windows>,
+}
+
+#[derive(Default)]
+struct Windows(HashMap<String, (u32, Instant)>);
+
+impl Windows {
+    /// Counts one more for `key` in a window of `len`; Err(seconds to wait) past `max`.
+    fn hit(&mut self, key: &str, len: Duration, max: u32) -> Result<(), u64> {
+        let now = Instant::now();
+        if self.0.len() >= MAX_KEYS && !self.0.contains_key(key) {
+            self.0.retain(|_, (_, start)| now.duration_since(*start) < len);
+            if self.0.len() >= MAX_KEYS {
+                // Still full of live windows: forget the oldest half.
+                let mut starts: Vec<Instant> = self.0.values().map(|(_, s)| *s).collect();
+                starts.sort_unstable();
+                let cut = starts[starts.len() / 2];
+                self.0.retain(|_, (_, start)| *start > cut);
+            }
+        }
+        let entry = self.0.entry(key.to_owned()).or_insert((0, now));
+        if now.duration_since(entry.1) >= len {
+            *entry = (0, now);
+        }
+        if entry.0 >= max {
+            return Err(len.saturating_sub(now.duration_since(entry.1)).as_secs().max(1));
+        }
+        entry.0 += 1;
+        Ok(())
+    }
+
+    fn full(&self, key: &str, len: Duration, max: u32) -> Option<u64> {
+        let (count, start) = self.0.get(key)?;
+        let age = start.elapsed();
+        (age < len && *count >= max).then(|| len.saturating_sub(age).as_secs().max(1))
+    }
+
+    fn clear(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+}
+
+/// A client address as counted: IPv6 by its /64 (one host usually holds a whole one).
+fn address_key(peer: Option<SocketAddr>) -> String {
+    match peer.map(|p| p.ip()) {
+        Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Some(ip) => ip.to_canonical().to_string(),
+        None => "unknown".to_owned(),
+    }
+}
+
+impl LoginLimits {
+    pub fn new(per_address: u32, per_account: u32) -> Self {
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 4);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<HashJob>(HASH_QUEUE);
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        for i in 0..workers {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new().name(format!("kodel-passwords-{i}")).spawn(move || {
+                loop {
+                    let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password hashing thread");
+            }
+        }
+        Self { hashing: tx, per_address, per_account, addresses: Mutex::default(), accounts: Mutex::default() }
+    }
+
+    /// One login or registration from `peer`; for a login, `account` is the email.
+    pub fn attempt(&self, peer: Option<SocketAddr>, account: Option<&str>) -> ApiResult<()> {
+        let addr = address_key(peer);
+        if let Some(wait) = account.and_then(|a| lock(&self.accounts).full(a, ACCOUNT_WINDOW, self.per_account)) {
+            tracing::warn!(peer = %addr, "login refused: too many failed logins for this account");
+            return Err(ApiError::too_many(format!("too many failed logins for this account; try again in {wait} s"), wait));
+        }
+        lock(&self.addresses).hit(&addr, ADDRESS_WINDOW, self.per_address).map_err(|wait| {
+            tracing::warn!(peer = %addr, "login refused: too many attempts from this address");
+            ApiError::too_many(format!("too many login attempts from your address; try again in {wait} s"), wait)
+        })
+    }
+
+    /// A failed login to `account` counts towards its limit.
+    pub fn failed(&self, peer: Option<SocketAddr>, account: &str) {
+        let _ = lock(&self.accounts).hit(account, ACCOUNT_WINDOW, u32::MAX);
+        tracing::warn!(peer = %address_key(peer), account, "login failed: wrong email or password");
+    }
+
+    /// A good password clears the account's failures.
+    pub fn succeeded(&self, account: &str) {
+        lock(&self.accounts).clear(account);
+    }
+
+    /// Hashes a new password on the password threads.
+    pub async fn hash(&self, password: String) -> ApiResult<String> {
+        self.on_password_thread(move || super::password::hash(&password)).await?
+    }
+
+    /// Checks a password against a stored hash (none: same work, false).
+    pub async fn verify(&self, password: String, hash: Option<String>) -> ApiResult<bool> {
+        self.on_password_thread(move || super::password::verify(&password, hash.as_deref())).await?
+    }
+
+    async fn on_password_thread<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> ApiResult<T> {
+        let busy = || ApiError::new(kodel_core::ErrorCode::Unavailable, "the server is busy checking passwords; try again");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: HashJob = Box::new(move || {
+            // Nobody waits any more: skip the work.
+            if !tx.is_closed() {
+                let _ = tx.send(work());
+            }
+        });
+        self.hashing.try_send(job).map_err(|_| busy())?;
+        match tokio::time::timeout(HASH_WAIT, rx).await {
+            Ok(Ok(done)) => Ok(done),
+            _ => Err(busy()),
+        }
+    }
+}
+
+fn lock(m: &Mutex<Windows>) -> std::sync::MutexGuard<'_, Windows> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_count_refuse_and_bound_their_size() {
+        let mut w = Windows::default();
+        for _ in 0..3 {
+            assert!(w.hit("a", Duration::from_secs(60), 3).is_ok());
+        }
+        let wait = w.hit("a", Duration::from_secs(60), 3).unwrap_err();
+        assert!((1..=60).contains(&wait));
+        assert!(w.hit("b", Duration::from_secs(60), 3).is_ok(), "other keys are counted apart");
+        w.clear("a");
+        assert!(w.hit("a", Duration::from_secs(60), 3).is_ok());
+        for i in 0..MAX_KEYS + 10 {
+            let _ = w.hit(&i.to_string(), Duration::from_secs(60), 3);
+        }
+        assert!(w.0.len() <= MAX_KEYS, "{}", w.0.len());
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let a: SocketAddr = "[2001:db8:1:2:aaaa::1]:5000".parse().unwrap();
+        let b: SocketAddr = "[2001:db8:1:2:bbbb::9]:6000".parse().unwrap();
+        assert_eq!(address_key(Some(a)), address_key(Some(b)));
+        let v4: SocketAddr = "[::ffff:10.0.0.1]:1".parse().unwrap();
+        assert_eq!(address_key(Some(v4)), "10.0.0.1");
+    }
+}
