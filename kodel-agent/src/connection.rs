@@ -44,6 +44,8 @@ pub struct AgentConfig {
     pub keep_workspaces: bool,
     /// Let modules be cloned from file:// URLs (repositories on the agent's host).
     pub allow_file_remotes: bool,
+    /// Where jobs' resource limits are applied (cgroups), or why they cannot be.
+    pub limits: crate::limits::Setup,
 }
 
 /// Why the agent stopped for good (it does not reconnect after these).
@@ -107,7 +109,7 @@ pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()> +
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
     let workspaces = Arc::new(Workspaces::open(&cfg.workdir, cfg.keep_failed, cfg.max_disk, cfg.keep_workspaces, cfg.allow_file_remotes).map_err(Fatal::Config)?);
     workspaces.prune().await;
-    let env = JobEnv { workspaces, sandbox: cfg.sandbox.clone(), toolchain_env: toolchain_env() };
+    let env = JobEnv { workspaces, sandbox: cfg.sandbox.clone(), toolchain_env: toolchain_env(), limits: cfg.limits.clone() };
     let mut agent = Agent { cfg, agent_id: None, job: None, outbox: Vec::new(), pending: HashMap::new(), link_tx, env, stopping: stopping.clone() };
     let mut backoff = Duration::from_millis(250);
     loop {

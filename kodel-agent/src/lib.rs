@@ -5,6 +5,7 @@
 
 pub mod connection;
 pub mod job;
+pub mod limits;
 pub mod privileges;
 pub mod runner;
 pub mod sandbox;

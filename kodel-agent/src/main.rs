@@ -69,7 +69,7 @@ fn main() {
     if token_on_command_line {
         tracing::warn!("the agent token was given on the command line, where every user of this machine can read it (ps); use KODEL_AGENT_TOKEN or --token-file");
     }
-    let (token, workdir) = match setup(&args) {
+    let (token, workdir, limits) = match setup(&args) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("kodel-agent: {e}");
@@ -98,6 +98,7 @@ fn main() {
             max_disk: args.max_disk_gb.saturating_mul(1 << 30),
             keep_workspaces: args.keep_workspaces,
             allow_file_remotes: args.allow_file_remotes,
+            limits,
         };
         match connection::run(cfg, stop_signal()).await {
             Ok(()) => 0,
@@ -114,9 +115,10 @@ fn main() {
     std::process::exit(code);
 }
 
-/// Reads the token and, started as root, becomes `--user` (before any thread starts).
-/// Returns the token and the work dir.
-fn setup(args: &Args) -> Result<(String, PathBuf), String> {
+/// Reads the token and, started as root, makes the agent's cgroups and becomes
+/// `--user` (before any thread starts). Returns the token, the work dir and where
+/// jobs' resource limits can be applied.
+fn setup(args: &Args) -> Result<(String, PathBuf, kodel_agent::limits::Setup), String> {
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => t.trim().to_owned(),
         (None, Some(path)) => read_token_file(path)?,
@@ -130,7 +132,8 @@ fn setup(args: &Args) -> Result<(String, PathBuf), String> {
             }
         }
         let workdir = args.workdir.clone().unwrap_or_else(|| default_workdir(std::env::var_os("HOME").map(PathBuf::from)));
-        return Ok((token, workdir));
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name).unwrap_or_else(|| nix::unistd::geteuid().to_string());
+        return Ok((token, workdir, report_limits(kodel_agent::limits::Cgroups::setup(None, &me))));
     }
     let user = args.user.as_deref().ok_or(
         "kodel-agent is running as root, so the model's commands would too (a sandbox run by root can be escaped): \
@@ -142,6 +145,7 @@ fn setup(args: &Args) -> Result<(String, PathBuf), String> {
         (None, Some(home)) => default_workdir(Some(home.clone())),
         (None, None) => return Err(format!("{user} has no home directory: pass --workdir")),
     };
+    let limits = report_limits(kodel_agent::limits::Cgroups::setup(Some((run.uid, run.gid)), &run.name));
     kodel_agent::privileges::become_user(&run, &workdir)?;
     // git and the tools look in $HOME: make it the user's (or the work dir, for an
     // account without a home), not root's, which the user cannot enter.
@@ -154,7 +158,15 @@ fn setup(args: &Args) -> Result<(String, PathBuf), String> {
         std::env::set_var("LOGNAME", &run.name);
     }
     tracing::info!(user = %run.name, "started as root; now running as {}", run.name);
-    Ok((token, workdir))
+    Ok((token, workdir, limits))
+}
+
+fn report_limits(setup: kodel_agent::limits::Setup) -> kodel_agent::limits::Setup {
+    match &setup {
+        Ok(_) => tracing::info!("jobs' resource limits (memory_mb, cpu_limit, max_processes) are applied with cgroups"),
+        Err(why) => tracing::info!("jobs whose instance template sets resource limits are refused: {why}"),
+    }
+    setup
 }
 
 fn read_token_file(path: &std::path::Path) -> Result<String, String> {

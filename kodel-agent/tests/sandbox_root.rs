@@ -95,3 +95,39 @@ fn an_agent_started_as_root_without_a_user_refuses_to_run() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unprivileged"));
 }
+
+/// An instance template's memory_mb, cpu_limit and max_processes hold for what the
+/// model runs (cgroups the agent set up as root before becoming its user).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_templates_resource_limits_hold_for_the_models_commands() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("NOTE: not root; the agent cannot make cgroups here");
+        return;
+    }
+    let llm = ScriptedLlm::start(Vec::new()).await;
+    let mut stack = Stack::start(&llm, "openai").await;
+    let t = json!({"name": "small", "base_image": "debian:12", "memory_mb": 64, "cpu_limit": 0.2, "max_processes": 40});
+    stack.call("POST", "/api/v1/orgs/acme/instance-templates", t).await;
+    stack.call("PATCH", "/api/v1/orgs/acme/projects/KOD", json!({"instance_template": "small"})).await;
+    let bash = |c: &str| Reply::ToolCalls(vec![("bash".into(), json!({"command": c}))]);
+    llm.push(bash("grep -c kodel-agent /proc/self/cgroup; python3 -c 'x = bytearray(300 * 1024 * 1024); print(\"ALLOCATED\")'"));
+    llm.push(bash("sh -c 'for i in $(seq 100); do sleep 5 & done' 2>&1 | grep -c 'Cannot fork'"));
+    llm.push(bash("TIMEFORMAT=%U; time timeout 2 sh -c 'while :; do :; done'"));
+    llm.push(Reply::Text("measured".into()));
+    stack.agent("limited");
+    stack.task_in_progress("Use too much").await;
+    stack.wait_event("job.succeeded", Duration::from_secs(60)).await;
+    let outputs: Vec<String> =
+        stack.events_of("job.step").iter().filter(|s| s["step"]["tool"] == "bash").map(|s| s["step"]["output"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(outputs.len(), 3, "{outputs:?}");
+    // Memory: the process is killed before it holds 300 MiB.
+    assert!(outputs[0].lines().next().unwrap().trim().parse::<u32>().unwrap() >= 1, "the command runs in the job's cgroups: {}", outputs[0]);
+    assert!(!outputs[0].contains("ALLOCATED") && (outputs[0].contains("exit code: 137") || outputs[0].contains("signal 9") || outputs[0].contains("MemoryError")), "{}", outputs[0]);
+    // Processes: forks past the limit fail.
+    let refused: u32 = outputs[1].lines().next().unwrap().trim().parse().unwrap();
+    assert!(refused > 0, "no fork was refused: {}", outputs[1]);
+    // CPU: two seconds of a busy loop get about 0.2 s of CPU.
+    let cpu: f64 = outputs[2].lines().find_map(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("{}", outputs[2]));
+    eprintln!("a busy loop held to 0.2 cores used {cpu} s of CPU in 2 s");
+    assert!(cpu < 0.8, "a busy loop held to 0.2 cores used {cpu} s of CPU in 2 s");
+}

@@ -103,9 +103,13 @@ pub struct InstanceTemplate {
     pub env: BTreeMap<String, String>,
     /// Whether jobs may reach the network.
     pub network: bool,
-    /// CPU cores.
+    /// CPU cores a job may use (cgroups; agents that cannot apply a limit refuse the job).
     pub cpu_limit: Option<f32>,
+    /// Memory a job's processes may use together, in MiB.
     pub memory_mb: Option<i32>,
+    /// Processes (and threads) a job may run at once.
+    #[serde(default)]
+    pub max_processes: Option<i32>,
     /// Docker-in-docker.
     pub dind: bool,
     /// Labels an agent must have to take this project's jobs.
@@ -134,6 +138,8 @@ pub struct InstanceTemplateIn {
     pub cpu_limit: Option<Option<f32>>,
     #[serde(default, with = "crate::api::double_option", skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<Option<i32>>,
+    #[serde(default, with = "crate::api::double_option", skip_serializing_if = "Option::is_none")]
+    pub max_processes: Option<Option<i32>>,
     #[serde(default)]
     pub dind: Option<bool>,
     #[serde(default)]
@@ -175,6 +181,9 @@ pub fn validate_instance_template(t: &InstanceTemplateIn) -> Result<(), String> 
     }
     if t.memory_mb.flatten().is_some_and(|m| !(16..=1_048_576).contains(&m)) {
         return Err("memory_mb must be between 16 and 1048576".into());
+    }
+    if t.max_processes.flatten().is_some_and(|m| !(8..=1_000_000).contains(&m)) {
+        return Err("max_processes must be between 8 and 1000000".into());
     }
     Ok(())
 }

@@ -38,6 +38,8 @@ pub struct JobEnv {
     pub sandbox: Sandbox,
     /// The agent's toolchains (RUSTUP_HOME, CARGO_HOME...), for commands.
     pub toolchain_env: BTreeMap<String, String>,
+    /// Where jobs' resource limits are applied, or why they cannot be.
+    pub limits: crate::limits::Setup,
 }
 
 /// What a finished job hands over.
@@ -79,7 +81,13 @@ async fn work(a: &Assignment, env: &JobEnv, dir: &std::path::Path, rep: &mut Rep
     let network = a.instance_template.as_ref().is_some_and(|t| t.network);
     let mut vars = env.toolchain_env.clone();
     vars.extend(a.instance_template.as_ref().map(|t| t.env.clone()).unwrap_or_default());
-    let ws = Workspace::new(dir, env.sandbox.clone()).map_err(|e| (format!("cannot open the workspace {}: {e}", dir.display()), false))?.with_network(network).with_env(vars);
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let cgroup = crate::limits::Cgroups::job(&env.limits, &name, a.instance_template.as_ref()).map_err(|e| (e, false))?;
+    let ws = Workspace::new(dir, env.sandbox.clone())
+        .map_err(|e| (format!("cannot open the workspace {}: {e}", dir.display()), false))?
+        .with_network(network)
+        .with_env(vars)
+        .with_cgroup(cgroup);
     if a.modules.is_empty() {
         let (summary, _) = runner::converse(a, &ws, rep, first_messages(a, runner::task_prompt(a))).await?;
         return Ok(Outcome { summary, artifacts: Vec::new() });

@@ -107,9 +107,11 @@ pub async fn execute(
             bash
         }
     };
-    cmd.arg("-c")
-        .arg(command)
-        .current_dir(&ws.root)
+    cmd.arg("-c").arg(command);
+    if let Some(cgroup) = &ws.cgroup {
+        cmd = cgroup.wrap(&cmd);
+    }
+    cmd.current_dir(&ws.root)
         .stdin(Stdio::null())
         .stdout(writer.try_clone()?)
         .stderr(writer)

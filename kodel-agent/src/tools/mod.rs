@@ -31,6 +31,8 @@ pub struct Workspace {
     home: Option<PathBuf>,
     /// Directories commands may read (under the sandbox, outside the workspace).
     read_only: Vec<PathBuf>,
+    /// The job's cgroups (its resource limits), when its template sets any.
+    cgroup: Option<std::sync::Arc<crate::limits::JobCgroup>>,
 }
 
 impl Workspace {
@@ -44,10 +46,16 @@ impl Workspace {
                 format!("workspace {} is not a directory", root.display()),
             ));
         }
-        Ok(Workspace { root, sandbox, network: false, env: BTreeMap::new(), home: None, read_only: Vec::new() })
+        Ok(Workspace { root, sandbox, network: false, env: BTreeMap::new(), home: None, read_only: Vec::new(), cgroup: None })
     }
 
     /// Whether bash may use the network under the sandbox (default: no).
+    /// Runs every command in these cgroups (the job's limits).
+    pub fn with_cgroup(mut self, cgroup: Option<crate::limits::JobCgroup>) -> Self {
+        self.cgroup = cgroup.map(std::sync::Arc::new);
+        self
+    }
+
     pub fn with_network(mut self, allowed: bool) -> Self {
         self.network = allowed;
         self

@@ -73,7 +73,7 @@ pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed,
                 coalesce((SELECT max(s.seq) + 1 FROM job_steps s WHERE s.job_id = j.id), 0) AS first_seq,
                 (SELECT jsonb_build_object('id', i.id, 'name', i.name, 'base_image', i.base_image, 'packages', i.packages,
                         'setup_script', i.setup_script, 'env', i.env, 'network', i.network, 'cpu_limit', i.cpu_limit,
-                        'memory_mb', i.memory_mb, 'dind', i.dind, 'labels', i.labels,
+                        'memory_mb', i.memory_mb, 'max_processes', i.max_processes, 'dind', i.dind, 'labels', i.labels,
                         'created_at', i.created_at, 'updated_at', i.updated_at)
                  FROM instance_templates i WHERE i.id = p.instance_template_id) AS instance_template,
                 coalesce((j.usage->>'input_tokens')::bigint, 0) + coalesce((j.usage->>'output_tokens')::bigint, 0) AS used,

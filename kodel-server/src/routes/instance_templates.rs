@@ -40,6 +40,7 @@ struct Row {
     network: bool,
     cpu_limit: Option<f32>,
     memory_mb: Option<i32>,
+    max_processes: Option<i32>,
     dind: bool,
     labels: Vec<String>,
     created_at: DateTime<Utc>,
@@ -58,6 +59,7 @@ impl Row {
             network: self.network,
             cpu_limit: self.cpu_limit,
             memory_mb: self.memory_mb,
+            max_processes: self.max_processes,
             dind: self.dind,
             labels: self.labels,
             created_at: self.created_at,
@@ -66,7 +68,7 @@ impl Row {
     }
 }
 
-const SELECT: &str = "SELECT id, name, base_image, packages, setup_script, env, network, cpu_limit, memory_mb, dind, labels, created_at, updated_at
+const SELECT: &str = "SELECT id, name, base_image, packages, setup_script, env, network, cpu_limit, memory_mb, max_processes, dind, labels, created_at, updated_at
      FROM instance_templates";
 
 fn stored_env(v: &serde_json::Value) -> BTreeMap<String, String> {
@@ -134,8 +136,8 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<InstanceTemplateIn>) -> Api
     check(&req)?;
     let env = seal_env(&t, req.env.clone().unwrap_or_default(), &BTreeMap::new())?;
     sqlx::query(
-        "INSERT INTO instance_templates (id, name, base_image, packages, setup_script, env, network, cpu_limit, memory_mb, dind, labels)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        "INSERT INTO instance_templates (id, name, base_image, packages, setup_script, env, network, cpu_limit, memory_mb, dind, labels, max_processes)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(Uuid::now_v7())
     .bind(&name)
@@ -148,6 +150,7 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<InstanceTemplateIn>) -> Api
     .bind(req.memory_mb.flatten())
     .bind(req.dind.unwrap_or(false))
     .bind(req.labels.unwrap_or_default())
+    .bind(req.max_processes.flatten())
     .execute(t.conn())
     .await
     .map_err(|e| if is_unique_violation(&e) { ApiError::new(ErrorCode::NameTaken, format!("an instance template named {name:?} already exists")) } else { e.into() })?;
@@ -166,7 +169,7 @@ async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(r
     sqlx::query(
         "UPDATE instance_templates SET name = coalesce($2, name), base_image = coalesce($3, base_image), packages = coalesce($4, packages),
                 setup_script = coalesce($5, setup_script), env = coalesce($6, env), network = coalesce($7, network),
-                cpu_limit = $8, memory_mb = $9, dind = coalesce($10, dind), labels = coalesce($11, labels), updated_at = now() WHERE id = $1",
+                cpu_limit = $8, memory_mb = $9, dind = coalesce($10, dind), labels = coalesce($11, labels), max_processes = $12, updated_at = now() WHERE id = $1",
     )
     .bind(cur.id)
     .bind(&name)
@@ -179,6 +182,7 @@ async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(r
     .bind(req.memory_mb.unwrap_or(cur.memory_mb))
     .bind(req.dind)
     .bind(req.labels)
+    .bind(req.max_processes.unwrap_or(cur.max_processes))
     .execute(t.conn())
     .await
     .map_err(|e| if is_unique_violation(&e) { ApiError::new(ErrorCode::NameTaken, "an instance template with that name already exists") } else { e.into() })?;
