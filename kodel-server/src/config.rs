@@ -85,11 +85,15 @@ pub struct Limits {
     /// Event streams one org's members may hold open together.
     #[arg(long, env = "KODEL_STREAMS_PER_ORG", default_value_t = 2000)]
     pub streams_per_org: u32,
+    /// Load balancers in front of the server (addresses or ranges, comma-separated):
+    /// the login limits then count the client `X-Forwarded-For` names.
+    #[arg(long, env = "KODEL_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { login_per_address: 30, login_per_account: 10, streams_per_user: 64, streams_per_org: 2000 }
+        Self { login_per_address: 30, login_per_account: 10, streams_per_user: 64, streams_per_org: 2000, trusted_proxies: String::new() }
     }
 }
 

@@ -96,7 +96,11 @@ impl Server {
             llm: Arc::new(llm::Proxy::new(&config.llm, llm::client())),
             creates,
             allow_private_urls: config.allow_private_urls,
-            logins: Arc::new(auth::limits::LoginLimits::new(config.limits.login_per_address, config.limits.login_per_account)),
+            logins: Arc::new(auth::limits::LoginLimits::new(
+                config.limits.login_per_address,
+                config.limits.login_per_account,
+                auth::limits::Cidr::parse_list(&config.limits.trusted_proxies).map_err(|e| anyhow::anyhow!("KODEL_TRUSTED_PROXIES: {e}"))?,
+            )),
             streams: Arc::new(routes::events::StreamCounts::new(config.limits.streams_per_user, config.limits.streams_per_org)),
         };
         routes::tasks::Creates::start(&state, created_rx);

@@ -60,13 +60,14 @@ impl Client {
 
     /// Sends a request; on 401 with a refresh token, refreshes once and retries.
     pub async fn send<T: DeserializeOwned>(&mut self, method: Method, path: &str, body: Option<Value>) -> Result<T, CliError> {
-        let resp = self.raw(method.clone(), path, body.clone()).await?;
-        let resp = if resp.status() == StatusCode::UNAUTHORIZED && self.refresh().await? {
-            self.raw(method, path, body).await?
-        } else {
-            resp
-        };
+        let resp = self.authed(method, path, body).await?;
         decode(resp).await
+    }
+
+    /// A request as is (for streams), after one refresh of an expired access token.
+    pub async fn authed(&mut self, method: Method, path: &str, body: Option<Value>) -> Result<reqwest::Response, CliError> {
+        let resp = self.raw(method.clone(), path, body.clone()).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED && self.refresh().await? { self.raw(method, path, body).await } else { Ok(resp) }
     }
 
     /// A request as is, without error mapping (for streams).

@@ -12,7 +12,10 @@
 //!   account's logins down, not take it over.
 //!
 //! Counts live in this server's memory (bounded: old windows are dropped first), so
-//! behind several replicas each replica counts on its own.
+//! behind several replicas each replica counts on its own. Behind a load balancer, name
+//! it in `KODEL_TRUSTED_PROXIES`: the client is then the last address of
+//! `X-Forwarded-For` that is not a trusted proxy (a client cannot forge its way out of
+//! its own limit, since it can only add addresses before the proxy's).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -33,6 +36,7 @@ type HashJob = Box<dyn FnOnce() + Send>;
 
 pub struct LoginLimits {
     hashing: std::sync::mpsc::SyncSender<HashJob>,
+    trusted_proxies: Vec<Cidr>,
     per_address: u32,
     per_account: u32,
     addresses: Mutex<Windows>,
@@ -78,9 +82,49 @@ impl Windows {
     }
 }
 
+/// An address range: `10.0.0.0/8`, `::1/128`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr(IpAddr, u8);
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (ip, bits) = match s.trim().split_once('/') {
+            Some((ip, bits)) => (ip, Some(bits)),
+            None => (s.trim(), None),
+        };
+        let ip: IpAddr = ip.parse().map_err(|_| format!("{s:?} is not an address or address/prefix"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            Some(b) => b.parse::<u8>().ok().filter(|b| *b <= max).ok_or_else(|| format!("{s:?}: the prefix must be 0 to {max}"))?,
+            None => max,
+        };
+        Ok(Cidr(ip, bits))
+    }
+
+    /// Comma-separated ranges (empty: none).
+    pub fn parse_list(s: &str) -> Result<Vec<Cidr>, String> {
+        s.split(',').filter(|p| !p.trim().is_empty()).map(Cidr::parse).collect()
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        match (self.0, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.1)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.1)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A client address as counted: IPv6 by its /64 (one host usually holds a whole one).
-fn address_key(peer: Option<SocketAddr>) -> String {
-    match peer.map(|p| p.ip()) {
+fn address_key(client: Option<IpAddr>) -> String {
+    match client {
         Some(IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
             let s = v6.segments();
             format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
@@ -91,7 +135,7 @@ fn address_key(peer: Option<SocketAddr>) -> String {
 }
 
 impl LoginLimits {
-    pub fn new(per_address: u32, per_account: u32) -> Self {
+    pub fn new(per_address: u32, per_account: u32, trusted_proxies: Vec<Cidr>) -> Self {
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 4);
         let (tx, rx) = std::sync::mpsc::sync_channel::<HashJob>(HASH_QUEUE);
         let rx = std::sync::Arc::new(Mutex::new(rx));
@@ -110,26 +154,44 @@ impl LoginLimits {
                 tracing::error!(error = %e, "cannot start a password hashing thread");
             }
         }
-        Self { hashing: tx, per_address, per_account, addresses: Mutex::default(), accounts: Mutex::default() }
+        Self { hashing: tx, trusted_proxies, per_address, per_account, addresses: Mutex::default(), accounts: Mutex::default() }
     }
 
-    /// One login or registration from `peer`; for a login, `account` is the email.
-    pub fn attempt(&self, peer: Option<SocketAddr>, account: Option<&str>) -> ApiResult<()> {
-        let addr = address_key(peer);
+    /// Who a request comes from: its peer, or behind trusted proxies the last address
+    /// of `X-Forwarded-For` that is not one of them.
+    pub fn client(&self, peer: Option<SocketAddr>, headers: &axum::http::HeaderMap) -> Option<IpAddr> {
+        let mut client = peer?.ip().to_canonical();
+        if !self.trusted_proxies.iter().any(|c| c.contains(client)) {
+            return Some(client);
+        }
+        let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).collect::<Vec<_>>();
+        for hop in forwarded.iter().rev() {
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else { break };
+            client = ip.to_canonical();
+            if !self.trusted_proxies.iter().any(|c| c.contains(client)) {
+                break;
+            }
+        }
+        Some(client)
+    }
+
+    /// One login or registration from `client`; for a login, `account` is the email.
+    pub fn attempt(&self, client: Option<IpAddr>, account: Option<&str>) -> ApiResult<()> {
+        let addr = address_key(client);
         if let Some(wait) = account.and_then(|a| lock(&self.accounts).full(a, ACCOUNT_WINDOW, self.per_account)) {
-            tracing::warn!(peer = %addr, "login refused: too many failed logins for this account");
+            tracing::warn!(client = %addr, "login refused: too many failed logins for this account");
             return Err(ApiError::too_many(format!("too many failed logins for this account; try again in {wait} s"), wait));
         }
         lock(&self.addresses).hit(&addr, ADDRESS_WINDOW, self.per_address).map_err(|wait| {
-            tracing::warn!(peer = %addr, "login refused: too many attempts from this address");
+            tracing::warn!(client = %addr, "login refused: too many attempts from this address");
             ApiError::too_many(format!("too many login attempts from your address; try again in {wait} s"), wait)
         })
     }
 
     /// A failed login to `account` counts towards its limit.
-    pub fn failed(&self, peer: Option<SocketAddr>, account: &str) {
+    pub fn failed(&self, client: Option<IpAddr>, account: &str) {
         let _ = lock(&self.accounts).hit(account, ACCOUNT_WINDOW, u32::MAX);
-        tracing::warn!(peer = %address_key(peer), account, "login failed: wrong email or password");
+        tracing::warn!(client = %address_key(client), account, "login failed: wrong email or password");
     }
 
     /// A good password clears the account's failures.
@@ -191,10 +253,24 @@ mod tests {
 
     #[test]
     fn ipv6_addresses_count_by_their_64() {
-        let a: SocketAddr = "[2001:db8:1:2:aaaa::1]:5000".parse().unwrap();
-        let b: SocketAddr = "[2001:db8:1:2:bbbb::9]:6000".parse().unwrap();
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
         assert_eq!(address_key(Some(a)), address_key(Some(b)));
-        let v4: SocketAddr = "[::ffff:10.0.0.1]:1".parse().unwrap();
+        let v4: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(address_key(Some(v4)), "10.0.0.1");
+    }
+
+    #[test]
+    fn behind_trusted_proxies_the_client_is_the_last_untrusted_hop() {
+        let limits = LoginLimits::new(1, 1, Cidr::parse_list("10.0.0.0/8, ::1").unwrap());
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.1.2.3".parse().unwrap());
+        let via_proxy: SocketAddr = "10.9.9.9:443".parse().unwrap();
+        // 6.6.6.6 was written by the client itself; the proxy saw 203.0.113.7.
+        assert_eq!(limits.client(Some(via_proxy), &headers), Some("203.0.113.7".parse().unwrap()));
+        let direct: SocketAddr = "198.51.100.1:5000".parse().unwrap();
+        assert_eq!(limits.client(Some(direct), &headers), Some("198.51.100.1".parse().unwrap()), "only trusted peers are believed");
+        assert!(Cidr::parse("10.0.0.0/33").is_err() && Cidr::parse("nonsense").is_err());
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
     }
 }

@@ -41,7 +41,8 @@ pub async fn run(ctx: &mut Ctx, task: &str, follow: bool, since: Option<i32>) ->
             Some(id) => format!("{task}/events?last_event_id={id}"),
             None => format!("{task}/events"),
         };
-        match ctx.client.raw(Method::GET, &path, None).await {
+        // A stream ends when its access token expires: the next one refreshes it.
+        match ctx.client.authed(Method::GET, &path, None).await {
             Ok(resp) if resp.status().is_success() => {
                 backoff = Duration::from_millis(500);
                 follow_stream(ctx.json, resp, &mut last_id).await?;
