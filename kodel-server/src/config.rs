@@ -38,6 +38,11 @@ pub struct Config {
     #[arg(long, env = "KODEL_ENCRYPTION_KEY", hide_env_values = true)]
     pub encryption_key: Option<String>,
 
+    /// The sealing key before a rotation: stored secrets still open with it, and the
+    /// server seals them all again with KODEL_ENCRYPTION_KEY at start.
+    #[arg(long, env = "KODEL_ENCRYPTION_KEY_PREVIOUS", hide_env_values = true)]
+    pub encryption_key_previous: Option<String>,
+
     /// How often the engine looks for expired job leases, due schedules and stale tasks
     /// (seconds).
     #[arg(long, env = "KODEL_ENGINE_TICK", default_value_t = 5.0)]

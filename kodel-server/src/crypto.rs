@@ -1,7 +1,13 @@
-//! Sealing secrets at rest (module credentials) with ChaCha20-Poly1305. The key comes
-//! from KODEL_ENCRYPTION_KEY (base64 of 32 bytes); without it one is generated on first
-//! start and kept in `public.server_secrets`, which protects against a leaked tenant
-//! dump but not a leaked database: production sets the variable (README).
+//! Sealing secrets at rest (module credentials, org LLM keys, instance-template env
+//! values) with ChaCha20-Poly1305. The key comes from KODEL_ENCRYPTION_KEY (base64 of 32
+//! bytes); without it one is generated on first start and kept in
+//! `public.server_secrets`, which protects against a leaked tenant dump but not a leaked
+//! database: production sets the variable (README).
+//!
+//! Rotation: start with the new key in KODEL_ENCRYPTION_KEY and the old one in
+//! KODEL_ENCRYPTION_KEY_PREVIOUS. Secrets open with either meanwhile, and `reseal_all`
+//! seals every stored secret again with the new key; once it says so, the previous
+//! key can go.
 
 use anyhow::Context;
 use base64::Engine;
@@ -13,16 +19,35 @@ const NONCE_LEN: usize = 12;
 
 pub struct Sealer {
     cipher: ChaCha20Poly1305,
+    /// The key secrets were sealed with before a rotation; they still open with it.
+    previous: Option<ChaCha20Poly1305>,
+}
+
+/// What `Sealer::reseal` found.
+pub enum Resealed {
+    /// Already sealed with the current key.
+    Current,
+    /// Opened with the previous key: here it is sealed with the current one.
+    Again(Vec<u8>),
+    /// Opens with neither key.
+    Unreadable,
+}
+
+fn cipher(b64: &str, var: &str) -> anyhow::Result<ChaCha20Poly1305> {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()
+        .filter(|k| k.len() == 32)
+        .with_context(|| format!("{var} must be the base64 of 32 bytes (try: openssl rand -base64 32)"))?;
+    Ok(ChaCha20Poly1305::new(Key::from_slice(&key)))
 }
 
 impl Sealer {
-    pub async fn load(pool: &PgPool, from_env: Option<&str>) -> anyhow::Result<Self> {
+    /// The key from the environment (else the database's own), and the previous one.
+    pub async fn load(pool: &PgPool, from_env: Option<&str>, previous: Option<&str>) -> anyhow::Result<Self> {
+        let previous = previous.map(|p| cipher(p, "KODEL_ENCRYPTION_KEY_PREVIOUS")).transpose()?;
         let key: Vec<u8> = match from_env {
-            Some(b64) => base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .ok()
-                .filter(|k| k.len() == 32)
-                .context("KODEL_ENCRYPTION_KEY must be the base64 of 32 bytes (try: openssl rand -base64 32)")?,
+            Some(b64) => return Ok(Self { cipher: cipher(b64, "KODEL_ENCRYPTION_KEY")?, previous }),
             None => {
                 let fresh: [u8; 32] = rand::random();
                 sqlx::query("INSERT INTO server_secrets (name, value) VALUES ('sealing', $1) ON CONFLICT (name) DO NOTHING")
@@ -32,7 +57,12 @@ impl Sealer {
                 sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = 'sealing'").fetch_one(pool).await?
             }
         };
-        Ok(Self { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)) })
+        Ok(Self { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)), previous })
+    }
+
+    /// Whether a previous key is set (a rotation is under way).
+    pub fn rotating(&self) -> bool {
+        self.previous.is_some()
     }
 
     /// nonce || ciphertext (with its tag).
@@ -45,11 +75,28 @@ impl Sealer {
     }
 
     pub fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
-        if sealed.len() < NONCE_LEN {
-            return None;
+        open_with(&self.cipher, sealed).or_else(|| open_with(self.previous.as_ref()?, sealed))
+    }
+
+    /// `sealed` again with the current key, when only the previous one opens it.
+    pub fn reseal(&self, sealed: &[u8]) -> Resealed {
+        if open_with(&self.cipher, sealed).is_some() {
+            return Resealed::Current;
         }
-        let (nonce, body) = sealed.split_at(NONCE_LEN);
-        self.cipher.decrypt(Nonce::from_slice(nonce), body).ok()
+        match self.previous.as_ref().and_then(|p| open_with(p, sealed)) {
+            Some(plain) => Resealed::Again(self.seal(&plain)),
+            None => Resealed::Unreadable,
+        }
+    }
+
+    /// `reseal` for a `seal_text` value; a value stored before sealing is sealed now.
+    pub fn reseal_text(&self, stored: &str) -> Resealed {
+        let Some(b64) = stored.strip_prefix(SEALED_TEXT) else { return Resealed::Again(self.seal_text(stored).into_bytes()) };
+        let Ok(sealed) = base64::engine::general_purpose::STANDARD.decode(b64) else { return Resealed::Unreadable };
+        match self.reseal(&sealed) {
+            Resealed::Again(again) => Resealed::Again(format!("{SEALED_TEXT}{}", base64::engine::general_purpose::STANDARD.encode(again)).into_bytes()),
+            other => other,
+        }
     }
 
     /// A secret kept inside JSON (an instance template's env value): `sealed:` and
@@ -69,13 +116,78 @@ impl Sealer {
 
 const SEALED_TEXT: &str = "sealed:";
 
+fn open_with(cipher: &ChaCha20Poly1305, sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < NONCE_LEN {
+        return None;
+    }
+    let (nonce, body) = sealed.split_at(NONCE_LEN);
+    cipher.decrypt(Nonce::from_slice(nonce), body).ok()
+}
+
+/// Seals again with the current key every stored secret of every org that only the
+/// previous key opens (and any instance-template env value stored before values were
+/// sealed), one org per transaction. Returns (sealed again, opening with neither key).
+pub async fn reseal_all(pool: &PgPool, sealer: &Sealer) -> anyhow::Result<(u64, u64)> {
+    let slugs: Vec<String> = sqlx::query_scalar("SELECT slug FROM public.orgs WHERE migration_error IS NULL ORDER BY slug").fetch_all(pool).await?;
+    let (mut again, mut unreadable) = (0u64, 0u64);
+    for slug in slugs {
+        let slug = kodel_core::OrgSlug::parse(&slug).map_err(|e| anyhow::anyhow!("org {slug}: {}", e.0))?;
+        let mut tx = crate::events::tenant_tx(pool, &slug).await?;
+        let modules: Vec<(uuid::Uuid, Vec<u8>)> =
+            sqlx::query_as("SELECT id, credentials FROM modules WHERE credentials IS NOT NULL FOR UPDATE").fetch_all(&mut *tx).await?;
+        for (id, sealed) in modules {
+            match sealer.reseal(&sealed) {
+                Resealed::Again(v) => {
+                    sqlx::query("UPDATE modules SET credentials = $2 WHERE id = $1").bind(id).bind(v).execute(&mut *tx).await?;
+                    again += 1;
+                }
+                Resealed::Unreadable => unreadable += 1,
+                Resealed::Current => {}
+            }
+        }
+        let keys: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT provider, api_key FROM llm_providers WHERE api_key IS NOT NULL FOR UPDATE").fetch_all(&mut *tx).await?;
+        for (provider, sealed) in keys {
+            match sealer.reseal(&sealed) {
+                Resealed::Again(v) => {
+                    sqlx::query("UPDATE llm_providers SET api_key = $2 WHERE provider = $1").bind(provider).bind(v).execute(&mut *tx).await?;
+                    again += 1;
+                }
+                Resealed::Unreadable => unreadable += 1,
+                Resealed::Current => {}
+            }
+        }
+        let templates: Vec<(uuid::Uuid, sqlx::types::Json<std::collections::BTreeMap<String, String>>)> =
+            sqlx::query_as("SELECT id, env FROM instance_templates WHERE env <> '{}'::jsonb FOR UPDATE").fetch_all(&mut *tx).await?;
+        for (id, sqlx::types::Json(mut env)) in templates {
+            let mut changed = false;
+            for value in env.values_mut() {
+                match sealer.reseal_text(value) {
+                    Resealed::Again(v) => {
+                        *value = String::from_utf8(v)?;
+                        changed = true;
+                        again += 1;
+                    }
+                    Resealed::Unreadable => unreadable += 1,
+                    Resealed::Current => {}
+                }
+            }
+            if changed {
+                sqlx::query("UPDATE instance_templates SET env = $2 WHERE id = $1").bind(id).bind(sqlx::types::Json(&env)).execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
+    }
+    Ok((again, unreadable))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn seal_then_open_and_tampering_is_caught() {
-        let s = Sealer { cipher: ChaCha20Poly1305::new(Key::from_slice(&[7u8; 32])) };
+        let s = Sealer { cipher: ChaCha20Poly1305::new(Key::from_slice(&[7u8; 32])), previous: None };
         let sealed = s.seal(b"ghp_secret");
         assert!(!sealed.windows(10).any(|w| w == b"ghp_secret"));
         assert_eq!(s.open(&sealed).unwrap(), b"ghp_secret");
@@ -83,5 +195,23 @@ mod tests {
         *bad.last_mut().unwrap() ^= 1;
         assert!(s.open(&bad).is_none());
         assert_ne!(s.seal(b"x"), s.seal(b"x"), "a fresh nonce each time");
+    }
+
+    #[test]
+    fn after_a_rotation_old_secrets_open_and_are_sealed_again() {
+        let old = Sealer { cipher: ChaCha20Poly1305::new(Key::from_slice(&[1u8; 32])), previous: None };
+        let new = Sealer { cipher: ChaCha20Poly1305::new(Key::from_slice(&[2u8; 32])), previous: Some(ChaCha20Poly1305::new(Key::from_slice(&[1u8; 32]))) };
+        let sealed = old.seal(b"secret");
+        assert_eq!(new.open(&sealed).unwrap(), b"secret");
+        let Resealed::Again(again) = new.reseal(&sealed) else { panic!("sealed again") };
+        assert!(old.open(&again).is_none(), "the new seal needs the new key");
+        assert!(matches!(new.reseal(&again), Resealed::Current));
+        assert!(matches!(new.reseal(b"garbage-garbage-garbage"), Resealed::Unreadable));
+        let text = old.seal_text("t0k");
+        let Resealed::Again(again) = new.reseal_text(&text) else { panic!() };
+        assert_eq!(new.open_text(&String::from_utf8(again).unwrap()).unwrap(), "t0k");
+        // A value stored before values were sealed gets sealed.
+        let Resealed::Again(sealed_now) = new.reseal_text("plain") else { panic!() };
+        assert!(String::from_utf8(sealed_now).unwrap().starts_with("sealed:"));
     }
 }

@@ -79,7 +79,17 @@ impl Server {
             "migrations checked"
         );
         let jwt = Arc::new(auth::JwtKeys::load(&pool, config.jwt_secret.as_deref()).await?);
-        let sealer = Arc::new(crypto::Sealer::load(&pool, config.encryption_key.as_deref()).await?);
+        let sealer = Arc::new(crypto::Sealer::load(&pool, config.encryption_key.as_deref(), config.encryption_key_previous.as_deref()).await?);
+        if sealer.rotating() {
+            let (pool, sealer) = (pool.clone(), sealer.clone());
+            tokio::spawn(async move {
+                match crypto::reseal_all(&pool, &sealer).await {
+                    Ok((again, 0)) => tracing::info!(again, "every stored secret is sealed with KODEL_ENCRYPTION_KEY; KODEL_ENCRYPTION_KEY_PREVIOUS can go"),
+                    Ok((again, unreadable)) => tracing::warn!(again, unreadable, "secrets sealed again, but some open with neither key: enter them again"),
+                    Err(e) => tracing::error!(error = %e, "sealing the stored secrets again failed; it is tried at the next start"),
+                }
+            });
+        }
         let secs = |s: f64| std::time::Duration::from_secs_f64(s.clamp(0.01, 86_400.0));
         let (background, wakes) = engine::background::Background::new(secs(config.engine_tick), secs(config.webhook_retry));
         let (creates, created_rx) = routes::tasks::Creates::new();

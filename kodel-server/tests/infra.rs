@@ -146,3 +146,42 @@ async fn projects_keep_their_test_command_and_review_rules() {
     let (s, _) = app.patch("/api/v1/orgs/acme/projects/KOD", &dev, json!({"test_command": "rm -rf /"})).await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 }
+
+/// A new sealing key with the old one as KODEL_ENCRYPTION_KEY_PREVIOUS: every stored
+/// secret (module credentials, org LLM keys, instance-template env values) is sealed
+/// again with the new key, none lost, and the old key is then no longer needed.
+#[tokio::test]
+async fn the_sealing_key_rotates_without_losing_a_secret() {
+    let db = common::fresh_database().await;
+    let app = TestApp::spawn_on(db.clone()).await;
+    let owner = app.owner_with_project("owner@x.io", "acme", "KOD").await;
+    let module = json!({"project": "KOD", "name": "api", "url": "https://github.com/acme/api.git", "credentials": {"username": "bot", "secret": "ghp_OLDKEY"}});
+    assert_eq!(app.post("/api/v1/orgs/acme/modules", &owner, module).await.0, StatusCode::CREATED);
+    let (s, v) = app.call(reqwest::Method::PUT, "/api/v1/orgs/acme/llm-providers/openai", Some(&owner), Some(json!({"api_key": "sk-old-key"}))).await;
+    assert!(s.is_success(), "{v}");
+    let template = json!({"name": "box", "base_image": "debian:12", "env": {"TOKEN": "t0k"}});
+    assert_eq!(app.post("/api/v1/orgs/acme/instance-templates", &owner, template).await.0, StatusCode::CREATED);
+
+    let old_key = common::test_config().encryption_key.unwrap();
+    let new_key = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=".to_owned();
+    let config = kodel_server::Config { encryption_key: Some(new_key.clone()), encryption_key_previous: Some(old_key), ..common::test_config() };
+    let _rotated = TestApp::spawn_with(db.clone(), config).await;
+
+    let pool = sqlx::PgPool::connect_with(db).await.unwrap();
+    let new_only = kodel_server::crypto::Sealer::load(&pool, Some(&new_key), None).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let creds: Vec<u8> = sqlx::query_scalar("SELECT credentials FROM org_acme.modules").fetch_one(&pool).await.unwrap();
+        let key: Vec<u8> = sqlx::query_scalar("SELECT api_key FROM org_acme.llm_providers").fetch_one(&pool).await.unwrap();
+        let env: serde_json::Value = sqlx::query_scalar("SELECT env FROM org_acme.instance_templates").fetch_one(&pool).await.unwrap();
+        let token = new_only.open_text(env["TOKEN"].as_str().unwrap());
+        if let (Some(creds), Some(key), Some(token)) = (new_only.open(&creds), new_only.open(&key), token) {
+            assert!(String::from_utf8(creds).unwrap().contains("ghp_OLDKEY"));
+            assert_eq!(key, b"sk-old-key");
+            assert_eq!(token, "t0k");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the secrets were not sealed again with the new key");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

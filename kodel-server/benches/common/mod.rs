@@ -29,6 +29,7 @@ impl Bench {
             max_body: 1 << 20,
             db_pool: 16,
             encryption_key: None,
+            encryption_key_previous: None,
             engine_tick,
             webhook_retry: 10.0,
             spare_schemas: 2,

@@ -22,6 +22,7 @@ pub fn test_config() -> Config {
         max_body: 64 * 1024,
         db_pool: 16,
         encryption_key: Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into()),
+        encryption_key_previous: None,
         engine_tick: 0.2,
         webhook_retry: 0.2,
         spare_schemas: 0,
