@@ -4,11 +4,14 @@
 //! processes all die with it, double-forked ones too.
 //!
 //! The agent needs a cgroup it may manage to make one per job. Started as root, before
-//! it becomes `--user`, it makes `kodel-agent-<user>` beside itself in each hierarchy
-//! (cgroup v2; or v1's memory, cpu and pids) and gives it to the user. Otherwise it
-//! uses its own cgroup when that was delegated to it (systemd `Delegate=yes`). An agent
-//! with neither refuses jobs whose template sets limits, and says why: a limit is never
-//! silently left unapplied.
+//! it becomes `--user`, it makes `kodel-agent-<user>` (cgroup v2: at the top of the
+//! hierarchy, with itself moved into its `agent/` leaf; v1: beside itself in the
+//! memory, cpu and pids hierarchies) and gives it to the user. Otherwise it uses its
+//! own cgroup when that was delegated to it (systemd `Delegate=yes`). Limits hold only
+//! under bubblewrap, where `/sys` is read-only: without it the job's commands, running
+//! as the agent's user, could raise them. An agent that cannot apply a template's
+//! limits refuses its jobs and says why (retryable, so an agent that can may take
+//! them): a limit is never silently left unapplied.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,8 +43,10 @@ impl Controller {
 pub struct Cgroups {
     /// cgroup v2: one directory for every controller.
     v2: bool,
-    /// Per controller, the agent's directory (v2: the same one three times).
+    /// Per controller it can use, the agent's directory (v2: the same one).
     dirs: Vec<(Controller, PathBuf)>,
+    /// The controllers it cannot use, and why.
+    missing: Vec<(Controller, String)>,
 }
 
 /// Where limits can be applied, or why not.
@@ -54,42 +59,63 @@ impl Cgroups {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
         let mine = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
         let dir_name = format!("kodel-agent-{name}");
-        if let Some(base) = v2_base(&mounts, &mine) {
-            return setup_v2(&base, &dir_name, owner);
+        if let Some((root, base)) = v2_base(&mounts, &mine) {
+            return setup_v2(&root, &base, &dir_name, owner);
         }
-        let mut dirs = Vec::new();
+        let (mut dirs, mut missing) = (Vec::new(), Vec::new());
         for c in CONTROLLERS {
-            let base = v1_base(&mounts, &mine, c.name()).ok_or_else(|| format!("no cgroup hierarchy with the {} controller", c.name()))?;
-            let dir = base.join(&dir_name);
-            make_dir(&dir)?;
-            if let Some((uid, gid)) = owner {
-                give(&dir, &[], uid, gid)?;
+            let made = v1_base(&mounts, &mine, c.name())
+                .ok_or_else(|| format!("no cgroup hierarchy has the {} controller", c.name()))
+                .and_then(|base| {
+                    let dir = base.join(&dir_name);
+                    make_dir(&dir)?;
+                    if let Some((uid, gid)) = owner {
+                        give(&dir, &[], uid, gid)?;
+                    }
+                    Ok(dir)
+                });
+            match made {
+                Ok(dir) => dirs.push((c, dir)),
+                Err(why) => missing.push((c, why)),
             }
-            dirs.push((c, dir));
         }
-        Ok(Cgroups { v2: false, dirs })
+        if dirs.is_empty() {
+            return Err(missing.into_iter().map(|(_, why)| why).collect::<Vec<_>>().join("; "));
+        }
+        Ok(Cgroups { v2: false, dirs, missing })
     }
 
     /// A cgroup for one job with the template's limits; None when it sets none.
-    pub fn job(setup: &Setup, job: &str, template: Option<&InstanceTemplate>) -> Result<Option<JobCgroup>, String> {
+    /// `sandboxed`: the job's commands run under bubblewrap (else they could lift the
+    /// limits, so none are promised).
+    pub fn job(setup: &Setup, job: &str, template: Option<&InstanceTemplate>, sandboxed: bool) -> Result<Option<JobCgroup>, String> {
         let Some(t) = template else { return Ok(None) };
-        let asked: Vec<&str> = [("memory_mb", t.memory_mb.is_some()), ("cpu_limit", t.cpu_limit.is_some()), ("max_processes", t.max_processes.is_some())]
-            .into_iter()
-            .filter_map(|(n, set)| set.then_some(n))
-            .collect();
+        let asked: Vec<(Controller, &str)> =
+            [(Controller::Memory, "memory_mb", t.memory_mb.is_some()), (Controller::Cpu, "cpu_limit", t.cpu_limit.is_some()), (Controller::Pids, "max_processes", t.max_processes.is_some())]
+                .into_iter()
+                .filter_map(|(c, n, set)| set.then_some((c, n)))
+                .collect();
         if asked.is_empty() {
             return Ok(None);
         }
-        let cgroups = setup.as_ref().map_err(|why| {
+        let refuse = |why: &str| {
+            let names: Vec<&str> = asked.iter().map(|(_, n)| *n).collect();
             format!(
                 "the instance template {:?} sets {}, which this agent cannot apply: {why}. Start the agent as root with --user NAME \
                  (it then makes cgroups of its own), run it in a cgroup delegated to it, or remove the limits from the template",
                 t.name,
-                asked.join(" and ")
+                names.join(" and ")
             )
-        })?;
+        };
+        if !sandboxed {
+            return Err(refuse("its commands do not run under bubblewrap, so they could lift them"));
+        }
+        let cgroups = setup.as_ref().map_err(|why| refuse(why))?;
+        if let Some((_, why)) = cgroups.missing.iter().find(|(c, _)| asked.iter().any(|(a, _)| a == c)) {
+            return Err(refuse(why));
+        }
         let mut made = JobCgroup { dirs: Vec::new() };
-        for (c, base) in &cgroups.dirs {
+        for (c, base) in cgroups.dirs.iter().filter(|(c, _)| asked.iter().any(|(a, _)| a == c)) {
             let dir = base.join(format!("job-{job}"));
             if !made.dirs.contains(&dir) {
                 make_dir(&dir)?;
@@ -107,6 +133,8 @@ impl Cgroups {
                             let _ = std::fs::write(dir.join("memory.swap.max"), "0");
                         } else {
                             set("memory.limit_in_bytes", bytes.to_string())?;
+                            // With swap accounting: memory and swap together (set after).
+                            let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), bytes.to_string());
                         }
                     }
                 }
@@ -142,7 +170,7 @@ pub struct JobCgroup {
 
 /// Moves the shell into each cgroup.procs given (children inherit the cgroups), then
 /// runs the command; nothing runs if a move fails.
-const ENTER: &str = r#"n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n - 1)); done; exec "$@""#;
+const ENTER: &str = r#"n="$1"; shift; while [ "$n" -gt 0 ]; do echo "$$" > "$1" || exit 125; shift; n=$((n - 1)); done; exec "$@""#;
 
 impl JobCgroup {
     /// `cmd` (its program, arguments and environment) started inside the job's
@@ -218,15 +246,16 @@ fn v1_base(mountinfo: &str, cgroup: &str, controller: &str) -> Option<PathBuf> {
     Some(under(point, root, path))
 }
 
-/// This process's v2 cgroup directory, when v2 offers memory, cpu and pids.
-fn v2_base(mountinfo: &str, cgroup: &str) -> Option<PathBuf> {
+/// The v2 hierarchy's top and this process's cgroup in it, when v2 has any of the
+/// controllers (a hybrid machine's v2 has none: its v1 hierarchies are used).
+fn v2_base(mountinfo: &str, cgroup: &str) -> Option<(PathBuf, PathBuf)> {
     let (root, point, _, _) = mounts(mountinfo).find(|(_, _, t, _)| *t == "cgroup2")?;
     let controllers = std::fs::read_to_string(Path::new(point).join("cgroup.controllers")).ok()?;
-    if !CONTROLLERS.iter().all(|c| controllers.split_whitespace().any(|x| x == c.name())) {
+    if !CONTROLLERS.iter().any(|c| controllers.split_whitespace().any(|x| x == c.name())) {
         return None;
     }
     let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
-    Some(under(point, root, path))
+    Some((PathBuf::from(point), under(point, root, path)))
 }
 
 fn under(point: &str, root: &str, path: &str) -> PathBuf {
@@ -234,26 +263,41 @@ fn under(point: &str, root: &str, path: &str) -> PathBuf {
     Path::new(point).join(rel)
 }
 
-/// cgroup v2: `<mine>/kodel-agent-<user>/` holds `agent/` (this process, moved there so
-/// the cgroups above hold no process and may hand controllers down) and the jobs.
-fn setup_v2(mine: &Path, dir_name: &str, owner: Option<(Uid, Gid)>) -> Setup {
-    let top = mine.join(dir_name);
+/// cgroup v2: `kodel-agent-<user>/` holds `agent/` (this process, moved there, so the
+/// cgroups that hand controllers down hold no process) and the jobs. As root it is made
+/// at the top of the hierarchy (which may hold processes and still hand controllers
+/// down); otherwise in this process's own cgroup, which must be delegated to it.
+fn setup_v2(root: &Path, mine: &Path, dir_name: &str, owner: Option<(Uid, Gid)>) -> Setup {
+    let parent = if owner.is_some() { root } else { mine };
+    let top = parent.join(dir_name);
     let leaf = top.join("agent");
     make_dir(&top)?;
     make_dir(&leaf)?;
     std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string())
         .map_err(|e| format!("cannot move the agent into {}: {e}", leaf.display()))?;
-    let enable = "+memory +cpu +pids";
-    for dir in [mine, top.as_path()] {
-        std::fs::write(dir.join("cgroup.subtree_control"), enable).map_err(|e| {
-            format!("cannot hand the memory, cpu and pids controllers down in {} ({e}); other processes may live in that cgroup", dir.display())
-        })?;
+    // One controller at a time: a missing one does not take the others with it.
+    for dir in [parent, top.as_path()] {
+        for c in CONTROLLERS {
+            let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{}", c.name()));
+        }
+    }
+    let enabled = std::fs::read_to_string(top.join("cgroup.subtree_control")).unwrap_or_default();
+    let (mut dirs, mut missing) = (Vec::new(), Vec::new());
+    for c in CONTROLLERS {
+        if enabled.split_whitespace().any(|x| x == c.name()) {
+            dirs.push((c, top.clone()));
+        } else {
+            missing.push((c, format!("the {} controller is not available in {} (systemd units need Delegate=yes)", c.name(), parent.display())));
+        }
     }
     if let Some((uid, gid)) = owner {
         give(&top, &["cgroup.procs", "cgroup.subtree_control", "cgroup.threads"], uid, gid)?;
         give(&leaf, &["cgroup.procs", "cgroup.threads"], uid, gid)?;
     }
-    Ok(Cgroups { v2: true, dirs: CONTROLLERS.iter().map(|c| (*c, top.clone())).collect() })
+    if dirs.is_empty() {
+        return Err(missing.into_iter().map(|(_, why)| why).collect::<Vec<_>>().join("; "));
+    }
+    Ok(Cgroups { v2: true, dirs, missing })
 }
 
 #[cfg(test)]
@@ -286,10 +330,17 @@ mod tests {
         }))
         .unwrap();
         let none: Setup = Err("no delegated cgroup".into());
-        let err = Cgroups::job(&none, "KOD-1", Some(&t)).unwrap_err();
+        let err = Cgroups::job(&none, "KOD-1", Some(&t), true).unwrap_err();
         assert!(err.contains("memory_mb and max_processes") && err.contains("no delegated cgroup") && err.contains("--user"), "{err}");
+        // Without bubblewrap the commands could raise their own limits: none promised.
+        let some: Setup = Ok(Cgroups { v2: false, dirs: vec![(Controller::Memory, PathBuf::from("/nonexistent"))], missing: vec![(Controller::Pids, "no pids".into())] });
+        let err = Cgroups::job(&some, "KOD-1", Some(&t), false).unwrap_err();
+        assert!(err.contains("bubblewrap"), "{err}");
+        // A controller the template needs and the agent lacks is named.
+        let err = Cgroups::job(&some, "KOD-1", Some(&t), true).unwrap_err();
+        assert!(err.contains("no pids"), "{err}");
         let no_limits = InstanceTemplate { memory_mb: None, max_processes: None, ..t };
-        assert!(Cgroups::job(&none, "KOD-1", Some(&no_limits)).unwrap().is_none(), "no limit, nothing to refuse");
-        assert!(Cgroups::job(&none, "KOD-1", None).unwrap().is_none());
+        assert!(Cgroups::job(&none, "KOD-1", Some(&no_limits), false).unwrap().is_none(), "no limit, nothing to refuse");
+        assert!(Cgroups::job(&none, "KOD-1", None, true).unwrap().is_none());
     }
 }

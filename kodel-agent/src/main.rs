@@ -69,7 +69,7 @@ fn main() {
     if token_on_command_line {
         tracing::warn!("the agent token was given on the command line, where every user of this machine can read it (ps); use KODEL_AGENT_TOKEN or --token-file");
     }
-    let (token, workdir, limits) = match setup(&args) {
+    let Started { token, workdir, limits, hidden, sandbox } = match setup(&args) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("kodel-agent: {e}");
@@ -84,7 +84,6 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let hidden: Vec<PathBuf> = args.token_file.iter().cloned().collect();
     let code = runtime.block_on(async move {
         let name = args.name.unwrap_or_else(|| nix_hostname().unwrap_or_else(|| "kodel-agent".into()));
         let cfg = AgentConfig {
@@ -93,7 +92,7 @@ fn main() {
             workdir,
             labels: args.labels,
             name,
-            sandbox: Sandbox::detect(args.sandbox).hiding(hidden),
+            sandbox: Sandbox::detect(sandbox).hiding(hidden),
             keep_failed: std::time::Duration::from_secs(args.keep_failed_hours.saturating_mul(3600)),
             max_disk: args.max_disk_gb.saturating_mul(1 << 30),
             keep_workspaces: args.keep_workspaces,
@@ -115,15 +114,30 @@ fn main() {
     std::process::exit(code);
 }
 
+/// What the agent starts with, once set up.
+struct Started {
+    token: String,
+    workdir: PathBuf,
+    /// Where jobs' resource limits can be applied, or why not.
+    limits: kodel_agent::limits::Setup,
+    /// The token file, hidden from commands.
+    hidden: Vec<PathBuf>,
+    sandbox: SandboxMode,
+}
+
 /// Reads the token and, started as root, makes the agent's cgroups and becomes
-/// `--user` (before any thread starts). Returns the token, the work dir and where
-/// jobs' resource limits can be applied.
-fn setup(args: &Args) -> Result<(String, PathBuf, kodel_agent::limits::Setup), String> {
+/// `--user` (before any thread starts).
+fn setup(args: &Args) -> Result<Started, String> {
     let token = match (&args.token, &args.token_file) {
         (Some(t), _) => t.trim().to_owned(),
         (None, Some(path)) => read_token_file(path)?,
         (None, None) => return Err("no agent token: set KODEL_AGENT_TOKEN or pass --token-file (kodel agent token create NAME makes one)".into()),
     };
+    // Absolute, links resolved: the sandbox hides the file itself at that path.
+    let hidden: Vec<PathBuf> = args.token_file.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
+    // SAFETY: no other thread exists yet (the runtime starts after setup). Nothing the
+    // agent starts (git, ssh, its helpers) inherits the token.
+    unsafe { std::env::remove_var("KODEL_AGENT_TOKEN") };
     if !nix::unistd::geteuid().is_root() {
         if let Some(user) = &args.user {
             let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name);
@@ -133,7 +147,8 @@ fn setup(args: &Args) -> Result<(String, PathBuf, kodel_agent::limits::Setup), S
         }
         let workdir = args.workdir.clone().unwrap_or_else(|| default_workdir(std::env::var_os("HOME").map(PathBuf::from)));
         let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name).unwrap_or_else(|| nix::unistd::geteuid().to_string());
-        return Ok((token, workdir, report_limits(kodel_agent::limits::Cgroups::setup(None, &me))));
+        let limits = report_limits(kodel_agent::limits::Cgroups::setup(None, &me));
+        return Ok(Started { token, workdir, limits, hidden, sandbox: args.sandbox });
     }
     let user = args.user.as_deref().ok_or(
         "kodel-agent is running as root, so the model's commands would too (a sandbox run by root can be escaped): \
@@ -158,7 +173,16 @@ fn setup(args: &Args) -> Result<(String, PathBuf, kodel_agent::limits::Setup), S
         std::env::set_var("LOGNAME", &run.name);
     }
     tracing::info!(user = %run.name, "started as root; now running as {}", run.name);
-    Ok((token, workdir, limits))
+    // Run by root, an agent whose sandbox does not work would run the model's commands
+    // unconfined on a machine it was trusted with: it refuses them instead.
+    let sandbox = match args.sandbox {
+        SandboxMode::Auto => {
+            tracing::info!("started as root: the sandbox is required (jobs fail, saying why, where bubblewrap does not work for {})", run.name);
+            SandboxMode::Required
+        }
+        other => other,
+    };
+    Ok(Started { token, workdir, limits, hidden, sandbox })
 }
 
 fn report_limits(setup: kodel_agent::limits::Setup) -> kodel_agent::limits::Setup {

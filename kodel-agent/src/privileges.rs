@@ -32,16 +32,42 @@ pub fn resolve(name: &str) -> Result<RunAs, String> {
     Ok(RunAs { name: user.name, uid: user.uid, gid: user.gid, home })
 }
 
-/// Gives `workdir` to the user (made if missing; its contents too when it already is an
-/// agent's work dir, from a start as root before), checks the user can reach it, then
-/// becomes the user for good: no supplementary groups, real, effective and saved ids
-/// all theirs. Call it before any thread starts.
+/// Gives `workdir` to the user and checks the user can reach it, then becomes the
+/// user for good: no supplementary groups, real, effective and saved ids all theirs.
+/// Call it before any thread starts.
+///
+/// The work dir is taken over only when that is safe: made here (its parent must
+/// exist), or an empty directory of root's. One that already is the user's is used as
+/// it is; anything else (another owner, files left by a start as root, a link, a
+/// directory anyone may write to such as /tmp) is refused with what to do. Nothing is
+/// ever changed recursively, so nothing the user could swap for a link is followed.
 pub fn become_user(run: &RunAs, workdir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(workdir).map_err(|e| format!("cannot create the work dir {}: {e}", workdir.display()))?;
-    let owner = |p: &Path| std::os::unix::fs::lchown(p, Some(run.uid.as_raw()), Some(run.gid.as_raw()));
-    owner(workdir).map_err(|e| format!("cannot give {} to {}: {e}", workdir.display(), run.name))?;
-    if workdir.join(".kodel-agent").is_dir() {
-        chown_tree(workdir, &owner).map_err(|e| format!("cannot give the contents of {} to {}: {e}", workdir.display(), run.name))?;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let fix = format!("choose a --workdir of its own for the agent (e.g. /var/lib/kodel-agent), or give this one to it: chown -R {} {}", run.name, workdir.display());
+    let meta = match std::fs::symlink_metadata(workdir) {
+        Ok(meta) => Some(meta),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("cannot look at the work dir {}: {e}", workdir.display())),
+    };
+    match meta {
+        None => {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(workdir)
+                .map_err(|e| format!("cannot create the work dir {} (its parent must exist): {e}", workdir.display()))?;
+            std::os::unix::fs::lchown(workdir, Some(run.uid.as_raw()), Some(run.gid.as_raw()))
+                .map_err(|e| format!("cannot give {} to {}: {e}", workdir.display(), run.name))?;
+        }
+        Some(meta) if !meta.file_type().is_dir() => return Err(format!("the work dir {} is not a directory (a link?); {fix}", workdir.display())),
+        Some(meta) if meta.permissions().mode() & 0o1002 != 0 => {
+            return Err(format!("the work dir {} may be written by anyone; {fix}", workdir.display()));
+        }
+        Some(meta) if meta.uid() == run.uid.as_raw() => {}
+        Some(meta) if meta.uid() == 0 && std::fs::read_dir(workdir).map(|mut d| d.next().is_none()).unwrap_or(false) => {
+            std::os::unix::fs::lchown(workdir, Some(run.uid.as_raw()), Some(run.gid.as_raw()))
+                .map_err(|e| format!("cannot give {} to {}: {e}", workdir.display(), run.name))?;
+        }
+        Some(_) => return Err(format!("the work dir {} belongs to someone else, or holds files of an earlier start; {fix}", workdir.display())),
     }
     let abs = std::fs::canonicalize(workdir).map_err(|e| format!("{}: {e}", workdir.display()))?;
     for dir in abs.ancestors().skip(1) {
@@ -62,19 +88,6 @@ pub fn become_user(run: &RunAs, workdir: &Path) -> Result<(), String> {
     // There is no way back.
     if nix::unistd::setuid(Uid::from_raw(0)).is_ok() || nix::unistd::geteuid().is_root() {
         return Err("still able to become root after dropping privileges; refusing to run".into());
-    }
-    Ok(())
-}
-
-/// lchown of everything below `dir` (links are not followed).
-fn chown_tree(dir: &Path, owner: &dyn Fn(&Path) -> std::io::Result<()>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let path = entry.path();
-        owner(&path)?;
-        if entry.file_type()?.is_dir() {
-            chown_tree(&path, owner)?;
-        }
     }
     Ok(())
 }

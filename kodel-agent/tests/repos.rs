@@ -272,7 +272,9 @@ async fn implement_opens_then_updates_a_github_pull_request_over_http() {
     stack.module("KOD", json!({"name": "widget", "url": forge.url("acme/widget.git"), "forge": "github", "credentials": {"secret": token}})).await;
     let modules = stack.call("GET", "/api/v1/orgs/acme/modules?project=KOD", Value::Null).await;
     assert_eq!(modules["data"][0]["forge"], "github");
-    let log = stack.work.path().join("agent.log");
+    // Beside the work dir, not in it: the agent takes over only an empty one.
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("agent.log");
     stack.agent_with("worker-pr", &[], Some(&log));
     let key = stack.new_task("KOD", "Fix add").await;
     stack.to_in_progress(&key).await;

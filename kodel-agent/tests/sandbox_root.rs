@@ -94,6 +94,24 @@ fn an_agent_started_as_root_without_a_user_refuses_to_run() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unprivileged"));
+    // A work dir it must not take over: one anyone may write to (/tmp), one holding
+    // root's files; root never changes ownership below the work dir itself.
+    let full = tempfile::tempdir().unwrap();
+    std::fs::write(full.path().join("roots-file"), "x").unwrap();
+    for dir in [std::env::temp_dir(), full.path().to_path_buf()] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kodel-agent"))
+            .args(["--server", "http://127.0.0.1:9", "--user", "nobody", "--workdir"])
+            .arg(&dir)
+            .env("KODEL_AGENT_TOKEN", "kodel_agt_x")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", dir.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("work dir") && err.contains("chown -R nobody"), "{err}");
+    }
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(std::env::temp_dir()).unwrap().uid(), 0, "/tmp stays root's");
+    assert_eq!(std::fs::metadata(full.path().join("roots-file")).unwrap().uid(), 0);
 }
 
 /// An instance template's memory_mb, cpu_limit and max_processes hold for what the

@@ -105,6 +105,12 @@ impl Sealer {
         format!("{SEALED_TEXT}{}", base64::engine::general_purpose::STANDARD.encode(self.seal(plain.as_bytes())))
     }
 
+    /// A stored `seal_text` value kept as it is; one stored before values were sealed
+    /// is sealed now.
+    pub fn keep_text(&self, stored: &str) -> String {
+        if stored.starts_with(SEALED_TEXT) { stored.to_owned() } else { self.seal_text(stored) }
+    }
+
     /// The secret behind `seal_text`; a value stored before secrets were sealed comes
     /// back as it is. None when it does not open with this server's key.
     pub fn open_text(&self, stored: &str) -> Option<String> {

@@ -308,10 +308,20 @@ async fn agent_tokens_die_when_their_maker_is_no_longer_an_admin() {
     }
     assert!(connect(&app, &leaver_token).await.is_err(), "the removed admin's token cannot connect");
     assert!(connect(&app, &demoted_token).await.is_err(), "the demoted admin's token cannot connect");
+    // A maker demoted without the API (or before makers were checked): the token dies
+    // at its next use all the same.
+    let third = app.register("third@example.com").await;
+    app.post("/api/v1/orgs/crew/members", &owner, json!({"email": "third@example.com", "role": "admin"})).await;
+    let third_token = agent_token(&app, &third, "crew").await;
+    welcomed(&app, &third_token, &[]).await;
+    let mut sql = app.sql().await;
+    sqlx::query("UPDATE org_members SET role = 'member' WHERE user_id = (SELECT id FROM users WHERE email = 'third@example.com')").execute(&mut sql).await.unwrap();
+    assert!(connect(&app, &third_token).await.is_err(), "a token whose maker is no longer an admin cannot connect");
     // The owner's own token is untouched, and the list shows only live tokens.
     welcomed(&app, &kept, &[]).await;
     let (_, list) = app.get("/api/v1/orgs/crew/agent-tokens", &owner).await;
-    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    let names: Vec<&str> = list["data"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 2, "the owner's and the third's (revoked ones are gone): {list}");
 }
 
 /// Instance-template env values are secrets: nobody reads them back through the API
@@ -346,7 +356,14 @@ async fn template_secrets_reach_only_the_agent_and_agents_show_only_visible_task
 
     let (s, v) = app.post("/api/v1/orgs/vault/projects", &owner, json!({"key": "OPS", "name": "Ops", "workflow": "software-development"})).await;
     assert_eq!(s, 201, "{v}");
-    app.patch("/api/v1/orgs/vault/projects/OPS", &owner, json!({"instance_template": "box"})).await;
+    // Only org admins choose a project's template (its secrets reach every job there).
+    app.post("/api/v1/orgs/vault/projects/OPS/members", &owner, json!({"email": "member@example.com", "role": "admin"})).await;
+    let (s, v) = app.patch("/api/v1/orgs/vault/projects/OPS", &member, json!({"instance_template": "box"})).await;
+    assert_eq!(s, 403, "a project admin who is no org admin: {v}");
+    let (s, v) = app.delete("/api/v1/orgs/vault/projects/OPS/members/member@example.com", &owner).await;
+    assert_eq!(s, 204, "{v}");
+    let (s, v) = app.patch("/api/v1/orgs/vault/projects/OPS", &owner, json!({"instance_template": "box"})).await;
+    assert_eq!(s, 200, "{v}");
     let token = agent_token(&app, &owner, "vault").await;
     let mut ws = welcomed(&app, &token, &[]).await;
     let task = app.create_task(&owner, "vault", "OPS", "Deploy").await;

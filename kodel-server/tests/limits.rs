@@ -151,24 +151,36 @@ async fn streams_are_bounded_per_user_and_org_and_end_with_their_access_token() 
     assert!(opened.elapsed() < Duration::from_secs(8), "{:?}", opened.elapsed());
 }
 
-/// A client that never finishes its request headers is cut off, not kept.
+/// A client that never finishes its request headers, sends nothing at all, or speaks
+/// HTTP/2 is cut off, not kept.
 #[tokio::test]
 async fn unfinished_request_headers_are_cut_off() {
     let app = TestApp::spawn().await;
     let addr = app.base.trim_start_matches("http://").to_owned();
-    let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    sock.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: ").await.unwrap();
-    let started = Instant::now();
-    let mut buf = [0u8; 256];
-    let closed = tokio::time::timeout(kodel_server::serve::HEADER_READ_TIMEOUT + Duration::from_secs(10), async {
-        loop {
-            match sock.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
+    let opening: [&[u8]; 3] = [b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: ", b"", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"];
+    let closes = opening.map(|bytes| {
+        let addr = addr.clone();
+        async move {
+            let mut sock = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            sock.write_all(bytes).await.unwrap();
+            let started = Instant::now();
+            let mut buf = [0u8; 256];
+            let closed = tokio::time::timeout(kodel_server::serve::HEADER_READ_TIMEOUT + Duration::from_secs(10), async {
+                loop {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+            (closed.is_ok(), started.elapsed())
         }
-    })
-    .await;
-    assert!(closed.is_ok(), "the connection was still open after {:?}", started.elapsed());
-    assert!(started.elapsed() >= kodel_server::serve::HEADER_READ_TIMEOUT - Duration::from_secs(1));
+    });
+    for (i, (closed, after)) in futures::future::join_all(closes).await.into_iter().enumerate() {
+        assert!(closed, "connection {i} was still open after {after:?}");
+        if i < 2 {
+            assert!(after >= kodel_server::serve::HEADER_READ_TIMEOUT - Duration::from_secs(1), "connection {i} closed early: {after:?}");
+        }
+    }
 }

@@ -82,7 +82,8 @@ async fn work(a: &Assignment, env: &JobEnv, dir: &std::path::Path, rep: &mut Rep
     let mut vars = env.toolchain_env.clone();
     vars.extend(a.instance_template.as_ref().map(|t| t.env.clone()).unwrap_or_default());
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let cgroup = crate::limits::Cgroups::job(&env.limits, &name, a.instance_template.as_ref()).map_err(|e| (e, false))?;
+    // Retryable: another agent may be able to apply the limits.
+    let cgroup = crate::limits::Cgroups::job(&env.limits, &name, a.instance_template.as_ref(), env.sandbox.is_active()).map_err(|e| (e, true))?;
     let ws = Workspace::new(dir, env.sandbox.clone())
         .map_err(|e| (format!("cannot open the workspace {}: {e}", dir.display()), false))?
         .with_network(network)

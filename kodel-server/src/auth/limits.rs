@@ -6,10 +6,11 @@
 //!   `HASH_WAIT`, and more get 503 at once. Memory stays bounded however many logins
 //!   arrive together (on tokio's blocking pool every new thread kept its own 19 MiB).
 //! - Per client address: at most `per_address` logins and registrations a minute.
-//! - Per account (the email asked for, known or not, so the answer tells nothing):
-//!   after `per_account` failed logins in 15 minutes, logins to it are refused until
-//!   the window ends; a good password clears the count. An attacker can slow one
-//!   account's logins down, not take it over.
+//! - Per account and address (the email asked for, known or not, so the answer tells
+//!   nothing): after `per_account` failed logins to it from one address in 15 minutes,
+//!   that address's logins to it are refused until the window ends; a good password
+//!   clears the count. Counted per address too, so nobody can lock an account's owner
+//!   out from elsewhere; guessing from many addresses meets each address's own limit.
 //!
 //! Counts live in this server's memory (bounded: old windows are dropped first), so
 //! behind several replicas each replica counts on its own. Behind a load balancer, name
@@ -98,7 +99,11 @@ impl Cidr {
             Some(b) => b.parse::<u8>().ok().filter(|b| *b <= max).ok_or_else(|| format!("{s:?}: the prefix must be 0 to {max}"))?,
             None => max,
         };
-        Ok(Cidr(ip, bits))
+        // An IPv4-mapped range (::ffff:10.0.0.0/104) is the IPv4 range, as peers are.
+        match ip {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() && bits >= 96 => Ok(Cidr(ip.to_canonical(), bits - 96)),
+            _ => Ok(Cidr(ip, bits)),
+        }
     }
 
     /// Comma-separated ranges (empty: none).
@@ -120,6 +125,12 @@ impl Cidr {
             _ => false,
         }
     }
+}
+
+/// One `X-Forwarded-For` hop's address: `1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]:5678`.
+fn hop_address(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    hop.parse::<IpAddr>().ok().or_else(|| hop.parse::<SocketAddr>().ok().map(|s| s.ip())).or_else(|| hop.trim_start_matches('[').trim_end_matches(']').parse().ok())
 }
 
 /// A client address as counted: IPv6 by its /64 (one host usually holds a whole one).
@@ -166,7 +177,7 @@ impl LoginLimits {
         }
         let forwarded = headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).collect::<Vec<_>>();
         for hop in forwarded.iter().rev() {
-            let Ok(ip) = hop.trim().parse::<IpAddr>() else { break };
+            let Some(ip) = hop_address(hop) else { break };
             client = ip.to_canonical();
             if !self.trusted_proxies.iter().any(|c| c.contains(client)) {
                 break;
@@ -178,7 +189,7 @@ impl LoginLimits {
     /// One login or registration from `client`; for a login, `account` is the email.
     pub fn attempt(&self, client: Option<IpAddr>, account: Option<&str>) -> ApiResult<()> {
         let addr = address_key(client);
-        if let Some(wait) = account.and_then(|a| lock(&self.accounts).full(a, ACCOUNT_WINDOW, self.per_account)) {
+        if let Some(wait) = account.and_then(|a| lock(&self.accounts).full(&format!("{a} {addr}"), ACCOUNT_WINDOW, self.per_account)) {
             tracing::warn!(client = %addr, "login refused: too many failed logins for this account");
             return Err(ApiError::too_many(format!("too many failed logins for this account; try again in {wait} s"), wait));
         }
@@ -190,13 +201,14 @@ impl LoginLimits {
 
     /// A failed login to `account` counts towards its limit.
     pub fn failed(&self, client: Option<IpAddr>, account: &str) {
-        let _ = lock(&self.accounts).hit(account, ACCOUNT_WINDOW, u32::MAX);
-        tracing::warn!(client = %address_key(client), account, "login failed: wrong email or password");
+        let addr = address_key(client);
+        let _ = lock(&self.accounts).hit(&format!("{account} {addr}"), ACCOUNT_WINDOW, u32::MAX);
+        tracing::warn!(client = %addr, account, "login failed: wrong email or password");
     }
 
-    /// A good password clears the account's failures.
-    pub fn succeeded(&self, account: &str) {
-        lock(&self.accounts).clear(account);
+    /// A good password clears the failures to the account from that address.
+    pub fn succeeded(&self, client: Option<IpAddr>, account: &str) {
+        lock(&self.accounts).clear(&format!("{account} {}", address_key(client)));
     }
 
     /// Hashes a new password on the password threads.
@@ -264,7 +276,7 @@ mod tests {
     fn behind_trusted_proxies_the_client_is_the_last_untrusted_hop() {
         let limits = LoginLimits::new(1, 1, Cidr::parse_list("10.0.0.0/8, ::1").unwrap());
         let mut headers = axum::http::HeaderMap::new();
-        headers.insert("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.1.2.3".parse().unwrap());
+        headers.insert("x-forwarded-for", "6.6.6.6, 203.0.113.7:51234, 10.1.2.3".parse().unwrap());
         let via_proxy: SocketAddr = "10.9.9.9:443".parse().unwrap();
         // 6.6.6.6 was written by the client itself; the proxy saw 203.0.113.7.
         assert_eq!(limits.client(Some(via_proxy), &headers), Some("203.0.113.7".parse().unwrap()));
@@ -272,5 +284,8 @@ mod tests {
         assert_eq!(limits.client(Some(direct), &headers), Some("198.51.100.1".parse().unwrap()), "only trusted peers are believed");
         assert!(Cidr::parse("10.0.0.0/33").is_err() && Cidr::parse("nonsense").is_err());
         assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("::ffff:10.0.0.0/104").unwrap().contains("10.2.3.4".parse().unwrap()), "mapped ranges match plain peers");
+        assert_eq!(hop_address("[2001:db8::1]:443"), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(hop_address("unknown"), None);
     }
 }

@@ -64,7 +64,7 @@ pub struct Loaded {
 /// job (module credentials least of all) reaches it.
 pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed, agent: Uuid, token_id: Uuid) -> ApiResult<Option<Loaded>> {
     let mut db = OrgTx::begin(state, org_id, slug).await?;
-    let row: Option<Row> = sqlx::query_as(
+    let sql = format!(
         "SELECT t.project_id, p.key || '-' || t.number AS key, t.title, t.description, t.labels, t.priority,
                 jt.name AS template, jt.prompt, jt.model, jt.allowed_tools, jt.max_steps, jt.time_limit_secs, jt.budget_tokens,
                 p.key AS project_key, p.test_command, p.review_rules,
@@ -77,11 +77,13 @@ pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed,
                         'created_at', i.created_at, 'updated_at', i.updated_at)
                  FROM instance_templates i WHERE i.id = p.instance_template_id) AS instance_template,
                 coalesce((j.usage->>'input_tokens')::bigint, 0) + coalesce((j.usage->>'output_tokens')::bigint, 0) AS used,
-                EXISTS (SELECT 1 FROM public.api_tokens k WHERE k.id = $3 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())) AS token_live
+                EXISTS (SELECT 1 FROM public.api_tokens k WHERE k.id = $3 AND {live}) AS token_live
          FROM ai_jobs j JOIN tasks t ON t.id = j.task_id JOIN projects p ON p.id = t.project_id
          JOIN ai_job_templates jt ON jt.id = j.template_id
          WHERE j.id = $1 AND j.state = 'running' AND j.lease_agent = $2",
-    )
+        live = crate::routes::agent_tokens::LIVE
+    );
+    let row: Option<Row> = sqlx::query_as(&sql)
     .bind(job.id)
     .bind(agent)
     .bind(token_id)

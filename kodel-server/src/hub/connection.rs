@@ -448,13 +448,15 @@ impl Conn {
         let renew = std::mem::take(&mut self.beat_since_check);
         let result: ApiResult<(Option<bool>, bool)> = async {
             let mut db = OrgTx::begin(&self.state, self.token.org_id, &self.token.slug).await?;
-            let row: (Option<bool>, bool) = sqlx::query_as(
+            let sql = format!(
                 "WITH seen AS (UPDATE agents SET last_seen_at = now(), disk_bytes = coalesce($6, disk_bytes) WHERE id = $3 AND $5),
                       held AS (UPDATE ai_jobs SET lease_expires_at = CASE WHEN $5 THEN now() + make_interval(secs => $4) ELSE lease_expires_at END
                                WHERE id = $2 AND lease_agent = $3 AND state = 'running' RETURNING id)
-                 SELECT (SELECT revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()) FROM public.api_tokens WHERE id = $1),
+                 SELECT (SELECT {} FROM public.api_tokens k WHERE k.id = $1),
                         EXISTS (SELECT 1 FROM held)",
-            )
+                crate::routes::agent_tokens::LIVE
+            );
+            let row: (Option<bool>, bool) = sqlx::query_as(&sql)
             .bind(self.token.token_id)
             .bind(self.job.as_ref().map(|j| j.id))
             .bind(self.agent_id)

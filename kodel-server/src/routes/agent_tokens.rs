@@ -28,6 +28,12 @@ pub fn router() -> Router<AppState> {
 
 const WHAT: &str = "managing agent tokens (org admins and owners)";
 
+/// SQL: the agent token `k` still acts: not revoked, not expired, and its maker still
+/// an owner or admin of its org (checked at every use, so a token made while its maker
+/// was being demoted, or before makers were checked, dies too).
+pub const LIVE: &str = "k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
+     AND EXISTS (SELECT 1 FROM public.org_members m WHERE m.org_id = k.org_id AND m.user_id = k.user_id AND m.role IN ('owner', 'admin'))";
+
 async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateApiToken>) -> ApiResult<(StatusCode, Json<ApiTokenCreated>)> {
     t.require_org_role(OrgRole::Admin, WHAT)?;
     let name = require_text("name", &req.name, MAX_NAME)?;

@@ -38,12 +38,13 @@ async fn agent_token(state: &AppState, parts: &Parts) -> ApiResult<AgentToken> {
     let token = bearer(parts).filter(|t| t.starts_with(AGENT_PREFIX)).ok_or_else(|| {
         ApiError::new(ErrorCode::Unauthorized, "an agent token is required (kodel agent token create)")
     })?;
-    let row: Option<(Uuid, Uuid, String)> = sqlx::query_as(
-        "UPDATE public.api_tokens t SET last_used_at = now() FROM public.orgs o
-         WHERE t.token_hash = $1 AND t.kind = 'agent' AND t.revoked_at IS NULL
-           AND (t.expires_at IS NULL OR t.expires_at > now()) AND o.id = t.org_id AND o.migration_error IS NULL
-         RETURNING t.id, o.id, o.slug",
-    )
+    let sql = format!(
+        "UPDATE public.api_tokens k SET last_used_at = now() FROM public.orgs o
+         WHERE k.token_hash = $1 AND k.kind = 'agent' AND {} AND o.id = k.org_id AND o.migration_error IS NULL
+         RETURNING k.id, o.id, o.slug",
+        super::agent_tokens::LIVE
+    );
+    let row: Option<(Uuid, Uuid, String)> = sqlx::query_as(&sql)
     .bind(hash_token(token))
     .fetch_optional(&state.pool)
     .await?;

@@ -94,7 +94,7 @@ async fn login(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderM
         state.logins.failed(client, &email);
         return Err(ApiError::new(ErrorCode::InvalidCredentials, "wrong email or password"));
     };
-    state.logins.succeeded(&email);
+    state.logins.succeeded(client, &email);
     let mut tx = crate::db::begin(&state.pool).await?;
     let tokens = start_session(&state, &mut tx, id).await?;
     tx.commit().await?;

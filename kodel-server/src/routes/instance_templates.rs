@@ -80,7 +80,8 @@ fn seal_env(t: &Tenant, new: BTreeMap<String, String>, stored: &BTreeMap<String,
     let mut sealed = BTreeMap::new();
     for (name, value) in new {
         let value = if value == SECRET_MASK {
-            stored.get(&name).cloned().ok_or_else(|| ApiError::invalid(format!("env {name}: {SECRET_MASK} keeps a stored value, and {name} has none")))?
+            let kept = stored.get(&name).ok_or_else(|| ApiError::invalid(format!("env {name}: {SECRET_MASK} keeps a stored value, and {name} has none")))?;
+            t.state.sealer.keep_text(kept)
         } else {
             t.state.sealer.seal_text(&value)
         };

@@ -217,6 +217,11 @@ async fn update(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(r
     if let Some(Some(r)) = &req.review_rules {
         check_len("review_rules", r, kodel_core::api::MAX_REVIEW_RULES)?;
     }
+    // A template's env values are secrets that every job of the project receives (and
+    // its model can print): only those who manage templates choose which a project uses.
+    if req.instance_template.is_some() {
+        t.require_org_role(OrgRole::Admin, "choosing a project's instance template (org admins and owners)")?;
+    }
     let instance_template = match req.instance_template.as_ref() {
         Some(Some(it)) => {
             let id = Uuid::parse_str(it.trim()).ok();

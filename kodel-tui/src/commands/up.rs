@@ -193,7 +193,10 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
             return Ok((Stdio::inherit(), Stdio::inherit()));
         }
         std::fs::create_dir_all(&data)?;
-        let f = std::fs::OpenOptions::new().create(true).append(true).open(data.join(name))?;
+        // Private: the server's log names failed logins, and the agent's user may read
+        // what others may.
+        let f = std::os::unix::fs::OpenOptionsExt::mode(std::fs::OpenOptions::new().create(true).append(true), 0o600).open(data.join(name))?;
+        std::fs::set_permissions(data.join(name), std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         Ok((Stdio::from(f.try_clone()?), Stdio::from(f)))
     };
     let (out, err) = logs("kodel-server.log")?;
