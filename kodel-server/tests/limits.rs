@@ -184,3 +184,22 @@ async fn unfinished_request_headers_are_cut_off() {
         }
     }
 }
+
+/// Adding a member by email says when nobody registered it; that answer is rationed,
+/// so an org of one's own is no way to test emails by the thousand.
+#[tokio::test]
+async fn emails_without_an_account_can_be_named_only_so_often() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner_with_project("o@x.io", "acme", "KOD").await;
+    app.register("real@x.io").await;
+    let limit = kodel_server::auth::limits::LOOKUPS_PER_HOUR;
+    for i in 0..limit {
+        let (s, v) = app.post("/api/v1/orgs/acme/members", &owner, json!({"email": format!("ghost{i}@x.io"), "role": "member"})).await;
+        assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "user_not_found"));
+    }
+    let (s, v) = app.post("/api/v1/orgs/acme/members", &owner, json!({"email": "ghost-more@x.io", "role": "member"})).await;
+    assert_eq!((s, code(&v)), (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"), "{v}");
+    // Registered people can still be added.
+    let (s, v) = app.post("/api/v1/orgs/acme/members", &owner, json!({"email": "real@x.io", "role": "member"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+}

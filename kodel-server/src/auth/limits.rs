@@ -12,6 +12,10 @@
 //!   clears the count. Counted per address too, so nobody can lock an account's owner
 //!   out from elsewhere; guessing from many addresses meets each address's own limit.
 //!
+//! - Per user: at most `LOOKUPS_PER_HOUR` emails named that have no account (adding an
+//!   org member by email must say when nobody has registered it, which would
+//!   otherwise let anyone with an org test emails by the thousand).
+//!
 //! Counts live in this server's memory (bounded: old windows are dropped first), so
 //! behind several replicas each replica counts on its own. Behind a load balancer, name
 //! it in `KODEL_TRUSTED_PROXIES`: the client is then the last address of
@@ -30,6 +34,8 @@ const ADDRESS_WINDOW: Duration = Duration::from_secs(60);
 const ACCOUNT_WINDOW: Duration = Duration::from_secs(15 * 60);
 const HASH_WAIT: Duration = Duration::from_secs(10);
 const HASH_QUEUE: usize = 64;
+const LOOKUP_WINDOW: Duration = Duration::from_secs(3600);
+pub const LOOKUPS_PER_HOUR: u32 = 20;
 /// Windows kept at most, per kind.
 const MAX_KEYS: usize = 100_000;
 
@@ -42,6 +48,7 @@ pub struct LoginLimits {
     per_account: u32,
     addresses: Mutex<Windows>,
     accounts: Mutex<Windows>,
+    lookups: Mutex<Windows>,
 }
 
 #[derive(Default)]
@@ -165,7 +172,7 @@ impl LoginLimits {
                 tracing::error!(error = %e, "cannot start a password hashing thread");
             }
         }
-        Self { hashing: tx, trusted_proxies, per_address, per_account, addresses: Mutex::default(), accounts: Mutex::default() }
+        Self { hashing: tx, trusted_proxies, per_address, per_account, addresses: Mutex::default(), accounts: Mutex::default(), lookups: Mutex::default() }
     }
 
     /// Who a request comes from: its peer, or behind trusted proxies the last address
@@ -204,6 +211,15 @@ impl LoginLimits {
         let addr = address_key(client);
         let _ = lock(&self.accounts).hit(&format!("{account} {addr}"), ACCOUNT_WINDOW, u32::MAX);
         tracing::warn!(client = %addr, account, "login failed: wrong email or password");
+    }
+
+    /// `user` named an email that has no account: Err once they have done so
+    /// `LOOKUPS_PER_HOUR` times this hour.
+    pub fn unknown_email(&self, user: uuid::Uuid) -> ApiResult<()> {
+        lock(&self.lookups).hit(&user.to_string(), LOOKUP_WINDOW, LOOKUPS_PER_HOUR).map_err(|wait| {
+            tracing::warn!(%user, "refused: too many emails without an account looked up");
+            ApiError::too_many(format!("you named {LOOKUPS_PER_HOUR} emails without an account this hour; try again in {wait} s"), wait)
+        })
     }
 
     /// A good password clears the failures to the account from that address.

@@ -149,7 +149,10 @@ async fn add_member(mut t: Tenant, ApiJson(req): ApiJson<AddOrgMember>) -> ApiRe
         .bind(req.email.trim())
         .fetch_optional(t.conn())
         .await?;
-    let user = user.ok_or_else(|| ApiError::new(ErrorCode::UserNotFound, format!("no user with email {}; they must register first", req.email.trim())))?;
+    let Some(user) = user else {
+        t.state.logins.unknown_email(t.user_id())?;
+        return Err(ApiError::new(ErrorCode::UserNotFound, format!("no user with email {}; they must register first", req.email.trim())));
+    };
     let org = t.org.id;
     let inserted = sqlx::query("INSERT INTO org_members (org_id, user_id, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
         .bind(org)
