@@ -387,3 +387,36 @@ async fn template_secrets_reach_only_the_agent_and_agents_show_only_visible_task
     assert_eq!(agents["data"][0]["status"], "busy", "{agents}");
     assert_eq!((agents["data"][0]["current_task"].clone(), agents["data"][0]["current_job"].clone()), (json!(null), json!(null)), "{agents}");
 }
+
+/// A job the server cannot prepare (a secret that no longer opens) costs an attempt
+/// each time, then fails saying so, instead of bouncing between claim and release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_cannot_be_prepared_fails_after_its_attempts() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner_with_project("prep@example.com", "prep", "PRP").await;
+    let (s, v) = app.post("/api/v1/orgs/prep/projects", &owner, json!({"key": "OPS", "name": "Ops", "workflow": "software-development"})).await;
+    assert_eq!(s, 201, "{v}");
+    app.post("/api/v1/orgs/prep/instance-templates", &owner, json!({"name": "box", "base_image": "debian:12", "env": {"KEY": "v"}})).await;
+    app.patch("/api/v1/orgs/prep/projects/OPS", &owner, json!({"instance_template": "box"})).await;
+    // Sealed with a key this server does not have.
+    let mut sql = app.sql().await;
+    sqlx::query("UPDATE org_prep.instance_templates SET env = '{\"KEY\": \"sealed:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"}'").execute(&mut sql).await.unwrap();
+    let token = agent_token(&app, &owner, "prep").await;
+    let mut ws = welcomed(&app, &token, &[]).await;
+    let task = app.create_task(&owner, "prep", "OPS", "Deploy").await;
+    let key = task["key"].as_str().unwrap();
+    for status in ["Ready", "In Progress"] {
+        app.post(&format!("/api/v1/orgs/prep/tasks/{key}/move"), &owner, json!({"status": status})).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let job = loop {
+        let (_, jobs) = app.get(&format!("/api/v1/orgs/prep/jobs?task={key}"), &owner).await;
+        if jobs["data"][0]["status"] == "failed" {
+            break jobs["data"][0].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "the job did not fail: {jobs}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(job["error"].as_str().unwrap_or_default().contains("could not prepare"), "{job}");
+    assert!(next(&mut ws, Duration::from_millis(300)).await.is_none(), "the agent got nothing of the job");
+}

@@ -636,14 +636,27 @@ impl Conn {
                         self.set_status("busy", Some(claimed.id)).await;
                         Some(ServerMessage::Assigned(Box::new(assignment)))
                     }
-                    Err(e) => {
+                    Err(e) if e.code == kodel_core::ErrorCode::Unauthorized => {
                         self.state.hub.finished(claimed.id, &self.ctl);
                         release(&self.state, self.token.org_id, &self.token.slug, self.agent_id, claimed.id).await;
-                        if e.code == kodel_core::ErrorCode::Unauthorized {
-                            self.ending = Some((CLOSE_UNAUTHORIZED, "the agent token was revoked or has expired"));
-                            return None;
-                        }
+                        self.ending = Some((CLOSE_UNAUTHORIZED, "the agent token was revoked or has expired"));
+                        None
+                    }
+                    Err(e) => {
+                        // A secret that does not open, a database error: the attempt
+                        // counts (given back, the job would be claimed and fail again
+                        // forever), and after the last one the job fails saying why.
+                        self.state.hub.finished(claimed.id, &self.ctl);
                         tracing::warn!(org = %self.token.slug, job = %claimed.id, error = %e.message, "could not prepare a job for its agent");
+                        let failed = async {
+                            let mut db = OrgTx::begin(&self.state, self.token.org_id, &self.token.slug).await?;
+                            jobs::fail(&mut db, claimed.id, self.agent_id, "the server could not prepare the job for its agent (see the server log)", true).await?;
+                            db.commit().await
+                        }
+                        .await;
+                        if let Err(f) = failed {
+                            tracing::warn!(job = %claimed.id, error = %f.message, "could not record the failure; the job's lease will expire");
+                        }
                         self.become_idle();
                         None
                     }
