@@ -130,6 +130,25 @@ fn open_with(cipher: &ChaCha20Poly1305, sealed: &[u8]) -> Option<Vec<u8>> {
     cipher.decrypt(Nonce::from_slice(nonce), body).ok()
 }
 
+/// Seals again the sealed `table.column` values only the previous key opens; returns
+/// (sealed again, opening with neither key). Names come from the code, never input.
+async fn reseal_column(conn: &mut sqlx::PgConnection, sealer: &Sealer, table: &str, key: &str, column: &str) -> anyhow::Result<(u64, u64)> {
+    let rows: Vec<(String, Vec<u8>)> =
+        sqlx::query_as(&format!("SELECT {key}::text, {column} FROM {table} WHERE {column} IS NOT NULL FOR UPDATE")).fetch_all(&mut *conn).await?;
+    let (mut again, mut unreadable) = (0, 0);
+    for (id, sealed) in rows {
+        match sealer.reseal(&sealed) {
+            Resealed::Again(v) => {
+                sqlx::query(&format!("UPDATE {table} SET {column} = $2 WHERE {key}::text = $1")).bind(id).bind(v).execute(&mut *conn).await?;
+                again += 1;
+            }
+            Resealed::Unreadable => unreadable += 1,
+            Resealed::Current => {}
+        }
+    }
+    Ok((again, unreadable))
+}
+
 /// Seals again with the current key every stored secret of every org that only the
 /// previous key opens (and any instance-template env value stored before values were
 /// sealed), one org per transaction. Returns (sealed again, opening with neither key).
@@ -139,29 +158,10 @@ pub async fn reseal_all(pool: &PgPool, sealer: &Sealer) -> anyhow::Result<(u64, 
     for slug in slugs {
         let slug = kodel_core::OrgSlug::parse(&slug).map_err(|e| anyhow::anyhow!("org {slug}: {}", e.0))?;
         let mut tx = crate::events::tenant_tx(pool, &slug).await?;
-        let modules: Vec<(uuid::Uuid, Vec<u8>)> =
-            sqlx::query_as("SELECT id, credentials FROM modules WHERE credentials IS NOT NULL FOR UPDATE").fetch_all(&mut *tx).await?;
-        for (id, sealed) in modules {
-            match sealer.reseal(&sealed) {
-                Resealed::Again(v) => {
-                    sqlx::query("UPDATE modules SET credentials = $2 WHERE id = $1").bind(id).bind(v).execute(&mut *tx).await?;
-                    again += 1;
-                }
-                Resealed::Unreadable => unreadable += 1,
-                Resealed::Current => {}
-            }
-        }
-        let keys: Vec<(String, Vec<u8>)> =
-            sqlx::query_as("SELECT provider, api_key FROM llm_providers WHERE api_key IS NOT NULL FOR UPDATE").fetch_all(&mut *tx).await?;
-        for (provider, sealed) in keys {
-            match sealer.reseal(&sealed) {
-                Resealed::Again(v) => {
-                    sqlx::query("UPDATE llm_providers SET api_key = $2 WHERE provider = $1").bind(provider).bind(v).execute(&mut *tx).await?;
-                    again += 1;
-                }
-                Resealed::Unreadable => unreadable += 1,
-                Resealed::Current => {}
-            }
+        for (table, key, column) in [("modules", "id", "credentials"), ("llm_providers", "provider", "api_key")] {
+            let (a, u) = reseal_column(&mut tx, sealer, table, key, column).await?;
+            again += a;
+            unreadable += u;
         }
         let templates: Vec<(uuid::Uuid, sqlx::types::Json<std::collections::BTreeMap<String, String>>)> =
             sqlx::query_as("SELECT id, env FROM instance_templates WHERE env <> '{}'::jsonb FOR UPDATE").fetch_all(&mut *tx).await?;
