@@ -49,7 +49,6 @@ codes! {
     MethodNotAllowed = "method_not_allowed" => 405,
     RequestTimeout = "request_timeout" => 408,
     Conflict = "conflict" => 409,
-    EmailTaken = "email_taken" => 409,
     OrgExists = "org_exists" => 409,
     ProjectExists = "project_exists" => 409,
     MemberExists = "member_exists" => 409,
