@@ -191,18 +191,28 @@ impl JobCgroup {
 }
 
 impl Drop for JobCgroup {
+    /// Kills what the job left and removes its cgroups, on a thread of its own: the
+    /// kernel may take a moment to empty a cgroup, and the agent's loop must not wait.
     fn drop(&mut self) {
-        for dir in self.dirs.iter().rev() {
-            for _ in 0..50 {
-                let pids = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                for pid in pids.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        let dirs = std::mem::take(&mut self.dirs);
+        let cleanup = move || {
+            for dir in dirs.iter().rev() {
+                // cgroup v2 kills a whole cgroup in one write (Linux 5.14+).
+                let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+                for _ in 0..50 {
+                    let pids = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                    for pid in pids.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                    }
+                    if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
                 }
-                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
             }
+        };
+        if std::thread::Builder::new().name("kodel-cgroup-cleanup".into()).spawn(cleanup).is_err() {
+            tracing::warn!("cannot start a thread to remove a job's cgroups; they stay");
         }
     }
 }
