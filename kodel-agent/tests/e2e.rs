@@ -306,3 +306,24 @@ async fn a_stopped_agent_gives_its_job_back_at_once() {
     let job = stack.job(&key).await;
     assert_eq!((job["status"].as_str(), job["attempts"].as_i64()), (Some("pending"), Some(0)), "{job}");
 }
+
+/// A tool's output with a NUL byte (a binary file, `find -print0`) is stored and shown
+/// (as ␀), not refused: the task's story has no hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_byte_in_a_tools_output_is_stored_and_shown() {
+    let llm = ScriptedLlm::start(vec![
+        Reply::ToolCalls(vec![("bash".into(), json!({"command": "printf 'bin\\0ary\\n'"}))]),
+        Reply::Text("Printed it.".into()),
+    ])
+    .await;
+    let mut stack = Stack::start(&llm, "openai").await;
+    stack.agent("nul");
+    let key = stack.task_in_progress("Print a NUL").await;
+    stack.wait_event("job.succeeded", Duration::from_secs(60)).await;
+    let job = stack.job(&key).await;
+    let steps = stack.call("GET", &format!("/api/v1/orgs/acme/jobs/{}/steps", job["id"].as_str().unwrap()), Value::Null).await;
+    let seqs: Vec<u64> = steps["data"].as_array().unwrap().iter().map(|s| s["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "every step stored: {steps}");
+    let bash = steps["data"].as_array().unwrap().iter().find(|s| s["step"]["tool"] == "bash").expect("the bash step");
+    assert!(bash["step"]["output"].as_str().unwrap().contains("bin\u{2400}ary"), "{bash}");
+}

@@ -83,10 +83,42 @@ struct Conn {
     llm_call: Option<(tokio::task::JoinHandle<()>, Arc<tokio::sync::Notify>)>,
 }
 
+/// What a NUL character in an agent's text becomes: PostgreSQL stores no NUL in text or
+/// jsonb, and a step refused for one would leave a hole in the task's story (a tool's
+/// output of a binary file, `find -print0`).
+const NUL_SHOWN_AS: char = '\u{2400}';
+
+/// An agent's frame, with every NUL in its strings shown as `NUL_SHOWN_AS`.
+fn parse_frame(text: &str) -> serde_json::Result<AgentMessage> {
+    // JSON text holds a NUL only escaped; most frames have none.
+    if !text.contains("\\u0000") {
+        return serde_json::from_str(text);
+    }
+    let mut value: serde_json::Value = serde_json::from_str(text)?;
+    show_nul(&mut value);
+    serde_json::from_value(value)
+}
+
+fn show_nul(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => *s = s.replace('\0', &NUL_SHOWN_AS.to_string()),
+        Value::Array(items) => items.iter_mut().for_each(show_nul),
+        Value::Object(map) => {
+            if map.keys().any(|k| k.contains('\0')) {
+                let entries: Vec<(String, Value)> = std::mem::take(map).into_iter().collect();
+                map.extend(entries.into_iter().map(|(k, v)| (k.replace('\0', &NUL_SHOWN_AS.to_string()), v)));
+            }
+            map.values_mut().for_each(show_nul);
+        }
+        _ => {}
+    }
+}
+
 pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
     let _counted = state.hub.connected();
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, ws.recv()).await {
-        Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<AgentMessage>(&text),
+        Ok(Some(Ok(Message::Text(text)))) => parse_frame(&text),
         _ => {
             close(&mut ws, CLOSE_PROTOCOL_ERROR, "expected agent.hello as the first frame").await;
             return;
@@ -151,7 +183,7 @@ pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
             frame = ws.recv() => {
                 let Some(Ok(frame)) = frame else { break };
                 match frame {
-                    Message::Text(text) => match serde_json::from_str::<AgentMessage>(&text) {
+                    Message::Text(text) => match parse_frame(&text) {
                         Ok(msg) => conn.handle(msg).await,
                         Err(e) => {
                             // The parser's message may quote the frame: keep the log short.
@@ -757,5 +789,20 @@ impl<'a> Coalescer<'a> {
             self.state.events.live(self.slug, LiveEvent::new(self.job.task_id, self.job.project_id, &self.job.task_key, "job.output", payload));
         }
         self.since = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_characters_in_an_agents_text_are_shown_not_refused() {
+        let frame = r#"{"type":"step.report","job_id":"00000000-0000-0000-0000-000000000001","seq":0,"step":{"kind":"tool","call_id":"c","tool":"bash","input":{"k\u0000":"x"},"output":"a\u0000b","error":false,"duration_ms":1}}"#;
+        let AgentMessage::StepReport { step, .. } = parse_frame(frame).unwrap() else { panic!("a step") };
+        let json = serde_json::to_string(&step).unwrap();
+        assert!(!json.contains("\\u0000") && json.contains("a\u{2400}b") && json.contains("k\u{2400}"), "{json}");
+        // Frames without a NUL are parsed as they are.
+        assert!(parse_frame(r#"{"type":"heartbeat"}"#).is_ok());
     }
 }
