@@ -139,14 +139,11 @@ fn setup(args: &Args) -> Result<Started, String> {
     // agent starts (git, ssh, its helpers) inherits the token.
     unsafe { std::env::remove_var("KODEL_AGENT_TOKEN") };
     if !nix::unistd::geteuid().is_root() {
-        if let Some(user) = &args.user {
-            let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name);
-            if me.as_deref() != Some(user.as_str()) {
-                return Err(format!("--user {user} needs the agent to start as root (it runs as {})", me.unwrap_or_else(|| "another user".into())));
-            }
+        let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name).unwrap_or_else(|| nix::unistd::geteuid().to_string());
+        if let Some(user) = args.user.as_ref().filter(|u| **u != me) {
+            return Err(format!("--user {user} needs the agent to start as root (it runs as {me})"));
         }
         let workdir = args.workdir.clone().unwrap_or_else(|| default_workdir(std::env::var_os("HOME").map(PathBuf::from)));
-        let me = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map(|u| u.name).unwrap_or_else(|| nix::unistd::geteuid().to_string());
         let limits = report_limits(kodel_agent::limits::Cgroups::setup(None, &me));
         return Ok(Started { token, workdir, limits, hidden, sandbox: args.sandbox });
     }

@@ -7,7 +7,6 @@
 //! instead of waiting on Nagle's algorithm and the peer's delayed ACK).
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
@@ -78,16 +77,4 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
     drop(stopping);
     drop(open);
     all_done.closed().await;
-}
-
-/// The client address of a request served by `serve` (None for a router called
-/// another way).
-pub struct Peer(pub Option<SocketAddr>);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(Peer(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)))
-    }
 }

@@ -90,6 +90,19 @@ impl Windows {
     }
 }
 
+/// Who a request comes from, as the limits count it (see `LoginLimits::client`).
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl axum::extract::FromRequestParts<crate::AppState> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &crate::AppState) -> Result<Self, Self::Rejection> {
+        // Set by `serve::serve` on every request it serves.
+        let peer = parts.extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
+        Ok(ClientAddr(state.logins.client(peer, &parts.headers)))
+    }
+}
+
 /// An address range: `10.0.0.0/8`, `::1/128`, or one address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr(IpAddr, u8);

@@ -1,7 +1,7 @@
 //! Register, login, refresh (rotating), logout, and who am I.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
@@ -12,9 +12,9 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::tokens::{ACCESS_TTL_SECS, REFRESH_PREFIX, REFRESH_TTL_DAYS, hash_token, random_token};
+use crate::auth::limits::ClientAddr;
 use crate::auth::{Auth, password};
 use crate::error::{ApiError, ApiResult, require_text};
-use crate::serve::Peer;
 use crate::json::ApiJson;
 
 pub fn router() -> Router<AppState> {
@@ -51,11 +51,11 @@ pub fn normalize_email(email: &str) -> ApiResult<String> {
 /// Makes an account, unless the email has one already: the answer is the same either
 /// way (and so is the time it takes), so registering tells nobody which emails have
 /// accounts. The caller then logs in; an existing account keeps its own password.
-async fn register(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderMap, ApiJson(req): ApiJson<RegisterRequest>) -> ApiResult<(StatusCode, Json<Registered>)> {
+async fn register(State(state): State<AppState>, ClientAddr(client): ClientAddr, ApiJson(req): ApiJson<RegisterRequest>) -> ApiResult<(StatusCode, Json<Registered>)> {
     let email = normalize_email(&req.email)?;
     let name = require_text("name", &req.name, kodel_core::api::MAX_NAME)?;
     password::validate(&req.password)?;
-    state.logins.attempt(state.logins.client(peer, &headers), None)?;
+    state.logins.attempt(client, None)?;
     let hash = state.logins.hash(req.password).await?;
     let made = sqlx::query("INSERT INTO users (id, email, name, password_hash) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
         .bind(Uuid::now_v7())
@@ -73,8 +73,7 @@ async fn register(State(state): State<AppState>, Peer(peer): Peer, headers: Head
     Ok((StatusCode::ACCEPTED, Json(Registered { email, message: message.into() })))
 }
 
-async fn login(State(state): State<AppState>, Peer(peer): Peer, headers: HeaderMap, ApiJson(req): ApiJson<LoginRequest>) -> ApiResult<Json<TokenPair>> {
-    let client = state.logins.client(peer, &headers);
+async fn login(State(state): State<AppState>, ClientAddr(client): ClientAddr, ApiJson(req): ApiJson<LoginRequest>) -> ApiResult<Json<TokenPair>> {
     let email = req.email.trim().to_lowercase();
     if email.len() > 254 || req.password.len() > password::MAX_LEN {
         return Err(ApiError::new(ErrorCode::InvalidCredentials, "wrong email or password"));

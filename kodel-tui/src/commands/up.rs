@@ -325,17 +325,12 @@ fn agent_user() -> Result<Option<&'static str>, CliError> {
     if nix::unistd::User::from_name(AGENT_USER).ok().flatten().is_none() {
         let made = std::process::Command::new("useradd")
             .args(["--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", AGENT_USER])
-            .output();
-        match made {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                return Err(CliError::new(exit::FAILURE, format!("cannot create the user {AGENT_USER} for the local agent: {}", String::from_utf8_lossy(&out.stderr).trim()))
-                    .hint("run kodel up as a normal user, or create it: useradd --system kodel-agent"));
-            }
-            Err(e) => {
-                return Err(CliError::new(exit::FAILURE, format!("cannot run useradd to create the user {AGENT_USER} for the local agent: {e}"))
-                    .hint("run kodel up as a normal user, or create it: useradd --system kodel-agent"));
-            }
+            .output()
+            .map_err(|e| e.to_string())
+            .and_then(|out| if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()) });
+        if let Err(why) = made {
+            return Err(CliError::new(exit::FAILURE, format!("cannot create the user {AGENT_USER} for the local agent (useradd): {why}"))
+                .hint("run kodel up as a normal user, or create it: useradd --system kodel-agent"));
         }
     }
     Ok(Some(AGENT_USER))
