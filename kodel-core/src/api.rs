@@ -477,6 +477,13 @@ pub struct Event {
     pub created_at: DateTime<Utc>,
 }
 
+impl Event {
+    /// The event as a type (None for one this version does not know).
+    pub fn typed(&self) -> Option<crate::events::TaskEvent> {
+        crate::events::TaskEvent::from_parts(&self.kind, self.payload.clone())
+    }
+}
+
 /// Serde helper: tells "absent" (None) from "null" (Some(None)).
 pub mod double_option {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod error;
+pub mod events;
 pub mod forge;
 pub mod ids;
 pub mod infra;

@@ -157,7 +157,7 @@ pub struct Assignment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AssignedJob {
     pub id: Uuid,
-    pub kind: String,
+    pub kind: crate::jobs::JobKind,
     pub attempt: i32,
     /// The seq of this attempt's first step (earlier attempts' steps come before it).
     #[serde(default)]

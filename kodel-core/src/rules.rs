@@ -11,10 +11,11 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use uuid::Uuid;
 
 use crate::api::Priority;
+use crate::events::TaskEvent;
+use crate::jobs::JobKind;
 
 pub const MAX_CONDITIONS: usize = 20;
 /// Rules per project, and org-wide rules per org.
@@ -47,11 +48,11 @@ pub enum Trigger {
     AssigneeChanged,
     JobSucceeded {
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        kind: Option<crate::jobs::JobKind>,
+        kind: Option<JobKind>,
     },
     JobFailed {
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        kind: Option<crate::jobs::JobKind>,
+        kind: Option<JobKind>,
     },
     ArtifactApproved,
     ArtifactRejected,
@@ -81,75 +82,57 @@ impl Trigger {
         }
     }
 
-    /// Whether this trigger fires for a task event (`type` and `payload` as stored).
-    pub fn fires_on(&self, event_kind: &str, payload: &Value) -> bool {
-        let same = |want: &Option<String>, got: &Value| {
-            want.as_deref().is_none_or(|w| got.as_str().is_some_and(|g| g.eq_ignore_ascii_case(w.trim())))
-        };
+    /// Whether this trigger fires for a task event.
+    pub fn fires_on(&self, event: &TaskEvent) -> bool {
+        let same = |want: &Option<String>, got: &str| want.as_deref().is_none_or(|w| got.eq_ignore_ascii_case(w.trim()));
         let label_change = |label: &Option<String>, added: bool| {
-            let (plus, minus) = label_changes(payload);
+            let (plus, minus) = event.label_changes();
             let changed = if added { plus } else { minus };
             changed.iter().any(|l| label.as_deref().is_none_or(|w| w == *l))
         };
-        let job_kind = |want: &Option<crate::jobs::JobKind>| {
-            want.is_none_or(|k| payload["kind"].as_str() == Some(k.as_str()))
-        };
-        match self {
-            Self::TaskCreated => event_kind == "task.created",
-            Self::StatusChanged { from, to } => {
-                event_kind == "task.moved" && same(from, &payload["from"]) && same(to, &payload["to"])
-            }
-            Self::CommentAdded => event_kind == "comment.added",
-            Self::LabelAdded { label } => event_kind == "task.updated" && label_change(label, true),
-            Self::LabelRemoved { label } => event_kind == "task.updated" && label_change(label, false),
-            Self::AssigneeChanged => event_kind == "task.updated" && payload["changes"].get("assignee").is_some(),
-            Self::JobSucceeded { kind } => event_kind == "job.succeeded" && job_kind(kind),
-            Self::JobFailed { kind } => event_kind == "job.failed" && job_kind(kind),
-            Self::ArtifactApproved => event_kind == "artifact.approved",
-            Self::ArtifactRejected => event_kind == "artifact.rejected",
-            Self::Schedule { .. } | Self::Stale { .. } => false,
+        let job_kind = |want: &Option<JobKind>, got: JobKind| want.is_none_or(|k| k == got);
+        match (self, event) {
+            (Self::TaskCreated, TaskEvent::TaskCreated(_)) => true,
+            (Self::StatusChanged { from, to }, TaskEvent::TaskMoved(m)) => same(from, &m.from) && same(to, &m.to),
+            (Self::CommentAdded, TaskEvent::CommentAdded(_)) => true,
+            (Self::LabelAdded { label }, TaskEvent::TaskUpdated(_)) => label_change(label, true),
+            (Self::LabelRemoved { label }, TaskEvent::TaskUpdated(_)) => label_change(label, false),
+            (Self::AssigneeChanged, TaskEvent::TaskUpdated(u)) => u.changes.contains_key("assignee"),
+            (Self::JobSucceeded { kind }, TaskEvent::JobSucceeded(j)) => job_kind(kind, j.kind),
+            (Self::JobFailed { kind }, TaskEvent::JobFailed(j)) => job_kind(kind, j.kind),
+            (Self::ArtifactApproved, TaskEvent::ArtifactApproved(_)) => true,
+            (Self::ArtifactRejected, TaskEvent::ArtifactRejected(_)) => true,
+            _ => false,
         }
     }
 }
 
 /// The trigger kinds an event can fire, so only those rules are loaded.
-pub fn trigger_kinds(event_kind: &str, payload: &Value) -> Vec<&'static str> {
-    match event_kind {
-        "task.created" => vec!["task_created"],
-        "task.moved" => vec!["status_changed"],
-        "comment.added" => vec!["comment_added"],
-        "job.succeeded" => vec!["job_succeeded"],
-        "job.failed" => vec!["job_failed"],
-        "artifact.approved" => vec!["artifact_approved"],
-        "artifact.rejected" => vec!["artifact_rejected"],
-        "task.updated" => {
+pub fn trigger_kinds(event: &TaskEvent) -> Vec<&'static str> {
+    match event {
+        TaskEvent::TaskCreated(_) => vec!["task_created"],
+        TaskEvent::TaskMoved(_) => vec!["status_changed"],
+        TaskEvent::CommentAdded(_) => vec!["comment_added"],
+        TaskEvent::JobSucceeded(_) => vec!["job_succeeded"],
+        TaskEvent::JobFailed(_) => vec!["job_failed"],
+        TaskEvent::ArtifactApproved(_) => vec!["artifact_approved"],
+        TaskEvent::ArtifactRejected(_) => vec!["artifact_rejected"],
+        TaskEvent::TaskUpdated(u) => {
             let mut kinds = Vec::new();
-            let (added, removed) = label_changes(payload);
+            let (added, removed) = event.label_changes();
             if !added.is_empty() {
                 kinds.push("label_added");
             }
             if !removed.is_empty() {
                 kinds.push("label_removed");
             }
-            if payload["changes"].get("assignee").is_some() {
+            if u.changes.contains_key("assignee") {
                 kinds.push("assignee_changed");
             }
             kinds
         }
         _ => Vec::new(),
     }
-}
-
-/// The labels a `task.updated` payload added and removed.
-pub fn label_changes(payload: &Value) -> (Vec<&str>, Vec<&str>) {
-    fn list(v: &Value) -> Vec<&str> {
-        v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default()
-    }
-    let labels = &payload["changes"]["labels"];
-    let (before, after) = (list(&labels["from"]), list(&labels["to"]));
-    let added = after.iter().filter(|l| !before.contains(l)).copied().collect();
-    let removed = before.iter().filter(|l| !after.contains(l)).copied().collect();
-    (added, removed)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -357,7 +340,7 @@ pub fn validate(spec: &RuleSpec, cron_ok: &dyn Fn(&str) -> Result<(), String>, p
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn facts<'a>(labels: &'a [String]) -> TaskFacts<'a> {
         TaskFacts { status: "QA", labels, priority: Priority::High, assignee: Some("ann@x.io"), title: "Fix login bug", description: "" }
@@ -369,19 +352,22 @@ mod tests {
 
     #[test]
     fn triggers_fire_on_their_events_only() {
-        let moved = json!({"from": "In Progress", "to": "Code Review"});
-        assert!(Trigger::StatusChanged { from: None, to: Some("code review".into()) }.fires_on("task.moved", &moved));
-        assert!(!Trigger::StatusChanged { from: Some("QA".into()), to: None }.fires_on("task.moved", &moved));
-        assert!(!Trigger::TaskCreated.fires_on("task.moved", &moved));
-        let labels = json!({"changes": {"labels": {"from": ["a"], "to": ["a", "bug"]}}});
-        assert!(Trigger::LabelAdded { label: Some("bug".into()) }.fires_on("task.updated", &labels));
-        assert!(!Trigger::LabelAdded { label: Some("a".into()) }.fires_on("task.updated", &labels));
-        assert!(!Trigger::LabelRemoved { label: None }.fires_on("task.updated", &labels));
-        assert_eq!(trigger_kinds("task.updated", &labels), vec!["label_added"]);
-        let job = json!({"kind": "review"});
-        assert!(Trigger::JobFailed { kind: Some(crate::jobs::JobKind::Review) }.fires_on("job.failed", &job));
-        assert!(!Trigger::JobFailed { kind: Some(crate::jobs::JobKind::Qa) }.fires_on("job.failed", &job));
-        assert_eq!(trigger_kinds("task.updated", &json!({"changes": {"assignee": {"from": null, "to": "a"}}})), vec!["assignee_changed"]);
+        let ev = |name: &str, payload: Value| TaskEvent::from_parts(name, payload).unwrap();
+        let moved = ev("task.moved", json!({"from": "In Progress", "to": "Code Review"}));
+        assert!(Trigger::StatusChanged { from: None, to: Some("code review".into()) }.fires_on(&moved));
+        assert!(!Trigger::StatusChanged { from: Some("QA".into()), to: None }.fires_on(&moved));
+        assert!(!Trigger::TaskCreated.fires_on(&moved));
+        let labels = ev("task.updated", json!({"changes": {"labels": {"from": ["a"], "to": ["a", "bug"]}}}));
+        assert!(Trigger::LabelAdded { label: Some("bug".into()) }.fires_on(&labels));
+        assert!(!Trigger::LabelAdded { label: Some("a".into()) }.fires_on(&labels));
+        assert!(!Trigger::LabelRemoved { label: None }.fires_on(&labels));
+        assert_eq!(trigger_kinds(&labels), vec!["label_added"]);
+        let job = ev("job.failed", json!({"job_id": Uuid::nil(), "kind": "review", "error": "x"}));
+        assert!(Trigger::JobFailed { kind: Some(JobKind::Review) }.fires_on(&job));
+        assert!(!Trigger::JobFailed { kind: Some(JobKind::Qa) }.fires_on(&job));
+        assert!(!Trigger::JobSucceeded { kind: None }.fires_on(&job));
+        let assignee = ev("task.updated", json!({"changes": {"assignee": {"from": null, "to": "a"}}}));
+        assert_eq!(trigger_kinds(&assignee), vec!["assignee_changed"]);
     }
 
     #[test]

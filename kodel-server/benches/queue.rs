@@ -10,8 +10,9 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use kodel_core::OrgSlug;
-use kodel_server::engine::queue::{self, Claimer};
-use kodel_server::tenant::OrgTx;
+use kodel_server::engine::queue::Claimer;
+use kodel_server::db::OrgTx;
+use kodel_server::hub::agents;
 use uuid::Uuid;
 
 const ORGS: [&str; 3] = ["qa", "qb", "qc"];
@@ -30,7 +31,7 @@ async fn main() {
         b.http.get(format!("{}/api/v1/orgs/{slug}/job-templates", b.base)).bearer_auth(&b.token).send().await.unwrap();
         let slug = OrgSlug::parse(slug).unwrap();
         let id: Uuid = sqlx::query_scalar("SELECT id FROM orgs WHERE slug = $1").bind(slug.as_str()).fetch_one(&b.server.state.pool).await.unwrap();
-        let mut db = OrgTx::begin(&b.server.state, id, &slug).await.unwrap();
+        let mut db = OrgTx::begin(&b.server.state.pool, id, &slug).await.unwrap();
         sqlx::query(
             "INSERT INTO ai_jobs (id, task_id, template_id, kind, origin_seq, priority)
              SELECT gen_random_uuid(), t.id, (SELECT id FROM ai_job_templates WHERE name = 'qa-template'), 'qa', 1000 + g, g % 5
@@ -41,7 +42,7 @@ async fn main() {
         .execute(db.conn())
         .await
         .unwrap();
-        db.commit().await.unwrap();
+        b.server.state.commit(db).await.unwrap();
         orgs.push((id, slug));
     }
     sqlx::query("ANALYZE").execute(&b.server.state.pool).await.unwrap();
@@ -51,9 +52,9 @@ async fn main() {
     for c in 0..CLAIMERS {
         let mut mine = Vec::new();
         for (id, slug) in &orgs {
-            let mut db = OrgTx::begin(&b.server.state, *id, slug).await.unwrap();
-            let agent = queue::register_agent(&mut db, &format!("bench-{c}"), &[], "0").await.unwrap();
-            db.commit().await.unwrap();
+            let mut db = OrgTx::begin(&b.server.state.pool, *id, slug).await.unwrap();
+            let agent = agents::register(&mut db, None, &format!("bench-{c}"), &[], "0").await.unwrap();
+            b.server.state.commit(db).await.unwrap();
             mine.push((slug.clone(), agent));
         }
         let state = b.server.state.clone();

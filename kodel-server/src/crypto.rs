@@ -157,7 +157,7 @@ pub async fn reseal_all(pool: &PgPool, sealer: &Sealer) -> anyhow::Result<(u64, 
     let (mut again, mut unreadable) = (0u64, 0u64);
     for slug in slugs {
         let slug = kodel_core::OrgSlug::parse(&slug).map_err(|e| anyhow::anyhow!("org {slug}: {}", e.0))?;
-        let mut tx = crate::events::tenant_tx(pool, &slug).await?;
+        let mut tx = crate::db::scoped::begin_scoped(pool, &slug).await?;
         for (table, key, column) in [("modules", "id", "credentials"), ("llm_providers", "provider", "api_key")] {
             let (a, u) = reseal_column(&mut tx, sealer, table, key, column).await?;
             again += a;

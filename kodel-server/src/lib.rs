@@ -39,14 +39,44 @@ pub struct AppState {
     /// Connected agent workers and the dispatch of jobs to them.
     pub hub: hub::Hub,
     pub llm: Arc<llm::Proxy>,
-    /// Task creations waiting to be committed together (routes/tasks/create.rs).
-    pub creates: routes::tasks::Creates,
+    /// Task creations waiting to be committed together (engine/tasks/create.rs).
+    pub creates: engine::tasks::Creates,
     /// KODEL_ALLOW_PRIVATE_URLS (see net.rs).
     pub allow_private_urls: bool,
     /// Bounds on password work (auth/limits.rs).
     pub logins: Arc<auth::limits::LoginLimits>,
     /// Open event streams per user and org (routes/events.rs).
     pub streams: Arc<routes::events::StreamCounts>,
+}
+
+impl AppState {
+    /// Commits a change: the engine reacts to what it recorded and commits
+    /// (`engine::commit`), then `announce` tells whoever waits.
+    pub async fn commit(&self, db: db::OrgTx) -> error::ApiResult<()> {
+        let journal = engine::commit(db).await?;
+        self.announce(&journal);
+        Ok(())
+    }
+
+    /// As `commit`, letting `read` see the outcome before the commit.
+    pub async fn commit_with<T>(&self, db: db::OrgTx, read: impl AsyncFnOnce(&mut db::OrgTx) -> error::ApiResult<T>) -> error::ApiResult<T> {
+        let (out, journal) = engine::commit_with(db, read).await?;
+        self.announce(&journal);
+        Ok(out)
+    }
+
+    /// The one place a committed change is handed on: the org's event streams (here and
+    /// on other replicas), the agents hub (queued and cancelled jobs), and the webhook
+    /// sender.
+    pub fn announce(&self, journal: &db::scoped::Journal) {
+        if journal.wrote_events() {
+            self.events.changed(&journal.slug);
+            self.hub.after_commit(&journal.slug, &journal.events);
+        }
+        if journal.queued_webhooks {
+            self.background.webhooks_due(&journal.slug, journal.org_id);
+        }
+    }
 }
 
 /// Keeps `target` spare org schemas ready, refilling after each org creation.
@@ -92,7 +122,7 @@ impl Server {
         }
         let secs = |s: f64| std::time::Duration::from_secs_f64(s.clamp(0.01, 86_400.0));
         let (background, wakes) = engine::background::Background::new(secs(config.engine_tick), secs(config.webhook_retry));
-        let (creates, created_rx) = routes::tasks::Creates::new();
+        let (creates, created_rx) = engine::tasks::Creates::new();
         let state = AppState {
             events: events::EventHub::new(pool.clone()),
             pool,
@@ -113,7 +143,7 @@ impl Server {
             )),
             streams: Arc::new(routes::events::StreamCounts::new(config.limits.streams_per_user, config.limits.streams_per_org)),
         };
-        routes::tasks::Creates::start(&state, created_rx);
+        engine::tasks::Creates::start(&state, created_rx);
         engine::background::spawn(state.clone(), wakes);
         if config.spare_schemas > 0 {
             tokio::spawn(keep_spares(state.clone(), config.spare_schemas));

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{TestApp, code};
 use kodel_core::jobs::{ArtifactKind, NewArtifact};
+use kodel_server::hub::agents;
 use kodel_server::engine::{jobs, queue};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -19,8 +20,8 @@ const LEASE: Duration = Duration::from_secs(300);
 /// A registered agent of the org.
 async fn agent(app: &TestApp, slug: &str) -> Uuid {
     let mut db = app.org_tx(slug).await;
-    let id = queue::register_agent(&mut db, "test-agent", &[], "0").await.unwrap();
-    db.commit().await.unwrap();
+    let id = agents::register(&mut db, None, "test-agent", &[], "0").await.unwrap();
+    app.commit(db).await;
     id
 }
 
@@ -32,7 +33,7 @@ async fn work_next(app: &TestApp, slug: &str, agent: Uuid, kind: ArtifactKind, c
     let reference = (kind == ArtifactKind::Branch).then(|| format!("kodel/{content}"));
     let artifact = NewArtifact { kind, title: None, content: Some(content.into()), reference, data: None };
     let ids = jobs::complete(&mut db, job.id, agent, "done", &[artifact], Some(json!({"tokens": 10}))).await.unwrap();
-    db.commit().await.unwrap();
+    app.commit(db).await;
     (job.id, ids[0])
 }
 
@@ -182,7 +183,7 @@ async fn leaving_a_bound_status_cancels_its_job_and_entries_make_one_job_each() 
         .await
         .unwrap();
     assert_eq!(jobs::start(&mut db, task, template, None, seq).await.unwrap(), None);
-    db.commit().await.unwrap();
+    app.commit(db).await;
     assert_eq!(jobs_of(&app, &owner, "KOD-1").await.len(), 2);
 
     // People cancel jobs too; a finished job cannot be cancelled again.

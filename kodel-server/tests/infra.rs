@@ -5,7 +5,7 @@
 mod common;
 
 use common::{TestApp, code};
-use kodel_server::engine::queue;
+use kodel_server::hub::agents;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -32,7 +32,7 @@ async fn modules_keep_credentials_sealed() {
     // Sealed at rest, and the server can open it again.
     let mut db = app.org_tx("acme").await;
     let sealed: Vec<u8> = sqlx::query_scalar("SELECT credentials FROM modules").fetch_one(db.conn()).await.unwrap();
-    db.commit().await.unwrap();
+    app.commit(db).await;
     assert!(!sealed.windows(9).any(|w| w == b"TOPSECRET"));
     let opened = app.server.state.sealer.open(&sealed).unwrap();
     assert!(String::from_utf8(opened).unwrap().contains("ghp_TOPSECRET"));
@@ -109,8 +109,8 @@ async fn agents_registry_lists_the_orgs_agents_only() {
     let (_, v) = app.get("/api/v1/orgs/acme/agents", &owner).await;
     assert_eq!(v["data"], json!([]));
     let mut db = app.org_tx("acme").await;
-    queue::register_agent(&mut db, "laptop", &["linux".into(), "gpu".into()], "0.1.0").await.unwrap();
-    db.commit().await.unwrap();
+    agents::register(&mut db, None, "laptop", &["linux".into(), "gpu".into()], "0.1.0").await.unwrap();
+    app.commit(db).await;
     let (_, v) = app.get("/api/v1/orgs/acme/agents", &owner).await;
     assert_eq!((v["data"][0]["name"].as_str(), v["data"][0]["status"].as_str()), (Some("laptop"), Some("online")));
     assert_eq!(v["data"][0]["labels"], json!(["linux", "gpu"]));

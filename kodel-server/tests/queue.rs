@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{TestApp, fresh_database, test_config};
 use kodel_core::OrgSlug;
+use kodel_server::hub::agents;
 use kodel_server::engine::queue::{self, Claimer};
 use kodel_server::engine::jobs;
 use serde_json::json;
@@ -41,14 +42,30 @@ async fn org_with_jobs(app: &TestApp, token: &str, slug: &str, n: i32) -> (Uuid,
     .await
     .unwrap();
     let ids = (db.org_id, db.slug.clone());
-    db.commit().await.unwrap();
+    app.commit(db).await;
     ids
+}
+
+/// Expires leases the way the background sweep does.
+async fn reap_expired(app: &TestApp, org: Uuid, slug: &OrgSlug) -> kodel_server::error::ApiResult<(usize, usize)> {
+    let mut db = kodel_server::db::OrgTx::begin(&app.server.state.pool, org, slug).await?;
+    let reaped = jobs::expire_leases(&mut db).await?;
+    app.server.state.commit(db).await?;
+    Ok(reaped)
+}
+
+/// Renews a lease the way an agent's heartbeat does.
+async fn renew(app: &TestApp, org: Uuid, slug: &OrgSlug, job: Uuid, agent: Uuid) -> kodel_server::error::ApiResult<bool> {
+    let mut db = kodel_server::db::OrgTx::begin(&app.server.state.pool, org, slug).await?;
+    let held = jobs::renew(&mut db, job, agent, LEASE).await?;
+    app.server.state.commit(db).await?;
+    Ok(held)
 }
 
 async fn agent(app: &TestApp, slug: &str, name: &str) -> Uuid {
     let mut db = app.org_tx(slug).await;
-    let id = queue::register_agent(&mut db, name, &["linux".into()], "0").await.unwrap();
-    db.commit().await.unwrap();
+    let id = agents::register(&mut db, None, name, &["linux".into()], "0").await.unwrap();
+    app.commit(db).await;
     id
 }
 
@@ -104,7 +121,7 @@ async fn four_claimers_take_500_jobs_in_3_orgs_each_exactly_once() {
         .fetch_one(db.conn())
         .await
         .unwrap();
-        db.commit().await.unwrap();
+        app.commit(db).await;
         assert_eq!((running, once), (n as i64, n as i64), "{slug}");
     }
 }
@@ -139,22 +156,22 @@ async fn expired_leases_requeue_until_attempts_run_out() {
     let expire = || async {
         let mut db = app.org_tx("lz").await;
         sqlx::query("UPDATE ai_jobs SET lease_expires_at = now() - interval '1 second' WHERE state = 'running'").execute(db.conn()).await.unwrap();
-        db.commit().await.unwrap();
+        app.commit(db).await;
     };
     let job_state = || async {
         let mut db = app.org_tx("lz").await;
         let row: (String, i32, Option<String>) = sqlx::query_as("SELECT state, attempts, error FROM ai_jobs").fetch_one(db.conn()).await.unwrap();
-        db.commit().await.unwrap();
+        app.commit(db).await;
         row
     };
 
     let job = queue::claim(state, &slug, a, &[], LEASE).await.unwrap().unwrap();
     assert_eq!(job.attempts, 1);
     // A live lease is not reaped, and renewing keeps it.
-    assert_eq!(queue::reap_expired(state, org, &slug).await.unwrap(), (0, 0));
-    assert!(queue::renew(state, org, &slug, job.id, a, LEASE).await.unwrap());
+    assert_eq!(reap_expired(&app, org, &slug).await.unwrap(), (0, 0));
+    assert!(renew(&app, org, &slug, job.id, a).await.unwrap());
     expire().await;
-    assert_eq!(queue::reap_expired(state, org, &slug).await.unwrap(), (1, 0));
+    assert_eq!(reap_expired(&app, org, &slug).await.unwrap(), (1, 0));
     let (st, attempts, error) = job_state().await;
     assert_eq!((st.as_str(), attempts), ("pending", 1));
     assert!(error.unwrap().contains("queued again"));
@@ -162,17 +179,17 @@ async fn expired_leases_requeue_until_attempts_run_out() {
     // Agent b takes it over; a's renewals and results are refused from now on.
     let again = queue::claim(state, &slug, b, &[], LEASE).await.unwrap().unwrap();
     assert_eq!((again.id, again.attempts), (job.id, 2));
-    assert!(!queue::renew(state, org, &slug, job.id, a, LEASE).await.unwrap());
+    assert!(!renew(&app, org, &slug, job.id, a).await.unwrap());
     let mut db = app.org_tx("lz").await;
     let err = jobs::complete(&mut db, job.id, a, "late", &[], Some(json!({}))).await.unwrap_err();
     assert_eq!(err.code.as_str(), "lease_lost");
     drop(db);
 
     expire().await;
-    queue::reap_expired(state, org, &slug).await.unwrap();
+    reap_expired(&app, org, &slug).await.unwrap();
     assert_eq!(queue::claim(state, &slug, a, &[], LEASE).await.unwrap().unwrap().attempts, 3);
     expire().await;
-    assert_eq!(queue::reap_expired(state, org, &slug).await.unwrap(), (0, 1));
+    assert_eq!(reap_expired(&app, org, &slug).await.unwrap(), (0, 1));
     let (st, attempts, error) = job_state().await;
     assert_eq!((st.as_str(), attempts), ("failed", 3));
     assert_eq!(error.unwrap(), "the agent stopped responding (lease expired) on each of 3 attempts");
@@ -187,7 +204,7 @@ async fn expired_leases_requeue_until_attempts_run_out() {
     let j = queue::claim(state, &slug2, c, &[], LEASE).await.unwrap().unwrap();
     let mut db = app.org_tx("lr").await;
     jobs::fail(&mut db, j.id, c, "network blip", true).await.unwrap();
-    db.commit().await.unwrap();
+    app.commit(db).await;
     let j = queue::claim(state, &slug2, c, &[], LEASE).await.unwrap().unwrap();
     assert_eq!(j.attempts, 2);
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{TestApp, code, fresh_database, test_config};
 use kodel_core::jobs::{ArtifactKind, NewArtifact};
+use kodel_server::hub::agents;
 use kodel_server::engine::{jobs, queue, rules};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -121,13 +122,13 @@ async fn every_trigger_and_action() {
     let (_, js) = app.get("/api/v1/orgs/acme/jobs?task=KOD-1", &owner).await;
     assert_eq!((js["data"][0]["kind"].as_str(), js["data"][0]["status"].as_str()), (Some("qa"), Some("pending")));
     let mut db = app.org_tx("acme").await;
-    let bot = queue::register_agent(&mut db, "bot", &[], "0").await.unwrap();
-    db.commit().await.unwrap();
+    let bot = agents::register(&mut db, None, "bot", &[], "0").await.unwrap();
+    app.commit(db).await;
     let job = claim(&app, bot).await;
     let mut db = app.org_tx("acme").await;
     let report = NewArtifact { kind: ArtifactKind::TestReport, title: None, content: Some("ok".into()), reference: None, data: None };
     let arts = jobs::complete(&mut db, job, bot, "all good", &[report], Some(json!({}))).await.unwrap();
-    db.commit().await.unwrap();
+    app.commit(db).await;
     assert_eq!(task(&app, &owner, "KOD-1").await["status"], "Done");
     app.post(&format!("/api/v1/orgs/acme/artifacts/{}/approve", arts[0]), &owner, json!({})).await;
     assert_eq!(comments(&app, &owner, "KOD-1").await, ["Bug noted", "Approved!"]);
@@ -138,7 +139,7 @@ async fn every_trigger_and_action() {
     let job = claim(&app, bot).await;
     let mut db = app.org_tx("acme").await;
     jobs::fail(&mut db, job, bot, "compiler error", false).await.unwrap();
-    db.commit().await.unwrap();
+    app.commit(db).await;
     let t = task(&app, &owner, "KOD-2").await;
     assert!(labels(&t).contains(&"job-failed"), "{t}");
     assert_eq!(t["assignee"], Value::Null);
@@ -147,7 +148,7 @@ async fn every_trigger_and_action() {
     let mut db = app.org_tx("acme").await;
     let patch_art = NewArtifact { kind: ArtifactKind::Patch, title: None, content: Some("diff".into()), reference: None, data: None };
     let arts = jobs::complete(&mut db, job, bot, "done", &[patch_art], Some(json!({}))).await.unwrap();
-    db.commit().await.unwrap();
+    app.commit(db).await;
     app.post(&format!("/api/v1/orgs/acme/artifacts/{}/reject", arts[0]), &owner, json!({"comment": "no"})).await;
     assert!(labels(&task(&app, &owner, "KOD-2").await).contains(&"rework"));
 
@@ -185,14 +186,14 @@ async fn schedules_and_stale_tasks_fire_once_per_slot() {
     // KOD-2 and KOD-3 have been quiet for three days.
     let mut db = app.org_tx("acme").await;
     sqlx::query("UPDATE tasks SET updated_at = now() - interval '3 days' WHERE number IN (2, 3)").execute(db.conn()).await.unwrap();
-    db.commit().await.unwrap();
+    app.commit(db).await;
 
     let run = |at: chrono::DateTime<chrono::Utc>| {
         let app = &app;
         async move {
             let mut db = app.org_tx("acme").await;
             let n = rules::run_timed(&mut db, at).await.unwrap();
-            db.commit().await.unwrap();
+            app.commit(db).await;
             n
         }
     };
@@ -262,13 +263,13 @@ async fn rules_are_checked_and_scoped() {
     .execute(db.conn())
     .await
     .unwrap();
-    db.commit().await.unwrap();
+    app.commit(db).await;
     let (s, v) = app.post("/api/v1/orgs/acme/rules", &ann, ok.clone()).await;
     assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"));
     assert!(v["error"]["message"].as_str().unwrap().contains("200 rules"), "{v}");
     let mut db = app.org_tx("acme").await;
     sqlx::query("DELETE FROM automation_rules WHERE name = 'filler'").execute(db.conn()).await.unwrap();
-    db.commit().await.unwrap();
+    app.commit(db).await;
 
     // Disable, edit, delete; an outsider sees nothing.
     let id = r["id"].as_str().unwrap();
@@ -384,6 +385,6 @@ async fn webhooks_retry_after_failure_and_never_block_the_change() {
     assert_eq!(failed[2]["error"], "could not connect");
     let mut db = app.org_tx("acme").await;
     let states: Vec<(String, i32)> = sqlx::query_as("SELECT state, attempts FROM webhook_deliveries ORDER BY created_at").fetch_all(db.conn()).await.unwrap();
-    db.commit().await.unwrap();
+    app.commit(db).await;
     assert_eq!(states, [("delivered".to_owned(), 2), ("failed".to_owned(), 2)]);
 }

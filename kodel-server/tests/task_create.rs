@@ -11,7 +11,7 @@ use common::{TestApp, code};
 use kodel_core::api::Priority;
 use kodel_core::{OrgSlug, ProjectKey};
 use kodel_server::auth::extract::Credential;
-use kodel_server::routes::tasks::{COMMITTERS, NewTask, create_batch};
+use kodel_server::engine::tasks::{COMMITTERS, NewTask, create_batch};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};

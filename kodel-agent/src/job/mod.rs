@@ -70,7 +70,7 @@ pub async fn run(a: Assignment, env: JobEnv, link: Link) {
 
 async fn work(a: &Assignment, env: &JobEnv, dir: &std::path::Path, rep: &mut Reporter) -> Result<Outcome, Failed> {
     env.sandbox.ready().map_err(|e| (e, false))?;
-    if a.job.kind == "qa" && !a.modules.is_empty() && a.project.test_command.as_deref().is_none_or(|c| c.trim().is_empty()) {
+    if a.job.kind == kodel_core::jobs::JobKind::Qa && !a.modules.is_empty() && a.project.test_command.as_deref().is_none_or(|c| c.trim().is_empty()) {
         return Err((
             format!("project {} has no test command for QA jobs to run; set one: kodel project update {} --test-command 'make test'", a.project.key, a.project.key),
             false,

@@ -103,8 +103,7 @@ impl Workspaces {
     pub fn dir_for(&self, a: &Assignment) -> PathBuf {
         let id = a.job.id.simple().to_string();
         let key: String = a.task.key.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
-        let kind: String = a.job.kind.chars().filter(char::is_ascii_alphanumeric).collect();
-        self.root.join(format!("{key}-{kind}-{}-{}", &id[id.len() - 8..], a.job.attempt.max(0)))
+        self.root.join(format!("{key}-{}-{}-{}", a.job.kind, &id[id.len() - 8..], a.job.attempt.max(0)))
     }
 
     fn record(&self, name: &str) -> PathBuf {

@@ -128,10 +128,7 @@ async fn apply_tenant(conn: &mut PgConnection, schema: &str) -> Result<usize, sq
             applied_at timestamptz NOT NULL DEFAULT now());"
     );
     conn.execute(ddl.as_str()).await?;
-    sqlx::query("SELECT set_config('search_path', $1, true)")
-        .bind(format!("{schema}, public"))
-        .execute(&mut *conn)
-        .await?;
+    super::scoped::scope(conn, &format!("{schema}, public")).await?;
     let applied: i32 = sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM _kodel_migrations")
         .fetch_one(&mut *conn)
         .await?;

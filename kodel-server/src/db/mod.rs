@@ -2,6 +2,9 @@
 
 pub mod managed;
 pub mod migrate;
+pub mod scoped;
+
+pub use scoped::OrgTx;
 
 use std::time::Duration;
 

@@ -5,13 +5,14 @@
 
 use kodel_core::ErrorCode;
 use kodel_core::api::MAX_COMMENT;
-use serde_json::json;
+use kodel_core::events::{ArtifactDecided, CommentAdded, TaskEvent};
+use kodel_core::jobs::ArtifactKind;
 use uuid::Uuid;
 
-use crate::engine::workflow;
+use crate::engine::workflow::{self, MoveCause};
 use crate::error::{ApiError, ApiResult, check_len};
 use crate::events;
-use crate::tenant::OrgTx;
+use crate::db::OrgTx;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
@@ -68,9 +69,9 @@ pub async fn decide(db: &mut OrgTx, artifact: Uuid, decision: Decision, comment:
     if state != "pending" {
         return Err(ApiError::new(ErrorCode::ArtifactDecided, format!("artifact {artifact} was already {state}")));
     }
-    let (new_state, event, target) = match decision {
-        Decision::Approve => ("approved", "artifact.approved", next),
-        Decision::Reject => ("rejected", "artifact.rejected", back),
+    let (new_state, target) = match decision {
+        Decision::Approve => ("approved", next),
+        Decision::Reject => ("rejected", back),
     };
     let actor = db.actor;
     // A job's artifacts (its branch, patch and pull request) are one piece of work:
@@ -83,7 +84,13 @@ pub async fn decide(db: &mut OrgTx, artifact: Uuid, decision: Decision, comment:
         .bind(job)
         .fetch_all(db.conn())
         .await?;
-    events::record(db, task, event, json!({ "artifact_id": artifact, "job_id": job, "kind": kind, "comment": comment, "decided": decided })).await?;
+    let kind = ArtifactKind::try_from(kind).map_err(ApiError::internal)?;
+    let what = ArtifactDecided { artifact_id: artifact, job_id: job, kind, comment: comment.map(str::to_owned), decided };
+    let event = match decision {
+        Decision::Approve => TaskEvent::ArtifactApproved(what),
+        Decision::Reject => TaskEvent::ArtifactRejected(what),
+    };
+    events::record(db, task, event).await?;
     if decision == Decision::Reject {
         // The reason goes on the task, where the next attempt (person or agent) reads it.
         let body = match comment {
@@ -98,11 +105,11 @@ pub async fn decide(db: &mut OrgTx, artifact: Uuid, decision: Decision, comment:
             .bind(&body)
             .execute(db.conn())
             .await?;
-        events::record(db, task, "comment.added", json!({ "comment_id": id, "body": body })).await?;
+        events::record(db, task, TaskEvent::CommentAdded(CommentAdded { comment_id: id, body, rule_id: None })).await?;
     }
     let moved_to = match target {
         Some(to) if in_place => {
-            let why = json!({ "reason": format!("artifact {new_state}"), "artifact_id": artifact });
+            let why = MoveCause { reason: Some(format!("artifact {new_state}")), artifact_id: Some(artifact), rule_id: None };
             Some(workflow::move_task(db, task, &to, why).await?.to)
         }
         _ => None,

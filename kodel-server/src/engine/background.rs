@@ -12,9 +12,9 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::engine::{queue, rules, webhooks};
+use crate::engine::{jobs, rules, webhooks};
 use crate::error::ApiResult;
-use crate::tenant::OrgTx;
+use crate::db::OrgTx;
 
 /// Orgs per sweep statement.
 const SWEEP_CHUNK: usize = 200;
@@ -105,12 +105,14 @@ pub async fn sweep(state: &AppState) -> ApiResult<()> {
         for (i, leases, timed, hooks) in due {
             let Some((org_id, slug)) = chunk.get(i as usize) else { continue };
             if leases {
-                queue::reap_expired(state, *org_id, slug).await?;
+                let mut db = OrgTx::begin(&state.pool, *org_id, slug).await?;
+                jobs::expire_leases(&mut db).await?;
+                state.commit(db).await?;
             }
             if timed {
-                let mut db = OrgTx::begin(state, *org_id, slug).await?;
+                let mut db = OrgTx::begin(&state.pool, *org_id, slug).await?;
                 rules::run_timed(&mut db, chrono::Utc::now()).await?;
-                db.commit().await?;
+                state.commit(db).await?;
             }
             if hooks {
                 state.background.webhooks_due(slug, *org_id);

@@ -2,32 +2,62 @@
 //! decisions, automation rules and their webhooks, and the background loop that keeps
 //! time-based work going (leases, schedules, stale tasks, webhook retries).
 //!
-//! Handlers and the queue write through an `OrgTx`; before it commits, `react` runs the
-//! engine on the events the transaction recorded: bindings start or cancel jobs, rules
-//! fire. What they record is reacted to in turn, so cascades happen in the same
-//! transaction, bounded by `kodel_core::rules::MAX_CASCADE_DEPTH`.
+//! Changes are written through an `OrgTx`, whose journal holds the task events they
+//! recorded. The engine owns the commit (`commit`): it first reacts to those events
+//! (bindings start or cancel jobs, rules fire; what they record is reacted to in turn,
+//! so cascades happen in the same transaction, bounded by
+//! `kodel_core::rules::MAX_CASCADE_DEPTH`), then commits and returns the journal, which
+//! `AppState::commit` hands to the live feeds and the agents hub.
 
 pub mod artifacts;
 pub mod background;
 pub mod jobs;
 pub mod queue;
 pub mod rules;
+pub mod tasks;
 pub mod webhooks;
 pub mod workflow;
 
-use kodel_core::rules::{label_changes, trigger_kinds};
+use kodel_core::events::TaskEvent;
+use kodel_core::rules::trigger_kinds;
 use uuid::Uuid;
 
+use crate::db::OrgTx;
+use crate::db::scoped::{Journal, Recorded};
 use crate::engine::rules::{FACTS_COLUMNS, FACTS_FROM};
 use crate::error::{ApiError, ApiResult};
-use crate::tenant::{OrgTx, Recorded};
 
 /// Most events one transaction may react to; far above what bounded cascades produce.
 const MAX_REACTIONS: usize = 10_000;
 
-/// Reacts to every event recorded so far (and to what the reactions record). Returns
-/// how many events were processed.
-pub async fn react(db: &mut OrgTx) -> ApiResult<usize> {
+/// Reacts to what the transaction recorded, then commits it. Returns the journal.
+pub async fn commit(mut db: OrgTx) -> ApiResult<Journal> {
+    react(&mut db).await?;
+    db.commit_journal().await
+}
+
+/// Reacts, lets `read` see the outcome in the same transaction (a handler reading back
+/// the task a rule may have changed), then commits.
+pub async fn commit_with<T>(mut db: OrgTx, read: impl AsyncFnOnce(&mut OrgTx) -> ApiResult<T>) -> ApiResult<(T, Journal)> {
+    react(&mut db).await?;
+    let out = read(&mut db).await?;
+    Ok((out, db.commit_journal().await?))
+}
+
+/// Whether the engine reacts to a task being created in `status` of `project`: a
+/// binding on the status, or an enabled `task_created` rule of the project or the org.
+/// SQL over a status id and a project id, for statements that create tasks.
+pub fn reacts_to_creation(status: &str, project: &str) -> String {
+    format!(
+        "(EXISTS (SELECT 1 FROM bindings b WHERE b.status_id = {status})
+          OR EXISTS (SELECT 1 FROM automation_rules ru WHERE ru.enabled AND ru.trigger_kind = 'task_created'
+                     AND (ru.project_id IS NULL OR ru.project_id = {project})))"
+    )
+}
+
+/// Reacts to every event recorded and not yet reacted to (and to what the reactions
+/// record). Returns how many events were processed.
+async fn react(db: &mut OrgTx) -> ApiResult<usize> {
     let start = db.reacted;
     let mut done = start;
     while done < db.recorded.len() {
@@ -36,21 +66,19 @@ pub async fn react(db: &mut OrgTx) -> ApiResult<usize> {
         }
         let ev = db.recorded[done].clone();
         done += 1;
-        let entered = ev.kind == "task.moved" || ev.kind == "task.created";
-        let kinds = trigger_kinds(&ev.kind, &ev.payload);
-        if !entered && kinds.is_empty() {
+        let entered = ev.event.entered_status();
+        let kinds = trigger_kinds(&ev.event);
+        if entered.is_none() && kinds.is_empty() {
             continue;
         }
         let ctx = context(db, &ev, entered, &kinds).await?;
-        if entered {
+        if entered.is_some() {
             jobs::apply_binding(db, &ev, &ctx).await?;
         }
         if ctx.rules != "[]" {
             rules::run(db, &ev, ctx.task, &ctx.rules).await?;
         }
     }
-    // What was recorded stays for the commit (the agents hub reads it); reacting again
-    // starts after it.
     db.reacted = done;
     Ok(done - start)
 }
@@ -74,15 +102,20 @@ pub struct EventContext {
 
 /// One statement per event: cancels the task's stale jobs (when it entered a status),
 /// finds the binding it entered, reads its facts and the rules that can fire.
-async fn context(db: &mut OrgTx, ev: &Recorded, entered: bool, kinds: &[&str]) -> ApiResult<EventContext> {
-    let entered_status = if entered { ev.payload[if ev.kind == "task.moved" { "to" } else { "status" }].as_str() } else { None };
+async fn context(db: &mut OrgTx, ev: &Recorded, entered: Option<&str>, kinds: &[&str]) -> ApiResult<EventContext> {
+    let (from, to) = match &ev.event {
+        TaskEvent::TaskMoved(m) => (Some(m.from.as_str()), Some(m.to.as_str())),
+        _ => (None, None),
+    };
+    let job_kind = match &ev.event {
+        TaskEvent::JobSucceeded(j) => Some(j.kind.as_str()),
+        TaskEvent::JobFailed(j) => Some(j.kind.as_str()),
+        _ => None,
+    };
+    let (added, removed) = ev.event.label_changes();
+    let cancel = jobs::CANCEL_LEFT_BEHIND;
     let sql = format!(
-        "WITH cancelled AS (
-             UPDATE ai_jobs j SET state = 'cancelled', finished_at = now(), lease_agent = NULL, lease_expires_at = NULL,
-                    error = 'the task left the status this job was started for'
-             FROM tasks t WHERE $7 AND j.task_id = t.id AND t.id = $2 AND j.state IN ('pending', 'running')
-               AND j.status_id IS NOT NULL AND j.status_id <> t.status_id
-             RETURNING j.id, j.kind)
+        "WITH cancelled AS ({cancel})
          SELECT {FACTS_COLUMNS},
                 (SELECT json_agg(json_build_array(id, kind)) FROM cancelled)::text AS cancelled,
                 b.template_id AS bound_template, b.status_id AS bound_status,
@@ -100,17 +133,14 @@ async fn context(db: &mut OrgTx, ev: &Recorded, entered: bool, kinds: &[&str]) -
          WHERE t.id = $2"
     );
     Ok(sqlx::query_as(&sql)
-    .bind(kinds)
-    .bind(ev.task_id)
-    .bind(ev.payload["to"].as_str())
-    .bind(ev.payload["from"].as_str())
-    .bind({
-        let (added, removed) = label_changes(&ev.payload);
-        [added, removed].concat()
-    })
-    .bind(ev.payload["kind"].as_str())
-    .bind(entered)
-    .bind(entered_status)
-    .fetch_one(db.conn())
-    .await?)
+        .bind(kinds)
+        .bind(ev.task_id)
+        .bind(to)
+        .bind(from)
+        .bind([added, removed].concat())
+        .bind(job_kind)
+        .bind(entered.is_some())
+        .bind(entered)
+        .fetch_one(db.conn())
+        .await?)
 }

@@ -10,16 +10,20 @@ use std::sync::{LazyLock, Mutex};
 
 use chrono::{DateTime, Utc};
 use kodel_core::ErrorCode;
+use kodel_core::events::{Change, CommentAdded, RuleCascadeStopped, RuleFailed, RuleFired, TaskEvent, TaskUpdated};
 use kodel_core::api::{MAX_LABELS, Priority};
 use kodel_core::rules::{Action, MAX_CASCADE_DEPTH, RuleSpec, TaskFacts, Trigger, conditions_hold};
 use regex::Regex;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::db::scoped::Cause;
+use crate::engine::workflow::MoveCause;
 use crate::engine::{jobs, workflow};
 use crate::error::{ApiError, ApiResult};
 use crate::events;
-use crate::tenant::{OrgTx, Recorded};
+use crate::db::OrgTx;
+use crate::db::scoped::Recorded;
 
 /// Compiled patterns, shared by every rule that uses them. Bounded: cleared when full.
 static PATTERNS: LazyLock<Mutex<HashMap<String, Option<Regex>>>> = LazyLock::new(Default::default);
@@ -125,24 +129,27 @@ pub async fn run(db: &mut OrgTx, ev: &Recorded, facts_now: FactsRow, rules: &str
             }
         };
         let rule = LoadedRule { id: r.id, name: r.name, dry_run: r.dry_run, spec };
-        if !rule.spec.trigger.fires_on(&ev.kind, &ev.payload) {
+        if !rule.spec.trigger.fires_on(&ev.event) {
             continue;
         }
         if !conditions_hold(rule.spec.how, &rule.spec.conditions, &task.facts(), &pattern_matches) {
             continue;
         }
-        if ev.chain.contains(&rule.id) || ev.depth >= MAX_CASCADE_DEPTH {
-            let reason = if ev.depth >= MAX_CASCADE_DEPTH {
+        let on = ev.event.kind().as_str();
+        if ev.cause.chain.contains(&rule.id) || ev.cause.depth >= MAX_CASCADE_DEPTH {
+            let reason = if ev.cause.depth >= MAX_CASCADE_DEPTH {
                 format!("the cascade reached its depth limit of {MAX_CASCADE_DEPTH}")
             } else {
                 "the rule already fired in this cascade".to_owned()
             };
-            events::record(db, ev.task_id, "rule.cascade_stopped", json!({ "rule_id": rule.id, "rule": rule.name, "on": ev.kind, "reason": reason })).await?;
+            let stopped = RuleCascadeStopped { rule_id: rule.id, rule: rule.name.clone(), on: on.to_owned(), reason };
+            events::record(db, ev.task_id, TaskEvent::RuleCascadeStopped(stopped)).await?;
             continue;
         }
-        let mut chain = ev.chain.clone();
+        let mut chain = ev.cause.chain.clone();
         chain.push(rule.id);
-        fire(db, &rule, ev.task_id, &ev.kind, ev.depth + 1, chain, Some(&ev.payload)).await?;
+        let cause = Cause { depth: ev.cause.depth + 1, chain };
+        fire(db, &rule, ev.task_id, on, cause, Some(ev.event.payload())).await?;
         task = facts(db, ev.task_id).await?;
     }
     Ok(())
@@ -150,25 +157,29 @@ pub async fn run(db: &mut OrgTx, ev: &Recorded, facts_now: FactsRow, rules: &str
 
 /// Fires one rule on one task: records the firing, then runs each action (a failing
 /// action is recorded and the next one still runs). Events the actions write carry
-/// `depth` and `chain` so cascades stay bounded.
-async fn fire(db: &mut OrgTx, rule: &LoadedRule, task: Uuid, on: &str, depth: u32, chain: Vec<Uuid>, cause: Option<&Value>) -> ApiResult<()> {
-    let fired = json!({
-        "rule_id": rule.id, "rule": rule.name, "on": on, "dry_run": rule.dry_run,
-        "actions": rule.spec.actions, "cause": cause,
-    });
-    events::record(db, task, "rule.fired", fired).await?;
+/// `cause` (the depth and the rules on the way) so cascades stay bounded.
+async fn fire(db: &mut OrgTx, rule: &LoadedRule, task: Uuid, on: &str, cause: Cause, payload: Option<Value>) -> ApiResult<()> {
+    let fired = RuleFired {
+        rule_id: rule.id,
+        rule: rule.name.clone(),
+        on: on.to_owned(),
+        dry_run: rule.dry_run,
+        actions: serde_json::to_value(&rule.spec.actions).map_err(ApiError::internal)?,
+        cause: payload,
+    };
+    events::record(db, task, TaskEvent::RuleFired(fired)).await?;
     if rule.dry_run {
         return Ok(());
     }
-    let saved = (db.depth, std::mem::replace(&mut db.chain, chain), db.actor.take());
-    db.depth = depth;
+    let saved = (std::mem::replace(&mut db.cause, cause), db.actor.take());
     let mut result = Ok(());
     for action in &rule.spec.actions {
         match act(db, rule, task, action).await {
             Ok(()) => {}
             Err(e) if e.code != ErrorCode::Internal && e.code != ErrorCode::Unavailable => {
-                let failed = json!({ "rule_id": rule.id, "rule": rule.name, "action": action, "error": e.message });
-                if let Err(e) = events::record(db, task, "rule.failed", failed).await {
+                let action = serde_json::to_value(action).map_err(ApiError::internal)?;
+                let failed = RuleFailed { rule_id: rule.id, rule: rule.name.clone(), action, error: e.message };
+                if let Err(e) = events::record(db, task, TaskEvent::RuleFailed(failed)).await {
                     result = Err(e);
                     break;
                 }
@@ -179,17 +190,16 @@ async fn fire(db: &mut OrgTx, rule: &LoadedRule, task: Uuid, on: &str, depth: u3
             }
         }
     }
-    (db.depth, db.chain, db.actor) = saved;
+    (db.cause, db.actor) = saved;
     result
 }
 
 /// One action on one task. Domain errors (a move the workflow refuses, an unknown
 /// template) come back as errors for `fire` to record.
 async fn act(db: &mut OrgTx, rule: &LoadedRule, task: Uuid, action: &Action) -> ApiResult<()> {
-    let by_rule = json!({ "rule_id": rule.id });
     match action {
         Action::Move(to) => {
-            workflow::move_task(db, task, to, by_rule).await?;
+            workflow::move_task(db, task, to, MoveCause { rule_id: Some(rule.id), ..Default::default() }).await?;
         }
         Action::Assign(who) => {
             let id = match who.as_deref() {
@@ -257,7 +267,8 @@ async fn act(db: &mut OrgTx, rule: &LoadedRule, task: Uuid, action: &Action) -> 
                 .bind(body.trim())
                 .execute(db.conn())
                 .await?;
-            events::record(db, task, "comment.added", json!({ "comment_id": id, "body": body.trim(), "rule_id": rule.id })).await?;
+            let added = CommentAdded { comment_id: id, body: body.trim().to_owned(), rule_id: Some(rule.id) };
+            events::record(db, task, TaskEvent::CommentAdded(added)).await?;
         }
         Action::StartJob(template) => {
             let id = jobs::template_id_by_name(db.conn(), template)
@@ -285,7 +296,8 @@ async fn act(db: &mut OrgTx, rule: &LoadedRule, task: Uuid, action: &Action) -> 
 }
 
 async fn changed(db: &mut OrgTx, task: Uuid, field: &str, from: Value, to: Value, rule: Uuid) -> ApiResult<()> {
-    events::record(db, task, "task.updated", json!({ "changes": { field: { "from": from, "to": to } }, "rule_id": rule })).await?;
+    let changes = [(field.to_owned(), Change { from, to })].into();
+    events::record(db, task, TaskEvent::TaskUpdated(TaskUpdated { changes, rule_id: Some(rule) })).await?;
     Ok(())
 }
 
@@ -368,7 +380,7 @@ pub async fn run_timed(db: &mut OrgTx, now: DateTime<Utc>) -> ApiResult<usize> {
                     .execute(db.conn())
                     .await?;
             }
-            fire(db, &rule, task, rule.spec.trigger.kind(), 1, vec![rule.id], None).await?;
+            fire(db, &rule, task, rule.spec.trigger.kind(), Cause { depth: 1, chain: vec![rule.id] }, None).await?;
             fired += 1;
         }
     }

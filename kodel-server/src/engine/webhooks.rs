@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kodel_core::OrgSlug;
-use serde_json::json;
+use kodel_core::events::{TaskEvent, WebhookDelivered, WebhookFailed};
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiResult;
 use crate::events;
-use crate::tenant::OrgTx;
+use crate::db::OrgTx;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a claimed delivery is held before another sender may take it.
@@ -32,7 +32,7 @@ pub fn client() -> reqwest::Client {
 /// Sends the org's due webhooks. Returns when the next pending one is due, if any.
 pub async fn deliver_due(state: &AppState, org_id: Uuid, slug: &OrgSlug, retry: Duration) -> ApiResult<Option<DateTime<Utc>>> {
     loop {
-        let mut db = OrgTx::begin(state, org_id, slug).await?;
+        let mut db = OrgTx::begin(&state.pool, org_id, slug).await?;
         let batch: Vec<(Uuid, Uuid, String, serde_json::Value, i32, i32)> = sqlx::query_as(
             "UPDATE webhook_deliveries d SET attempts = attempts + 1, next_attempt_at = now() + make_interval(secs => $1)
              FROM (SELECT id FROM webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= now()
@@ -44,7 +44,7 @@ pub async fn deliver_due(state: &AppState, org_id: Uuid, slug: &OrgSlug, retry: 
         .bind(BATCH)
         .fetch_all(db.conn())
         .await?;
-        db.commit().await?;
+        state.commit(db).await?;
         if batch.is_empty() {
             break;
         }
@@ -54,11 +54,12 @@ pub async fn deliver_due(state: &AppState, org_id: Uuid, slug: &OrgSlug, retry: 
                 Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
                 Err(e) => Err(if e.is_timeout() { "timed out".to_owned() } else { "could not connect".to_owned() }),
             };
-            let mut db = OrgTx::begin(state, org_id, slug).await?;
+            let mut db = OrgTx::begin(&state.pool, org_id, slug).await?;
             match outcome {
                 Ok(status) => {
                     sqlx::query("UPDATE webhook_deliveries SET state = 'delivered', last_error = NULL WHERE id = $1").bind(id).execute(db.conn()).await?;
-                    events::record(&mut db, task, "rule.webhook_delivered", json!({ "delivery_id": id, "url": url, "status": status, "attempt": attempt })).await?;
+                    let delivered = WebhookDelivered { delivery_id: id, url, status, attempt };
+                    events::record(&mut db, task, TaskEvent::WebhookDelivered(delivered)).await?;
                 }
                 Err(error) => {
                     let wait = retry.as_secs_f64() * 2f64.powi(attempt - 1);
@@ -75,17 +76,17 @@ pub async fn deliver_due(state: &AppState, org_id: Uuid, slug: &OrgSlug, retry: 
                     .bind(wait)
                     .execute(db.conn())
                     .await?;
-                    let payload = json!({ "delivery_id": id, "url": url, "attempt": attempt, "error": error, "will_retry": !last });
-                    events::record(&mut db, task, "rule.webhook_failed", payload).await?;
+                    let failed = WebhookFailed { delivery_id: id, url, attempt, error, will_retry: !last };
+                    events::record(&mut db, task, TaskEvent::WebhookFailed(failed)).await?;
                 }
             }
-            db.commit().await?;
+            state.commit(db).await?;
         }
     }
-    let mut db = OrgTx::begin(state, org_id, slug).await?;
+    let mut db = OrgTx::begin(&state.pool, org_id, slug).await?;
     let next: Option<DateTime<Utc>> = sqlx::query_scalar("SELECT min(next_attempt_at) FROM webhook_deliveries WHERE state = 'pending'")
         .fetch_one(db.conn())
         .await?;
-    db.commit().await?;
+    state.commit(db).await?;
     Ok(next)
 }

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use kodel_core::api::{Binding, Status, Workflow, WorkflowDef};
 use kodel_core::workflow::{StatusCategory, WorkflowTemplate, check_transition, every_move, validate_definition};
 use kodel_core::ErrorCode;
+use kodel_core::events::{TaskEvent, TaskMoved};
 use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -14,7 +15,7 @@ use uuid::Uuid;
 use crate::engine::jobs::{ensure_builtin_templates, template_id_by_name};
 use crate::error::{ApiError, ApiResult};
 use crate::events;
-use crate::tenant::OrgTx;
+use crate::db::OrgTx;
 
 /// The org's copy of a built-in workflow, made on first use.
 pub async fn ensure_template(conn: &mut PgConnection, tpl: &WorkflowTemplate) -> ApiResult<Uuid> {
@@ -235,7 +236,8 @@ pub async fn edit(db: &mut OrgTx, wf: Uuid, def: &WorkflowDef) -> ApiResult<()> 
         .execute(db.conn())
         .await?;
         for task in tasks {
-            events::record(db, task, "task.moved", json!({ "from": from, "to": to, "reason": "workflow edited" })).await?;
+            let moved = TaskMoved { from: from.clone(), to: to.clone(), reason: Some("workflow edited".into()), rule_id: None, artifact_id: None };
+            events::record(db, task, TaskEvent::TaskMoved(moved)).await?;
         }
     }
     let gone: Vec<Uuid> = removed.iter().map(|(id, _)| *id).collect();
@@ -293,9 +295,17 @@ pub struct Moved {
     pub to: String,
 }
 
+/// Why a task moved, when it was not a person's plain move.
+#[derive(Debug, Clone, Default)]
+pub struct MoveCause {
+    pub reason: Option<String>,
+    pub rule_id: Option<Uuid>,
+    pub artifact_id: Option<Uuid>,
+}
+
 /// Moves a task to the status named `to` (any case) if its workflow allows it, bumping
-/// its version and recording `task.moved` with `extra` merged into the payload.
-pub async fn move_task(db: &mut OrgTx, task: Uuid, to: &str, extra: serde_json::Value) -> ApiResult<Moved> {
+/// its version and recording `task.moved` with its cause.
+pub async fn move_task(db: &mut OrgTx, task: Uuid, to: &str, why: MoveCause) -> ApiResult<Moved> {
     // One statement: the task (locked), where it is, the target, and the allowed moves.
     let (from, target_id, target_name, allowed): (String, Option<Uuid>, Option<String>, Vec<String>) = sqlx::query_as(
         "SELECT f.name,
@@ -326,10 +336,8 @@ pub async fn move_task(db: &mut OrgTx, task: Uuid, to: &str, extra: serde_json::
         .bind(status_id)
         .execute(db.conn())
         .await?;
-    let mut payload = json!({ "from": from, "to": to });
-    if let (Some(p), Some(e)) = (payload.as_object_mut(), extra.as_object()) {
-        p.extend(e.clone());
-    }
-    events::record(db, task, "task.moved", payload).await?;
+    let MoveCause { reason, rule_id, artifact_id } = why;
+    let moved = TaskMoved { from: from.clone(), to: to.clone(), reason, rule_id, artifact_id };
+    events::record(db, task, TaskEvent::TaskMoved(moved)).await?;
     Ok(Moved { from, to })
 }

@@ -9,9 +9,9 @@ use kodel_core::protocol::{AssignedJob, AssignedModule, AssignedProject, Assigne
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::engine::queue::Claimed;
+use crate::db::scoped::begin_scoped;
+use crate::engine::jobs::Claimed;
 use crate::error::{ApiError, ApiResult};
-use crate::tenant::OrgTx;
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -62,8 +62,8 @@ pub struct Loaded {
 /// None when the job is no longer this agent's (cancelled or re-queued since the claim);
 /// `unauthorized` when the agent's token died since its last check, so nothing of the
 /// job (module credentials least of all) reaches it.
-pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed, agent: Uuid, token_id: Uuid) -> ApiResult<Option<Loaded>> {
-    let mut db = OrgTx::begin(state, org_id, slug).await?;
+pub async fn load(state: &AppState, slug: &OrgSlug, job: &Claimed, agent: Uuid, token_id: Uuid) -> ApiResult<Option<Loaded>> {
+    let mut db = begin_scoped(&state.pool, slug).await?;
     let sql = format!(
         "SELECT t.project_id, p.key || '-' || t.number AS key, t.title, t.description, t.labels, t.priority,
                 jt.name AS template, jt.prompt, jt.model, jt.allowed_tools, jt.max_steps, jt.time_limit_secs, jt.budget_tokens,
@@ -87,7 +87,7 @@ pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed,
     .bind(job.id)
     .bind(agent)
     .bind(token_id)
-    .fetch_optional(db.conn())
+    .fetch_optional(&mut *db)
     .await?;
     let Some(row) = row else {
         db.commit().await?;
@@ -101,7 +101,7 @@ pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed,
         "SELECT name, url, default_branch, path_prefix, credentials, forge, forge_api_url FROM modules WHERE project_id = $1 ORDER BY name",
     )
     .bind(row.project_id)
-    .fetch_all(db.conn())
+    .fetch_all(&mut *db)
     .await?;
     db.commit().await?;
     let mut modules = Vec::with_capacity(module_rows.len());
@@ -125,7 +125,7 @@ pub async fn load(state: &AppState, org_id: Uuid, slug: &OrgSlug, job: &Claimed,
         }
     }
     let assignment = Assignment {
-        job: AssignedJob { id: job.id, kind: job.kind.clone(), attempt: job.attempts, first_seq: row.first_seq.max(0) as u32 },
+        job: AssignedJob { id: job.id, kind: job.kind, attempt: job.attempts, first_seq: row.first_seq.max(0) as u32 },
         branch: row.branch.unwrap_or_else(|| task_branch(&row.key, &row.title)),
         project: AssignedProject { key: row.project_key, test_command: row.test_command, review_rules: row.review_rules },
         task: AssignedTask { key: row.key, title: row.title, description: row.description, labels: row.labels, priority: row.priority },

@@ -7,19 +7,25 @@
 //! with `FOR UPDATE SKIP LOCKED` for idle agents, one claim per distinct label set, so
 //! a thousand idle agents cost one query per wake, not a thousand.
 
+pub mod agents;
 pub mod assign;
 pub mod connection;
+mod frames;
+mod relay;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kodel_core::OrgSlug;
+use kodel_core::events::TaskEvent;
 use tokio::sync::{Notify, mpsc, watch};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::engine::queue::{self, Claimed};
+use crate::db::scoped::Recorded;
+use crate::engine::jobs::Claimed;
+use crate::engine::queue;
 
 /// How often a dispatcher looks for work it was not told about.
 const POLL: Duration = Duration::from_secs(2);
@@ -180,17 +186,12 @@ impl Hub {
     }
 
     /// After a commit: wakes dispatchers for queued jobs and tells agents of cancels.
-    pub fn after_commit(&self, slug: &OrgSlug, recorded: &[crate::tenant::Recorded]) {
+    pub fn after_commit(&self, slug: &OrgSlug, recorded: &[Recorded]) {
         let mut work = false;
         for ev in recorded {
-            match ev.kind.as_str() {
-                "job.created" | "job.requeued" => work = true,
-                "job.cancelled" => {
-                    if let Some(job) = ev.payload.get("job_id").and_then(|j| j.as_str()).and_then(|j| Uuid::parse_str(j).ok()) {
-                        let reason = ev.payload.get("reason").and_then(|r| r.as_str()).unwrap_or("cancelled");
-                        self.cancelled(job, reason);
-                    }
-                }
+            match &ev.event {
+                TaskEvent::JobCreated(_) | TaskEvent::JobRequeued(_) => work = true,
+                TaskEvent::JobCancelled(c) => self.cancelled(c.job_id, &c.reason),
                 _ => {}
             }
         }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kodel_core::llm::{Assembler, Delta, FinishReason, LlmDone, LlmRequest, Usage};
+use kodel_core::events::{LlmCall, TaskEvent};
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
@@ -281,42 +282,33 @@ async fn record(state: &crate::AppState, caller: &Caller, m: &Metered) -> crate:
         "status": m.status,
         "error": m.error,
     });
-    let mut db = crate::tenant::OrgTx::begin(state, caller.org_id, &caller.slug).await?;
+    let mut db = crate::db::OrgTx::begin(&state.pool, caller.org_id, &caller.slug).await?;
     sqlx::query("INSERT INTO public.analytics_outbox (kind, payload) VALUES ('llm_call', $1)").bind(&row).execute(db.conn()).await?;
     if let Some(job) = caller.job {
-        sqlx::query(
-            "UPDATE ai_jobs SET usage = jsonb_build_object(
-                 'input_tokens', coalesce((usage->>'input_tokens')::bigint, 0) + $2,
-                 'output_tokens', coalesce((usage->>'output_tokens')::bigint, 0) + $3,
-                 'cached_tokens', coalesce((usage->>'cached_tokens')::bigint, 0) + $4,
-                 'llm_calls', coalesce((usage->>'llm_calls')::bigint, 0) + 1)
-             WHERE id = $1",
-        )
-        .bind(job.job_id)
-        .bind(m.usage.input_tokens as i64)
-        .bind(m.usage.output_tokens as i64)
-        .bind(m.usage.cached_tokens as i64)
-        .execute(db.conn())
-        .await?;
+        crate::engine::jobs::add_usage(&mut db, job.job_id, &m.usage).await?;
         // The task's event shows the call without the org-wide fields.
-        let mut event = row.clone();
-        if let Some(fields) = event.as_object_mut() {
-            for k in ["org_id", "org", "task_id", "user_id"] {
-                fields.remove(k);
-            }
-            fields.insert("model".into(), json!(format!("{}/{}", m.provider, m.model)));
-        }
-        crate::events::record(&mut db, job.task_id, "job.llm_call", event)
-        .await?;
+        let call = LlmCall {
+            job_id: Some(job.job_id),
+            provider: m.provider.to_owned(),
+            model: format!("{}/{}", m.provider, m.model),
+            input_tokens: m.usage.input_tokens,
+            output_tokens: m.usage.output_tokens,
+            cached_tokens: m.usage.cached_tokens,
+            first_token_ms: m.first_token_ms,
+            total_ms: m.total_ms,
+            status: m.status.to_owned(),
+            error: m.error.clone(),
+        };
+        crate::events::record(&mut db, job.task_id, TaskEvent::JobLlmCall(call)).await?;
     }
-    db.commit().await
+    state.commit(db).await
 }
 
 /// The org's own key and base URL for a provider, if it set them.
 async fn org_provider(state: &crate::AppState, caller: &Caller, kind: ProviderKind) -> crate::error::ApiResult<Option<ProviderConfig>> {
-    let mut db = crate::tenant::OrgTx::begin(state, caller.org_id, &caller.slug).await?;
+    let mut db = crate::db::scoped::begin_scoped(&state.pool, &caller.slug).await?;
     let row: Option<(Option<String>, Option<Vec<u8>>)> =
-        sqlx::query_as("SELECT base_url, api_key FROM llm_providers WHERE provider = $1").bind(kind.name()).fetch_optional(db.conn()).await?;
+        sqlx::query_as("SELECT base_url, api_key FROM llm_providers WHERE provider = $1").bind(kind.name()).fetch_optional(&mut *db).await?;
     db.commit().await?;
     let Some((base, key)) = row else { return Ok(None) };
     let api_key = match key {

@@ -34,6 +34,15 @@ const WHAT: &str = "managing agent tokens (org admins and owners)";
 pub const LIVE: &str = "k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
      AND EXISTS (SELECT 1 FROM public.org_members m WHERE m.org_id = k.org_id AND m.user_id = k.user_id AND m.role IN ('owner', 'admin'))";
 
+/// Whether an agent token still acts (`LIVE`).
+pub async fn live(db: &mut crate::db::OrgTx, token: Uuid) -> ApiResult<bool> {
+    let live: Option<bool> = sqlx::query_scalar(&format!("SELECT {LIVE} FROM public.api_tokens k WHERE k.id = $1"))
+        .bind(token)
+        .fetch_optional(db.conn())
+        .await?;
+    Ok(live == Some(true))
+}
+
 async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateApiToken>) -> ApiResult<(StatusCode, Json<ApiTokenCreated>)> {
     t.require_org_role(OrgRole::Admin, WHAT)?;
     let name = require_text("name", &req.name, MAX_NAME)?;

@@ -6,7 +6,7 @@
 //! hold `KODEL_STREAMS_PER_USER` streams at once and an org's members
 //! `KODEL_STREAMS_PER_ORG` together; past that a new one is refused with 429.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -21,15 +21,15 @@ use kodel_core::api::OrgRole;
 use kodel_core::{ErrorCode, OrgSlug, TaskKey};
 use serde::Deserialize;
 use sqlx::PgConnection;
-use futures::Stream;
-use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use super::projects::access;
 use crate::AppState;
 use crate::auth::extract::Credential;
 use crate::error::{ApiError, ApiResult};
-use crate::events::{self, LiveEvent, Pos, StoredEvent, tenant_tx};
+use crate::db::scoped::begin_scoped;
+use crate::events::feed::FollowError;
+use crate::events::{Follower, Item, StoredEvent};
 use crate::tenant::Tenant;
 
 const HEARTBEAT: Duration = Duration::from_secs(15);
@@ -172,46 +172,31 @@ async fn task_events(State(state): State<AppState>, mut t: Tenant, Path((_, task
 
 async fn stream(state: AppState, scope: Scope, resume: Option<i64>, slot: StreamSlot) -> Sse<SseStream> {
     let ends_at = ends_at(&scope.credential);
-    let sub = state.events.subscribe(&scope.slug).await;
+    let follower = state.events.follow(&scope.slug, scope.task.map(|(task, _)| task), resume).await;
     let mut recheck = tokio::time::interval(RECHECK);
     recheck.reset();
     let shutdown = state.hub.on_shutdown();
-    let feed = Feed {
-        shutdown,
-        state,
-        scope,
-        rx: sub.rx,
-        live: sub.live,
-        last: sub.start,
-        resume,
-        catching_up: false,
-        pending: VecDeque::new(),
-        recheck,
-        ends_at,
-        _slot: slot,
-        done: false,
-    };
+    let feed = Stream { shutdown, state, scope, follower, recheck, ends_at, _slot: slot, done: false };
     // The body pulls events as the client takes them: no task or queue per connection,
     // and a client that stops reading stops pulling (it then catches up from the
     // database; nobody else waits for it). A dropped connection drops the stream.
     let body = futures::stream::unfold(feed, |mut feed| async move {
-        loop {
-            if let Some(ev) = feed.pending.pop_front() {
-                return Some((Ok(ev), feed));
-            }
-            if feed.done {
-                return None;
-            }
-            if let Err(err) = feed.step().await {
-                tracing::debug!(error = %err, "event stream ended");
-                feed.done = true;
+        while !feed.done {
+            match feed.step().await {
+                Ok(Some(ev)) => return Some((Ok(ev), feed)),
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::debug!(error = %err, "event stream ended");
+                    feed.done = true;
+                }
             }
         }
+        None
     });
     Sse::new(Box::pin(body) as SseBody).keep_alive(KeepAlive::new().interval(HEARTBEAT))
 }
 
-type SseBody = Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>>;
+type SseBody = Pin<Box<dyn futures::Stream<Item = Result<SseEvent, Infallible>> + Send>>;
 type SseStream = axum::response::sse::KeepAliveStream<SseBody>;
 
 #[derive(Debug, thiserror::Error)]
@@ -220,27 +205,19 @@ enum StreamEnd {
     Revoked,
     #[error("the access token expired")]
     Expired,
-    #[error("feed closed")]
-    Closed,
+    #[error(transparent)]
+    Feed(#[from] FollowError),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
 
-/// One subscriber's position in the org's events.
-struct Feed {
+/// One SSE stream: what the follower passes on, filtered for the caller and framed.
+struct Stream {
     /// The server is stopping: streams end so the shutdown does not wait on them.
     shutdown: tokio::sync::watch::Receiver<bool>,
     state: AppState,
     scope: Scope,
-    rx: broadcast::Receiver<Arc<StoredEvent>>,
-    live: broadcast::Receiver<Arc<LiveEvent>>,
-    /// The last event passed (sent, or filtered out).
-    last: Pos,
-    /// A Last-Event-ID still to resume from.
-    resume: Option<i64>,
-    /// Reading missed events from the database, a page at a time.
-    catching_up: bool,
-    pending: VecDeque<SseEvent>,
+    follower: Follower,
     recheck: tokio::time::Interval,
     /// The access token's expiry: the stream ends then.
     ends_at: Option<tokio::time::Instant>,
@@ -253,80 +230,20 @@ fn sse(ev: &StoredEvent) -> SseEvent {
     SseEvent::default().id(ev.event.id.to_string()).event(ev.event.kind.as_str()).data(&*ev.json)
 }
 
-impl Feed {
-    /// Moves the feed on: fills `pending`, or returns when there is nothing yet.
-    async fn step(&mut self) -> Result<(), StreamEnd> {
-        if let Some(id) = self.resume.take() {
-            let mut tx = tenant_tx(&self.state.pool, &self.scope.slug).await?;
-            let pos = events::position_of(&mut tx, id).await?;
-            tx.commit().await?;
-            match pos {
-                Some(pos) => {
-                    self.last = pos;
-                    self.catching_up = true;
-                }
-                None => self
-                    .pending
-                    .push_back(SseEvent::default().event("resync").data(r#"{"reason":"unknown Last-Event-ID; reload and follow live"}"#)),
-            }
-            return Ok(());
-        }
-        if self.catching_up {
-            return self.catch_up_page().await;
-        }
+impl Stream {
+    /// The next frame for the client, if the follower's next item is one it may see.
+    async fn step(&mut self) -> Result<Option<SseEvent>, StreamEnd> {
         tokio::select! {
-            msg = self.rx.recv() => match msg {
-                Ok(ev) => {
-                    if ev.pos > self.last {
-                        self.last = ev.pos;
-                        if self.scope.shows(&ev) {
-                            self.pending.push_back(sse(&ev));
-                        }
-                    }
-                    Ok(())
-                }
-                // Too slow for the live feed: read what was missed from the database.
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    self.catching_up = true;
-                    Ok(())
-                }
-                Err(broadcast::error::RecvError::Closed) => Err(StreamEnd::Closed),
-            },
-            live = self.live.recv() => match live {
+            item = self.follower.next() => Ok(match item? {
+                Item::Stored(ev) => self.scope.shows(&ev).then(|| sse(&ev)),
                 // Live output has no id: a client that reconnects gets the stored steps.
-                Ok(ev) => {
-                    if self.scope.shows_task(ev.task_id, ev.project_id) {
-                        self.pending.push_back(SseEvent::default().event(ev.kind).data(&*ev.json));
-                    }
-                    Ok(())
-                }
-                Err(broadcast::error::RecvError::Lagged(_)) => Ok(()),
-                Err(broadcast::error::RecvError::Closed) => Err(StreamEnd::Closed),
-            },
-            _ = self.recheck.tick() => recheck_access(&self.state, &mut self.scope).await,
+                Item::Live(ev) => self.scope.shows_task(ev.task_id, ev.project_id).then(|| SseEvent::default().event(ev.kind.as_str()).data(&*ev.json)),
+                Item::Resync => Some(SseEvent::default().event("resync").data(r#"{"reason":"unknown Last-Event-ID; reload and follow live"}"#)),
+            }),
+            _ = self.recheck.tick() => recheck_access(&self.state, &mut self.scope).await.map(|()| None),
             _ = sleep_until_or_never(self.ends_at) => Err(StreamEnd::Expired),
-            _ = self.shutdown.changed() => Err(StreamEnd::Closed),
+            _ = self.shutdown.changed() => Err(StreamEnd::Feed(FollowError::Closed)),
         }
-    }
-
-    /// One page of deliverable events after `last`, from the database.
-    async fn catch_up_page(&mut self) -> Result<(), StreamEnd> {
-        const PAGE: i64 = 500;
-        let mut tx = tenant_tx(&self.state.pool, &self.scope.slug).await?;
-        let rows = events::load(&mut tx, self.last, self.scope.task.map(|(task, _)| task), PAGE).await?;
-        tx.commit().await?;
-        self.catching_up = rows.len() as i64 == PAGE;
-        for (ev, safe) in rows {
-            if !safe {
-                self.catching_up = false;
-                break;
-            }
-            self.last = ev.pos;
-            if self.scope.shows(&ev) {
-                self.pending.push_back(sse(&ev));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -338,7 +255,7 @@ async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
 }
 
 async fn recheck_access(state: &AppState, scope: &mut Scope) -> Result<(), StreamEnd> {
-    let mut tx = tenant_tx(&state.pool, &scope.slug).await?;
+    let mut tx = begin_scoped(&state.pool, &scope.slug).await?;
     // The credential must still be live (logout, revocation, expiry end the stream)
     // and its user still a member.
     let sql = format!(

@@ -220,7 +220,6 @@ async fn start_job(mut t: Tenant, ApiJson(req): ApiJson<StartJob>) -> ApiResult<
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::TemplateNotFound, format!("no job template {:?}", req.template)))?;
     let id = jobs::start_now(&mut t, task.id, template).await?;
-    crate::engine::react(&mut t).await?;
     let (job, _) = visible_job(&mut t, &id.to_string()).await?;
     t.commit().await?;
     Ok((StatusCode::CREATED, Json(job)))
@@ -233,7 +232,6 @@ async fn cancel_job(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> Ap
     }
     let who = t.auth.user.email.clone();
     jobs::cancel(&mut t, job.id, &format!("cancelled by {who}")).await?;
-    crate::engine::react(&mut t).await?;
     let (job, _) = visible_job(&mut t, &raw).await?;
     t.commit().await?;
     Ok(Json(job))
@@ -311,7 +309,6 @@ async fn decide_on(mut t: Tenant, raw: String, req: DecideArtifact, decision: De
         return Err(ApiError::forbidden("deciding on artifacts"));
     }
     decide(&mut t, a.id, decision, req.comment.as_deref()).await?;
-    crate::engine::react(&mut t).await?;
     let (a, _) = visible_artifact(&mut t, &raw).await?;
     t.commit().await?;
     Ok(Json(a))

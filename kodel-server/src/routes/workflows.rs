@@ -85,7 +85,6 @@ async fn replace(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(
     let id = find(&mut t, &raw).await?;
     name_free(&mut t, &def.name, Some(id)).await?;
     workflow::edit(&mut t, id, &def).await?;
-    crate::engine::react(&mut t).await?;
     let wf = workflow::load(t.conn(), id).await?;
     t.commit().await?;
     Ok(Json(wf))

@@ -132,10 +132,15 @@ impl TestApp {
     }
 
     /// An org transaction for calling the engine directly (as the agents hub will).
-    pub async fn org_tx(&self, slug: &str) -> kodel_server::tenant::OrgTx {
+    pub async fn org_tx(&self, slug: &str) -> kodel_server::db::OrgTx {
         let slug = kodel_core::OrgSlug::parse(slug).unwrap();
         let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM orgs WHERE slug = $1").bind(slug.as_str()).fetch_one(&self.server.state.pool).await.unwrap();
-        kodel_server::tenant::OrgTx::begin(&self.server.state, id, &slug).await.unwrap()
+        kodel_server::db::OrgTx::begin(&self.server.state.pool, id, &slug).await.unwrap()
+    }
+
+    /// Commits an org transaction the way the server does (the engine reacts first).
+    pub async fn commit(&self, db: kodel_server::db::OrgTx) {
+        self.server.state.commit(db).await.unwrap();
     }
 
     /// The event types of a task, oldest first.

@@ -8,8 +8,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use kodel_core::api::{
-    Comment, CreateComment, DEFAULT_PAGE, MAX_COMMENT, MAX_DESCRIPTION, MAX_LABEL, MAX_LABELS, MAX_PAGE,
-    MAX_TITLE, MoveTask, Page, Priority, ProjectRole, Task, UpdateTask,
+    Comment, CreateComment, DEFAULT_PAGE, MAX_PAGE, MoveTask, Page, ProjectRole, Task, UpdateTask,
 };
 use kodel_core::{ErrorCode, TaskKey};
 use serde::Deserialize;
@@ -18,13 +17,11 @@ use uuid::Uuid;
 
 mod create;
 
-pub use create::{COMMITTERS, Created, Creates, CreatesReceiver, NewTask, create_batch};
-
 use super::projects::{ProjectCtx, access};
 use crate::AppState;
-use crate::engine::workflow;
-use crate::error::{ApiError, ApiResult, check_len, require_text};
-use crate::events;
+use crate::engine::tasks::{self, TASK_SELECT, TaskRow};
+use crate::engine::workflow::{self, MoveCause};
+use crate::error::{ApiError, ApiResult};
 use crate::json::ApiJson;
 use crate::tenant::Tenant;
 
@@ -36,54 +33,6 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/orgs/{org}/tasks/{task}/comments", get(list_comments).post(add_comment))
         .route("/api/v1/orgs/{org}/tasks/{task}/history", get(history))
 }
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct TaskRow {
-    pub id: Uuid,
-    pub project: String,
-    pub number: i32,
-    title: String,
-    description: String,
-    status: String,
-    priority: String,
-    labels: Vec<String>,
-    assignee: Option<String>,
-    version: i32,
-    archived: bool,
-    created_by: Option<String>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-impl TaskRow {
-    fn into_api(self) -> Task {
-        Task {
-            key: format!("{}-{}", self.project, self.number),
-            project: self.project,
-            number: self.number,
-            title: self.title,
-            description: self.description,
-            status: self.status,
-            priority: Priority::parse(&self.priority).unwrap_or_default(),
-            labels: self.labels,
-            assignee: self.assignee,
-            version: self.version,
-            archived: self.archived,
-            created_by: self.created_by,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        }
-    }
-}
-
-const TASK_SELECT: &str = "SELECT t.id, p.key AS project, t.number, t.title, t.description, s.name AS status,
-        t.priority, t.labels, a.email AS assignee, t.version, t.archived_at IS NOT NULL AS archived,
-        c.email AS created_by, t.created_at, t.updated_at
-     FROM tasks t
-     JOIN projects p ON p.id = t.project_id
-     JOIN statuses s ON s.id = t.status_id
-     LEFT JOIN public.users a ON a.id = t.assignee_id
-     LEFT JOIN public.users c ON c.id = t.created_by";
 
 /// Resolves `KOD-42` to the task, checking the caller may see its project.
 pub(crate) async fn find_task(t: &mut Tenant, raw: &str, lock: bool) -> ApiResult<(ProjectCtx, TaskRow)> {
@@ -97,28 +46,6 @@ pub(crate) async fn find_task(t: &mut Tenant, raw: &str, lock: bool) -> ApiResul
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::TaskNotFound, format!("{key} not found")))?;
     Ok((p, row))
-}
-
-fn clean_labels(labels: Vec<String>) -> ApiResult<Vec<String>> {
-    if labels.len() > MAX_LABELS {
-        return Err(ApiError::invalid(format!("at most {MAX_LABELS} labels")));
-    }
-    let mut out: Vec<String> = Vec::with_capacity(labels.len());
-    for l in labels {
-        let l = require_text("label", &l, MAX_LABEL)?;
-        if l.contains(',') {
-            return Err(ApiError::invalid(format!("label {l:?} must not contain a comma")));
-        }
-        if !out.contains(&l) {
-            out.push(l);
-        }
-    }
-    Ok(out)
-}
-
-/// An assignee given by email must be a member of the org.
-async fn resolve_assignee(t: &mut Tenant, email: &str) -> ApiResult<Uuid> {
-    t.member_by_email(email).await?.ok_or_else(|| ApiError::invalid(format!("assignee {email:?} is not a member of this org")))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,72 +147,12 @@ async fn update(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJson(
     if row.version != req.version {
         return Err(stale(&row, req.version));
     }
-    let mut changes = serde_json::Map::new();
-    let mut change = |field: &str, from: serde_json::Value, to: serde_json::Value| {
-        if from != to {
-            changes.insert(field.to_owned(), json!({ "from": from, "to": to }));
-        }
-    };
-    let title = req.title.as_deref().map(|s| require_text("title", s, MAX_TITLE)).transpose()?;
-    if let Some(v) = &title {
-        change("title", json!(row.title), json!(v));
-    }
-    if let Some(d) = &req.description {
-        check_len("description", d, MAX_DESCRIPTION)?;
-        change("description", json!(row.description), json!(d));
-    }
-    if let Some(pr) = req.priority {
-        change("priority", json!(row.priority), json!(pr));
-    }
-    let labels = req.labels.map(clean_labels).transpose()?;
-    if let Some(l) = &labels {
-        change("labels", json!(row.labels), json!(l));
-    }
-    let assignee_id = match &req.assignee {
-        Some(Some(email)) => {
-            change("assignee", json!(row.assignee), json!(email.trim().to_lowercase()));
-            Some(Some(resolve_assignee(&mut t, email).await?))
-        }
-        Some(None) => {
-            change("assignee", json!(row.assignee), serde_json::Value::Null);
-            Some(None)
-        }
-        None => None,
-    };
-    if let Some(a) = req.archived {
-        change("archived", json!(row.archived), json!(a));
-    }
-    if changes.is_empty() {
+    if !tasks::update(&mut t, &row, req).await? {
         t.commit().await?;
         return Ok(Json(row.into_api()));
     }
-    sqlx::query(
-        "UPDATE tasks SET title = coalesce($2, title), description = coalesce($3, description),
-             priority = coalesce($4, priority), labels = coalesce($5, labels),
-             assignee_id = CASE WHEN $6 THEN $7 ELSE assignee_id END,
-             archived_at = CASE WHEN $8::bool IS NULL THEN archived_at WHEN $8 THEN coalesce(archived_at, now()) ELSE NULL END,
-             version = version + 1, updated_at = now()
-         WHERE id = $1",
-    )
-    .bind(row.id)
-    .bind(title)
-    .bind(req.description)
-    .bind(req.priority.map(Priority::as_str))
-    .bind(labels)
-    .bind(assignee_id.is_some())
-    .bind(assignee_id.flatten())
-    .bind(req.archived)
-    .execute(t.conn())
-    .await?;
-    let kind = match req.archived {
-        Some(a) if changes.len() == 1 && changes.contains_key("archived") => if a { "task.archived" } else { "task.unarchived" },
-        _ => "task.updated",
-    };
-    events::record(&mut t, row.id, kind, json!({ "changes": changes })).await?;
-    crate::engine::react(&mut t).await?;
-    let (_, fresh) = find_task(&mut t, &task, false).await?;
-    t.commit().await?;
-    Ok(Json(fresh.into_api()))
+    // What the engine made of the change (a rule may have moved the task on).
+    Ok(Json(t.commit_with(async |db| tasks::read(db, row.id).await).await?))
 }
 
 async fn move_task(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJson(req): ApiJson<MoveTask>) -> ApiResult<Json<Task>> {
@@ -294,11 +161,8 @@ async fn move_task(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJs
     if let Some(v) = req.version.filter(|v| *v != row.version) {
         return Err(stale(&row, v));
     }
-    workflow::move_task(&mut t, row.id, &req.status, json!({})).await?;
-    crate::engine::react(&mut t).await?;
-    let (_, fresh) = find_task(&mut t, &task, false).await?;
-    t.commit().await?;
-    Ok(Json(fresh.into_api()))
+    workflow::move_task(&mut t, row.id, &req.status, MoveCause::default()).await?;
+    Ok(Json(t.commit_with(async |db| tasks::read(db, row.id).await).await?))
 }
 
 #[derive(sqlx::FromRow)]
@@ -356,27 +220,10 @@ async fn add_comment(mut t: Tenant, Path((_, task)): Path<(String, String)>, Api
     // The task row is locked before anything is written, as in every change to a task.
     let (p, row) = find_task(&mut t, &task, true).await?;
     p.require(ProjectRole::Reviewer, "commenting")?;
-    let body = req.body.trim().to_owned();
-    if body.is_empty() {
-        return Err(ApiError::invalid("body must not be empty"));
-    }
-    check_len("body", &body, MAX_COMMENT)?;
-    let id = Uuid::now_v7();
-    let user = t.user_id();
-    let created_at: DateTime<Utc> =
-        sqlx::query_scalar("INSERT INTO comments (id, task_id, author_id, body) VALUES ($1, $2, $3, $4) RETURNING created_at")
-            .bind(id)
-            .bind(row.id)
-            .bind(user)
-            .bind(&body)
-            .fetch_one(t.conn())
-            .await?;
-    events::record(&mut t, row.id, "comment.added", json!({ "comment_id": id, "body": body })).await?;
-    crate::engine::react(&mut t).await?;
+    let (id, body, created_at) = tasks::comment(&mut t, row.id, &req.body).await?;
     let author = t.auth.user.email.clone();
     t.commit().await?;
-    let key = format!("{}-{}", row.project, row.number);
-    Ok((StatusCode::CREATED, Json(Comment { id, task: key, author, body, created_at })))
+    Ok((StatusCode::CREATED, Json(Comment { id, task: row.key(), author, body, created_at })))
 }
 
 #[derive(Debug, Default, Deserialize)]

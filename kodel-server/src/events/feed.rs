@@ -1,4 +1,4 @@
-//! Task events: written in the transaction of each change, then fanned out live.
+//! Live feeds of task events: what the SSE streams follow.
 //!
 //! Ordering. Event ids come from a sequence, so two transactions can commit their
 //! events out of id order. Streams therefore deliver events in `(xid, id)` order and
@@ -18,13 +18,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use kodel_core::OrgSlug;
 use kodel_core::api::Event;
+use kodel_core::events::{EventKind, TaskEvent};
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::{Notify, broadcast, mpsc};
 use uuid::Uuid;
 
-use crate::error::ApiResult;
-use crate::tenant::OrgTx;
+use crate::db::scoped::begin_scoped;
 
 const CHANNEL: &str = "kodel_events";
 const FEED_CAPACITY: usize = 4096;
@@ -55,39 +55,19 @@ pub struct StoredEvent {
 pub struct LiveEvent {
     pub task_id: Uuid,
     pub project_id: Uuid,
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub json: Arc<str>,
 }
 
 impl LiveEvent {
     /// Shaped like a stored event (`type`, `task`, `payload`), without an id.
-    pub fn new(task_id: Uuid, project_id: Uuid, task: &str, kind: &'static str, payload: serde_json::Value) -> Self {
-        let json = serde_json::json!({ "type": kind, "task": task, "payload": payload });
-        Self { task_id, project_id, kind, json: json.to_string().into() }
+    pub fn new(task_id: Uuid, project_id: Uuid, task: &str, event: TaskEvent) -> Self {
+        let json = serde_json::json!({ "type": event.kind().as_str(), "task": task, "payload": event.payload() });
+        Self { task_id, project_id, kind: event.kind(), json: json.to_string().into() }
     }
 }
 
 const LIVE_CAPACITY: usize = 1024;
-
-/// Writes one event for a task in the org transaction, taking the task's next seq, and
-/// notes it for the engine. Returns the seq.
-pub async fn record(db: &mut OrgTx, task_id: Uuid, kind: &str, payload: serde_json::Value) -> ApiResult<i32> {
-    let actor = db.actor;
-    let seq: i32 = sqlx::query_scalar(
-        "WITH t AS (UPDATE tasks SET event_seq = event_seq + 1 WHERE id = $1
-                    RETURNING id, project_id, event_seq)
-         INSERT INTO task_events (task_id, project_id, seq, type, payload, actor_id)
-         SELECT id, project_id, event_seq, $2, $3, $4 FROM t RETURNING seq",
-    )
-    .bind(task_id)
-    .bind(kind)
-    .bind(&payload)
-    .bind(actor)
-    .fetch_one(db.conn())
-    .await?;
-    db.note_event(task_id, seq, kind, payload);
-    Ok(seq)
-}
 
 #[derive(sqlx::FromRow)]
 struct EventRow {
@@ -163,13 +143,6 @@ pub async fn position_of(conn: &mut PgConnection, id: i64) -> Result<Option<Pos>
     Ok(xid.map(|xid| Pos { xid, id }))
 }
 
-/// Opens a transaction scoped to an org's schema, for background readers.
-pub async fn tenant_tx(pool: &PgPool, slug: &OrgSlug) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    let mut tx = crate::db::begin(pool).await?;
-    sqlx::query("SELECT set_config('search_path', $1, true)").bind(slug.search_path()).execute(&mut *tx).await?;
-    Ok(tx)
-}
-
 #[derive(Clone)]
 pub struct EventHub {
     inner: Arc<HubInner>,
@@ -191,7 +164,7 @@ pub struct Feed {
     ready: Notify,
 }
 
-pub struct Subscription {
+struct Subscription {
     pub rx: broadcast::Receiver<Arc<StoredEvent>>,
     /// Live output (best effort: a lagging subscriber skips some).
     pub live: broadcast::Receiver<Arc<LiveEvent>>,
@@ -244,7 +217,7 @@ impl EventHub {
     }
 
     /// Live events of an org from now on.
-    pub async fn subscribe(&self, slug: &OrgSlug) -> Subscription {
+    async fn subscribe(&self, slug: &OrgSlug) -> Subscription {
         // A receiver taken under the map lock keeps a new feed's pump from finding
         // nobody listening before the real receiver below exists.
         let (feed, _holding) = {
@@ -279,6 +252,25 @@ impl EventHub {
                 }
             }
             ready.await;
+        }
+    }
+}
+
+impl EventHub {
+    /// Follows an org's events from now, or from after the event `resume` (a client's
+    /// `Last-Event-ID`).
+    pub async fn follow(&self, slug: &OrgSlug, task: Option<Uuid>, resume: Option<i64>) -> Follower {
+        let sub = self.subscribe(slug).await;
+        Follower {
+            pool: self.pool().clone(),
+            slug: slug.clone(),
+            task,
+            rx: sub.rx,
+            live: sub.live,
+            last: sub.start,
+            resume,
+            catching_up: false,
+            pending: Default::default(),
         }
     }
 }
@@ -337,7 +329,7 @@ async fn pump(hub: EventHub, feed: Arc<Feed>) {
 }
 
 async fn initial_cursor(pool: &PgPool, slug: &OrgSlug) -> Result<Pos, sqlx::Error> {
-    let mut tx = tenant_tx(pool, slug).await?;
+    let mut tx = begin_scoped(pool, slug).await?;
     let row: Option<(i64, i64)> = sqlx::query_as(
         "SELECT xid::text::bigint, id FROM task_events
          WHERE xid < pg_snapshot_xmin(pg_current_snapshot())
@@ -352,19 +344,132 @@ async fn initial_cursor(pool: &PgPool, slug: &OrgSlug) -> Result<Pos, sqlx::Erro
 /// Broadcasts every safe event after the cursor. Returns whether unsafe ones wait.
 async fn forward(pool: &PgPool, feed: &Feed, cursor: &mut Pos) -> Result<bool, sqlx::Error> {
     loop {
-        let mut tx = tenant_tx(pool, &feed.slug).await?;
-        let rows = load(&mut tx, *cursor, None, PAGE).await?;
-        tx.commit().await?;
-        let full = rows.len() as i64 == PAGE;
-        for (ev, safe) in rows {
-            if !safe {
-                return Ok(true);
-            }
+        let page = read_page(pool, &feed.slug, *cursor, None).await?;
+        for ev in page.events {
             *cursor = ev.pos;
             feed.publish(ev);
         }
-        if !full {
+        if page.waiting {
+            return Ok(true);
+        }
+        if !page.full {
             return Ok(false);
+        }
+    }
+}
+
+/// One page of what can be delivered after a position.
+struct Page {
+    /// Safe to deliver, in order.
+    events: Vec<StoredEvent>,
+    /// More may follow at once.
+    full: bool,
+    /// Committed events wait behind an older transaction still running.
+    waiting: bool,
+}
+
+/// The deliverable events after `after` (optionally of one task), a page at a time:
+/// what the pump broadcasts and what a follower that fell behind catches up with.
+async fn read_page(pool: &PgPool, slug: &OrgSlug, after: Pos, task: Option<Uuid>) -> Result<Page, sqlx::Error> {
+    let mut tx = begin_scoped(pool, slug).await?;
+    let rows = load(&mut tx, after, task, PAGE).await?;
+    tx.commit().await?;
+    let full = rows.len() as i64 == PAGE;
+    let mut events = Vec::with_capacity(rows.len());
+    let mut waiting = false;
+    for (ev, safe) in rows {
+        if !safe {
+            waiting = true;
+            break;
+        }
+        events.push(ev);
+    }
+    Ok(Page { events, full: full && !waiting, waiting })
+}
+
+/// What a follower gets next.
+pub enum Item {
+    Stored(Arc<StoredEvent>),
+    Live(Arc<LiveEvent>),
+    /// The client's `Last-Event-ID` is not an event of this org: it must reload.
+    Resync,
+}
+
+/// The feed closed (the server is stopping).
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error("feed closed")]
+    Closed,
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+}
+
+/// One subscriber's place in an org's events: from the database after a
+/// `Last-Event-ID` or when it fell behind the live feed, then live. Every stored event
+/// after its start comes exactly once, in delivery order; what to show is the caller's
+/// business.
+pub struct Follower {
+    pool: PgPool,
+    slug: OrgSlug,
+    /// Catching up reads only this task's events (the caller still filters live ones).
+    task: Option<Uuid>,
+    rx: broadcast::Receiver<Arc<StoredEvent>>,
+    live: broadcast::Receiver<Arc<LiveEvent>>,
+    /// The last event passed on.
+    last: Pos,
+    resume: Option<i64>,
+    catching_up: bool,
+    pending: std::collections::VecDeque<Item>,
+}
+
+impl Follower {
+    /// The next item. Cancel-safe: a call dropped before it returns loses nothing.
+    pub async fn next(&mut self) -> Result<Item, FollowError> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Ok(item);
+            }
+            if let Some(id) = self.resume {
+                let mut tx = begin_scoped(&self.pool, &self.slug).await?;
+                let pos = position_of(&mut tx, id).await?;
+                tx.commit().await?;
+                self.resume = None;
+                match pos {
+                    Some(pos) => {
+                        self.last = pos;
+                        self.catching_up = true;
+                    }
+                    None => return Ok(Item::Resync),
+                }
+                continue;
+            }
+            if self.catching_up {
+                let page = read_page(&self.pool, &self.slug, self.last, self.task).await?;
+                self.catching_up = page.full;
+                for ev in page.events {
+                    self.last = ev.pos;
+                    self.pending.push_back(Item::Stored(Arc::new(ev)));
+                }
+                continue;
+            }
+            tokio::select! {
+                msg = self.rx.recv() => match msg {
+                    Ok(ev) if ev.pos > self.last => {
+                        self.last = ev.pos;
+                        return Ok(Item::Stored(ev));
+                    }
+                    Ok(_) => {}
+                    // Too slow for the live feed: read what was missed from the database.
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.catching_up = true,
+                    Err(broadcast::error::RecvError::Closed) => return Err(FollowError::Closed),
+                },
+                // Live output has no id: a client that reconnects gets the stored steps.
+                live = self.live.recv() => match live {
+                    Ok(ev) => return Ok(Item::Live(ev)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return Err(FollowError::Closed),
+                },
+            }
         }
     }
 }
