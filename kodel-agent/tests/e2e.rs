@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::Stack;
-use kodel_server::testing::scripted_llm::{Reply, ScriptedLlm};
+use kodel_testkit::scripted_llm::{Reply, ScriptedLlm};
 use serde_json::{Value, json};
 
 fn six_tools() -> Vec<Reply> {
@@ -254,7 +254,7 @@ async fn an_agent_with_a_bad_token_says_why_and_exits() {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kodel-agent"))
         .args(["--server", &stack.base(), "--workdir"])
         .arg(stack.work.path())
-        .args(kodel_server::testing::agent_user_args())
+        .args(kodel_testkit::agent_user_args())
         .env("KODEL_AGENT_TOKEN", "kodel_agt_not-a-real-token")
         .output()
         .await

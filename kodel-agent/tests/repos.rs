@@ -11,9 +11,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Stack;
-use kodel_server::testing::forge::FakeForge;
-use kodel_server::testing::git;
-use kodel_server::testing::scripted_llm::{Reply, ScriptedLlm};
+use kodel_testkit::forge::FakeForge;
+use kodel_testkit::git;
+use kodel_testkit::scripted_llm::{Reply, ScriptedLlm};
 use serde_json::{Value, json};
 
 const CALC: &str = "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n";
@@ -50,7 +50,7 @@ fn fix_add() -> Vec<Reply> {
 impl Stack {
     async fn module(&self, project: &str, body: Value) {
         if let Some(path) = body["url"].as_str().and_then(|u| u.strip_prefix("file://")) {
-            kodel_server::testing::agent_may_use(Path::new(path));
+            kodel_testkit::agent_may_use(Path::new(path));
         }
         let mut body = body;
         body["project"] = json!(project);

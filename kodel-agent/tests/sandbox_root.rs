@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::Stack;
-use kodel_server::testing::scripted_llm::{Reply, ScriptedLlm};
+use kodel_testkit::scripted_llm::{Reply, ScriptedLlm};
 use serde_json::json;
 
 /// Each escape prints `ESCAPED:<what>` only if it worked.

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 use chrono::{DateTime, Utc};
 use futures::{SinkExt, StreamExt};
 use kodel_core::protocol::{AgentMessage, PROTOCOL, ServerMessage};
-use kodel_server::testing::{ServerProcess, database_url, fresh_database, register, rss_kib};
+use kodel_testkit::{ServerProcess, database_url, fresh_database, register, rss_kib};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;

@@ -36,7 +36,7 @@ use kodel_core::OrgSlug;
 use kodel_core::llm::{LlmRequest, Message as LlmMessage, Role};
 use kodel_core::protocol::{AgentMessage, PROTOCOL, ServerMessage};
 use kodel_server::llm::{self, CallOptions, Caller, JobRef, ProviderConfig, ProviderKind, StreamEvent};
-use kodel_server::testing::scripted_llm::{Reply, ScriptedLlm};
+use kodel_testkit::scripted_llm::{Reply, ScriptedLlm};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kodel_server::testing::{ServerProcess, database_url, fresh_database, register, rss_kib};
+use kodel_testkit::{ServerProcess, database_url, fresh_database, register, rss_kib};
 use serde_json::json;
 
 const SUBSCRIBERS: usize = 1000;

@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kodel_server::testing::{ServerProcess, database_url, fresh_database, register, rss_kib};
+use kodel_testkit::{ServerProcess, database_url, fresh_database, register, rss_kib};
 use serde_json::json;
 
 const ORGS: usize = 1000;

@@ -15,7 +15,6 @@ pub mod net;
 pub mod routes;
 pub mod serve;
 pub mod tenant;
-pub mod testing;
 
 use std::sync::Arc;
 

@@ -6,8 +6,8 @@ mod common;
 
 use common::{TestApp, test_config};
 use kodel_server::config::LlmSettings;
-use kodel_server::testing::fresh_database;
-use kodel_server::testing::scripted_llm::{Reply, ScriptedLlm};
+use kodel_testkit::fresh_database;
+use kodel_testkit::scripted_llm::{Reply, ScriptedLlm};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::{TestApp, test_config};
 use futures::{SinkExt, StreamExt};
 use kodel_core::protocol::{AgentMessage, CLOSE_INCOMPATIBLE, CLOSE_UNAUTHORIZED, PROTOCOL, ServerMessage};
-use kodel_server::testing::fresh_database;
+use kodel_testkit::fresh_database;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Message, http};

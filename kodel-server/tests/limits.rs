@@ -59,7 +59,7 @@ async fn password_guessing_is_limited_per_account_and_per_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_logins_does_not_exhaust_memory() {
     let db = common::fresh_database().await;
-    let url = kodel_server::testing::database_url(&db);
+    let url = kodel_testkit::database_url(&db);
     let server = start_server(&[], &[("DATABASE_URL", &url), ("KODEL_LOGIN_PER_ADDRESS", "100000")]);
     let pid = server.child.id();
     let http = reqwest::Client::new();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kodel_core::llm::{Assembler, Delta, FinishReason, LlmRequest, Message, Role, ToolSpec, Usage};
 use kodel_server::llm::provider::{self, CallOptions, EventStream, LlmError, ProviderConfig, ProviderKind, StreamEvent};
-use kodel_server::testing::scripted_llm::{Reply, ScriptedLlm, ScriptedRequest};
+use kodel_testkit::scripted_llm::{Reply, ScriptedLlm, ScriptedRequest};
 use serde_json::{Value, json};
 
 const BOTH: [ProviderKind; 2] = [ProviderKind::OpenAi, ProviderKind::Anthropic];

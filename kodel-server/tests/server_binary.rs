@@ -78,7 +78,7 @@ fn without_postgresql_binaries_it_says_how_to_install_them() {
 #[tokio::test]
 async fn passwords_and_tokens_never_reach_the_log() {
     let db = common::fresh_database().await;
-    let url = kodel_server::testing::database_url(&db);
+    let url = kodel_testkit::database_url(&db);
     // The most verbose level: nothing logged at any level may carry a secret.
     let server = start_server(&[], &[("DATABASE_URL", &url), ("RUST_LOG", "trace")]);
     let password = "s3cret-Password-XYZ";

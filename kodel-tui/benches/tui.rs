@@ -9,9 +9,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kodel_server::testing::scripted_llm::{Reply, ScriptedLlm};
-use kodel_server::testing::tmux::Tmux;
-use kodel_server::testing::{ServerProcess, database_url, fresh_database, register, rss_kib, sibling_binary};
+use kodel_testkit::scripted_llm::{Reply, ScriptedLlm};
+use kodel_testkit::tmux::Tmux;
+use kodel_testkit::{ServerProcess, database_url, fresh_database, register, rss_kib, sibling_binary};
 use serde_json::{Value, json};
 
 fn sibling(name: &str) -> PathBuf {
@@ -112,7 +112,7 @@ async fn main() {
     let mut agent = Command::new(sibling("kodel-agent"))
         .args(["--server", &base, "--name", "bench", "--workdir"])
         .arg(work.path())
-        .args(kodel_server::testing::agent_user_args())
+        .args(kodel_testkit::agent_user_args())
         .env("KODEL_AGENT_TOKEN", at["token"].as_str().unwrap())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

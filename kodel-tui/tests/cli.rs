@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use kodel_server::testing::{ServerProcess, database_url, fresh_database, sibling_binary};
+use kodel_testkit::{ServerProcess, database_url, fresh_database, sibling_binary};
 use serde_json::Value;
 
 /// kodel-server is built into the same directory as kodel by a workspace build.

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use kodel_server::testing::scripted_llm::{Reply, ScriptedLlm};
-use kodel_server::testing::tmux::Tmux;
-use kodel_server::testing::{ServerProcess, api, database_url, free_port, fresh_database, git, register, sibling_binary};
+use kodel_testkit::scripted_llm::{Reply, ScriptedLlm};
+use kodel_testkit::tmux::Tmux;
+use kodel_testkit::{ServerProcess, api, database_url, free_port, fresh_database, git, register, sibling_binary};
 use serde_json::{Value, json};
 
 fn sibling(name: &str) -> PathBuf {
@@ -98,7 +98,7 @@ async fn a_task_from_creation_to_an_approved_patch_in_the_tui() {
     git(&src, &["commit", "-q", "-m", "calc"]);
     let bare = repos.path().join("calc.git");
     git(repos.path(), &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
-    kodel_server::testing::agent_may_use(&bare);
+    kodel_testkit::agent_may_use(&bare);
     stack.call("POST", "/api/v1/orgs/acme/modules", json!({"project": "KOD", "name": "calc", "url": format!("file://{}", bare.display())})).await;
     let t = stack.call("POST", "/api/v1/orgs/acme/agent-tokens", json!({"name": "tui"})).await;
     let work = tempfile::tempdir().unwrap();
@@ -106,7 +106,7 @@ async fn a_task_from_creation_to_an_approved_patch_in_the_tui() {
         Command::new(sibling("kodel-agent"))
             .args(["--server", &stack.base(), "--name", "tui-agent", "--allow-file-remotes", "--workdir"])
             .arg(work.path())
-            .args(kodel_server::testing::agent_user_args())
+            .args(kodel_testkit::agent_user_args())
             .env("KODEL_AGENT_TOKEN", t["token"].as_str().unwrap())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -5,7 +5,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kodel_server::testing::free_port;
+use kodel_testkit::free_port;
 use serde_json::{Value, json};
 
 

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kodel_server::testing::scripted_llm::ScriptedLlm;
-pub use kodel_server::testing::free_port;
-use kodel_server::testing::{ServerProcess, api, database_url, fresh_database, register, sibling_binary};
+use kodel_testkit::scripted_llm::ScriptedLlm;
+pub use kodel_testkit::free_port;
+use kodel_testkit::{ServerProcess, api, database_url, fresh_database, register, sibling_binary};
 use serde_json::{Value, json};
 
 pub fn server_binary() -> PathBuf {
@@ -103,7 +103,7 @@ impl Stack {
             .arg(self.work.path())
             .args(["--name", name])
             .args(if flags.contains(&"--sandbox") { &[][..] } else { &["--sandbox", "auto"][..] })
-            .args(kodel_server::testing::agent_user_args())
+            .args(kodel_testkit::agent_user_args())
             .args(flags)
             .env("KODEL_AGENT_TOKEN", &self.agent_token)
             .env("RUST_LOG", "info")

@@ -2,7 +2,7 @@
 //! local port, and a user who owns some orgs.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use kodel_server::testing::register;
+use kodel_testkit::register;
 use kodel_server::{Config, Server};
 use serde_json::{Value, json};
 
@@ -20,7 +20,7 @@ impl Bench {
 
     /// The same with the given LLM provider settings (e.g. a scripted provider's URL).
     pub async fn start_with(engine_tick: f64, llm: kodel_server::config::LlmSettings) -> Self {
-        let db = kodel_server::testing::fresh_database().await;
+        let db = kodel_testkit::fresh_database().await;
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: None,

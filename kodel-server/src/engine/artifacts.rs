@@ -6,7 +6,7 @@
 use kodel_core::ErrorCode;
 use kodel_core::api::MAX_COMMENT;
 use kodel_core::events::{ArtifactDecided, CommentAdded, TaskEvent};
-use kodel_core::jobs::ArtifactKind;
+use kodel_core::jobs::{ArtifactKind, ArtifactState};
 use uuid::Uuid;
 
 use crate::engine::workflow::{self, MoveCause};
@@ -31,8 +31,10 @@ pub struct Decided {
 struct DecideRow {
     task_id: Uuid,
     job_id: Uuid,
-    kind: String,
-    state: String,
+    #[sqlx(try_from = "String")]
+    kind: ArtifactKind,
+    #[sqlx(try_from = "String")]
+    state: ArtifactState,
     title: String,
     /// The binding's statuses for approve and reject.
     next: Option<String>,
@@ -66,25 +68,24 @@ pub async fn decide(db: &mut OrgTx, artifact: Uuid, decision: Decision, comment:
     .await?;
     let DecideRow { task_id: task, job_id: job, kind, state, title, next, back, in_place } =
         row.ok_or_else(|| ApiError::new(ErrorCode::ArtifactNotFound, format!("artifact {artifact} not found")))?;
-    if state != "pending" {
+    if state != ArtifactState::Pending {
         return Err(ApiError::new(ErrorCode::ArtifactDecided, format!("artifact {artifact} was already {state}")));
     }
     let (new_state, target) = match decision {
-        Decision::Approve => ("approved", next),
-        Decision::Reject => ("rejected", back),
+        Decision::Approve => (ArtifactState::Approved, next),
+        Decision::Reject => (ArtifactState::Rejected, back),
     };
     let actor = db.actor;
     // A job's artifacts (its branch, patch and pull request) are one piece of work:
     // deciding on one decides them all.
     let decided: Vec<Uuid> = sqlx::query_scalar("UPDATE artifacts SET state = $2, decided_by = $3, decided_at = now(), comment = $4 WHERE id = $1 OR (job_id = $5 AND state = 'pending') RETURNING id")
         .bind(artifact)
-        .bind(new_state)
+        .bind(new_state.as_str())
         .bind(actor)
         .bind(comment)
         .bind(job)
         .fetch_all(db.conn())
         .await?;
-    let kind = ArtifactKind::try_from(kind).map_err(ApiError::internal)?;
     let what = ArtifactDecided { artifact_id: artifact, job_id: job, kind, comment: comment.map(str::to_owned), decided };
     let event = match decision {
         Decision::Approve => TaskEvent::ArtifactApproved(what),

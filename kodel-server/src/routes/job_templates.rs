@@ -27,7 +27,8 @@ pub fn router() -> Router<AppState> {
 struct Row {
     id: Uuid,
     name: String,
-    kind: String,
+    #[sqlx(try_from = "String")]
+    kind: JobKind,
     prompt: String,
     model: Option<String>,
     allowed_tools: Vec<String>,
@@ -44,7 +45,7 @@ impl Row {
         JobTemplate {
             id: self.id,
             name: self.name,
-            kind: JobKind::parse(&self.kind).unwrap_or(JobKind::Custom),
+            kind: self.kind,
             prompt: self.prompt,
             model: self.model,
             allowed_tools: self.allowed_tools,

@@ -11,7 +11,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 
 
-pub use kodel_server::testing::fresh_database;
+pub use kodel_testkit::fresh_database;
 
 pub fn test_config() -> Config {
     Config {
@@ -252,6 +252,6 @@ impl SseClient {
 }
 
 /// The real `kodel-server` binary of this build.
-pub fn start_server(args: &[&str], env: &[(&str, &str)]) -> kodel_server::testing::ServerProcess {
-    kodel_server::testing::ServerProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_kodel-server")), args, env)
+pub fn start_server(args: &[&str], env: &[(&str, &str)]) -> kodel_testkit::ServerProcess {
+    kodel_testkit::ServerProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_kodel-server")), args, env)
 }

@@ -313,7 +313,6 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
     stop(&mut child, "kodel-server").await
 }
 
-/// A message on stderr that cannot fail the shutdown (stderr may be a closed pipe).
 /// The user the local agent runs as when `kodel up` runs as root: `kodel-agent`, a
 /// system account made here on first use. None when not root.
 const AGENT_USER: &str = "kodel-agent";
@@ -322,20 +321,33 @@ fn agent_user() -> Result<Option<&'static str>, CliError> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
-    if nix::unistd::User::from_name(AGENT_USER).ok().flatten().is_none() {
+    let exists = || nix::unistd::User::from_name(AGENT_USER).ok().flatten().is_some();
+    // Another `kodel up` may be making it at the same moment (useradd then fails, or
+    // finds /etc/passwd locked): look again before giving up.
+    let mut why = String::new();
+    for _ in 0..5 {
+        if exists() {
+            return Ok(Some(AGENT_USER));
+        }
         let made = std::process::Command::new("useradd")
             .args(["--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", AGENT_USER])
             .output()
             .map_err(|e| e.to_string())
             .and_then(|out| if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()) });
-        if let Err(why) = made {
-            return Err(CliError::new(exit::FAILURE, format!("cannot create the user {AGENT_USER} for the local agent (useradd): {why}"))
-                .hint("run kodel up as a normal user, or create it: useradd --system kodel-agent"));
+        match made {
+            Ok(()) => return Ok(Some(AGENT_USER)),
+            Err(e) => why = e,
         }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    Ok(Some(AGENT_USER))
+    if exists() {
+        return Ok(Some(AGENT_USER));
+    }
+    Err(CliError::new(exit::FAILURE, format!("cannot create the user {AGENT_USER} for the local agent (useradd): {why}"))
+        .hint("run kodel up as a normal user, or create it: useradd --system kodel-agent"))
 }
 
+/// A message on stderr that cannot fail the shutdown (stderr may be a closed pipe).
 fn say(msg: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{msg}");

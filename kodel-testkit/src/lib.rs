@@ -1,5 +1,8 @@
-//! Support for tests of this crate and of the clients: a fresh PostgreSQL database per
-//! test, and the real `kodel-server` binary as a child process with its log collected.
+//! Support for the tests and benchmarks of every Kodel crate (a dev-dependency only,
+//! never part of a shipped binary): a fresh PostgreSQL database per test, the real
+//! `kodel-server` binary as a child process with its log collected, a scripted LLM
+//! provider speaking the providers' wire formats (`scripted_llm`), a forge
+//! (`forge`), and a tmux driver for the TUI (`tmux`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod forge;
