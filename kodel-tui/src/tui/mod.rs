@@ -13,7 +13,6 @@ pub mod stream;
 pub mod ui;
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Instant;
 
 use crossterm::event::{DisableBracketedPaste, DisableMouseCapture, EnableBracketedPaste, EnableMouseCapture, Event as TermEvent, EventStream, KeyEventKind, MouseEventKind};
@@ -97,7 +96,7 @@ pub async fn run_with(ctx: &mut Ctx, welcome: Option<String>) -> Result<(), CliE
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
-    let api = Arc::new(tokio::sync::Mutex::new(ctx.client.fork()));
+    let api = ctx.client.clone();
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
     let mut net = Net::new(api, tx.clone(), org.clone());
     let mut app = App::new(org);
