@@ -497,7 +497,7 @@ mod tests {
     #[tokio::test]
     async fn only_a_connection_that_held_starts_the_count_again() {
         let (base, _) = fake(|_| async { Reply::Stream(vec![Part::Text(leak(stored(1)))], false) }).await;
-        let policy = Policy { steady: Duration::from_millis(200), ..quick() };
+        let policy = Policy { steady: Duration::from_millis(500), ..quick() };
         let mut f = Follower::with_policy(client(&base, "a"), "/events", None, policy);
         for attempt in 1..=3 {
             assert!(matches!(next(&mut f).await, Update::Connected));
@@ -505,7 +505,7 @@ mod tests {
             assert!(matches!(next(&mut f).await, Update::Lost { attempt: a, .. } if a == attempt), "a server that hangs up at once: failure {attempt}");
         }
         assert!(matches!(next(&mut f).await, Update::Connected));
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
         assert!(matches!(next(&mut f).await, Update::Event(_)));
         assert!(matches!(next(&mut f).await, Update::Lost { attempt: 1, .. }));
     }
@@ -539,7 +539,7 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(500), "the heartbeats kept it");
         let Update::Lost { error, attempt: 1, .. } = next(&mut f).await else { panic!() };
         assert_eq!(error, "nothing from the server for 0.3 s");
-        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(started.elapsed() < Duration::from_secs(5));
         assert!(matches!(next(&mut f).await, Update::Connected));
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 2);
