@@ -1,9 +1,14 @@
 //! The API client: bearer auth, one transparent refresh on an expired access token,
 //! and server errors turned into exit codes with their message.
+//!
+//! Clones share their credentials: the TUI's tasks each hold one, and a token one of
+//! them refreshed is the token all of them send next.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kodel_core::error::ErrorBody;
+use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -11,10 +16,14 @@ use serde_json::Value;
 use crate::config::Credentials;
 use crate::exit::{self, CliError};
 
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     pub server: String,
-    creds: Option<Credentials>,
+    creds: Arc<Mutex<Option<Credentials>>>,
+    /// Held while a refresh is under way: a refresh token works once (a second use ends
+    /// the session), so requests that met an expired token together refresh it once.
+    refreshing: Arc<tokio::sync::Mutex<()>>,
     /// Set when the token came from KODEL_TOKEN: nothing is saved then.
     ephemeral: bool,
 }
@@ -26,54 +35,69 @@ impl Client {
             .user_agent(concat!("kodel/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
-        Ok(Self { http, server: server.trim_end_matches('/').to_owned(), creds, ephemeral })
+        Ok(Self {
+            http,
+            server: server.trim_end_matches('/').to_owned(),
+            creds: Arc::new(Mutex::new(creds)),
+            refreshing: Arc::default(),
+            ephemeral,
+        })
     }
 
-    /// Another client with the same server and credentials (for the TUI's tasks).
-    pub fn fork(&self) -> Client {
-        Client { http: self.http.clone(), server: self.server.clone(), creds: self.creds.clone(), ephemeral: self.ephemeral }
+    pub fn credentials(&self) -> Option<Credentials> {
+        self.creds.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    pub fn credentials(&self) -> Option<&Credentials> {
-        self.creds.as_ref()
+    pub fn set_credentials(&self, creds: Credentials) {
+        *self.creds.lock().unwrap_or_else(PoisonError::into_inner) = Some(creds);
     }
 
-    pub fn set_credentials(&mut self, creds: Credentials) {
-        self.creds = Some(creds);
+    fn bearer(&self) -> Option<String> {
+        self.creds.lock().unwrap_or_else(PoisonError::into_inner).as_ref().and_then(Credentials::bearer).map(str::to_owned)
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.server)
     }
 
-    pub async fn get<T: DeserializeOwned>(&mut self, path: &str) -> Result<T, CliError> {
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
         self.send(Method::GET, path, None).await
     }
 
-    pub async fn post<T: DeserializeOwned>(&mut self, path: &str, body: Value) -> Result<T, CliError> {
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: Value) -> Result<T, CliError> {
         self.send(Method::POST, path, Some(body)).await
     }
 
-    pub async fn patch<T: DeserializeOwned>(&mut self, path: &str, body: Value) -> Result<T, CliError> {
+    pub async fn patch<T: DeserializeOwned>(&self, path: &str, body: Value) -> Result<T, CliError> {
         self.send(Method::PATCH, path, Some(body)).await
     }
 
     /// Sends a request; on 401 with a refresh token, refreshes once and retries.
-    pub async fn send<T: DeserializeOwned>(&mut self, method: Method, path: &str, body: Option<Value>) -> Result<T, CliError> {
+    pub async fn send<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Value>) -> Result<T, CliError> {
         let resp = self.authed(method, path, body).await?;
         decode(resp).await
     }
 
     /// A request as is (for streams), after one refresh of an expired access token.
-    pub async fn authed(&mut self, method: Method, path: &str, body: Option<Value>) -> Result<reqwest::Response, CliError> {
-        let resp = self.raw(method.clone(), path, body.clone()).await?;
-        if resp.status() == StatusCode::UNAUTHORIZED && self.refresh().await? { self.raw(method, path, body).await } else { Ok(resp) }
+    pub async fn authed(&self, method: Method, path: &str, body: Option<Value>) -> Result<reqwest::Response, CliError> {
+        self.authed_with(method, path, body, HeaderMap::new()).await
+    }
+
+    /// [`Client::authed`] with more headers (a stream's `Last-Event-ID`).
+    pub async fn authed_with(&self, method: Method, path: &str, body: Option<Value>, headers: HeaderMap) -> Result<reqwest::Response, CliError> {
+        let sent = self.bearer();
+        let resp = self.raw_with(method.clone(), path, body.clone(), headers.clone()).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED && self.refresh(sent.as_deref()).await? { self.raw_with(method, path, body, headers).await } else { Ok(resp) }
     }
 
     /// A request as is, without error mapping (for streams).
     pub async fn raw(&self, method: Method, path: &str, body: Option<Value>) -> Result<reqwest::Response, CliError> {
-        let mut req = self.http.request(method, self.url(path));
-        if let Some(token) = self.creds.as_ref().and_then(Credentials::bearer) {
+        self.raw_with(method, path, body, HeaderMap::new()).await
+    }
+
+    async fn raw_with(&self, method: Method, path: &str, body: Option<Value>, headers: HeaderMap) -> Result<reqwest::Response, CliError> {
+        let mut req = self.http.request(method, self.url(path)).headers(headers);
+        if let Some(token) = self.bearer() {
             req = req.bearer_auth(token);
         }
         if let Some(b) = body {
@@ -88,9 +112,14 @@ impl Client {
             .hint("is kodel-server running there? set another with --server or KODEL_SERVER")
     }
 
-    /// Trades the refresh token for a new pair and saves it. False if there is none.
-    async fn refresh(&mut self) -> Result<bool, CliError> {
-        let Some(creds) = self.creds.as_ref() else { return Ok(false) };
+    /// After `sent` was refused: trades the refresh token for a new pair and saves it,
+    /// unless another request did so meanwhile. False if there is nothing to retry with.
+    async fn refresh(&self, sent: Option<&str>) -> Result<bool, CliError> {
+        let _one = self.refreshing.lock().await;
+        if self.bearer().as_deref() != sent {
+            return Ok(true);
+        }
+        let Some(creds) = self.credentials() else { return Ok(false) };
         let (Some(rt), None) = (creds.refresh_token.clone(), creds.api_token.as_ref()) else { return Ok(false) };
         let resp = self
             .http
@@ -103,13 +132,13 @@ impl Client {
             return Ok(false);
         }
         let pair: kodel_core::api::TokenPair = decode(resp).await?;
-        let mut creds = creds.clone();
+        let mut creds = creds;
         creds.access_token = Some(pair.access_token);
         creds.refresh_token = Some(pair.refresh_token);
         if !self.ephemeral {
             creds.save(&self.server)?;
         }
-        self.creds = Some(creds);
+        self.set_credentials(creds);
         Ok(true)
     }
 }

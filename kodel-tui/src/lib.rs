@@ -7,6 +7,6 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod exit;
+pub mod follow;
 pub mod output;
-pub mod sse;
 pub mod tui;

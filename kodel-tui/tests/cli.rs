@@ -234,6 +234,68 @@ async fn an_expired_access_token_is_refreshed_transparently() {
     assert_ne!(creds[&server]["refresh_token"].as_str().unwrap(), old_refresh, "the rotated pair was saved");
 }
 
+/// `kodel task logs -f` keeps following across a server restart: what happened while it
+/// was away comes once, in order, and so does what follows.
+#[tokio::test]
+async fn task_logs_follow_a_server_restart_without_missing_or_repeating() {
+    let db = fresh_database().await;
+    let url = database_url(&db);
+    let listen = format!("127.0.0.1:{}", kodel_server::testing::free_port());
+    let server = ServerProcess::start_on(&server_binary(), &listen, &[], &[("DATABASE_URL", &url)]);
+    let mut env = Env { server, config: tempfile::tempdir().unwrap() };
+    env.ok(&["register", "--email", "me@x.io", "--name", "Me", "--password-stdin"], Some("password123\n"));
+    env.ok(&["org", "create", "acme"], None);
+    env.ok(&["project", "create", "KOD", "--name", "K"], None);
+    env.ok(&["task", "create", "one"], None);
+    let stderr = tempfile::NamedTempFile::new().unwrap();
+    let mut logs = Command::new(env!("CARGO_BIN_EXE_kodel"))
+        .args(["task", "logs", "KOD-1", "-f", "--json"])
+        .env("KODEL_CONFIG_DIR", env.config.path())
+        .env("KODEL_SERVER", &env.server.base)
+        .env("KODEL_NO_KEYRING", "1")
+        .env_remove("KODEL_TOKEN")
+        .env_remove("KODEL_ORG")
+        .env_remove("KODEL_PROJECT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel::<String>();
+    let out = logs.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next = || -> Value { serde_json::from_str(&lines.recv_timeout(std::time::Duration::from_secs(30)).expect("a line from kodel task logs -f")).unwrap() };
+    let mut seen = vec![next()];
+    env.ok(&["task", "comment", "KOD-1"], Some("before the restart\n"));
+    seen.push(next());
+    // Stop the server under it, start it again where it was, and change the task at once
+    // (before the follower is back: it waits between tries).
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(env.server.child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(env.server.child.wait().unwrap().success());
+    env.server = ServerProcess::start_on(&server_binary(), &listen, &[], &[("DATABASE_URL", &url)]);
+    env.ok(&["task", "comment", "KOD-1"], Some("while it was away\n"));
+    env.ok(&["task", "move", "KOD-1", "In Progress"], None);
+    seen.push(next());
+    seen.push(next());
+    env.ok(&["task", "comment", "KOD-1"], Some("after\n"));
+    seen.push(next());
+    let _ = logs.kill();
+    let _ = logs.wait();
+    let more: Vec<String> = lines.try_iter().collect();
+    assert!(more.is_empty(), "nothing twice: {more:?}");
+    // Each event by its number in the task, and a comment's text.
+    let story: Vec<(i64, &str)> = seen.iter().map(|e| (e["seq"].as_i64().unwrap(), e["payload"]["body"].as_str().unwrap_or(""))).collect();
+    assert_eq!(story, [(1, ""), (2, "before the restart"), (3, "while it was away"), (4, ""), (5, "after")]);
+    assert_eq!(seen[3]["payload"]["to"], "In Progress");
+    let said = std::fs::read_to_string(stderr.path()).unwrap();
+    assert!(said.contains("reconnecting in"), "{said}");
+}
+
 #[tokio::test]
 async fn engine_commands_through_the_real_binaries() {
     let env = Env::start().await;

@@ -62,7 +62,7 @@ pub async fn login(ctx: &mut Ctx, args: LoginArgs) -> Result<(), CliError> {
     let server = ctx.client.server.clone();
     let (creds, email) = if let Some(token) = args.token {
         let creds = Credentials { api_token: Some(token), ..Credentials::default() };
-        let mut probe = Client::new(&server, Some(creds.clone()), true)?;
+        let probe = Client::new(&server, Some(creds.clone()), true)?;
         let me: User = probe.get("/api/v1/me").await?;
         (Credentials { email: Some(me.email.clone()), ..creds }, me.email)
     } else {
@@ -109,7 +109,7 @@ pub async fn password_login(client: &Client, email: &str, password: &str) -> Res
 
 pub async fn logout(ctx: &mut Ctx) -> Result<(), CliError> {
     let server = ctx.client.server.clone();
-    if let Some(rt) = ctx.client.credentials().and_then(|c| c.refresh_token.clone()) {
+    if let Some(rt) = ctx.client.credentials().and_then(|c| c.refresh_token) {
         // End the session on the server too; being offline does not stop a logout.
         let _ = ctx.client.raw(reqwest::Method::POST, "/api/v1/auth/logout", Some(json!({ "refresh_token": rt }))).await;
     }

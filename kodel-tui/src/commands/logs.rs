@@ -1,83 +1,62 @@
 //! `kodel task logs KEY [-f] [--since N]`: a task's events and its agent's work as
 //! plain text, one line an event (or NDJSON with --json), for terminals and pipes.
 //!
-//! The history comes page by page from `/history`; `-f` then follows the task's SSE
-//! stream from the last event read (`last_event_id`), so nothing is missed or printed
-//! twice, and reconnects the same way if the server goes away.
+//! The history comes page by page from `/history`; `-f` then follows the task's stream
+//! (crate::follow) from the last event read, so nothing is missed or printed twice.
+//! When the stream loses its place, the history after the last event printed is read
+//! again; an event already printed (by its number in the task) is not printed again.
 
 use std::io::Write;
-use std::time::Duration;
 
-use futures::StreamExt;
 use kodel_core::api::{Event, Page};
-use reqwest::Method;
 use serde_json::Value;
 
 use super::Ctx;
-use crate::client::decode;
 use crate::exit::CliError;
-use crate::sse::SseParser;
+use crate::follow::{Follower, Update};
 
 pub async fn run(ctx: &mut Ctx, task: &str, follow: bool, since: Option<i32>) -> Result<(), CliError> {
     let mut after = since.unwrap_or(0);
-    let mut last_id: Option<i64> = None;
+    let last_id = history(ctx, task, &mut after).await?;
+    if !follow {
+        return Ok(());
+    }
+    let mut stream = Follower::new(ctx.client.clone(), format!("{task}/events"), last_id);
+    loop {
+        match stream.next().await? {
+            Update::Connected => {}
+            Update::Event(ev) if ev.seq > after => {
+                print_event(ctx.json, &ev)?;
+                after = ev.seq;
+            }
+            Update::Event(_) => {}
+            Update::Live(data) => print_live(ctx.json, &data)?,
+            Update::Resync => {
+                eprintln!("kodel: the event stream lost its place; reading the history after event {after} again");
+                if let Some(id) = history(ctx, task, &mut after).await? {
+                    stream.resume_after(id);
+                }
+            }
+            Update::Lost { error, retry_in, .. } => eprintln!("kodel: {error}; reconnecting in {:.1} s", retry_in.as_secs_f32()),
+        }
+    }
+}
+
+/// Prints the task's events after number `after`, page by page, moving `after` on; the
+/// id of the last one printed.
+async fn history(ctx: &Ctx, task: &str, after: &mut i32) -> Result<Option<i64>, CliError> {
+    let mut last_id = None;
     loop {
         let page: Page<Event> = ctx.client.get(&format!("{task}/history?after={after}&limit=500")).await?;
         for ev in &page.data {
             print_event(ctx.json, ev)?;
-            after = ev.seq;
+            *after = ev.seq;
             last_id = Some(ev.id);
         }
-        if page.next_cursor.is_none() {
-            break;
+        if page.next_cursor.is_none() || page.data.is_empty() {
+            return Ok(last_id);
         }
     }
-    if !follow {
-        return Ok(());
-    }
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        let path = match last_id {
-            Some(id) => format!("{task}/events?last_event_id={id}"),
-            None => format!("{task}/events"),
-        };
-        // A stream ends when its access token expires: the next one refreshes it.
-        match ctx.client.authed(Method::GET, &path, None).await {
-            Ok(resp) if resp.status().is_success() => {
-                backoff = Duration::from_millis(500);
-                follow_stream(ctx.json, resp, &mut last_id).await?;
-                eprintln!("kodel: the event stream ended; reconnecting");
-            }
-            Ok(resp) => return decode::<Value>(resp).await.map(|_| ()),
-            Err(e) => eprintln!("kodel: {}; retrying in {} s", e.message, backoff.as_secs_f32()),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
-    }
-}
-
-/// Prints the stream's events until it ends.
-async fn follow_stream(json: bool, resp: reqwest::Response, last_id: &mut Option<i64>) -> Result<(), CliError> {
-    let mut body = resp.bytes_stream();
-    let mut parser = SseParser::default();
-    while let Some(chunk) = body.next().await {
-        let Ok(chunk) = chunk else { return Ok(()) };
-        for ev in parser.push(&chunk) {
-            if ev.kind == "resync" {
-                eprintln!("kodel: the server lost track of this stream's position; some events may be missing above");
-                continue;
-            }
-            if let Some(id) = ev.id {
-                *last_id = Some(id);
-                if let Ok(ev) = serde_json::from_str::<Event>(&ev.data) {
-                    print_event(json, &ev)?;
-                }
-            } else {
-                print_live(json, &ev.data)?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// One stored event: a line of text, or its JSON.

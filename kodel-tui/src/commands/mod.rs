@@ -43,7 +43,7 @@ impl Ctx {
     }
 
     pub fn require_login(&self) -> Result<(), CliError> {
-        if self.client.credentials().and_then(Credentials::bearer).is_some() {
+        if self.client.credentials().is_some_and(|c| c.bearer().is_some()) {
             Ok(())
         } else {
             Err(CliError::new(exit::AUTH, format!("not logged in to {}", self.client.server))

@@ -2,17 +2,28 @@
 //! message changes the state and may ask for [`Effect`]s, which `net.rs` (and the event
 //! loop, for the editor) carry out and answer with [`Msg`]s. That keeps every view's
 //! key handling testable without a terminal or a server.
+//!
+//! Here: the [`App`], the keys every view shares, the messages and what they change.
+//! Each view's own keys (one `match` a view) and drawing are in its module: `board.rs`,
+//! `detail.rs` (a task), `agents.rs`, `jobs.rs`; the form in `form.rs`; help, pickers,
+//! prompts and the artifact view in `overlay.rs`.
 
 use std::collections::HashMap;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
-use kodel_core::api::{Comment, Event, Org, Priority, Project, Task};
+use kodel_core::api::{Comment, Event, Org, Project, Task};
 use kodel_core::infra::Agent;
 use kodel_core::jobs::{Artifact, ArtifactState, Job, JobState};
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
-use super::stream::{Entry, Stream};
+// The types of App's fields, for whoever holds an App.
+pub use super::board::Board;
+pub use super::detail::Detail;
+use super::form::{FIELDS, Field};
+pub use super::overlay::{Overlay, Pick, PromptFor};
+use super::stream::Stream;
+use super::{agents, board, detail, form, jobs, overlay};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum View {
@@ -28,127 +39,6 @@ pub enum Conn {
     Connecting,
     Live,
     Retrying { attempt: u32, error: String },
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Board {
-    pub col: usize,
-    pub row: usize,
-    /// The task the cursor is on: the cursor follows it when tasks move or arrive.
-    pub key: Option<String>,
-    /// A list of every task instead of columns.
-    pub list: bool,
-    pub filter: String,
-}
-
-#[derive(Debug, Default)]
-pub struct Detail {
-    pub key: String,
-    pub task: Option<Task>,
-    pub comments: Vec<Comment>,
-    pub jobs: Vec<Job>,
-    pub artifacts: Vec<Artifact>,
-    /// The artifact keys act on.
-    pub art: usize,
-    pub stream: Stream,
-    /// The selected stream entry; None follows the newest.
-    pub sel: Option<usize>,
-    pub search: String,
-    pub loaded: bool,
-    /// Lines the info pane is scrolled by (`u`/`d`).
-    pub info_scroll: u16,
-    /// Lines skipped of the selected entry (PgDn/PgUp in a long, open output).
-    pub sel_off: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pick {
-    Project,
-    Org,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PromptFor {
-    Filter,
-    Search,
-    Comment(String),
-    Approve(Uuid),
-    Reject(Uuid),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Field {
-    Title,
-    Description,
-    Priority,
-    Labels,
-    Assignee,
-}
-
-pub const FIELDS: [Field; 5] = [Field::Title, Field::Description, Field::Priority, Field::Labels, Field::Assignee];
-
-/// Create or edit a task.
-#[derive(Debug, Clone)]
-pub struct Form {
-    /// The task being edited (key, version), or None for a new one.
-    pub editing: Option<(String, i32)>,
-    pub title: String,
-    pub description: String,
-    pub priority: Priority,
-    pub labels: String,
-    pub assignee: String,
-    pub field: usize,
-    pub error: Option<String>,
-    /// Sent, waiting for the server: a second save is not sent.
-    pub saving: bool,
-}
-
-impl Form {
-    pub fn new() -> Form {
-        Form { editing: None, title: String::new(), description: String::new(), priority: Priority::None, labels: String::new(), assignee: String::new(), field: 0, error: None, saving: false }
-    }
-
-    pub fn edit(t: &Task) -> Form {
-        Form {
-            editing: Some((t.key.clone(), t.version)),
-            title: t.title.clone(),
-            description: t.description.clone(),
-            priority: t.priority,
-            labels: t.labels.join(", "),
-            assignee: t.assignee.clone().unwrap_or_default(),
-            field: 0,
-            error: None,
-            saving: false,
-        }
-    }
-
-    fn text_mut(&mut self) -> Option<&mut String> {
-        match FIELDS[self.field] {
-            Field::Title => Some(&mut self.title),
-            Field::Description => Some(&mut self.description),
-            Field::Labels => Some(&mut self.labels),
-            Field::Assignee => Some(&mut self.assignee),
-            Field::Priority => None,
-        }
-    }
-}
-
-impl Default for Form {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-#[derive(Debug, Clone)]
-pub enum Overlay {
-    None,
-    Help,
-    Move { key: String, options: Vec<String>, sel: usize },
-    Pick { what: Pick, items: Vec<(String, String)>, sel: usize },
-    Form(Box<Form>),
-    Prompt { purpose: PromptFor, input: String },
-    /// The selected artifact's content (a diff, a review, a test report), scrolled.
-    Artifact { scroll: usize },
 }
 
 /// What the app asks the outside world to do.
@@ -212,13 +102,13 @@ pub enum Msg {
 
 /// Moves sent for one task and not answered yet.
 #[derive(Debug, Clone)]
-struct Moving {
+pub(super) struct Moving {
     /// The task's version when the first of them was shown: a copy of the task no newer
     /// than this was read before the moves and must not undo them on screen.
-    base: i32,
+    pub(super) base: i32,
     /// Where the last of them puts it.
-    to: String,
-    count: usize,
+    pub(super) to: String,
+    pub(super) count: usize,
 }
 
 pub struct App {
@@ -245,9 +135,9 @@ pub struct App {
     /// The project asked for last: a board for another one (a late reply) is dropped.
     pub wanted: Option<String>,
     /// Save the settings when the next board arrives (after a switch).
-    save_on_board: bool,
+    pub(super) save_on_board: bool,
     /// Moves in flight, by task key (their status is shown before the server answers).
-    moving: HashMap<String, Moving>,
+    pub(super) moving: HashMap<String, Moving>,
 }
 
 impl App {
@@ -283,97 +173,19 @@ impl App {
         Effect::OpenProject(key)
     }
 
-    /// Puts the cursor back on the task it was on, wherever that task is now.
-    fn reanchor(&mut self) {
-        if let Some(key) = self.board.key.clone() {
-            if self.board.list {
-                if let Some(i) = self.list_tasks().iter().position(|t| t.key == key) {
-                    self.board.row = i;
-                }
-            } else if let Some(t) = self.tasks.iter().find(|t| t.key == key && self.visible(t)) {
-                let status = t.status.clone();
-                if let Some(c) = self.columns().iter().position(|s| s.name == status) {
-                    self.board.col = c;
-                    self.board.row = self.column_tasks(&status).iter().position(|t| t.key == key).unwrap_or(0);
-                }
-            }
-        }
-        self.clamp_board();
-        self.board.key = self.selected().map(|t| t.key.clone());
-    }
-
-    /// The workflow's statuses, in order.
-    pub fn columns(&self) -> Vec<&kodel_core::api::Status> {
-        let mut cols: Vec<_> = self.project.iter().flat_map(|p| p.workflow.statuses.iter()).collect();
-        cols.sort_by_key(|s| s.position);
-        cols
-    }
-
-    /// Whether a task passes the board's filter: words match the key or title,
-    /// `#label` or `label:x` a label, `@who` the assignee.
-    pub fn visible(&self, t: &Task) -> bool {
-        self.board.filter.split_whitespace().all(|word| {
-            let w = word.to_lowercase();
-            if let Some(l) = w.strip_prefix('#').or_else(|| w.strip_prefix("label:")) {
-                t.labels.iter().any(|x| x.to_lowercase().contains(l))
-            } else if let Some(a) = w.strip_prefix('@') {
-                t.assignee.as_deref().is_some_and(|x| x.to_lowercase().contains(a))
-            } else {
-                t.key.to_lowercase().contains(&w) || t.title.to_lowercase().contains(&w)
-            }
-        })
-    }
-
-    /// The tasks of a status that pass the filter, by number.
-    pub fn column_tasks(&self, status: &str) -> Vec<&Task> {
-        let mut ts: Vec<&Task> = self.tasks.iter().filter(|t| t.status == status && !t.archived && self.visible(t)).collect();
-        ts.sort_by_key(|t| t.number);
-        ts
-    }
-
-    /// Every visible task, by status order then number (the list view).
-    pub fn list_tasks(&self) -> Vec<&Task> {
-        let order: HashMap<&str, i32> = self.columns().iter().map(|s| (s.name.as_str(), s.position)).collect();
-        let mut ts: Vec<&Task> = self.tasks.iter().filter(|t| !t.archived && self.visible(t)).collect();
-        ts.sort_by_key(|t| (order.get(t.status.as_str()).copied().unwrap_or(i32::MAX), t.number));
-        ts
-    }
-
-    /// The task the board's cursor is on.
-    pub fn selected(&self) -> Option<&Task> {
-        if self.board.list {
-            return self.list_tasks().get(self.board.row).copied();
-        }
-        let cols = self.columns();
-        let col = cols.get(self.board.col)?;
-        self.column_tasks(&col.name).get(self.board.row).copied()
-    }
-
     /// The task keys act on: the open one in the detail view, else the board's.
-    fn current_task(&self) -> Option<&Task> {
+    pub(super) fn current_task(&self) -> Option<&Task> {
         match self.view {
             View::Task => self.detail.as_ref().and_then(|d| d.task.as_ref()),
             _ => self.selected(),
         }
     }
 
-    fn clamp_board(&mut self) {
-        let cols = self.columns().len();
-        if cols == 0 {
-            self.board.col = 0;
-            self.board.row = 0;
-            return;
-        }
-        self.board.col = self.board.col.min(cols - 1);
-        let rows = if self.board.list { self.list_tasks().len() } else { self.column_tasks(&self.columns()[self.board.col].name.clone()).len() };
-        self.board.row = self.board.row.min(rows.saturating_sub(1));
-    }
-
-    fn say(&mut self, text: impl Into<String>) {
+    pub(super) fn say(&mut self, text: impl Into<String>) {
         self.status = Some((text.into(), false));
     }
 
-    fn warn(&mut self, text: impl Into<String>) {
+    pub(super) fn warn(&mut self, text: impl Into<String>) {
         self.status = Some((text.into(), true));
     }
 
@@ -410,458 +222,16 @@ impl App {
         match self.view {
             View::Board => self.board_key(k),
             View::Task => self.task_key(k),
-            View::Agents => self.list_key(k, true),
-            View::Jobs => self.list_key(k, false),
+            View::Agents => self.agents_key(k),
+            View::Jobs => self.jobs_key(k),
         }
     }
 
-    fn leave_task(&mut self, mut effects: Vec<Effect>) -> Vec<Effect> {
+    pub(super) fn leave_task(&mut self, mut effects: Vec<Effect>) -> Vec<Effect> {
         if self.detail.take().is_some() {
             effects.insert(0, Effect::CloseTask);
         }
         effects
-    }
-
-    fn board_key(&mut self, k: KeyEvent) -> Vec<Effect> {
-        self.status = None;
-        match k.code {
-            KeyCode::Char('q') => self.quit = true,
-            KeyCode::Char('h') | KeyCode::Left if !self.board.list => {
-                self.board.col = self.board.col.saturating_sub(1);
-                self.board.row = 0;
-            }
-            KeyCode::Char('l') | KeyCode::Right if !self.board.list => {
-                self.board.col += 1;
-                self.board.row = 0;
-            }
-            KeyCode::Char('j') | KeyCode::Down => self.board.row += 1,
-            KeyCode::Char('k') | KeyCode::Up => self.board.row = self.board.row.saturating_sub(1),
-            KeyCode::Char('g') | KeyCode::Home => self.board.row = 0,
-            KeyCode::Char('G') | KeyCode::End => self.board.row = usize::MAX,
-            KeyCode::Char('v') => {
-                self.board.list = !self.board.list;
-                self.board.row = 0;
-            }
-            KeyCode::Enter => {
-                if let Some(t) = self.selected() {
-                    let key = t.key.clone();
-                    return self.open_task(key);
-                }
-            }
-            KeyCode::Char('n') if self.project.is_some() => self.overlay = Overlay::Form(Box::default()),
-            KeyCode::Char('e') => {
-                if let Some(t) = self.selected() {
-                    self.overlay = Overlay::Form(Box::new(Form::edit(t)));
-                }
-            }
-            KeyCode::Char('m') => self.open_move(),
-            KeyCode::Char('>') | KeyCode::Char('L') => return self.step_move(1),
-            KeyCode::Char('<') | KeyCode::Char('H') => return self.step_move(-1),
-            KeyCode::Char('/') => self.overlay = Overlay::Prompt { purpose: PromptFor::Filter, input: self.board.filter.clone() },
-            KeyCode::Esc => self.board.filter.clear(),
-            KeyCode::Char('p') => {
-                let items = self.projects.iter().map(|p| (p.key.clone(), p.name.clone())).collect();
-                self.overlay = Overlay::Pick { what: Pick::Project, items, sel: 0 };
-                return vec![Effect::LoadProjects];
-            }
-            KeyCode::Char('o') => {
-                let items = self.orgs.iter().map(|o| (o.slug.clone(), o.name.clone())).collect();
-                self.overlay = Overlay::Pick { what: Pick::Org, items, sel: 0 };
-                return vec![Effect::LoadOrgs];
-            }
-            KeyCode::Char('r') => {
-                if let Some(p) = &self.project {
-                    let key = p.key.clone();
-                    return vec![self.open_project(key)];
-                }
-            }
-            _ => {}
-        }
-        self.clamp_board();
-        self.board.key = self.selected().map(|t| t.key.clone());
-        vec![]
-    }
-
-    fn open_task(&mut self, key: String) -> Vec<Effect> {
-        self.view = View::Task;
-        self.detail = Some(Detail { key: key.clone(), ..Detail::default() });
-        vec![Effect::OpenTask(key)]
-    }
-
-    fn open_move(&mut self) {
-        let Some(t) = self.current_task() else { return };
-        let key = t.key.clone();
-        if self.project.as_ref().is_none_or(|p| p.key != t.project) {
-            self.warn(format!("{key} is in project {}: open that project (p) to move its tasks", t.project));
-            return;
-        }
-        let options = self.columns().iter().find(|s| s.name == t.status).map(|s| s.next.clone()).unwrap_or_default();
-        if options.is_empty() {
-            let status = t.status.clone();
-            self.warn(format!("{key}: no move is allowed from {status}"));
-            return;
-        }
-        self.overlay = Overlay::Move { key, options, sel: 0 };
-    }
-
-    /// Moves the task to the next (+1) or previous (-1) column, if the workflow allows it.
-    fn step_move(&mut self, dir: i32) -> Vec<Effect> {
-        let Some(t) = self.current_task() else { return vec![] };
-        let (key, from) = (t.key.clone(), t.status.clone());
-        if self.project.as_ref().is_none_or(|p| p.key != t.project) {
-            self.warn(format!("{key} is in project {}: open that project (p) to move its tasks", t.project));
-            return vec![];
-        }
-        let cols = self.columns();
-        let Some(i) = cols.iter().position(|s| s.name == from) else { return vec![] };
-        let Some(to) = (i as i32 + dir).try_into().ok().and_then(|j: usize| cols.get(j)) else { return vec![] };
-        let to_name = to.name.clone();
-        let allowed = cols[i].next.clone();
-        if !allowed.contains(&to_name) {
-            let list = if allowed.is_empty() { "none".to_owned() } else { allowed.join(", ") };
-            self.warn(format!("{key}: {from} -> {to_name} is not allowed; allowed: {list}"));
-            return vec![];
-        }
-        self.moved_locally(&key, &to_name);
-        vec![Effect::Move { key, to: to_name }]
-    }
-
-    /// Shows a move at once (the server's answer, or its refusal, corrects it), with the
-    /// cursor on the moved task.
-    fn moved_locally(&mut self, key: &str, to: &str) {
-        if let Some(t) = self.tasks.iter_mut().find(|t| t.key == key) {
-            t.status = to.to_owned();
-            let m = self.moving.entry(key.to_owned()).or_insert(Moving { base: t.version, to: String::new(), count: 0 });
-            m.to = to.to_owned();
-            m.count += 1;
-        }
-        if self.view == View::Board {
-            self.board.key = Some(key.to_owned());
-            self.reanchor();
-        }
-    }
-
-    fn task_key(&mut self, k: KeyEvent) -> Vec<Effect> {
-        self.status = None;
-        let Some(d) = self.detail.as_mut() else {
-            self.view = View::Board;
-            return vec![];
-        };
-        let n = d.stream.entries.len();
-        // An open output of the selected entry scrolls before the selection moves on.
-        let sel_open = d.sel.and_then(|i| d.stream.entries.get(i)).is_some_and(|e| matches!(e, Entry::Tool { open: true, .. }));
-        if !matches!(k.code, KeyCode::PageDown | KeyCode::PageUp) {
-            d.sel_off = 0;
-        }
-        match k.code {
-            KeyCode::Esc | KeyCode::Char('q') | KeyCode::Char('b') => {
-                self.view = View::Board;
-                return self.leave_task(vec![]);
-            }
-            KeyCode::Char('j') | KeyCode::Down if n > 0 => d.sel = d.sel.map(|s| (s + 1).min(n - 1)).or(Some(n - 1)),
-            KeyCode::Char('k') | KeyCode::Up if n > 0 => d.sel = Some(d.sel.unwrap_or(n).saturating_sub(1)),
-            KeyCode::PageDown if sel_open => d.sel_off += 10,
-            KeyCode::PageUp if sel_open && d.sel_off > 0 => d.sel_off = d.sel_off.saturating_sub(10),
-            KeyCode::PageDown if n > 0 => d.sel = d.sel.map(|s| (s + 10).min(n - 1)),
-            KeyCode::PageUp if n > 0 => d.sel = Some(d.sel.unwrap_or(n).saturating_sub(10)),
-            KeyCode::Char('d') => d.info_scroll = d.info_scroll.saturating_add(5),
-            KeyCode::Char('u') => d.info_scroll = d.info_scroll.saturating_sub(5),
-            KeyCode::Char('g') | KeyCode::Home => d.sel = (n > 0).then_some(0),
-            KeyCode::Char('G') | KeyCode::End => d.sel = None,
-            KeyCode::Enter | KeyCode::Char(' ') | KeyCode::Char('o') => {
-                if let Some(i) = d.sel.or(n.checked_sub(1)) {
-                    d.stream.toggle(i);
-                }
-            }
-            KeyCode::Char('/') => self.overlay = Overlay::Prompt { purpose: PromptFor::Search, input: d.search.clone() },
-            KeyCode::Char('n') => self.find(true),
-            KeyCode::Char('N') => self.find(false),
-            KeyCode::Tab if !d.artifacts.is_empty() => d.art = (d.art + 1) % d.artifacts.len(),
-            KeyCode::Char('v') if !d.artifacts.is_empty() => self.overlay = Overlay::Artifact { scroll: 0 },
-            KeyCode::Char('A') | KeyCode::Char('R') => {
-                let approve = k.code == KeyCode::Char('A');
-                match d.artifacts.get(d.art) {
-                    Some(a) if a.status == ArtifactState::Pending => {
-                        let purpose = if approve { PromptFor::Approve(a.id) } else { PromptFor::Reject(a.id) };
-                        self.overlay = Overlay::Prompt { purpose, input: String::new() };
-                    }
-                    Some(a) => {
-                        let msg = format!("{} is already {}", a.title, a.status.as_str());
-                        self.warn(msg);
-                    }
-                    None => self.warn("this task has no artifact to decide on yet"),
-                }
-            }
-            KeyCode::Char('c') => {
-                let key = d.key.clone();
-                self.overlay = Overlay::Prompt { purpose: PromptFor::Comment(key), input: String::new() };
-            }
-            KeyCode::Char('e') => {
-                if let Some(t) = &d.task {
-                    self.overlay = Overlay::Form(Box::new(Form::edit(t)));
-                }
-            }
-            KeyCode::Char('m') => self.open_move(),
-            KeyCode::Char('>') | KeyCode::Char('L') => return self.step_move(1),
-            KeyCode::Char('<') | KeyCode::Char('H') => return self.step_move(-1),
-            KeyCode::Char('r') => {
-                let key = d.key.clone();
-                return vec![Effect::ReloadDetail(key)];
-            }
-            _ => {}
-        }
-        vec![]
-    }
-
-    /// Selects the next (or previous) stream entry that holds the search text.
-    fn find(&mut self, forward: bool) {
-        let Some(d) = self.detail.as_mut() else { return };
-        let needle = d.search.to_lowercase();
-        if needle.is_empty() {
-            return;
-        }
-        let n = d.stream.entries.len();
-        let start = d.sel.unwrap_or(n);
-        let hit = if forward {
-            (start + 1..n).chain(0..start.min(n)).find(|&i| d.stream.entries[i].text().to_lowercase().contains(&needle))
-        } else {
-            (0..start.min(n)).rev().chain((start..n).rev()).find(|&i| d.stream.entries[i].text().to_lowercase().contains(&needle))
-        };
-        match hit {
-            Some(i) => d.sel = Some(i),
-            None => {
-                let msg = format!("{:?} is not in the stream", d.search);
-                self.warn(msg);
-            }
-        }
-    }
-
-    fn list_key(&mut self, k: KeyEvent, agents: bool) -> Vec<Effect> {
-        self.status = None;
-        let len = if agents { self.agents.len() } else { self.jobs.len() };
-        let sel = if agents { &mut self.agents_sel } else { &mut self.jobs_sel };
-        match k.code {
-            KeyCode::Char('q') | KeyCode::Esc => self.view = View::Board,
-            KeyCode::Char('j') | KeyCode::Down => *sel = (*sel + 1).min(len.saturating_sub(1)),
-            KeyCode::Char('k') | KeyCode::Up => *sel = sel.saturating_sub(1),
-            KeyCode::Char('g') | KeyCode::Home => *sel = 0,
-            KeyCode::Char('G') | KeyCode::End => *sel = len.saturating_sub(1),
-            KeyCode::Char('r') => return vec![if agents { Effect::LoadAgents } else { Effect::LoadJobs }],
-            KeyCode::Tab => {
-                self.view = if agents { View::Jobs } else { View::Agents };
-                return vec![if agents { Effect::LoadJobs } else { Effect::LoadAgents }];
-            }
-            KeyCode::Enter if !agents => {
-                if let Some(j) = self.jobs.get(self.jobs_sel) {
-                    let key = j.task.clone();
-                    return self.open_task(key);
-                }
-            }
-            _ => {}
-        }
-        vec![]
-    }
-
-    fn overlay_key(&mut self, k: KeyEvent) -> Vec<Effect> {
-        let overlay = std::mem::replace(&mut self.overlay, Overlay::None);
-        match overlay {
-            Overlay::None => vec![],
-            Overlay::Help => vec![], // any key closes it
-            Overlay::Artifact { mut scroll } => match k.code {
-                KeyCode::Esc | KeyCode::Char('q') | KeyCode::Char('v') => vec![],
-                // Decide from here too: the prompt replaces the view.
-                KeyCode::Char('A') | KeyCode::Char('R') => self.task_key(k),
-                _ => {
-                    match k.code {
-                        KeyCode::Char('j') | KeyCode::Down => scroll += 1,
-                        KeyCode::Char('k') | KeyCode::Up => scroll = scroll.saturating_sub(1),
-                        KeyCode::PageDown | KeyCode::Char(' ') | KeyCode::Char('d') => scroll += 20,
-                        KeyCode::PageUp | KeyCode::Char('u') => scroll = scroll.saturating_sub(20),
-                        KeyCode::Char('g') | KeyCode::Home => scroll = 0,
-                        _ => {}
-                    }
-                    self.overlay = Overlay::Artifact { scroll };
-                    vec![]
-                }
-            },
-            Overlay::Move { key, options, mut sel } => match k.code {
-                KeyCode::Esc | KeyCode::Char('q') => vec![],
-                KeyCode::Char('j') | KeyCode::Down => {
-                    sel = (sel + 1).min(options.len().saturating_sub(1));
-                    self.overlay = Overlay::Move { key, options, sel };
-                    vec![]
-                }
-                KeyCode::Char('k') | KeyCode::Up => {
-                    sel = sel.saturating_sub(1);
-                    self.overlay = Overlay::Move { key, options, sel };
-                    vec![]
-                }
-                KeyCode::Enter => {
-                    let to = options[sel].clone();
-                    self.moved_locally(&key, &to);
-                    vec![Effect::Move { key, to }]
-                }
-                _ => {
-                    self.overlay = Overlay::Move { key, options, sel };
-                    vec![]
-                }
-            },
-            Overlay::Pick { what, items, mut sel } => match k.code {
-                KeyCode::Esc | KeyCode::Char('q') => vec![],
-                KeyCode::Char('j') | KeyCode::Down => {
-                    sel = (sel + 1).min(items.len().saturating_sub(1));
-                    self.overlay = Overlay::Pick { what, items, sel };
-                    vec![]
-                }
-                KeyCode::Char('k') | KeyCode::Up => {
-                    sel = sel.saturating_sub(1);
-                    self.overlay = Overlay::Pick { what, items, sel };
-                    vec![]
-                }
-                KeyCode::Enter => match (what, items.get(sel)) {
-                    (Pick::Project, Some((key, _))) => {
-                        self.board = Board::default();
-                        self.loading = true;
-                        self.save_on_board = true;
-                        let key = key.clone();
-                        vec![self.open_project(key)]
-                    }
-                    (Pick::Org, Some((slug, _))) => {
-                        self.org = slug.clone();
-                        self.project = None;
-                        self.wanted = None;
-                        self.projects.clear();
-                        self.tasks.clear();
-                        self.running.clear();
-                        self.board = Board::default();
-                        self.loading = true;
-                        self.save_on_board = true;
-                        vec![Effect::FollowOrg, Effect::LoadProjects]
-                    }
-                    _ => vec![],
-                },
-                _ => {
-                    self.overlay = Overlay::Pick { what, items, sel };
-                    vec![]
-                }
-            },
-            Overlay::Prompt { purpose, mut input } => match k.code {
-                KeyCode::Esc => vec![],
-                KeyCode::Enter => self.submit_prompt(purpose, input),
-                KeyCode::Backspace => {
-                    input.pop();
-                    self.overlay = Overlay::Prompt { purpose, input };
-                    vec![]
-                }
-                KeyCode::Char(c) if !k.modifiers.contains(KeyModifiers::CONTROL) => {
-                    input.push(c);
-                    self.overlay = Overlay::Prompt { purpose, input };
-                    vec![]
-                }
-                _ => {
-                    self.overlay = Overlay::Prompt { purpose, input };
-                    vec![]
-                }
-            },
-            // Esc closes the form; it stays open until the server took it (`Msg::Saved`).
-            Overlay::Form(_) if k.code == KeyCode::Esc => vec![],
-            Overlay::Form(mut form) => {
-                let effects = self.form_key(&mut form, k);
-                self.overlay = Overlay::Form(form);
-                effects
-            }
-        }
-    }
-
-    fn submit_prompt(&mut self, purpose: PromptFor, input: String) -> Vec<Effect> {
-        let text = input.trim().to_owned();
-        match purpose {
-            PromptFor::Filter => {
-                self.board.filter = text;
-                self.board.row = 0;
-                self.clamp_board();
-                vec![]
-            }
-            PromptFor::Search => {
-                if let Some(d) = self.detail.as_mut() {
-                    d.search = text;
-                    d.sel = None;
-                }
-                self.find(false);
-                vec![]
-            }
-            PromptFor::Comment(key) => {
-                if text.is_empty() {
-                    return vec![];
-                }
-                vec![Effect::Comment { key, body: text }]
-            }
-            PromptFor::Approve(id) => vec![Effect::Decide { id, approve: true, comment: (!text.is_empty()).then_some(text) }],
-            PromptFor::Reject(id) => vec![Effect::Decide { id, approve: false, comment: (!text.is_empty()).then_some(text) }],
-        }
-    }
-
-    fn form_key(&mut self, f: &mut Form, k: KeyEvent) -> Vec<Effect> {
-        let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
-        f.error = None;
-        match k.code {
-            KeyCode::Char('s') if ctrl => return self.submit_form(f),
-            KeyCode::Char('e') if ctrl => return vec![Effect::Edit(f.description.clone())],
-            KeyCode::Tab | KeyCode::Down => f.field = (f.field + 1) % FIELDS.len(),
-            KeyCode::BackTab | KeyCode::Up => f.field = (f.field + FIELDS.len() - 1) % FIELDS.len(),
-            KeyCode::Enter if FIELDS[f.field] == Field::Description => f.description.push('\n'),
-            KeyCode::Enter => return self.submit_form(f),
-            KeyCode::Left | KeyCode::Right | KeyCode::Char(' ') if FIELDS[f.field] == Field::Priority => {
-                const ORDER: [Priority; 5] = [Priority::None, Priority::Low, Priority::Medium, Priority::High, Priority::Urgent];
-                let i = ORDER.iter().position(|p| *p == f.priority).unwrap_or(0);
-                let next = if k.code == KeyCode::Left { (i + ORDER.len() - 1) % ORDER.len() } else { (i + 1) % ORDER.len() };
-                f.priority = ORDER[next];
-            }
-            KeyCode::Backspace => {
-                if let Some(t) = f.text_mut() {
-                    t.pop();
-                }
-            }
-            KeyCode::Char(c) if !ctrl => {
-                if let Some(t) = f.text_mut() {
-                    t.push(c);
-                }
-            }
-            _ => {}
-        }
-        vec![]
-    }
-
-    fn submit_form(&mut self, f: &mut Form) -> Vec<Effect> {
-        if f.saving {
-            return vec![];
-        }
-        let title = f.title.trim();
-        if title.is_empty() {
-            f.error = Some("a task needs a title".into());
-            f.field = 0;
-            return vec![];
-        }
-        let labels: Vec<String> = f.labels.split(',').map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
-        let assignee = f.assignee.trim();
-        let assignee = (!assignee.is_empty()).then(|| assignee.to_owned());
-        f.saving = self.project.is_some() || f.editing.is_some();
-        match &f.editing {
-            Some((key, version)) => vec![Effect::Update {
-                key: key.clone(),
-                body: json!({ "version": version, "title": title, "description": f.description, "priority": f.priority, "labels": labels, "assignee": assignee }),
-            }],
-            None => match &self.project {
-                Some(p) => vec![Effect::Create {
-                    project: p.key.clone(),
-                    body: json!({ "title": title, "description": f.description, "priority": f.priority, "labels": labels, "assignee": assignee }),
-                }],
-                None => {
-                    f.error = Some("no project to add the task to".into());
-                    vec![]
-                }
-            },
-        }
     }
 
     /// Pasted text (bracketed paste) goes into the prompt or the form's field as text,
@@ -1105,70 +475,16 @@ impl App {
 /// The keys of each view: the footer shows the first ones, `?` all of them.
 pub fn keys(view: View, overlay: &Overlay) -> &'static [(&'static str, &'static str)] {
     match overlay {
-        Overlay::Form(_) => &[("Tab", "next field"), ("Ctrl-S", "save"), ("Enter", "save (newline in description)"), ("Ctrl-E", "$EDITOR"), ("←/→", "priority"), ("Esc", "cancel")],
-        Overlay::Move { .. } | Overlay::Pick { .. } => &[("j/k", "choose"), ("Enter", "pick"), ("Esc", "cancel")],
-        Overlay::Prompt { .. } => &[("Enter", "ok"), ("Esc", "cancel")],
-        Overlay::Help => &[("any key", "close")],
-        Overlay::Artifact { .. } => &[("j/k", "scroll"), ("PgDn/PgUp", "page"), ("A/R", "approve/reject"), ("Esc", "close")],
+        Overlay::Form(_) => form::KEYS,
+        Overlay::Move { .. } | Overlay::Pick { .. } => overlay::PICK_KEYS,
+        Overlay::Prompt { .. } => overlay::PROMPT_KEYS,
+        Overlay::Help => overlay::HELP_KEYS,
+        Overlay::Artifact { .. } => overlay::ARTIFACT_KEYS,
         Overlay::None => match view {
-            View::Board => &[
-                ("?", "keys"),
-                ("q", "quit"),
-                ("h/j/k/l", "move around"),
-                ("Enter", "open"),
-                ("n", "new"),
-                ("</>", "move task"),
-                ("m", "move to..."),
-                ("/", "filter"),
-                ("e", "edit"),
-                ("v", "list/board"),
-                ("p", "project"),
-                ("o", "org"),
-                ("a", "agents"),
-                ("J", "jobs"),
-                ("r", "reload"),
-                ("Esc", "clear filter"),
-                ("filter", "words, #label, @assignee"),
-            ],
-            View::Task => &[
-                ("?", "keys"),
-                ("Esc", "back"),
-                ("j/k", "select"),
-                ("Enter", "fold output"),
-                ("A/R", "approve/reject"),
-                ("Tab", "next artifact"),
-                ("v", "view artifact"),
-                ("c", "comment"),
-                ("G", "follow"),
-                ("u/d", "scroll the task"),
-                ("PgUp/PgDn", "page (in an open output first)"),
-                ("g", "top"),
-                ("/", "search"),
-                ("n/N", "next/prev match"),
-                ("e", "edit"),
-                ("m", "move to..."),
-                ("</>", "move task"),
-                ("r", "reload"),
-            ],
-            View::Agents => &[("j/k", "select"), ("Tab", "jobs"), ("r", "reload"), ("b/Esc", "board"), ("?", "keys")],
-            View::Jobs => &[("j/k", "select"), ("Enter", "open task"), ("Tab", "agents"), ("r", "reload"), ("b/Esc", "board"), ("?", "keys")],
+            View::Board => board::KEYS,
+            View::Task => detail::KEYS,
+            View::Agents => agents::KEYS,
+            View::Jobs => jobs::KEYS,
         },
     }
-}
-
-impl Detail {
-    /// Keeps the selection on the same entry when old ones were dropped off the front.
-    fn keep_selection(&mut self, dropped_before: usize) {
-        let gone = self.stream.dropped - dropped_before;
-        if gone > 0
-            && let Some(s) = self.sel
-        {
-            self.sel = Some(s.saturating_sub(gone));
-        }
-    }
-}
-
-/// Whether an entry is what a search matches (for highlighting).
-pub fn matches(e: &Entry, needle: &str) -> bool {
-    !needle.is_empty() && e.text().to_lowercase().contains(&needle.to_lowercase())
 }

@@ -2,18 +2,27 @@
 //! jobs, over the same API as the CLI. One event loop reads the terminal and the
 //! network's messages and redraws only when something changed (idle = no work).
 //!
-//! - `app.rs`: state, keys, messages (no I/O; unit-tested)
-//! - `ui.rs`: drawing (snapshot-tested with ratatui's TestBackend)
-//! - `net.rs`: requests and the SSE streams, in tasks
+//! - `app.rs`: the state, the keys all views share, messages (no I/O; unit-tested)
+//! - a module per view, with its state, its keys (one `match`) and its drawing:
+//!   `board.rs`, `detail.rs` (a task), `agents.rs`, `jobs.rs`; over them `form.rs`
+//!   (a task's form) and `overlay.rs` (help, pickers, prompts, an artifact)
+//! - `ui.rs`: the frame (header, view, footer) and the theme (snapshot-tested with
+//!   ratatui's TestBackend)
+//! - `net.rs`: requests and the event streams (crate::follow), in tasks
 //! - `stream.rs`: a task's bounded agent stream
 
+pub mod agents;
 pub mod app;
+pub mod board;
+pub mod detail;
+pub mod form;
+pub mod jobs;
 pub mod net;
+pub mod overlay;
 pub mod stream;
 pub mod ui;
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::Instant;
 
 use crossterm::event::{DisableBracketedPaste, DisableMouseCapture, EnableBracketedPaste, EnableMouseCapture, Event as TermEvent, EventStream, KeyEventKind, MouseEventKind};
@@ -97,7 +106,7 @@ pub async fn run_with(ctx: &mut Ctx, welcome: Option<String>) -> Result<(), CliE
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
-    let api = Arc::new(tokio::sync::Mutex::new(ctx.client.fork()));
+    let api = ctx.client.clone();
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
     let mut net = Net::new(api, tx.clone(), org.clone());
     let mut app = App::new(org);

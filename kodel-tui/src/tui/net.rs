@@ -1,36 +1,31 @@
 //! The TUI's network side: each effect runs in its own task and answers with messages
 //! on the channel the event loop reads, so drawing never waits for the server. The org's
-//! and the open task's event streams reconnect by themselves and resume after the last
-//! event they saw (`last_event_id`), so nothing is missed and nothing comes twice.
+//! and the open task's event streams are followed with crate::follow: they reconnect by
+//! themselves and resume after the last event they saw, so nothing is missed and
+//! nothing comes twice.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use kodel_core::api::{Comment, Event, Org, Page, Project, Task};
 use kodel_core::infra::Agent;
 use kodel_core::jobs::{Artifact, Job};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
-
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::JoinHandle;
 
 use super::app::{Conn, Effect, Msg};
-use crate::client::{Client, decode};
+use crate::client::Client;
 use crate::commands::org::enc;
 use crate::exit::CliError;
-use crate::sse::SseParser;
-
-/// One client for every request: a refreshed token is seen by all of them.
-pub type Api = Arc<Mutex<Client>>;
+use crate::follow::{Follower, Update};
 
 type Work = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 pub struct Net {
-    api: Api,
+    /// Every request and stream has a clone: a token one of them refreshed is every one's.
+    api: Client,
     tx: UnboundedSender<Msg>,
     org: String,
     org_stream: Option<JoinHandle<()>>,
@@ -52,37 +47,24 @@ impl Drop for Net {
 
 /// How long a request may take before it is given up (streams excepted).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// A stream that sends nothing for this long (the server sends a heartbeat every 15 s)
-/// is taken for dead and reconnected.
-const STREAM_SILENCE: Duration = Duration::from_secs(45);
 
-/// A request with its own copy of the client: the lock is held only to copy the
-/// credentials, and to store them back if the request refreshed them.
-async fn send<T: DeserializeOwned>(api: &Api, method: Method, path: &str, body: Option<Value>) -> Result<T, CliError> {
-    let mut client = api.lock().await.fork();
-    let before = client.credentials().cloned();
-    let result = match tokio::time::timeout(REQUEST_TIMEOUT, client.send(method, path, body)).await {
+async fn send<T: DeserializeOwned>(api: &Client, method: Method, path: &str, body: Option<Value>) -> Result<T, CliError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, api.send(method, path, body)).await {
         Ok(r) => r,
         Err(_) => Err(CliError::new(crate::exit::UNAVAILABLE, format!("the server did not answer within {} s", REQUEST_TIMEOUT.as_secs()))),
-    };
-    if client.credentials() != before.as_ref()
-        && let Some(c) = client.credentials().cloned()
-    {
-        api.lock().await.set_credentials(c);
     }
-    result
 }
 
-async fn get<T: DeserializeOwned>(api: &Api, path: &str) -> Result<T, CliError> {
+async fn get<T: DeserializeOwned>(api: &Client, path: &str) -> Result<T, CliError> {
     send(api, Method::GET, path, None).await
 }
 
-async fn post<T: DeserializeOwned>(api: &Api, path: &str, body: Value) -> Result<T, CliError> {
+async fn post<T: DeserializeOwned>(api: &Client, path: &str, body: Value) -> Result<T, CliError> {
     send(api, Method::POST, path, Some(body)).await
 }
 
 impl Net {
-    pub fn new(api: Api, tx: UnboundedSender<Msg>, org: String) -> Net {
+    pub fn new(api: Client, tx: UnboundedSender<Msg>, org: String) -> Net {
         let (writes, mut queue) = tokio::sync::mpsc::unbounded_channel::<Work>();
         let writer = tokio::spawn(async move {
             while let Some(work) = queue.recv().await {
@@ -268,94 +250,32 @@ where
     let _ = tx.send(msg);
 }
 
-/// Follows an SSE stream until aborted: reconnects with backoff, resuming after the
-/// last stored event. `task`: the task's stream (else the org's).
-async fn follow(api: Api, path: String, mut last_id: Option<i64>, tx: UnboundedSender<Msg>, task: Option<String>) {
-    let mut backoff = Duration::from_millis(250);
-    let mut attempt = 0u32;
-    let mut first = true;
+/// Follows a stream until aborted: the org's, or with `task` that task's.
+async fn follow(api: Client, path: String, last_id: Option<i64>, tx: UnboundedSender<Msg>, task: Option<String>) {
+    let mut stream = Follower::new(api, path, last_id);
     loop {
-        let url = match last_id {
-            Some(id) => format!("{path}?last_event_id={id}"),
-            None => path.clone(),
-        };
-        let client = api.lock().await.fork();
-        let resp = match tokio::time::timeout(REQUEST_TIMEOUT, client.raw(Method::GET, &url, None)).await {
-            // An expired access token: one ordinary request refreshes it for everyone.
-            Ok(Ok(r)) if r.status() == reqwest::StatusCode::UNAUTHORIZED => match get::<Value>(&api, "/api/v1/me").await {
-                Ok(_) => {
-                    let client = api.lock().await.fork();
-                    client.raw(Method::GET, &url, None).await
-                }
-                Err(e) => Err(e),
-            },
-            Ok(other) => other,
-            Err(_) => Err(CliError::new(crate::exit::UNAVAILABLE, "the server did not answer")),
-        };
-        let error = match resp {
-            Ok(r) if r.status().is_success() => {
-                let connected = std::time::Instant::now();
-                if task.is_none() {
-                    let _ = tx.send(Msg::Conn(Conn::Live));
-                    // Back after a break with nothing to resume from: what changed
-                    // meanwhile is read again.
-                    if !first && last_id.is_none() {
-                        let _ = tx.send(Msg::Resync);
-                    }
-                }
-                first = false;
-                let mut body = r.bytes_stream();
-                let mut parser = SseParser::default();
-                let ended = loop {
-                    let chunk = match tokio::time::timeout(STREAM_SILENCE, body.next()).await {
-                        Ok(Some(Ok(c))) => c,
-                        Ok(_) => break "the event stream ended".to_owned(),
-                        Err(_) => break format!("nothing from the server for {} s", STREAM_SILENCE.as_secs()),
-                    };
-                    for ev in parser.push(&chunk) {
-                        if ev.kind == "resync" {
-                            let _ = tx.send(match &task {
-                                Some(key) => Msg::TaskResync(key.clone()),
-                                None => Msg::Resync,
-                            });
-                            continue;
-                        }
-                        match (ev.id, &task) {
-                            (Some(id), _) => {
-                                last_id = Some(id);
-                                let Ok(event) = serde_json::from_str::<Event>(&ev.data) else { continue };
-                                let _ = tx.send(match &task {
-                                    Some(key) => Msg::TaskEvent { key: key.clone(), event },
-                                    None => Msg::OrgEvent(event),
-                                });
-                            }
-                            (None, Some(key)) => {
-                                let v: Value = serde_json::from_str(&ev.data).unwrap_or(Value::Null);
-                                let _ = tx.send(Msg::Live { key: key.clone(), payload: v["payload"].clone() });
-                            }
-                            (None, None) => {}
-                        }
-                    }
-                };
-                // Only a connection that held for a while resets the backoff: a server
-                // that answers and hangs up at once is not hammered.
-                if connected.elapsed() > Duration::from_secs(5) {
-                    attempt = 0;
-                    backoff = Duration::from_millis(250);
-                }
-                ended
+        let msg = match (stream.next().await, &task) {
+            (Ok(Update::Connected), None) => Msg::Conn(Conn::Live),
+            (Ok(Update::Event(event)), None) => Msg::OrgEvent(event),
+            (Ok(Update::Event(event)), Some(key)) => Msg::TaskEvent { key: key.clone(), event },
+            (Ok(Update::Live(data)), Some(key)) => {
+                let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                Msg::Live { key: key.clone(), payload: v["payload"].clone() }
             }
-            Ok(r) => match decode::<Value>(r).await {
-                Err(e) => e.message,
-                Ok(_) => "unexpected answer".to_owned(),
-            },
-            Err(e) => e.message,
+            (Ok(Update::Resync), None) => Msg::Resync,
+            (Ok(Update::Resync), Some(key)) => Msg::TaskResync(key.clone()),
+            (Ok(Update::Lost { attempt, error, .. }), None) => Msg::Conn(Conn::Retrying { attempt, error }),
+            // The org's stream is the connection the header shows: it keeps trying.
+            (Err(e), None) => Msg::Conn(Conn::Retrying { attempt: stream.attempt(), error: e.message }),
+            // A task's stream refused (the task is gone, or no longer visible) ends.
+            (Err(e), Some(_)) => {
+                let _ = tx.send(Msg::Failed(format!("the task's events cannot be followed: {}", e.message)));
+                return;
+            }
+            (Ok(Update::Connected | Update::Live(_) | Update::Lost { .. }), _) => continue,
         };
-        attempt += 1;
-        if task.is_none() {
-            let _ = tx.send(Msg::Conn(Conn::Retrying { attempt, error }));
+        if tx.send(msg).is_err() {
+            return;
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }

@@ -1,0 +1,78 @@
+//! The org's jobs (`J`): the newest first, with their state and why one failed;
+//! `Enter` opens a job's task.
+
+use crossterm::event::{KeyCode, KeyEvent};
+use kodel_core::jobs::JobState;
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Rect};
+use ratatui::text::Span;
+use ratatui::widgets::{Block, Borders, Cell, Row, Table, TableState};
+
+use super::app::{App, Effect, View};
+use super::ui::Theme;
+
+/// The jobs view's keys.
+pub const KEYS: &[(&str, &str)] = &[("j/k", "select"), ("Enter", "open task"), ("Tab", "agents"), ("r", "reload"), ("b/Esc", "board"), ("?", "keys")];
+
+impl App {
+    pub(super) fn jobs_key(&mut self, k: KeyEvent) -> Vec<Effect> {
+        self.status = None;
+        let len = self.jobs.len();
+        let sel = &mut self.jobs_sel;
+        match k.code {
+            KeyCode::Char('q') | KeyCode::Esc => self.view = View::Board,
+            KeyCode::Char('j') | KeyCode::Down => *sel = (*sel + 1).min(len.saturating_sub(1)),
+            KeyCode::Char('k') | KeyCode::Up => *sel = sel.saturating_sub(1),
+            KeyCode::Char('g') | KeyCode::Home => *sel = 0,
+            KeyCode::Char('G') | KeyCode::End => *sel = len.saturating_sub(1),
+            KeyCode::Char('r') => return vec![Effect::LoadJobs],
+            KeyCode::Tab => {
+                self.view = View::Agents;
+                return vec![Effect::LoadAgents];
+            }
+            KeyCode::Enter => {
+                if let Some(j) = self.jobs.get(self.jobs_sel) {
+                    let key = j.task.clone();
+                    return self.open_task(key);
+                }
+            }
+            _ => {}
+        }
+        vec![]
+    }
+}
+
+/// The jobs' table.
+pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let rows: Vec<Row> = app
+        .jobs
+        .iter()
+        .map(|j| {
+            let style = match j.status {
+                JobState::Failed => theme.error(),
+                JobState::Succeeded => theme.ok(),
+                JobState::Running | JobState::Pending => theme.agent(),
+                JobState::Cancelled => theme.dim(),
+            };
+            let note = j.error.clone().or(j.summary.clone()).unwrap_or_default();
+            Row::new(vec![
+                Cell::from(Span::styled(j.task.clone(), theme.hint())),
+                Cell::from(j.kind.as_str()),
+                Cell::from(Span::styled(j.status.as_str(), style)),
+                Cell::from(j.attempts.to_string()),
+                Cell::from(j.created_at.format("%m-%d %H:%M").to_string()),
+                Cell::from(note.lines().next().unwrap_or_default().to_owned()),
+            ])
+        })
+        .collect();
+    let widths = [Constraint::Length(10), Constraint::Length(10), Constraint::Length(10), Constraint::Length(3), Constraint::Length(11), Constraint::Fill(1)];
+    let mut state = TableState::default();
+    if !app.jobs.is_empty() {
+        state.select(Some(app.jobs_sel));
+    }
+    let table = Table::new(rows, widths)
+        .header(Row::new(["TASK", "KIND", "STATUS", "#", "CREATED", "SUMMARY / ERROR"]).style(theme.dim()))
+        .row_highlight_style(theme.selected())
+        .block(Block::default().borders(Borders::ALL).title(format!(" jobs ({}) ", app.jobs.len())));
+    f.render_stateful_widget(table, area, &mut state);
+}
