@@ -248,7 +248,8 @@ pub struct LlmCall {
     pub cached_tokens: u64,
     #[serde(default)]
     pub first_token_ms: Option<u64>,
-    pub total_ms: u64,
+    #[serde(default)]
+    pub total_ms: Option<u64>,
     /// `ok`, or what went wrong (`error`, `cancelled`, `budget`...).
     pub status: String,
     #[serde(default)]

@@ -240,7 +240,7 @@ async fn an_expired_access_token_is_refreshed_transparently() {
 async fn task_logs_follow_a_server_restart_without_missing_or_repeating() {
     let db = fresh_database().await;
     let url = database_url(&db);
-    let listen = format!("127.0.0.1:{}", kodel_server::testing::free_port());
+    let listen = format!("127.0.0.1:{}", kodel_testkit::free_port());
     let server = ServerProcess::start_on(&server_binary(), &listen, &[], &[("DATABASE_URL", &url)]);
     let mut env = Env { server, config: tempfile::tempdir().unwrap() };
     env.ok(&["register", "--email", "me@x.io", "--name", "Me", "--password-stdin"], Some("password123\n"));

@@ -12,6 +12,9 @@ use serde_json::{Value, json};
 
 const AT: &str = "2026-11-28T10:00:00Z";
 
+/// The job whose steps the detail view shows.
+const JOB: &str = "0193a4c0-0000-7000-8000-00000000000a";
+
 fn project() -> Value {
     let st = |name: &str, pos: i32, cat: &str, next: &[&str], binding: Option<&str>| {
         let mut v = json!({"name": name, "category": cat, "position": pos, "next": next});
@@ -105,14 +108,14 @@ fn task_app() -> App {
     });
     let events = vec![
         event(1, "task.moved", json!({"from": "Ready", "to": "In Progress"})),
-        event(2, "job.started", json!({"job_id": "01a2204f", "kind": "implement", "agent": "01a2aaaa", "attempt": 1})),
-        event(3, "job.step", json!({"job_id": "j", "seq": 0, "step": {"kind": "message", "text": "I'll look at how tokens are refreshed."}})),
-        event(4, "job.step", json!({"job_id": "j", "seq": 1, "step": {"kind": "tool", "tool": "grep", "input": {"pattern": "refresh_token"}, "output": "src/auth.rs:12:fn refresh_token()\nsrc/auth.rs:40:    refresh_token()", "error": false, "duration_ms": 4}})),
-        event(5, "job.step", json!({"job_id": "j", "seq": 2, "step": {"kind": "tool", "tool": "bash", "input": {"command": "cargo test auth"}, "output": "error[E0425]: cannot find value `tok`\nexit code: 101", "error": true, "duration_ms": 5120}})),
-        event(6, "job.llm_call", json!({"model": "openai/gpt-4.1-mini", "status": "error", "input_tokens": 0, "output_tokens": 0, "error": "the provider cannot be reached: set OPENAI_API_KEY"})),
+        event(2, "job.started", json!({"job_id": "01a2204f-0000-7000-8000-000000000001", "kind": "implement", "agent": "01a2aaaa-0000-7000-8000-000000000002", "attempt": 1})),
+        event(3, "job.step", json!({"job_id": JOB, "seq": 0, "step": {"kind": "message", "text": "I'll look at how tokens are refreshed."}})),
+        event(4, "job.step", json!({"job_id": JOB, "seq": 1, "step": {"kind": "tool", "call_id": "c", "tool": "grep", "input": {"pattern": "refresh_token"}, "output": "src/auth.rs:12:fn refresh_token()\nsrc/auth.rs:40:    refresh_token()", "error": false, "duration_ms": 4}})),
+        event(5, "job.step", json!({"job_id": JOB, "seq": 2, "step": {"kind": "tool", "call_id": "c", "tool": "bash", "input": {"command": "cargo test auth"}, "output": "error[E0425]: cannot find value `tok`\nexit code: 101", "error": true, "duration_ms": 5120}})),
+        event(6, "job.llm_call", json!({"provider": "openai", "model": "openai/gpt-4.1-mini", "status": "error", "input_tokens": 0, "output_tokens": 0, "error": "the provider cannot be reached: set OPENAI_API_KEY"})),
     ];
     app.on_msg(Msg::History { key: "KOD-3".into(), events: events.into_iter().map(|e| serde_json::from_value(e).unwrap()).collect() });
-    app.on_msg(Msg::Live { key: "KOD-3".into(), payload: json!({"job_id": "j", "seq": 3, "source": "tool", "text": "running 12 tests\ntest auth::refresh ... ok\n"}) });
+    app.on_msg(Msg::Live { key: "KOD-3".into(), output: serde_json::from_value(json!({"job_id": JOB, "seq": 3, "source": "tool", "text": "running 12 tests\ntest auth::refresh ... ok\n"})).unwrap() });
     // Open the grep output.
     key(&mut app, KeyCode::Char('k'));
     key(&mut app, KeyCode::Char('k'));
@@ -284,7 +287,7 @@ fn task_detail_with_the_agent_stream() {
     insta::assert_snapshot!("task_80x24", render(&app, 80, 24));
     // Following the newest again, and live output growing.
     key(&mut app, KeyCode::Char('G'));
-    app.on_msg(Msg::Live { key: "KOD-3".into(), payload: json!({"job_id": "j", "seq": 3, "source": "tool", "text": "test auth::expiry ... ok\n"}) });
+    app.on_msg(Msg::Live { key: "KOD-3".into(), output: serde_json::from_value(json!({"job_id": JOB, "seq": 3, "source": "tool", "text": "test auth::expiry ... ok\n"})).unwrap() });
     let screen = render(&app, 120, 30);
     assert!(screen.contains("test auth::expiry ... ok"), "{screen}");
     // Search: the match is selected.
@@ -319,10 +322,11 @@ fn org_events_keep_the_board_current() {
     let mut app = app();
     let ev = |kind: &str, task: &str, payload: Value| Msg::OrgEvent(serde_json::from_value(json!({"id": 9, "type": kind, "task": task, "seq": 2, "actor": null, "payload": payload, "created_at": AT})).unwrap());
     assert_eq!(app.on_msg(ev("task.moved", "KOD-1", json!({"from": "Backlog", "to": "Ready"}))), vec![Effect::RefreshTask("KOD-1".into())]);
-    assert!(app.on_msg(ev("task.moved", "OTHER-1", json!({}))).is_empty(), "other projects' tasks are not fetched");
-    app.on_msg(ev("job.started", "KOD-1", json!({"kind": "review"})));
+    assert!(app.on_msg(ev("task.moved", "OTHER-1", json!({"from": "Backlog", "to": "Ready"}))).is_empty(), "other projects' tasks are not fetched");
+    let job = json!("01a2204f-0000-7000-8000-000000000001");
+    app.on_msg(ev("job.started", "KOD-1", json!({"job_id": job, "kind": "review", "agent": job, "attempt": 1})));
     assert_eq!(app.running.get("KOD-1").map(String::as_str), Some("review"));
-    app.on_msg(ev("job.succeeded", "KOD-1", json!({"kind": "review"})));
+    app.on_msg(ev("job.succeeded", "KOD-1", json!({"job_id": job, "kind": "review", "summary": "fine"})));
     assert!(!app.running.contains_key("KOD-1"));
     // A reconnect after a lost position reloads the board.
     assert_eq!(app.on_msg(Msg::Resync), vec![Effect::OpenProject("KOD".into())]);

@@ -295,7 +295,7 @@ async fn record(state: &crate::AppState, caller: &Caller, m: &Metered) -> crate:
             output_tokens: m.usage.output_tokens,
             cached_tokens: m.usage.cached_tokens,
             first_token_ms: m.first_token_ms,
-            total_ms: m.total_ms,
+            total_ms: Some(m.total_ms),
             status: m.status.to_owned(),
             error: m.error.clone(),
         };

@@ -9,7 +9,9 @@
 use std::io::Write;
 
 use kodel_core::api::{Event, Page};
-use serde_json::Value;
+use kodel_core::events::TaskEvent;
+use kodel_core::protocol::Step;
+use uuid::Uuid;
 
 use super::Ctx;
 use crate::exit::CliError;
@@ -64,7 +66,7 @@ fn print_event(json: bool, ev: &Event) -> Result<(), CliError> {
     let line = if json {
         serde_json::to_string(ev).unwrap_or_default()
     } else {
-        format!("{} {:<3} {:<15} {}", ev.created_at.format("%H:%M:%S"), ev.seq, ev.kind, summary(&ev.kind, &ev.payload))
+        format!("{} {:<3} {:<15} {}", ev.created_at.format("%H:%M:%S"), ev.seq, ev.kind, summary(ev))
     };
     write_out(&format!("{line}\n"))
 }
@@ -74,10 +76,10 @@ fn print_live(json: bool, data: &str) -> Result<(), CliError> {
     if json {
         return write_out(&format!("{data}\n"));
     }
-    let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
-    match v["payload"]["text"].as_str() {
-        Some(text) => write_out(text),
-        None => Ok(()),
+    let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+    match TaskEvent::from_parts(v["type"].as_str().unwrap_or_default(), v["payload"].clone()) {
+        Some(TaskEvent::JobOutput(output)) => write_out(&output.text),
+        _ => Ok(()),
     }
 }
 
@@ -95,51 +97,48 @@ pub fn first_line(s: &str, max: usize) -> String {
     if line.chars().count() > max { format!("{}…", line.chars().take(max).collect::<String>()) } else { line.to_owned() }
 }
 
-fn short_id(v: &Value) -> String {
-    v.as_str().map(|s| s.chars().take(8).collect()).unwrap_or_default()
+fn short_id(id: &Uuid) -> String {
+    id.to_string().chars().take(8).collect()
 }
 
 /// What an event says, in a few words.
-pub fn summary(kind: &str, p: &Value) -> String {
-    let s = |k: &str| p[k].as_str().unwrap_or("").to_owned();
-    match kind {
-        "task.created" => s("title"),
-        "task.moved" => format!("{} -> {}", s("from"), s("to")),
-        "comment.added" => first_line(&s("body"), 100),
-        "job.created" => format!("{} job {} ({})", s("kind"), short_id(&p["job_id"]), s("template")),
-        "job.started" => format!("{} job {} on agent {}, attempt {}", s("kind"), short_id(&p["job_id"]), short_id(&p["agent"]), p["attempt"]),
-        "job.succeeded" => format!("{} job {}: {}", s("kind"), short_id(&p["job_id"]), first_line(&s("summary"), 100)),
-        "job.failed" | "job.requeued" => format!("{} job {}: {}", s("kind"), short_id(&p["job_id"]), first_line(&s("error"), 120)),
-        "job.cancelled" => format!("{} job {}: {}", s("kind"), short_id(&p["job_id"]), s("reason")),
-        "job.llm_call" => {
-            let ms = |v: &Value| v.as_u64().map_or("-".to_owned(), |n| format!("{n} ms"));
+pub fn summary(ev: &Event) -> String {
+    let Some(typed) = ev.typed() else { return first_line(&ev.payload.to_string(), 160) };
+    match typed {
+        TaskEvent::TaskCreated(e) => e.title,
+        TaskEvent::TaskMoved(m) => format!("{} -> {}", m.from, m.to),
+        TaskEvent::CommentAdded(c) => first_line(&c.body, 100),
+        TaskEvent::JobCreated(j) => format!("{} job {} ({})", j.kind, short_id(&j.job_id), j.template),
+        TaskEvent::JobStarted(j) => format!("{} job {} on agent {}, attempt {}", j.kind, short_id(&j.job_id), short_id(&j.agent), j.attempt),
+        TaskEvent::JobSucceeded(j) => format!("{} job {}: {}", j.kind, short_id(&j.job_id), first_line(&j.summary, 100)),
+        TaskEvent::JobFailed(j) | TaskEvent::JobRequeued(j) => format!("{} job {}: {}", j.kind, short_id(&j.job_id), first_line(&j.error, 120)),
+        TaskEvent::JobCancelled(j) => format!("{} job {}: {}", j.kind, short_id(&j.job_id), j.reason),
+        TaskEvent::JobLlmCall(c) => {
+            let ms = |v: Option<u64>| v.map_or("-".to_owned(), |n| format!("{n} ms"));
             let mut line = format!(
                 "{} {}: {} in / {} out tokens, first token {}, total {}",
-                s("model"),
-                s("status"),
-                p["input_tokens"],
-                p["output_tokens"],
-                ms(&p["first_token_ms"]),
-                ms(&p["total_ms"])
+                c.model,
+                c.status,
+                c.input_tokens,
+                c.output_tokens,
+                ms(c.first_token_ms),
+                ms(c.total_ms)
             );
-            if let Some(e) = p["error"].as_str() {
+            if let Some(e) = &c.error {
                 line.push_str(&format!(" ({})", first_line(e, 200)));
             }
             line
         }
-        "job.step" => {
-            let step = &p["step"];
-            match step["kind"].as_str() {
-                Some("message") => format!("said: {}", first_line(step["text"].as_str().unwrap_or(""), 120)),
-                _ => {
-                    let input = first_line(&step["input"].to_string(), 80);
-                    let output = first_line(step["output"].as_str().unwrap_or(""), 80);
-                    let failed = if step["error"].as_bool() == Some(true) { " [error]" } else { "" };
-                    format!("{} {input} -> {output} ({} ms){failed}", step["tool"].as_str().unwrap_or("?"), step["duration_ms"])
-                }
+        TaskEvent::JobStep(s) => match s.step {
+            Step::Message { text } => format!("said: {}", first_line(&text, 120)),
+            Step::Tool { tool, input, output, error, duration_ms, .. } => {
+                let input = first_line(&input.to_string(), 80);
+                let output = first_line(&output, 80);
+                let failed = if error { " [error]" } else { "" };
+                format!("{tool} {input} -> {output} ({duration_ms} ms){failed}")
             }
-        }
-        _ => first_line(&p.to_string(), 160),
+        },
+        _ => first_line(&ev.payload.to_string(), 160),
     }
 }
 
@@ -148,15 +147,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn ev(kind: &str, payload: serde_json::Value) -> Event {
+        Event { id: 1, kind: kind.into(), task: "KOD-1".into(), seq: 1, actor: None, payload, created_at: chrono::DateTime::UNIX_EPOCH }
+    }
+
     #[test]
     fn events_read_as_one_line_each() {
-        let step = json!({"job_id": "01a2", "seq": 3, "step": {"kind": "tool", "tool": "bash", "input": {"command": "cargo test"},
+        let job = "01a2b3c4-0000-7000-8000-000000000001";
+        let step = json!({"job_id": job, "seq": 3, "step": {"kind": "tool", "call_id": "c1", "tool": "bash", "input": {"command": "cargo test"},
                           "output": "\nrunning 3 tests\nok", "error": false, "duration_ms": 1200}});
-        assert_eq!(summary("job.step", &step), r#"bash {"command":"cargo test"} -> running 3 tests (1200 ms)"#);
-        let said = json!({"step": {"kind": "message", "text": "I will read the file.\nThen edit it."}});
-        assert_eq!(summary("job.step", &said), "said: I will read the file.");
-        assert_eq!(summary("task.moved", &json!({"from": "Ready", "to": "In Progress"})), "Ready -> In Progress");
+        assert_eq!(summary(&ev("job.step", step)), r#"bash {"command":"cargo test"} -> running 3 tests (1200 ms)"#);
+        let said = json!({"job_id": job, "seq": 4, "step": {"kind": "message", "text": "I will read the file.\nThen edit it."}});
+        assert_eq!(summary(&ev("job.step", said)), "said: I will read the file.");
+        assert_eq!(summary(&ev("task.moved", json!({"from": "Ready", "to": "In Progress"}))), "Ready -> In Progress");
         let long = "x".repeat(300);
-        assert!(summary("comment.added", &json!({"body": long})).chars().count() <= 101);
+        let comment = json!({"comment_id": job, "body": long});
+        assert!(summary(&ev("comment.added", comment)).chars().count() <= 101);
+        // An event this version does not know still reads as its payload.
+        assert_eq!(summary(&ev("task.teleported", json!({"to": "Mars"}))), r#"{"to":"Mars"}"#);
     }
 }

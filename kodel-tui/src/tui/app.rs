@@ -12,6 +12,7 @@ use std::collections::HashMap;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
 use kodel_core::api::{Comment, Event, Org, Project, Task};
+use kodel_core::events::{JobCreated, JobFailed, JobOutput, JobStarted, TaskEvent};
 use kodel_core::infra::Agent;
 use kodel_core::jobs::{Artifact, ArtifactState, Job, JobState};
 use serde_json::Value;
@@ -82,7 +83,7 @@ pub enum Msg {
     Detail { key: String, task: Task, comments: Vec<Comment>, jobs: Vec<Job>, artifacts: Vec<Artifact> },
     History { key: String, events: Vec<Event> },
     TaskEvent { key: String, event: Event },
-    Live { key: String, payload: Value },
+    Live { key: String, output: JobOutput },
     OrgEvent(Event),
     /// The org stream lost its place (the server said resync): reload the board.
     Resync,
@@ -364,10 +365,10 @@ impl App {
                     d.keep_selection(dropped);
                 }
             }
-            Msg::Live { key, payload } => {
+            Msg::Live { key, output } => {
                 if let Some(d) = self.detail.as_mut().filter(|d| d.key == key) {
                     let dropped = d.stream.dropped;
-                    d.stream.live(&payload);
+                    d.stream.live(&output);
                     d.keep_selection(dropped);
                 }
             }
@@ -444,24 +445,48 @@ impl App {
     fn org_event(&mut self, ev: Event) -> Vec<Effect> {
         let mut effects = Vec::new();
         let ours = self.project.as_ref().is_some_and(|p| ev.task.strip_prefix(&p.key).is_some_and(|rest| rest.starts_with('-')));
-        let kind = ev.kind.as_str();
-        match kind {
-            "job.created" | "job.started" | "job.requeued" => {
-                self.running.insert(ev.task.clone(), ev.payload["kind"].as_str().unwrap_or("ai").to_owned());
+        let typed = ev.typed();
+        match &typed {
+            Some(TaskEvent::JobCreated(JobCreated { kind, .. }) | TaskEvent::JobStarted(JobStarted { kind, .. }) | TaskEvent::JobRequeued(JobFailed { kind, .. })) => {
+                self.running.insert(ev.task.clone(), kind.to_string());
             }
-            "job.succeeded" | "job.failed" | "job.cancelled" => {
+            Some(TaskEvent::JobSucceeded(_) | TaskEvent::JobFailed(_) | TaskEvent::JobCancelled(_)) => {
                 self.running.remove(&ev.task);
             }
             _ => {}
         }
-        if ours && (kind.starts_with("task.") || kind == "comment.added" || kind.starts_with("artifact.")) {
+        // What changes a task as the board shows it, what an open task's view shows
+        // (its fields, comments, artifacts, jobs; not each step or model call), and what
+        // the jobs and agents tables list.
+        let (task_changed, job_changed) = match &typed {
+            Some(
+                TaskEvent::TaskCreated(_)
+                | TaskEvent::TaskUpdated(_)
+                | TaskEvent::TaskArchived(_)
+                | TaskEvent::TaskUnarchived(_)
+                | TaskEvent::TaskMoved(_)
+                | TaskEvent::CommentAdded(_)
+                | TaskEvent::ArtifactApproved(_)
+                | TaskEvent::ArtifactRejected(_),
+            ) => (true, false),
+            Some(
+                TaskEvent::JobCreated(_)
+                | TaskEvent::JobStarted(_)
+                | TaskEvent::JobSucceeded(_)
+                | TaskEvent::JobRequeued(_)
+                | TaskEvent::JobFailed(_)
+                | TaskEvent::JobCancelled(_),
+            ) => (false, true),
+            _ => (false, false),
+        };
+        if ours && task_changed {
             effects.push(Effect::RefreshTask(ev.task.clone()));
         }
         let open = self.detail.as_ref().is_some_and(|d| d.key == ev.task);
-        if open && (kind.starts_with("job.") && kind != "job.step" && kind != "job.llm_call" || kind.starts_with("artifact.") || kind == "comment.added" || kind.starts_with("task.")) {
+        if open && (task_changed || job_changed) {
             effects.push(Effect::ReloadDetail(ev.task.clone()));
         }
-        if kind.starts_with("job.") && kind != "job.step" && kind != "job.llm_call" {
+        if job_changed {
             match self.view {
                 View::Jobs => effects.push(Effect::LoadJobs),
                 View::Agents => effects.push(Effect::LoadAgents),

@@ -4,6 +4,7 @@
 //! themselves and resume after the last event they saw, so nothing is missed and
 //! nothing comes twice.
 
+use kodel_core::events::TaskEvent;
 use std::time::Duration;
 
 use kodel_core::api::{Comment, Event, Org, Page, Project, Task};
@@ -260,7 +261,11 @@ async fn follow(api: Client, path: String, last_id: Option<i64>, tx: UnboundedSe
             (Ok(Update::Event(event)), Some(key)) => Msg::TaskEvent { key: key.clone(), event },
             (Ok(Update::Live(data)), Some(key)) => {
                 let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                Msg::Live { key: key.clone(), payload: v["payload"].clone() }
+                match TaskEvent::from_parts(v["type"].as_str().unwrap_or_default(), v["payload"].clone()) {
+                    Some(TaskEvent::JobOutput(output)) => Msg::Live { key: key.clone(), output },
+                    // Output this version does not know: nothing to show.
+                    _ => continue,
+                }
             }
             (Ok(Update::Resync), None) => Msg::Resync,
             (Ok(Update::Resync), Some(key)) => Msg::TaskResync(key.clone()),

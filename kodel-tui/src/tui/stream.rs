@@ -5,6 +5,8 @@
 use std::collections::VecDeque;
 
 use kodel_core::api::Event;
+use kodel_core::events::{JobOutput, JobStep, OutputSource, TaskEvent};
+use kodel_core::protocol::Step;
 use serde_json::Value;
 
 use crate::commands::logs::{first_line, summary};
@@ -75,59 +77,66 @@ impl Stream {
         }
         self.last_id = Some(ev.id);
         self.last_seq = self.last_seq.max(ev.seq);
-        let p = &ev.payload;
-        let job = p["job_id"].as_str().unwrap_or_default().to_owned();
-        if ev.kind == "job.step" {
-            let step = &p["step"];
-            let seq = p["seq"].as_u64().unwrap_or(0);
-            match step["kind"].as_str() {
-                Some("message") => {
-                    let text = step["text"].as_str().unwrap_or_default().to_owned();
-                    // The stored words replace what streamed live.
-                    if let Some(i) = self.entries.iter().rposition(|e| matches!(e, Entry::Said { job: j, live: true, .. } if *j == job)) {
-                        self.entries[i] = Entry::Said { job, text, live: false };
-                    } else {
-                        self.push(Entry::Said { job, text, live: false });
-                    }
-                }
-                _ => {
-                    let mut output = step["output"].as_str().unwrap_or_default().to_owned();
-                    cap(&mut output);
-                    let entry = Entry::Tool {
-                        job: job.clone(),
-                        seq,
-                        tool: step["tool"].as_str().unwrap_or("?").to_owned(),
-                        input: tool_input(&step["input"]),
-                        output,
-                        error: step["error"].as_bool().unwrap_or(false),
-                        live: false,
-                        open: false,
-                        ms: step["duration_ms"].as_u64(),
-                    };
-                    match self.entries.iter().rposition(|e| matches!(e, Entry::Tool { job: j, seq: s, live: true, .. } if *j == job && *s == seq)) {
-                        Some(i) => {
-                            let open = matches!(self.entries[i], Entry::Tool { open: true, .. });
-                            self.entries[i] = entry;
-                            if let Entry::Tool { open: o, .. } = &mut self.entries[i] {
-                                *o = open;
-                            }
-                        }
-                        None => self.push(entry),
-                    }
-                }
-            }
+        let typed = ev.typed();
+        if let Some(TaskEvent::JobStep(s)) = &typed {
+            self.step(s);
             return;
         }
-        let error = matches!(ev.kind.as_str(), "job.failed" | "rule.failed") || (ev.kind == "job.llm_call" && p["status"].as_str().is_some_and(|s| s != "ok"));
-        self.push(Entry::Event { time: ev.created_at.format("%H:%M:%S").to_string(), kind: ev.kind.clone(), text: summary(&ev.kind, p), error });
+        let error = match &typed {
+            Some(TaskEvent::JobFailed(_) | TaskEvent::RuleFailed(_)) => true,
+            Some(TaskEvent::JobLlmCall(call)) => call.status != "ok",
+            _ => false,
+        };
+        self.push(Entry::Event { time: ev.created_at.format("%H:%M:%S").to_string(), kind: ev.kind.clone(), text: summary(ev), error });
+    }
+
+    /// A stored step: it replaces what streamed live of it.
+    fn step(&mut self, s: &JobStep) {
+        let job = s.job_id.to_string();
+        let seq = u64::from(s.seq);
+        match &s.step {
+            Step::Message { text } => {
+                let text = text.clone();
+                if let Some(i) = self.entries.iter().rposition(|e| matches!(e, Entry::Said { job: j, live: true, .. } if *j == job)) {
+                    self.entries[i] = Entry::Said { job, text, live: false };
+                } else {
+                    self.push(Entry::Said { job, text, live: false });
+                }
+            }
+            Step::Tool { tool, input, output, error, duration_ms, .. } => {
+                let mut output = output.clone();
+                cap(&mut output);
+                let entry = Entry::Tool {
+                    job: job.clone(),
+                    seq,
+                    tool: tool.clone(),
+                    input: tool_input(input),
+                    output,
+                    error: *error,
+                    live: false,
+                    open: false,
+                    ms: Some(*duration_ms),
+                };
+                match self.entries.iter().rposition(|e| matches!(e, Entry::Tool { job: j, seq: s, live: true, .. } if *j == job && *s == seq)) {
+                    Some(i) => {
+                        let open = matches!(self.entries[i], Entry::Tool { open: true, .. });
+                        self.entries[i] = entry;
+                        if let Entry::Tool { open: o, .. } = &mut self.entries[i] {
+                            *o = open;
+                        }
+                    }
+                    None => self.push(entry),
+                }
+            }
+        }
     }
 
     /// Live agent output (`job.output`): the model's words or a running tool's output.
-    pub fn live(&mut self, p: &Value) {
-        let job = p["job_id"].as_str().unwrap_or_default().to_owned();
-        let text = p["text"].as_str().unwrap_or_default();
-        match p["source"].as_str() {
-            Some("model") => {
+    pub fn live(&mut self, out: &JobOutput) {
+        let job = out.job_id.to_string();
+        let text = out.text.as_str();
+        match out.source {
+            OutputSource::Model => {
                 if let Some(Entry::Said { job: j, text: t, live: true }) = self.entries.back_mut()
                     && *j == job
                 {
@@ -139,8 +148,8 @@ impl Stream {
                 cap(&mut text);
                 self.push(Entry::Said { job, text, live: true });
             }
-            _ => {
-                let seq = p["seq"].as_u64().unwrap_or(0);
+            OutputSource::Tool => {
+                let seq = u64::from(out.seq.unwrap_or(0));
                 if let Some(Entry::Tool { output, .. }) = self.entries.iter_mut().rev().find(|e| matches!(e, Entry::Tool { job: j, seq: s, live: true, .. } if *j == job && *s == seq)) {
                     output.push_str(text);
                     cap(output);
@@ -180,18 +189,25 @@ mod tests {
         Event { id, kind: kind.into(), task: "KOD-1".into(), seq: id as i32, actor: None, payload, created_at: chrono::DateTime::UNIX_EPOCH }
     }
 
+    /// The job of these tests.
+    const J: &str = "0193a4c0-0000-7000-8000-000000000001";
+
+    fn live(p: Value) -> JobOutput {
+        serde_json::from_value(p).unwrap()
+    }
+
     #[test]
     fn live_text_and_output_are_replaced_by_the_stored_steps() {
         let mut s = Stream::default();
-        s.live(&json!({"job_id": "j", "source": "model", "text": "I will "}));
-        s.live(&json!({"job_id": "j", "source": "model", "text": "run it."}));
+        s.live(&live(json!({"job_id": J, "source": "model", "text": "I will "})));
+        s.live(&live(json!({"job_id": J, "source": "model", "text": "run it."})));
         assert_eq!(s.entries.len(), 1);
-        s.event(&ev(1, "job.step", json!({"job_id": "j", "seq": 0, "step": {"kind": "message", "text": "I will run it."}})));
-        assert_eq!(s.entries[0], Entry::Said { job: "j".into(), text: "I will run it.".into(), live: false });
-        s.live(&json!({"job_id": "j", "seq": 1, "source": "tool", "text": "line 1\n"}));
-        s.live(&json!({"job_id": "j", "seq": 1, "source": "tool", "text": "line 2\n"}));
+        s.event(&ev(1, "job.step", json!({"job_id": J, "seq": 0, "step": {"kind": "message", "text": "I will run it."}})));
+        assert_eq!(s.entries[0], Entry::Said { job: J.into(), text: "I will run it.".into(), live: false });
+        s.live(&live(json!({"job_id": J, "seq": 1, "source": "tool", "text": "line 1\n"})));
+        s.live(&live(json!({"job_id": J, "seq": 1, "source": "tool", "text": "line 2\n"})));
         assert!(matches!(&s.entries[1], Entry::Tool { output, live: true, .. } if output == "line 1\nline 2\n"));
-        s.event(&ev(2, "job.step", json!({"job_id": "j", "seq": 1, "step": {"kind": "tool", "tool": "bash", "input": {"command": "make"}, "output": "line 1\nline 2\nexit code: 0", "error": false, "duration_ms": 5}})));
+        s.event(&ev(2, "job.step", json!({"job_id": J, "seq": 1, "step": {"kind": "tool", "call_id": "c1", "tool": "bash", "input": {"command": "make"}, "output": "line 1\nline 2\nexit code: 0", "error": false, "duration_ms": 5}})));
         assert_eq!(s.entries.len(), 2);
         assert!(matches!(&s.entries[1], Entry::Tool { tool, input, live: false, open: true, .. } if tool == "bash" && input == "make"));
         // A repeat (after a reconnect) is not shown twice.
@@ -207,8 +223,8 @@ mod tests {
         }
         assert_eq!(s.entries.len(), MAX_ENTRIES);
         assert_eq!(s.dropped, 50);
-        s.live(&json!({"job_id": "j", "seq": 9, "source": "tool", "text": "x".repeat(MAX_ENTRY_TEXT * 3)}));
-        s.live(&json!({"job_id": "j", "seq": 9, "source": "tool", "text": "tail"}));
+        s.live(&live(json!({"job_id": J, "seq": 9, "source": "tool", "text": "x".repeat(MAX_ENTRY_TEXT * 3)})));
+        s.live(&live(json!({"job_id": J, "seq": 9, "source": "tool", "text": "tail"})));
         let Entry::Tool { output, .. } = s.entries.back().unwrap() else { panic!() };
         assert!(output.len() <= MAX_ENTRY_TEXT + 40 && output.ends_with("tail"));
     }
