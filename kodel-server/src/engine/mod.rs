@@ -44,15 +44,31 @@ pub async fn commit_with<T>(mut db: OrgTx, read: impl AsyncFnOnce(&mut OrgTx) ->
     Ok((out, db.commit_journal().await?))
 }
 
-/// Whether the engine reacts to a task being created in `status` of `project`: a
-/// binding on the status, or an enabled `task_created` rule of the project or the org.
-/// SQL over a status id and a project id, for statements that create tasks.
+/// What reacts to a task being created in `status` of `project`: a binding on the
+/// status, or an enabled `task_created` rule of the project or the org. SQL `EXISTS`
+/// tests over a status id and a project id, for statements that create tasks; the one
+/// definition behind `reacts_to_creation` and `nothing_reacts_to_creation`.
+fn creation_reactors(status: &str, project: &str) -> [String; 2] {
+    [
+        format!("EXISTS (SELECT 1 FROM bindings b WHERE b.status_id = {status})"),
+        format!(
+            "EXISTS (SELECT 1 FROM automation_rules ru WHERE ru.enabled AND ru.trigger_kind = 'task_created'
+                     AND (ru.project_id IS NULL OR ru.project_id = {project}))"
+        ),
+    ]
+}
+
+/// SQL: the engine reacts to a task created in `status` of `project`.
 pub fn reacts_to_creation(status: &str, project: &str) -> String {
-    format!(
-        "(EXISTS (SELECT 1 FROM bindings b WHERE b.status_id = {status})
-          OR EXISTS (SELECT 1 FROM automation_rules ru WHERE ru.enabled AND ru.trigger_kind = 'task_created'
-                     AND (ru.project_id IS NULL OR ru.project_id = {project})))"
-    )
+    let [binding, rule] = creation_reactors(status, project);
+    format!("({binding} OR {rule})")
+}
+
+/// SQL: nothing reacts to a task created in `status` of `project` (written as two
+/// `NOT EXISTS`, which PostgreSQL plans as anti-joins).
+pub fn nothing_reacts_to_creation(status: &str, project: &str) -> String {
+    let [binding, rule] = creation_reactors(status, project);
+    format!("NOT {binding} AND NOT {rule}")
 }
 
 /// Reacts to every event recorded and not yet reacted to (and to what the reactions

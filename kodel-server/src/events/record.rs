@@ -3,7 +3,7 @@
 //! added to the transaction's journal for the engine to react to.
 //!
 //! Statements that write a change and its event at once (a job claim, a group of task
-//! creations) take their SQL from here too (`append`, `FIRST`), and note what they
+//! creations) take their SQL from here too (`append`, `first`), and note what they
 //! wrote (`note`, `note_unreacted`).
 
 use kodel_core::events::TaskEvent;
@@ -54,13 +54,15 @@ pub fn append(schema: &str) -> Append {
     }
 }
 
-/// SQL: the first event (seq 1) of tasks just inserted, from a CTE
-/// `ev(task_id, project_id, type, payload, actor_id, ord)`, written in `ord` order.
-pub const FIRST: &str = "
-    INSERT INTO task_events (task_id, project_id, seq, type, payload, actor_id)
-    SELECT ev.task_id, ev.project_id, 1, ev.type, ev.payload, ev.actor_id FROM ev ORDER BY ev.ord";
+/// SQL: writes the first event of tasks just inserted. `rows` is a `SELECT` of
+/// `(task_id, project_id, seq, type, payload, actor_id)` with seq 1, in the order to
+/// write them. (Inlined rather than read from a CTE of its own: measured 7 % faster on
+/// the group commit, docs/benchmarks.md.)
+pub fn first(rows: &str) -> String {
+    format!("INSERT INTO task_events (task_id, project_id, seq, type, payload, actor_id) {rows}")
+}
 
-/// Adds to the journal an event a statement wrote with `append` or `FIRST`.
+/// Adds to the journal an event a statement wrote with `append` or `first`.
 pub fn note(db: &mut OrgTx, task_id: Uuid, seq: i32, event: TaskEvent) {
     let cause = db.cause.clone();
     db.recorded.push(Recorded { task_id, seq, event, cause });

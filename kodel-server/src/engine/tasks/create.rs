@@ -36,9 +36,9 @@ use crate::AppState;
 use crate::auth::extract::Credential;
 use crate::db::OrgTx;
 use crate::db::scoped::set_search_path;
-use crate::engine::reacts_to_creation;
+use crate::engine::{nothing_reacts_to_creation, reacts_to_creation};
 use crate::error::{ApiError, ApiResult, check_len, require_text};
-use crate::events::record::{FIRST, note, note_unreacted};
+use crate::events::record::{first, note, note_unreacted};
 
 /// How many transactions commit creations at the same time. Two carry bigger batches
 /// than four and were faster on the 2-core bench (docs/benchmarks.md).
@@ -356,7 +356,7 @@ pub async fn create_batch(state: &AppState, slug: &OrgSlug, tasks: &[NewTask]) -
                  SELECT u.id FROM public.users u JOIN public.org_members m ON m.user_id = u.id AND m.org_id = $14
                  WHERE lower(u.email) = lower(ok.assignee)) a ON true
              WHERE (ok.assignee IS NULL OR a.id IS NOT NULL)
-               AND NOT {reacts}),
+               AND {nothing_reacts}),
          t AS (
              INSERT INTO tasks (id, project_id, number, title, description, status_id, priority, labels,
                                 assignee_id, created_by, event_seq)
@@ -366,12 +366,13 @@ pub async fn create_batch(state: &AppState, slug: &OrgSlug, tasks: &[NewTask]) -
                     assignee_id, user_id, 1
              FROM ready ORDER BY i
              RETURNING id, number, created_at),
-         ev(task_id, project_id, type, payload, actor_id, ord) AS (
-             SELECT t.id, ready.project_id, $15, ready.payload || jsonb_build_object('status', ready.status_name), ready.user_id, ready.i
-             FROM t JOIN ready ON ready.id = t.id),
-         e AS ({FIRST})
+         e AS ({events})
          SELECT ready.i, t.number, ready.status_name AS status, t.created_at FROM t JOIN ready ON ready.id = t.id",
-        reacts = reacts_to_creation("st.id", "ok.project_id")
+        nothing_reacts = nothing_reacts_to_creation("st.id", "ok.project_id"),
+        events = first(
+            "SELECT t.id, ready.project_id, 1, $15, ready.payload || jsonb_build_object('status', ready.status_name), ready.user_id
+             FROM t JOIN ready ON ready.id = t.id ORDER BY ready.i"
+        )
     );
     let rows: Vec<BatchRow> = sqlx::query_as(&sql)
     .bind(&idx)
@@ -447,14 +448,13 @@ pub async fn create_one(db: &mut OrgTx, org_admin: bool, creator: &str, new: New
                     $3, $4, st.id, $5, $6, $7, $8, 1
              FROM ok, st
              RETURNING id, project_id, number, created_at),
-         ev(task_id, project_id, type, payload, actor_id, ord) AS (
-             SELECT id, project_id, $13, $10 || jsonb_build_object('status', (SELECT name FROM st)), $8, 1 FROM t),
-         e AS ({FIRST})
+         e AS ({events})
          SELECT EXISTS (SELECT 1 FROM acc WHERE $11 OR role IS NOT NULL) AS found, EXISTS (SELECT 1 FROM ok) AS allowed,
                 t.number, (SELECT name FROM st) AS status, t.created_at,
                 (SELECT {reacts} FROM st, ok) AS engine
          FROM (SELECT 1) AS one LEFT JOIN t ON true",
-        reacts = reacts_to_creation("st.id", "ok.id")
+        reacts = reacts_to_creation("st.id", "ok.id"),
+        events = first("SELECT id, project_id, 1, $13, $10 || jsonb_build_object('status', (SELECT name FROM st)), $8 FROM t")
     );
     let row: CreatedRow = sqlx::query_as(&sql)
         .bind(task_id)
