@@ -34,6 +34,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{TASK_SELECT, TaskRow, clean_labels, resolve_assignee};
+use super::super::openapi::{Errors, code, path};
 use crate::AppState;
 use crate::auth::extract::Credential;
 use crate::error::{ApiError, ApiResult, check_len, require_text};
@@ -131,6 +132,14 @@ pub struct Created {
     pub user: Uuid,
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/orgs/{org}/projects/{key}/tasks", tag = "tasks",
+    summary = "Create a task (developer+)",
+    params(path::Project),
+    request_body = CreateTask,
+    responses((status = CREATED, description = "task", body = Task), Errors<(code::InvalidKey, code::Forbidden, code::ProjectNotFound)>),
+    security(("bearer" = []))
+)]
 pub(super) async fn create(
     State(state): State<AppState>,
     Caller { slug, credential }: Caller,
