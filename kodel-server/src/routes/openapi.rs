@@ -248,9 +248,39 @@ fn codes_of(resp: &Value) -> Option<Vec<String>> {
     Some(codes.iter().filter_map(|c| c.as_str().map(str::to_owned)).collect())
 }
 
+/// A schema used as an `allOf` member (a `#[serde(flatten)]`ed struct, as `Rule`'s
+/// `RuleSpec`) must not close itself with `additionalProperties: false`: it would refuse
+/// the other members' properties, so no value could match the whole.
+fn open_all_of_members(doc: &mut Value) {
+    fn members(v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                for r in m.get("allOf").and_then(Value::as_array).into_iter().flatten() {
+                    if let Some(name) = r.get("$ref").and_then(Value::as_str).and_then(|r| r.strip_prefix("#/components/schemas/")) {
+                        out.insert(name.to_owned());
+                    }
+                }
+                m.values().for_each(|x| members(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| members(x, out)),
+            _ => {}
+        }
+    }
+    let mut names = BTreeSet::new();
+    members(doc, &mut names);
+    for name in names {
+        if let Some(schema) = doc.pointer_mut(&format!("/components/schemas/{name}")).and_then(Value::as_object_mut)
+            && schema.get("additionalProperties") == Some(&Value::Bool(false))
+        {
+            schema.remove("additionalProperties");
+        }
+    }
+}
+
 /// Adds what holds for every endpoint of a kind, so the handlers' attributes say only
 /// what is theirs, and gives operations ids unique across modules (`tasks_list`).
 fn finish(mut doc: Value) -> Value {
+    open_all_of_members(&mut doc);
     let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else { return doc };
     for (path, item) in paths.iter_mut() {
         let Some(item) = item.as_object_mut() else { continue };
@@ -346,12 +376,5 @@ mod tests {
         assert!(show.get("default").is_none());
         let schema = &doc["components"]["schemas"]["ErrorCode"]["enum"];
         assert_eq!(schema.as_array().unwrap().len(), ErrorCode::all().len());
-    }
-}
-#[cfg(test)]
-mod dump {
-    #[test]
-    fn dump() {
-        std::fs::write("/tmp/gen-openapi.json", serde_json::to_string_pretty(super::document()).unwrap()).unwrap();
     }
 }
