@@ -2,6 +2,7 @@
 //! is served (and its answer is validated against the document like every other test
 //! response, see common/openapi.rs), and the router has no way to serve a route that is
 //! not documented.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -51,7 +52,7 @@ async fn every_documented_operation_is_served() {
         let (status, body) = app.call(method.clone(), &path, None, None).await;
         let code = body["error"]["code"].as_str().unwrap_or("");
         assert!(
-            !(status == 404 && code == "not_found") && !(status == 405 && code == "method_not_allowed"),
+            !(status == 404 && code == "not_found" || status == 405 && code == "method_not_allowed"),
             "{method} {template} is documented but not served: {status} {body}"
         );
     }
