@@ -15,13 +15,46 @@ pub const MAX_LABEL: usize = 64;
 pub const MAX_PAGE: i64 = 200;
 pub const DEFAULT_PAGE: i64 = 50;
 
+/// One page of a list; `next_cursor` fetches the next (null on the last page).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Page<T> {
     pub data: Vec<T>,
     pub next_cursor: Option<String>,
 }
 
+/// `Page<T>`'s schema refers to `T` by name (a derived one would inline `T` whole).
+#[cfg(feature = "openapi")]
+mod page_schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, SchemaType, Type};
+    use utoipa::openapi::{Ref, RefOr};
+
+    impl<T: utoipa::ToSchema> utoipa::__dev::ComposeSchema for super::Page<T> {
+        fn compose(_: Vec<RefOr<Schema>>) -> RefOr<Schema> {
+            ObjectBuilder::new()
+                .description(Some("One page of a list; `next_cursor` fetches the next (null on the last page)."))
+                .property("data", ArrayBuilder::new().items(Ref::from_schema_name(T::name())))
+                .property("next_cursor", ObjectBuilder::new().schema_type(SchemaType::from_iter([Type::String, Type::Null])))
+                .required("data")
+                .required("next_cursor")
+                .into()
+        }
+    }
+
+    impl<T: utoipa::ToSchema> utoipa::ToSchema for super::Page<T> {
+        /// utoipa appends the argument's name: `Page_Task`.
+        fn name() -> std::borrow::Cow<'static, str> {
+            "Page".into()
+        }
+
+        fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+            schemas.push((T::name().into_owned(), T::schema()));
+            T::schemas(schemas);
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct User {
     pub id: Uuid,
     pub email: String,
@@ -31,14 +64,17 @@ pub struct User {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisterRequest {
     pub email: String,
+    #[cfg_attr(feature = "openapi", schema(min_length = 8))]
     pub password: String,
     pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoginRequest {
     pub email: String,
     pub password: String,
@@ -46,11 +82,13 @@ pub struct LoginRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenPair {
     pub access_token: String,
     pub refresh_token: String,
@@ -60,6 +98,7 @@ pub struct TokenPair {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Registered {
     /// The email, as the server keeps it (trimmed, lower case).
     pub email: String,
@@ -68,6 +107,7 @@ pub struct Registered {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateApiToken {
     pub name: String,
     #[serde(default)]
@@ -75,6 +115,7 @@ pub struct CreateApiToken {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiToken {
     pub id: Uuid,
     pub name: String,
@@ -87,6 +128,7 @@ pub struct ApiToken {
 
 /// Returned once, when the token is made; the server keeps only its hash.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiTokenCreated {
     pub id: Uuid,
     pub name: String,
@@ -96,6 +138,7 @@ pub struct ApiTokenCreated {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum OrgRole {
     Member,
     Admin,
@@ -121,8 +164,10 @@ impl OrgRole {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Org {
     pub id: Uuid,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z][a-z0-9_]{1,39}$"))]
     pub slug: String,
     pub name: String,
     /// The caller's role in the org.
@@ -132,12 +177,15 @@ pub struct Org {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateOrg {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[a-z][a-z0-9_]{1,39}$"))]
     pub slug: String,
     pub name: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrgMember {
     pub user_id: Uuid,
     pub email: String,
@@ -148,6 +196,7 @@ pub struct OrgMember {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddOrgMember {
     pub email: String,
     pub role: OrgRole,
@@ -155,6 +204,7 @@ pub struct AddOrgMember {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateRole<R> {
     pub role: R,
 }
@@ -162,6 +212,7 @@ pub struct UpdateRole<R> {
 /// The five project roles, weakest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ProjectRole {
     Viewer,
     Reviewer,
@@ -195,8 +246,10 @@ impl ProjectRole {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Project {
     pub id: Uuid,
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Z][A-Z0-9]{1,9}$"))]
     pub key: String,
     pub name: String,
     pub description: String,
@@ -216,6 +269,7 @@ pub struct Project {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Workflow {
     pub id: Uuid,
     pub name: String,
@@ -225,6 +279,7 @@ pub struct Workflow {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Status {
     pub name: String,
     pub category: crate::workflow::StatusCategory,
@@ -238,6 +293,7 @@ pub struct Status {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Binding {
     /// A job template's name.
     pub template: String,
@@ -252,6 +308,7 @@ pub struct Binding {
 /// A workflow's whole definition, for create and for edit (which replaces it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkflowDef {
     pub name: String,
     pub statuses: Vec<StatusDefIn>,
@@ -265,6 +322,7 @@ pub struct WorkflowDef {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StatusDefIn {
     pub name: String,
     pub category: crate::workflow::StatusCategory,
@@ -272,6 +330,7 @@ pub struct StatusDefIn {
     #[serde(default)]
     pub was: Option<String>,
     #[serde(default)]
+    /// The AI job that entering this status starts; absent when unbound.
     pub binding: Option<Binding>,
 }
 
@@ -285,6 +344,7 @@ pub enum CreateWorkflow {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CopyWorkflow {
     pub name: String,
     pub from_template: String,
@@ -303,17 +363,21 @@ impl CreateWorkflow {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateProject {
+    #[cfg_attr(feature = "openapi", schema(pattern = "^[A-Z][A-Z0-9]{1,9}$"))]
     pub key: String,
     pub name: String,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
+    /// `software-development`, `kanban` (the default), or the id or name of one of the org's workflows.
     pub workflow: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateProject {
     #[serde(default)]
     pub name: Option<String>,
@@ -335,6 +399,7 @@ pub const MAX_TEST_COMMAND: usize = 2_000;
 pub const MAX_REVIEW_RULES: usize = 20_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProjectMember {
     pub user_id: Uuid,
     pub email: String,
@@ -344,6 +409,7 @@ pub struct ProjectMember {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddProjectMember {
     pub email: String,
     pub role: ProjectRole,
@@ -351,6 +417,7 @@ pub struct AddProjectMember {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Priority {
     #[default]
     None,
@@ -383,6 +450,7 @@ impl Priority {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Task {
     pub key: String,
     pub project: String,
@@ -403,13 +471,16 @@ pub struct Task {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateTask {
+    #[cfg_attr(feature = "openapi", schema(max_length = 500))]
     pub title: String,
     #[serde(default)]
     pub description: Option<String>,
     #[serde(default)]
     pub priority: Option<Priority>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 50))]
     pub labels: Option<Vec<String>>,
     /// An org member's email.
     #[serde(default)]
@@ -423,6 +494,7 @@ pub struct CreateTask {
 /// `assignee: null` unassigns; an absent field is left as it is.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateTask {
     pub version: i32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -434,6 +506,7 @@ pub struct UpdateTask {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "double_option")]
+    /// An org member's email; null unassigns.
     pub assignee: Option<Option<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archived: Option<bool>,
@@ -441,6 +514,7 @@ pub struct UpdateTask {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MoveTask {
     pub status: String,
     /// When given, the move is refused with 409 if the task changed since.
@@ -449,9 +523,11 @@ pub struct MoveTask {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Comment {
     pub id: Uuid,
     pub task: String,
+    /// The author's email.
     pub author: String,
     pub body: String,
     pub created_at: DateTime<Utc>,
@@ -459,20 +535,25 @@ pub struct Comment {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateComment {
     pub body: String,
 }
 
 /// One persisted event, as the SSE streams carry it (`data:`), with `id:` = `id`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     pub id: i64,
     #[serde(rename = "type")]
+    /// The event type, e.g. `task.created`, `task.moved`, `comment.added`.
     pub kind: String,
     pub task: String,
     /// The event's number within its task, from 1.
     pub seq: i32,
     pub actor: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    /// What changed; its shape depends on `type`.
     pub payload: serde_json::Value,
     pub created_at: DateTime<Utc>,
 }

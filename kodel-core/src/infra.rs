@@ -18,8 +18,10 @@ pub const MAX_ENV: usize = 100;
 pub const SECRET_MASK: &str = "********";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Module {
     pub id: Uuid,
+    /// The project key.
     pub project: String,
     pub name: String,
     pub url: String,
@@ -42,9 +44,11 @@ pub struct Module {
 /// the host wants one. Stored sealed; the API never returns them.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RepoCredentials {
     #[serde(default)]
     pub username: Option<String>,
+    /// A token or password.
     pub secret: String,
 }
 
@@ -56,25 +60,30 @@ impl std::fmt::Debug for RepoCredentials {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateModule {
     /// The project key.
     pub project: String,
     pub name: String,
     pub url: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = "main"))]
     pub default_branch: Option<String>,
     #[serde(default)]
     pub path_prefix: Option<String>,
     #[serde(default)]
     pub credentials: Option<RepoCredentials>,
     #[serde(default)]
+    /// Where implement jobs open pull requests; absent = found from the URL's host.
     pub forge: Option<ForgeKind>,
     #[serde(default)]
+    /// The forge's API base when it is not the usual one (self-hosted forges).
     pub forge_api_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateModule {
     #[serde(default)]
     pub url: Option<String>,
@@ -89,10 +98,12 @@ pub struct UpdateModule {
     #[serde(default, with = "crate::api::double_option", skip_serializing_if = "Option::is_none")]
     pub forge: Option<Option<ForgeKind>>,
     #[serde(default, with = "crate::api::double_option", skip_serializing_if = "Option::is_none")]
+    /// The forge's API base; null = the usual one.
     pub forge_api_url: Option<Option<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstanceTemplate {
     pub id: Uuid,
     pub name: String,
@@ -100,6 +111,7 @@ pub struct InstanceTemplate {
     pub packages: Vec<String>,
     pub setup_script: String,
     /// Names and values; read through the API, every value is `SECRET_MASK`.
+    /// Names and values; every value reads as `********` (they are write-only secrets).
     pub env: BTreeMap<String, String>,
     /// Whether jobs may reach the network.
     pub network: bool,
@@ -119,30 +131,50 @@ pub struct InstanceTemplate {
     pub updated_at: DateTime<Utc>,
 }
 
+/// An instance template to create (`name` and `base_image` are then required) or a
+/// partial update.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstanceTemplateIn {
     #[serde(default)]
+    /// Required on create.
     pub name: Option<String>,
     #[serde(default)]
+    /// Required on create.
     pub base_image: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 200))]
     pub packages: Option<Vec<String>>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 100000))]
     pub setup_script: Option<String>,
     #[serde(default)]
+    /// Names and values (at most 100); sending `********` back keeps the value stored.
     pub env: Option<BTreeMap<String, String>>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
+    /// Whether jobs may reach the network.
     pub network: Option<bool>,
     #[serde(default, with = "crate::api::double_option", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(exclusive_minimum = 0, maximum = 256))]
+    /// CPU cores; null removes the limit.
     pub cpu_limit: Option<Option<f32>>,
     #[serde(default, with = "crate::api::double_option", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 16, maximum = 1048576))]
+    /// MiB; null removes the limit.
     pub memory_mb: Option<Option<i32>>,
     #[serde(default, with = "crate::api::double_option", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 8, maximum = 1000000))]
+    /// Null removes the limit.
     pub max_processes: Option<Option<i32>>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
+    /// Docker-in-docker.
     pub dind: Option<bool>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 32))]
+    /// Labels an agent must have to take this project's jobs.
     pub labels: Option<Vec<String>>,
 }
 
@@ -188,13 +220,26 @@ pub fn validate_instance_template(t: &InstanceTemplateIn) -> Result<(), String> 
     Ok(())
 }
 
+/// What an agent is doing, as the API shows it.
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum AgentStatus {
+    Online,
+    Busy,
+    Offline,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Agent {
     pub id: Uuid,
     pub name: String,
     pub labels: Vec<String>,
     pub version: String,
     /// online, busy or offline.
+    #[cfg_attr(feature = "openapi", schema(value_type = AgentStatus))]
     pub status: String,
     /// The job it runs (or ran when it went offline).
     #[serde(default)]

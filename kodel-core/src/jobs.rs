@@ -9,6 +9,7 @@ macro_rules! text_enum {
     ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal,)* }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant,)* }
 
@@ -50,6 +51,20 @@ impl JobState {
     pub fn is_finished(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }
+}
+
+/// The six tools an agent has, as the API's schemas name them.
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum Tool {
+    ReadFile,
+    WriteFile,
+    EditFile,
+    Bash,
+    Glob,
+    Grep,
 }
 
 /// The six tools an agent has.
@@ -130,6 +145,7 @@ pub fn validate_template(allowed_tools: &[String], max_steps: i32, time_limit_se
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobTemplate {
     pub id: Uuid,
     pub name: String,
@@ -137,6 +153,7 @@ pub struct JobTemplate {
     pub prompt: String,
     /// `provider/model`; none = the server's default model.
     pub model: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Tool>))]
     pub allowed_tools: Vec<String>,
     pub max_steps: i32,
     pub time_limit_secs: i32,
@@ -150,55 +167,77 @@ pub struct JobTemplate {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateJobTemplate {
     pub name: String,
     pub kind: JobKind,
+    #[cfg_attr(feature = "openapi", schema(max_length = 50000))]
     pub prompt: String,
     #[serde(default)]
+    /// `provider/model`, e.g. `openai/gpt-4.1-mini`; absent = the server's default model.
     pub model: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<Tool>>))]
+    /// Default: all six tools.
     pub allowed_tools: Option<Vec<String>>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 500, default = 100))]
     pub max_steps: Option<i32>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 86400, default = 3600))]
     pub time_limit_secs: Option<i32>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    /// Most tokens one job may spend; absent = no limit.
     pub budget_tokens: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateJobTemplate {
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 50000))]
     pub prompt: Option<String>,
     #[serde(default, with = "crate::api::double_option", skip_serializing_if = "Option::is_none")]
+    /// `provider/model`; null = the server's default model.
     pub model: Option<Option<String>>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<Tool>>))]
     pub allowed_tools: Option<Vec<String>>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 500))]
     pub max_steps: Option<i32>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 86400))]
     pub time_limit_secs: Option<i32>,
     #[serde(default, with = "crate::api::double_option", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    /// Null removes the limit.
     pub budget_tokens: Option<Option<i64>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Job {
     pub id: Uuid,
     /// The task's key, `KOD-42`.
     pub task: String,
     pub kind: JobKind,
+    /// The job template's name.
     pub template: String,
     pub status: JobState,
     /// The bound status the job was started for, if a binding started it.
     pub for_status: Option<String>,
     pub attempts: i32,
     pub max_attempts: i32,
+    /// The agent holding the lease.
     pub agent: Option<Uuid>,
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
     pub summary: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    /// Token usage reported by the agent.
     pub usage: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -207,6 +246,7 @@ pub struct Job {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StartJob {
     /// The task key.
     pub task: String,
@@ -234,17 +274,23 @@ pub struct NewArtifact {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Artifact {
     pub id: Uuid,
     pub job: Uuid,
     pub task: String,
     pub kind: ArtifactKind,
     pub title: String,
+    /// The artifact itself (a diff, a review, a report).
     pub content: Option<String>,
+    /// Where it lives (a branch name, a URL).
     pub reference: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    /// The same, structured for programs: a review's verdict and findings, a test report's counts.
     pub data: Option<serde_json::Value>,
     pub status: ArtifactState,
+    /// The email of who approved or rejected it.
     pub decided_by: Option<String>,
     pub decided_at: Option<DateTime<Utc>>,
     pub comment: Option<String>,
@@ -253,6 +299,7 @@ pub struct Artifact {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DecideArtifact {
     #[serde(default)]
     pub comment: Option<String>,
@@ -272,6 +319,13 @@ mod tests {
         assert!(builtin_template(JobKind::Custom).is_none());
         // Reviewers and QA read; only implementers write.
         assert!(!builtin_template(JobKind::Review).unwrap().allowed_tools.contains(&"write_file"));
+    }
+
+    #[cfg(feature = "openapi")]
+    #[test]
+    fn the_tools_schema_names_the_six_tools() {
+        let schema = serde_json::to_value(<Tool as utoipa::PartialSchema>::schema()).unwrap();
+        assert_eq!(schema["enum"], serde_json::json!(TOOLS));
     }
 
     #[test]

@@ -168,12 +168,27 @@ pub struct LlmDone {
     pub model: String,
 }
 
+/// The LLM providers the proxy speaks to, as the API names them.
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum ProviderName {
+    Openai,
+    Anthropic,
+    Openrouter,
+    Ollama,
+}
+
 /// An org's own settings for a provider, as the API shows them (the key never).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = LlmProvider))]
 pub struct ProviderSettings {
+    #[cfg_attr(feature = "openapi", schema(value_type = ProviderName))]
     pub provider: String,
     pub base_url: Option<String>,
-    /// Whether a key is stored.
+    /// Whether a key is stored (keys are stored sealed and never returned).
     pub has_key: bool,
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }

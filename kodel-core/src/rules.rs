@@ -25,8 +25,10 @@ pub const MAX_PATTERN: usize = 500;
 /// How deep a chain of rules firing rules may go before it is stopped.
 pub const MAX_CASCADE_DEPTH: u32 = 5;
 
+/// What fires a rule, tagged by `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Trigger {
     TaskCreated,
     /// A move; `from`/`to` narrow it to those statuses (names, any case).
@@ -60,7 +62,10 @@ pub enum Trigger {
     /// the conditions.
     Schedule { cron: String },
     /// A task untouched for this many hours (fires once per quiet spell).
-    Stale { hours: u32 },
+    Stale {
+        #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 8760))]
+        hours: u32,
+    },
 }
 
 impl Trigger {
@@ -135,16 +140,20 @@ pub fn trigger_kinds(event: &TaskEvent) -> Vec<&'static str> {
     }
 }
 
+/// Whether all conditions must hold, or any one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Match {
     #[default]
     All,
     Any,
 }
 
+/// A condition on the task: an object with exactly one key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Condition {
     /// The task's status is one of these.
     Status(Vec<String>),
@@ -162,8 +171,10 @@ pub enum Condition {
     DescriptionMatches(String),
 }
 
+/// What a rule does: an object with exactly one key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Action {
     /// Move the task to this status (the workflow must allow it).
     Move(String),
@@ -180,9 +191,12 @@ pub enum Action {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Webhook {
+    /// An http(s) URL.
     pub url: String,
     #[serde(default = "default_webhook_attempts")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 20, default = 5))]
     pub max_attempts: u32,
 }
 
@@ -228,6 +242,7 @@ pub fn conditions_hold(how: Match, conditions: &[Condition], task: &TaskFacts<'_
 
 /// A rule as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Rule {
     pub id: Uuid,
     /// The project key; none = every project of the org.
@@ -245,6 +260,7 @@ pub struct Rule {
 /// The stored part of a rule: what fires it, when it applies, what it does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RuleSpec {
     pub trigger: Trigger,
     #[serde(default)]
@@ -256,24 +272,32 @@ pub struct RuleSpec {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateRule {
     pub name: String,
     #[serde(default)]
+    /// A project key (tech lead+); absent = org-wide (org admin).
     pub project: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = true))]
     pub enabled: Option<bool>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
+    /// A dry-run rule records what it would do and changes nothing.
     pub dry_run: Option<bool>,
     pub trigger: Trigger,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 20))]
     pub conditions: Vec<Condition>,
     #[serde(default, rename = "match")]
     pub how: Match,
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 20))]
     pub actions: Vec<Action>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateRule {
     #[serde(default)]
     pub name: Option<String>,
@@ -284,10 +308,12 @@ pub struct UpdateRule {
     #[serde(default)]
     pub trigger: Option<Trigger>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_items = 20))]
     pub conditions: Option<Vec<Condition>>,
     #[serde(default, rename = "match")]
     pub how: Option<Match>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 20))]
     pub actions: Option<Vec<Action>>,
 }
 

@@ -7,23 +7,24 @@
 
 use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use kodel_core::ErrorCode;
 use kodel_core::api::{ApiToken, ApiTokenCreated, CreateApiToken, MAX_NAME, OrgRole, Page};
 use uuid::Uuid;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{Errors, code, path};
 use crate::AppState;
 use crate::auth::tokens::{AGENT_PREFIX, hash_token, random_token};
 use crate::error::{ApiError, ApiResult, require_text};
 use crate::json::ApiJson;
 use crate::tenant::Tenant;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/orgs/{org}/agent-tokens", get(list).post(create))
-        .route("/api/v1/orgs/{org}/agent-tokens/{id}", delete(revoke))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(revoke))
 }
 
 const WHAT: &str = "managing agent tokens (org admins and owners)";
@@ -43,6 +44,14 @@ pub async fn live(db: &mut crate::db::OrgTx, token: Uuid) -> ApiResult<bool> {
     Ok(live == Some(true))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/orgs/{org}/agent-tokens", tag = "agents", operation_id = "create_token",
+    summary = "Create an agent token (org admins); the token is shown once",
+    params(path::Org),
+    request_body = CreateApiToken,
+    responses((status = CREATED, description = "created", body = ApiTokenCreated), Errors<(code::Forbidden,)>),
+    security(("bearer" = []))
+)]
 async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateApiToken>) -> ApiResult<(StatusCode, Json<ApiTokenCreated>)> {
     t.require_org_role(OrgRole::Admin, WHAT)?;
     let name = require_text("name", &req.name, MAX_NAME)?;
@@ -79,6 +88,13 @@ struct Row {
     last_used_at: Option<DateTime<Utc>>,
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/agent-tokens", tag = "agents", operation_id = "list_tokens",
+    summary = "The org's live agent enrollment tokens (org admins)",
+    params(path::Org),
+    responses((status = OK, description = "tokens", body = Page<ApiToken>), Errors<(code::Forbidden,)>),
+    security(("bearer" = []))
+)]
 async fn list(mut t: Tenant) -> ApiResult<Json<Page<ApiToken>>> {
     t.require_org_role(OrgRole::Admin, WHAT)?;
     let org = t.org.id;
@@ -98,6 +114,13 @@ async fn list(mut t: Tenant) -> ApiResult<Json<Page<ApiToken>>> {
 }
 
 /// Revokes a token; agents connected with it are disconnected at their next heartbeat.
+#[utoipa::path(
+    delete, path = "/api/v1/orgs/{org}/agent-tokens/{id}", tag = "agents", operation_id = "revoke_token",
+    summary = "Revoke an agent token; its agents are disconnected at their next heartbeat",
+    params(path::Id),
+    responses((status = NO_CONTENT, description = "revoked"), Errors<(code::Forbidden, code::InvalidKey, code::TokenNotFound)>),
+    security(("bearer" = []))
+)]
 async fn revoke(mut t: Tenant, Path((_, id)): Path<(String, String)>) -> ApiResult<StatusCode> {
     t.require_org_role(OrgRole::Admin, WHAT)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::new(ErrorCode::InvalidKey, "token id must be a UUID"))?;

@@ -3,12 +3,14 @@
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::request::Parts;
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use kodel_core::{ErrorCode, OrgSlug};
 use kodel_core::protocol::MAX_FRAME_BYTES;
 use uuid::Uuid;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{Errors, code};
 use crate::AppState;
 use crate::auth::extract::bearer;
 use crate::auth::tokens::{AGENT_PREFIX, hash_token};
@@ -17,10 +19,16 @@ use crate::hub::connection::{self, AgentToken};
 
 const READ_BUFFER: usize = 8 * 1024;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/agent/ws", get(upgrade))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(upgrade))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/agent/ws", tag = "agents",
+    summary = "Agent workers connect here (WebSocket upgrade) with `Authorization: Bearer kodel_agt_...`. JSON text frames tagged by `type`: see docs/agents.md",
+    responses((status = SWITCHING_PROTOCOLS, description = "switching protocols"), (status = BAD_REQUEST, description = "not a WebSocket upgrade request", content_type = "text/plain", body = String), Errors<(code::Unauthorized, code::Internal, code::Unavailable)>),
+    security(("bearer" = []))
+)]
 async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade, parts: Parts) -> ApiResult<Response> {
     let token = agent_token(&state, &parts).await?;
     tracing::Span::current().record("org", tracing::field::display(&token.slug));

@@ -1,19 +1,22 @@
 //! The org's agents registry: who has connected, with what labels, and when last seen.
 //! Agents add themselves when they connect (the agents hub).
 
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use kodel_core::api::{OrgRole, Page};
 use kodel_core::infra::Agent;
 use uuid::Uuid;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::path;
 use crate::AppState;
 use crate::error::ApiResult;
 use crate::tenant::Tenant;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/orgs/{org}/agents", get(list))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list))
 }
 
 #[derive(sqlx::FromRow)]
@@ -32,6 +35,13 @@ struct Row {
 
 /// Every agent of the org; the job and task an agent works on only where the caller
 /// may see the task's project (org owners and admins see all).
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/agents", tag = "agents",
+    summary = "The org's agents registry",
+    params(path::Org),
+    responses((status = OK, description = "agents", body = Page<Agent>)),
+    security(("bearer" = []))
+)]
 async fn list(mut t: Tenant) -> ApiResult<Json<Page<Agent>>> {
     let sees_all = t.org.role >= OrgRole::Admin;
     let user = t.user_id();

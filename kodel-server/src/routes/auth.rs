@@ -2,14 +2,17 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use kodel_core::ErrorCode;
 use kodel_core::api::{LoginRequest, RefreshRequest, RegisterRequest, Registered, TokenPair, User};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{Errors, code};
 use crate::AppState;
 use crate::auth::tokens::{ACCESS_TTL_SECS, REFRESH_PREFIX, REFRESH_TTL_DAYS, hash_token, random_token};
 use crate::auth::limits::ClientAddr;
@@ -17,13 +20,13 @@ use crate::auth::{Auth, password};
 use crate::error::{ApiError, ApiResult, require_text};
 use crate::json::ApiJson;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/auth/register", post(register))
-        .route("/api/v1/auth/login", post(login))
-        .route("/api/v1/auth/refresh", post(refresh))
-        .route("/api/v1/auth/logout", post(logout))
-        .route("/api/v1/me", get(me))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(register))
+        .routes(routes!(login))
+        .routes(routes!(refresh))
+        .routes(routes!(logout))
+        .routes(routes!(me))
 }
 
 #[derive(sqlx::FromRow)]
@@ -51,6 +54,13 @@ pub fn normalize_email(email: &str) -> ApiResult<String> {
 /// Makes an account, unless the email has one already: the answer is the same either
 /// way (and so is the time it takes), so registering tells nobody which emails have
 /// accounts. The caller then logs in; an existing account keeps its own password.
+#[utoipa::path(
+    post, path = "/api/v1/auth/register", tag = "auth",
+    summary = "Create an account",
+    request_body = RegisterRequest,
+    responses((status = ACCEPTED, description = "accepted; the same answer whether or not the email already had an account (log in next)", body = Registered), Errors<(code::TooManyRequests,)>),
+    security(())
+)]
 async fn register(State(state): State<AppState>, ClientAddr(client): ClientAddr, ApiJson(req): ApiJson<RegisterRequest>) -> ApiResult<(StatusCode, Json<Registered>)> {
     let email = normalize_email(&req.email)?;
     let name = require_text("name", &req.name, kodel_core::api::MAX_NAME)?;
@@ -73,6 +83,13 @@ async fn register(State(state): State<AppState>, ClientAddr(client): ClientAddr,
     Ok((StatusCode::ACCEPTED, Json(Registered { email, message: message.into() })))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/auth/login", tag = "auth",
+    summary = "Log in with email and password",
+    request_body = LoginRequest,
+    responses((status = OK, description = "a token pair", body = TokenPair), Errors<(code::InvalidCredentials, code::TooManyRequests)>),
+    security(())
+)]
 async fn login(State(state): State<AppState>, ClientAddr(client): ClientAddr, ApiJson(req): ApiJson<LoginRequest>) -> ApiResult<Json<TokenPair>> {
     let email = req.email.trim().to_lowercase();
     if email.len() > 254 || req.password.len() > password::MAX_LEN {
@@ -132,6 +149,13 @@ struct RefreshRow {
 
 /// Rotates a refresh token: the old one dies. Presenting a used one again means it was
 /// stolen or replayed, so the whole session is revoked.
+#[utoipa::path(
+    post, path = "/api/v1/auth/refresh", tag = "auth",
+    summary = "Trade a refresh token for a new pair; the old one dies, and reusing it revokes the session",
+    request_body = RefreshRequest,
+    responses((status = OK, description = "a token pair", body = TokenPair), Errors<(code::Unauthorized,)>),
+    security(())
+)]
 async fn refresh(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshRequest>) -> ApiResult<Json<TokenPair>> {
     let mut tx = crate::db::begin(&state.pool).await?;
     let row = sqlx::query_as::<_, RefreshRow>(
@@ -166,6 +190,13 @@ async fn refresh(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshReq
 }
 
 /// Ends the session of a refresh token (and every access token it minted).
+#[utoipa::path(
+    post, path = "/api/v1/auth/logout", tag = "auth",
+    summary = "End the session of a refresh token",
+    request_body = RefreshRequest,
+    responses((status = NO_CONTENT, description = "done"), Errors<(code::Unauthorized,)>),
+    security(())
+)]
 async fn logout(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshRequest>) -> ApiResult<StatusCode> {
     let done = sqlx::query(
         "UPDATE sessions SET revoked_at = now()
@@ -180,6 +211,12 @@ async fn logout(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshRequ
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/me", tag = "auth",
+    summary = "The caller",
+    responses((status = OK, description = "user", body = User)),
+    security(("bearer" = []))
+)]
 async fn me(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<User>> {
     let user = sqlx::query_as::<_, UserRow>("SELECT id, email, name, created_at FROM users WHERE id = $1")
         .bind(auth.user.id)

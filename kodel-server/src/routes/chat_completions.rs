@@ -7,13 +7,11 @@
 
 use std::convert::Infallible;
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use futures::StreamExt;
 use kodel_core::OrgSlug;
 use kodel_core::llm::{Delta, FinishReason, LlmDone, LlmRequest, Message, Role, ToolCall, ToolSpec, Usage};
@@ -21,12 +19,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::AppState;
 use crate::auth::Auth;
 use crate::llm::{Caller, LlmError};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/chat/completions", post(completions))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(completions))
 }
 
 /// An OpenAI-shaped error (`{"error": {message, type, code}}`), which OpenAI clients
@@ -36,8 +37,27 @@ fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response
     (status, axum::Json(body)).into_response()
 }
 
-#[derive(Debug, Deserialize)]
+/// An OpenAI-shaped error: `{error: {message, type, code, param}}`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct OpenAiError {
+    error: OpenAiErrorDetail,
+}
+
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct OpenAiErrorDetail {
+    message: String,
+    /// `invalid_request_error`, `provider_error`, `server_error`, ...
+    #[schema(rename = "type")]
+    kind: String,
+    code: Option<String>,
+    param: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct ChatRequest {
+    /// `provider/model`, or a bare name for the default provider.
     model: String,
     messages: Vec<ChatMessage>,
     #[serde(default)]
@@ -54,15 +74,17 @@ struct ChatRequest {
     temperature: Option<f32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct ChatMessage {
+    /// system, developer, user, assistant or tool.
     role: String,
+    /// A string, or an array of text parts.
     #[serde(default)]
     content: Option<Value>,
     #[serde(default)]
@@ -71,25 +93,25 @@ struct ChatMessage {
     tool_call_id: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct ChatToolCall {
     id: String,
     function: ChatFunctionCall,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct ChatFunctionCall {
     name: String,
     #[serde(default)]
     arguments: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct ChatTool {
     function: ChatFunction,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct ChatFunction {
     name: String,
     #[serde(default)]
@@ -191,6 +213,25 @@ fn status_of(e: &LlmError) -> StatusCode {
     }
 }
 
+#[utoipa::path(
+    post, path = "/v1/chat/completions", tag = "llm",
+    summary = "OpenAI-compatible chat completions through Kodel's LLM proxy, for API tokens",
+    description = "Streamed with `stream: true` (SSE chunks, then `data: [DONE]`). Model `provider/model` or a bare name for the default provider; org from `OpenAI-Organization` or `X-Kodel-Org` when the caller has several. Errors are OpenAI-shaped: {error: {message, type, code}}, except a missing or bad token (Kodel's 401).",
+    request_body = ChatRequest,
+    responses((status = OK, description = "a chat.completion object, or (stream: true) an event stream of chat.completion.chunk objects", content(
+            (Object = "application/json"),
+            (String = "text/event-stream"),
+        )),
+        (status = BAD_REQUEST, description = "not a chat completion request, several orgs and none named, or the provider refused it", body = OpenAiError),
+        (status = UNAUTHORIZED, description = "`unauthorized`: missing, invalid, expired or revoked credentials", body = kodel_core::error::ErrorBody),
+        (status = FORBIDDEN, description = "the caller is in no org", body = OpenAiError),
+        (status = NOT_FOUND, description = "the caller is not a member of the named org", body = OpenAiError),
+        (status = TOO_MANY_REQUESTS, description = "the provider's or the proxy's limit", body = OpenAiError),
+        (status = INTERNAL_SERVER_ERROR, description = "server error", body = OpenAiError),
+        (status = BAD_GATEWAY, description = "the provider failed", body = OpenAiError),
+        (status = SERVICE_UNAVAILABLE, description = "no provider is set up, or it is busy", body = OpenAiError)),
+    security(("bearer" = []))
+)]
 async fn completions(State(state): State<AppState>, auth: Auth, headers: HeaderMap, body: Bytes) -> Response {
     let req: ChatRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,

@@ -15,8 +15,6 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use axum::routing::get;
-use axum::Router;
 use kodel_core::api::OrgRole;
 use kodel_core::{ErrorCode, OrgSlug, TaskKey};
 use serde::Deserialize;
@@ -24,6 +22,10 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::projects::access;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{Errors, code, path};
 use crate::AppState;
 use crate::auth::extract::Credential;
 use crate::error::{ApiError, ApiResult};
@@ -35,14 +37,15 @@ use crate::tenant::Tenant;
 const HEARTBEAT: Duration = Duration::from_secs(15);
 const RECHECK: Duration = Duration::from_secs(30);
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/orgs/{org}/events", get(org_events))
-        .route("/api/v1/orgs/{org}/tasks/{task}/events", get(task_events))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(org_events)).routes(routes!(task_events))
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ResumeQuery {
+    /// Resume after this event id (for clients that cannot send the Last-Event-ID header).
     last_event_id: Option<String>,
 }
 
@@ -142,6 +145,13 @@ fn ends_at(credential: &Credential) -> Option<tokio::time::Instant> {
     Some(tokio::time::Instant::now() + Duration::from_secs(left))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/events", tag = "events",
+    summary = "SSE stream of the org's task events (projects the caller can see)",
+    params(path::Org, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"), ResumeQuery),
+    responses((status = OK, description = "text/event-stream: `id:` event id, `event:` type, `data:` Event JSON; comment lines are heartbeats. Resume with Last-Event-ID. The stream ends when the caller loses access or its token expires.", content_type = "text/event-stream", body = kodel_core::api::Event), Errors<(code::InvalidRequest, code::TooManyRequests)>),
+    security(("bearer" = []))
+)]
 async fn org_events(State(state): State<AppState>, mut t: Tenant, headers: HeaderMap, Query(q): Query<ResumeQuery>) -> ApiResult<Sse<SseStream>> {
     let resume = last_event_id(&headers, &q)?;
     let slot = state.streams.open(t.user_id(), t.org.id)?;
@@ -152,6 +162,13 @@ async fn org_events(State(state): State<AppState>, mut t: Tenant, headers: Heade
     Ok(stream(state, scope, resume, slot).await)
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/tasks/{task}/events", tag = "events",
+    summary = "SSE stream of one task's events",
+    params(path::Task, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"), ResumeQuery),
+    responses((status = OK, description = "text/event-stream: `id:` event id, `event:` type, `data:` Event JSON; comment lines are heartbeats. Resume with Last-Event-ID. The stream ends when the caller loses access or its token expires.", content_type = "text/event-stream", body = kodel_core::api::Event), Errors<(code::InvalidKey, code::TaskNotFound, code::InvalidRequest, code::TooManyRequests)>),
+    security(("bearer" = []))
+)]
 async fn task_events(State(state): State<AppState>, mut t: Tenant, Path((_, task)): Path<(String, String)>, headers: HeaderMap, Query(q): Query<ResumeQuery>) -> ApiResult<Sse<SseStream>> {
     let resume = last_event_id(&headers, &q)?;
     let key = TaskKey::parse(&task).map_err(|e| ApiError::new(ErrorCode::InvalidKey, e.0))?;

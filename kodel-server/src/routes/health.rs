@@ -2,22 +2,48 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{Value, json};
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
+}
+
+/// What the health endpoints answer (the documentation's; they build it as JSON).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct Health {
+    /// `ok` (liveness), `ready` or `unavailable` (readiness).
+    status: String,
+    /// The server's version (liveness).
+    version: Option<String>,
+    /// Why it is not ready.
+    reason: Option<String>,
 }
 
 /// The process is up.
+#[utoipa::path(
+    get, path = "/healthz", tag = "meta",
+    summary = "Liveness",
+    responses((status = OK, description = "up", body = Health)),
+    security(())
+)]
 async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }))
 }
 
 /// The database answers.
+#[utoipa::path(
+    get, path = "/readyz", tag = "meta",
+    summary = "Readiness: the database answers",
+    responses((status = OK, description = "ready", body = Health), (status = SERVICE_UNAVAILABLE, description = "the database does not answer", body = Health)),
+    security(())
+)]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     match sqlx::query("SELECT 1").execute(&state.pool).await {
         Ok(_) => (StatusCode::OK, Json(json!({ "status": "ready" }))),

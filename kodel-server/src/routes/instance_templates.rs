@@ -10,23 +10,24 @@ use std::collections::BTreeMap;
 
 use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use kodel_core::api::{MAX_NAME, OrgRole, Page};
 use kodel_core::infra::{InstanceTemplate, InstanceTemplateIn, MAX_SETUP_SCRIPT, SECRET_MASK, validate_instance_template};
 use kodel_core::ErrorCode;
 use uuid::Uuid;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{Errors, code, path};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, check_len, is_unique_violation, require_text};
 use crate::json::ApiJson;
 use crate::tenant::Tenant;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/orgs/{org}/instance-templates", get(list).post(create))
-        .route("/api/v1/orgs/{org}/instance-templates/{template}", get(show).patch(update).delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(show, update, remove))
 }
 
 #[derive(sqlx::FromRow)]
@@ -118,18 +119,40 @@ fn check(req: &InstanceTemplateIn) -> ApiResult<()> {
     Ok(())
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/instance-templates", tag = "instance_templates",
+    summary = "Instance templates",
+    params(path::Org),
+    responses((status = OK, description = "instance templates", body = Page<InstanceTemplate>)),
+    security(("bearer" = []))
+)]
 async fn list(mut t: Tenant) -> ApiResult<Json<Page<InstanceTemplate>>> {
     let rows = sqlx::query_as::<_, Row>(&format!("{SELECT} ORDER BY name")).fetch_all(t.conn()).await?;
     t.commit().await?;
     Ok(Json(Page { data: rows.into_iter().map(Row::into_api).collect(), next_cursor: None }))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/instance-templates/{template}", tag = "instance_templates",
+    summary = "One instance template by name or id",
+    params(path::Template),
+    responses((status = OK, description = "instance template", body = InstanceTemplate), Errors<(code::TemplateNotFound,)>),
+    security(("bearer" = []))
+)]
 async fn show(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<Json<InstanceTemplate>> {
     let it = find(&mut t, &raw).await?;
     t.commit().await?;
     Ok(Json(it))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/orgs/{org}/instance-templates", tag = "instance_templates",
+    summary = "Create an instance template (org admin); name and base_image are required",
+    params(path::Org),
+    request_body = InstanceTemplateIn,
+    responses((status = CREATED, description = "instance template", body = InstanceTemplate), Errors<(code::Forbidden, code::NameTaken)>),
+    security(("bearer" = []))
+)]
 async fn create(mut t: Tenant, ApiJson(req): ApiJson<InstanceTemplateIn>) -> ApiResult<(StatusCode, Json<InstanceTemplate>)> {
     t.require_org_role(OrgRole::Admin, "creating instance templates")?;
     let name = require_text("name", req.name.as_deref().unwrap_or(""), MAX_NAME)?;
@@ -160,6 +183,14 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<InstanceTemplateIn>) -> Api
     Ok((StatusCode::CREATED, Json(it)))
 }
 
+#[utoipa::path(
+    patch, path = "/api/v1/orgs/{org}/instance-templates/{template}", tag = "instance_templates",
+    summary = "Change an instance template (org admin)",
+    params(path::Template),
+    request_body = InstanceTemplateIn,
+    responses((status = OK, description = "instance template", body = InstanceTemplate), Errors<(code::Forbidden, code::TemplateNotFound, code::NameTaken)>),
+    security(("bearer" = []))
+)]
 async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(req): ApiJson<InstanceTemplateIn>) -> ApiResult<Json<InstanceTemplate>> {
     t.require_org_role(OrgRole::Admin, "editing instance templates")?;
     let row = find_row(&mut t, &raw).await?;
@@ -192,6 +223,13 @@ async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(r
     Ok(Json(it))
 }
 
+#[utoipa::path(
+    delete, path = "/api/v1/orgs/{org}/instance-templates/{template}", tag = "instance_templates",
+    summary = "Delete an instance template (org admin); projects using it are detached",
+    params(path::Template),
+    responses((status = NO_CONTENT, description = "deleted"), Errors<(code::Forbidden, code::TemplateNotFound)>),
+    security(("bearer" = []))
+)]
 async fn remove(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<StatusCode> {
     t.require_org_role(OrgRole::Admin, "deleting instance templates")?;
     let cur = find(&mut t, &raw).await?;

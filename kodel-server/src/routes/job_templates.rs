@@ -3,24 +3,25 @@
 
 use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use kodel_core::api::{MAX_NAME, OrgRole, Page};
 use kodel_core::jobs::{CreateJobTemplate, JobKind, JobTemplate, MAX_PROMPT, TOOLS, UpdateJobTemplate, validate_template};
 use kodel_core::ErrorCode;
 use uuid::Uuid;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{Errors, code, path};
 use crate::AppState;
 use crate::engine::jobs::{ensure_builtin_templates, template_id_by_name};
 use crate::error::{ApiError, ApiResult, check_len, is_fk_violation, is_unique_violation, require_text};
 use crate::json::ApiJson;
 use crate::tenant::Tenant;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/orgs/{org}/job-templates", get(list).post(create))
-        .route("/api/v1/orgs/{org}/job-templates/{template}", get(show).patch(update).delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(show, update, remove))
 }
 
 #[derive(sqlx::FromRow)]
@@ -82,6 +83,13 @@ fn check_model(model: Option<&str>) -> ApiResult<()> {
     }
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/job-templates", tag = "job_templates",
+    summary = "Job templates, the built-in defaults included",
+    params(path::Org),
+    responses((status = OK, description = "job templates", body = Page<JobTemplate>)),
+    security(("bearer" = []))
+)]
 async fn list(mut t: Tenant) -> ApiResult<Json<Page<JobTemplate>>> {
     ensure_builtin_templates(t.conn()).await?;
     let rows = sqlx::query_as::<_, Row>(&format!("{SELECT} ORDER BY name")).fetch_all(t.conn()).await?;
@@ -89,6 +97,13 @@ async fn list(mut t: Tenant) -> ApiResult<Json<Page<JobTemplate>>> {
     Ok(Json(Page { data: rows.into_iter().map(Row::into_api).collect(), next_cursor: None }))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/job-templates/{template}", tag = "job_templates",
+    summary = "One job template by name or id",
+    params(path::Template),
+    responses((status = OK, description = "job template", body = JobTemplate), Errors<(code::TemplateNotFound,)>),
+    security(("bearer" = []))
+)]
 async fn show(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<Json<JobTemplate>> {
     let id = find(&mut t, &raw).await?;
     let tpl = load(&mut t, id).await?;
@@ -96,6 +111,14 @@ async fn show(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResul
     Ok(Json(tpl))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/orgs/{org}/job-templates", tag = "job_templates",
+    summary = "Create a job template (org admin)",
+    params(path::Org),
+    request_body = CreateJobTemplate,
+    responses((status = CREATED, description = "job template", body = JobTemplate), Errors<(code::Forbidden, code::NameTaken)>),
+    security(("bearer" = []))
+)]
 async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateJobTemplate>) -> ApiResult<(StatusCode, Json<JobTemplate>)> {
     t.require_org_role(OrgRole::Admin, "creating job templates")?;
     let name = require_text("name", &req.name, MAX_NAME)?;
@@ -127,6 +150,14 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateJobTemplate>) -> ApiR
     Ok((StatusCode::CREATED, Json(tpl)))
 }
 
+#[utoipa::path(
+    patch, path = "/api/v1/orgs/{org}/job-templates/{template}", tag = "job_templates",
+    summary = "Edit a job template (org admin)",
+    params(path::Template),
+    request_body = UpdateJobTemplate,
+    responses((status = OK, description = "job template", body = JobTemplate), Errors<(code::Forbidden, code::TemplateNotFound)>),
+    security(("bearer" = []))
+)]
 async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(req): ApiJson<UpdateJobTemplate>) -> ApiResult<Json<JobTemplate>> {
     t.require_org_role(OrgRole::Admin, "editing job templates")?;
     let id = find(&mut t, &raw).await?;
@@ -161,6 +192,13 @@ async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(r
     Ok(Json(tpl))
 }
 
+#[utoipa::path(
+    delete, path = "/api/v1/orgs/{org}/job-templates/{template}", tag = "job_templates",
+    summary = "Delete a job template (org admin); 409 conflict for a built-in one or one in use by a binding or jobs",
+    params(path::Template),
+    responses((status = NO_CONTENT, description = "deleted"), Errors<(code::Forbidden, code::TemplateNotFound, code::Conflict)>),
+    security(("bearer" = []))
+)]
 async fn remove(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<StatusCode> {
     t.require_org_role(OrgRole::Admin, "deleting job templates")?;
     let id = find(&mut t, &raw).await?;

@@ -3,8 +3,7 @@
 
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use kodel_core::api::{DEFAULT_PAGE, MAX_PAGE, OrgRole, Page, ProjectRole};
 use kodel_core::jobs::{Artifact, ArtifactKind, ArtifactState, DecideArtifact, Job, JobKind, JobState, StartJob};
@@ -14,6 +13,10 @@ use uuid::Uuid;
 
 use super::projects::access;
 use super::tasks::find_task;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{Errors, code, path};
 use crate::AppState;
 use crate::engine::artifacts::{Decision, decide};
 use crate::engine::jobs;
@@ -21,24 +24,27 @@ use crate::error::{ApiError, ApiResult};
 use crate::json::ApiJson;
 use crate::tenant::Tenant;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/orgs/{org}/jobs", get(list_jobs).post(start_job))
-        .route("/api/v1/orgs/{org}/jobs/{id}", get(show_job))
-        .route("/api/v1/orgs/{org}/jobs/{id}/cancel", post(cancel_job))
-        .route("/api/v1/orgs/{org}/jobs/{id}/steps", get(job_steps))
-        .route("/api/v1/orgs/{org}/artifacts", get(list_artifacts))
-        .route("/api/v1/orgs/{org}/artifacts/{id}", get(show_artifact))
-        .route("/api/v1/orgs/{org}/artifacts/{id}/approve", post(approve))
-        .route("/api/v1/orgs/{org}/artifacts/{id}/reject", post(reject))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_jobs, start_job))
+        .routes(routes!(show_job))
+        .routes(routes!(cancel_job))
+        .routes(routes!(job_steps))
+        .routes(routes!(list_artifacts))
+        .routes(routes!(show_artifact))
+        .routes(routes!(approve))
+        .routes(routes!(reject))
 }
 
 /// SQL that is true when the caller may see project `p` (org admins see all).
 const VISIBLE: &str = "($1 OR p.id IN (SELECT project_id FROM project_members WHERE user_id = $2))";
 
 #[derive(Debug, Default, Deserialize)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// A task key: only its jobs or artifacts.
     task: Option<String>,
     /// Jobs: pending, running, ...; artifacts: pending, approved, rejected.
     status: Option<String>,
@@ -159,6 +165,14 @@ where
     Ok(page(rows, limit, id))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/jobs", tag = "jobs",
+    summary = "Jobs of the projects the caller can see, newest first (cursor, limit <= 200)",
+    description = "`status`: pending, running, succeeded, failed or cancelled.",
+    params(path::Org, ListQuery),
+    responses((status = OK, description = "a page of jobs", body = Page<Job>), Errors<(code::InvalidCursor, code::InvalidKey, code::TaskNotFound, code::InvalidRequest)>),
+    security(("bearer" = []))
+)]
 async fn list_jobs(t: Tenant, query: QueryResult<ListQuery>) -> ApiResult<Json<Page<Job>>> {
     let states: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
     let (rows, next_cursor) = visible_page::<JobRow>(t, query, JOB_SELECT, "j", &states, |r| r.id).await?;
@@ -182,6 +196,13 @@ async fn visible_job(t: &mut Tenant, raw: &str) -> ApiResult<(Job, ProjectRole)>
     Ok((row.into_api(), p.role))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/jobs/{id}", tag = "jobs",
+    summary = "One job",
+    params(path::Id),
+    responses((status = OK, description = "job", body = Job), Errors<(code::JobNotFound,)>),
+    security(("bearer" = []))
+)]
 async fn show_job(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<Json<Job>> {
     let (job, _) = visible_job(&mut t, &raw).await?;
     t.commit().await?;
@@ -189,6 +210,13 @@ async fn show_job(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiR
 }
 
 /// The steps an agent reported for a job, in order (at most 1,000 from `after`).
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/jobs/{id}/steps", tag = "jobs",
+    summary = "The steps an agent reported for a job, in order (1,000 at most after ?after=SEQ)",
+    params(path::Id, StepsQuery),
+    responses((status = OK, description = "steps; `next_cursor` is the `after` of the next page", body = Page<JobStep>), Errors<(code::JobNotFound, code::InvalidRequest)>),
+    security(("bearer" = []))
+)]
 async fn job_steps(mut t: Tenant, Path((_, raw)): Path<(String, String)>, Query(q): Query<StepsQuery>) -> ApiResult<Json<Page<JobStep>>> {
     let (job, _) = visible_job(&mut t, &raw).await?;
     let rows: Vec<(i32, serde_json::Value, chrono::DateTime<chrono::Utc>)> =
@@ -204,17 +232,30 @@ async fn job_steps(mut t: Tenant, Path((_, raw)): Path<(String, String)>, Query(
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct StepsQuery {
+    /// Steps after this seq.
     after: Option<i32>,
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 struct JobStep {
     seq: i32,
+    /// `{kind: message, text}` or `{kind: tool, call_id, tool, input, output, error, duration_ms}`.
+    #[schema(value_type = Object)]
     step: serde_json::Value,
     created_at: chrono::DateTime<chrono::Utc>,
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/orgs/{org}/jobs", tag = "jobs",
+    summary = "Start a job on a task from a template (developer+)",
+    params(path::Org),
+    request_body = StartJob,
+    responses((status = CREATED, description = "job", body = Job), Errors<(code::InvalidKey, code::Forbidden, code::TaskNotFound, code::TemplateNotFound)>),
+    security(("bearer" = []))
+)]
 async fn start_job(mut t: Tenant, ApiJson(req): ApiJson<StartJob>) -> ApiResult<(StatusCode, Json<Job>)> {
     let (p, task) = find_task(&mut t, &req.task, true).await?;
     p.require(ProjectRole::Developer, "starting jobs")?;
@@ -227,6 +268,13 @@ async fn start_job(mut t: Tenant, ApiJson(req): ApiJson<StartJob>) -> ApiResult<
     Ok((StatusCode::CREATED, Json(job)))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/orgs/{org}/jobs/{id}/cancel", tag = "jobs",
+    summary = "Cancel a job (developer+); 409 job_finished when it already finished",
+    params(path::Id),
+    responses((status = OK, description = "job", body = Job), Errors<(code::Forbidden, code::JobNotFound, code::JobFinished)>),
+    security(("bearer" = []))
+)]
 async fn cancel_job(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<Json<Job>> {
     let (job, role) = visible_job(&mut t, &raw).await?;
     if role < ProjectRole::Developer {
@@ -283,6 +331,14 @@ const ARTIFACT_SELECT: &str = "SELECT a.id, a.job_id, p.key || '-' || t.number A
      FROM artifacts a JOIN tasks t ON t.id = a.task_id JOIN projects p ON p.id = t.project_id
      LEFT JOIN public.users u ON u.id = a.decided_by";
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/artifacts", tag = "jobs",
+    summary = "Artifacts of the projects the caller can see, newest first (cursor, limit <= 200)",
+    description = "`status`: pending, approved or rejected.",
+    params(path::Org, ListQuery),
+    responses((status = OK, description = "a page of artifacts", body = Page<Artifact>), Errors<(code::InvalidCursor, code::InvalidKey, code::TaskNotFound, code::InvalidRequest)>),
+    security(("bearer" = []))
+)]
 async fn list_artifacts(t: Tenant, query: QueryResult<ListQuery>) -> ApiResult<Json<Page<Artifact>>> {
     let states: Vec<&str> = ArtifactState::ALL.iter().map(|s| s.as_str()).collect();
     let (rows, next_cursor) = visible_page::<ArtifactRow>(t, query, ARTIFACT_SELECT, "a", &states, |r| r.id).await?;
@@ -301,6 +357,13 @@ async fn visible_artifact(t: &mut Tenant, raw: &str) -> ApiResult<(Artifact, Pro
     Ok((row.into_api(), p.role))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/artifacts/{id}", tag = "jobs",
+    summary = "One artifact",
+    params(path::Id),
+    responses((status = OK, description = "artifact", body = Artifact), Errors<(code::ArtifactNotFound,)>),
+    security(("bearer" = []))
+)]
 async fn show_artifact(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<Json<Artifact>> {
     let (a, _) = visible_artifact(&mut t, &raw).await?;
     t.commit().await?;
@@ -326,11 +389,27 @@ fn decision_body(body: &[u8]) -> ApiResult<DecideArtifact> {
     serde_json::from_slice(body).map_err(|e| ApiError::invalid(e.to_string()))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/orgs/{org}/artifacts/{id}/approve", tag = "jobs",
+    summary = "Approve an artifact (reviewer+); the body is optional; 409 artifact_decided when already decided",
+    params(path::Id),
+    request_body(content = Option<DecideArtifact>, description = "optional: `{\"comment\": \"...\"}`; a bare POST decides too"),
+    responses((status = OK, description = "artifact", body = Artifact), Errors<(code::Forbidden, code::ArtifactNotFound, code::ArtifactDecided)>),
+    security(("bearer" = []))
+)]
 async fn approve(t: Tenant, Path((_, raw)): Path<(String, String)>, body: axum::body::Bytes) -> ApiResult<Json<Artifact>> {
     let req = decision_body(&body)?;
     decide_on(t, raw, req, Decision::Approve).await
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/orgs/{org}/artifacts/{id}/reject", tag = "jobs",
+    summary = "Reject an artifact (reviewer+); the body is optional; 409 artifact_decided when already decided",
+    params(path::Id),
+    request_body(content = Option<DecideArtifact>, description = "optional: `{\"comment\": \"...\"}`; a bare POST decides too"),
+    responses((status = OK, description = "artifact", body = Artifact), Errors<(code::Forbidden, code::ArtifactNotFound, code::ArtifactDecided)>),
+    security(("bearer" = []))
+)]
 async fn reject(t: Tenant, Path((_, raw)): Path<(String, String)>, body: axum::body::Bytes) -> ApiResult<Json<Artifact>> {
     let req = decision_body(&body)?;
     decide_on(t, raw, req, Decision::Reject).await

@@ -3,23 +3,24 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use kodel_core::api::{OrgRole, Page};
 use kodel_core::llm::ProviderSettings as LlmProvider;
 use serde::Deserialize;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{Errors, code, path};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::json::ApiJson;
 use crate::llm::ProviderKind;
 use crate::tenant::Tenant;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/orgs/{org}/llm-providers", get(list))
-        .route("/api/v1/orgs/{org}/llm-providers/{provider}", put(set).delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list)).routes(routes!(set, remove))
 }
 
 const WHAT: &str = "managing the org's LLM providers (org admins and owners)";
@@ -38,8 +39,9 @@ impl From<Row> for LlmProvider {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SetLlmProvider)]
 struct SetProvider {
     #[serde(default)]
     api_key: Option<String>,
@@ -51,6 +53,13 @@ fn provider(raw: &str) -> ApiResult<ProviderKind> {
     ProviderKind::parse(raw).ok_or_else(|| ApiError::invalid(format!("provider {raw:?} is not one of openai, anthropic, openrouter, ollama")))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/llm-providers", tag = "llm",
+    summary = "The org's own LLM provider settings (org admins); keys are never returned",
+    params(path::Org),
+    responses((status = OK, description = "providers", body = Page<LlmProvider>), Errors<(code::Forbidden,)>),
+    security(("bearer" = []))
+)]
 async fn list(mut t: Tenant) -> ApiResult<Json<Page<LlmProvider>>> {
     t.require_org_role(OrgRole::Admin, WHAT)?;
     let rows: Vec<Row> =
@@ -61,6 +70,14 @@ async fn list(mut t: Tenant) -> ApiResult<Json<Page<LlmProvider>>> {
     Ok(Json(Page { data: rows.into_iter().map(LlmProvider::from).collect(), next_cursor: None }))
 }
 
+#[utoipa::path(
+    put, path = "/api/v1/orgs/{org}/llm-providers/{provider}", tag = "llm",
+    summary = "Set the org's key and/or base URL for a provider (sealed at rest)",
+    params(path::Provider),
+    request_body = SetProvider,
+    responses((status = OK, description = "saved", body = LlmProvider), Errors<(code::Forbidden,)>),
+    security(("bearer" = []))
+)]
 async fn set(State(state): State<AppState>, mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(req): ApiJson<SetProvider>) -> ApiResult<Json<LlmProvider>> {
     t.require_org_role(OrgRole::Admin, WHAT)?;
     let kind = provider(&raw)?;
@@ -95,6 +112,13 @@ async fn set(State(state): State<AppState>, mut t: Tenant, Path((_, raw)): Path<
     Ok(Json(row.into()))
 }
 
+#[utoipa::path(
+    delete, path = "/api/v1/orgs/{org}/llm-providers/{provider}", tag = "llm",
+    summary = "Remove the org's settings for a provider (the server's are used again)",
+    params(path::Provider),
+    responses((status = NO_CONTENT, description = "removed"), Errors<(code::Forbidden, code::NotFound, code::InvalidRequest)>),
+    security(("bearer" = []))
+)]
 async fn remove(State(state): State<AppState>, mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<StatusCode> {
     t.require_org_role(OrgRole::Admin, WHAT)?;
     let kind = provider(&raw)?;

@@ -30,14 +30,19 @@ use axum::response::{IntoResponse, Response};
 use kodel_core::ErrorCode;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::AppState;
 use crate::error::ApiError;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-pub fn router(state: AppState, max_body: usize) -> Router {
-    Router::new()
+/// Every resource's routes with their documentation. Routes are only ever added with
+/// utoipa-axum's `routes!`, which takes a handler's `#[utoipa::path]`: a route cannot be
+/// served without being in the OpenAPI document (tests/openapi.rs checks there is no
+/// other way in).
+pub fn api() -> OpenApiRouter<AppState> {
+    openapi::root()
         .merge(health::router())
         .merge(openapi::router())
         .merge(auth::router())
@@ -57,6 +62,11 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .merge(agent_ws::router())
         .merge(chat_completions::router())
         .merge(llm_providers::router())
+}
+
+pub fn router(state: AppState, max_body: usize) -> Router {
+    let (routes, _) = api().split_for_parts();
+    routes
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint") })
         .layer(DefaultBodyLimit::max(max_body.max(kodel_core::llm::MAX_REQUEST_BYTES)))

@@ -3,8 +3,7 @@
 
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use kodel_core::api::{Page, ProjectRole};
 use kodel_core::infra::{CreateModule, MAX_URL, Module, RepoCredentials, UpdateModule};
@@ -14,15 +13,17 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::projects::{ProjectCtx, access};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{Errors, code, path};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, check_len, is_unique_violation, require_text};
 use crate::json::ApiJson;
 use crate::tenant::Tenant;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/orgs/{org}/modules", get(list).post(create))
-        .route("/api/v1/orgs/{org}/modules/{id}", get(show).patch(update).delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(show, update, remove))
 }
 
 #[derive(sqlx::FromRow)]
@@ -143,11 +144,21 @@ fn seal(t: &Tenant, c: &RepoCredentials) -> ApiResult<Vec<u8>> {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// The project key (required).
     project: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/modules", tag = "modules",
+    summary = "A project's modules (git repositories)",
+    params(path::Org, ListQuery),
+    responses((status = OK, description = "modules", body = Page<Module>), Errors<(code::InvalidKey, code::ProjectNotFound, code::InvalidRequest)>),
+    security(("bearer" = []))
+)]
 async fn list(mut t: Tenant, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Page<Module>>> {
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let key = q.project.ok_or_else(|| ApiError::invalid("give the project: ?project=KEY"))?;
@@ -165,12 +176,27 @@ async fn find(t: &mut Tenant, raw: &str) -> ApiResult<(Module, ProjectCtx)> {
     Ok((row.into_api(), p))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/modules/{id}", tag = "modules",
+    summary = "One module",
+    params(path::Id),
+    responses((status = OK, description = "module", body = Module), Errors<(code::ModuleNotFound,)>),
+    security(("bearer" = []))
+)]
 async fn show(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<Json<Module>> {
     let (m, _) = find(&mut t, &raw).await?;
     t.commit().await?;
     Ok(Json(m))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/orgs/{org}/modules", tag = "modules",
+    summary = "Add a module to a project (tech lead+)",
+    params(path::Org),
+    request_body = CreateModule,
+    responses((status = CREATED, description = "module", body = Module), Errors<(code::InvalidKey, code::Forbidden, code::ProjectNotFound, code::NameTaken)>),
+    security(("bearer" = []))
+)]
 async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateModule>) -> ApiResult<(StatusCode, Json<Module>)> {
     let p = access(&mut t, &req.project, ErrorCode::ProjectNotFound).await?;
     p.require(ProjectRole::TechLead, "adding modules")?;
@@ -202,6 +228,14 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateModule>) -> ApiResult
     Ok((StatusCode::CREATED, Json(m)))
 }
 
+#[utoipa::path(
+    patch, path = "/api/v1/orgs/{org}/modules/{id}", tag = "modules",
+    summary = "Change a module (tech lead+)",
+    params(path::Id),
+    request_body = UpdateModule,
+    responses((status = OK, description = "module", body = Module), Errors<(code::Forbidden, code::ModuleNotFound)>),
+    security(("bearer" = []))
+)]
 async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(req): ApiJson<UpdateModule>) -> ApiResult<Json<Module>> {
     let (m, p) = find(&mut t, &raw).await?;
     p.require(ProjectRole::TechLead, "changing modules")?;
@@ -245,6 +279,13 @@ async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(r
     Ok(Json(m))
 }
 
+#[utoipa::path(
+    delete, path = "/api/v1/orgs/{org}/modules/{id}", tag = "modules",
+    summary = "Remove a module (tech lead+)",
+    params(path::Id),
+    responses((status = NO_CONTENT, description = "removed"), Errors<(code::Forbidden, code::ModuleNotFound)>),
+    security(("bearer" = []))
+)]
 async fn remove(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<StatusCode> {
     let (m, p) = find(&mut t, &raw).await?;
     p.require(ProjectRole::TechLead, "removing modules")?;

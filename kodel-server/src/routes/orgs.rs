@@ -2,13 +2,16 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use kodel_core::api::{AddOrgMember, CreateOrg, MAX_NAME, Org, OrgMember, OrgRole, Page, UpdateRole};
 use kodel_core::{ErrorCode, OrgSlug};
 use uuid::Uuid;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{Errors, code, path};
 use crate::AppState;
 use crate::auth::Auth;
 use crate::db::migrate;
@@ -16,12 +19,12 @@ use crate::error::{ApiError, ApiResult, is_unique_violation, require_text};
 use crate::json::ApiJson;
 use crate::tenant::Tenant;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/orgs", get(list).post(create))
-        .route("/api/v1/orgs/{org}", get(show))
-        .route("/api/v1/orgs/{org}/members", get(list_members).post(add_member))
-        .route("/api/v1/orgs/{org}/members/{member}", get(show_member).patch(update_member).delete(remove_member))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show))
+        .routes(routes!(list_members, add_member))
+        .routes(routes!(show_member, update_member, remove_member))
 }
 
 #[derive(sqlx::FromRow)]
@@ -39,6 +42,12 @@ impl OrgRow {
     }
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs", tag = "orgs",
+    summary = "Orgs the caller belongs to",
+    responses((status = OK, description = "orgs", body = Page<Org>)),
+    security(("bearer" = []))
+)]
 async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Page<Org>>> {
     let rows = sqlx::query_as::<_, OrgRow>(
         "SELECT o.id, o.slug, o.name, m.role, o.created_at FROM orgs o
@@ -50,6 +59,13 @@ async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Page<
     Ok(Json(Page { data: rows.into_iter().map(OrgRow::into_api).collect(), next_cursor: None }))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/orgs", tag = "orgs",
+    summary = "Create an org (and its schema); the caller becomes owner",
+    request_body = CreateOrg,
+    responses((status = CREATED, description = "org", body = Org), Errors<(code::InvalidSlug, code::OrgExists)>),
+    security(("bearer" = []))
+)]
 async fn create(State(state): State<AppState>, auth: Auth, ApiJson(req): ApiJson<CreateOrg>) -> ApiResult<(StatusCode, Json<Org>)> {
     let slug = OrgSlug::parse(&req.slug).map_err(|e| ApiError::new(ErrorCode::InvalidSlug, e.0))?;
     let name = require_text("name", &req.name, MAX_NAME)?;
@@ -87,6 +103,13 @@ async fn create(State(state): State<AppState>, auth: Auth, ApiJson(req): ApiJson
     Ok((StatusCode::CREATED, Json(row.into_api())))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}", tag = "orgs",
+    summary = "One org",
+    params(path::Org),
+    responses((status = OK, description = "org", body = Org)),
+    security(("bearer" = []))
+)]
 async fn show(mut t: Tenant) -> ApiResult<Json<Org>> {
     let row = sqlx::query_as::<_, OrgRow>("SELECT id, slug, name, $2 AS role, created_at FROM orgs WHERE id = $1")
         .bind(t.org.id)
@@ -115,6 +138,13 @@ impl MemberRow {
 const MEMBER_SELECT: &str = "SELECT u.id AS user_id, u.email, u.name, m.role, m.created_at AS joined_at
      FROM org_members m JOIN users u ON u.id = m.user_id WHERE m.org_id = $1";
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/members", tag = "orgs",
+    summary = "Org members",
+    params(path::Org),
+    responses((status = OK, description = "members", body = Page<OrgMember>)),
+    security(("bearer" = []))
+)]
 async fn list_members(mut t: Tenant) -> ApiResult<Json<Page<OrgMember>>> {
     let rows = sqlx::query_as::<_, MemberRow>(&format!("{MEMBER_SELECT} ORDER BY u.email"))
         .bind(t.org.id)
@@ -134,12 +164,27 @@ async fn find_member(t: &mut Tenant, who: &str) -> ApiResult<MemberRow> {
     row.ok_or_else(|| ApiError::new(ErrorCode::MemberNotFound, format!("{who} is not a member of {}", t.org.slug)))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/members/{member}", tag = "orgs",
+    summary = "One member, by user id or email",
+    params(path::Member),
+    responses((status = OK, description = "member", body = OrgMember), Errors<(code::MemberNotFound,)>),
+    security(("bearer" = []))
+)]
 async fn show_member(mut t: Tenant, Path((_, who)): Path<(String, String)>) -> ApiResult<Json<OrgMember>> {
     let m = find_member(&mut t, &who).await?;
     t.commit().await?;
     Ok(Json(m.into_api()))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/orgs/{org}/members", tag = "orgs",
+    summary = "Add a registered user (admin+; owners only by owners)",
+    params(path::Org),
+    request_body = AddOrgMember,
+    responses((status = CREATED, description = "member", body = OrgMember), Errors<(code::Forbidden, code::UserNotFound, code::MemberExists, code::TooManyRequests)>),
+    security(("bearer" = []))
+)]
 async fn add_member(mut t: Tenant, ApiJson(req): ApiJson<AddOrgMember>) -> ApiResult<(StatusCode, Json<OrgMember>)> {
     t.require_org_role(OrgRole::Admin, "adding members")?;
     if req.role == OrgRole::Owner {
@@ -177,6 +222,14 @@ async fn owner_count(t: &mut Tenant) -> ApiResult<i64> {
         .await?)
 }
 
+#[utoipa::path(
+    patch, path = "/api/v1/orgs/{org}/members/{member}", tag = "orgs",
+    summary = "Change a member's role",
+    params(path::Member),
+    request_body = UpdateRole<OrgRole>,
+    responses((status = OK, description = "member", body = OrgMember), Errors<(code::Forbidden, code::MemberNotFound, code::LastOwner)>),
+    security(("bearer" = []))
+)]
 async fn update_member(mut t: Tenant, Path((_, who)): Path<(String, String)>, ApiJson(req): ApiJson<UpdateRole<OrgRole>>) -> ApiResult<Json<OrgMember>> {
     t.require_org_role(OrgRole::Admin, "changing roles")?;
     let m = find_member(&mut t, &who).await?;
@@ -205,6 +258,13 @@ async fn update_member(mut t: Tenant, Path((_, who)): Path<(String, String)>, Ap
     Ok(Json(m.into_api()))
 }
 
+#[utoipa::path(
+    delete, path = "/api/v1/orgs/{org}/members/{member}", tag = "orgs",
+    summary = "Remove a member (or leave); the last owner cannot go",
+    params(path::Member),
+    responses((status = NO_CONTENT, description = "removed"), Errors<(code::Forbidden, code::MemberNotFound, code::LastOwner)>),
+    security(("bearer" = []))
+)]
 async fn remove_member(mut t: Tenant, Path((_, who)): Path<(String, String)>) -> ApiResult<StatusCode> {
     let m = find_member(&mut t, &who).await?;
     let leaving_self = m.user_id == t.user_id();

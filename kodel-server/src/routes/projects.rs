@@ -3,8 +3,7 @@
 
 use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use kodel_core::api::{
     AddProjectMember, CreateProject, MAX_DESCRIPTION, MAX_NAME, OrgRole, Page, Project, ProjectMember, ProjectRole,
@@ -15,18 +14,22 @@ use kodel_core::{ErrorCode, ProjectKey};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{Errors, code, path};
 use crate::AppState;
 use crate::engine::workflow;
 use crate::error::{ApiError, ApiResult, check_len, is_unique_violation, require_text};
 use crate::json::ApiJson;
 use crate::tenant::Tenant;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/orgs/{org}/projects", get(list).post(create))
-        .route("/api/v1/orgs/{org}/projects/{key}", get(show).patch(update))
-        .route("/api/v1/orgs/{org}/projects/{key}/members", get(list_members).post(add_member))
-        .route("/api/v1/orgs/{org}/projects/{key}/members/{member}", axum::routing::patch(update_member).delete(remove_member))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, update))
+        .routes(routes!(list_members, add_member))
+        .routes(routes!(update_member, remove_member))
 }
 
 /// The caller's view of one project.
@@ -107,6 +110,13 @@ async fn project_json(conn: &mut PgConnection, id: Uuid, role: ProjectRole) -> A
     })
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/projects", tag = "projects",
+    summary = "Projects the caller can see",
+    params(path::Org),
+    responses((status = OK, description = "projects", body = Page<Project>)),
+    security(("bearer" = []))
+)]
 async fn list(mut t: Tenant) -> ApiResult<Json<Page<Project>>> {
     let user = t.user_id();
     let all = t.org.role >= OrgRole::Admin;
@@ -128,6 +138,14 @@ async fn list(mut t: Tenant) -> ApiResult<Json<Page<Project>>> {
     Ok(Json(Page { data, next_cursor: None }))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/orgs/{org}/projects", tag = "projects",
+    summary = "Create a project; the caller becomes its admin",
+    params(path::Org),
+    request_body = CreateProject,
+    responses((status = CREATED, description = "project", body = Project), Errors<(code::InvalidKey, code::WorkflowNotFound, code::ProjectExists)>),
+    security(("bearer" = []))
+)]
 async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateProject>) -> ApiResult<(StatusCode, Json<Project>)> {
     let key = ProjectKey::parse(&req.key).map_err(|e| ApiError::new(ErrorCode::InvalidKey, e.0))?;
     let name = require_text("name", &req.name, MAX_NAME)?;
@@ -194,6 +212,13 @@ fn task_number_sequence(project: Uuid) -> String {
     format!("task_number_{}", project.simple())
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/projects/{key}", tag = "projects",
+    summary = "One project with its workflow",
+    params(path::Project),
+    responses((status = OK, description = "project", body = Project), Errors<(code::InvalidKey, code::ProjectNotFound,)>),
+    security(("bearer" = []))
+)]
 async fn show(mut t: Tenant, Path((_, key)): Path<(String, String)>) -> ApiResult<Json<Project>> {
     let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
     let project = project_json(t.conn(), p.id, p.role).await?;
@@ -201,6 +226,14 @@ async fn show(mut t: Tenant, Path((_, key)): Path<(String, String)>) -> ApiResul
     Ok(Json(project))
 }
 
+#[utoipa::path(
+    patch, path = "/api/v1/orgs/{org}/projects/{key}", tag = "projects",
+    summary = "Edit a project (project admin); choosing its instance template is for org admins",
+    params(path::Project),
+    request_body = UpdateProject,
+    responses((status = OK, description = "project", body = Project), Errors<(code::InvalidKey, code::ProjectNotFound, code::Forbidden, code::TemplateNotFound)>),
+    security(("bearer" = []))
+)]
 async fn update(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(req): ApiJson<UpdateProject>) -> ApiResult<Json<Project>> {
     let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
     p.require(ProjectRole::Admin, "editing the project")?;
@@ -264,6 +297,13 @@ fn member(row: (Uuid, String, String, String)) -> ProjectMember {
     ProjectMember { user_id: row.0, email: row.1, name: row.2, role: ProjectRole::parse(&row.3).unwrap_or(ProjectRole::Viewer) }
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/projects/{key}/members", tag = "projects",
+    summary = "Project members",
+    params(path::Project),
+    responses((status = OK, description = "members", body = Page<ProjectMember>), Errors<(code::InvalidKey, code::ProjectNotFound,)>),
+    security(("bearer" = []))
+)]
 async fn list_members(mut t: Tenant, Path((_, key)): Path<(String, String)>) -> ApiResult<Json<Page<ProjectMember>>> {
     let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
     let rows: Vec<(Uuid, String, String, String)> =
@@ -280,6 +320,14 @@ async fn find_project_member(t: &mut Tenant, project: Uuid, who: &str) -> ApiRes
     row.ok_or_else(|| ApiError::new(ErrorCode::MemberNotFound, format!("{who} is not a member of this project")))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/orgs/{org}/projects/{key}/members", tag = "projects",
+    summary = "Give an org member a project role (project admin)",
+    params(path::Project),
+    request_body = AddProjectMember,
+    responses((status = CREATED, description = "member", body = ProjectMember), Errors<(code::InvalidKey, code::ProjectNotFound, code::Forbidden, code::UserNotFound, code::MemberExists)>),
+    security(("bearer" = []))
+)]
 async fn add_member(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJson(req): ApiJson<AddProjectMember>) -> ApiResult<(StatusCode, Json<ProjectMember>)> {
     let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
     p.require(ProjectRole::Admin, "managing project members")?;
@@ -299,6 +347,14 @@ async fn add_member(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiJs
     Ok((StatusCode::CREATED, Json(member(m))))
 }
 
+#[utoipa::path(
+    patch, path = "/api/v1/orgs/{org}/projects/{key}/members/{member}", tag = "projects",
+    summary = "Change a project role (project admin)",
+    params(path::ProjectMember),
+    request_body = UpdateRole<ProjectRole>,
+    responses((status = OK, description = "member", body = ProjectMember), Errors<(code::InvalidKey, code::ProjectNotFound, code::Forbidden, code::MemberNotFound)>),
+    security(("bearer" = []))
+)]
 async fn update_member(mut t: Tenant, Path((_, key, who)): Path<(String, String, String)>, ApiJson(req): ApiJson<UpdateRole<ProjectRole>>) -> ApiResult<Json<ProjectMember>> {
     let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
     p.require(ProjectRole::Admin, "managing project members")?;
@@ -314,6 +370,13 @@ async fn update_member(mut t: Tenant, Path((_, key, who)): Path<(String, String,
     Ok(Json(member(m)))
 }
 
+#[utoipa::path(
+    delete, path = "/api/v1/orgs/{org}/projects/{key}/members/{member}", tag = "projects",
+    summary = "Remove from the project (project admin; anyone may leave)",
+    params(path::ProjectMember),
+    responses((status = NO_CONTENT, description = "removed"), Errors<(code::InvalidKey, code::ProjectNotFound, code::Forbidden, code::MemberNotFound)>),
+    security(("bearer" = []))
+)]
 async fn remove_member(mut t: Tenant, Path((_, key, who)): Path<(String, String, String)>) -> ApiResult<StatusCode> {
     let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
     let m = find_project_member(&mut t, p.id, &who).await?;

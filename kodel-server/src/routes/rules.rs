@@ -3,8 +3,7 @@
 
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use kodel_core::api::{MAX_NAME, OrgRole, Page, ProjectRole};
 use kodel_core::rules::{CreateRule, MAX_RULES, Rule, RuleSpec, UpdateRule};
@@ -13,16 +12,18 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::projects::access;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{Errors, code, path};
 use crate::AppState;
 use crate::engine::rules::{check_webhooks, validate};
 use crate::error::{ApiError, ApiResult, require_text};
 use crate::json::ApiJson;
 use crate::tenant::Tenant;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/orgs/{org}/rules", get(list).post(create))
-        .route("/api/v1/orgs/{org}/rules/{id}", get(show).patch(update).delete(remove))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(show, update, remove))
 }
 
 #[derive(sqlx::FromRow)]
@@ -57,11 +58,21 @@ const SELECT: &str = "SELECT r.id, p.key AS project, r.name, r.enabled, r.dry_ru
      FROM automation_rules r LEFT JOIN projects p ON p.id = r.project_id";
 
 #[derive(Debug, Default, Deserialize)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// A project key: its rules and the org-wide ones.
     project: Option<String>,
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/rules", tag = "rules",
+    summary = "Automation rules the caller can see: org-wide ones and those of the caller's projects",
+    params(path::Org, ListQuery),
+    responses((status = OK, description = "rules", body = Page<Rule>), Errors<(code::InvalidKey, code::ProjectNotFound, code::InvalidRequest)>),
+    security(("bearer" = []))
+)]
 async fn list(mut t: Tenant, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Page<Rule>>> {
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let project = match q.project.as_deref() {
@@ -102,12 +113,27 @@ async fn find(t: &mut Tenant, raw: &str, edit: bool) -> ApiResult<Rule> {
     Ok(rule)
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/rules/{id}", tag = "rules",
+    summary = "One rule",
+    params(path::Id),
+    responses((status = OK, description = "rule", body = Rule), Errors<(code::RuleNotFound,)>),
+    security(("bearer" = []))
+)]
 async fn show(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<Json<Rule>> {
     let rule = find(&mut t, &raw, false).await?;
     t.commit().await?;
     Ok(Json(rule))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/orgs/{org}/rules", tag = "rules",
+    summary = "Create a rule (project: tech lead+; org-wide: org admin)",
+    params(path::Org),
+    request_body = CreateRule,
+    responses((status = CREATED, description = "rule", body = Rule), Errors<(code::InvalidKey, code::Forbidden, code::ProjectNotFound)>),
+    security(("bearer" = []))
+)]
 async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateRule>) -> ApiResult<(StatusCode, Json<Rule>)> {
     let name = require_text("name", &req.name, MAX_NAME)?;
     let project = match req.project.as_deref() {
@@ -153,6 +179,14 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<CreateRule>) -> ApiResult<(
     Ok((StatusCode::CREATED, Json(rule)))
 }
 
+#[utoipa::path(
+    patch, path = "/api/v1/orgs/{org}/rules/{id}", tag = "rules",
+    summary = "Change a rule (project: tech lead+; org-wide: org admin)",
+    params(path::Id),
+    request_body = UpdateRule,
+    responses((status = OK, description = "rule", body = Rule), Errors<(code::Forbidden, code::RuleNotFound)>),
+    security(("bearer" = []))
+)]
 async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(req): ApiJson<UpdateRule>) -> ApiResult<Json<Rule>> {
     let rule = find(&mut t, &raw, true).await?;
     let name = req.name.as_deref().map(|n| require_text("name", n, MAX_NAME)).transpose()?;
@@ -188,6 +222,13 @@ async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(r
     Ok(Json(rule))
 }
 
+#[utoipa::path(
+    delete, path = "/api/v1/orgs/{org}/rules/{id}", tag = "rules",
+    summary = "Delete a rule (project: tech lead+; org-wide: org admin)",
+    params(path::Id),
+    responses((status = NO_CONTENT, description = "deleted"), Errors<(code::Forbidden, code::RuleNotFound)>),
+    security(("bearer" = []))
+)]
 async fn remove(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<StatusCode> {
     let rule = find(&mut t, &raw, true).await?;
     sqlx::query("DELETE FROM automation_rules WHERE id = $1").bind(rule.id).execute(t.conn()).await?;

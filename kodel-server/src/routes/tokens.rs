@@ -2,25 +2,34 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use kodel_core::ErrorCode;
 use kodel_core::api::{ApiToken, ApiTokenCreated, CreateApiToken, MAX_NAME, Page};
 use uuid::Uuid;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{Errors, code, path};
 use crate::AppState;
 use crate::auth::Auth;
 use crate::auth::tokens::{PAT_PREFIX, hash_token, random_token};
 use crate::error::{ApiError, ApiResult, require_text};
 use crate::json::ApiJson;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/tokens", get(list).post(create))
-        .route("/api/v1/tokens/{id}", delete(revoke))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(revoke))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/tokens", tag = "auth",
+    summary = "Create an API token; the token is shown only in this response",
+    description = "Only with a login session: an API token cannot make API tokens (403 forbidden).",
+    request_body = CreateApiToken,
+    responses((status = CREATED, description = "token", body = ApiTokenCreated), Errors<(code::Forbidden,)>),
+    security(("bearer" = []))
+)]
 async fn create(State(state): State<AppState>, auth: Auth, ApiJson(req): ApiJson<CreateApiToken>) -> ApiResult<(StatusCode, Json<ApiTokenCreated>)> {
     // An API token cannot mint more API tokens: a stolen one would outlive its revocation.
     if auth.session.is_none() {
@@ -57,6 +66,12 @@ struct TokenRow {
     last_used_at: Option<DateTime<Utc>>,
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/tokens", tag = "auth",
+    summary = "The caller's API tokens (never the tokens themselves)",
+    responses((status = OK, description = "tokens", body = Page<ApiToken>)),
+    security(("bearer" = []))
+)]
 async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Page<ApiToken>>> {
     let rows = sqlx::query_as::<_, TokenRow>(
         "SELECT id, name, prefix, created_at, expires_at, last_used_at FROM api_tokens
@@ -72,6 +87,13 @@ async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Page<
     Ok(Json(Page { data, next_cursor: None }))
 }
 
+#[utoipa::path(
+    delete, path = "/api/v1/tokens/{id}", tag = "auth",
+    summary = "Revoke an API token",
+    params(path::Token),
+    responses((status = NO_CONTENT, description = "revoked"), Errors<(code::InvalidKey, code::TokenNotFound)>),
+    security(("bearer" = []))
+)]
 async fn revoke(State(state): State<AppState>, auth: Auth, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::new(ErrorCode::InvalidKey, "token id must be a UUID"))?;
     let done = sqlx::query("UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND kind = 'user' AND revoked_at IS NULL")

@@ -1,6 +1,8 @@
 //! Test harness: a real PostgreSQL database per test, the real router on a real port.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod openapi;
+
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -70,7 +72,7 @@ impl TestApp {
     }
 
     pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let mut req = self.http.request(method.clone(), format!("{}{path}", self.base));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -79,8 +81,11 @@ impl TestApp {
         }
         let resp = req.send().await.unwrap();
         let status = resp.status();
+        let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
         let text = resp.text().await.unwrap();
         let value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        // Every answer a test sees must be one the OpenAPI document describes.
+        openapi::check(method.as_str(), path, status.as_u16(), content_type.as_deref(), &value);
         (status, value)
     }
 
@@ -171,6 +176,7 @@ impl TestApp {
         let resp = req.send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        openapi::check("GET", path, 200, Some("text/event-stream"), &Value::Null);
         SseClient { stream: Box::pin(resp.bytes_stream()), buf: String::new() }
     }
 }

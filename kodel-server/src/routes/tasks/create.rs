@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use kodel_core::api::{CreateTask, OrgRole, Task};
 
+use super::super::openapi::{Errors, code, path};
 use crate::AppState;
 use crate::auth::extract::Credential;
 use crate::engine::tasks::create::{Answer, NewTask, create_one};
@@ -15,6 +16,14 @@ use crate::error::{ApiError, ApiResult};
 use crate::json::ApiJson;
 use crate::tenant::{Caller, Tenant};
 
+#[utoipa::path(
+    post, path = "/api/v1/orgs/{org}/projects/{key}/tasks", tag = "tasks",
+    summary = "Create a task (developer+)",
+    params(path::Project),
+    request_body = CreateTask,
+    responses((status = CREATED, description = "task", body = Task), Errors<(code::InvalidKey, code::Forbidden, code::ProjectNotFound)>),
+    security(("bearer" = []))
+)]
 pub(super) async fn create(
     State(state): State<AppState>,
     Caller { slug, credential }: Caller,

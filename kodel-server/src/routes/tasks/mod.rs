@@ -4,8 +4,7 @@
 
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use kodel_core::api::{
     Comment, CreateComment, DEFAULT_PAGE, MAX_PAGE, MoveTask, Page, ProjectRole, Task, UpdateTask,
@@ -18,6 +17,10 @@ use uuid::Uuid;
 mod create;
 
 use super::projects::{ProjectCtx, access};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::{Errors, code, path};
 use crate::AppState;
 use crate::engine::tasks::{self, TASK_SELECT, TaskRow};
 use crate::engine::workflow::{self, MoveCause};
@@ -25,13 +28,13 @@ use crate::error::{ApiError, ApiResult};
 use crate::json::ApiJson;
 use crate::tenant::Tenant;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/orgs/{org}/projects/{key}/tasks", get(list).post(create::create))
-        .route("/api/v1/orgs/{org}/tasks/{task}", get(show).patch(update))
-        .route("/api/v1/orgs/{org}/tasks/{task}/move", post(move_task))
-        .route("/api/v1/orgs/{org}/tasks/{task}/comments", get(list_comments).post(add_comment))
-        .route("/api/v1/orgs/{org}/tasks/{task}/history", get(history))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create::create))
+        .routes(routes!(show, update))
+        .routes(routes!(move_task))
+        .routes(routes!(list_comments, add_comment))
+        .routes(routes!(history))
 }
 
 /// Resolves `KOD-42` to the task, checking the caller may see its project.
@@ -49,6 +52,8 @@ pub(crate) async fn find_task(t: &mut Tenant, raw: &str, lock: bool) -> ApiResul
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     status: Option<String>,
@@ -63,6 +68,13 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/projects/{key}/tasks", tag = "tasks",
+    summary = "List tasks, ordered by number (cursor, limit <= 200)",
+    params(path::Project, ListQuery),
+    responses((status = OK, description = "a page of tasks", body = Page<Task>), Errors<(code::InvalidKey, code::InvalidCursor, code::ProjectNotFound, code::InvalidRequest)>),
+    security(("bearer" = []))
+)]
 async fn list(mut t: Tenant, Path((_, key)): Path<(String, String)>, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Page<Task>>> {
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
@@ -127,6 +139,13 @@ async fn list(mut t: Tenant, Path((_, key)): Path<(String, String)>, query: Resu
     Ok(Json(Page { data: rows.into_iter().map(TaskRow::into_api).collect(), next_cursor }))
 }
 
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/tasks/{task}", tag = "tasks",
+    summary = "One task by key, e.g. KOD-42",
+    params(path::Task),
+    responses((status = OK, description = "task", body = Task), Errors<(code::InvalidKey, code::TaskNotFound,)>),
+    security(("bearer" = []))
+)]
 async fn show(mut t: Tenant, Path((_, task)): Path<(String, String)>) -> ApiResult<Json<Task>> {
     let (_, row) = find_task(&mut t, &task, false).await?;
     t.commit().await?;
@@ -141,6 +160,14 @@ fn stale(row: &TaskRow, given: i32) -> ApiError {
     .with_details(json!({ "current_version": row.version }))
 }
 
+#[utoipa::path(
+    patch, path = "/api/v1/orgs/{org}/tasks/{task}", tag = "tasks",
+    summary = "Update a task; `version` must be current (409 version_conflict otherwise)",
+    params(path::Task),
+    request_body = UpdateTask,
+    responses((status = OK, description = "task", body = Task), Errors<(code::InvalidKey, code::TaskNotFound, code::Forbidden, code::VersionConflict)>),
+    security(("bearer" = []))
+)]
 async fn update(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJson(req): ApiJson<UpdateTask>) -> ApiResult<Json<Task>> {
     let (p, row) = find_task(&mut t, &task, true).await?;
     p.require(ProjectRole::Developer, "editing tasks")?;
@@ -155,6 +182,14 @@ async fn update(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJson(
     Ok(Json(t.commit_with(async |db| tasks::read(db, row.id).await).await?))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/orgs/{org}/tasks/{task}/move", tag = "tasks",
+    summary = "Move to another status; 409 transition_not_allowed lists the allowed ones",
+    params(path::Task),
+    request_body = MoveTask,
+    responses((status = OK, description = "task", body = Task), Errors<(code::InvalidKey, code::TaskNotFound, code::Forbidden, code::VersionConflict, code::TransitionNotAllowed)>),
+    security(("bearer" = []))
+)]
 async fn move_task(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJson(req): ApiJson<MoveTask>) -> ApiResult<Json<Task>> {
     let (p, row) = find_task(&mut t, &task, true).await?;
     p.require(ProjectRole::Developer, "moving tasks")?;
@@ -174,6 +209,8 @@ struct CommentRow {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct PageQuery {
     cursor: Option<String>,
@@ -181,6 +218,13 @@ struct PageQuery {
 }
 
 /// Comments oldest first (ids are time-ordered UUIDv7), a page at a time.
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/tasks/{task}/comments", tag = "tasks",
+    summary = "Comments, oldest first, a page at a time (cursor, limit <= 200)",
+    params(path::Task, PageQuery),
+    responses((status = OK, description = "comments", body = Page<Comment>), Errors<(code::InvalidKey, code::TaskNotFound, code::InvalidCursor, code::InvalidRequest)>),
+    security(("bearer" = []))
+)]
 async fn list_comments(mut t: Tenant, Path((_, task)): Path<(String, String)>, query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Page<Comment>>> {
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
@@ -216,6 +260,14 @@ async fn list_comments(mut t: Tenant, Path((_, task)): Path<(String, String)>, q
     Ok(Json(Page { data, next_cursor }))
 }
 
+#[utoipa::path(
+    post, path = "/api/v1/orgs/{org}/tasks/{task}/comments", tag = "tasks",
+    summary = "Comment (reviewer+)",
+    params(path::Task),
+    request_body = CreateComment,
+    responses((status = CREATED, description = "comment", body = Comment), Errors<(code::InvalidKey, code::TaskNotFound, code::Forbidden)>),
+    security(("bearer" = []))
+)]
 async fn add_comment(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJson(req): ApiJson<CreateComment>) -> ApiResult<(StatusCode, Json<Comment>)> {
     // The task row is locked before anything is written, as in every change to a task.
     let (p, row) = find_task(&mut t, &task, true).await?;
@@ -227,6 +279,8 @@ async fn add_comment(mut t: Tenant, Path((_, task)): Path<(String, String)>, Api
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct HistoryQuery {
     /// Events after this per-task seq (0: from the first).
     after: Option<i32>,
@@ -247,6 +301,13 @@ struct HistoryRow {
 /// task's lock, so none can appear later before one already read). `next_cursor` is the
 /// last seq of a full page; follow live from the last `id` with the SSE stream's
 /// `Last-Event-ID`.
+#[utoipa::path(
+    get, path = "/api/v1/orgs/{org}/tasks/{task}/history", tag = "tasks",
+    summary = "A task's stored events in order (by its per-task seq); follow live from the last id with the SSE stream's Last-Event-ID",
+    params(path::Task, HistoryQuery),
+    responses((status = OK, description = "events", body = Page<kodel_core::api::Event>), Errors<(code::InvalidKey, code::TaskNotFound, code::InvalidRequest)>),
+    security(("bearer" = []))
+)]
 async fn history(mut t: Tenant, Path((_, task)): Path<(String, String)>, query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Page<kodel_core::api::Event>>> {
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let limit = q.limit.unwrap_or(500);
