@@ -22,7 +22,7 @@ async fn main() {
 
     let db = fresh_database().await;
     let url = database_url(&db);
-    let server = ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_kodel-server")), &[], &[("DATABASE_URL", url.as_str()), ("RUST_LOG", "info,sqlx=warn")]);
+    let server = ServerProcess::start(Path::new(env!("CARGO_BIN_EXE_kodel-server")), &[], &[("DATABASE_URL", url.as_str()), ("RUST_LOG", "info,sqlx=warn"), ("KODEL_STREAMS_PER_USER", "100000")]);
     let base = server.base.clone();
     let http = reqwest::Client::new();
     let token = register(&base, "b@x.io").await;

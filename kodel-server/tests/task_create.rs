@@ -1,4 +1,4 @@
-//! Task creation's group commit (routes/tasks/create.rs): concurrent creations share a
+//! Task creation's group commit (engine/tasks/create.rs): concurrent creations share a
 //! transaction, each caller is checked on its own, and what a batch does not make is
 //! made alone with its own answer.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
