@@ -497,6 +497,20 @@ impl App {
     }
 }
 
+/// Moves a table's selection for the keys every table shares (j/k and the arrows,
+/// g/G and Home/End). False for any other key.
+pub(super) fn move_in_list(sel: &mut usize, len: usize, key: KeyCode) -> bool {
+    let last = len.saturating_sub(1);
+    *sel = match key {
+        KeyCode::Char('j') | KeyCode::Down => (*sel + 1).min(last),
+        KeyCode::Char('k') | KeyCode::Up => sel.saturating_sub(1),
+        KeyCode::Char('g') | KeyCode::Home => 0,
+        KeyCode::Char('G') | KeyCode::End => last,
+        _ => return false,
+    };
+    true
+}
+
 /// The keys of each view: the footer shows the first ones, `?` all of them.
 pub fn keys(view: View, overlay: &Overlay) -> &'static [(&'static str, &'static str)] {
     match overlay {

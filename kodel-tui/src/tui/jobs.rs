@@ -17,14 +17,11 @@ pub const KEYS: &[(&str, &str)] = &[("j/k", "select"), ("Enter", "open task"), (
 impl App {
     pub(super) fn jobs_key(&mut self, k: KeyEvent) -> Vec<Effect> {
         self.status = None;
-        let len = self.jobs.len();
-        let sel = &mut self.jobs_sel;
+        if super::app::move_in_list(&mut self.jobs_sel, self.jobs.len(), k.code) {
+            return vec![];
+        }
         match k.code {
             KeyCode::Char('q') | KeyCode::Esc => self.view = View::Board,
-            KeyCode::Char('j') | KeyCode::Down => *sel = (*sel + 1).min(len.saturating_sub(1)),
-            KeyCode::Char('k') | KeyCode::Up => *sel = sel.saturating_sub(1),
-            KeyCode::Char('g') | KeyCode::Home => *sel = 0,
-            KeyCode::Char('G') | KeyCode::End => *sel = len.saturating_sub(1),
             KeyCode::Char('r') => return vec![Effect::LoadJobs],
             KeyCode::Tab => {
                 self.view = View::Agents;
