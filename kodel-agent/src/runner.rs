@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use kodel_core::llm::{LlmDone, LlmRequest, Message, Role};
+use kodel_core::llm::{LlmDone, LlmRequest, Message, Role, TextCalls, text_tool_calls};
 use kodel_core::protocol::{AgentMessage, Assignment, Step};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -196,11 +196,37 @@ pub async fn converse(a: &Assignment, ws: &Workspace, rep: &mut Reporter, mut me
     let specs = tools::specs(&a.template.allowed_tools);
     let max_steps = a.template.max_steps.max(1) as u32;
     for _ in 0..max_steps {
-        let request = LlmRequest { messages: messages.clone(), tools: specs.clone(), model: None, max_tokens: None, temperature: None };
-        let done = rep.link.llm(job_id, &request).await.map_err(|f| (format!("the model could not be reached: {}", f.error), f.retryable))?;
-        let message = done.message;
+        let request = LlmRequest { messages: messages.clone(), tools: specs.clone(), ..Default::default() };
+        // The proxy's message names the cause (unreachable, refused, timed out...).
+        let done = rep.link.llm(job_id, &request).await.map_err(|f| (f.error, f.retryable))?;
+        let mut message = done.message;
         if !message.content.trim().is_empty() {
             rep.step(Step::Message { text: message.content.clone() });
+        }
+        if message.tool_calls.is_empty() {
+            let known: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            match text_tool_calls(&message.content, &known) {
+                TextCalls::None => {}
+                TextCalls::Found(calls) => {
+                    let n = calls.len();
+                    let names: Vec<&str> = calls.iter().map(|c| c.name.as_str()).collect();
+                    rep.step(Step::Message {
+                        text: format!(
+                            "[kodel] The model wrote {} as text instead of calling the tool{}; running {} as {}.",
+                            names.join(", "),
+                            if n == 1 { "" } else { "s" },
+                            if n == 1 { "it" } else { "them" },
+                            if n == 1 { "a call" } else { "calls" },
+                        ),
+                    });
+                    // The conversation goes on as if it had called them.
+                    message.content.clear();
+                    message.tool_calls = calls;
+                }
+                TextCalls::Unreadable(shown) => {
+                    return Err((format!("the model answered in text instead of calling a tool, and the call it wrote could not be read: {shown:?}"), false));
+                }
+            }
         }
         let calls = message.tool_calls.clone();
         messages.push(message.clone());

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::Stack;
 use kodel_testkit::forge::FakeForge;
 use kodel_testkit::git;
-use kodel_testkit::scripted_llm::{Reply, ScriptedLlm};
+use kodel_testkit::scripted_llm::{Reply, ScriptedLlm, fixture};
 use serde_json::{Value, json};
 
 const CALC: &str = "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n";
@@ -178,6 +178,63 @@ async fn a_task_goes_through_implement_review_and_qa_on_a_real_repository() {
         }
         assert!(Instant::now() < deadline, "no disk use reported: {agents}");
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An implement job on a small model that llama.cpp's `llama-server` serves on a CPU
+/// (Qwen2.5-Coder, GGUF), replayed byte for byte from
+/// kodel-testkit/fixtures/llm/llama-server/implement.json. With KODEL_LLM_RECORD set to
+/// the recording proxy of scripts/record-llm-fixtures.py (`scripts/local-models.sh
+/// record` does it), the same test runs against the real server and the proxy writes
+/// the fixture again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_local_model_fixes_add_through_llama_cpp() {
+    let recording = std::env::var("KODEL_LLM_RECORD").ok();
+    let recorded = recording.is_none().then(|| fixture("llama-server/implement"));
+    let llm = ScriptedLlm::start(recorded.as_ref().map(|f| f.replies()).unwrap_or_default()).await;
+    let base = match &recording {
+        Some(proxy) => format!("{}/rec/llama-server/implement/v1", proxy.trim_end_matches('/')),
+        None => llm.openai_base(),
+    };
+    // What a user sets for a local server: its base URL and a model; no key.
+    let mut stack = Stack::start_with(&[("OPENAI_BASE_URL", base), ("KODEL_DEFAULT_MODEL", "openai/qwen2.5-coder".into())]).await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "calc");
+    stack.module("KOD", json!({"name": "calc", "url": format!("file://{}", bare.display()), "default_branch": "main"})).await;
+    stack.agent_with("worker-local", &["--allow-file-remotes"], None);
+    let t = stack
+        .call(
+            "POST",
+            "/api/v1/orgs/acme/projects/KOD/tasks",
+            json!({"title": "Fix add", "description": "The file calc.py (in the workspace root) has a bug: add(a, b) returns a - b. Edit calc.py so that it returns a + b."}),
+        )
+        .await;
+    let key = t["key"].as_str().unwrap().to_owned();
+    stack.follow(&key).await;
+    stack.to_in_progress(&key).await;
+
+    let wait = Duration::from_secs(if recording.is_some() { 900 } else { 90 });
+    let outcome = stack.wait_events_any(&["job.succeeded", "job.failed"], wait).await;
+    assert_eq!(outcome.0, "job.succeeded", "the job failed: {}\nsteps: {:#?}", outcome.1, stack.events_of("job.step"));
+    let branch = format!("kodel/{key}-fix-add");
+    let fixed = show(&bare, &format!("{branch}:calc.py")).expect("the branch was pushed");
+    assert!(fixed.contains("return a + b") && !fixed.contains("return a - b"), "{fixed}");
+    let arts = stack.artifacts(&key).await;
+    let kinds: Vec<&str> = arts.iter().map(|a| a["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["branch", "patch"]);
+    // The model wrote its edit as JSON text; the steps say it was run as a call.
+    let steps = stack.events_of("job.step");
+    let said: Vec<&str> = steps.iter().filter_map(|s| s["step"]["text"].as_str()).collect();
+    if recording.is_none() {
+        assert!(said.iter().any(|t| t.starts_with("[kodel] The model wrote edit_file as text")), "{said:?}");
+        assert!(steps.iter().any(|s| s["step"]["tool"] == "edit_file" && s["step"]["error"] == false), "{steps:?}");
+    }
+    // Every call of the job was metered with the server's own token counts.
+    let calls = stack.events_of("job.llm_call");
+    assert!(!calls.is_empty() && calls.iter().all(|c| c["status"] == "ok" && c["input_tokens"].as_u64() > Some(0)), "{calls:?}");
+    if let Some(recorded) = recorded {
+        assert_eq!(llm.requests().len(), recorded.exchanges.len(), "the job asked what the recording answered");
+        assert!(!llm.exhausted());
     }
 }
 

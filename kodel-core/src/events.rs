@@ -246,6 +246,10 @@ pub struct LlmCall {
     pub output_tokens: u64,
     #[serde(default)]
     pub cached_tokens: u64,
+    /// The provider reported no usage: the token counts are Kodel's estimate (about
+    /// four characters a token).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub usage_estimated: bool,
     #[serde(default)]
     pub first_token_ms: Option<u64>,
     #[serde(default)]

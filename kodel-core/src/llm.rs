@@ -59,7 +59,7 @@ pub struct ToolSpec {
     pub parameters: serde_json::Value,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LlmRequest {
     pub messages: Vec<Message>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -71,6 +71,36 @@ pub struct LlmRequest {
     pub max_tokens: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f32>,
+    /// Whether the model may, must or must not call a tool; absent: it may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice>,
+    /// Text that ends the answer (at most `MAX_STOP`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    /// OpenAI's `response_format` as the client sent it (OpenAI-compatible providers;
+    /// Anthropic has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<serde_json::Value>,
+}
+
+/// Most stop sequences per request (OpenAI's limit).
+pub const MAX_STOP: usize = 4;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolChoice {
+    /// The model decides.
+    Auto,
+    /// No tool call.
+    None,
+    /// At least one tool call.
+    Required,
+    /// This tool.
+    Tool { name: String },
 }
 
 impl LlmRequest {
@@ -89,6 +119,9 @@ impl LlmRequest {
             && (m.is_empty() || m.len() > 200)
         {
             return Err("model must be 1 to 200 characters".into());
+        }
+        if self.stop.len() > MAX_STOP || self.stop.iter().any(|s| s.is_empty() || s.len() > 500) {
+            return Err(format!("at most {MAX_STOP} stop sequences of 1 to 500 bytes"));
         }
         Ok(())
     }
@@ -190,7 +223,102 @@ pub struct ProviderSettings {
     pub base_url: Option<String>,
     /// Whether a key is stored (keys are stored sealed and never returned).
     pub has_key: bool,
+    /// How to speak to it; unset fields take the server's settings, then the defaults.
+    #[serde(default)]
+    pub wire: WireSettings,
     pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Which field carries a request's token limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensField {
+    /// What every OpenAI-compatible server reads (llama.cpp, vLLM, Ollama, OpenRouter).
+    MaxTokens,
+    /// What OpenAI's own API wants (its reasoning models refuse `max_tokens`).
+    MaxCompletionTokens,
+}
+
+impl MaxTokensField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxTokens => "max_tokens",
+            Self::MaxCompletionTokens => "max_completion_tokens",
+        }
+    }
+}
+
+/// How to speak to a provider where servers differ; `None` takes the default for the
+/// provider and its base URL (`ProviderConfig::wire`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct WireSettings {
+    /// Stream answers (default), or ask for the whole answer at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// The field of the token limit (OpenAI-compatible providers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens_field: Option<MaxTokensField>,
+    /// Send `tool_choice: "auto"` with tools (default). Some servers (llama-cpp-python)
+    /// leave the tools out of the prompt without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<bool>,
+}
+
+impl WireSettings {
+    /// `stream=off,max_tokens_field=max_tokens,tool_choice=on` (the `*_WIRE` variables).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut w = Self::default();
+        for part in text.split([',', ' ']).map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part.split_once('=').ok_or_else(|| format!("{part:?} is not key=value"))?;
+            let flag = || match value {
+                "on" | "true" | "yes" | "1" => Ok(true),
+                "off" | "false" | "no" | "0" => Ok(false),
+                _ => Err(format!("{key} must be on or off, not {value:?}")),
+            };
+            match key {
+                "stream" => w.stream = Some(flag()?),
+                "tool_choice" => w.tool_choice = Some(flag()?),
+                "max_tokens_field" => {
+                    w.max_tokens_field = Some(match value {
+                        "max_tokens" => MaxTokensField::MaxTokens,
+                        "max_completion_tokens" => MaxTokensField::MaxCompletionTokens,
+                        _ => return Err(format!("max_tokens_field must be max_tokens or max_completion_tokens, not {value:?}")),
+                    })
+                }
+                _ => return Err(format!("unknown setting {key:?}: use stream, max_tokens_field or tool_choice")),
+            }
+        }
+        Ok(w)
+    }
+
+    /// These settings, with `other`'s where these have none.
+    pub fn or(self, other: WireSettings) -> WireSettings {
+        WireSettings {
+            stream: self.stream.or(other.stream),
+            max_tokens_field: self.max_tokens_field.or(other.max_tokens_field),
+            tool_choice: self.tool_choice.or(other.tool_choice),
+        }
+    }
+}
+
+/// `stream=off,max_tokens_field=max_tokens`: what `parse` reads; empty when nothing is set.
+impl std::fmt::Display for WireSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on = |b: bool| if b { "on" } else { "off" };
+        let mut parts = Vec::new();
+        if let Some(s) = self.stream {
+            parts.push(format!("stream={}", on(s)));
+        }
+        if let Some(m) = self.max_tokens_field {
+            parts.push(format!("max_tokens_field={}", m.as_str()));
+        }
+        if let Some(t) = self.tool_choice {
+            parts.push(format!("tool_choice={}", on(t)));
+        }
+        f.write_str(&parts.join(","))
+    }
 }
 
 /// Builds the assistant message out of deltas, in the order they came.
@@ -241,9 +369,117 @@ impl Assembler {
     }
 }
 
+/// What a model's text says about tool calls it wrote as text instead of calling the
+/// tools (small local models often do): none, calls Kodel can run, or an attempt that
+/// cannot be read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TextCalls {
+    None,
+    Found(Vec<ToolCall>),
+    /// What the text looked like (cut to 200 characters).
+    Unreadable(String),
+}
+
+/// The tool calls written in `text`: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`
+/// (Qwen's and Hermes' format; also in `<tools>` tags), or JSON objects (bare or in a code fence) that name one
+/// of `known` with its `arguments` (or `parameters`). Ids are `text_call_N`.
+pub fn text_tool_calls(text: &str, known: &[&str]) -> TextCalls {
+    let call_of = |v: &serde_json::Value| -> Option<ToolCall> {
+        let v = if v.get("function").is_some_and(|f| f.is_object()) { &v["function"] } else { v };
+        let name = v["name"].as_str().filter(|n| known.contains(n))?;
+        let args = match v.get("arguments").or_else(|| v.get("parameters")) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(o @ serde_json::Value::Object(_)) => o.to_string(),
+            None => "{}".to_owned(),
+            Some(_) => return None,
+        };
+        Some(ToolCall { id: String::new(), name: name.to_owned(), arguments: args })
+    };
+    let number = |calls: Vec<ToolCall>| -> Vec<ToolCall> {
+        calls.into_iter().enumerate().map(|(i, c)| ToolCall { id: format!("text_call_{i}"), ..c }).collect()
+    };
+    let shown = || text.trim().chars().take(200).collect::<String>();
+    // Qwen2.5-Coder 1.5B on llama-server also writes `<tools>...</tools>`.
+    if let Some((open, close)) = [("<tool_call>", "</tool_call>"), ("<tools>", "</tools>")].into_iter().find(|(open, _)| text.contains(open)) {
+        let mut calls = Vec::new();
+        for part in text.split(open).skip(1) {
+            let body = part.split(close).next().unwrap_or_default();
+            let body = body.trim().trim_start_matches("```json").trim_start_matches("```").trim_end_matches("```").trim();
+            match serde_json::from_str::<serde_json::Value>(body).ok().as_ref().and_then(call_of) {
+                Some(call) => calls.push(call),
+                None => return TextCalls::Unreadable(shown()),
+            }
+        }
+        return TextCalls::Found(number(calls));
+    }
+    // JSON objects anywhere in the text: each `{` that starts a whole value.
+    let mut calls = Vec::new();
+    let mut at = 0;
+    while let Some(offset) = text[at..].find('{') {
+        let start = at + offset;
+        let mut values = serde_json::Deserializer::from_str(&text[start..]).into_iter::<serde_json::Value>();
+        match values.next() {
+            Some(Ok(v)) => {
+                if let Some(call) = call_of(&v) {
+                    calls.push(call);
+                }
+                at = start + values.byte_offset().max(1);
+            }
+            _ => at = start + 1,
+        }
+    }
+    if !calls.is_empty() {
+        return TextCalls::Found(number(calls));
+    }
+    // A known tool named as a JSON key's value in JSON that does not parse (or with
+    // arguments that are not an object), or as `functions.NAME` (llama-cpp-python's
+    // function-calling prompt).
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    if known.iter().any(|k| compact.contains(&format!("\"name\":\"{k}\"")) || compact.contains(&format!("functions.{k}"))) {
+        return TextCalls::Unreadable(shown());
+    }
+    TextCalls::None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KNOWN: &[&str] = &["read_file", "write_file", "bash"];
+
+    #[test]
+    fn tool_calls_written_as_text_are_read() {
+        let tagged = "I'll write it.\n<tool_call>\n{\"name\": \"write_file\", \"arguments\": {\"path\": \"a.txt\", \"content\": \"hi\"}}\n</tool_call>";
+        let TextCalls::Found(calls) = text_tool_calls(tagged, KNOWN) else { panic!("not found") };
+        assert_eq!((calls[0].id.as_str(), calls[0].name.as_str()), ("text_call_0", "write_file"));
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&calls[0].arguments).unwrap()["path"], "a.txt");
+
+        let tools_tag = "<tools>\n{\"name\": \"bash\", \"arguments\": {\"command\": \"ls\"}}\n</tools>";
+        assert!(matches!(text_tool_calls(tools_tag, KNOWN), TextCalls::Found(c) if c[0].name == "bash"));
+
+        let fenced = "```json\n{\"name\": \"bash\", \"parameters\": {\"command\": \"ls\"}}\n```\nand then {\"name\": \"read_file\", \"arguments\": \"{\\\"path\\\": \\\"b\\\"}\"}";
+        let TextCalls::Found(calls) = text_tool_calls(fenced, KNOWN) else { panic!("not found") };
+        assert_eq!(calls.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["bash", "read_file"]);
+        assert_eq!(calls[1].arguments, "{\"path\": \"b\"}");
+
+        // Unknown tools and ordinary JSON are not calls; a summary is not either.
+        assert_eq!(text_tool_calls("{\"name\": \"rm_rf\", \"arguments\": {}}", KNOWN), TextCalls::None);
+        assert_eq!(text_tool_calls("Done: config is {\"debug\": true}.", KNOWN), TextCalls::None);
+        // An attempt that does not parse says so.
+        assert!(matches!(text_tool_calls("<tool_call>{\"name\": \"bash\", \"arguments\": {\"command\": </tool_call>", KNOWN), TextCalls::Unreadable(_)));
+        assert!(matches!(text_tool_calls("{\"name\": \"write_file\", \"arguments\": {\"path\": \"a\"", KNOWN), TextCalls::Unreadable(_)));
+        assert!(matches!(text_tool_calls("functions.write_file:", KNOWN), TextCalls::Unreadable(_)));
+    }
+
+    #[test]
+    fn wire_settings_read_and_print() {
+        let w = WireSettings::parse("stream=off, max_tokens_field=max_tokens,tool_choice=on").unwrap();
+        assert_eq!(w, WireSettings { stream: Some(false), max_tokens_field: Some(MaxTokensField::MaxTokens), tool_choice: Some(true) });
+        assert_eq!(WireSettings::parse(&w.to_string()).unwrap(), w);
+        assert_eq!(WireSettings::parse("").unwrap(), WireSettings::default());
+        assert!(WireSettings::parse("stream=maybe").unwrap_err().contains("on or off"));
+        assert!(WireSettings::parse("streaming=on").unwrap_err().contains("unknown setting"));
+    }
 
     #[test]
     fn tool_calls_assemble_from_pieces() {
@@ -263,7 +499,7 @@ mod tests {
 
     #[test]
     fn requests_are_bounded() {
-        let mut r = LlmRequest { messages: vec![], tools: vec![], model: None, max_tokens: None, temperature: None };
+        let mut r = LlmRequest::default();
         assert!(r.validate().is_err());
         r.messages.push(Message::text(Role::User, "hi"));
         assert!(r.validate().is_ok());

@@ -287,10 +287,7 @@ mod tests {
             request_id: "r1".into(),
             request: LlmRequest {
                 messages: vec![Message::text(Role::User, "hi")],
-                tools: vec![],
-                model: None,
-                max_tokens: None,
-                temperature: None,
+                ..Default::default()
             },
         };
         let v = serde_json::to_value(&req).unwrap();

@@ -117,10 +117,8 @@ fn answer() -> String {
 fn request() -> LlmRequest {
     LlmRequest {
         messages: vec![LlmMessage::text(Role::User, "Say the scripted text, please. This is a short user turn of a benchmark.")],
-        tools: vec![],
         model: Some(format!("openai/{MODEL}")),
-        max_tokens: None,
-        temperature: None,
+        ..Default::default()
     }
 }
 
@@ -271,8 +269,8 @@ async fn main() {
     let caller = Caller { org_id, slug, job: Some(JobRef { job_id, task_id }), template_model: None, user: None };
 
     let http = llm::client();
-    let cfg = ProviderConfig { kind: ProviderKind::OpenAi, base_url: scripted.openai_base(), api_key: Some("sk-bench-secret".into()) };
-    let opts = CallOptions { timeout: Duration::from_secs(30), max_retries: 0, max_retry_wait: Duration::from_secs(1) };
+    let cfg = ProviderConfig { kind: ProviderKind::OpenAi, base_url: scripted.openai_base(), api_key: Some("sk-bench-secret".into()), wire: Default::default() };
+    let opts = CallOptions { first_token_timeout: Duration::from_secs(30), timeout: Duration::from_secs(30), max_retries: 0, max_retry_wait: Duration::from_secs(1) };
     let req = request();
 
     let mut n = 0;

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::llm::WireSettings;
+
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "kodel-server", version, about = "Kodel's headless server")]
 pub struct Config {
@@ -119,6 +121,17 @@ pub struct LlmSettings {
     pub openrouter_base_url: Option<String>,
     #[arg(long = "ollama-base-url", env = "OLLAMA_BASE_URL", hide = true)]
     pub ollama_base_url: Option<String>,
+    /// How to speak to each provider where servers differ, e.g.
+    /// `OPENAI_WIRE=stream=off,max_tokens_field=max_tokens,tool_choice=off` (README,
+    /// "Local models"); an org's own provider settings apply over these.
+    #[arg(long = "openai-wire", env = "OPENAI_WIRE", value_parser = wire, default_value = "", hide = true)]
+    pub openai_wire: WireSettings,
+    #[arg(long = "anthropic-wire", env = "ANTHROPIC_WIRE", value_parser = wire, default_value = "", hide = true)]
+    pub anthropic_wire: WireSettings,
+    #[arg(long = "openrouter-wire", env = "OPENROUTER_WIRE", value_parser = wire, default_value = "", hide = true)]
+    pub openrouter_wire: WireSettings,
+    #[arg(long = "ollama-wire", env = "OLLAMA_WIRE", value_parser = wire, default_value = "", hide = true)]
+    pub ollama_wire: WireSettings,
     /// The model used when neither the request nor the job template names one, as
     /// `provider/model` (e.g. `openai/gpt-4.1-mini`).
     #[arg(long, env = "KODEL_DEFAULT_MODEL")]
@@ -129,9 +142,17 @@ pub struct LlmSettings {
     /// Most LLM calls one org may have in flight at once.
     #[arg(long, env = "KODEL_LLM_CONCURRENCY", default_value_t = 8)]
     pub llm_concurrency: usize,
-    /// Longest wait for a provider's first byte, and between two chunks (seconds).
+    /// Longest wait between two pieces of a streamed answer (seconds).
     #[arg(long, env = "KODEL_LLM_TIMEOUT", default_value_t = 120.0)]
     pub llm_timeout: f64,
+    /// Longest wait for an answer to begin (seconds): a server on a CPU reads a long
+    /// prompt before its first token. Never shorter than KODEL_LLM_TIMEOUT.
+    #[arg(long, env = "KODEL_LLM_FIRST_TOKEN_TIMEOUT", default_value_t = 600.0)]
+    pub llm_first_token_timeout: f64,
+}
+
+fn wire(text: &str) -> Result<WireSettings, String> {
+    WireSettings::parse(text)
 }
 
 // Keys must never reach a log line through `{:?}`.

@@ -133,6 +133,22 @@ async fn an_orgs_own_provider_key_is_used_and_never_shown() {
     let mut db = app.sql().await;
     let raw: Vec<u8> = sqlx::query_scalar("SELECT api_key FROM org_own.llm_providers WHERE provider = 'openai'").fetch_one(&mut db).await.unwrap();
     assert!(!String::from_utf8_lossy(&raw).contains("sk-org-own-secret"));
+
+    // Its wire settings are shown and applied to the next call (after the cache of
+    // org settings is dropped by the change).
+    llm.push(Reply::Text("whole".into()));
+    let wire = json!({"stream": false, "max_tokens_field": "max_completion_tokens", "tool_choice": false});
+    let (s, v) = app.call(reqwest::Method::PUT, "/api/v1/orgs/own/llm-providers/openai", Some(&token), Some(json!({"wire": wire}))).await;
+    assert_eq!((s.as_u16(), &v["wire"], &v["has_key"]), (200, &wire, &json!(true)), "the key is kept: {v}");
+    let (s, v) = app.call(reqwest::Method::PUT, "/api/v1/orgs/own/llm-providers/openai", Some(&token), Some(json!({"wire": {"stream": "no"}}))).await;
+    assert_eq!(s, 422, "{v}");
+    let body = json!({"model": "openai/gpt-org", "stream": true, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}],
+                      "tools": [{"type": "function", "function": {"name": "read_file"}}]});
+    let resp = app.http.post(format!("{}/v1/chat/completions", app.base)).bearer_auth(&token).json(&body).send().await.unwrap();
+    assert!(resp.text().await.unwrap().contains("whole"));
+    let sent = &llm.requests()[1].body;
+    assert_eq!((&sent["stream"], &sent["max_completion_tokens"]), (&json!(false), &json!(5)), "{sent}");
+    assert!(sent.get("tool_choice").is_none(), "{sent}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,4 +224,61 @@ async fn an_unreachable_ollama_says_what_to_do() {
     let v: Value = resp.json().await.unwrap();
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("could not reach ollama") && msg.contains("is Ollama running") && msg.contains("KODEL_DEFAULT_MODEL"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_passes_on_what_the_client_asked_and_keeps_the_providers_status() {
+    let refuse = |code: u16, message: &str| Reply::Status { code, retry_after: None, body: message.into() };
+    let llm = ScriptedLlm::start(vec![
+        Reply::Text("{\"ok\": true}".into()),
+        refuse(401, "Incorrect API key provided"),
+        refuse(404, "model 'nope' not found"),
+        refuse(422, "stop must be shorter"),
+        refuse(404, "model 'nope' not found"),
+    ])
+    .await;
+    let mut config = test_config();
+    config.llm = LlmSettings { openai_base_url: Some(llm.openai_base()), openai_api_key: Some("sk-gateway-0123456789".into()), llm_concurrency: 4, llm_timeout: 30.0, ..Default::default() };
+    let app = TestApp::spawn_with(fresh_database().await, config).await;
+    let token = app.owner_with_project("pass@example.com", "pass", "PS").await;
+    let ask = |extra: Value| {
+        let mut body = json!({"model": "openai/local", "messages": [{"role": "user", "content": "hi"}],
+                              "tools": [{"type": "function", "function": {"name": "read_file", "parameters": {"type": "object"}}}]});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let (s, v) = app
+        .post(
+            "/v1/chat/completions",
+            &token,
+            ask(json!({"tool_choice": "required", "stop": ["END"], "seed": 7, "top_p": 0.5, "max_tokens": 9,
+                       "response_format": {"type": "json_object"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let sent = &llm.requests()[0].body;
+    assert_eq!((&sent["tool_choice"], &sent["stop"], &sent["seed"]), (&json!("required"), &json!(["END"]), &json!(7)), "{sent}");
+    assert_eq!((&sent["top_p"], &sent["response_format"], &sent["max_tokens"]), (&json!(0.5), &json!({"type": "json_object"}), &json!(9)), "{sent}");
+
+    // The provider's refusals keep their status and say what it said.
+    for (status, said) in [(401, "Incorrect API key"), (404, "not found"), (422, "stop must be shorter")] {
+        let (s, v) = app.post("/v1/chat/completions", &token, ask(json!({}))).await;
+        assert_eq!(s, status, "{v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("the provider refused the request: ") && message.contains(said), "{message}");
+    }
+    // Streamed too: nothing is sent before the provider answered, so the error is the
+    // response, not a 200 stream with an error in it.
+    let resp = app
+        .http
+        .post(format!("{}/v1/chat/completions", app.base))
+        .bearer_auth(&token)
+        .json(&ask(json!({"stream": true})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("model 'nope' not found"), "{v}");
+    assert_eq!(llm.requests().len(), 5, "refusals are not retried");
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kodel_core::llm::{Assembler, Delta, FinishReason, LlmRequest, Message, Role, ToolSpec, Usage};
-use kodel_server::llm::provider::{self, CallOptions, EventStream, LlmError, ProviderConfig, ProviderKind, StreamEvent};
+use kodel_server::llm::provider::{self, CallOptions, EventStream, LlmError, MaxTokensField, ProviderConfig, ProviderKind, StreamEvent, WireSettings};
 use kodel_testkit::scripted_llm::{Reply, ScriptedLlm, ScriptedRequest};
 use serde_json::{Value, json};
 
@@ -16,11 +16,11 @@ const SYSTEM: &str = "You are terse.";
 
 fn config(kind: ProviderKind, llm: &ScriptedLlm, key: Option<&str>) -> ProviderConfig {
     let base_url = if kind == ProviderKind::Anthropic { llm.anthropic_base() } else { llm.openai_base() };
-    ProviderConfig { kind, base_url, api_key: key.map(str::to_owned) }
+    ProviderConfig { kind, base_url, api_key: key.map(str::to_owned), wire: Default::default() }
 }
 
 fn opts() -> CallOptions {
-    CallOptions { timeout: Duration::from_secs(5), max_retries: 3, max_retry_wait: Duration::from_millis(50) }
+    CallOptions { first_token_timeout: Duration::from_secs(5), timeout: Duration::from_secs(5), max_retries: 3, max_retry_wait: Duration::from_millis(50) }
 }
 
 fn http() -> reqwest::Client {
@@ -28,7 +28,7 @@ fn http() -> reqwest::Client {
 }
 
 fn ask(text: &str) -> LlmRequest {
-    LlmRequest { messages: vec![Message::text(Role::User, text)], tools: vec![], model: None, max_tokens: None, temperature: None }
+    LlmRequest { messages: vec![Message::text(Role::User, text)], ..Default::default() }
 }
 
 fn tools() -> Vec<ToolSpec> {
@@ -173,7 +173,9 @@ async fn text_streams_and_assembles() {
                 assert_eq!(r.format, "openai");
                 assert_eq!(body["messages"], json!([{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Say hello"}]));
                 assert_eq!(body["stream_options"]["include_usage"], true);
-                assert_eq!(body["max_completion_tokens"], 100);
+                // Not OpenAI's own API: the field every compatible server reads.
+                assert_eq!(body["max_tokens"], 100);
+                assert!(body.get("max_completion_tokens").is_none());
                 assert_eq!(r.header("authorization"), Some(format!("Bearer {KEY}").as_str()));
             }
         }
@@ -430,7 +432,8 @@ async fn a_provider_error_mid_stream_is_an_error_item() {
 async fn a_hanging_stream_times_out() {
     for kind in BOTH {
         let llm = ScriptedLlm::start(vec![Reply::Hang]).await;
-        let opts = CallOptions { timeout: Duration::from_millis(300), ..opts() };
+        // The wait for the first token applies, not the (longer) one between tokens.
+        let opts = CallOptions { first_token_timeout: Duration::from_millis(300), timeout: Duration::from_secs(30), ..opts() };
         let started = Instant::now();
         // The headers come at once; then nothing.
         let stream = call(kind, &llm, &ask("hi"), &opts).await.unwrap();
@@ -439,7 +442,7 @@ async fn a_hanging_stream_times_out() {
         assert!(out.events.is_empty(), "{kind:?}: {:?}", out.events);
         let err = out.error.expect("a timeout");
         assert!(err.retryable);
-        assert!(err.message.contains("300 ms"), "{kind:?}: {}", err.message);
+        assert!(err.message.contains("no answer within 0.3 s (KODEL_LLM_FIRST_TOKEN_TIMEOUT)"), "{kind:?}: {}", err.message);
         assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{kind:?}: {took:?}");
         assert_eq!(llm.requests().len(), 1);
     }
@@ -461,14 +464,14 @@ async fn no_response_within_the_timeout_fails_without_retry() {
             }
         });
         let base_url = if kind == ProviderKind::Anthropic { format!("http://{addr}") } else { format!("http://{addr}/v1") };
-        let cfg = ProviderConfig { kind, base_url, api_key: Some(KEY.into()) };
-        let opts = CallOptions { timeout: Duration::from_millis(300), ..opts() };
+        let cfg = ProviderConfig { kind, base_url, api_key: Some(KEY.into()), wire: Default::default() };
+        let opts = CallOptions { first_token_timeout: Duration::from_millis(300), ..opts() };
         let started = Instant::now();
         let err = provider::stream(&http(), &cfg, "m", "", &ask("hi"), &opts).await.err().expect("a timeout");
         let took = started.elapsed();
         assert!(err.retryable, "{kind:?}: {err:?}");
         assert_eq!(err.status, None);
-        assert!(err.message.contains("300 ms"), "{}", err.message);
+        assert!(err.message.contains("no response within 0.3 s"), "{}", err.message);
         assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(2), "{kind:?}: {took:?}");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1, "{kind:?}: not retried");
         server.abort();
@@ -484,7 +487,7 @@ async fn connect_errors_are_retried_then_reported() {
             l.local_addr().unwrap()
         };
         let base_url = if kind == ProviderKind::Anthropic { format!("http://{addr}") } else { format!("http://{addr}/v1") };
-        let cfg = ProviderConfig { kind, base_url, api_key: Some(KEY.into()) };
+        let cfg = ProviderConfig { kind, base_url, api_key: Some(KEY.into()), wire: Default::default() };
         let opts = CallOptions { max_retries: 2, max_retry_wait: Duration::from_millis(100), ..opts() };
         let started = Instant::now();
         let err = provider::stream(&http(), &cfg, "m", "", &ask("hi"), &opts).await.err().expect("an error");
@@ -669,4 +672,48 @@ fn provider_names_round_trip() {
         assert_eq!(ProviderKind::parse(kind.name()), Some(kind));
     }
     assert_eq!(ProviderKind::parse("gemini"), None);
+}
+
+#[test]
+fn wire_defaults_follow_the_provider_and_its_base_url() {
+    let cfg = |kind, base: &str| ProviderConfig { kind, base_url: base.into(), api_key: None, wire: WireSettings::default() };
+    // OpenAI's own API wants max_completion_tokens; every other server reads max_tokens.
+    assert_eq!(cfg(ProviderKind::OpenAi, "").wire().max_tokens_field, MaxTokensField::MaxCompletionTokens);
+    assert_eq!(cfg(ProviderKind::OpenAi, "https://api.openai.com/v1").wire().max_tokens_field, MaxTokensField::MaxCompletionTokens);
+    for (kind, base) in [(ProviderKind::OpenAi, "http://127.0.0.1:8080/v1"), (ProviderKind::OpenRouter, ""), (ProviderKind::Ollama, "")] {
+        let wire = cfg(kind, base).wire();
+        assert_eq!(wire.max_tokens_field, MaxTokensField::MaxTokens, "{kind:?} {base}");
+        assert!(wire.stream && wire.tool_choice, "{kind:?}: streamed, with tool_choice");
+    }
+    let mut set = cfg(ProviderKind::OpenAi, "");
+    set.wire = WireSettings { max_tokens_field: Some(MaxTokensField::MaxTokens), ..Default::default() };
+    assert_eq!(set.wire().max_tokens_field, MaxTokensField::MaxTokens, "a setting wins");
+}
+
+#[tokio::test]
+async fn wire_settings_shape_the_request() {
+    for kind in BOTH {
+        let read = || Reply::ToolCalls(vec![("read_file".into(), json!({"path": "a"}))]);
+        let llm = ScriptedLlm::start(vec![read(), read()]).await;
+        let req = LlmRequest { tools: tools(), max_tokens: Some(50), ..ask("Look") };
+        // The defaults: streamed, tool_choice "auto" with tools (OpenAI format).
+        Outcome::of(call(kind, &llm, &req, &opts()).await.unwrap()).await.ok();
+        // Off: one whole answer, no tool_choice, and the field asked for.
+        let mut cfg = config(kind, &llm, Some(KEY));
+        cfg.wire = WireSettings { stream: Some(false), max_tokens_field: Some(MaxTokensField::MaxCompletionTokens), tool_choice: Some(false) };
+        let out = Outcome::of(provider::stream(&http(), &cfg, "m", SYSTEM, &req, &opts()).await.unwrap()).await.ok();
+        let m = out.message();
+        assert_eq!((m.tool_calls.len(), m.tool_calls[0].name.as_str()), (1, "read_file"), "{kind:?}");
+        assert_eq!(out.finishes(), [FinishReason::ToolCalls], "{kind:?}");
+        assert!(out.usage().input_tokens > 0, "{kind:?}: the whole answer's usage");
+        let requests = llm.requests();
+        let (streamed, whole) = (&requests[0].body, &requests[1].body);
+        assert_eq!((&streamed["stream"], &whole["stream"]), (&json!(true), &json!(false)), "{kind:?}");
+        if kind == ProviderKind::OpenAi {
+            assert_eq!(streamed["tool_choice"], "auto");
+            assert!(whole.get("tool_choice").is_none(), "{whole}");
+            assert_eq!((&streamed["max_tokens"], &whole["max_completion_tokens"]), (&json!(50), &json!(50)));
+            assert!(whole.get("stream_options").is_none(), "{whole}");
+        }
+    }
 }

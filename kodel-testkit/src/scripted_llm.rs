@@ -15,6 +15,10 @@
 //! OpenAI) smaller than the output cuts the text and finishes with `length` /
 //! `max_tokens`.
 //!
+//! `Reply::Recorded` replays what a real server once sent, byte for byte: the fixtures
+//! in kodel-testkit/fixtures/llm/ (`fixture`), recorded from llama.cpp's llama-server
+//! and llama-cpp-python by scripts/local-models.sh.
+//!
 //! The server runs on the runtime that started it; dropping the `ScriptedLlm` stops it
 //! and ends every hanging reply.
 
@@ -61,6 +65,62 @@ pub enum Reply {
     /// Accepts the request; a streamed reply sends the headers, then nothing; a
     /// non-streamed one sends nothing at all. Ends when the server is dropped.
     Hang,
+    /// A real server's response, as recorded: its status, content type and body, in the
+    /// pieces it came in (the chunk delay between them). Whatever was asked.
+    Recorded(Recorded),
+    /// Streams the first `after` pieces of a recorded response, then nothing until the
+    /// server stops.
+    RecordedThenHang { recorded: Recorded, after: usize },
+}
+
+/// One recorded response (`fixture`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Recorded {
+    pub status: u16,
+    pub content_type: String,
+    pub chunks: Vec<String>,
+}
+
+/// One exchange of a fixture: what was sent, and the answer.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Exchange {
+    pub request: Value,
+    pub response: Recorded,
+}
+
+/// A recorded conversation with a real server (kodel-testkit/fixtures/llm/NAME.json).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Fixture {
+    /// The server and its version.
+    pub server: String,
+    pub model: String,
+    #[serde(default)]
+    pub note: String,
+    pub exchanges: Vec<Exchange>,
+}
+
+impl Fixture {
+    /// Its responses, in order, as replies.
+    pub fn replies(&self) -> Vec<Reply> {
+        self.exchanges.iter().map(|e| Reply::Recorded(e.response.clone())).collect()
+    }
+
+    /// The `n`th request's body, as sent to the real server.
+    pub fn request(&self, n: usize) -> &Value {
+        &self.exchanges[n].request["body"]
+    }
+}
+
+/// The directory of the recorded fixtures.
+pub fn fixtures_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/llm")
+}
+
+/// The fixture `name` (e.g. `llama-cpp-python/tools-stream-auto`).
+pub fn fixture(name: &str) -> Fixture {
+    let path = fixtures_dir().join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
 }
 
 /// A request the server received.
@@ -338,6 +398,36 @@ fn stream_body(content_type: &str, frames: Vec<String>, delay: Duration, ending:
         .unwrap()
 }
 
+/// A recorded response; with `hang_after`, only its first pieces, then silence until
+/// the server stops.
+fn replay(r: Recorded, delay: Duration, hang_after: Option<(usize, watch::Receiver<()>)>) -> Response {
+    let mut chunks = r.chunks;
+    let stop = hang_after.map(|(n, stop)| {
+        chunks.truncate(n);
+        stop
+    });
+    let frames = futures::stream::iter(chunks.into_iter().enumerate()).then(move |(i, c)| async move {
+        if i > 0 && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok::<_, std::io::Error>(Bytes::from(c))
+    });
+    let body: BoxStream<'static, Result<Bytes, std::io::Error>> = match stop {
+        None => frames.boxed(),
+        Some(mut stop) => frames
+            .chain(futures::stream::once(async move {
+                let _ = stop.changed().await;
+                Err(std::io::Error::other("scripted server stopped"))
+            }))
+            .boxed(),
+    };
+    Response::builder()
+        .status(StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(header::CONTENT_TYPE, r.content_type)
+        .body(Body::from_stream(body))
+        .unwrap()
+}
+
 /// Headers, then silence until the server stops.
 fn hang_stream(content_type: &str, stop: watch::Receiver<()>) -> Response {
     let body = futures::stream::once(async move {
@@ -381,6 +471,8 @@ async fn openai(State(s): State<Arc<Shared>>, headers: HeaderMap, raw: Bytes) ->
         Reply::Status { code, retry_after, body } => return json_response(code, &openai_error(code, &body), retry_after),
         Reply::Hang if streamed => return hang_stream("text/event-stream; charset=utf-8", s.stop.clone()),
         Reply::Hang => return hang_silent(s.stop.clone()).await,
+        Reply::Recorded(r) => return replay(r, s.delay(), None),
+        Reply::RecordedThenHang { recorded, after } => return replay(recorded, s.delay(), Some((after, s.stop.clone()))),
         Reply::Cut { text, after_chunks } => {
             if !streamed {
                 let full = openai_completion(&model, &plan("openai", &body, &text, &[], limit));
@@ -537,6 +629,8 @@ async fn anthropic(State(s): State<Arc<Shared>>, headers: HeaderMap, raw: Bytes)
         Reply::Status { code, retry_after, body } => return json_response(code, &anthropic_error(code, &body), retry_after),
         Reply::Hang if streamed => return hang_stream("text/event-stream; charset=utf-8", s.stop.clone()),
         Reply::Hang => return hang_silent(s.stop.clone()).await,
+        Reply::Recorded(r) => return replay(r, s.delay(), None),
+        Reply::RecordedThenHang { recorded, after } => return replay(recorded, s.delay(), Some((after, s.stop.clone()))),
         Reply::Cut { text, after_chunks } => {
             if !streamed {
                 let full = anthropic_message(&model, &plan("anthropic", &body, &text, &[], limit));

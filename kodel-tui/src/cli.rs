@@ -88,6 +88,10 @@ pub enum ProviderCmd {
         key_stdin: bool,
         #[arg(long)]
         base_url: Option<String>,
+        /// How to speak to the server where they differ, replacing what was set:
+        /// `stream=off,max_tokens_field=max_tokens,tool_choice=off` ("" for the defaults)
+        #[arg(long, value_parser = kodel_core::llm::WireSettings::parse)]
+        wire: Option<kodel_core::llm::WireSettings>,
     },
     /// Forget the org's settings for a provider (the server's are used again)
     Remove { provider: String },

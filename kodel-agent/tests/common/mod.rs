@@ -33,6 +33,23 @@ impl Stack {
     /// A server whose LLM provider is `llm` (`provider` = openai or anthropic), an org
     /// `acme` with a Software Development project `KOD`, and an agent token.
     pub async fn start(llm: &ScriptedLlm, provider: &str) -> Self {
+        let env = match provider {
+            "openai" => vec![
+                ("OPENAI_BASE_URL", llm.openai_base()),
+                ("OPENAI_API_KEY", "sk-test-secret".into()),
+                ("KODEL_DEFAULT_MODEL", "openai/gpt-test".into()),
+            ],
+            _ => vec![
+                ("ANTHROPIC_BASE_URL", llm.anthropic_base()),
+                ("ANTHROPIC_API_KEY", "sk-ant-test-secret".into()),
+                ("KODEL_DEFAULT_MODEL", "anthropic/claude-test".into()),
+            ],
+        };
+        Self::start_with(&env).await
+    }
+
+    /// The same, with the server's LLM settings given as environment variables.
+    pub async fn start_with(llm_env: &[(&str, String)]) -> Self {
         let db = fresh_database().await;
         let mut env = vec![
             ("DATABASE_URL".to_owned(), database_url(&db)),
@@ -40,18 +57,7 @@ impl Stack {
             ("KODEL_JOB_LEASE".to_owned(), "3".to_owned()),
             ("KODEL_SPARE_SCHEMAS".to_owned(), "0".to_owned()),
         ];
-        match provider {
-            "openai" => {
-                env.push(("OPENAI_BASE_URL".into(), llm.openai_base()));
-                env.push(("OPENAI_API_KEY".into(), "sk-test-secret".into()));
-                env.push(("KODEL_DEFAULT_MODEL".into(), "openai/gpt-test".into()));
-            }
-            _ => {
-                env.push(("ANTHROPIC_BASE_URL".into(), llm.anthropic_base()));
-                env.push(("ANTHROPIC_API_KEY".into(), "sk-ant-test-secret".into()));
-                env.push(("KODEL_DEFAULT_MODEL".into(), "anthropic/claude-test".into()));
-            }
-        }
+        env.extend(llm_env.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
         let listen = format!("127.0.0.1:{}", free_port());
         let mut stack = Stack {
             server: None,
@@ -196,6 +202,21 @@ impl Stack {
         self.events.lock().unwrap().iter().filter(|(k, _)| k == kind).map(|(_, v)| v.clone()).collect()
     }
 
+    /// Waits (bounded) for the first event of any of these kinds: its kind and payload.
+    pub async fn wait_events_any(&self, kinds: &[&str], within: Duration) -> (String, Value) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(found) = self.events.lock().unwrap().iter().find(|(k, _)| kinds.contains(&k.as_str())).cloned() {
+                return found;
+            }
+            if Instant::now() > deadline {
+                let seen: Vec<String> = self.events.lock().unwrap().iter().map(|(k, _)| k.clone()).collect();
+                panic!("none of {kinds:?} within {within:?}; saw {seen:?}\nserver log:\n{}", self.server_log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits (bounded) until the stream has shown an event of this kind.
     pub async fn wait_event(&self, kind: &str, within: Duration) -> Value {
         let deadline = Instant::now() + within;
@@ -205,7 +226,7 @@ impl Stack {
             }
             if Instant::now() > deadline {
                 let seen: Vec<String> = self.events.lock().unwrap().iter().map(|(k, _)| k.clone()).collect();
-                panic!("no {kind} event within {within:?}; saw {seen:?}\nserver log:\n{}", self.server_log());
+                panic!("no {kind} event within {within:?}; saw {seen:?}; failures: {:?}\nserver log:\n{}", self.events_of("job.failed"), self.server_log());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -1,22 +1,25 @@
-//! Anthropic's Messages API, native: `POST {base}/v1/messages` with `stream: true`, the
-//! server-sent events parsed with eventsource-stream.
+//! Anthropic's Messages API, native: `POST {base}/v1/messages`, streamed (`stream:
+//! true`, the server-sent events parsed with eventsource-stream) or answered whole
+//! (the provider's `stream` setting off).
 
 use std::collections::VecDeque;
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use kodel_core::llm::{Delta, FinishReason, LlmRequest, Role, Usage};
+use kodel_core::llm::{Delta, FinishReason, LlmRequest, Role, ToolChoice, Usage};
 use serde_json::{Value, json};
 
 use super::provider::{
-    CallOptions, Decoder, EventStream, LlmError, ProviderConfig, ProviderKind, StreamEvent, drive, error_chain,
-    send_with_retry, transport_error,
+    CallOptions, Decoder, EMPTY_STREAM, EventStream, LlmError, ProviderConfig, ProviderKind, StreamEvent, answered, drive,
+    error_chain, send_with_retry, transport_error, unless_empty,
 };
 
 pub const API_VERSION: &str = "2023-06-01";
 pub const DEFAULT_MAX_TOKENS: u32 = 8192;
 
-pub(crate) async fn stream(
+/// A call as the provider's `stream` setting says: streamed (falling back to one whole
+/// answer when the stream is empty), or whole.
+pub(crate) async fn call(
     http: &reqwest::Client,
     cfg: &ProviderConfig,
     model: &str,
@@ -24,10 +27,22 @@ pub(crate) async fn stream(
     req: &LlmRequest,
     opts: &CallOptions,
 ) -> Result<EventStream, LlmError> {
+    if !cfg.wire().stream {
+        return whole(http, cfg, model, system, req, opts).await;
+    }
+    let response = post(http, cfg, &build_body(model, system, req, true)?, opts).await?;
+    // reqwest's own message hides the cause; keep the whole chain.
+    let bytes = response.bytes_stream().map(|r| r.map_err(|e| error_chain(&e)));
+    let events = Box::pin(bytes.eventsource())
+        .map(|r| r.map_err(|e| LlmError::new(format!("anthropic stream broke off: {e}"), None, true)));
+    let streamed = drive(events, EventDecoder::default(), opts, ProviderKind::Anthropic, cfg.key());
+    unless_empty(streamed, || whole(http, cfg, model, system, req, opts)).await
+}
+
+async fn post(http: &reqwest::Client, cfg: &ProviderConfig, body: &Value, opts: &CallOptions) -> Result<reqwest::Response, LlmError> {
     let kind = ProviderKind::Anthropic;
     let key = cfg.key();
-    let body = serde_json::to_vec(&build_body(model, system, req)?)
-        .map_err(|e| LlmError::new(format!("could not encode the anthropic request: {e}"), None, false))?;
+    let body = serde_json::to_vec(body).map_err(|e| LlmError::new(format!("could not encode the anthropic request: {e}"), None, false))?;
     let url = format!("{}/v1/messages", cfg.base());
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(k) = key {
@@ -37,23 +52,65 @@ pub(crate) async fn stream(
     }
     headers.insert("anthropic-version", reqwest::header::HeaderValue::from_static(API_VERSION));
     headers.insert(reqwest::header::CONTENT_TYPE, reqwest::header::HeaderValue::from_static("application/json"));
-    headers.insert(reqwest::header::ACCEPT, reqwest::header::HeaderValue::from_static("text/event-stream"));
     let send = || {
         let request = http.post(&url).headers(headers.clone()).body(body.clone());
         async move { request.send().await.map_err(|e| transport_error(kind, "could not reach", &e)) }
     };
-    let response = send_with_retry(kind, key, opts, send).await?;
-    // reqwest's own message hides the cause; keep the whole chain.
-    let bytes = response.bytes_stream().map(|r| r.map_err(|e| error_chain(&e)));
-    let events = Box::pin(bytes.eventsource())
-        .map(|r| r.map_err(|e| LlmError::new(format!("anthropic stream broke off: {e}"), None, true)));
-    Ok(drive(events, EventDecoder::default(), opts.timeout, kind, key))
+    send_with_retry(kind, key, opts, send).await
+}
+
+/// The call without streaming: the whole message as events.
+async fn whole(
+    http: &reqwest::Client,
+    cfg: &ProviderConfig,
+    model: &str,
+    system: &str,
+    req: &LlmRequest,
+    opts: &CallOptions,
+) -> Result<EventStream, LlmError> {
+    let response = post(http, cfg, &build_body(model, system, req, false)?, opts).await?;
+    let bytes = match tokio::time::timeout(opts.first_token_timeout, response.bytes()).await {
+        Err(_) => return Err(LlmError::new(format!("anthropic sent no answer within {} s", opts.first_token_timeout.as_secs_f64()), None, true)),
+        Ok(Err(e)) => return Err(transport_error(ProviderKind::Anthropic, "lost the connection to", &e)),
+        Ok(Ok(b)) => b,
+    };
+    let message: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| LlmError::new(format!("anthropic answered with something that is not JSON: {e}"), None, false))?;
+    let mut events = Vec::new();
+    let mut calls = 0u32;
+    for block in message["content"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        match block["type"].as_str() {
+            Some("text") => {
+                if let Some(text) = block["text"].as_str().filter(|t| !t.is_empty()) {
+                    events.push(StreamEvent::Delta(Delta::Text { text: text.to_owned() }));
+                }
+            }
+            Some("tool_use") => {
+                events.push(StreamEvent::Delta(Delta::ToolCall {
+                    index: calls,
+                    id: block["id"].as_str().map(str::to_owned),
+                    name: block["name"].as_str().map(str::to_owned),
+                    arguments: block["input"].to_string(),
+                }));
+                calls += 1;
+            }
+            _ => {}
+        }
+    }
+    if events.is_empty() {
+        return Err(LlmError::new("anthropic answered with nothing: no text and no tool call", None, false));
+    }
+    events.push(StreamEvent::Finish(finish_reason(message["stop_reason"].as_str().unwrap_or("end_turn"))));
+    let mut decoder = EventDecoder::default();
+    decoder.read_usage(&message["usage"]);
+    events.push(StreamEvent::Usage(decoder.usage));
+    Ok(answered(events))
 }
 
 /// The Messages API body for a neutral request. System messages in the list join the
 /// system prompt; consecutive messages of one role become one message (tool results,
 /// which are user content, come first in theirs).
-pub(crate) fn build_body(model: &str, system: &str, req: &LlmRequest) -> Result<Value, LlmError> {
+pub(crate) fn build_body(model: &str, system: &str, req: &LlmRequest, stream: bool) -> Result<Value, LlmError> {
     let mut systems: Vec<&str> = Vec::new();
     if !system.is_empty() {
         systems.push(system);
@@ -96,7 +153,7 @@ pub(crate) fn build_body(model: &str, system: &str, req: &LlmRequest) -> Result<
         "model": model,
         "max_tokens": req.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
         "messages": messages,
-        "stream": true,
+        "stream": stream,
     });
     if !systems.is_empty() {
         body["system"] = Value::String(systems.join("\n\n"));
@@ -109,9 +166,24 @@ pub(crate) fn build_body(model: &str, system: &str, req: &LlmRequest) -> Result<
             .collect();
         body["tools"] = Value::Array(tools);
     }
+    if let Some(choice) = &req.tool_choice {
+        body["tool_choice"] = match choice {
+            ToolChoice::Auto => json!({"type": "auto"}),
+            ToolChoice::None => json!({"type": "none"}),
+            ToolChoice::Required => json!({"type": "any"}),
+            ToolChoice::Tool { name } => json!({"type": "tool", "name": name}),
+        };
+    }
     if let Some(t) = req.temperature {
         body["temperature"] = json!(t);
     }
+    if let Some(p) = req.top_p {
+        body["top_p"] = json!(p);
+    }
+    if !req.stop.is_empty() {
+        body["stop_sequences"] = json!(req.stop);
+    }
+    // `seed` and `response_format` have no Anthropic counterpart.
     Ok(body)
 }
 
@@ -126,6 +198,7 @@ struct EventDecoder {
     usage: Usage,
     /// Content block index -> tool call number, for `tool_use` blocks.
     tool_blocks: Vec<(u64, u32)>,
+    saw_anything: bool,
     finished: bool,
 }
 
@@ -162,6 +235,7 @@ impl Decoder for EventDecoder {
             }
         };
         let kind = data["type"].as_str().unwrap_or(event.event.as_str());
+        self.saw_anything |= kind != "ping";
         match kind {
             "message_start" => self.read_usage(&data["message"]["usage"]),
             "content_block_start" => {
@@ -241,6 +315,8 @@ impl Decoder for EventDecoder {
     fn end_of_input(&mut self, _out: &mut VecDeque<StreamEvent>) -> Result<(), LlmError> {
         if self.finished {
             Ok(())
+        } else if !self.saw_anything {
+            Err(LlmError::new(EMPTY_STREAM, None, true))
         } else {
             Err(LlmError::new("anthropic stream ended before message_stop", None, true))
         }

@@ -15,13 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use kodel_core::llm::{Assembler, Delta, FinishReason, LlmDone, LlmRequest, Usage};
+use kodel_core::llm::{Assembler, Delta, FinishReason, LlmDone, LlmRequest, Message, Role, Usage};
 use kodel_core::events::{LlmCall, TaskEvent};
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-pub use provider::{CallOptions, LlmError, ProviderConfig, ProviderKind, StreamEvent};
+pub use provider::{CallOptions, LlmError, MaxTokensField, ProviderConfig, ProviderKind, StreamEvent, Wire, WireSettings};
 
 use crate::config::LlmSettings;
 
@@ -86,37 +86,47 @@ pub struct Metered {
     pub provider: &'static str,
     pub model: String,
     pub usage: Usage,
+    /// No usage came from the provider; `usage` is an estimate.
+    pub usage_estimated: bool,
     pub first_token_ms: Option<u64>,
     pub total_ms: u64,
     pub status: &'static str,
     pub error: Option<String>,
 }
 
+/// About four characters a token, the rule of thumb for English text and code.
+fn estimate_tokens(chars: usize) -> u64 {
+    (chars as u64).div_ceil(4)
+}
+
 impl Proxy {
     pub fn new(settings: &LlmSettings, http: reqwest::Client) -> Self {
         let mut env = HashMap::new();
         // An empty base URL is the provider's own (`ProviderKind::default_base_url`).
-        let mut add = |kind: ProviderKind, base: Option<&String>, key: Option<&String>| {
+        let mut add = |kind: ProviderKind, base: Option<&String>, key: Option<&String>, wire: WireSettings| {
             if key.is_some() || base.is_some() {
-                env.insert(kind.name(), ProviderConfig { kind, base_url: base.cloned().unwrap_or_default(), api_key: key.cloned() });
+                env.insert(kind.name(), ProviderConfig { kind, base_url: base.cloned().unwrap_or_default(), api_key: key.cloned(), wire });
             }
         };
-        add(ProviderKind::OpenAi, settings.openai_base_url.as_ref(), settings.openai_api_key.as_ref());
-        add(ProviderKind::Anthropic, settings.anthropic_base_url.as_ref(), settings.anthropic_api_key.as_ref());
-        add(ProviderKind::OpenRouter, settings.openrouter_base_url.as_ref(), settings.openrouter_api_key.as_ref());
+        add(ProviderKind::OpenAi, settings.openai_base_url.as_ref(), settings.openai_api_key.as_ref(), settings.openai_wire);
+        add(ProviderKind::Anthropic, settings.anthropic_base_url.as_ref(), settings.anthropic_api_key.as_ref(), settings.anthropic_wire);
+        add(ProviderKind::OpenRouter, settings.openrouter_base_url.as_ref(), settings.openrouter_api_key.as_ref(), settings.openrouter_wire);
         // Ollama needs no key: its base URL is what enables it.
         if let Some(base) = &settings.ollama_base_url {
             let base = base.trim_end_matches('/');
             let base_url = if base.ends_with("/v1") { base.to_owned() } else { format!("{base}/v1") };
-            env.insert(ProviderKind::Ollama.name(), ProviderConfig { kind: ProviderKind::Ollama, base_url, api_key: None });
+            let cfg = ProviderConfig { kind: ProviderKind::Ollama, base_url, api_key: None, wire: settings.ollama_wire };
+            env.insert(ProviderKind::Ollama.name(), cfg);
         }
         let timeout = Duration::from_secs_f64(settings.llm_timeout.clamp(0.1, 3600.0));
+        // Never shorter than the wait between pieces.
+        let first_token_timeout = Duration::from_secs_f64(settings.llm_first_token_timeout.clamp(0.1, 7200.0)).max(timeout);
         Self {
             http,
             env,
             default_model: settings.default_model.clone(),
             system_prompt: settings.system_prompt.clone().unwrap_or_else(|| SYSTEM_PROMPT.to_owned()),
-            opts: CallOptions { timeout, max_retries: 3, max_retry_wait: Duration::from_secs(30) },
+            opts: CallOptions { first_token_timeout, timeout, max_retries: 3, max_retry_wait: Duration::from_secs(30) },
             per_org: settings.llm_concurrency.max(1),
             limits: Mutex::default(),
             org_settings: Mutex::default(),
@@ -152,7 +162,8 @@ impl Proxy {
         Ok((kind, name.to_owned()))
     }
 
-    /// The org's own settings for a provider (cached briefly), else the server's.
+    /// The org's own settings for a provider (cached briefly), else the server's. The
+    /// org's wire settings apply over the server's.
     async fn provider(&self, state: &crate::AppState, caller: &Caller, kind: ProviderKind) -> Result<ProviderConfig, LlmError> {
         let key = (caller.org_id, kind.name());
         let cached = self.lock_settings().get(&key).filter(|(at, _)| at.elapsed() < ORG_SETTINGS_TTL).map(|(_, c)| c.clone());
@@ -164,7 +175,12 @@ impl Proxy {
                 own
             }
         };
-        own.or_else(|| self.env.get(kind.name()).cloned()).ok_or_else(|| {
+        let env = self.env.get(kind.name());
+        let own = own.map(|mut c| {
+            c.wire = c.wire.or(env.map(|e| e.wire).unwrap_or_default());
+            c
+        });
+        own.or_else(|| env.cloned()).ok_or_else(|| {
             LlmError::refused(format!("provider {} is not configured on this server or for this org", kind.name()))
         })
     }
@@ -207,6 +223,7 @@ impl Proxy {
             provider: kind.name(),
             model: model.clone(),
             usage: Usage::default(),
+            usage_estimated: false,
             first_token_ms: None,
             total_ms: 0,
             status: "ok",
@@ -216,6 +233,7 @@ impl Proxy {
             let mut stream = provider::stream(&self.http, &cfg, &model, system, req, &self.opts).await?;
             let mut assembler = Assembler::default();
             let mut finish = FinishReason::Other;
+            let mut reported = false;
             while let Some(ev) = stream.next().await {
                 match ev? {
                     StreamEvent::Delta(d) => {
@@ -225,11 +243,20 @@ impl Proxy {
                         assembler.push(&d);
                         on_delta(&d);
                     }
-                    StreamEvent::Usage(u) => meter.usage = u,
+                    StreamEvent::Usage(u) => {
+                        meter.usage = u;
+                        reported = true;
+                    }
                     StreamEvent::Finish(f) => finish = f,
                 }
             }
-            Ok::<_, LlmError>(LlmDone { message: assembler.finish(), usage: meter.usage, finish_reason: finish, model: format!("{}/{model}", kind.name()) })
+            let message = assembler.finish();
+            if !reported {
+                // Not zero: a budget must still stop a job on a server that counts nothing.
+                meter.usage = estimate(system, req, &message);
+                meter.usage_estimated = true;
+            }
+            Ok::<_, LlmError>(LlmDone { message, usage: meter.usage, finish_reason: finish, model: format!("{}/{model}", kind.name()) })
         };
         let mut was_cancelled = false;
         let result = tokio::select! {
@@ -239,6 +266,11 @@ impl Proxy {
                 Err(LlmError::refused("the call was cancelled"))
             }
         };
+        if meter.first_token_ms.is_some() && !meter.usage_estimated && meter.usage == Usage::default() && result.is_err() {
+            // Broke off mid-answer: what was asked still counts.
+            meter.usage = Usage { input_tokens: estimate(system, req, &Message::text(Role::Assistant, "")).input_tokens, ..Usage::default() };
+            meter.usage_estimated = true;
+        }
         // Where the provider cannot be reached, say what to do about it.
         let result = result.map_err(|mut e| {
             if e.status.is_none() && e.message.starts_with("could not reach") {
@@ -263,6 +295,14 @@ impl Proxy {
     }
 }
 
+/// The usage of a call whose provider reported none, from the characters in and out.
+fn estimate(system: &str, req: &LlmRequest, answer: &Message) -> Usage {
+    let text = |m: &Message| m.content.len() + m.tool_calls.iter().map(|c| c.name.len() + c.arguments.len()).sum::<usize>();
+    let tools: usize = req.tools.iter().map(|t| t.name.len() + t.description.len() + t.parameters.to_string().len()).sum();
+    let input = system.len() + tools + req.messages.iter().map(text).sum::<usize>();
+    Usage { input_tokens: estimate_tokens(input), output_tokens: estimate_tokens(text(answer)), cached_tokens: 0 }
+}
+
 /// Writes the call to the analytics outbox; a job's call also adds to the job's usage
 /// and becomes a `job.llm_call` event, all in one transaction.
 async fn record(state: &crate::AppState, caller: &Caller, m: &Metered) -> crate::error::ApiResult<()> {
@@ -277,6 +317,7 @@ async fn record(state: &crate::AppState, caller: &Caller, m: &Metered) -> crate:
         "input_tokens": m.usage.input_tokens,
         "output_tokens": m.usage.output_tokens,
         "cached_tokens": m.usage.cached_tokens,
+        "usage_estimated": m.usage_estimated,
         "first_token_ms": m.first_token_ms,
         "total_ms": m.total_ms,
         "status": m.status,
@@ -294,6 +335,7 @@ async fn record(state: &crate::AppState, caller: &Caller, m: &Metered) -> crate:
             input_tokens: m.usage.input_tokens,
             output_tokens: m.usage.output_tokens,
             cached_tokens: m.usage.cached_tokens,
+            usage_estimated: m.usage_estimated,
             first_token_ms: m.first_token_ms,
             total_ms: Some(m.total_ms),
             status: m.status.to_owned(),
@@ -304,13 +346,16 @@ async fn record(state: &crate::AppState, caller: &Caller, m: &Metered) -> crate:
     state.commit(db).await
 }
 
-/// The org's own key and base URL for a provider, if it set them.
+/// base_url, the sealed key, wire.
+type OrgProviderRow = (Option<String>, Option<Vec<u8>>, sqlx::types::Json<WireSettings>);
+
+/// The org's own key, base URL and wire settings for a provider, if it set them.
 async fn org_provider(state: &crate::AppState, caller: &Caller, kind: ProviderKind) -> crate::error::ApiResult<Option<ProviderConfig>> {
     let mut db = crate::db::scoped::begin_scoped(&state.pool, &caller.slug).await?;
-    let row: Option<(Option<String>, Option<Vec<u8>>)> =
-        sqlx::query_as("SELECT base_url, api_key FROM llm_providers WHERE provider = $1").bind(kind.name()).fetch_optional(&mut *db).await?;
+    let row: Option<OrgProviderRow> =
+        sqlx::query_as("SELECT base_url, api_key, wire FROM llm_providers WHERE provider = $1").bind(kind.name()).fetch_optional(&mut *db).await?;
     db.commit().await?;
-    let Some((base, key)) = row else { return Ok(None) };
+    let Some((base, key, sqlx::types::Json(wire))) = row else { return Ok(None) };
     let api_key = match key {
         Some(sealed) => {
             let plain = state.sealer.open(&sealed).ok_or_else(|| crate::error::ApiError::internal("an org's provider key does not open with this server's key"))?;
@@ -318,7 +363,7 @@ async fn org_provider(state: &crate::AppState, caller: &Caller, kind: ProviderKi
         }
         None => None,
     };
-    Ok(Some(ProviderConfig { kind, base_url: base.unwrap_or_default(), api_key }))
+    Ok(Some(ProviderConfig { kind, base_url: base.unwrap_or_default(), api_key, wire }))
 }
 
 /// The HTTP client for providers: a bounded connect, no overall timeout (a long answer

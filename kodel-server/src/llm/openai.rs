@@ -1,31 +1,51 @@
-//! OpenAI, OpenRouter and Ollama: streamed chat completions through async-openai. Our
-//! own tower service sends the requests, so the retry policy (and `Retry-After`) is the
-//! one in `provider`, and a config without a key sends no `Authorization` header.
+//! OpenAI's chat completions, which OpenRouter, Ollama and the servers people run
+//! locally (llama.cpp's `llama-server`, llama-cpp-python, vLLM) speak too, each a
+//! little differently: `POST {base}/chat/completions` as plain JSON, streamed as
+//! server-sent events or answered whole (`ProviderConfig::wire`).
+//!
+//! What real servers do that the documentation does not say, and what this client
+//! does about it (each has a recorded fixture in kodel-testkit/fixtures/llm):
+//! - llama-cpp-python repeats a tool call's name (and id) in every delta: a call's name
+//!   is taken from its first delta only.
+//! - llama-cpp-python reads the tools only with `tool_choice`: "auto" is sent with
+//!   tools unless the provider's `tool_choice` setting is off.
+//! - llama-cpp-python fails on an assistant turn without `content`: it is always sent,
+//!   empty when the turn only called tools.
+//! - A stream that ends with nothing in it (llama-cpp-python's context overflow) is
+//!   asked once more without streaming, which returns the real error.
+//! - A server may leave out usage; the proxy then estimates it (`LlmDone::estimated`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 
-use async_openai::Client;
-use async_openai::config::OpenAIConfig;
-use async_openai::error::OpenAIError;
-use async_openai::middleware::HttpRequestFactory;
-use async_openai::types::chat::{
-    ChatCompletionMessageToolCall, ChatCompletionMessageToolCalls, ChatCompletionRequestAssistantMessage,
-    ChatCompletionRequestAssistantMessageContent, ChatCompletionRequestMessage, ChatCompletionRequestSystemMessage,
-    ChatCompletionRequestSystemMessageContent, ChatCompletionRequestToolMessage, ChatCompletionRequestToolMessageContent,
-    ChatCompletionRequestUserMessage, ChatCompletionRequestUserMessageContent, ChatCompletionStreamOptions, ChatCompletionTool,
-    ChatCompletionTools, CreateChatCompletionRequest, CreateChatCompletionStreamResponse, FinishReason as OaFinish, FunctionCall,
-    FunctionObject,
-};
+use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use kodel_core::llm::{Delta, FinishReason, LlmRequest, Message, Role, ToolSpec, Usage};
+use kodel_core::llm::{Delta, FinishReason, LlmRequest, Message, Role, ToolChoice, Usage};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use serde_json::{Value, json};
 
 use super::provider::{
-    CallOptions, Decoder, EventStream, LlmError, ProviderConfig, ProviderKind, StreamEvent, drive, provider_message,
-    send_with_retry, transport_error,
+    CallOptions, Decoder, EMPTY_STREAM, EventStream, LlmError, ProviderConfig, ProviderKind, StreamEvent, Wire, answered,
+    drive, error_chain, error_from_body, provider_message, send_with_retry, transport_error, unless_empty,
 };
 
-pub(crate) async fn stream(
+/// A call as the provider's wire settings say: streamed (falling back to one whole
+/// answer when the stream is empty), or whole.
+pub(crate) async fn call(
+    http: &reqwest::Client,
+    cfg: &ProviderConfig,
+    model: &str,
+    system: &str,
+    req: &LlmRequest,
+    opts: &CallOptions,
+) -> Result<EventStream, LlmError> {
+    if !cfg.wire().stream {
+        return whole(http, cfg, model, system, req, opts).await;
+    }
+    let streamed = streamed(http, cfg, model, system, req, opts).await?;
+    unless_empty(streamed, || whole(http, cfg, model, system, req, opts)).await
+}
+
+async fn streamed(
     http: &reqwest::Client,
     cfg: &ProviderConfig,
     model: &str,
@@ -34,188 +54,248 @@ pub(crate) async fn stream(
     opts: &CallOptions,
 ) -> Result<EventStream, LlmError> {
     let kind = cfg.kind;
-    let key = cfg.key();
-    let request = build_request(kind, model, system, req)?;
-    if let Some(k) = key {
-        // async-openai panics on a key that cannot be a header value.
-        reqwest::header::HeaderValue::from_str(&format!("Bearer {k}"))
-            .map_err(|_| LlmError::new(format!("the {} API key is not a valid header value", kind.name()), None, false))?;
+    let body = build_body(cfg.wire(), model, system, req, true)?;
+    let response = post(http, cfg, &body, true, opts).await?;
+    let is_stream = response.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.contains("event-stream"));
+    if !is_stream {
+        // Some servers answer a streamed request with one JSON body (often an error).
+        let json = read_json(kind, response, opts).await?;
+        return Ok(answered(decode_whole(kind, &json)?));
     }
-    let config = OpenAIConfig::new()
-        .with_api_base(cfg.base())
-        .with_api_key(key.unwrap_or_default())
-        .with_org_id("")
-        .with_project_id("");
-    let service = {
-        let http = http.clone();
-        let opts = opts.clone();
-        let key: Option<Arc<str>> = key.map(Arc::from);
-        tower::service_fn(move |factory: HttpRequestFactory| {
-            let http = http.clone();
-            let opts = opts.clone();
-            let key = key.clone();
-            async move {
-                let has_key = key.is_some();
-                let send = || {
-                    let factory = factory.clone();
-                    let http = http.clone();
-                    async move {
-                        let mut request = factory
-                            .build()
-                            .await
-                            .map_err(|e| LlmError::new(format!("could not build the {} request: {e}", kind.name()), None, false))?;
-                        if !has_key {
-                            request.headers_mut().remove(reqwest::header::AUTHORIZATION);
-                        }
-                        http.execute(request).await.map_err(|e| transport_error(kind, "could not reach", &e))
-                    }
-                };
-                send_with_retry(kind, key.as_deref(), &opts, send).await.map_err(|e| OpenAIError::Boxed(Box::new(e)))
-            }
-        })
-    };
-    let client = Client::build(http.clone(), config).with_http_service(service);
-    let chunks = client.chat().create_stream(request).await.map_err(|e| map_error(kind, e).redact(key))?;
-    let source = chunks.map(move |r| r.map_err(|e| map_error(kind, e)));
-    Ok(drive(source, ChunkDecoder::new(kind), opts.timeout, kind, key))
+    let name = kind.name();
+    let bytes = response.bytes_stream().map(|r| r.map_err(|e| error_chain(&e)));
+    let events = Box::pin(bytes.eventsource()).map(move |r| r.map_err(|e| LlmError::new(format!("{name} stream broke off: {e}"), None, true)));
+    Ok(drive(events, ChunkDecoder::new(kind), opts, kind, cfg.key()))
 }
 
-/// The chat completion request for a neutral one.
-pub(crate) fn build_request(
-    kind: ProviderKind,
+/// The call without streaming: the whole answer as events.
+async fn whole(
+    http: &reqwest::Client,
+    cfg: &ProviderConfig,
     model: &str,
     system: &str,
     req: &LlmRequest,
-) -> Result<CreateChatCompletionRequest, LlmError> {
+    opts: &CallOptions,
+) -> Result<EventStream, LlmError> {
+    let body = build_body(cfg.wire(), model, system, req, false)?;
+    let response = post(http, cfg, &body, false, opts).await?;
+    let json = read_json(cfg.kind, response, opts).await?;
+    Ok(answered(decode_whole(cfg.kind, &json)?))
+}
+
+/// Sends `body` with the retry policy; a 2xx response.
+async fn post(http: &reqwest::Client, cfg: &ProviderConfig, body: &Value, stream: bool, opts: &CallOptions) -> Result<reqwest::Response, LlmError> {
+    let kind = cfg.kind;
+    let key = cfg.key();
+    let bytes = serde_json::to_vec(body).map_err(|e| LlmError::new(format!("could not encode the {} request: {e}", kind.name()), None, false))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(ACCEPT, HeaderValue::from_static(if stream { "text/event-stream" } else { "application/json" }));
+    if let Some(k) = key {
+        let value = HeaderValue::from_str(&format!("Bearer {k}"))
+            .map_err(|_| LlmError::new(format!("the {} API key is not a valid header value", kind.name()), None, false))?;
+        headers.insert(AUTHORIZATION, value);
+    }
+    let url = format!("{}/chat/completions", cfg.base());
+    let send = || {
+        let request = http.post(&url).headers(headers.clone()).body(bytes.clone());
+        async move { request.send().await.map_err(|e| transport_error(kind, "could not reach", &e)) }
+    };
+    send_with_retry(kind, key, opts, send).await
+}
+
+/// A whole JSON body, within the first-token timeout (a server that does not stream
+/// writes its answer before it sends it).
+async fn read_json(kind: ProviderKind, response: reqwest::Response, opts: &CallOptions) -> Result<Value, LlmError> {
+    let name = kind.name();
+    let bytes = match tokio::time::timeout(opts.first_token_timeout, response.bytes()).await {
+        Err(_) => return Err(LlmError::new(format!("{name} sent no answer within {} s", opts.first_token_timeout.as_secs_f64()), None, true)),
+        Ok(Err(e)) => return Err(transport_error(kind, "lost the connection to", &e)),
+        Ok(Ok(b)) => b,
+    };
+    let json: Value = serde_json::from_slice(&bytes).map_err(|_| {
+        let text = String::from_utf8_lossy(&bytes);
+        let text: String = text.trim().chars().take(300).collect();
+        LlmError::new(format!("{name} answered with something that is not JSON: {text:?}"), None, false)
+    })?;
+    if json.get("error").is_some_and(|e| !e.is_null()) {
+        // An error in a 200 answer: its own code when it has one.
+        let status = json["error"]["code"].as_u64().and_then(|c| u16::try_from(c).ok()).filter(|c| (400..600).contains(c)).unwrap_or(400);
+        return Err(error_from_body(kind, status, &bytes));
+    }
+    Ok(json)
+}
+
+/// The chat completion body for a neutral request.
+pub(crate) fn build_body(wire: Wire, model: &str, system: &str, req: &LlmRequest, stream: bool) -> Result<Value, LlmError> {
     let mut messages = Vec::with_capacity(req.messages.len() + 1);
     if !system.is_empty() {
-        messages.push(system_message(system));
+        messages.push(json!({"role": "system", "content": system}));
     }
     for m in &req.messages {
         messages.push(to_openai(m)?);
     }
-    let tools = (!req.tools.is_empty()).then(|| req.tools.iter().map(to_tool).collect());
-    #[allow(deprecated)] // `max_tokens`: what OpenRouter and Ollama read
-    let request = CreateChatCompletionRequest {
-        model: model.to_owned(),
-        messages,
-        tools,
-        temperature: req.temperature,
-        // OpenAI rejects `max_tokens` for its reasoning models; the others read it.
-        max_completion_tokens: req.max_tokens.filter(|_| kind == ProviderKind::OpenAi),
-        max_tokens: req.max_tokens.filter(|_| kind != ProviderKind::OpenAi),
-        stream: Some(true),
-        stream_options: Some(ChatCompletionStreamOptions { include_usage: Some(true), include_obfuscation: None }),
-        ..Default::default()
-    };
-    Ok(request)
-}
-
-fn system_message(text: &str) -> ChatCompletionRequestMessage {
-    ChatCompletionRequestMessage::System(ChatCompletionRequestSystemMessage {
-        content: ChatCompletionRequestSystemMessageContent::Text(text.to_owned()),
-        name: None,
-    })
-}
-
-fn to_openai(m: &Message) -> Result<ChatCompletionRequestMessage, LlmError> {
-    Ok(match m.role {
-        Role::System => system_message(&m.content),
-        Role::User => ChatCompletionRequestMessage::User(ChatCompletionRequestUserMessage {
-            content: ChatCompletionRequestUserMessageContent::Text(m.content.clone()),
-            name: None,
-        }),
-        Role::Assistant => {
-            let calls: Vec<_> = m
-                .tool_calls
-                .iter()
-                .map(|c| {
-                    ChatCompletionMessageToolCalls::Function(ChatCompletionMessageToolCall {
-                        id: c.id.clone(),
-                        function: FunctionCall { name: c.name.clone(), arguments: c.arguments.clone() },
-                    })
-                })
-                .collect();
-            ChatCompletionRequestMessage::Assistant(ChatCompletionRequestAssistantMessage {
-                content: (!m.content.is_empty() || calls.is_empty())
-                    .then(|| ChatCompletionRequestAssistantMessageContent::Text(m.content.clone())),
-                tool_calls: (!calls.is_empty()).then_some(calls),
-                ..Default::default()
+    let mut body = json!({"model": model, "messages": messages, "stream": stream});
+    if stream {
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    if !req.tools.is_empty() {
+        let tools: Vec<Value> = req
+            .tools
+            .iter()
+            .map(|t| {
+                let mut function = json!({"name": t.name, "parameters": t.parameters});
+                if !t.description.is_empty() {
+                    function["description"] = json!(t.description);
+                }
+                json!({"type": "function", "function": function})
             })
+            .collect();
+        body["tools"] = Value::Array(tools);
+    }
+    let choice = match &req.tool_choice {
+        Some(ToolChoice::Auto) => Some(json!("auto")),
+        Some(ToolChoice::None) => Some(json!("none")),
+        Some(ToolChoice::Required) => Some(json!("required")),
+        Some(ToolChoice::Tool { name }) => Some(json!({"type": "function", "function": {"name": name}})),
+        None if wire.tool_choice && !req.tools.is_empty() => Some(json!("auto")),
+        None => None,
+    };
+    if let Some(choice) = choice {
+        body["tool_choice"] = choice;
+    }
+    if let Some(n) = req.max_tokens {
+        body[wire.max_tokens_field.as_str()] = json!(n);
+    }
+    if let Some(t) = req.temperature {
+        body["temperature"] = json!(t);
+    }
+    if let Some(p) = req.top_p {
+        body["top_p"] = json!(p);
+    }
+    if let Some(seed) = req.seed {
+        body["seed"] = json!(seed);
+    }
+    if !req.stop.is_empty() {
+        body["stop"] = json!(req.stop);
+    }
+    if let Some(format) = &req.response_format {
+        body["response_format"] = format.clone();
+    }
+    Ok(body)
+}
+
+fn to_openai(m: &Message) -> Result<Value, LlmError> {
+    Ok(match m.role {
+        Role::System => json!({"role": "system", "content": m.content}),
+        Role::User => json!({"role": "user", "content": m.content}),
+        Role::Assistant => {
+            // `content` always: llama-cpp-python's templates read it even next to calls.
+            let mut msg = json!({"role": "assistant", "content": m.content});
+            if !m.tool_calls.is_empty() {
+                let calls: Vec<Value> = m
+                    .tool_calls
+                    .iter()
+                    .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+                    .collect();
+                msg["tool_calls"] = Value::Array(calls);
+            }
+            msg
         }
         Role::Tool => {
             let Some(id) = &m.tool_call_id else {
                 return Err(LlmError::new("a tool message needs the id of the call it answers", None, false));
             };
-            ChatCompletionRequestMessage::Tool(ChatCompletionRequestToolMessage {
-                content: ChatCompletionRequestToolMessageContent::Text(m.content.clone()),
-                tool_call_id: id.clone(),
-            })
+            json!({"role": "tool", "content": m.content, "tool_call_id": id})
         }
     })
 }
 
-fn to_tool(t: &ToolSpec) -> ChatCompletionTools {
-    ChatCompletionTools::Function(ChatCompletionTool {
-        function: FunctionObject {
-            name: t.name.clone(),
-            description: (!t.description.is_empty()).then(|| t.description.clone()),
-            parameters: Some(t.parameters.clone()),
-            strict: None,
-        },
-    })
-}
-
-/// An async-openai error as ours. Errors of our own service come back as they were.
-fn map_error(kind: ProviderKind, e: OpenAIError) -> LlmError {
-    let name = kind.name();
-    match e {
-        OpenAIError::Boxed(b) => match b.downcast::<LlmError>() {
-            Ok(e) => *e,
-            Err(b) => LlmError::new(format!("{name} call failed: {b}"), None, false),
-        },
-        OpenAIError::ApiError(a) => {
-            let status = a.status_code.as_u16();
-            let retryable = status == 429 || a.status_code.is_server_error();
-            LlmError::new(format!("{name} returned {status}: {}", a.api_error.message), Some(status), retryable)
-        }
-        OpenAIError::Reqwest(e) => transport_error(kind, "lost the connection to", &e),
-        OpenAIError::StreamError(e) => LlmError::new(format!("{name} stream broke off: {e}"), None, true),
-        // A chunk that is not a completion chunk: OpenRouter and others report errors
-        // mid-stream as `data: {"error": {...}}`.
-        OpenAIError::JSONDeserialize(err, content) => {
-            let json: Option<serde_json::Value> = serde_json::from_str(&content).ok();
-            match json.as_ref().filter(|j| j.get("error").is_some()).and_then(provider_message) {
-                Some(message) => {
-                    let status = json.as_ref().and_then(|j| j["error"]["code"].as_u64()).and_then(|c| u16::try_from(c).ok());
-                    let retryable = status.is_none_or(|s| s == 429 || s >= 500);
-                    LlmError::new(format!("{name} failed mid-stream: {message}"), status, retryable)
-                }
-                None => LlmError::new(format!("{name} sent a chunk that is not a chat completion chunk: {err}"), None, false),
-            }
-        }
-        other => LlmError::new(format!("{name} call failed: {other}"), None, false),
+fn finish_reason(reason: &str, saw_tool_call: bool) -> FinishReason {
+    match reason {
+        // Some servers say `stop` after calling tools.
+        "stop" | "eos" if saw_tool_call => FinishReason::ToolCalls,
+        "stop" | "eos" | "end_turn" => FinishReason::Stop,
+        "length" => FinishReason::Length,
+        "tool_calls" | "function_call" => FinishReason::ToolCalls,
+        "content_filter" => FinishReason::ContentFilter,
+        _ => FinishReason::Other,
     }
 }
 
-/// Chunks to events. Tool call indexes are the provider's, except that a new id at an
-/// index already used (some OpenAI-compatible servers number every call 0) starts a new
-/// call.
+fn usage_of(u: &Value) -> Option<Usage> {
+    let input = u["prompt_tokens"].as_u64()?;
+    Some(Usage {
+        input_tokens: input,
+        output_tokens: u["completion_tokens"].as_u64().unwrap_or(0),
+        cached_tokens: u["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap_or(0),
+    })
+}
+
+/// Tool-call arguments: JSON text, or (some servers) the object itself.
+fn arguments_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// The events a whole (not streamed) answer stands for.
+fn decode_whole(kind: ProviderKind, json: &Value) -> Result<Vec<StreamEvent>, LlmError> {
+    let name = kind.name();
+    let choices = json["choices"].as_array().ok_or_else(|| LlmError::new(format!("{name} answered without choices"), None, false))?;
+    let choice = choices.iter().find(|c| c["index"].as_u64().unwrap_or(0) == 0).ok_or_else(|| {
+        LlmError::new(format!("{name} answered with no choice: the model produced nothing"), None, false)
+    })?;
+    let message = &choice["message"];
+    let mut events = Vec::new();
+    for text in [message["content"].as_str(), message["refusal"].as_str()].into_iter().flatten() {
+        if !text.is_empty() {
+            events.push(StreamEvent::Delta(Delta::Text { text: text.to_owned() }));
+        }
+    }
+    let calls = message["tool_calls"].as_array().map(Vec::as_slice).unwrap_or_default();
+    for (i, call) in calls.iter().enumerate() {
+        events.push(StreamEvent::Delta(Delta::ToolCall {
+            index: i as u32,
+            id: call["id"].as_str().filter(|s| !s.is_empty()).map(str::to_owned),
+            name: call["function"]["name"].as_str().map(str::to_owned),
+            arguments: arguments_of(&call["function"]["arguments"]),
+        }));
+    }
+    if events.is_empty() {
+        return Err(LlmError::new(format!("{name} answered with nothing: no text and no tool call"), None, false));
+    }
+    let finish = choice["finish_reason"].as_str().map_or(FinishReason::Stop, |r| finish_reason(r, !calls.is_empty()));
+    events.push(StreamEvent::Finish(finish));
+    if let Some(u) = usage_of(&json["usage"]) {
+        events.push(StreamEvent::Usage(u));
+    }
+    Ok(events)
+}
+
+/// Server-sent chunks to events. Tool call indexes are the provider's, except that a
+/// new id at an index already used (some servers number every call 0) starts a new
+/// call; a call's name is taken once (llama-cpp-python repeats it in every delta).
 struct ChunkDecoder {
     kind: ProviderKind,
     /// Provider index -> (our index, id of the call there).
-    calls: HashMap<u32, (u32, Option<String>)>,
+    calls: HashMap<u64, (u32, Option<String>)>,
+    /// Our indexes whose name was sent.
+    named: Vec<u32>,
     next_index: u32,
     saw_tool_call: bool,
+    saw_anything: bool,
     finished: bool,
 }
 
 impl ChunkDecoder {
     fn new(kind: ProviderKind) -> Self {
-        Self { kind, calls: HashMap::new(), next_index: 0, saw_tool_call: false, finished: false }
+        Self { kind, calls: HashMap::new(), named: Vec::new(), next_index: 0, saw_tool_call: false, saw_anything: false, finished: false }
     }
 
-    fn call_index(&mut self, provider_index: u32, id: Option<&str>) -> u32 {
+    fn call_index(&mut self, provider_index: u64, id: Option<&str>) -> u32 {
         match self.calls.get_mut(&provider_index) {
             Some((ours, known)) => match (id, known.as_deref()) {
                 (Some(new), Some(old)) if new != old => {
@@ -239,61 +319,87 @@ impl ChunkDecoder {
             }
         }
     }
+
+    /// The end: an answer with nothing in it is `EMPTY_STREAM`; one without a finish
+    /// reason after `[DONE]` finished normally.
+    fn end(&mut self, out: &mut VecDeque<StreamEvent>, done_marker: bool) -> Result<(), LlmError> {
+        if self.finished {
+            return Ok(());
+        }
+        if !self.saw_anything {
+            return Err(LlmError::new(EMPTY_STREAM, None, true));
+        }
+        if done_marker {
+            self.finished = true;
+            out.push_back(StreamEvent::Finish(if self.saw_tool_call { FinishReason::ToolCalls } else { FinishReason::Stop }));
+            return Ok(());
+        }
+        Err(LlmError::new(format!("{} stream ended before the answer was finished", self.kind.name()), None, true))
+    }
 }
 
 impl Decoder for ChunkDecoder {
-    type Item = CreateChatCompletionStreamResponse;
+    type Item = eventsource_stream::Event;
 
-    fn decode(&mut self, chunk: Self::Item, out: &mut VecDeque<StreamEvent>) -> Result<bool, LlmError> {
+    fn decode(&mut self, event: Self::Item, out: &mut VecDeque<StreamEvent>) -> Result<bool, LlmError> {
+        let name = self.kind.name();
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            self.end(out, true)?;
+            return Ok(true);
+        }
+        if data.is_empty() {
+            return Ok(false);
+        }
+        let chunk: Value = serde_json::from_str(data)
+            .map_err(|e| LlmError::new(format!("{name} sent a chunk that is not JSON ({e}): {:?}", data.chars().take(200).collect::<String>()), None, false))?;
+        // OpenRouter and others report errors mid-stream as `data: {"error": {...}}`.
+        if chunk.get("error").is_some_and(|e| !e.is_null()) {
+            let message = provider_message(&chunk).unwrap_or_else(|| chunk["error"].to_string());
+            let status = chunk["error"]["code"].as_u64().and_then(|c| u16::try_from(c).ok());
+            let retryable = status.is_none_or(|s| s == 429 || s >= 500);
+            return Err(LlmError::new(format!("{name} failed mid-stream: {message}"), status, retryable));
+        }
+        let choices = chunk["choices"].as_array().map(Vec::as_slice).unwrap_or_default();
         // n = 1: only the first choice is ours.
-        if let Some(choice) = chunk.choices.into_iter().find(|c| c.index == 0) {
-            let delta = choice.delta;
-            for text in [delta.content, delta.refusal].into_iter().flatten() {
+        if let Some(choice) = choices.iter().find(|c| c["index"].as_u64().unwrap_or(0) == 0) {
+            let delta = &choice["delta"];
+            for text in [delta["content"].as_str(), delta["refusal"].as_str()].into_iter().flatten() {
                 if !text.is_empty() {
-                    out.push_back(StreamEvent::Delta(Delta::Text { text }));
+                    self.saw_anything = true;
+                    out.push_back(StreamEvent::Delta(Delta::Text { text: text.to_owned() }));
                 }
             }
-            for call in delta.tool_calls.unwrap_or_default() {
-                let (name, arguments) = call.function.map(|f| (f.name, f.arguments)).unwrap_or_default();
-                let index = self.call_index(call.index, call.id.as_deref());
+            let calls = delta["tool_calls"].as_array().map(Vec::as_slice).unwrap_or_default();
+            for (position, call) in calls.iter().enumerate() {
+                let id = call["id"].as_str().filter(|s| !s.is_empty());
+                let index = self.call_index(call["index"].as_u64().unwrap_or(position as u64), id);
+                let fresh_name = call["function"]["name"].as_str().filter(|s| !s.is_empty() && !self.named.contains(&index));
+                if fresh_name.is_some() {
+                    self.named.push(index);
+                }
                 self.saw_tool_call = true;
+                self.saw_anything = true;
                 out.push_back(StreamEvent::Delta(Delta::ToolCall {
                     index,
-                    id: call.id.filter(|s| !s.is_empty()),
-                    name: name.filter(|s| !s.is_empty()),
-                    arguments: arguments.unwrap_or_default(),
+                    id: id.map(str::to_owned),
+                    name: fresh_name.map(str::to_owned),
+                    arguments: arguments_of(&call["function"]["arguments"]),
                 }));
             }
-            if let Some(reason) = choice.finish_reason {
+            if let Some(reason) = choice["finish_reason"].as_str() {
                 self.finished = true;
-                let reason = match reason {
-                    // Some servers say `stop` after calling tools.
-                    OaFinish::Stop if self.saw_tool_call => FinishReason::ToolCalls,
-                    OaFinish::Stop => FinishReason::Stop,
-                    OaFinish::Length => FinishReason::Length,
-                    OaFinish::ToolCalls | OaFinish::FunctionCall => FinishReason::ToolCalls,
-                    OaFinish::ContentFilter => FinishReason::ContentFilter,
-                };
-                out.push_back(StreamEvent::Finish(reason));
+                self.saw_anything = true;
+                out.push_back(StreamEvent::Finish(finish_reason(reason, self.saw_tool_call)));
             }
         }
-        if let Some(u) = chunk.usage {
-            let cached = u.prompt_tokens_details.and_then(|d| d.cached_tokens).unwrap_or(0);
-            out.push_back(StreamEvent::Usage(Usage {
-                input_tokens: u64::from(u.prompt_tokens),
-                output_tokens: u64::from(u.completion_tokens),
-                cached_tokens: u64::from(cached),
-            }));
+        if let Some(u) = usage_of(&chunk["usage"]) {
+            out.push_back(StreamEvent::Usage(u));
         }
-        // `data: [DONE]` ends async-openai's stream; nothing marks it here.
         Ok(false)
     }
 
-    fn end_of_input(&mut self, _out: &mut VecDeque<StreamEvent>) -> Result<(), LlmError> {
-        if self.finished {
-            Ok(())
-        } else {
-            Err(LlmError::new(format!("{} stream ended before the answer was finished", self.kind.name()), None, true))
-        }
+    fn end_of_input(&mut self, out: &mut VecDeque<StreamEvent>) -> Result<(), LlmError> {
+        self.end(out, false)
     }
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use kodel_core::llm::{Delta, FinishReason, LlmRequest, Usage};
+pub use kodel_core::llm::{MaxTokensField, WireSettings};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderKind {
@@ -50,12 +51,22 @@ impl ProviderKind {
     }
 }
 
-/// Where a provider is and how to authenticate. `Debug` never shows the key.
+/// Where a provider is, how to authenticate, and how to speak to it. `Debug` never
+/// shows the key.
 #[derive(Clone)]
 pub struct ProviderConfig {
     pub kind: ProviderKind,
     pub base_url: String,
     pub api_key: Option<String>,
+    pub wire: WireSettings,
+}
+
+/// The settings a call uses, defaults applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wire {
+    pub stream: bool,
+    pub max_tokens_field: MaxTokensField,
+    pub tool_choice: bool,
 }
 
 impl ProviderConfig {
@@ -63,6 +74,22 @@ impl ProviderConfig {
     pub(crate) fn base(&self) -> String {
         let base = self.base_url.trim().trim_end_matches('/');
         if base.is_empty() { self.kind.default_base_url().to_owned() } else { base.to_owned() }
+    }
+
+    /// How to speak to it: the settings, else the defaults that work for the provider.
+    /// `max_completion_tokens` only for OpenAI's own API; any other OpenAI-compatible
+    /// server (llama.cpp, vLLM, a proxy) reads `max_tokens`.
+    pub fn wire(&self) -> Wire {
+        let openai_itself = self.kind == ProviderKind::OpenAi && self.base().starts_with("https://api.openai.com");
+        Wire {
+            stream: self.wire.stream.unwrap_or(true),
+            max_tokens_field: self.wire.max_tokens_field.unwrap_or(if openai_itself {
+                MaxTokensField::MaxCompletionTokens
+            } else {
+                MaxTokensField::MaxTokens
+            }),
+            tool_choice: self.wire.tool_choice.unwrap_or(true),
+        }
     }
 
     /// The key, if one is set and not empty.
@@ -77,14 +104,17 @@ impl std::fmt::Debug for ProviderConfig {
             .field("kind", &self.kind)
             .field("base_url", &self.base_url)
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
+            .field("wire", &self.wire)
             .finish()
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct CallOptions {
-    /// Longest wait for the response headers of one attempt, and longest silence
-    /// between two pieces of a streamed answer.
+    /// Longest wait for the answer to begin: the response headers of one attempt and
+    /// the first piece of a streamed answer (a CPU server reads a long prompt first).
+    pub first_token_timeout: Duration,
+    /// Longest silence between two pieces of a streamed answer.
     pub timeout: Duration,
     /// Retries after the first attempt (429, 5xx and connect errors only).
     pub max_retries: u32,
@@ -94,7 +124,12 @@ pub struct CallOptions {
 
 impl Default for CallOptions {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(120), max_retries: 3, max_retry_wait: Duration::from_secs(30) }
+        Self {
+            first_token_timeout: Duration::from_secs(600),
+            timeout: Duration::from_secs(120),
+            max_retries: 3,
+            max_retry_wait: Duration::from_secs(30),
+        }
     }
 }
 
@@ -135,13 +170,15 @@ impl LlmError {
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, LlmError>> + Send>>;
 
-/// Starts a streamed call. 429 and 5xx (and connect errors) BEFORE the first byte are
-/// retried up to `max_retries` with backoff, honouring `Retry-After` (seconds or HTTP
-/// date) capped at `max_retry_wait`; other 4xx fail at once with the provider's error
-/// message (never the API key). No response headers within `opts.timeout`: an error
+/// Starts a call, streamed or not (`ProviderConfig::wire`); either way the answer
+/// comes as events. 429 and 5xx (and connect errors) BEFORE the first byte are retried
+/// up to `max_retries` with backoff, honouring `Retry-After` (seconds or HTTP date)
+/// capped at `max_retry_wait`; other 4xx fail at once with the provider's error message
+/// (never the API key). No response headers within `opts.first_token_timeout`: an error
 /// (retryable, not retried here). A failure mid-stream is an `Err` item in the stream,
-/// after which the stream ends; so is a silence longer than `opts.timeout`. The stream
-/// ends after the provider's end marker.
+/// after which the stream ends; so is a silence longer than `opts.first_token_timeout`
+/// before the first piece or `opts.timeout` after it. A stream that ends with nothing
+/// in it is asked once more without streaming (some servers report errors that way).
 pub async fn stream(
     http: &reqwest::Client,
     cfg: &ProviderConfig,
@@ -152,9 +189,34 @@ pub async fn stream(
 ) -> Result<EventStream, LlmError> {
     match cfg.kind {
         ProviderKind::OpenAi | ProviderKind::OpenRouter | ProviderKind::Ollama => {
-            super::openai::stream(http, cfg, model, system, req, opts).await
+            super::openai::call(http, cfg, model, system, req, opts).await
         }
-        ProviderKind::Anthropic => super::anthropic::stream(http, cfg, model, system, req, opts).await,
+        ProviderKind::Anthropic => super::anthropic::call(http, cfg, model, system, req, opts).await,
+    }
+}
+
+/// A finished answer (a call made without streaming) as the events of a stream.
+pub(crate) fn answered(events: Vec<StreamEvent>) -> EventStream {
+    Box::pin(futures::stream::iter(events.into_iter().map(Ok)))
+}
+
+/// The message of a stream that ended before anything was in it.
+pub(crate) const EMPTY_STREAM: &str = "the stream ended before anything was in it";
+
+/// `stream`, unless it ends before its first event: then `fallback()`, the same call
+/// without streaming. Waits for the first event (or the end) before returning.
+pub(crate) async fn unless_empty<F, Fut>(mut stream: EventStream, fallback: F) -> Result<EventStream, LlmError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<EventStream, LlmError>>,
+{
+    match stream.next().await {
+        Some(Err(e)) if e.message == EMPTY_STREAM => {
+            tracing::info!("the provider sent an empty stream; asking again without streaming");
+            fallback().await
+        }
+        None => fallback().await,
+        Some(first) => Ok(Box::pin(futures::stream::once(async { first }).chain(stream))),
     }
 }
 
@@ -181,9 +243,13 @@ where
 {
     let mut attempt = 0u32;
     loop {
-        let (err, wait) = match tokio::time::timeout(opts.timeout, send()).await {
+        let (err, wait) = match tokio::time::timeout(opts.first_token_timeout, send()).await {
             Err(_) => {
-                let message = format!("{} sent no response within {} ms", kind.name(), opts.timeout.as_millis());
+                let message = format!(
+                    "{} sent no response within {} s (KODEL_LLM_FIRST_TOKEN_TIMEOUT)",
+                    kind.name(),
+                    opts.first_token_timeout.as_secs_f64()
+                );
                 return Err(LlmError::new(message, None, true));
             }
             Ok(Err(e)) => (e.redact(key), None),
@@ -233,7 +299,8 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     Some(Duration::from_millis(ms as u64))
 }
 
-/// The error a non-2xx response stands for, with the provider's own message.
+/// The error a non-2xx response stands for, with the provider's own message. A 4xx
+/// (but 408 and 429) is a refusal: asking again will not help.
 pub(crate) fn error_from_body(kind: ProviderKind, status: u16, body: &[u8]) -> LlmError {
     let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let detail = json.as_ref().and_then(provider_message).unwrap_or_else(|| {
@@ -250,8 +317,15 @@ pub(crate) fn error_from_body(kind: ProviderKind, status: u16, body: &[u8]) -> L
         let e = &j["error"];
         e["code"] == "insufficient_quota" || e["type"] == "insufficient_quota"
     });
-    let retryable = (status == 429 && !no_quota) || (500..600).contains(&status);
-    LlmError::new(format!("{} returned {status}: {detail}", kind.name()), Some(status), retryable)
+    let name = kind.name();
+    let (message, retryable) = match status {
+        429 if no_quota => (format!("the provider refused the request: {detail} ({name}, HTTP 429)"), false),
+        429 => (format!("{name} is rate limiting (HTTP 429): {detail}"), true),
+        408 => (format!("{name} timed out (HTTP 408): {detail}"), true),
+        400..=499 => (format!("the provider refused the request: {detail} ({name}, HTTP {status})"), false),
+        _ => (format!("{name} failed (HTTP {status}): {detail}"), (500..600).contains(&status)),
+    };
+    LlmError::new(message, Some(status), retryable)
 }
 
 /// `error.message` (OpenAI, Anthropic, OpenRouter), `error` as text (Ollama), `message`.
@@ -314,7 +388,10 @@ pub(crate) trait Decoder: Send + 'static {
 struct Driver<S, D> {
     source: S,
     decoder: D,
+    /// The wait for the first event, then for each item after it.
+    first: Duration,
     idle: Duration,
+    started: bool,
     kind: ProviderKind,
     key: Option<String>,
     pending: VecDeque<StreamEvent>,
@@ -323,8 +400,9 @@ struct Driver<S, D> {
 }
 
 /// The `EventStream` of `source` decoded by `decoder`: ends after the end marker or the
-/// first error, and with an error after `idle` without an item.
-pub(crate) fn drive<S, D>(source: S, decoder: D, idle: Duration, kind: ProviderKind, key: Option<&str>) -> EventStream
+/// first error, and with an error after `opts.first_token_timeout` without an event at
+/// the start, `opts.timeout` without an item after it.
+pub(crate) fn drive<S, D>(source: S, decoder: D, opts: &CallOptions, kind: ProviderKind, key: Option<&str>) -> EventStream
 where
     S: Stream<Item = Result<D::Item, LlmError>> + Send + Unpin + 'static,
     D: Decoder,
@@ -332,7 +410,9 @@ where
     let driver = Driver {
         source,
         decoder,
-        idle,
+        first: opts.first_token_timeout,
+        idle: opts.timeout,
+        started: false,
         kind,
         key: key.map(str::to_owned),
         pending: VecDeque::new(),
@@ -342,6 +422,7 @@ where
     Box::pin(futures::stream::unfold(driver, |mut d| async move {
         loop {
             if let Some(event) = d.pending.pop_front() {
+                d.started = true;
                 return Some((Ok(event), d));
             }
             if let Some(err) = d.error.take() {
@@ -350,10 +431,15 @@ where
             if d.done {
                 return None;
             }
-            match tokio::time::timeout(d.idle, d.source.next()).await {
+            let wait = if d.started { d.idle } else { d.first };
+            match tokio::time::timeout(wait, d.source.next()).await {
                 Err(_) => {
                     d.done = true;
-                    let message = format!("{} sent nothing for {} ms; gave up on the stream", d.kind.name(), d.idle.as_millis());
+                    let message = if d.started {
+                        format!("{} sent nothing for {} s; gave up on the stream (KODEL_LLM_TIMEOUT)", d.kind.name(), wait.as_secs_f64())
+                    } else {
+                        format!("{} sent no answer within {} s (KODEL_LLM_FIRST_TOKEN_TIMEOUT)", d.kind.name(), wait.as_secs_f64())
+                    };
                     d.error = Some(LlmError::new(message, None, true));
                 }
                 Ok(None) => {

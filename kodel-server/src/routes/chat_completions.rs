@@ -14,7 +14,7 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use kodel_core::OrgSlug;
-use kodel_core::llm::{Delta, FinishReason, LlmDone, LlmRequest, Message, Role, ToolCall, ToolSpec, Usage};
+use kodel_core::llm::{Delta, FinishReason, LlmDone, LlmRequest, Message, Role, ToolCall, ToolChoice, ToolSpec, Usage};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -38,21 +38,31 @@ fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response
 }
 
 /// An OpenAI-shaped error: `{error: {message, type, code, param}}`.
-#[derive(utoipa::ToSchema)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 #[allow(dead_code)]
 struct OpenAiError {
     error: OpenAiErrorDetail,
 }
 
-#[derive(utoipa::ToSchema)]
+#[derive(serde::Serialize, utoipa::ToSchema)]
 #[allow(dead_code)]
 struct OpenAiErrorDetail {
     message: String,
     /// `invalid_request_error`, `provider_error`, `server_error`, ...
-    #[schema(rename = "type")]
+    #[serde(rename = "type")]
     kind: String,
     code: Option<String>,
     param: Option<String>,
+}
+
+/// Kodel's own error body for a missing or bad token (`{error: {code, message}}`), or
+/// the provider's refusal of the server's key, OpenAI-shaped.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum AnyError {
+    Kodel(kodel_core::error::ErrorBody),
+    Provider(OpenAiError),
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -72,6 +82,39 @@ struct ChatRequest {
     max_completion_tokens: Option<u32>,
     #[serde(default)]
     temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    /// "auto", "none", "required" or {"type": "function", "function": {"name": ...}}.
+    #[serde(default)]
+    tool_choice: Option<Value>,
+    /// A string or up to 4 strings.
+    #[serde(default)]
+    stop: Option<Value>,
+    #[serde(default)]
+    seed: Option<i64>,
+    /// Passed to OpenAI-compatible providers as given.
+    #[serde(default)]
+    response_format: Option<Value>,
+}
+
+fn tool_choice(v: Option<Value>) -> Result<Option<ToolChoice>, String> {
+    let Some(v) = v else { return Ok(None) };
+    Ok(Some(match (v.as_str(), v["function"]["name"].as_str()) {
+        (Some("auto"), _) => ToolChoice::Auto,
+        (Some("none"), _) => ToolChoice::None,
+        (Some("required"), _) => ToolChoice::Required,
+        (None, Some(name)) => ToolChoice::Tool { name: name.to_owned() },
+        _ => return Err("tool_choice must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}".into()),
+    }))
+}
+
+fn stop(v: Option<Value>) -> Result<Vec<String>, String> {
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s]),
+        Some(Value::Array(items)) => items.into_iter().map(|i| i.as_str().map(str::to_owned).ok_or_else(|| "stop must be a string or an array of strings".to_owned())).collect(),
+        Some(_) => Err("stop must be a string or an array of strings".into()),
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -172,6 +215,11 @@ fn neutral(req: ChatRequest) -> Result<(String, LlmRequest, bool, bool), String>
         model: Some(req.model),
         max_tokens: req.max_completion_tokens.or(req.max_tokens),
         temperature: req.temperature,
+        top_p: req.top_p,
+        tool_choice: tool_choice(req.tool_choice)?,
+        stop: stop(req.stop)?,
+        seed: req.seed,
+        response_format: req.response_format,
     };
     request.validate()?;
     Ok((system.join("\n\n"), request, req.stream, include_usage))
@@ -204,28 +252,47 @@ async fn org_of(state: &AppState, auth: &Auth, headers: &HeaderMap) -> Result<(U
     }
 }
 
+/// The provider's own status for what it refused (401, 404, 422, 429...); 502 for its
+/// failures; 400 for what Kodel refused before asking.
 fn status_of(e: &LlmError) -> StatusCode {
-    match e.status {
-        Some(429) => StatusCode::TOO_MANY_REQUESTS,
-        Some(s) if (400..500).contains(&s) => StatusCode::BAD_REQUEST,
-        _ if !e.retryable => StatusCode::BAD_REQUEST,
-        _ => StatusCode::BAD_GATEWAY,
+    match e.status.and_then(|s| StatusCode::from_u16(s).ok()) {
+        Some(s) if s.is_client_error() => s,
+        Some(_) => StatusCode::BAD_GATEWAY,
+        None if !e.retryable => StatusCode::BAD_REQUEST,
+        None => StatusCode::BAD_GATEWAY,
     }
+}
+
+fn error_kind(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "provider_error",
+    }
+}
+
+fn llm_error(e: &LlmError) -> Response {
+    let status = status_of(e);
+    error(status, error_kind(status), e.message.clone())
 }
 
 #[utoipa::path(
     post, path = "/v1/chat/completions", tag = "llm",
     summary = "OpenAI-compatible chat completions through Kodel's LLM proxy, for API tokens",
-    description = "Streamed with `stream: true` (SSE chunks, then `data: [DONE]`). Model `provider/model` or a bare name for the default provider; org from `OpenAI-Organization` or `X-Kodel-Org` when the caller has several. Errors are OpenAI-shaped: {error: {message, type, code}}, except a missing or bad token (Kodel's 401).",
+    description = "Streamed with `stream: true` (SSE chunks, then `data: [DONE]`). Model `provider/model` or a bare name for the default provider; org from `OpenAI-Organization` or `X-Kodel-Org` when the caller has several. Errors are OpenAI-shaped: {error: {message, type, code}}, except a missing or bad token (Kodel's 401). A provider's refusal keeps its status (401, 404, 422, 429...); nothing is streamed before the provider's first piece, so an error before it is a plain error response.",
     request_body = ChatRequest,
     responses((status = OK, description = "a chat.completion object, or (stream: true) an event stream of chat.completion.chunk objects", content(
             (Object = "application/json"),
             (String = "text/event-stream"),
         )),
         (status = BAD_REQUEST, description = "not a chat completion request, several orgs and none named, or the provider refused it", body = OpenAiError),
-        (status = UNAUTHORIZED, description = "`unauthorized`: missing, invalid, expired or revoked credentials", body = kodel_core::error::ErrorBody),
+        (status = UNAUTHORIZED, description = "Kodel's `unauthorized` (missing, invalid, expired or revoked credentials), or the provider refused the server's key", body = AnyError),
         (status = FORBIDDEN, description = "the caller is in no org", body = OpenAiError),
-        (status = NOT_FOUND, description = "the caller is not a member of the named org", body = OpenAiError),
+        (status = NOT_FOUND, description = "the caller is not a member of the named org, or the provider has no such model", body = OpenAiError),
+        (status = UNPROCESSABLE_ENTITY, description = "the provider could not process the request", body = OpenAiError),
         (status = TOO_MANY_REQUESTS, description = "the provider's or the proxy's limit", body = OpenAiError),
         (status = INTERNAL_SERVER_ERROR, description = "server error", body = OpenAiError),
         (status = BAD_GATEWAY, description = "the provider failed", body = OpenAiError),
@@ -251,63 +318,78 @@ async fn completions(State(state): State<AppState>, auth: Auth, headers: HeaderM
     if !stream {
         return match state.llm.call(&state, &caller, &system, &request, std::future::pending(), |_| {}).await {
             Ok(done) => axum::Json(completion(&id, created, &done)).into_response(),
-            Err(e) => error(status_of(&e), "provider_error", e.message),
+            Err(e) => llm_error(&e),
         };
     }
-    // Streamed: the call runs in its own task and sends chunks as they come; the first
-    // chunk (role) goes out at once, and an error before any text is still a chunk the
-    // client sees as an error object.
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    // Streamed: the call runs in its own task and sends chunks as they come. Nothing is
+    // sent before the provider's first piece: an error before it is a plain error
+    // response with the provider's status, not a 200 stream with an error in it.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Piece>();
     let model = request.model.clone().unwrap_or_default();
     tokio::spawn({
-        let (id, model) = (id.clone(), model.clone());
+        let tx = tx.clone();
         async move {
-            let chunk = |delta: Value, finish: Option<&str>| {
-                json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                        "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }] })
-            };
-            let _ = tx.send(chunk(json!({ "role": "assistant", "content": "" }), None));
             // A client that goes away stops the call (and what it costs); it is metered.
             let closed = tx.clone();
             let result = state.llm.call(&state, &caller, &system, &request, closed.closed(), |d| {
-                    let delta = match d {
-                        Delta::Text { text } => json!({ "content": text }),
-                        Delta::ToolCall { index, id, name, arguments } => {
-                            let mut call = json!({ "index": index, "function": { "arguments": arguments } });
-                            if let Some(id) = id {
-                                call["id"] = json!(id);
-                                call["type"] = json!("function");
-                            }
-                            if let Some(name) = name {
-                                call["function"]["name"] = json!(name);
-                            }
-                            json!({ "tool_calls": [call] })
-                        }
-                    };
-                    let _ = tx.send(chunk(delta, None));
-                }).await;
-            match result {
-                Ok(done) => {
-                    let _ = tx.send(chunk(json!({}), Some(finish_of(done.finish_reason))));
-                    if include_usage {
-                        let _ = tx.send(json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                                               "choices": [], "usage": usage_of(done.usage) }));
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(json!({ "error": { "message": e.message, "type": "provider_error", "code": Value::Null } }));
-                }
-            }
+                let _ = tx.send(Piece::Delta(d.clone()));
+            }).await;
+            let _ = tx.send(Piece::End(result));
         }
     });
-    let events = tokio_stream_of(rx)
+    drop(tx);
+    let chunk = move |delta: Value, finish: Option<&str>| {
+        json!({ "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }] })
+    };
+    let first = match rx.recv().await {
+        Some(Piece::End(Err(e))) => return llm_error(&e),
+        None => return error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "the call ended without an answer"),
+        Some(first) => first,
+    };
+    let role = chunk(json!({ "role": "assistant", "content": "" }), None);
+    let rest = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+    let events = futures::stream::once(async move { first }).chain(rest).flat_map(move |piece| {
+        let chunks = match piece {
+            Piece::Delta(d) => vec![chunk(delta_json(&d), None)],
+            Piece::End(Ok(done)) => {
+                let last = chunk(json!({}), Some(finish_of(done.finish_reason)));
+                let usage = json!({ "id": last["id"], "object": "chat.completion.chunk", "created": created,
+                                    "model": last["model"], "choices": [], "usage": usage_of(done.usage) });
+                if include_usage { vec![last, usage] } else { vec![last] }
+            }
+            Piece::End(Err(e)) => vec![json!({ "error": { "message": e.message, "type": error_kind(status_of(&e)), "code": e.status } })],
+        };
+        futures::stream::iter(chunks)
+    });
+    let events = futures::stream::once(async move { role })
+        .chain(events)
         .map(|v| Ok::<_, Infallible>(SseEvent::default().data(v.to_string())))
         .chain(futures::stream::once(async { Ok(SseEvent::default().data("[DONE]")) }));
     Sse::new(events).into_response()
 }
 
-fn tokio_stream_of(mut rx: tokio::sync::mpsc::UnboundedReceiver<Value>) -> impl futures::Stream<Item = Value> {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+/// What the call task hands the response: a piece of the answer, or its end.
+enum Piece {
+    Delta(Delta),
+    End(Result<LlmDone, LlmError>),
+}
+
+fn delta_json(d: &Delta) -> Value {
+    match d {
+        Delta::Text { text } => json!({ "content": text }),
+        Delta::ToolCall { index, id, name, arguments } => {
+            let mut call = json!({ "index": index, "function": { "arguments": arguments } });
+            if let Some(id) = id {
+                call["id"] = json!(id);
+                call["type"] = json!("function");
+            }
+            if let Some(name) = name {
+                call["function"]["name"] = json!(name);
+            }
+            json!({ "tool_calls": [call] })
+        }
+    }
 }
 
 fn finish_of(f: FinishReason) -> &'static str {

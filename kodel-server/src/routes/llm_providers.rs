@@ -1,12 +1,13 @@
-//! An org's own LLM provider settings: a key (sealed at rest, never returned) and a
-//! base URL, used before the server's environment. Org admins manage them.
+//! An org's own LLM provider settings: a key (sealed at rest, never returned), a base
+//! URL and wire settings (streaming, the max-tokens field, tool_choice), used before
+//! the server's environment. Org admins manage them.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use kodel_core::api::{OrgRole, Page};
-use kodel_core::llm::ProviderSettings as LlmProvider;
+use kodel_core::llm::{ProviderSettings as LlmProvider, WireSettings};
 use serde::Deserialize;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -30,12 +31,13 @@ struct Row {
     provider: String,
     base_url: Option<String>,
     has_key: bool,
+    wire: sqlx::types::Json<WireSettings>,
     updated_at: DateTime<Utc>,
 }
 
 impl From<Row> for LlmProvider {
     fn from(r: Row) -> Self {
-        Self { provider: r.provider, base_url: r.base_url, has_key: r.has_key, updated_at: r.updated_at }
+        Self { provider: r.provider, base_url: r.base_url, has_key: r.has_key, wire: r.wire.0, updated_at: r.updated_at }
     }
 }
 
@@ -47,6 +49,9 @@ struct SetProvider {
     api_key: Option<String>,
     #[serde(default)]
     base_url: Option<String>,
+    /// Replaces the stored wire settings (`{}`: the defaults again).
+    #[serde(default)]
+    wire: Option<WireSettings>,
 }
 
 fn provider(raw: &str) -> ApiResult<ProviderKind> {
@@ -63,7 +68,7 @@ fn provider(raw: &str) -> ApiResult<ProviderKind> {
 async fn list(mut t: Tenant) -> ApiResult<Json<Page<LlmProvider>>> {
     t.require_org_role(OrgRole::Admin, WHAT)?;
     let rows: Vec<Row> =
-        sqlx::query_as("SELECT provider, base_url, api_key IS NOT NULL AS has_key, updated_at FROM llm_providers ORDER BY provider")
+        sqlx::query_as("SELECT provider, base_url, api_key IS NOT NULL AS has_key, wire, updated_at FROM llm_providers ORDER BY provider")
             .fetch_all(t.conn())
             .await?;
     t.commit().await?;
@@ -72,7 +77,7 @@ async fn list(mut t: Tenant) -> ApiResult<Json<Page<LlmProvider>>> {
 
 #[utoipa::path(
     put, path = "/api/v1/orgs/{org}/llm-providers/{provider}", tag = "llm",
-    summary = "Set the org's key and/or base URL for a provider (sealed at rest)",
+    summary = "Set the org's key, base URL and/or wire settings for a provider (the key sealed at rest)",
     params(path::Provider),
     request_body = SetProvider,
     responses((status = OK, description = "saved", body = LlmProvider), Errors<(code::Forbidden,)>),
@@ -96,14 +101,15 @@ async fn set(State(state): State<AppState>, mut t: Tenant, Path((_, raw)): Path<
     }
     let sealed = req.api_key.as_ref().map(|k| state.sealer.seal(k.trim().as_bytes()));
     let row: Row = sqlx::query_as(
-        "INSERT INTO llm_providers (provider, base_url, api_key) VALUES ($1, $2, $3)
+        "INSERT INTO llm_providers (provider, base_url, api_key, wire) VALUES ($1, $2, $3, coalesce($4, '{}'))
          ON CONFLICT (provider) DO UPDATE SET base_url = coalesce($2, llm_providers.base_url),
-             api_key = coalesce($3, llm_providers.api_key), updated_at = now()
-         RETURNING provider, base_url, api_key IS NOT NULL AS has_key, updated_at",
+             api_key = coalesce($3, llm_providers.api_key), wire = coalesce($4, llm_providers.wire), updated_at = now()
+         RETURNING provider, base_url, api_key IS NOT NULL AS has_key, wire, updated_at",
     )
     .bind(kind.name())
     .bind(req.base_url.as_deref().map(|u| u.trim_end_matches('/')))
     .bind(sealed)
+    .bind(req.wire.map(sqlx::types::Json))
     .fetch_one(t.conn())
     .await?;
     let org = t.org.id;

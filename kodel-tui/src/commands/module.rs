@@ -177,16 +177,25 @@ pub async fn provider(ctx: &mut Ctx, cmd: ProviderCmd) -> Result<(), CliError> {
             let rows: Vec<Vec<String>> = page
                 .data
                 .iter()
-                .map(|p| vec![p.provider.clone(), if p.has_key { "set".into() } else { "-".into() }, p.base_url.clone().unwrap_or_else(|| "(default)".into())])
+                .map(|p| {
+                    let wire = p.wire.to_string();
+                    vec![
+                        p.provider.clone(),
+                        if p.has_key { "set".into() } else { "-".into() },
+                        p.base_url.clone().unwrap_or_else(|| "(default)".into()),
+                        if wire.is_empty() { "(default)".into() } else { wire },
+                    ]
+                })
                 .collect();
-            output::table(&["PROVIDER", "KEY", "BASE URL"], &rows)
+            output::table(&["PROVIDER", "KEY", "BASE URL", "WIRE"], &rows)
         }
-        ProviderCmd::Set { provider, key_stdin, base_url } => {
-            if !key_stdin && base_url.is_none() {
-                return Err(CliError::usage("nothing to set").hint("echo $KEY | kodel provider set openai --key-stdin [--base-url URL]"));
+        ProviderCmd::Set { provider, key_stdin, base_url, wire } => {
+            if !key_stdin && base_url.is_none() && wire.is_none() {
+                return Err(CliError::usage("nothing to set")
+                    .hint("echo $KEY | kodel provider set openai --key-stdin [--base-url URL] [--wire stream=off,tool_choice=on]"));
             }
             let api_key = if key_stdin { Some(output::text_arg(Some("-".into()), false)?.unwrap_or_default().trim().to_owned()) } else { None };
-            let body = json!({ "api_key": api_key, "base_url": base_url });
+            let body = json!({ "api_key": api_key, "base_url": base_url, "wire": wire });
             let p: kodel_core::llm::ProviderSettings = ctx.client.send(Method::PUT, &format!("{base}/{}", enc(&provider)), Some(body)).await?;
             if ctx.json { output::json(&p) } else { output::line(format!("{} key {}", p.provider, if p.has_key { "set" } else { "not set" })) }
         }
