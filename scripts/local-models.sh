@@ -157,9 +157,9 @@ bench() {
   (cd "$ROOT" && cargo build --release --locked -p kodel-server >/dev/null)
   psql "$admin" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
   RUST_LOG=warn DATABASE_URL="${admin%/*}/$db" OPENAI_BASE_URL="http://127.0.0.1:$LLAMA_SERVER_PORT/v1" \
-    KODEL_ALLOW_PRIVATE_URLS=1 "$ROOT/target/release/kodel-server" --listen "127.0.0.1:$port" 2>"$DIR/logs/kodel-bench.log" &
-  local server=$!
-  trap 'kill $server 2>/dev/null; psql "$admin" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1 || true' EXIT
+    KODEL_ALLOW_PRIVATE_URLS=true "$ROOT/target/release/kodel-server" --listen "127.0.0.1:$port" 2>"$DIR/logs/kodel-bench.log" &
+  BENCH_SERVER=$! BENCH_ADMIN=$admin BENCH_DB=$db
+  trap 'kill "$BENCH_SERVER" 2>/dev/null; psql "$BENCH_ADMIN" -qc "DROP DATABASE IF EXISTS $BENCH_DB" >/dev/null 2>&1 || true' EXIT
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.1; done
   local base=http://127.0.0.1:$port json='content-type: application/json'
   curl -sf "$base/api/v1/auth/register" -H "$json" -d '{"email":"bench@example.com","password":"benchmark-password","name":"Bench"}' >/dev/null
