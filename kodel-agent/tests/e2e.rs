@@ -213,6 +213,10 @@ async fn a_killed_agents_job_is_requeued_and_finished_by_another() {
         .map(|s| (s["seq"].as_u64().unwrap(), s["step"]["input"]["path"].as_str().or(s["step"]["text"].as_str()).unwrap_or("-").to_owned()))
         .collect();
     assert_eq!(story, [(0, "first.txt".to_owned()), (1, "done.txt".to_owned()), (2, "Finished by the second agent.".to_owned())]);
+    // The killed agent is not listed as holding the job the other one finished.
+    let agents = stack.call("GET", "/api/v1/orgs/acme/agents", Value::Null).await;
+    let holding: Vec<(&str, &Value)> = agents["data"].as_array().unwrap().iter().map(|a| (a["name"].as_str().unwrap(), &a["current_job"])).collect();
+    assert!(holding.iter().all(|(_, job)| job.is_null()), "{holding:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,19 +123,39 @@ async fn bad_frames_get_errors_and_old_agents_a_reason() {
     // Still connected: a heartbeat is taken without complaint.
     send(&mut ws, &AgentMessage::Heartbeat { job_id: None, disk_bytes: None }).await;
     assert!(next(&mut ws, Duration::from_millis(300)).await.is_none());
-    // A frame over the size bound ends the connection instead of filling memory.
+    // A frame over the size bound ends the connection instead of filling memory, with
+    // a close that says why (not a dropped socket).
     let huge = "x".repeat(kodel_core::protocol::MAX_FRAME_BYTES + 1);
     let _ = ws.send(Message::Text(huge.into())).await;
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+    let (code, reason) = closed(&mut ws).await;
+    assert_eq!(code, 1009, "{reason}");
+    assert!(reason.starts_with("frame too large"), "{reason}");
+
+    // Bytes that are not WebSocket (an unmasked client frame): 1002 and the reason.
+    let mut ws = welcomed(&app, &token, &[]).await;
+    {
+        use tokio::io::AsyncWriteExt;
+        let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = ws.get_mut() else { panic!("plain TCP") };
+        tcp.write_all(b"\x81\x02hi").await.unwrap();
+    }
+    let (code, reason) = closed(&mut ws).await;
+    assert_eq!(code, 1002, "{reason}");
+    assert!(reason.starts_with("WebSocket protocol error"), "{reason}");
+}
+
+/// The close frame's (code, reason); anything else first (a pong, an error) is skipped.
+async fn closed(ws: &mut Ws) -> (u16, String) {
+    tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match ws.next().await {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
-                _ => {}
+                Some(Ok(Message::Close(Some(f)))) => return (u16::from(f.code), f.reason.to_string()),
+                Some(Ok(_)) => {}
+                other => panic!("the connection ended without a close frame: {other:?}"),
             }
         }
     })
-    .await;
-    assert!(ended.unwrap_or(false));
+    .await
+    .expect("a close frame within 10 s")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

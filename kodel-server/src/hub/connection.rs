@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::Control;
 use super::agents::{self, Status};
-use super::frames::{bounded, close, parse_frame, send};
+use super::frames::{bounded, close, close_for, log_bad_frame, parse_frame, send};
 use super::relay;
 use crate::AppState;
 use crate::db::OrgTx;
@@ -88,6 +88,12 @@ pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
     let _counted = state.hub.connected();
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, ws.recv()).await {
         Ok(Some(Ok(Message::Text(text)))) => parse_frame(&text),
+        Ok(Some(Err(e))) => {
+            if let Some((code, reason)) = close_for(e) {
+                close(&mut ws, code, &reason).await;
+            }
+            return;
+        }
         _ => {
             close(&mut ws, CLOSE_PROTOCOL_ERROR, "expected agent.hello as the first frame").await;
             return;
@@ -147,17 +153,33 @@ pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
     let mut watchdog = tokio::time::interval(heartbeat);
     watchdog.reset();
     let mut shutdown = state.hub.on_shutdown();
+    let mut bad_frames = 0u64;
     loop {
         tokio::select! {
             frame = ws.recv() => {
-                let Some(Ok(frame)) = frame else { break };
+                let frame = match frame {
+                    None => break,
+                    Some(Ok(frame)) => frame,
+                    Some(Err(e)) => {
+                        // Too large, or not WebSocket: say why before hanging up.
+                        let error = e.to_string();
+                        if let Some((code, reason)) = close_for(e) {
+                            tracing::warn!(org = %conn.token.slug, agent = %agent_id, code, error = %error, "closing an agent connection that broke the protocol");
+                            close(&mut ws, code, &reason).await;
+                        }
+                        break;
+                    }
+                };
                 match frame {
                     Message::Text(text) => match parse_frame(&text) {
                         Ok(msg) => conn.handle(msg).await,
                         Err(e) => {
                             // The parser's message may quote the frame: keep the log short.
                             let e: String = e.to_string().chars().take(200).collect();
-                            tracing::warn!(org = %conn.token.slug, agent = %agent_id, error = %e, "malformed agent frame");
+                            bad_frames += 1;
+                            if log_bad_frame(bad_frames) {
+                                tracing::warn!(org = %conn.token.slug, agent = %agent_id, error = %e, count = bad_frames, "malformed agent frame");
+                            }
                             conn.error("bad_frame", format!("the frame is not a protocol message: {e}"));
                         }
                     },
@@ -198,6 +220,9 @@ pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
             close(&mut ws, code, reason).await;
             break;
         }
+    }
+    if bad_frames > 0 {
+        tracing::info!(org = %conn.token.slug, agent = %agent_id, bad_frames, "agent disconnected after malformed frames");
     }
     conn.gone(&mut ctl_rx).await;
 }

@@ -66,6 +66,29 @@ pub(super) async fn send(ws: &mut WebSocket, msg: &ServerMessage) -> Result<(), 
     ws.send(Message::Text(Utf8Bytes::from(text))).await
 }
 
+/// The close a broken read stands for: (code, reason), or `None` when the connection
+/// itself is gone (nothing can be sent). An agent is told why instead of seeing 1006.
+pub(super) fn close_for(e: axum::Error) -> Option<(u16, String)> {
+    use tungstenite::Error as E;
+    let e = e.into_inner().downcast::<E>().ok()?;
+    match *e {
+        E::Capacity(c) => Some((1009, format!("frame too large: {c}"))),
+        E::Protocol(p) => Some((1002, format!("WebSocket protocol error: {p}"))),
+        E::Utf8(_) => Some((1007, "a text frame is not valid UTF-8".to_owned())),
+        _ => None,
+    }
+}
+
+/// How many malformed frames of one connection are logged one by one; after that,
+/// every `BAD_FRAME_LOG_EVERY`th (an agent in a loop must not flood the log).
+const BAD_FRAMES_LOGGED: u64 = 3;
+const BAD_FRAME_LOG_EVERY: u64 = 1000;
+
+/// Whether the `n`th malformed frame of a connection (from 1) gets a log line.
+pub(super) fn log_bad_frame(n: u64) -> bool {
+    n <= BAD_FRAMES_LOGGED || n.is_multiple_of(BAD_FRAME_LOG_EVERY)
+}
+
 pub(super) async fn close(ws: &mut WebSocket, code: u16, reason: &str) {
     let reason: String = reason.chars().take(120).collect();
     let _ = ws.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))).await;
@@ -83,5 +106,11 @@ mod tests {
         assert!(!json.contains("\\u0000") && json.contains("a\u{2400}b") && json.contains("k\u{2400}"), "{json}");
         // Frames without a NUL are parsed as they are.
         assert!(parse_frame(r#"{"type":"heartbeat"}"#).is_ok());
+    }
+
+    #[test]
+    fn bad_frames_are_logged_a_few_times_then_rarely() {
+        let logged: Vec<u64> = (1..=3000).filter(|n| log_bad_frame(*n)).collect();
+        assert_eq!(logged, [1, 2, 3, 1000, 2000, 3000]);
     }
 }

@@ -51,7 +51,9 @@ async fn list(mut t: Tenant) -> ApiResult<Json<Page<Agent>>> {
          LEFT JOIN LATERAL (
              SELECT j.id AS current_job, p.key || '-' || t.number AS current_task
              FROM ai_jobs j JOIN tasks t ON t.id = j.task_id JOIN projects p ON p.id = t.project_id
-             WHERE j.id = a.current_job
+             -- Held only while its lease is this agent's: a killed agent's job may have
+             -- been queued again and finished by another.
+             WHERE j.id = a.current_job AND j.state = 'running' AND j.lease_agent = a.id
                AND ($1 OR EXISTS (SELECT 1 FROM project_members pm WHERE pm.project_id = p.id AND pm.user_id = $2))
          ) v ON true
          ORDER BY a.name, a.id LIMIT 1000",
