@@ -1,8 +1,11 @@
 //! `ApiJson<T>`: axum's Json with our error body for every rejection (malformed JSON,
-//! unknown or missing fields, wrong content type, a body over the limit).
+//! unknown or missing fields, wrong content type, a body over the limit). `ApiQuery<T>`:
+//! axum's Query the same way (a bad query parameter is a 422 in the JSON envelope,
+//! not axum's 400 in plain text).
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use kodel_core::ErrorCode;
 use serde::de::DeserializeOwned;
@@ -22,6 +25,23 @@ where
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(rejection) => Err(map_rejection(rejection)),
+        }
+    }
+}
+
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(rejection) => Err(ApiError::invalid(format!("bad query: {}", source_text(&rejection)))),
         }
     }
 }

@@ -337,6 +337,21 @@ async fn bad_requests_get_json_errors() {
         let (s, v) = app.get(path, &t).await;
         assert_eq!(code(&v), expected, "{path}: {s} {v}");
     }
+    // A bad query parameter gets the same JSON envelope as a bad body, on every list.
+    let job = uuid::Uuid::now_v7();
+    for path in [
+        format!("/api/v1/orgs/acme/jobs/{job}/steps?after=abc"),
+        "/api/v1/orgs/acme/projects/KOD/tasks?limit=many".to_owned(),
+        "/api/v1/orgs/acme/jobs?limit=-1".to_owned(),
+        "/api/v1/orgs/acme/rules?limit=x".to_owned(),
+        "/api/v1/orgs/acme/events?last_event_id=x".to_owned(),
+    ] {
+        let resp = app.http.get(format!("{}{path}", app.base)).bearer_auth(&t).send().await.unwrap();
+        assert_eq!(resp.headers()["content-type"], "application/json", "{path}");
+        // Through the checked client too: the 422 is in the OpenAPI document.
+        let (s, v) = app.get(&path, &t).await;
+        assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"), "{path}: {v}");
+    }
     // Text PostgreSQL cannot store is refused as input, not a server error.
     let (s, v) = app.post("/api/v1/orgs/acme/projects/KOD/tasks", &t, json!({"title": "a\u{0}b"})).await;
     assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"));

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use kodel_core::api::OrgRole;
@@ -26,6 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{Errors, code, path};
+use crate::json::ApiQuery;
 use crate::AppState;
 use crate::auth::extract::Credential;
 use crate::error::{ApiError, ApiResult};
@@ -152,7 +153,7 @@ fn ends_at(credential: &Credential) -> Option<tokio::time::Instant> {
     responses((status = OK, description = "text/event-stream: `id:` event id, `event:` type, `data:` Event JSON; comment lines are heartbeats. Resume with Last-Event-ID. The stream ends when the caller loses access or its token expires.", content_type = "text/event-stream", body = kodel_core::api::Event), Errors<(code::InvalidRequest, code::TooManyRequests)>),
     security(("bearer" = []))
 )]
-async fn org_events(State(state): State<AppState>, mut t: Tenant, headers: HeaderMap, Query(q): Query<ResumeQuery>) -> ApiResult<Sse<SseStream>> {
+async fn org_events(State(state): State<AppState>, mut t: Tenant, headers: HeaderMap, ApiQuery(q): ApiQuery<ResumeQuery>) -> ApiResult<Sse<SseStream>> {
     let resume = last_event_id(&headers, &q)?;
     let slot = state.streams.open(t.user_id(), t.org.id)?;
     let (user, role) = (t.user_id(), t.org.role);
@@ -169,7 +170,7 @@ async fn org_events(State(state): State<AppState>, mut t: Tenant, headers: Heade
     responses((status = OK, description = "text/event-stream: `id:` event id, `event:` type, `data:` Event JSON; comment lines are heartbeats. Resume with Last-Event-ID. The stream ends when the caller loses access or its token expires.", content_type = "text/event-stream", body = kodel_core::api::Event), Errors<(code::InvalidKey, code::TaskNotFound, code::InvalidRequest, code::TooManyRequests)>),
     security(("bearer" = []))
 )]
-async fn task_events(State(state): State<AppState>, mut t: Tenant, Path((_, task)): Path<(String, String)>, headers: HeaderMap, Query(q): Query<ResumeQuery>) -> ApiResult<Sse<SseStream>> {
+async fn task_events(State(state): State<AppState>, mut t: Tenant, Path((_, task)): Path<(String, String)>, headers: HeaderMap, ApiQuery(q): ApiQuery<ResumeQuery>) -> ApiResult<Sse<SseStream>> {
     let resume = last_event_id(&headers, &q)?;
     let key = TaskKey::parse(&task).map_err(|e| ApiError::new(ErrorCode::InvalidKey, e.0))?;
     let slot = state.streams.open(t.user_id(), t.org.id)?;

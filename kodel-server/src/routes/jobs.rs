@@ -1,7 +1,7 @@
 //! AI jobs and their artifacts through the API: list and show (what the caller's
 //! projects hold), start one by hand, cancel; approve or reject an artifact.
 
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -21,7 +21,7 @@ use crate::AppState;
 use crate::engine::artifacts::{Decision, decide};
 use crate::engine::jobs;
 use crate::error::{ApiError, ApiResult};
-use crate::json::ApiJson;
+use crate::json::{ApiJson, ApiQuery};
 use crate::tenant::Tenant;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -52,7 +52,6 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
 /// Newest first: the cursor is the last id of the previous page.
 fn page_args(q: &ListQuery) -> ApiResult<(Uuid, i64)> {
@@ -138,11 +137,10 @@ const JOB_SELECT: &str = "SELECT j.id, p.key || '-' || t.number AS task, j.kind,
 
 /// One page, newest first, of jobs or artifacts (`select`, aliased `alias`) that the
 /// caller may see, filtered by `?task=` and `?status=` (one of `states`).
-async fn visible_page<R>(mut t: Tenant, query: QueryResult<ListQuery>, select: &str, alias: &str, states: &[&str], id: fn(&R) -> Uuid) -> ApiResult<(Vec<R>, Option<String>)>
+async fn visible_page<R>(mut t: Tenant, q: ListQuery, select: &str, alias: &str, states: &[&str], id: fn(&R) -> Uuid) -> ApiResult<(Vec<R>, Option<String>)>
 where
     R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
 {
-    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let (before, limit) = page_args(&q)?;
     if let Some(s) = q.status.as_deref().filter(|s| !states.contains(s)) {
         return Err(ApiError::invalid(format!("status {s:?} is not one of {}", states.join(", "))));
@@ -173,9 +171,9 @@ where
     responses((status = OK, description = "a page of jobs", body = Page<Job>), Errors<(code::InvalidCursor, code::InvalidKey, code::TaskNotFound, code::InvalidRequest)>),
     security(("bearer" = []))
 )]
-async fn list_jobs(t: Tenant, query: QueryResult<ListQuery>) -> ApiResult<Json<Page<Job>>> {
+async fn list_jobs(t: Tenant, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Job>>> {
     let states: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
-    let (rows, next_cursor) = visible_page::<JobRow>(t, query, JOB_SELECT, "j", &states, |r| r.id).await?;
+    let (rows, next_cursor) = visible_page::<JobRow>(t, q, JOB_SELECT, "j", &states, |r| r.id).await?;
     Ok(Json(Page { data: rows.into_iter().map(JobRow::into_api).collect(), next_cursor }))
 }
 
@@ -217,7 +215,7 @@ async fn show_job(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiR
     responses((status = OK, description = "steps; `next_cursor` is the `after` of the next page", body = Page<JobStep>), Errors<(code::JobNotFound, code::InvalidRequest)>),
     security(("bearer" = []))
 )]
-async fn job_steps(mut t: Tenant, Path((_, raw)): Path<(String, String)>, Query(q): Query<StepsQuery>) -> ApiResult<Json<Page<JobStep>>> {
+async fn job_steps(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiQuery(q): ApiQuery<StepsQuery>) -> ApiResult<Json<Page<JobStep>>> {
     let (job, _) = visible_job(&mut t, &raw).await?;
     let rows: Vec<(i32, serde_json::Value, chrono::DateTime<chrono::Utc>)> =
         sqlx::query_as("SELECT seq, step, created_at FROM job_steps WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT 1000")
@@ -339,9 +337,9 @@ const ARTIFACT_SELECT: &str = "SELECT a.id, a.job_id, p.key || '-' || t.number A
     responses((status = OK, description = "a page of artifacts", body = Page<Artifact>), Errors<(code::InvalidCursor, code::InvalidKey, code::TaskNotFound, code::InvalidRequest)>),
     security(("bearer" = []))
 )]
-async fn list_artifacts(t: Tenant, query: QueryResult<ListQuery>) -> ApiResult<Json<Page<Artifact>>> {
+async fn list_artifacts(t: Tenant, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Artifact>>> {
     let states: Vec<&str> = ArtifactState::ALL.iter().map(|s| s.as_str()).collect();
-    let (rows, next_cursor) = visible_page::<ArtifactRow>(t, query, ARTIFACT_SELECT, "a", &states, |r| r.id).await?;
+    let (rows, next_cursor) = visible_page::<ArtifactRow>(t, q, ARTIFACT_SELECT, "a", &states, |r| r.id).await?;
     Ok(Json(Page { data: rows.into_iter().map(ArtifactRow::into_api).collect(), next_cursor }))
 }
 

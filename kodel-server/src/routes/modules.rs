@@ -1,7 +1,7 @@
 //! Modules: the git repositories of a project. Credentials for private repositories
 //! are sealed before they are stored and never come back out through the API.
 
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 use super::openapi::{Errors, code, path};
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, check_len, is_unique_violation, require_text};
-use crate::json::ApiJson;
+use crate::json::{ApiJson, ApiQuery};
 use crate::tenant::Tenant;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -159,8 +159,7 @@ struct ListQuery {
     responses((status = OK, description = "modules", body = Page<Module>), Errors<(code::InvalidKey, code::ProjectNotFound, code::InvalidRequest)>),
     security(("bearer" = []))
 )]
-async fn list(mut t: Tenant, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Page<Module>>> {
-    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+async fn list(mut t: Tenant, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Module>>> {
     let key = q.project.ok_or_else(|| ApiError::invalid("give the project: ?project=KEY"))?;
     let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
     let rows = sqlx::query_as::<_, Row>(&format!("{SELECT} WHERE m.project_id = $1 ORDER BY m.name")).bind(p.id).fetch_all(t.conn()).await?;

@@ -1,7 +1,7 @@
 //! Automation rules: per project (tech leads and above) or org-wide (org admins).
 //! Members see the org-wide rules and those of projects they belong to.
 
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -19,7 +19,7 @@ use super::openapi::{Errors, code, path};
 use crate::AppState;
 use crate::engine::rules::{check_webhooks, validate};
 use crate::error::{ApiError, ApiResult, require_text};
-use crate::json::ApiJson;
+use crate::json::{ApiJson, ApiQuery};
 use crate::tenant::Tenant;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -73,8 +73,7 @@ struct ListQuery {
     responses((status = OK, description = "rules", body = Page<Rule>), Errors<(code::InvalidKey, code::ProjectNotFound, code::InvalidRequest)>),
     security(("bearer" = []))
 )]
-async fn list(mut t: Tenant, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Page<Rule>>> {
-    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+async fn list(mut t: Tenant, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Rule>>> {
     let project = match q.project.as_deref() {
         Some(key) => Some(access(&mut t, key, ErrorCode::ProjectNotFound).await?.id),
         None => None,

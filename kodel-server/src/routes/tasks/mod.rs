@@ -2,7 +2,7 @@
 //! move between workflow statuses, archive; and their comments. Every change writes an
 //! event in the same transaction.
 
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -25,7 +25,7 @@ use crate::AppState;
 use crate::engine::tasks::{self, TASK_SELECT, TaskRow};
 use crate::engine::workflow::{self, MoveCause};
 use crate::error::{ApiError, ApiResult};
-use crate::json::ApiJson;
+use crate::json::{ApiJson, ApiQuery};
 use crate::tenant::Tenant;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -75,8 +75,7 @@ struct ListQuery {
     responses((status = OK, description = "a page of tasks", body = Page<Task>), Errors<(code::InvalidKey, code::InvalidCursor, code::ProjectNotFound, code::InvalidRequest)>),
     security(("bearer" = []))
 )]
-async fn list(mut t: Tenant, Path((_, key)): Path<(String, String)>, query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Page<Task>>> {
-    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+async fn list(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Task>>> {
     let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -225,8 +224,7 @@ struct PageQuery {
     responses((status = OK, description = "comments", body = Page<Comment>), Errors<(code::InvalidKey, code::TaskNotFound, code::InvalidCursor, code::InvalidRequest)>),
     security(("bearer" = []))
 )]
-async fn list_comments(mut t: Tenant, Path((_, task)): Path<(String, String)>, query: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Page<Comment>>> {
-    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+async fn list_comments(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiQuery(q): ApiQuery<PageQuery>) -> ApiResult<Json<Page<Comment>>> {
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::invalid(format!("limit must be between 1 and {MAX_PAGE}")));
@@ -308,8 +306,7 @@ struct HistoryRow {
     responses((status = OK, description = "events", body = Page<kodel_core::api::Event>), Errors<(code::InvalidKey, code::TaskNotFound, code::InvalidRequest)>),
     security(("bearer" = []))
 )]
-async fn history(mut t: Tenant, Path((_, task)): Path<(String, String)>, query: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Page<kodel_core::api::Event>>> {
-    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+async fn history(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiQuery(q): ApiQuery<HistoryQuery>) -> ApiResult<Json<Page<kodel_core::api::Event>>> {
     let limit = q.limit.unwrap_or(500);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit must be between 1 and 1000"));
