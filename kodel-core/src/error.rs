@@ -82,7 +82,8 @@ codes! {
     LeaseLost = "lease_lost" => 409, "the agent no longer holds the job's lease";
     ArtifactDecided = "artifact_decided" => 409, "the artifact was approved or rejected already";
     TooManyRequests = "too_many_requests" => 429, "too many attempts or open streams; Retry-After says when to try again";
-    Unavailable = "unavailable" => 503, "the database is busy or unreachable; try again";
+    Unavailable = "unavailable" => 503, "the server is busy; try again";
+    DatabaseUnavailable = "database_unavailable" => 503, "the database cannot be reached (or did not answer in time); Retry-After says when to try again";
     Internal = "internal" => 500, "an unexpected server error (logged)";
 }
 

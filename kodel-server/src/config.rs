@@ -35,6 +35,11 @@ pub struct Config {
     #[arg(long, env = "KODEL_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
 
+    /// Longest wait for a database connection (seconds): while the database is away,
+    /// requests answer 503 `database_unavailable` after this.
+    #[arg(long, env = "KODEL_DB_TIMEOUT", default_value_t = 5.0)]
+    pub db_timeout: f64,
+
     /// Key sealing stored secrets such as repository credentials: base64 of 32 bytes.
     /// When absent one is generated and kept in the database.
     #[arg(long, env = "KODEL_ENCRYPTION_KEY", hide_env_values = true)]

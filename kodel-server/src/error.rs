@@ -48,10 +48,26 @@ impl ApiError {
     }
 }
 
+/// What a client waits before asking again while the database is away.
+const DATABASE_RETRY_AFTER_SECS: u64 = 2;
+
+/// The database is away (down, restarting, unreachable, or no connection within the
+/// pool's acquire timeout), as opposed to a query that failed.
+pub fn unreachable_database(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => true,
+        // admin_shutdown, crash_shutdown, cannot_connect_now; connection exceptions.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| matches!(c.as_ref(), "57P01" | "57P02" | "57P03") || c.starts_with("08")),
+        _ => false,
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        if let sqlx::Error::PoolTimedOut = err {
-            return Self::new(ErrorCode::Unavailable, "database busy, try again");
+        if unreachable_database(&err) {
+            tracing::warn!(error = %err, "the database is unavailable");
+            return Self::new(ErrorCode::DatabaseUnavailable, "the database cannot be reached or did not answer in time; try again shortly")
+                .with_details(serde_json::json!({ "retry_after_secs": DATABASE_RETRY_AFTER_SECS }));
         }
         // Text PostgreSQL cannot store (a NUL character) is bad input, not a failure.
         if let sqlx::Error::Database(db) = &err

@@ -97,7 +97,7 @@ pub struct Server {
 impl Server {
     /// Connects, migrates and builds the router. Used by `main` and by tests.
     pub async fn build(config: &Config, db: PgConnectOptions) -> anyhow::Result<Self> {
-        let pool = db::connect(db, config.db_pool).await?;
+        let pool = db::connect(db, config.db_pool, std::time::Duration::from_secs_f64(config.db_timeout.clamp(0.1, 600.0))).await?;
         let started = std::time::Instant::now();
         let report = db::migrate::run(&pool).await?;
         tracing::info!(

@@ -58,8 +58,8 @@ async fn a_start_with_nothing_pending_costs_the_same_for_1_or_60_orgs() {
 #[tokio::test]
 async fn concurrent_migrators_apply_everything_once() {
     let db = fresh_database().await;
-    let a = db::connect(db.clone(), 4).await.unwrap();
-    let b = db::connect(db.clone(), 4).await.unwrap();
+    let a = db::connect(db.clone(), 4, std::time::Duration::from_secs(10)).await.unwrap();
+    let b = db::connect(db.clone(), 4, std::time::Duration::from_secs(10)).await.unwrap();
     let (ra, rb) = tokio::join!(migrate::run(&a), migrate::run(&b));
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     assert_eq!(ra.shared_applied + rb.shared_applied, migrate::SHARED.len());

@@ -97,3 +97,71 @@ async fn passwords_and_tokens_never_reach_the_log() {
         assert!(!log.contains(secret), "log contains a secret");
     }
 }
+
+/// `pg_ctl ARGS` on the managed cluster in `data` (as the postgres user under root).
+fn pg_ctl(data: &std::path::Path, args: &[&str]) {
+    let bindir = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|d| d.filter_map(Result::ok).map(|e| e.path().join("bin")).filter(|b| b.join("pg_ctl").exists()).max())
+        .unwrap_or_default();
+    let pg_ctl = bindir.join("pg_ctl");
+    let pgdata = data.join("postgres");
+    let mut cmd = if nix::unistd::geteuid().is_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(&pg_ctl);
+        c
+    } else {
+        std::process::Command::new(&pg_ctl)
+    };
+    let out = cmd.arg("-D").arg(&pgdata).args(args).current_dir(data).output().unwrap();
+    assert!(out.status.success(), "pg_ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_database_is_down_every_request_answers_503_in_bounded_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start_server(&["--data-dir", data.to_str().unwrap()], &[("KODEL_DB_TIMEOUT", "1")]);
+    let base = server.base.clone();
+    post(&base, "/api/v1/auth/register", None, json!({"email": "d@x.io", "password": "longenough", "name": "D"})).await;
+    let (_, v) = post(&base, "/api/v1/auth/login", None, json!({"email": "d@x.io", "password": "longenough"})).await;
+    let token = v["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(post(&base, "/api/v1/orgs", Some(&token), json!({"slug": "down", "name": "Down"})).await.0, 201);
+    assert_eq!(post(&base, "/api/v1/orgs/down/projects", Some(&token), json!({"key": "DN", "name": "Down"})).await.0, 201);
+
+    pg_ctl(&data, &["-m", "immediate", "-w", "stop"]);
+    let http = reqwest::Client::new();
+    // Readiness says so at once.
+    let started = std::time::Instant::now();
+    let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+    // A read, a write, a task creation (queued for group commit), all at once: each a
+    // 503 database_unavailable with Retry-After, within the timeout and a margin.
+    let read = http.get(format!("{base}/api/v1/orgs/down/projects")).bearer_auth(&token).send();
+    let write = http.post(format!("{base}/api/v1/orgs/down/projects")).bearer_auth(&token).json(&json!({"key": "NEW", "name": "New"})).send();
+    let create = http.post(format!("{base}/api/v1/orgs/down/projects/DN/tasks")).bearer_auth(&token).json(&json!({"title": "while down"})).send();
+    let started = std::time::Instant::now();
+    let (read, write, create) = tokio::join!(read, write, create);
+    for (what, r) in [("read", read), ("write", write), ("create", create)] {
+        let r = r.unwrap();
+        let (status, retry) = (r.status().as_u16(), r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned()));
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!((status, v["error"]["code"].as_str()), (503, Some("database_unavailable")), "{what}: {v}");
+        assert!(retry.is_some(), "{what}: Retry-After");
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(8), "bounded: {:?}", started.elapsed());
+
+    // Back by itself once the database is.
+    pg_ctl(&data, &["-w", "-l", data.join("postgres.log").to_str().unwrap(), "start"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (s, v) = post(&base, "/api/v1/orgs/down/projects/DN/tasks", Some(&token), json!({"title": "after"})).await;
+        if s == 201 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not back: {s} {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(server.stop().success());
+}

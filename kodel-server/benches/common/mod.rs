@@ -28,6 +28,7 @@ impl Bench {
             jwt_secret: None,
             max_body: 1 << 20,
             db_pool: 16,
+        db_timeout: 5.0,
             encryption_key: None,
             encryption_key_previous: None,
             engine_tick,

@@ -11,11 +11,13 @@ use std::time::Duration;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
-pub async fn connect(options: PgConnectOptions, max: u32) -> Result<PgPool, sqlx::Error> {
+/// The pool. `acquire_timeout` bounds the wait for a connection, and so how long a
+/// request waits while the database is away before it answers 503.
+pub async fn connect(options: PgConnectOptions, max: u32, acquire_timeout: Duration) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(max)
         .min_connections(1)
-        .acquire_timeout(Duration::from_secs(10))
+        .acquire_timeout(acquire_timeout)
         // No ping on every checkout: it is a round trip per request, and a broken
         // connection fails its query anyway (and is then dropped from the pool).
         .test_before_acquire(false)

@@ -298,7 +298,7 @@ fn finish(mut doc: Value) -> Value {
             let body = op.contains_key("requestBody");
             let mut common: Vec<ErrorCode> = Vec::new();
             if secured || body {
-                common.extend([ErrorCode::Internal, ErrorCode::Unavailable]);
+                common.extend([ErrorCode::Internal, ErrorCode::Unavailable, ErrorCode::DatabaseUnavailable]);
             }
             if secured {
                 common.push(ErrorCode::Unauthorized);

@@ -23,6 +23,7 @@ pub fn test_config() -> Config {
         jwt_secret: None,
         max_body: 64 * 1024,
         db_pool: 16,
+        db_timeout: 5.0,
         encryption_key: Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into()),
         encryption_key_previous: None,
         engine_tick: 0.2,
