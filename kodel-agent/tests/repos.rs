@@ -232,6 +232,7 @@ async fn a_small_local_model_fixes_add_through_llama_cpp() {
     // Every call of the job was metered with the server's own token counts.
     let calls = stack.events_of("job.llm_call");
     assert!(!calls.is_empty() && calls.iter().all(|c| c["status"] == "ok" && c["input_tokens"].as_u64() > Some(0)), "{calls:?}");
+    assert!(calls.iter().all(|c| c.get("usage_estimated").is_none()), "llama-server counts its tokens: {calls:?}");
     if let Some(recorded) = recorded {
         assert_eq!(llm.requests().len(), recorded.exchanges.len(), "the job asked what the recording answered");
         assert!(!llm.exhausted());

@@ -253,6 +253,7 @@ impl MaxTokensField {
 /// provider and its base URL (`ProviderConfig::wire`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
 pub struct WireSettings {
     /// Stream answers (default), or ask for the whole answer at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -384,14 +385,16 @@ pub enum TextCalls {
 /// (Qwen's and Hermes' format; also in `<tools>` tags), or JSON objects (bare or in a code fence) that name one
 /// of `known` with its `arguments` (or `parameters`). Ids are `text_call_N`.
 pub fn text_tool_calls(text: &str, known: &[&str]) -> TextCalls {
+    // Only an answer that IS the call(s) counts, with a few words around them at most:
+    // a summary that quotes a call or mentions a tag is not a call.
+    let prose = |outside: &str| outside.trim().chars().count() <= PROSE_AROUND_A_CALL;
     let call_of = |v: &serde_json::Value| -> Option<ToolCall> {
         let v = if v.get("function").is_some_and(|f| f.is_object()) { &v["function"] } else { v };
         let name = v["name"].as_str().filter(|n| known.contains(n))?;
-        let args = match v.get("arguments").or_else(|| v.get("parameters")) {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(o @ serde_json::Value::Object(_)) => o.to_string(),
-            None => "{}".to_owned(),
-            Some(_) => return None,
+        let args = match v.get("arguments").or_else(|| v.get("parameters"))? {
+            serde_json::Value::String(s) => s.clone(),
+            o @ serde_json::Value::Object(_) => o.to_string(),
+            _ => return None,
         };
         Some(ToolCall { id: String::new(), name: name.to_owned(), arguments: args })
     };
@@ -401,9 +404,19 @@ pub fn text_tool_calls(text: &str, known: &[&str]) -> TextCalls {
     let shown = || text.trim().chars().take(200).collect::<String>();
     // Qwen2.5-Coder 1.5B on llama-server also writes `<tools>...</tools>`.
     if let Some((open, close)) = [("<tool_call>", "</tool_call>"), ("<tools>", "</tools>")].into_iter().find(|(open, _)| text.contains(open)) {
+        let mut parts = text.split(open);
+        let mut outside = parts.next().unwrap_or_default().to_owned();
+        let mut bodies = Vec::new();
+        for part in parts {
+            let (body, after) = part.split_once(close).unwrap_or((part, ""));
+            bodies.push(body);
+            outside.push_str(after);
+        }
+        if !prose(&outside) {
+            return TextCalls::None;
+        }
         let mut calls = Vec::new();
-        for part in text.split(open).skip(1) {
-            let body = part.split(close).next().unwrap_or_default();
+        for body in bodies {
             let body = body.trim().trim_start_matches("```json").trim_start_matches("```").trim_end_matches("```").trim();
             match serde_json::from_str::<serde_json::Value>(body).ok().as_ref().and_then(call_of) {
                 Some(call) => calls.push(call),
@@ -412,34 +425,53 @@ pub fn text_tool_calls(text: &str, known: &[&str]) -> TextCalls {
         }
         return TextCalls::Found(number(calls));
     }
-    // JSON objects anywhere in the text: each `{` that starts a whole value.
+    // JSON objects: each `{` that starts a whole value naming a known tool.
     let mut calls = Vec::new();
+    let mut outside = String::new();
     let mut at = 0;
     while let Some(offset) = text[at..].find('{') {
         let start = at + offset;
         let mut values = serde_json::Deserializer::from_str(&text[start..]).into_iter::<serde_json::Value>();
         match values.next() {
             Some(Ok(v)) => {
-                if let Some(call) = call_of(&v) {
-                    calls.push(call);
+                let end = start + values.byte_offset().max(1);
+                match call_of(&v) {
+                    Some(call) => {
+                        calls.push(call);
+                        outside.push_str(&text[at..start]);
+                    }
+                    None => outside.push_str(&text[at..end]),
                 }
-                at = start + values.byte_offset().max(1);
+                at = end;
             }
-            _ => at = start + 1,
+            _ => {
+                outside.push_str(&text[at..start + 1]);
+                at = start + 1;
+            }
         }
     }
+    outside.push_str(&text[at..]);
+    let outside = outside.replace("```json", "").replace("```", "");
     if !calls.is_empty() {
-        return TextCalls::Found(number(calls));
+        return if prose(&outside) { TextCalls::Found(number(calls)) } else { TextCalls::None };
     }
-    // A known tool named as a JSON key's value in JSON that does not parse (or with
-    // arguments that are not an object), or as `functions.NAME` (llama-cpp-python's
-    // function-calling prompt).
-    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    if known.iter().any(|k| compact.contains(&format!("\"name\":\"{k}\"")) || compact.contains(&format!("functions.{k}"))) {
+    // An answer that starts as a call (after a few words) naming a known tool, but does
+    // not parse as one (positional arguments, cut JSON); or llama-cpp-python's
+    // `functions.NAME:`.
+    let trimmed = text.trim();
+    let starts_as_call = trimmed.find(['{', '`']).is_some_and(|i| prose(&trimmed[..i]));
+    let compact: String = trimmed.chars().filter(|c| !c.is_whitespace()).collect();
+    let head: String = compact.chars().take(PROSE_AROUND_A_CALL + 40).collect();
+    let named = known.iter().any(|k| starts_as_call && compact.contains(&format!("\"name\":\"{k}\"")));
+    let functions = known.iter().any(|k| head.contains(&format!("functions.{k}:")) || head.contains(&format!("functions.{k}(")));
+    if named || functions {
         return TextCalls::Unreadable(shown());
     }
     TextCalls::None
 }
+
+/// Characters of prose an answer may have around the calls it writes as text.
+const PROSE_AROUND_A_CALL: usize = 300;
 
 #[cfg(test)]
 mod tests {
@@ -465,6 +497,18 @@ mod tests {
         // Unknown tools and ordinary JSON are not calls; a summary is not either.
         assert_eq!(text_tool_calls("{\"name\": \"rm_rf\", \"arguments\": {}}", KNOWN), TextCalls::None);
         assert_eq!(text_tool_calls("Done: config is {\"debug\": true}.", KNOWN), TextCalls::None);
+        let long = "I fixed the bug in calc.py: add() returned a - b and now returns a + b. ".repeat(5);
+        let summaries = [
+            format!("{long}Earlier I ran {{\"name\": \"write_file\", \"arguments\": {{\"path\": \"calc.py\", \"content\": \"old\"}}}} and then fixed it."),
+            format!("{long}The docs now explain the <tool_call> and <tools> tags that small models write."),
+            format!("{long}I renamed utils/functions.bash_helpers and functions.read_file_cached."),
+            format!("{long}The call looked like {{\"name\": \"bash\", \"arguments\": [\"ls\"]}} in the old log."),
+        ];
+        for summary in &summaries {
+            assert_eq!(text_tool_calls(summary, KNOWN), TextCalls::None, "{summary}");
+        }
+        // A call needs its arguments: without, it is an attempt that cannot be run.
+        assert!(matches!(text_tool_calls("{\"name\": \"bash\"}", KNOWN), TextCalls::Unreadable(_)));
         // An attempt that does not parse says so.
         assert!(matches!(text_tool_calls("<tool_call>{\"name\": \"bash\", \"arguments\": {\"command\": </tool_call>", KNOWN), TextCalls::Unreadable(_)));
         assert!(matches!(text_tool_calls("{\"name\": \"write_file\", \"arguments\": {\"path\": \"a\"", KNOWN), TextCalls::Unreadable(_)));

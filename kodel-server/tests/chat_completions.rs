@@ -261,7 +261,8 @@ async fn the_gateway_passes_on_what_the_client_asked_and_keeps_the_providers_sta
     assert_eq!((&sent["top_p"], &sent["response_format"], &sent["max_tokens"]), (&json!(0.5), &json!({"type": "json_object"}), &json!(9)), "{sent}");
 
     // The provider's refusals keep their status and say what it said.
-    for (status, said) in [(401, "Incorrect API key"), (404, "not found"), (422, "stop must be shorter")] {
+    // A refused provider key is the server's problem, not the caller's token: 502.
+    for (status, said) in [(502, "Incorrect API key"), (404, "not found"), (422, "stop must be shorter")] {
         let (s, v) = app.post("/v1/chat/completions", &token, ask(json!({}))).await;
         assert_eq!(s, status, "{v}");
         let message = v["error"]["message"].as_str().unwrap();
@@ -281,4 +282,15 @@ async fn the_gateway_passes_on_what_the_client_asked_and_keeps_the_providers_sta
     let v: Value = resp.json().await.unwrap();
     assert!(v["error"]["message"].as_str().unwrap().contains("model 'nope' not found"), "{v}");
     assert_eq!(llm.requests().len(), 5, "refusals are not retried");
+
+    // An org that sets only how to speak keeps the server's endpoint and key.
+    llm.push(Reply::Text("whole".into()));
+    let (s, v) = app.call(reqwest::Method::PUT, "/api/v1/orgs/pass/llm-providers/openai", Some(&token), Some(json!({"wire": {"stream": false}}))).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = app.call(reqwest::Method::PUT, "/api/v1/orgs/pass/llm-providers/openai", Some(&token), Some(json!({"wire": {"straem": false}}))).await;
+    assert_eq!(s, 422, "a misspelt setting is refused, not stored as the defaults: {v}");
+    let (s, v) = app.post("/v1/chat/completions", &token, ask(json!({}))).await;
+    assert_eq!(s, 200, "{v}");
+    let sent = &llm.requests()[5];
+    assert_eq!((sent.header("authorization"), &sent.body["stream"]), (Some("Bearer sk-gateway-0123456789"), &json!(false)));
 }

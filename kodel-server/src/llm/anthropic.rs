@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::provider::{
     CallOptions, Decoder, EMPTY_STREAM, EventStream, LlmError, ProviderConfig, ProviderKind, StreamEvent, answered, drive,
-    error_chain, send_with_retry, transport_error, unless_empty,
+    error_chain, read_body, send_with_retry, transport_error, unless_empty,
 };
 
 pub const API_VERSION: &str = "2023-06-01";
@@ -69,11 +69,7 @@ async fn whole(
     opts: &CallOptions,
 ) -> Result<EventStream, LlmError> {
     let response = post(http, cfg, &build_body(model, system, req, false)?, opts).await?;
-    let bytes = match tokio::time::timeout(opts.first_token_timeout, response.bytes()).await {
-        Err(_) => return Err(LlmError::new(format!("anthropic sent no answer within {} s", opts.first_token_timeout.as_secs_f64()), None, true)),
-        Ok(Err(e)) => return Err(transport_error(ProviderKind::Anthropic, "lost the connection to", &e)),
-        Ok(Ok(b)) => b,
-    };
+    let bytes = read_body(ProviderKind::Anthropic, response, opts.first_token_timeout).await?;
     let message: Value = serde_json::from_slice(&bytes)
         .map_err(|e| LlmError::new(format!("anthropic answered with something that is not JSON: {e}"), None, false))?;
     let mut events = Vec::new();

@@ -176,10 +176,13 @@ impl Proxy {
             }
         };
         let env = self.env.get(kind.name());
-        let own = own.map(|mut c| {
-            c.wire = c.wire.or(env.map(|e| e.wire).unwrap_or_default());
-            c
-        });
+        let own = match (own, env) {
+            // Only wire settings of its own: the server's provider, spoken to its way.
+            (Some(o), Some(e)) if o.base_url.trim().is_empty() && o.key().is_none() => Some(ProviderConfig { wire: o.wire.or(e.wire), ..e.clone() }),
+            // Its own endpoint: its own settings, never the server's key.
+            (Some(o), _) => Some(o),
+            (None, _) => None,
+        };
         own.or_else(|| env.cloned()).ok_or_else(|| {
             LlmError::refused(format!("provider {} is not configured on this server or for this org", kind.name()))
         })

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use super::provider::{
     CallOptions, Decoder, EMPTY_STREAM, EventStream, LlmError, ProviderConfig, ProviderKind, StreamEvent, Wire, answered,
-    drive, error_chain, error_from_body, provider_message, send_with_retry, transport_error, unless_empty,
+    drive, error_chain, error_from_body, provider_message, read_body, send_with_retry, transport_error, unless_empty,
 };
 
 /// A call as the provider's wire settings say: streamed (falling back to one whole
@@ -108,11 +108,7 @@ async fn post(http: &reqwest::Client, cfg: &ProviderConfig, body: &Value, stream
 /// writes its answer before it sends it).
 async fn read_json(kind: ProviderKind, response: reqwest::Response, opts: &CallOptions) -> Result<Value, LlmError> {
     let name = kind.name();
-    let bytes = match tokio::time::timeout(opts.first_token_timeout, response.bytes()).await {
-        Err(_) => return Err(LlmError::new(format!("{name} sent no answer within {} s", opts.first_token_timeout.as_secs_f64()), None, true)),
-        Ok(Err(e)) => return Err(transport_error(kind, "lost the connection to", &e)),
-        Ok(Ok(b)) => b,
-    };
+    let bytes = read_body(kind, response, opts.first_token_timeout).await?;
     let json: Value = serde_json::from_slice(&bytes).map_err(|_| {
         let text = String::from_utf8_lossy(&bytes);
         let text: String = text.trim().chars().take(300).collect();
@@ -283,7 +279,7 @@ struct ChunkDecoder {
     /// Provider index -> (our index, id of the call there).
     calls: HashMap<u64, (u32, Option<String>)>,
     /// Our indexes whose name was sent.
-    named: Vec<u32>,
+    named: std::collections::HashSet<u32>,
     next_index: u32,
     saw_tool_call: bool,
     saw_anything: bool,
@@ -292,7 +288,7 @@ struct ChunkDecoder {
 
 impl ChunkDecoder {
     fn new(kind: ProviderKind) -> Self {
-        Self { kind, calls: HashMap::new(), named: Vec::new(), next_index: 0, saw_tool_call: false, saw_anything: false, finished: false }
+        Self { kind, calls: HashMap::new(), named: Default::default(), next_index: 0, saw_tool_call: false, saw_anything: false, finished: false }
     }
 
     fn call_index(&mut self, provider_index: u64, id: Option<&str>) -> u32 {
@@ -376,7 +372,7 @@ impl Decoder for ChunkDecoder {
                 let index = self.call_index(call["index"].as_u64().unwrap_or(position as u64), id);
                 let fresh_name = call["function"]["name"].as_str().filter(|s| !s.is_empty() && !self.named.contains(&index));
                 if fresh_name.is_some() {
-                    self.named.push(index);
+                    self.named.insert(index);
                 }
                 self.saw_tool_call = true;
                 self.saw_anything = true;

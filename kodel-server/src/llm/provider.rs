@@ -187,12 +187,37 @@ pub async fn stream(
     req: &LlmRequest,
     opts: &CallOptions,
 ) -> Result<EventStream, LlmError> {
-    match cfg.kind {
+    let stream = match cfg.kind {
         ProviderKind::OpenAi | ProviderKind::OpenRouter | ProviderKind::Ollama => {
             super::openai::call(http, cfg, model, system, req, opts).await
         }
         ProviderKind::Anthropic => super::anthropic::call(http, cfg, model, system, req, opts).await,
-    }
+    };
+    // Whatever a provider echoes back, its key never reaches a message.
+    let key = cfg.key().map(str::to_owned);
+    let stream = stream.map_err(|e| e.redact(key.as_deref()))?;
+    Ok(Box::pin(stream.map(move |item| item.map_err(|e| e.redact(key.as_deref())))))
+}
+
+/// The most a whole (not streamed) answer may take.
+pub(crate) const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// A whole response body, at most `MAX_ANSWER_BYTES`, within `within`.
+pub(crate) async fn read_body(kind: ProviderKind, mut response: reqwest::Response, within: Duration) -> Result<Vec<u8>, LlmError> {
+    let name = kind.name();
+    let read = async {
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(kind, "lost the connection to", &e))? {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(LlmError::new(format!("{name} answered with more than {} MiB", MAX_ANSWER_BYTES >> 20), None, false));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .map_err(|_| LlmError::new(format!("{name} sent no whole answer within {} s (KODEL_LLM_FIRST_TOKEN_TIMEOUT)", within.as_secs_f64()), None, true))?
 }
 
 /// A finished answer (a call made without streaming) as the events of a stream.

@@ -55,16 +55,6 @@ struct OpenAiErrorDetail {
     param: Option<String>,
 }
 
-/// Kodel's own error body for a missing or bad token (`{error: {code, message}}`), or
-/// the provider's refusal of the server's key, OpenAI-shaped.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)]
-enum AnyError {
-    Kodel(kodel_core::error::ErrorBody),
-    Provider(OpenAiError),
-}
-
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct ChatRequest {
     /// `provider/model`, or a bare name for the default provider.
@@ -252,10 +242,12 @@ async fn org_of(state: &AppState, auth: &Auth, headers: &HeaderMap) -> Result<(U
     }
 }
 
-/// The provider's own status for what it refused (401, 404, 422, 429...); 502 for its
-/// failures; 400 for what Kodel refused before asking.
+/// The provider's own status for what it refused (404, 422, 429...), but 502 for a
+/// refused key (401, 403: the server's or org's key, not the caller's token); 502 for
+/// its failures; 400 for what Kodel refused before asking.
 fn status_of(e: &LlmError) -> StatusCode {
     match e.status.and_then(|s| StatusCode::from_u16(s).ok()) {
+        Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => StatusCode::BAD_GATEWAY,
         Some(s) if s.is_client_error() => s,
         Some(_) => StatusCode::BAD_GATEWAY,
         None if !e.retryable => StatusCode::BAD_REQUEST,
@@ -265,8 +257,6 @@ fn status_of(e: &LlmError) -> StatusCode {
 
 fn error_kind(status: StatusCode) -> &'static str {
     match status.as_u16() {
-        401 => "authentication_error",
-        403 => "permission_error",
         404 => "not_found_error",
         429 => "rate_limit_error",
         400..=499 => "invalid_request_error",
@@ -282,14 +272,14 @@ fn llm_error(e: &LlmError) -> Response {
 #[utoipa::path(
     post, path = "/v1/chat/completions", tag = "llm",
     summary = "OpenAI-compatible chat completions through Kodel's LLM proxy, for API tokens",
-    description = "Streamed with `stream: true` (SSE chunks, then `data: [DONE]`). Model `provider/model` or a bare name for the default provider; org from `OpenAI-Organization` or `X-Kodel-Org` when the caller has several. Errors are OpenAI-shaped: {error: {message, type, code}}, except a missing or bad token (Kodel's 401). A provider's refusal keeps its status (401, 404, 422, 429...); nothing is streamed before the provider's first piece, so an error before it is a plain error response.",
+    description = "Streamed with `stream: true` (SSE chunks, then `data: [DONE]`). Model `provider/model` or a bare name for the default provider; org from `OpenAI-Organization` or `X-Kodel-Org` when the caller has several. Errors are OpenAI-shaped: {error: {message, type, code}}, except a missing or bad token (Kodel's 401). A provider's refusal keeps its status (404, 422, 429...; a refused provider key is a 502); nothing is streamed before the provider's first piece, so an error before it is a plain error response.",
     request_body = ChatRequest,
     responses((status = OK, description = "a chat.completion object, or (stream: true) an event stream of chat.completion.chunk objects", content(
             (Object = "application/json"),
             (String = "text/event-stream"),
         )),
         (status = BAD_REQUEST, description = "not a chat completion request, several orgs and none named, or the provider refused it", body = OpenAiError),
-        (status = UNAUTHORIZED, description = "Kodel's `unauthorized` (missing, invalid, expired or revoked credentials), or the provider refused the server's key", body = AnyError),
+        (status = UNAUTHORIZED, description = "`unauthorized`: missing, invalid, expired or revoked credentials", body = kodel_core::error::ErrorBody),
         (status = FORBIDDEN, description = "the caller is in no org", body = OpenAiError),
         (status = NOT_FOUND, description = "the caller is not a member of the named org, or the provider has no such model", body = OpenAiError),
         (status = UNPROCESSABLE_ENTITY, description = "the provider could not process the request", body = OpenAiError),
@@ -358,7 +348,7 @@ async fn completions(State(state): State<AppState>, auth: Auth, headers: HeaderM
                                     "model": last["model"], "choices": [], "usage": usage_of(done.usage) });
                 if include_usage { vec![last, usage] } else { vec![last] }
             }
-            Piece::End(Err(e)) => vec![json!({ "error": { "message": e.message, "type": error_kind(status_of(&e)), "code": e.status } })],
+            Piece::End(Err(e)) => vec![json!({ "error": { "message": e.message, "type": error_kind(status_of(&e)), "code": Value::Null } })],
         };
         futures::stream::iter(chunks)
     });
