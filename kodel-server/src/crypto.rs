@@ -1,8 +1,11 @@
 //! Sealing secrets at rest (module credentials, org LLM keys, instance-template env
 //! values) with ChaCha20-Poly1305. The key comes from KODEL_ENCRYPTION_KEY (base64 of 32
-//! bytes); without it one is generated on first start and kept in
-//! `public.server_secrets`, which protects against a leaked tenant dump but not a leaked
-//! database: production sets the variable (README).
+//! bytes); without it one is generated on first start and kept in `sealing.key` in the
+//! data dir (mode 0600), never in the database: a dump of the database alone opens no
+//! sealed secret. A key an older version kept in `public.server_secrets` is moved to the
+//! file. The database keeps a value sealed with the key (`sealing_check`), so a server
+//! started with another key (a second replica without KODEL_ENCRYPTION_KEY) refuses to
+//! start instead of sealing with a key the others cannot open.
 //!
 //! Rotation: start with the new key in KODEL_ENCRYPTION_KEY and the old one in
 //! KODEL_ENCRYPTION_KEY_PREVIOUS. Secrets open with either meanwhile, and `reseal_all`
@@ -13,6 +16,8 @@ use anyhow::Context;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use std::path::Path;
+
 use sqlx::PgPool;
 
 const NONCE_LEN: usize = 12;
@@ -21,6 +26,45 @@ pub struct Sealer {
     cipher: ChaCha20Poly1305,
     /// The key secrets were sealed with before a rotation; they still open with it.
     previous: Option<ChaCha20Poly1305>,
+}
+
+/// The generated key in `path` (base64), made on first start: the key an older version
+/// kept in the database (then deleted there), else a fresh one. Written mode 0600.
+async fn key_file(pool: &PgPool, path: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(text) = std::fs::read_to_string(path) {
+        return Ok(text.trim().to_owned());
+    }
+    let legacy: Option<Vec<u8>> = sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = 'sealing'").fetch_optional(pool).await?;
+    let key = legacy.clone().unwrap_or_else(|| rand::random::<[u8; 32]>().to_vec());
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&key);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // Written whole under another name, then linked into place: a server starting at
+    // the same time on the same data dir reads a complete key or makes none.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let cannot = || format!("cannot write the sealing key to {} (or set KODEL_ENCRYPTION_KEY)", path.display());
+    {
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).with_context(cannot)?;
+        file.write_all(format!("{b64}\n").as_bytes())?;
+        file.sync_all()?;
+    }
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(std::fs::read_to_string(path)?.trim().to_owned()),
+        Err(e) => return Err(e).with_context(cannot),
+    }
+    if legacy.is_some() {
+        sqlx::query("DELETE FROM server_secrets WHERE name = 'sealing'").execute(pool).await?;
+        tracing::info!(file = %path.display(), "moved the sealing key out of the database");
+    } else {
+        tracing::info!(file = %path.display(), "generated a sealing key; keep a copy of it (or set KODEL_ENCRYPTION_KEY)");
+    }
+    Ok(b64)
 }
 
 /// What `Sealer::reseal` found.
@@ -42,22 +86,53 @@ fn cipher(b64: &str, var: &str) -> anyhow::Result<ChaCha20Poly1305> {
     Ok(ChaCha20Poly1305::new(Key::from_slice(&key)))
 }
 
+/// The file of a generated key, in the data dir.
+pub const KEY_FILE: &str = "sealing.key";
+
+/// What `sealing_check` holds, sealed.
+const CHECK: &[u8] = b"kodel sealing key check";
+
 impl Sealer {
-    /// The key from the environment (else the database's own), and the previous one.
-    pub async fn load(pool: &PgPool, from_env: Option<&str>, previous: Option<&str>) -> anyhow::Result<Self> {
+    /// The key from the environment, else the data dir's `sealing.key` (made on first
+    /// start), and the previous one; checked against the database's `sealing_check`.
+    pub async fn load(pool: &PgPool, from_env: Option<&str>, previous: Option<&str>, data_dir: &Path) -> anyhow::Result<Self> {
         let previous = previous.map(|p| cipher(p, "KODEL_ENCRYPTION_KEY_PREVIOUS")).transpose()?;
-        let key: Vec<u8> = match from_env {
-            Some(b64) => return Ok(Self { cipher: cipher(b64, "KODEL_ENCRYPTION_KEY")?, previous }),
+        let (cipher, source) = match from_env {
+            Some(b64) => (cipher(b64, "KODEL_ENCRYPTION_KEY")?, "KODEL_ENCRYPTION_KEY".to_owned()),
             None => {
-                let fresh: [u8; 32] = rand::random();
-                sqlx::query("INSERT INTO server_secrets (name, value) VALUES ('sealing', $1) ON CONFLICT (name) DO NOTHING")
-                    .bind(&fresh[..])
-                    .execute(pool)
-                    .await?;
-                sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = 'sealing'").fetch_one(pool).await?
+                let path = data_dir.join(KEY_FILE);
+                (cipher(&key_file(pool, &path).await?, &path.display().to_string())?, path.display().to_string())
             }
         };
-        Ok(Self { cipher: ChaCha20Poly1305::new(Key::from_slice(&key)), previous })
+        let sealer = Self { cipher, previous };
+        sealer.check(pool, &source).await?;
+        Ok(sealer)
+    }
+
+    /// The database's check value opens with this key (or the previous one, during a
+    /// rotation: then it is sealed again with this one); a database without one gets it.
+    async fn check(&self, pool: &PgPool, source: &str) -> anyhow::Result<()> {
+        let stored: Option<Vec<u8>> = sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = 'sealing_check'").fetch_optional(pool).await?;
+        let fresh = self.seal(CHECK);
+        match stored {
+            Some(sealed) if open_with(&self.cipher, &sealed).as_deref() == Some(CHECK) => Ok(()),
+            Some(sealed) if self.previous.as_ref().and_then(|p| open_with(p, &sealed)).as_deref() == Some(CHECK) => {
+                sqlx::query("UPDATE server_secrets SET value = $1 WHERE name = 'sealing_check'").bind(&fresh).execute(pool).await?;
+                Ok(())
+            }
+            Some(_) => anyhow::bail!(
+                "the sealing key ({source}) is not the one this database's secrets were sealed with: every server on one database \
+                 needs the same key. Set KODEL_ENCRYPTION_KEY to it (a generated one is in {KEY_FILE} in the first server's data dir), \
+                 or during a rotation the old one in KODEL_ENCRYPTION_KEY_PREVIOUS"
+            ),
+            None => {
+                sqlx::query("INSERT INTO server_secrets (name, value) VALUES ('sealing_check', $1) ON CONFLICT (name) DO NOTHING")
+                    .bind(&fresh)
+                    .execute(pool)
+                    .await?;
+                Ok(())
+            }
+        }
     }
 
     /// Whether a previous key is set (a rotation is under way).

@@ -108,7 +108,7 @@ impl Server {
             "migrations checked"
         );
         let jwt = Arc::new(auth::JwtKeys::load(&pool, config.jwt_secret.as_deref()).await?);
-        let sealer = Arc::new(crypto::Sealer::load(&pool, config.encryption_key.as_deref(), config.encryption_key_previous.as_deref()).await?);
+        let sealer = Arc::new(crypto::Sealer::load(&pool, config.encryption_key.as_deref(), config.encryption_key_previous.as_deref(), &config.data_dir()?).await?);
         if sealer.rotating() {
             let (pool, sealer) = (pool.clone(), sealer.clone());
             tokio::spawn(async move {

@@ -164,11 +164,14 @@ async fn the_sealing_key_rotates_without_losing_a_secret() {
 
     let old_key = common::test_config().encryption_key.unwrap();
     let new_key = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=".to_owned();
-    let config = kodel_server::Config { encryption_key: Some(new_key.clone()), encryption_key_previous: Some(old_key), ..common::test_config() };
+    let config = kodel_server::Config { encryption_key: Some(new_key.clone()), encryption_key_previous: Some(old_key.clone()), ..common::test_config() };
     let _rotated = TestApp::spawn_with(db.clone(), config).await;
 
     let pool = sqlx::PgPool::connect_with(db).await.unwrap();
-    let new_only = kodel_server::crypto::Sealer::load(&pool, Some(&new_key), None).await.unwrap();
+    let nowhere = std::path::Path::new("/nonexistent");
+    let new_only = kodel_server::crypto::Sealer::load(&pool, Some(&new_key), None, nowhere).await.unwrap();
+    // After the rotation the old key alone no longer starts a server on this database.
+    assert!(kodel_server::crypto::Sealer::load(&pool, Some(&old_key), None, nowhere).await.is_err());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let creds: Vec<u8> = sqlx::query_scalar("SELECT credentials FROM org_acme.modules").fetch_one(&pool).await.unwrap();
@@ -184,4 +187,45 @@ async fn the_sealing_key_rotates_without_losing_a_secret() {
         assert!(std::time::Instant::now() < deadline, "the secrets were not sealed again with the new key");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Without KODEL_ENCRYPTION_KEY the generated key lives in the data dir (0600), never in
+/// the database; an older version's key in the database moves there; and a server with
+/// another key on the same database refuses to start instead of sealing with it.
+#[tokio::test]
+async fn a_generated_sealing_key_stays_out_of_the_database() {
+    use kodel_server::crypto::{KEY_FILE, Sealer};
+    use std::os::unix::fs::PermissionsExt;
+    let db = common::fresh_database().await;
+    let first = tempfile::tempdir().unwrap();
+    let config = kodel_server::Config { encryption_key: None, data_dir: Some(first.path().to_owned()), ..common::test_config() };
+    let app = TestApp::spawn_with(db.clone(), config).await;
+    let owner = app.owner_with_project("owner@x.io", "acme", "KOD").await;
+    let (s, v) = app.call(reqwest::Method::PUT, "/api/v1/orgs/acme/llm-providers/openai", Some(&owner), Some(json!({"api_key": "sk-sealed"}))).await;
+    assert!(s.is_success(), "{v}");
+    let file = first.path().join(KEY_FILE);
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let pool = sqlx::PgPool::connect_with(db.clone()).await.unwrap();
+    let in_db: Vec<String> = sqlx::query_scalar("SELECT name FROM server_secrets ORDER BY name").fetch_all(&pool).await.unwrap();
+    assert!(!in_db.contains(&"sealing".to_owned()), "{in_db:?}");
+    // The same file opens the secrets; another data dir (a second replica) is refused.
+    let again = Sealer::load(&pool, None, None, first.path()).await.unwrap();
+    let sealed: Vec<u8> = sqlx::query_scalar("SELECT api_key FROM org_acme.llm_providers").fetch_one(&pool).await.unwrap();
+    assert_eq!(again.open(&sealed).unwrap(), b"sk-sealed");
+    let other = tempfile::tempdir().unwrap();
+    let err = Sealer::load(&pool, None, None, other.path()).await.err().expect("another key is refused").to_string();
+    assert!(err.contains("every server on one database needs the same key"), "{err}");
+
+    // An older version's key in the database moves to the file.
+    let db = common::fresh_database().await;
+    let pool = sqlx::PgPool::connect_with(db).await.unwrap();
+    kodel_server::db::migrate::run(&pool).await.unwrap();
+    let legacy = [7u8; 32];
+    sqlx::query("INSERT INTO server_secrets (name, value) VALUES ('sealing', $1)").bind(&legacy[..]).execute(&pool).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    Sealer::load(&pool, None, None, dir.path()).await.unwrap();
+    let text = std::fs::read_to_string(dir.path().join(KEY_FILE)).unwrap();
+    assert_eq!(text.trim(), "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=");
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM server_secrets WHERE name = 'sealing'").fetch_one(&pool).await.unwrap();
+    assert_eq!(left, 0, "moved, not copied");
 }
