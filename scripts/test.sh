@@ -42,6 +42,16 @@ if ! python3 -c 'import openai' >/dev/null 2>&1; then
     || die "cannot install the openai Python package: pip install openai"
 fi
 
+# The fuzz test (kodel-server/tests/fuzz.rs) runs schemathesis on the served OpenAPI.
+schemathesis_venv=${XDG_CACHE_HOME:-$HOME/.cache}/kodel/schemathesis
+if [ ! -x "$schemathesis_venv/bin/schemathesis" ]; then
+  log "installing schemathesis (for the fuzz test)"
+  python3 -m venv "$schemathesis_venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$schemathesis_venv"; }
+  "$schemathesis_venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis>=4.32,<5' \
+    || die "cannot install schemathesis: pip install schemathesis"
+fi
+export KODEL_SCHEMATHESIS="$schemathesis_venv/bin/schemathesis"
+
 # --- database ----------------------------------------------------------------
 private_dir=""
 cleanup() {
