@@ -102,8 +102,9 @@ impl FromRequestParts<AppState> for Caller {
         let params = RawPathParams::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::new(ErrorCode::NotFound, "no org in path"))?;
-        let slug = org_slug_from_path(&params)?;
+        // Who asks comes first: a request without a token is a 401 whatever its path.
         let credential = Credential::from_parts(parts, state)?;
+        let slug = org_slug_from_path(&params)?;
         Ok(Caller { slug, credential })
     }
 }

@@ -364,6 +364,9 @@ async fn bad_requests_get_json_errors() {
     assert_eq!((s, code(&v)), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
     let (s, v) = app.call(Method::GET, "/api/v1/orgs/acme/projects", None, None).await;
     assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    // Without a token, a bad path is a 401 too: who asks is checked first.
+    let (s, v) = app.call(Method::GET, "/api/v1/orgs/Bad!/projects", None, None).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "unauthorized"));
 }
 
 #[tokio::test]

@@ -72,13 +72,17 @@ async fn agents_enroll_with_org_tokens_only() {
     assert!(connect(&app, "").await.is_err());
     assert!(connect(&app, &owner).await.is_err());
     assert!(connect(&app, "kodel_agt_madeup").await.is_err());
+    // A plain GET: the token is checked first (401), then that it is an upgrade (400).
+    let plain = format!("{}/api/v1/agent/ws", app.base);
+    assert_eq!(app.http.get(&plain).send().await.unwrap().status(), 401);
+    let token = agent_token(&app, &owner, "hub").await;
+    assert_eq!(app.http.get(&plain).bearer_auth(&token).send().await.unwrap().status(), 400);
     // A member who is not an admin cannot mint agent tokens.
     let member = app.register("dev@example.com").await;
     app.post("/api/v1/orgs/hub/members", &owner, json!({"email": "dev@example.com", "role": "member"})).await;
     let (s, _) = app.post("/api/v1/orgs/hub/agent-tokens", &member, json!({"name": "x"})).await;
     assert_eq!(s, 403);
 
-    let token = agent_token(&app, &owner, "hub").await;
     let mut ws = welcomed(&app, &token, &["linux"]).await;
     let (_, agents) = app.get("/api/v1/orgs/hub/agents", &owner).await;
     assert_eq!(agents["data"][0]["status"], "online");

@@ -2,7 +2,7 @@
 
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::request::Parts;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use kodel_core::{ErrorCode, OrgSlug};
 use kodel_core::protocol::MAX_FRAME_BYTES;
 use uuid::Uuid;
@@ -29,8 +29,17 @@ pub fn router() -> OpenApiRouter<AppState> {
     responses((status = SWITCHING_PROTOCOLS, description = "switching protocols"), (status = BAD_REQUEST, description = "not a WebSocket upgrade request", content_type = "text/plain", body = String), Errors<(code::Unauthorized, code::Internal, code::Unavailable)>),
     security(("bearer" = []))
 )]
-async fn upgrade(State(state): State<AppState>, ws: WebSocketUpgrade, parts: Parts) -> ApiResult<Response> {
+async fn upgrade(
+    State(state): State<AppState>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    parts: Parts,
+) -> ApiResult<Response> {
+    // The token first: a request without one is a 401 whether or not it is an upgrade.
     let token = agent_token(&state, &parts).await?;
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(not_an_upgrade) => return Ok(not_an_upgrade.into_response()),
+    };
     tracing::Span::current().record("org", tracing::field::display(&token.slug));
     // An idle agent should cost little: tungstenite's default 128 KiB read buffer per
     // connection was most of an idle agent's memory (docs/benchmarks.md).
