@@ -11,15 +11,14 @@ use serde_json::{Value, json};
 
 use super::provider::{
     CallOptions, Decoder, EMPTY_STREAM, EventStream, LlmError, ProviderConfig, ProviderKind, StreamEvent, answered, drive,
-    error_chain, read_body, send_with_retry, transport_error, unless_empty,
+    error_chain, read_body, send_with_retry, transport_error,
 };
 
 pub const API_VERSION: &str = "2023-06-01";
 pub const DEFAULT_MAX_TOKENS: u32 = 8192;
 
-/// A call as the provider's `stream` setting says: streamed (falling back to one whole
-/// answer when the stream is empty), or whole.
-pub(crate) async fn call(
+/// The call, streamed.
+pub(crate) async fn streamed(
     http: &reqwest::Client,
     cfg: &ProviderConfig,
     model: &str,
@@ -27,16 +26,12 @@ pub(crate) async fn call(
     req: &LlmRequest,
     opts: &CallOptions,
 ) -> Result<EventStream, LlmError> {
-    if !cfg.wire().stream {
-        return whole(http, cfg, model, system, req, opts).await;
-    }
     let response = post(http, cfg, &build_body(model, system, req, true)?, opts).await?;
     // reqwest's own message hides the cause; keep the whole chain.
     let bytes = response.bytes_stream().map(|r| r.map_err(|e| error_chain(&e)));
     let events = Box::pin(bytes.eventsource())
         .map(|r| r.map_err(|e| LlmError::new(format!("anthropic stream broke off: {e}"), None, true)));
-    let streamed = drive(events, EventDecoder::default(), opts, ProviderKind::Anthropic, cfg.key());
-    unless_empty(streamed, || whole(http, cfg, model, system, req, opts)).await
+    Ok(drive(events, EventDecoder::default(), opts, ProviderKind::Anthropic, cfg.key()))
 }
 
 async fn post(http: &reqwest::Client, cfg: &ProviderConfig, body: &Value, opts: &CallOptions) -> Result<reqwest::Response, LlmError> {
@@ -60,7 +55,7 @@ async fn post(http: &reqwest::Client, cfg: &ProviderConfig, body: &Value, opts: 
 }
 
 /// The call without streaming: the whole message as events.
-async fn whole(
+pub(crate) async fn whole(
     http: &reqwest::Client,
     cfg: &ProviderConfig,
     model: &str,

@@ -25,27 +25,11 @@ use serde_json::{Value, json};
 
 use super::provider::{
     CallOptions, Decoder, EMPTY_STREAM, EventStream, LlmError, ProviderConfig, ProviderKind, StreamEvent, Wire, answered,
-    drive, error_chain, error_from_body, provider_message, read_body, send_with_retry, transport_error, unless_empty,
+    drive, error_chain, error_from_body, provider_message, read_body, send_with_retry, transport_error,
 };
 
-/// A call as the provider's wire settings say: streamed (falling back to one whole
-/// answer when the stream is empty), or whole.
-pub(crate) async fn call(
-    http: &reqwest::Client,
-    cfg: &ProviderConfig,
-    model: &str,
-    system: &str,
-    req: &LlmRequest,
-    opts: &CallOptions,
-) -> Result<EventStream, LlmError> {
-    if !cfg.wire().stream {
-        return whole(http, cfg, model, system, req, opts).await;
-    }
-    let streamed = streamed(http, cfg, model, system, req, opts).await?;
-    unless_empty(streamed, || whole(http, cfg, model, system, req, opts)).await
-}
-
-async fn streamed(
+/// The call, streamed.
+pub(crate) async fn streamed(
     http: &reqwest::Client,
     cfg: &ProviderConfig,
     model: &str,
@@ -69,7 +53,7 @@ async fn streamed(
 }
 
 /// The call without streaming: the whole answer as events.
-async fn whole(
+pub(crate) async fn whole(
     http: &reqwest::Client,
     cfg: &ProviderConfig,
     model: &str,

@@ -187,11 +187,23 @@ pub async fn stream(
     req: &LlmRequest,
     opts: &CallOptions,
 ) -> Result<EventStream, LlmError> {
-    let stream = match cfg.kind {
-        ProviderKind::OpenAi | ProviderKind::OpenRouter | ProviderKind::Ollama => {
-            super::openai::call(http, cfg, model, system, req, opts).await
+    let whole = || async {
+        match cfg.kind {
+            ProviderKind::Anthropic => super::anthropic::whole(http, cfg, model, system, req, opts).await,
+            _ => super::openai::whole(http, cfg, model, system, req, opts).await,
         }
-        ProviderKind::Anthropic => super::anthropic::call(http, cfg, model, system, req, opts).await,
+    };
+    let stream = if cfg.wire().stream {
+        let streamed = match cfg.kind {
+            ProviderKind::Anthropic => super::anthropic::streamed(http, cfg, model, system, req, opts).await,
+            _ => super::openai::streamed(http, cfg, model, system, req, opts).await,
+        };
+        match streamed {
+            Ok(s) => unless_empty(s, whole).await,
+            Err(e) => Err(e),
+        }
+    } else {
+        whole().await
     };
     // Whatever a provider echoes back, its key never reaches a message.
     let key = cfg.key().map(str::to_owned);
@@ -230,7 +242,7 @@ pub(crate) const EMPTY_STREAM: &str = "the stream ended before anything was in i
 
 /// `stream`, unless it ends before its first event: then `fallback()`, the same call
 /// without streaming. Waits for the first event (or the end) before returning.
-pub(crate) async fn unless_empty<F, Fut>(mut stream: EventStream, fallback: F) -> Result<EventStream, LlmError>
+async fn unless_empty<F, Fut>(mut stream: EventStream, fallback: F) -> Result<EventStream, LlmError>
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<EventStream, LlmError>>,
