@@ -32,6 +32,8 @@ command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 # The TUI is tested in a real terminal.
 command -v tmux >/dev/null || missing+=(tmux)
+# /metrics is scraped by a real Prometheus.
+command -v prometheus >/dev/null || missing+=(prometheus)
 apt_install ${missing[@]+"${missing[@]}"}
 
 # The LLM gateway is tested with the official OpenAI Python client.
@@ -99,7 +101,10 @@ drop_test_databases || true
 
 # --- tests -------------------------------------------------------------------
 # The CLI tests run the kodel-server binary, so build every binary first.
-log "building"
+# A clean checkout (CI) gains nothing from incremental compilation and it doubles the
+# target directory; a developer's repeated runs keep it.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
+log "building ($(df -h --output=avail . | tail -n 1 | tr -d ' ') free on this disk)"
 cargo build --workspace --all-targets --locked
 if cargo clippy --version >/dev/null 2>&1; then
   log "clippy"

@@ -50,6 +50,10 @@ pub struct Config {
     #[arg(long, env = "KODEL_ENCRYPTION_KEY_PREVIOUS", hide_env_values = true)]
     pub encryption_key_previous: Option<String>,
 
+    /// When set, `/metrics` answers only requests with `Authorization: Bearer <it>`.
+    #[arg(long, env = "KODEL_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
     /// How often the engine looks for expired job leases, due schedules and stale tasks
     /// (seconds).
     #[arg(long, env = "KODEL_ENGINE_TICK", default_value_t = 5.0)]

@@ -224,12 +224,15 @@ async fn reseal_column(conn: &mut sqlx::PgConnection, sealer: &Sealer, table: &s
     Ok((again, unreadable))
 }
 
-/// Seals again with the current key every stored secret of every org that only the
-/// previous key opens (and any instance-template env value stored before values were
-/// sealed), one org per transaction. Returns (sealed again, opening with neither key).
+/// Seals again with the current key the server's own sealed secrets (the generated JWT
+/// secret) and every stored secret of every org that only the previous key opens (and
+/// any instance-template env value stored before values were sealed), one org per
+/// transaction. Returns (sealed again, opening with neither key).
 pub async fn reseal_all(pool: &PgPool, sealer: &Sealer) -> anyhow::Result<(u64, u64)> {
+    let mut tx = crate::db::begin(pool).await?;
+    let (mut again, mut unreadable) = reseal_column(&mut tx, sealer, "public.server_secrets", "name", "value").await?;
+    tx.commit().await?;
     let slugs: Vec<String> = sqlx::query_scalar("SELECT slug FROM public.orgs WHERE migration_error IS NULL ORDER BY slug").fetch_all(pool).await?;
-    let (mut again, mut unreadable) = (0u64, 0u64);
     for slug in slugs {
         let slug = kodel_core::OrgSlug::parse(&slug).map_err(|e| anyhow::anyhow!("org {slug}: {}", e.0))?;
         let mut tx = crate::db::scoped::begin_scoped(pool, &slug).await?;

@@ -11,6 +11,7 @@ pub mod events;
 pub mod hub;
 pub mod json;
 pub mod llm;
+pub mod metrics;
 pub mod net;
 pub mod routes;
 pub mod serve;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub logins: Arc<auth::limits::LoginLimits>,
     /// Open event streams per user and org (routes/events.rs).
     pub streams: Arc<routes::events::StreamCounts>,
+    /// What `/metrics` shows.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl AppState {
@@ -107,8 +110,8 @@ impl Server {
             ms = started.elapsed().as_millis() as u64,
             "migrations checked"
         );
-        let jwt = Arc::new(auth::JwtKeys::load(&pool, config.jwt_secret.as_deref()).await?);
         let sealer = Arc::new(crypto::Sealer::load(&pool, config.encryption_key.as_deref(), config.encryption_key_previous.as_deref(), &config.data_dir()?).await?);
+        let jwt = Arc::new(auth::JwtKeys::load(&pool, config.jwt_secret.as_deref(), &sealer).await?);
         if sealer.rotating() {
             let (pool, sealer) = (pool.clone(), sealer.clone());
             tokio::spawn(async move {
@@ -141,6 +144,7 @@ impl Server {
                 auth::limits::Cidr::parse_list(&config.limits.trusted_proxies).map_err(|e| anyhow::anyhow!("KODEL_TRUSTED_PROXIES: {e}"))?,
             )),
             streams: Arc::new(routes::events::StreamCounts::new(config.limits.streams_per_user, config.limits.streams_per_org)),
+            metrics: Arc::new(metrics::Metrics::new(config.metrics_token.as_deref())),
         };
         engine::tasks::Creates::start(&state, created_rx);
         engine::background::spawn(state.clone(), wakes);

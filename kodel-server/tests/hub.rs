@@ -117,6 +117,10 @@ async fn bad_frames_get_errors_and_old_agents_a_reason() {
             other => panic!("expected an error frame for {junk:?}, got {other:?}"),
         }
     }
+    // Each is counted for Prometheus, with the connection still open.
+    let metrics = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(common::metric(&metrics, "kodel_agent_bad_frames_total"), Some(3.0), "{metrics}");
+    assert_eq!(common::metric(&metrics, "kodel_agents_connected"), Some(1.0), "{metrics}");
     // A step for a job this agent does not hold is refused, and nothing is stored.
     let job = uuid::Uuid::now_v7();
     send(&mut ws, &AgentMessage::Complete { job_id: job, summary: "x".into(), artifacts: vec![] }).await;

@@ -165,7 +165,9 @@ async fn the_sealing_key_rotates_without_losing_a_secret() {
     let old_key = common::test_config().encryption_key.unwrap();
     let new_key = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=".to_owned();
     let config = kodel_server::Config { encryption_key: Some(new_key.clone()), encryption_key_previous: Some(old_key.clone()), ..common::test_config() };
-    let _rotated = TestApp::spawn_with(db.clone(), config).await;
+    let rotated = TestApp::spawn_with(db.clone(), config).await;
+    // The generated JWT secret is sealed too: sessions survive the rotation.
+    assert_eq!(rotated.get("/api/v1/me", &owner).await.0, StatusCode::OK);
 
     let pool = sqlx::PgPool::connect_with(db).await.unwrap();
     let nowhere = std::path::Path::new("/nonexistent");
@@ -178,7 +180,8 @@ async fn the_sealing_key_rotates_without_losing_a_secret() {
         let key: Vec<u8> = sqlx::query_scalar("SELECT api_key FROM org_acme.llm_providers").fetch_one(&pool).await.unwrap();
         let env: serde_json::Value = sqlx::query_scalar("SELECT env FROM org_acme.instance_templates").fetch_one(&pool).await.unwrap();
         let token = new_only.open_text(env["TOKEN"].as_str().unwrap());
-        if let (Some(creds), Some(key), Some(token)) = (new_only.open(&creds), new_only.open(&key), token) {
+        let jwt: Vec<u8> = sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = 'jwt_sealed'").fetch_one(&pool).await.unwrap();
+        if let (Some(creds), Some(key), Some(token), Some(_)) = (new_only.open(&creds), new_only.open(&key), token, new_only.open(&jwt)) {
             assert!(String::from_utf8(creds).unwrap().contains("ghp_OLDKEY"));
             assert_eq!(key, b"sk-old-key");
             assert_eq!(token, "t0k");
@@ -228,4 +231,43 @@ async fn a_generated_sealing_key_stays_out_of_the_database() {
     assert_eq!(text.trim(), "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=");
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM server_secrets WHERE name = 'sealing'").fetch_one(&pool).await.unwrap();
     assert_eq!(left, 0, "moved, not copied");
+}
+
+/// Without KODEL_JWT_SECRET the generated secret is kept sealed with the sealing key: a
+/// dump alone cannot mint access tokens. An older version's clear secret is sealed at
+/// start (its tokens stay valid) and the clear copy deleted.
+#[tokio::test]
+async fn a_generated_jwt_secret_is_sealed_in_the_database() {
+    use kodel_server::auth::JwtKeys;
+    use kodel_server::crypto::Sealer;
+    let db = common::fresh_database().await;
+    let pool = sqlx::PgPool::connect_with(db.clone()).await.unwrap();
+    kodel_server::db::migrate::run(&pool).await.unwrap();
+    let legacy = [9u8; 64];
+    sqlx::query("INSERT INTO server_secrets (name, value) VALUES ('jwt', $1)").bind(&legacy[..]).execute(&pool).await.unwrap();
+    let (user, session) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let old_token = JwtKeys::new(&legacy).issue(user, session).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let sealer = Sealer::load(&pool, None, None, dir.path()).await.unwrap();
+    let keys = JwtKeys::load(&pool, None, &sealer).await.unwrap();
+    assert_eq!(keys.verify(&old_token).map(|c| c.sub), Some(user), "tokens signed before the move stay valid");
+    let rows: Vec<(String, Vec<u8>)> = sqlx::query_as("SELECT name, value FROM server_secrets ORDER BY name").fetch_all(&pool).await.unwrap();
+    assert!(rows.iter().all(|(name, value)| name != "jwt" && !value.windows(16).any(|w| w == &legacy[..16])), "no clear JWT secret is left: {rows:?}");
+    let sealed = &rows.iter().find(|(name, _)| name == "jwt_sealed").expect("kept sealed").1;
+    assert_eq!(sealer.open(sealed).unwrap(), legacy);
+
+    // A second replica with the same sealing key gets the same secret; the first start
+    // on a new database makes one, and it is sealed.
+    let again = JwtKeys::load(&pool, None, &Sealer::load(&pool, None, None, dir.path()).await.unwrap()).await.unwrap();
+    assert!(again.verify(&old_token).is_some());
+    let fresh_db = common::fresh_database().await;
+    let data = tempfile::tempdir().unwrap();
+    let config = kodel_server::Config { encryption_key: None, data_dir: Some(data.path().to_owned()), ..common::test_config() };
+    let app = TestApp::spawn_with(fresh_db.clone(), config).await;
+    let token = app.register("first@x.io").await;
+    assert_eq!(app.get("/api/v1/me", &token).await.0, StatusCode::OK);
+    let fresh_pool = sqlx::PgPool::connect_with(fresh_db).await.unwrap();
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM server_secrets ORDER BY name").fetch_all(&fresh_pool).await.unwrap();
+    assert_eq!(names, ["jwt_sealed", "sealing_check"]);
 }

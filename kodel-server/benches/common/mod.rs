@@ -31,6 +31,7 @@ impl Bench {
         db_timeout: 5.0,
             encryption_key: None,
             encryption_key_previous: None,
+            metrics_token: None,
             engine_tick,
             webhook_retry: 10.0,
             spare_schemas: 2,

@@ -42,21 +42,28 @@ impl JwtKeys {
         Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), validation }
     }
 
-    /// The secret from the environment, else the one kept in the database (made on the
-    /// first start, shared by every replica).
-    pub async fn load(pool: &PgPool, from_env: Option<&str>) -> anyhow::Result<Self> {
+    /// The secret from the environment, else the generated one the database keeps
+    /// sealed with the sealing key (made on the first start, shared by every replica on
+    /// the database): a dump of the database alone cannot mint tokens. A secret an older
+    /// version kept there in the clear is sealed now and its clear copy deleted.
+    pub async fn load(pool: &PgPool, from_env: Option<&str>, sealer: &crate::crypto::Sealer) -> anyhow::Result<Self> {
         if let Some(secret) = from_env {
             anyhow::ensure!(secret.len() >= 32, "KODEL_JWT_SECRET must be at least 32 bytes");
             return Ok(Self::new(secret.as_bytes()));
         }
-        let fresh: [u8; 64] = rand::random();
-        sqlx::query("INSERT INTO server_secrets (name, value) VALUES ('jwt', $1) ON CONFLICT (name) DO NOTHING")
-            .bind(&fresh[..])
-            .execute(pool)
+        let mut tx = crate::db::begin(pool).await?;
+        let legacy: Option<Vec<u8>> = sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = 'jwt' FOR UPDATE").fetch_optional(&mut *tx).await?;
+        let plain = legacy.unwrap_or_else(|| rand::random::<[u8; 64]>().to_vec());
+        sqlx::query("INSERT INTO server_secrets (name, value) VALUES ('jwt_sealed', $1) ON CONFLICT (name) DO NOTHING")
+            .bind(sealer.seal(&plain))
+            .execute(&mut *tx)
             .await?;
-        let secret: Vec<u8> = sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = 'jwt'")
-            .fetch_one(pool)
-            .await?;
+        sqlx::query("DELETE FROM server_secrets WHERE name = 'jwt'").execute(&mut *tx).await?;
+        let sealed: Vec<u8> = sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = 'jwt_sealed'").fetch_one(&mut *tx).await?;
+        tx.commit().await?;
+        let secret = sealer
+            .open(&sealed)
+            .ok_or_else(|| anyhow::anyhow!("the database's JWT secret does not open with this server's sealing key (or set KODEL_JWT_SECRET)"))?;
         Ok(Self::new(&secret))
     }
 

@@ -177,13 +177,17 @@ pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
                             // The parser's message may quote the frame: keep the log short.
                             let e: String = e.to_string().chars().take(200).collect();
                             bad_frames += 1;
+                            state.metrics.agent_bad_frames.inc();
                             if log_bad_frame(bad_frames) {
                                 tracing::warn!(org = %conn.token.slug, agent = %agent_id, error = %e, count = bad_frames, "malformed agent frame");
                             }
                             conn.error("bad_frame", format!("the frame is not a protocol message: {e}"));
                         }
                     },
-                    Message::Binary(_) => conn.error("bad_frame", "binary frames are not part of the protocol; send JSON text".into()),
+                    Message::Binary(_) => {
+                        state.metrics.agent_bad_frames.inc();
+                        conn.error("bad_frame", "binary frames are not part of the protocol; send JSON text".into());
+                    }
                     Message::Close(_) => break,
                     Message::Ping(_) | Message::Pong(_) => {}
                 }

@@ -179,6 +179,11 @@ impl Hub {
         ConnectionGuard(self.clone())
     }
 
+    /// Agent connections open now.
+    pub fn connection_count(&self) -> usize {
+        *self.inner.connections.borrow()
+    }
+
     /// Waits (at most `limit`) until every agent connection has closed.
     pub async fn drained(&self, limit: Duration) {
         let mut rx = self.inner.connections.subscribe();

@@ -108,6 +108,12 @@ impl StreamCounts {
         Self { per_user, per_org, open: std::sync::Mutex::default() }
     }
 
+    /// Event streams open now, over every org.
+    pub fn open_total(&self) -> u64 {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.1.values().map(|n| u64::from(*n)).sum()
+    }
+
     fn open(self: &Arc<Self>, user: Uuid, org: Uuid) -> ApiResult<StreamSlot> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let (users, orgs) = &mut *open;

@@ -1,17 +1,20 @@
-//! Liveness and readiness.
+//! Liveness, readiness and metrics.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{Value, json};
 
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::openapi::{Errors, code};
 use crate::AppState;
+use crate::error::ApiError;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
 }
 
 /// What the health endpoints answer (the documentation's; they build it as JSON).
@@ -57,4 +60,24 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         }
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "reason": "the database did not answer within 1 s" }))),
     }
+}
+
+/// The OpenMetrics text format's media type.
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Server figures for Prometheus.
+#[utoipa::path(
+    get, path = "/metrics", tag = "meta",
+    summary = "Metrics for Prometheus (OpenMetrics text)",
+    description = "Server-wide figures, no tenant names. With KODEL_METRICS_TOKEN set, it needs that token as a bearer token.",
+    responses((status = OK, description = "the metrics", body = String, content_type = "application/openmetrics-text"), Errors<(code::Unauthorized,)>),
+    security(())
+)]
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+    if !state.metrics.allows(authorization) {
+        return ApiError::unauthorized().into_response();
+    }
+    let now = crate::metrics::Now { agents_connected: state.hub.connection_count(), event_streams_open: state.streams.open_total() };
+    ([(header::CONTENT_TYPE, OPENMETRICS)], state.metrics.render(now)).into_response()
 }

@@ -26,6 +26,7 @@ pub fn test_config() -> Config {
         db_timeout: 5.0,
         encryption_key: Some("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".into()),
         encryption_key_previous: None,
+        metrics_token: None,
         engine_tick: 0.2,
         webhook_retry: 0.2,
         spare_schemas: 0,
@@ -261,4 +262,9 @@ impl SseClient {
 /// The real `kodel-server` binary of this build.
 pub fn start_server(args: &[&str], env: &[(&str, &str)]) -> kodel_testkit::ServerProcess {
     kodel_testkit::ServerProcess::start(std::path::Path::new(env!("CARGO_BIN_EXE_kodel-server")), args, env)
+}
+
+/// The value of the sample `name` (no labels) in a Prometheus or OpenMetrics page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
