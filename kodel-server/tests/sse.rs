@@ -206,3 +206,39 @@ async fn a_stream_ends_when_its_session_is_revoked() {
     assert_eq!(s, 204);
     assert!(stream.ended_within(Duration::from_secs(40)).await, "the stream closes after logout");
 }
+
+/// An event too large for a feed to hold in memory (a 20 KB comment) still reaches the
+/// board and the task's followers whole, in order, once; another task's follower skips it.
+#[tokio::test]
+async fn large_events_reach_followers_whole_and_in_order() {
+    let app = TestApp::spawn().await;
+    let t = app.owner_with_project("o@x.io", "acme", "KOD").await;
+    app.create_task(&t, "acme", "KOD", "one").await;
+    app.create_task(&t, "acme", "KOD", "two").await;
+    let mut board = app.sse("/api/v1/orgs/acme/events", &t, None).await;
+    let mut one = app.sse("/api/v1/orgs/acme/tasks/KOD-1/events", &t, None).await;
+    let mut two = app.sse("/api/v1/orgs/acme/tasks/KOD-2/events", &t, None).await;
+    let big = |c: &str| c.repeat(20_000);
+    for (task, body) in [("KOD-1", "a".to_owned()), ("KOD-1", big("b")), ("KOD-2", "c".to_owned()), ("KOD-2", big("d")), ("KOD-1", "e".to_owned())] {
+        let (s, v) = app.post(&format!("/api/v1/orgs/acme/tasks/{task}/comments"), &t, json!({ "body": body })).await;
+        assert!(s.is_success(), "{v}");
+    }
+    let bodies = |events: Vec<common::SseEvent>| -> Vec<(String, usize)> {
+        events.iter().map(|e| (e.data["task"].as_str().unwrap().to_owned(), e.data["payload"]["body"].as_str().unwrap().len())).collect()
+    };
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(board.next().await);
+    }
+    let ids: Vec<i64> = got.iter().map(|e| e.id.unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");
+    let want = [("KOD-1", 1), ("KOD-1", 20_000), ("KOD-2", 1), ("KOD-2", 20_000), ("KOD-1", 1)].map(|(t, n)| (t.to_owned(), n));
+    assert_eq!(bodies(got), want);
+    let got_one = vec![one.next().await, one.next().await, one.next().await];
+    assert_eq!(bodies(got_one), [want[0].clone(), want[1].clone(), want[4].clone()]);
+    let got_two = vec![two.next().await, two.next().await];
+    assert_eq!(bodies(got_two), [want[2].clone(), want[3].clone()]);
+    for stream in [&mut board, &mut one, &mut two] {
+        assert!(stream.next_within(Duration::from_millis(300)).await.is_none(), "nothing twice");
+    }
+}

@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::db::scoped::begin_scoped;
 
 const CHANNEL: &str = "kodel_events";
-const FEED_CAPACITY: usize = 4096;
+const FEED_CAPACITY: usize = 1024;
 const PAGE: i64 = 500;
 /// How long changes are gathered before other replicas are notified.
 const NOTIFY_WINDOW: Duration = Duration::from_millis(10);
@@ -44,10 +44,20 @@ pub struct StoredEvent {
     pub pos: Pos,
     pub task_id: Uuid,
     pub project_id: Uuid,
-    pub event: Event,
-    /// `event` as JSON, made once however many subscribers send it.
+    /// The event's type (its wire name).
+    pub kind: String,
+    /// The event (`api::Event`) as JSON, made once however many subscribers send it.
+    /// Empty in a feed's notice of an event too large to hold (`whole` false).
     pub json: Arc<str>,
+    /// False in the feed for an event over `HELD_BYTES`: followers read it from the
+    /// database instead.
+    pub whole: bool,
 }
+
+/// The largest event a feed holds in its ring. A feed keeps the last `FEED_CAPACITY`
+/// events until they are overwritten, so without this bound a burst of 100 KB task
+/// descriptions would keep hundreds of megabytes alive while anyone follows the org.
+const HELD_BYTES: usize = 16 * 1024;
 
 /// Output of the moment (an agent's text and tool output), shown to whoever watches
 /// the task now and never stored: what it adds up to is stored as a step.
@@ -128,7 +138,7 @@ pub async fn load(
                 created_at: r.created_at,
             };
             let json = serde_json::to_string(&event).unwrap_or_default().into();
-            let ev = StoredEvent { pos: Pos { xid: r.xid, id: r.id }, task_id: r.task_id, project_id: r.project_id, event, json };
+            let ev = StoredEvent { pos: Pos { xid: r.xid, id: r.id }, task_id: r.task_id, project_id: r.project_id, kind: event.kind, json, whole: true };
             (ev, safe)
         })
         .collect())
@@ -280,8 +290,13 @@ impl Feed {
         self.cursor.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Moves the cursor to an event and publishes it, as one step for subscribers.
-    fn publish(&self, ev: StoredEvent) {
+    /// Moves the cursor to an event and publishes it, as one step for subscribers. An
+    /// event over `HELD_BYTES` is published as a notice without its JSON.
+    fn publish(&self, mut ev: StoredEvent) {
+        if ev.json.len() > HELD_BYTES {
+            ev.json = Arc::from("");
+            ev.whole = false;
+        }
         let mut cursor = self.lock_cursor();
         *cursor = Some(ev.pos);
         let _ = self.tx.send(Arc::new(ev));
@@ -454,6 +469,13 @@ impl Follower {
             }
             tokio::select! {
                 msg = self.rx.recv() => match msg {
+                    // Too large for the feed to hold: read it (and anything after) from
+                    // the database, unless it is another task's.
+                    Ok(ev) if ev.pos > self.last && !ev.whole => {
+                        if self.task.is_none_or(|t| t == ev.task_id) {
+                            self.catching_up = true;
+                        }
+                    }
                     Ok(ev) if ev.pos > self.last => {
                         self.last = ev.pos;
                         return Ok(Item::Stored(ev));

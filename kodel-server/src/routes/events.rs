@@ -251,7 +251,7 @@ struct Stream {
 }
 
 fn sse(ev: &StoredEvent) -> SseEvent {
-    SseEvent::default().id(ev.event.id.to_string()).event(ev.event.kind.as_str()).data(&*ev.json)
+    SseEvent::default().id(ev.pos.id.to_string()).event(ev.kind.as_str()).data(&*ev.json)
 }
 
 impl Stream {
