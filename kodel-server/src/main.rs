@@ -5,6 +5,16 @@ use kodel_server::{Config, Server};
 use sqlx::postgres::PgConnectOptions;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc, with a background thread that gives freed memory back to the system
+/// within about a second: glibc's malloc kept hundreds of MB after a hostile run had
+/// ended (docs/benchmarks.md, "Memory").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Read by jemalloc at start (`_rjem_` is the prefix of the crate's build of it).
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static MALLOC_CONF: &[u8; 70] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:4\0";
+
 #[tokio::main]
 async fn main() {
     if let Err(err) = run().await {

@@ -49,15 +49,18 @@ pub struct StoredEvent {
     /// The event (`api::Event`) as JSON, made once however many subscribers send it.
     /// Empty in a feed's notice of an event too large to hold (`whole` false).
     pub json: Arc<str>,
-    /// False in the feed for an event over `HELD_BYTES`: followers read it from the
-    /// database instead.
+    /// False in the feed's notice of an event over `RING_EVENT_BYTES`: the event itself
+    /// is in the feed's `large` store, or else in the database.
     pub whole: bool,
 }
 
-/// The largest event a feed holds in its ring. A feed keeps the last `FEED_CAPACITY`
-/// events until they are overwritten, so without this bound a burst of 100 KB task
-/// descriptions would keep hundreds of megabytes alive while anyone follows the org.
-const HELD_BYTES: usize = 16 * 1024;
+/// The largest event that goes whole through a feed's ring. The ring keeps each event
+/// until every follower has read it, so followers that stop reading (a stalled client)
+/// would otherwise pin `FEED_CAPACITY` events of up to 100 KB each (a comment).
+const RING_EVENT_BYTES: usize = 16 * 1024;
+/// What a feed keeps of the larger events, newest first, for followers that keep up.
+/// One that falls further behind reads them from the database.
+const LARGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Output of the moment (an agent's text and tool output), shown to whoever watches
 /// the task now and never stored: what it adds up to is stored as a step.
@@ -167,6 +170,8 @@ struct HubInner {
 /// One org's live feed.
 pub struct Feed {
     slug: OrgSlug,
+    /// The newest events too large for the ring, at most `LARGE_BYTES` of them.
+    large: Mutex<(std::collections::VecDeque<Arc<StoredEvent>>, usize)>,
     tx: broadcast::Sender<Arc<StoredEvent>>,
     live: broadcast::Sender<Arc<LiveEvent>>,
     wake: Notify,
@@ -180,6 +185,7 @@ struct Subscription {
     pub live: broadcast::Receiver<Arc<LiveEvent>>,
     /// Everything at or before this was delivered before the subscription began.
     pub start: Pos,
+    pub feed: Arc<Feed>,
 }
 
 impl EventHub {
@@ -237,6 +243,7 @@ impl EventHub {
                 .or_insert_with(|| {
                     let feed = Arc::new(Feed {
                         slug: slug.clone(),
+                        large: Mutex::default(),
                         tx: broadcast::channel(FEED_CAPACITY).0,
                         live: broadcast::channel(LIVE_CAPACITY).0,
                         wake: Notify::new(),
@@ -258,7 +265,7 @@ impl EventHub {
             {
                 let cursor = feed.lock_cursor();
                 if let Some(start) = *cursor {
-                    return Subscription { rx: feed.tx.subscribe(), live: feed.live.subscribe(), start };
+                    return Subscription { rx: feed.tx.subscribe(), live: feed.live.subscribe(), start, feed: feed.clone() };
                 }
             }
             ready.await;
@@ -277,6 +284,7 @@ impl EventHub {
             task,
             rx: sub.rx,
             live: sub.live,
+            feed: sub.feed,
             last: sub.start,
             resume,
             catching_up: false,
@@ -291,15 +299,33 @@ impl Feed {
     }
 
     /// Moves the cursor to an event and publishes it, as one step for subscribers. An
-    /// event over `HELD_BYTES` is published as a notice without its JSON.
-    fn publish(&self, mut ev: StoredEvent) {
-        if ev.json.len() > HELD_BYTES {
-            ev.json = Arc::from("");
-            ev.whole = false;
-        }
+    /// event over `RING_EVENT_BYTES` goes to the `large` store and the ring carries a
+    /// notice of it without its JSON.
+    fn publish(&self, ev: StoredEvent) {
+        let ev = if ev.json.len() > RING_EVENT_BYTES {
+            let notice = StoredEvent { json: Arc::from(""), whole: false, kind: ev.kind.clone(), ..ev };
+            let mut large = self.large.lock().unwrap_or_else(|p| p.into_inner());
+            let (events, bytes) = &mut *large;
+            *bytes += ev.json.len();
+            events.push_back(Arc::new(ev));
+            while *bytes > LARGE_BYTES
+                && let Some(old) = events.pop_front()
+            {
+                *bytes -= old.json.len();
+            }
+            notice
+        } else {
+            ev
+        };
         let mut cursor = self.lock_cursor();
         *cursor = Some(ev.pos);
         let _ = self.tx.send(Arc::new(ev));
+    }
+
+    /// The large event at `pos`, if the feed still keeps it.
+    fn large(&self, pos: Pos) -> Option<Arc<StoredEvent>> {
+        let large = self.large.lock().unwrap_or_else(|p| p.into_inner());
+        large.0.iter().rev().find(|ev| ev.pos == pos).cloned()
     }
 }
 
@@ -430,6 +456,8 @@ pub struct Follower {
     task: Option<Uuid>,
     rx: broadcast::Receiver<Arc<StoredEvent>>,
     live: broadcast::Receiver<Arc<LiveEvent>>,
+    /// Where the events too large for the ring are kept.
+    feed: Arc<Feed>,
     /// The last event passed on.
     last: Pos,
     resume: Option<i64>,
@@ -469,11 +497,18 @@ impl Follower {
             }
             tokio::select! {
                 msg = self.rx.recv() => match msg {
-                    // Too large for the feed to hold: read it (and anything after) from
-                    // the database, unless it is another task's.
+                    // A notice of an event too large for the ring: the feed keeps it,
+                    // else (this follower fell far behind) the database has it. Another
+                    // task's is skipped.
                     Ok(ev) if ev.pos > self.last && !ev.whole => {
                         if self.task.is_none_or(|t| t == ev.task_id) {
-                            self.catching_up = true;
+                            match self.feed.large(ev.pos) {
+                                Some(whole) => {
+                                    self.last = whole.pos;
+                                    return Ok(Item::Stored(whole));
+                                }
+                                None => self.catching_up = true,
+                            }
                         }
                     }
                     Ok(ev) if ev.pos > self.last => {
