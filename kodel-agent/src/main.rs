@@ -46,11 +46,11 @@ struct Args {
     #[arg(long, env = "KODEL_AGENT_MAX_DISK_GB", default_value_t = 20)]
     max_disk_gb: u64,
     /// Keep every job's workspace, also of jobs that succeeded (to debug).
-    #[arg(long, env = "KODEL_AGENT_KEEP_WORKSPACES")]
+    #[arg(long, env = "KODEL_AGENT_KEEP_WORKSPACES", value_parser = clap::builder::BoolishValueParser::new())]
     keep_workspaces: bool,
     /// Let modules be cloned from file:// URLs: repositories on this host, which anyone
     /// who may add a module to a project could then read. Off by default.
-    #[arg(long, env = "KODEL_AGENT_ALLOW_FILE_REMOTES")]
+    #[arg(long, env = "KODEL_AGENT_ALLOW_FILE_REMOTES", value_parser = clap::builder::BoolishValueParser::new())]
     allow_file_remotes: bool,
 }
 

@@ -74,7 +74,7 @@ pub struct Config {
 
     /// Let orgs point LLM base URLs and webhooks at loopback and private addresses
     /// (a single-user install with a local Ollama). Off: such URLs are refused.
-    #[arg(long, env = "KODEL_ALLOW_PRIVATE_URLS")]
+    #[arg(long, env = "KODEL_ALLOW_PRIVATE_URLS", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_private_urls: bool,
 
     #[command(flatten)]
@@ -190,5 +190,25 @@ impl Config {
         directories::ProjectDirs::from("dev", "kodel", "kodel")
             .map(|d| d.data_dir().to_path_buf())
             .ok_or_else(|| anyhow::anyhow!("cannot find a home directory; pass --data-dir"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn boolean_settings_take_the_usual_spellings() {
+        for (value, want) in [("1", true), ("true", true), ("yes", true), ("on", true), ("0", false), ("false", false), ("no", false), ("off", false)] {
+            // SAFETY: nextest runs each test in a process of its own.
+            unsafe { std::env::set_var("KODEL_ALLOW_PRIVATE_URLS", value) };
+            let config = super::Config::try_parse_from(["kodel-server"]).unwrap();
+            assert_eq!(config.allow_private_urls, want, "KODEL_ALLOW_PRIVATE_URLS={value}");
+        }
+        unsafe { std::env::set_var("KODEL_ALLOW_PRIVATE_URLS", "maybe") };
+        let Err(err) = super::Config::try_parse_from(["kodel-server"]) else { panic!("KODEL_ALLOW_PRIVATE_URLS=maybe was taken") };
+        let err = err.to_string();
+        assert!(err.contains("maybe"), "{err}");
+        unsafe { std::env::remove_var("KODEL_ALLOW_PRIVATE_URLS") };
     }
 }

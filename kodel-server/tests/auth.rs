@@ -172,7 +172,8 @@ async fn bad_tokens_get_401() {
 
     // An expired token signed with the server's real key.
     let mut db = app.sql().await;
-    let secret: Vec<u8> = sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = 'jwt'").fetch_one(&mut db).await.unwrap();
+    let sealed: Vec<u8> = sqlx::query_scalar("SELECT value FROM server_secrets WHERE name = 'jwt_sealed'").fetch_one(&mut db).await.unwrap();
+    let secret = app.server.state.sealer.open(&sealed).expect("sealed with the server's key");
     let mut old = payload.clone();
     old["exp"] = json!(chrono::Utc::now().timestamp() - 120);
     let expired = jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &old, &jsonwebtoken::EncodingKey::from_secret(&secret)).unwrap();

@@ -517,8 +517,7 @@ pub struct TaskCreate {
     /// Text, or - to read it from stdin
     #[arg(long, short)]
     pub description: Option<String>,
-    /// none, low, medium, high or urgent
-    #[arg(long)]
+    #[arg(long, value_parser = PRIORITIES)]
     pub priority: Option<String>,
     /// A label (repeat for more)
     #[arg(long = "label", short)]
@@ -530,6 +529,9 @@ pub struct TaskCreate {
     #[arg(long)]
     pub status: Option<String>,
 }
+
+/// A task's priorities, offered (and checked) by the command line.
+const PRIORITIES: [&str; 5] = ["none", "low", "medium", "high", "urgent"];
 
 #[derive(Debug, Args)]
 pub struct TaskList {
@@ -567,7 +569,7 @@ pub struct TaskUpdate {
     /// Text, or - to read it from stdin
     #[arg(long, short)]
     pub description: Option<String>,
-    #[arg(long)]
+    #[arg(long, value_parser = PRIORITIES)]
     pub priority: Option<String>,
     /// Replace the labels (repeat for more)
     #[arg(long = "label", short)]

@@ -4,6 +4,12 @@ use kodel_tui::commands;
 use kodel_tui::exit;
 
 fn main() {
+    // Output piped into `head` that stops reading ends the command quietly, as other
+    // command-line tools do, instead of a panic on the broken pipe.
+    // SAFETY: set before any thread starts; the default action needs no handler.
+    unsafe {
+        let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

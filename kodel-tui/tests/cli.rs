@@ -152,8 +152,18 @@ async fn exit_codes_are_stable() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("transition_not_allowed"));
     assert_eq!(code(&env.kodel(&["task", "update", "KOD-1", "--title", "x", "--expect-version", "7"], None)), 5);
     assert_eq!(code(&env.kodel(&["org", "create", "acme"], None)), 5);
-    assert_eq!(code(&env.kodel(&["task", "create", "x", "--priority", "meh"], None)), 7);
+    // A priority that does not exist is a usage error that names the ones that do.
+    let out = env.kodel(&["task", "create", "x", "--priority", "urgentt"], None);
+    assert_eq!(code(&out), 2);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("possible values: none, low, medium, high, urgent") && err.contains("'urgent'"), "{err}");
+    assert_eq!(code(&env.kodel(&["task", "update", "KOD-1", "--priority", "meh"], None)), 2);
     assert_eq!(code(&env.kodel(&["org", "create", "Bad Slug"], None)), 7);
+    // A status the workflow does not have is refused with the ones it has.
+    let out = env.kodel(&["task", "list", "--status", "bogus"], None);
+    assert_eq!(code(&out), 7);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("its statuses: To Do, In Progress, Done"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(env.ok(&["task", "list", "--status", "to do"], None).lines().count(), 1, "status names match in any case");
 
     // A viewer may not create tasks. (register logs the new user in.)
     env.ok(&["register", "--email", "v@x.io", "--name", "V", "--password-stdin"], Some("password123\n"));
@@ -168,6 +178,10 @@ async fn exit_codes_are_stable() {
     // Unreachable server.
     let out = env.kodel_env(&["task", "list", "--project", "KOD"], None, &[("KODEL_SERVER", "http://127.0.0.1:9"), ("KODEL_TOKEN", "kodel_pat_x")]);
     assert_eq!(code(&out), 8);
+    // Not logged in there either: the unreachable server is what it says.
+    let out = env.kodel(&["--server", "http://127.0.0.1:9", "task", "list", "--project", "KOD"], None);
+    assert_eq!(code(&out), 8, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:9"));
 }
 
 #[tokio::test]
@@ -431,6 +445,9 @@ async fn agent_tokens_through_the_real_binaries() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not one of openai, anthropic"));
     env.ok(&["provider", "remove", "anthropic"], None);
     assert_eq!(env.json(&["provider", "list"], None)["data"], serde_json::json!([]));
+    let none = env.kodel(&["provider", "list"], None);
+    assert!(none.status.success() && none.stdout.is_empty(), "nothing on stdout for scripts");
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no provider is set for this org"));
 }
 
 #[test]
@@ -443,6 +460,18 @@ fn shell_completions_cover_the_commands() {
             assert!(script.contains(word), "{shell} completions lack {word}");
         }
     }
+    // Piped into a reader that stops early (`| head -1`): no panic, no message.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kodel"))
+        .args(["completions", "bash"])
+        .env("KODEL_NO_KEYRING", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked") && stderr.is_empty(), "{stderr}");
     let bad = Command::new(env!("CARGO_BIN_EXE_kodel")).args(["completions", "tcsh"]).output().unwrap();
     assert_eq!(code(&bad), 2, "an unknown shell is a usage error");
 }

@@ -71,7 +71,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let Some(command) = cli.command else {
         return crate::tui::run(&mut ctx).await;
     };
-    match command {
+    let logged_in = ctx.client.credentials().is_some_and(|c| c.bearer().is_some());
+    let outcome = match command {
         Command::Login(args) => auth::login(&mut ctx, args).await,
         Command::Logout => auth::logout(&mut ctx).await,
         Command::Register(args) => auth::register(&mut ctx, args).await,
@@ -91,5 +92,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Agent(cmd) => module::agent(&mut ctx, cmd).await,
         Command::Provider(cmd) => module::provider(&mut ctx, cmd).await,
         Command::Completions { .. } => Ok(()),
+    };
+    // "Not logged in" to a server that does not answer at all: the server is the
+    // first thing to fix (a mistyped --server, or it is not running).
+    match outcome {
+        Err(err) if err.code == exit::AUTH && !logged_in => match ctx.client.get::<serde_json::Value>("/healthz").await {
+            Err(unreachable) if unreachable.code == exit::UNAVAILABLE => Err(unreachable),
+            _ => Err(err),
+        },
+        other => other,
     }
 }

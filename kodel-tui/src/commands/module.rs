@@ -187,6 +187,9 @@ pub async fn provider(ctx: &mut Ctx, cmd: ProviderCmd) -> Result<(), CliError> {
                     ]
                 })
                 .collect();
+            if rows.is_empty() {
+                return output::note("no provider is set for this org: jobs use the server's own (its OPENAI_API_KEY, ANTHROPIC_API_KEY, OPENROUTER_API_KEY or OLLAMA_BASE_URL)");
+            }
             output::table(&["PROVIDER", "KEY", "BASE URL", "WIRE"], &rows)
         }
         ProviderCmd::Set { provider, key_stdin, base_url, wire } => {

@@ -103,6 +103,12 @@ async fn list(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiQuery(q)
     let mut sql = sqlx::QueryBuilder::<sqlx::Postgres>::new(TASK_SELECT);
     sql.push(" WHERE t.project_id = ").push_bind(p.id).push(" AND t.number > ").push_bind(after);
     if let Some(status) = q.status.as_deref() {
+        // A status the workflow does not have is a mistake to point out, not an empty page.
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM statuses WHERE workflow_id = $1 ORDER BY position").bind(p.workflow_id).fetch_all(t.conn()).await?;
+        if !names.iter().any(|n| n.eq_ignore_ascii_case(status.trim())) {
+            return Err(ApiError::invalid(format!("{key} has no status {:?}; its statuses: {}", status.trim(), names.join(", "))));
+        }
         sql.push(" AND lower(s.name) = lower(").push_bind(status.trim().to_owned()).push(")");
     }
     if unassigned {
