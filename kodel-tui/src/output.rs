@@ -88,3 +88,23 @@ pub fn note(text: impl std::fmt::Display) -> Result<(), CliError> {
     eprintln!("{text}");
     Ok(())
 }
+
+/// An id shortened for people: its last 8 hex digits. Job and agent ids are UUIDv7,
+/// whose first digits are a timestamp shared by ids made together; the last ones are
+/// random. `--json` and `kodel job show` give the whole id.
+pub fn short_id(id: &uuid::Uuid) -> String {
+    let hex = id.simple().to_string();
+    hex[hex.len() - 8..].to_owned()
+}
+
+#[cfg(test)]
+mod short_id_tests {
+    #[test]
+    fn ids_made_together_stay_apart() {
+        let a: uuid::Uuid = "01a23c8b-1848-766b-a694-e84ca7bc23ea".parse().unwrap();
+        let b: uuid::Uuid = "01a23c8b-1848-766b-8f10-0b9d5e2c7714".parse().unwrap();
+        assert_eq!((super::short_id(&a), super::short_id(&b)), ("a7bc23ea".to_owned(), "5e2c7714".to_owned()));
+        let (c, d) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+        assert_ne!(super::short_id(&c), super::short_id(&d));
+    }
+}

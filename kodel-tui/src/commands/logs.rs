@@ -11,10 +11,10 @@ use std::io::Write;
 use kodel_core::api::{Event, Page};
 use kodel_core::events::TaskEvent;
 use kodel_core::protocol::Step;
-use uuid::Uuid;
 
 use super::Ctx;
 use crate::exit::CliError;
+use crate::output::short_id;
 use crate::follow::{Follower, Update};
 
 pub async fn run(ctx: &mut Ctx, task: &str, follow: bool, since: Option<i32>) -> Result<(), CliError> {
@@ -95,10 +95,6 @@ fn write_out(text: &str) -> Result<(), CliError> {
 pub fn first_line(s: &str, max: usize) -> String {
     let line = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
     if line.chars().count() > max { format!("{}…", line.chars().take(max).collect::<String>()) } else { line.to_owned() }
-}
-
-fn short_id(id: &Uuid) -> String {
-    id.to_string().chars().take(8).collect()
 }
 
 /// What an event says, in a few words.

@@ -122,7 +122,7 @@ pub async fn agent(ctx: &mut Ctx, cmd: AgentCmd) -> Result<(), CliError> {
         .iter()
         .map(|a| {
             let job = match (&a.current_task, a.current_job) {
-                (Some(task), Some(job)) if a.status == "busy" => format!("{task} ({})", &job.to_string()[..8]),
+                (Some(task), Some(job)) if a.status == "busy" => format!("{task} ({})", output::short_id(&job)),
                 _ => "-".into(),
             };
             let disk = a.disk_bytes.map(|b| bytes(b.max(0) as u64)).unwrap_or_else(|| "-".into());
