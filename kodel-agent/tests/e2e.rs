@@ -331,3 +331,20 @@ async fn a_nul_byte_in_a_tools_output_is_stored_and_shown() {
     let bash = steps["data"].as_array().unwrap().iter().find(|s| s["step"]["tool"] == "bash").expect("the bash step");
     assert!(bash["step"]["output"].as_str().unwrap().contains("bin\u{2400}ary"), "{bash}");
 }
+
+/// A model server nobody runs (connection refused): the job fails at its first call,
+/// with what to do first in its error, and is not tried again (no retry can start it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_model_fails_the_job_at_once_with_what_to_do() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut stack = Stack::start_with(&[("OLLAMA_BASE_URL", format!("http://127.0.0.1:{closed}")), ("KODEL_DEFAULT_MODEL", "ollama/qwen2.5-coder".into())]).await;
+    stack.agent("worker-u");
+    let started = std::time::Instant::now();
+    let key = stack.task_in_progress("No model here").await;
+    let failed = stack.wait_event("job.failed", Duration::from_secs(60)).await;
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.starts_with("Ollama does not answer: start it"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(20), "failed only after {:?}", started.elapsed());
+    let job = stack.job(&key).await;
+    assert_eq!((job["status"].as_str(), job["attempts"].as_i64()), (Some("failed"), Some(1)), "{job}");
+}

@@ -223,7 +223,9 @@ async fn an_unreachable_ollama_says_what_to_do() {
     assert_eq!(resp.status(), 502);
     let v: Value = resp.json().await.unwrap();
     let msg = v["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("could not reach ollama") && msg.contains("is Ollama running") && msg.contains("KODEL_DEFAULT_MODEL"), "{msg}");
+    // What to do comes first (lists and logs cut messages short), the cause after.
+    assert!(msg.starts_with("Ollama does not answer: start it (`ollama serve`"), "{msg}");
+    assert!(msg.contains("KODEL_DEFAULT_MODEL") && msg.contains("could not reach ollama"), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

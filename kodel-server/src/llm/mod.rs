@@ -28,12 +28,12 @@ use crate::config::LlmSettings;
 impl LlmError {
     /// An error that asking again will not fix.
     pub fn refused(message: impl Into<String>) -> Self {
-        Self { message: message.into(), status: None, retryable: false }
+        Self::new(message, None, false)
     }
 
     /// An error that may pass.
     pub fn transient(message: impl Into<String>) -> Self {
-        Self { message: message.into(), status: None, retryable: true }
+        Self::new(message, None, true)
     }
 }
 
@@ -201,7 +201,7 @@ impl Proxy {
     fn slot(&self, org: Uuid) -> Result<OwnedSemaphorePermit, LlmError> {
         let sem = self.limits.lock().unwrap_or_else(|p| p.into_inner()).entry(org).or_insert_with(|| Arc::new(Semaphore::new(self.per_org))).clone();
         sem.try_acquire_owned().map_err(|_| {
-            LlmError { message: format!("the org already has {} LLM calls in flight; try again shortly", self.per_org), status: Some(429), retryable: true }
+            LlmError::new(format!("the org already has {} LLM calls in flight; try again shortly", self.per_org), Some(429), true)
         })
     }
 
@@ -274,14 +274,15 @@ impl Proxy {
             meter.usage = Usage { input_tokens: estimate(system, req, &Message::text(Role::Assistant, "")).input_tokens, ..Usage::default() };
             meter.usage_estimated = true;
         }
-        // Where the provider cannot be reached, say what to do about it.
+        // Where the provider cannot be reached, say what to do about it first: the
+        // places that show an error cut it short.
         let result = result.map_err(|mut e| {
             if e.status.is_none() && e.message.starts_with("could not reach") {
                 let fix = match kind {
-                    ProviderKind::Ollama => "is Ollama running (`ollama serve`, then `ollama pull` the model)? Or set OPENAI_API_KEY, ANTHROPIC_API_KEY or OPENROUTER_API_KEY and KODEL_DEFAULT_MODEL on the server",
-                    _ => "check the provider's base URL and the network from the server",
+                    ProviderKind::Ollama => "Ollama does not answer: start it (`ollama serve`, then `ollama pull` the model), or set OPENAI_API_KEY, ANTHROPIC_API_KEY or OPENROUTER_API_KEY and KODEL_DEFAULT_MODEL on the server",
+                    _ => "the provider does not answer: check its base URL and the network from the server",
                 };
-                e.message = format!("{}; {fix}", e.message);
+                e.message = format!("{fix} ({})", e.message);
             }
             e
         });

@@ -144,17 +144,19 @@ pub enum StreamEvent {
 
 /// A failed call or a stream that broke. `message` is safe to show: it never contains
 /// the API key. `retryable`: trying the same call again later may succeed.
+/// `unreachable`: nothing answered at the provider's address.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct LlmError {
     pub message: String,
     pub status: Option<u16>,
     pub retryable: bool,
+    pub unreachable: bool,
 }
 
 impl LlmError {
     pub fn new(message: impl Into<String>, status: Option<u16>, retryable: bool) -> Self {
-        Self { message: message.into(), status, retryable }
+        Self { message: message.into(), status, retryable, unreachable: false }
     }
 
     /// Removes every occurrence of `key` from the message.
@@ -383,9 +385,11 @@ fn cut(text: &str) -> String {
 }
 
 /// A transport failure (connect, reset, body): retryable unless the request itself was
-/// malformed.
+/// malformed, or nothing answered at the address (refused, or no such host): that
+/// needs someone to start the provider or fix its URL, which no retry does.
 pub(crate) fn transport_error(kind: ProviderKind, what: &str, e: &reqwest::Error) -> LlmError {
-    LlmError::new(format!("{what} {}: {}", kind.name(), error_chain(e)), None, !e.is_builder())
+    let nobody_there = e.is_connect() && !e.is_timeout();
+    LlmError { unreachable: nobody_there, ..LlmError::new(format!("{what} {}: {}", kind.name(), error_chain(e)), None, !e.is_builder() && !nobody_there) }
 }
 
 /// An error and its sources, `a: b: c` (reqwest's own message hides the cause).

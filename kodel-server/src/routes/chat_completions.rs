@@ -244,12 +244,14 @@ async fn org_of(state: &AppState, auth: &Auth, headers: &HeaderMap) -> Result<(U
 
 /// The provider's own status for what it refused (404, 422, 429...), but 502 for a
 /// refused key (401, 403: the server's or org's key, not the caller's token); 502 for
-/// its failures; 400 for what Kodel refused before asking.
+/// its failures and when nothing answers at its address; 400 for what Kodel refused
+/// before asking.
 fn status_of(e: &LlmError) -> StatusCode {
     match e.status.and_then(|s| StatusCode::from_u16(s).ok()) {
         Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => StatusCode::BAD_GATEWAY,
         Some(s) if s.is_client_error() => s,
         Some(_) => StatusCode::BAD_GATEWAY,
+        None if e.unreachable => StatusCode::BAD_GATEWAY,
         None if !e.retryable => StatusCode::BAD_REQUEST,
         None => StatusCode::BAD_GATEWAY,
     }
