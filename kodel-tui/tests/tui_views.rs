@@ -145,6 +145,11 @@ fn board_list_and_filter() {
     chars(&mut app, "#bug");
     key(&mut app, KeyCode::Enter);
     assert_eq!(app.list_tasks().iter().map(|t| t.key.as_str()).collect::<Vec<_>>(), ["KOD-2"]);
+    // The filter is on screen while it hides tasks, in the list and on the board.
+    assert!(render(&app, 100, 20).contains("filter: #bug  (/ changes it, Esc clears it)"), "{}", render(&app, 100, 20));
+    key(&mut app, KeyCode::Char('v'));
+    insta::assert_snapshot!("board_filtered_80x24", render(&app, 80, 24));
+    key(&mut app, KeyCode::Char('v'));
     key(&mut app, KeyCode::Char('/'));
     for _ in 0..4 {
         key(&mut app, KeyCode::Backspace);
@@ -232,6 +237,24 @@ fn a_copy_read_before_a_move_does_not_undo_it() {
     app.on_msg(Msg::MoveUndone { key: "KOD-1".into(), task: Some(at("Backlog", 1)) });
     assert_eq!(shown(&app), "Backlog");
     assert_eq!(app.selected().map(|t| t.key.as_str()), Some("KOD-1"));
+}
+
+/// `>` twice in the task's pane makes two moves, as on the board (the second used to
+/// start again from the status the pane was opened with).
+#[test]
+fn moves_from_the_task_pane_go_on_from_where_the_last_one_went() {
+    let mut app = app();
+    assert_eq!(key(&mut app, KeyCode::Enter), vec![Effect::OpenTask("KOD-1".into())]);
+    let opened = serde_json::from_value(task(1, "Add a login page", "Backlog", &["web"], None)).unwrap();
+    app.on_msg(Msg::Detail { key: "KOD-1".into(), task: opened, comments: vec![], jobs: vec![], artifacts: vec![] });
+    assert_eq!(key(&mut app, KeyCode::Char('>')), vec![Effect::Move { key: "KOD-1".into(), to: "Ready".into() }]);
+    assert_eq!(key(&mut app, KeyCode::Char('>')), vec![Effect::Move { key: "KOD-1".into(), to: "In Progress".into() }]);
+    assert_eq!(app.detail.as_ref().and_then(|d| d.task.as_ref()).map(|t| t.status.as_str()), Some("In Progress"));
+    // `<` on the first status says why nothing happens.
+    let mut app = self::app();
+    assert!(key(&mut app, KeyCode::Char('<')).is_empty());
+    let (msg, error) = app.status.clone().unwrap();
+    assert!(error && msg.contains("KOD-1 is in Backlog, the workflow's first status"), "{msg}");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::text::{Line, Span, Text};
 use ratatui::widgets::{Block, Borders, Cell, List, ListItem, ListState, Paragraph, Row, Table, TableState};
 
-use super::app::{App, Effect, Moving, View};
+use super::app::{App, Conn, Effect, Moving, View};
 use super::form::Form;
 use super::overlay::{Overlay, Pick, PromptFor};
 use super::ui::{Theme, truncate};
@@ -213,7 +213,11 @@ impl App {
         }
         let cols = self.columns();
         let Some(i) = cols.iter().position(|s| s.name == from) else { return vec![] };
-        let Some(to) = (i as i32 + dir).try_into().ok().and_then(|j: usize| cols.get(j)) else { return vec![] };
+        let Some(to) = (i as i32 + dir).try_into().ok().and_then(|j: usize| cols.get(j)) else {
+            let end = if dir < 0 { "first" } else { "last" };
+            self.warn(format!("{key} is in {from}, the workflow's {end} status: nothing {}", if dir < 0 { "before it" } else { "after it" }));
+            return vec![];
+        };
         let to_name = to.name.clone();
         let allowed = cols[i].next.clone();
         if !allowed.contains(&to_name) {
@@ -233,6 +237,10 @@ impl App {
             let m = self.moving.entry(key.to_owned()).or_insert(Moving { base: t.version, to: String::new(), count: 0 });
             m.to = to.to_owned();
             m.count += 1;
+        }
+        // The task's pane shows it too, and the next `>` there starts from here.
+        if let Some(t) = self.detail.as_mut().and_then(|d| d.task.as_mut()).filter(|t| t.key == key) {
+            t.status = to.to_owned();
         }
         if self.view == View::Board {
             self.board.key = Some(key.to_owned());
@@ -267,10 +275,15 @@ fn card<'a>(t: &Task, running: Option<&String>, width: usize, theme: Theme) -> L
 pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let cols = app.columns();
     if cols.is_empty() {
-        let text = if app.loading { "loading..." } else { "No project yet: create one with `kodel project create KEY NAME`, then press p." };
-        f.render_widget(Paragraph::new(text).style(theme.dim()), area);
+        let text = match &app.conn {
+            Conn::Retrying { error, .. } => format!("Cannot reach the server ({error}); trying again. Is it running? `kodel up` starts a local one."),
+            _ if app.loading => "loading...".to_owned(),
+            _ => "No project yet: create one with `kodel project create KEY --name NAME`, then press p.".to_owned(),
+        };
+        f.render_widget(Paragraph::new(text).style(theme.dim()).wrap(ratatui::widgets::Wrap { trim: true }), area);
         return;
     }
+    let area = filter_line(f, area, app, theme);
     // As many columns as fit at 18 cells each, scrolled to keep the cursor's in view.
     let fit = ((area.width as usize) / 18).clamp(1, cols.len());
     let first = app.board.col.saturating_sub(fit - 1).min(cols.len() - fit);
@@ -301,8 +314,25 @@ pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     }
 }
 
+/// An active filter, on a line of its own above the board or list: a board that shows
+/// fewer tasks than there are says why. Returns the area left below it.
+fn filter_line(f: &mut Frame, area: Rect, app: &App, theme: Theme) -> Rect {
+    if app.board.filter.trim().is_empty() || area.height < 4 {
+        return area;
+    }
+    let [line, rest] = Layout::vertical([Constraint::Length(1), Constraint::Fill(1)]).areas(area);
+    let text = Line::from(vec![
+        Span::styled(" filter: ", theme.dim()),
+        Span::styled(app.board.filter.trim().to_owned(), theme.title()),
+        Span::styled("  (/ changes it, Esc clears it)", theme.dim()),
+    ]);
+    f.render_widget(Paragraph::new(text), line);
+    rest
+}
+
 /// Every task in one table (`v`).
 pub(super) fn draw_list(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let area = filter_line(f, area, app, theme);
     let tasks = app.list_tasks();
     let rows: Vec<Row> = tasks
         .iter()
