@@ -199,6 +199,23 @@ fn board_keys_move_tasks_only_where_the_workflow_allows() {
     assert_eq!(app.board.col, 0, "the cursor went with KOD-5 to In Progress, then two columns left");
     key(&mut app, KeyCode::Char('q'));
     assert!(app.quit);
+    // q quits from the task's pane, the agents and the jobs too; Esc goes back.
+    for view in ['\n', 'a', 'J'] {
+        let mut app = self::app();
+        match view {
+            '\n' => assert_eq!(key(&mut app, KeyCode::Enter), vec![Effect::OpenTask("KOD-1".into())]),
+            c => drop(key(&mut app, KeyCode::Char(c))),
+        }
+        key(&mut app, KeyCode::Esc);
+        assert!(!app.quit && app.view == View::Board, "Esc goes back");
+        match view {
+            '\n' => drop(key(&mut app, KeyCode::Enter)),
+            c => drop(key(&mut app, KeyCode::Char(c))),
+        }
+        let effects = key(&mut app, KeyCode::Char('q'));
+        assert!(app.quit, "q quits from {view:?}");
+        assert!(view != '\n' || effects == vec![Effect::CloseTask], "{effects:?}");
+    }
 }
 
 /// Answers arrive out of order: a copy of a task read before a move (the refresh an

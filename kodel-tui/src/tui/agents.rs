@@ -10,7 +10,7 @@ use super::app::{App, Effect, View};
 use super::ui::Theme;
 
 /// The agents view's keys.
-pub const KEYS: &[(&str, &str)] = &[("j/k", "select"), ("Tab", "jobs"), ("r", "reload"), ("b/Esc", "board"), ("?", "keys")];
+pub const KEYS: &[(&str, &str)] = &[("j/k", "select"), ("Tab", "jobs"), ("r", "reload"), ("b/Esc", "board"), ("q", "quit"), ("?", "keys")];
 
 impl App {
     pub(super) fn agents_key(&mut self, k: KeyEvent) -> Vec<Effect> {
@@ -19,7 +19,7 @@ impl App {
             return vec![];
         }
         match k.code {
-            KeyCode::Char('q') | KeyCode::Esc => self.view = View::Board,
+            KeyCode::Esc => self.view = View::Board,
             KeyCode::Char('r') => return vec![Effect::LoadAgents],
             KeyCode::Tab => {
                 self.view = View::Jobs;

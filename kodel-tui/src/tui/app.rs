@@ -200,8 +200,13 @@ impl App {
         if !matches!(self.overlay, Overlay::None) {
             return self.overlay_key(k);
         }
-        // Keys every view shares.
+        // Keys every view shares. `q` quits from any view (Esc and b go back), as in
+        // lazygit: a `q` that only went back left people's stacks running.
         match k.code {
+            KeyCode::Char('q') => {
+                self.quit = true;
+                return self.leave_task(vec![]);
+            }
             KeyCode::Char('?') => {
                 self.overlay = Overlay::Help;
                 return vec![];

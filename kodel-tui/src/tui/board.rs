@@ -130,7 +130,6 @@ impl App {
     pub(super) fn board_key(&mut self, k: KeyEvent) -> Vec<Effect> {
         self.status = None;
         match k.code {
-            KeyCode::Char('q') => self.quit = true,
             KeyCode::Char('h') | KeyCode::Left if !self.board.list => {
                 self.board.col = self.board.col.saturating_sub(1);
                 self.board.row = 0;

@@ -58,7 +58,8 @@ pub fn matches(e: &Entry, needle: &str) -> bool {
 /// The task view's keys.
 pub const KEYS: &[(&str, &str)] = &[
     ("?", "keys"),
-    ("Esc", "back"),
+    ("Esc/b", "back"),
+    ("q", "quit"),
     ("j/k", "select"),
     ("Enter", "fold output"),
     ("A/R", "approve/reject"),
@@ -97,7 +98,7 @@ impl App {
             d.sel_off = 0;
         }
         match k.code {
-            KeyCode::Esc | KeyCode::Char('q') | KeyCode::Char('b') => {
+            KeyCode::Esc | KeyCode::Char('b') => {
                 self.view = View::Board;
                 return self.leave_task(vec![]);
             }

@@ -12,7 +12,7 @@ use super::app::{App, Effect, View};
 use super::ui::Theme;
 
 /// The jobs view's keys.
-pub const KEYS: &[(&str, &str)] = &[("j/k", "select"), ("Enter", "open task"), ("Tab", "agents"), ("r", "reload"), ("b/Esc", "board"), ("?", "keys")];
+pub const KEYS: &[(&str, &str)] = &[("j/k", "select"), ("Enter", "open task"), ("Tab", "agents"), ("r", "reload"), ("b/Esc", "board"), ("q", "quit"), ("?", "keys")];
 
 impl App {
     pub(super) fn jobs_key(&mut self, k: KeyEvent) -> Vec<Effect> {
@@ -21,7 +21,7 @@ impl App {
             return vec![];
         }
         match k.code {
-            KeyCode::Char('q') | KeyCode::Esc => self.view = View::Board,
+            KeyCode::Esc => self.view = View::Board,
             KeyCode::Char('r') => return vec![Effect::LoadJobs],
             KeyCode::Tab => {
                 self.view = View::Agents;
