@@ -397,6 +397,15 @@ fn agents_jobs_and_help() {
     key(&mut app, KeyCode::Char('?'));
     insta::assert_snapshot!("help_80x24", render(&app, 80, 24));
     key(&mut app, KeyCode::Char('x'));
+    assert_eq!(key(&mut app, KeyCode::Char('J')), vec![Effect::LoadJobs]);
+    // The selected job's error is shown whole below the table, hint and all.
+    let long = "Ollama does not answer: start it (`ollama serve`, then `ollama pull` the model), or set OPENAI_API_KEY, ANTHROPIC_API_KEY or OPENROUTER_API_KEY and KODEL_DEFAULT_MODEL on the server (could not reach ollama: connection refused)";
+    app.on_msg(Msg::Jobs(vec![serde_json::from_value(job("KOD-5", "implement", "failed", Some(long))).unwrap()]));
+    let screen = render(&app, 80, 24);
+    let joined: String = screen.lines().map(|l| l.trim_matches(|c: char| c == '"' || c == '│' || c == ' ')).collect::<Vec<_>>().join(" ");
+    assert!(joined.contains("KODEL_DEFAULT_MODEL on the server"), "{screen}");
+    insta::assert_snapshot!("jobs_failed_80x24", screen);
+    key(&mut app, KeyCode::Char('x'));
     assert!(matches!(app.overlay, Overlay::None), "any key closes the help");
 }
 

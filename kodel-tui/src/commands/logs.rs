@@ -92,6 +92,13 @@ fn write_out(text: &str) -> Result<(), CliError> {
     Ok(())
 }
 
+/// An error on one line and whole (up to 2,000 characters): what to do about it often
+/// comes after its first sentence, so it is never cut where people read it.
+pub fn whole(s: &str) -> String {
+    let text = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.chars().count() > 2000 { format!("{}…", text.chars().take(2000).collect::<String>()) } else { text }
+}
+
 pub fn first_line(s: &str, max: usize) -> String {
     let line = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
     if line.chars().count() > max { format!("{}…", line.chars().take(max).collect::<String>()) } else { line.to_owned() }
@@ -107,7 +114,7 @@ pub fn summary(ev: &Event) -> String {
         TaskEvent::JobCreated(j) => format!("{} job {} ({})", j.kind, short_id(&j.job_id), j.template),
         TaskEvent::JobStarted(j) => format!("{} job {} on agent {}, attempt {}", j.kind, short_id(&j.job_id), short_id(&j.agent), j.attempt),
         TaskEvent::JobSucceeded(j) => format!("{} job {}: {}", j.kind, short_id(&j.job_id), first_line(&j.summary, 100)),
-        TaskEvent::JobFailed(j) | TaskEvent::JobRequeued(j) => format!("{} job {}: {}", j.kind, short_id(&j.job_id), first_line(&j.error, 120)),
+        TaskEvent::JobFailed(j) | TaskEvent::JobRequeued(j) => format!("{} job {}: {}", j.kind, short_id(&j.job_id), whole(&j.error)),
         TaskEvent::JobCancelled(j) => format!("{} job {}: {}", j.kind, short_id(&j.job_id), j.reason),
         TaskEvent::JobLlmCall(c) => {
             let ms = |v: Option<u64>| v.map_or("-".to_owned(), |n| format!("{n} ms"));
@@ -121,7 +128,7 @@ pub fn summary(ev: &Event) -> String {
                 ms(c.total_ms)
             );
             if let Some(e) = &c.error {
-                line.push_str(&format!(" ({})", first_line(e, 200)));
+                line.push_str(&format!(" ({})", whole(e)));
             }
             line
         }

@@ -240,9 +240,16 @@ pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             };
             let mut text = format!("{} {}", j.kind.as_str(), j.status.as_str());
             if let Some(e) = &j.error {
-                text.push_str(&format!(": {}", e.lines().next().unwrap_or_default()));
+                text.push_str(&format!(": {}", crate::commands::logs::whole(e)));
             }
-            lines.push(Line::styled(truncate(&text, width), style));
+            // An error wraps (four lines at most; `J` shows it whole): its hint is
+            // rarely in its first words.
+            let wrapped = super::ui::wrap(&text, width.max(1));
+            let more = wrapped.len() > 4;
+            for (n, l) in wrapped.into_iter().take(4).enumerate() {
+                let l = if more && n == 3 { truncate(&format!("{l}…"), width) } else { l };
+                lines.push(Line::styled(l, style));
+            }
         }
     }
     // What to act on first (it must fit in 80x24), then what to read.

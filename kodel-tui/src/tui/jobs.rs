@@ -1,15 +1,15 @@
-//! The org's jobs (`J`): the newest first, with their state and why one failed;
-//! `Enter` opens a job's task.
+//! The org's jobs (`J`): the newest first, with their state and why one failed (the
+//! selected job's whole summary or error below the table); `Enter` opens a job's task.
 
 use crossterm::event::{KeyCode, KeyEvent};
 use kodel_core::jobs::JobState;
 use ratatui::Frame;
-use ratatui::layout::{Constraint, Rect};
-use ratatui::text::Span;
-use ratatui::widgets::{Block, Borders, Cell, Row, Table, TableState};
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState};
 
 use super::app::{App, Effect, View};
-use super::ui::Theme;
+use super::ui::{Theme, wrap};
 
 /// The jobs view's keys.
 pub const KEYS: &[(&str, &str)] = &[("j/k", "select"), ("Enter", "open task"), ("Tab", "agents"), ("r", "reload"), ("b/Esc", "board"), ("q", "quit"), ("?", "keys")];
@@ -39,8 +39,24 @@ impl App {
     }
 }
 
-/// The jobs' table.
+/// The jobs' table, and the selected job's note whole (an error's hint comes after
+/// its first line more often than not).
 pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let selected = app.jobs.get(app.jobs_sel);
+    let note = selected.and_then(|j| j.error.clone().or(j.summary.clone())).filter(|n| !n.trim().is_empty());
+    let area = match &note {
+        Some(note) if area.height >= 10 => {
+            let lines = wrap(note.trim(), area.width.saturating_sub(2) as usize);
+            let height = (lines.len() as u16 + 2).min(area.height / 2);
+            let [table, below] = Layout::vertical([Constraint::Fill(1), Constraint::Length(height)]).areas(area);
+            let failed = selected.is_some_and(|j| j.status == JobState::Failed);
+            let text: Vec<Line> = lines.into_iter().map(|l| Line::styled(l, if failed { theme.error() } else { theme.dim() })).collect();
+            let title = selected.map(|j| format!(" {} {} of {} ", j.kind.as_str(), j.status.as_str(), j.task)).unwrap_or_default();
+            f.render_widget(Paragraph::new(text).block(Block::default().borders(Borders::ALL).title(title)), below);
+            table
+        }
+        _ => area,
+    };
     let rows: Vec<Row> = app
         .jobs
         .iter()

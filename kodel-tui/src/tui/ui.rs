@@ -116,17 +116,39 @@ pub(super) fn truncate(s: &str, width: usize) -> String {
     out
 }
 
+/// `text` in lines of at most `width` characters, broken between words where it can
+/// be (a word longer than a line is cut), keeping the text's own line breaks.
 pub(super) fn wrap(text: &str, width: usize) -> Vec<String> {
     let width = width.max(8);
     let mut out = Vec::new();
     for line in text.lines() {
-        let chars: Vec<char> = line.chars().collect();
-        if chars.is_empty() {
-            out.push(String::new());
+        let mut current = String::new();
+        let mut len = 0;
+        // Words with the spaces before them, so indentation survives.
+        for word in line.split_inclusive(' ') {
+            let n = word.chars().count();
+            if len + n > width && len > 0 {
+                out.push(current.trim_end().to_owned());
+                current.clear();
+                len = 0;
+            }
+            if n > width {
+                let chars: Vec<char> = word.chars().collect();
+                let mut chunks = chars.chunks(width).peekable();
+                while let Some(chunk) = chunks.next() {
+                    if chunks.peek().is_some() {
+                        out.push(chunk.iter().collect());
+                    } else {
+                        current = chunk.iter().collect();
+                        len = chunk.len();
+                    }
+                }
+                continue;
+            }
+            current.push_str(word);
+            len += n;
         }
-        for chunk in chars.chunks(width) {
-            out.push(chunk.iter().collect());
-        }
+        out.push(current.trim_end().to_owned());
     }
     out
 }
