@@ -468,3 +468,16 @@ fn a_prompt_and_a_refused_decision() {
     let (msg, error) = app.status.clone().unwrap();
     assert!(error && msg.contains("already approved"), "{msg}");
 }
+
+/// The first-run message (and any long one) is read whole in the footer, over up to
+/// three lines: what it says to do comes at its end.
+#[test]
+fn a_long_message_is_not_cut() {
+    let mut app = app();
+    let welcome = "AI jobs use ollama/qwen2.5-coder: set OPENAI_API_KEY, ANTHROPIC_API_KEY or OPENROUTER_API_KEY before `kodel up` for another. ? shows the keys.";
+    app.status = Some((welcome.into(), false));
+    let screen = render(&app, 80, 24);
+    let rows: Vec<&str> = screen.lines().collect();
+    assert!(rows[rows.len() - 2].contains("AI jobs use ollama/qwen2.5-coder"), "{screen}");
+    assert!(rows[rows.len() - 1].contains("before `kodel up` for another. ? shows the keys."), "{screen}");
+}

@@ -51,7 +51,9 @@ impl Theme {
 }
 
 pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
-    let [header, body, footer] = Layout::vertical([Constraint::Length(1), Constraint::Min(3), Constraint::Length(1)]).areas(f.area());
+    // A message longer than a line takes up to three: what it says to do is at its end.
+    let footer_lines = app.status.as_ref().map_or(1, |(text, _)| wrap(text, (f.area().width as usize).saturating_sub(2)).len().clamp(1, 3)) as u16;
+    let [header, body, footer] = Layout::vertical([Constraint::Length(1), Constraint::Min(3), Constraint::Length(footer_lines)]).areas(f.area());
     draw_header(f, header, app, theme);
     match app.view {
         View::Board if app.board.list => board::draw_list(f, body, app, theme),
@@ -82,6 +84,8 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         }
     };
     let left = Line::from(vec![Span::styled(" kodel ", theme.title()), Span::raw(format!("{} / {project} ", app.org)), Span::styled(format!("[{view}]"), theme.dim())]);
+    // A space always stands between the two, however narrow the terminal.
+    let conn = format!(" {conn}");
     let [l, r] = Layout::horizontal([Constraint::Min(10), Constraint::Length(conn.chars().count() as u16 + 1)]).areas(area);
     f.render_widget(Paragraph::new(left), l);
     f.render_widget(Paragraph::new(Span::styled(conn, style)), r);
@@ -90,7 +94,8 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
 fn draw_footer(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     if let Some((text, error)) = &app.status {
         let style = if *error { theme.error() } else { theme.ok() };
-        f.render_widget(Paragraph::new(Span::styled(format!(" {text}"), style)), area);
+        let lines: Vec<Line> = wrap(text, (area.width as usize).saturating_sub(2)).into_iter().map(|l| Line::styled(format!(" {l}"), style)).collect();
+        f.render_widget(Paragraph::new(lines), area);
         return;
     }
     let mut spans = vec![Span::raw(" ")];
