@@ -58,9 +58,10 @@ pub async fn run(ctx: &mut Ctx, cmd: TaskCmd) -> Result<(), CliError> {
     }
 }
 
-/// Checks a task key locally so a typo fails fast with a clear message.
+/// Checks a task key locally so a typo fails fast with a clear message. Keys are
+/// upper case; `demo-1` is taken as `DEMO-1`.
 fn task_path(org: &str, key: &str) -> Result<String, CliError> {
-    let key = TaskKey::parse(key).map_err(|e| CliError::usage(e.0))?;
+    let key = TaskKey::parse(&key.trim().to_ascii_uppercase()).map_err(|e| CliError::usage(e.0))?;
     Ok(format!("/api/v1/orgs/{org}/tasks/{key}"))
 }
 
@@ -75,7 +76,7 @@ async fn create(ctx: &mut Ctx, org: &str, args: TaskCreate) -> Result<(), CliErr
     if !args.labels.is_empty() {
         body.insert("labels".into(), json!(args.labels));
     }
-    insert_some(&mut body, "assignee", args.assignee.map(Value::from));
+    insert_some(&mut body, "assignee", assignee(ctx, args.assignee).await?.map(Value::from));
     insert_some(&mut body, "status", args.status.map(Value::from));
     let t: Task = ctx.client.post(&format!("/api/v1/orgs/{org}/projects/{}/tasks", enc(&project)), Value::Object(body)).await?;
     if ctx.json { output::json(&t) } else { println!("{}", t.key); Ok(()) }
@@ -144,7 +145,7 @@ async fn update(ctx: &mut Ctx, org: &str, args: TaskUpdate) -> Result<(), CliErr
     if args.unassign {
         body.insert("assignee".into(), Value::Null);
     }
-    insert_some(&mut body, "assignee", args.assignee.map(Value::from));
+    insert_some(&mut body, "assignee", assignee(ctx, args.assignee).await?.map(Value::from));
     if args.archive || args.unarchive {
         body.insert("archived".into(), json!(args.archive));
     }
@@ -169,5 +170,16 @@ fn print_task(t: &Task) {
     println!("version:  {}  updated {}", t.version, t.updated_at.format("%Y-%m-%d %H:%M"));
     if !t.description.is_empty() {
         println!("\n{}", t.description);
+    }
+}
+
+/// `--assignee me` is the logged-in user (as `task list --assignee me` is).
+async fn assignee(ctx: &Ctx, given: Option<String>) -> Result<Option<String>, CliError> {
+    match given {
+        Some(me) if me.trim().eq_ignore_ascii_case("me") => {
+            let user: Value = ctx.client.get("/api/v1/me").await?;
+            Ok(user["email"].as_str().map(str::to_owned))
+        }
+        other => Ok(other),
     }
 }
