@@ -141,8 +141,39 @@ pub fn summary(ev: &Event) -> String {
                 format!("{tool} {input} -> {output} ({duration_ms} ms){failed}")
             }
         },
+        TaskEvent::TaskUpdated(u) | TaskEvent::TaskArchived(u) | TaskEvent::TaskUnarchived(u) => changes(&u.changes),
+        TaskEvent::ArtifactApproved(a) | TaskEvent::ArtifactRejected(a) => {
+            let comment = a.comment.as_deref().map(|c| format!(": {}", first_line(c, 100))).unwrap_or_default();
+            format!("{} of job {}{comment}", a.kind.as_str(), short_id(&a.job_id))
+        }
+        TaskEvent::RuleFired(r) => format!("rule {:?} on {}{}", r.rule, r.on, if r.dry_run { " (dry run)" } else { "" }),
+        TaskEvent::RuleFailed(r) => format!("rule {:?}: {}", r.rule, whole(&r.error)),
+        TaskEvent::RuleCascadeStopped(r) => format!("rule {:?} on {}: {}", r.rule, r.on, r.reason),
+        TaskEvent::WebhookDelivered(w) => format!("{} answered {} (attempt {})", w.url, w.status, w.attempt),
+        TaskEvent::WebhookFailed(w) => format!("{} (attempt {}): {}{}", w.url, w.attempt, whole(&w.error), if w.will_retry { "; will retry" } else { "" }),
         _ => first_line(&ev.payload.to_string(), 160),
     }
+}
+
+/// A task's changed fields in words: `priority: low -> high; labels: - -> bug, web`.
+fn changes(changes: &std::collections::BTreeMap<String, kodel_core::events::Change>) -> String {
+    use serde_json::Value;
+    let shown = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => first_line(s, 40),
+        Value::Array(items) if items.is_empty() => "-".to_owned(),
+        Value::Array(items) => first_line(&items.iter().map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned)).collect::<Vec<_>>().join(", "), 60),
+        other => first_line(&other.to_string(), 40),
+    };
+    changes
+        .iter()
+        .map(|(field, c)| match field.as_str() {
+            // Long text: that it changed is what a line can say.
+            "description" => "description changed".to_owned(),
+            _ => format!("{field}: {} -> {}", shown(&c.from), shown(&c.to)),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]
@@ -166,6 +197,10 @@ mod tests {
         let long = "x".repeat(300);
         let comment = json!({"comment_id": job, "body": long});
         assert!(summary(&ev("comment.added", comment)).chars().count() <= 101);
+        // Field changes read as words, not JSON.
+        let updated = json!({"changes": {"priority": {"from": "low", "to": "high"}, "labels": {"from": [], "to": ["bug", "web"]},
+                             "assignee": {"from": null, "to": "ada@example.com"}, "description": {"from": "a", "to": "b"}}});
+        assert_eq!(summary(&ev("task.updated", updated)), "assignee: - -> ada@example.com; description changed; labels: - -> bug, web; priority: low -> high");
         // An event this version does not know still reads as its payload.
         assert_eq!(summary(&ev("task.teleported", json!({"to": "Mars"}))), r#"{"to":"Mars"}"#);
     }
