@@ -52,6 +52,10 @@ async fn modules_keep_credentials_sealed() {
     }
     let (s, v) = app.post("/api/v1/orgs/acme/modules", &owner, json!({"project": "KOD", "name": "api", "url": "git@host:x.git"})).await;
     assert_eq!((s, code(&v)), (StatusCode::CONFLICT, "name_taken"));
+    // A repository on the agents' host, given as a path.
+    let (s, local) = app.post("/api/v1/orgs/acme/modules", &owner, json!({"project": "KOD", "name": "local", "url": "/srv/git/demo.git"})).await;
+    assert_eq!((s, local["url"].as_str()), (StatusCode::CREATED, Some("file:///srv/git/demo.git")), "{local}");
+    app.delete(&format!("/api/v1/orgs/acme/modules/{}", local["id"].as_str().unwrap()), &owner).await;
 
     // Developers read them; credentials can be removed; outsiders see nothing.
     let (_, list) = app.get("/api/v1/orgs/acme/modules?project=KOD", &dev).await;

@@ -65,14 +65,17 @@ const SELECT: &str = "SELECT m.id, p.key AS project, m.name, m.url, m.default_br
         m.credentials IS NOT NULL AS has_credentials, m.forge, m.forge_api_url, m.created_at, m.updated_at
      FROM modules m JOIN projects p ON p.id = m.project_id";
 
-/// A clone URL: https, http, ssh, git, or scp-like `user@host:path`. Credentials belong
-/// in `credentials`, not in the URL (where they would be shown to every reader).
+/// A clone URL: https, http, ssh, git, file, or scp-like `user@host:path`; an absolute
+/// path is taken as `file://` (a repository on the agents' host, which agents clone
+/// only with `--allow-file-remotes`). Credentials belong in `credentials`, not in the
+/// URL (where they would be shown to every reader).
 fn check_url(url: &str) -> ApiResult<String> {
     let url = require_text("url", url, MAX_URL)?;
+    let url = if url.starts_with('/') { format!("file://{url}") } else { url };
     let scheme_ok = ["https://", "http://", "ssh://", "git://", "file://"].iter().any(|s| url.starts_with(s));
     let scp_like = !url.contains("://") && url.contains('@') && url.contains(':');
     if !(scheme_ok || scp_like) || url.chars().any(char::is_whitespace) {
-        return Err(ApiError::invalid(format!("url {url:?} is not a git URL (https://, ssh://, git@host:path)")));
+        return Err(ApiError::invalid(format!("url {url:?} is not a git URL (https://, ssh://, git@host:path, file:// or an absolute path)")));
     }
     if let Some((scheme, rest)) = url.split_once("://")
         && let Some(authority) = rest.split('/').next()
