@@ -24,7 +24,7 @@ fi
 
 command -v cargo >/dev/null || die "cargo not found: install Rust 1.90 or newer (https://rustup.rs), then run ./install.sh again"
 
-log "building release binaries (the first build takes a few minutes)"
+log "building release binaries: the first build fetches crates from crates.io and takes about 5 minutes on 2 free cores (15 or more on a busy machine); cargo shows each crate as it goes"
 cargo build --release --locked -p kodel-server -p kodel-tui -p kodel-agent
 
 if [ -n "${PREFIX:-}" ]; then bindir="$PREFIX/bin"
