@@ -10,8 +10,13 @@ use serde_json::{Value, json};
 
 
 fn up(listen: &str, data: &std::path::Path, config: &std::path::Path) -> Child {
+    up_with(listen, data, config, &[])
+}
+
+fn up_with(listen: &str, data: &std::path::Path, config: &std::path::Path, env: &[(&str, String)]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_kodel"))
         .args(["up", "--no-tui", "--listen", listen, "--data-dir", data.to_str().unwrap()])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .env("KODEL_CONFIG_DIR", config)
         .env("KODEL_NO_KEYRING", "1")
         .env_remove("DATABASE_URL")
@@ -121,5 +126,64 @@ async fn up_serves_stops_on_ctrl_c_and_keeps_the_data() {
     let agents = wait_agent(&config).await;
     assert_eq!(agents["data"].as_array().unwrap().len(), 1, "{agents}");
     assert_eq!(kodel_json(&config, &["org", "list"])["data"].as_array().unwrap().len(), 1);
+    assert!(interrupt_and_wait(child).success());
+}
+
+/// Waits (bounded) for the task's artifact of `kind`.
+async fn wait_artifact(config: &std::path::Path, task: &str, kind: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (_, arts, _) = try_kodel_json(config, &["artifact", "list", "--task", task]);
+        if let Some(a) = arts["data"].as_array().and_then(|a| a.iter().find(|a| a["kind"] == kind)) {
+            return a.clone();
+        }
+        let (_, jobs, _) = try_kodel_json(config, &["job", "list", "--task", task]);
+        assert!(Instant::now() < deadline, "no {kind} artifact for {task}: {arts}\njobs: {jobs}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// On a clean data dir the DEMO project can go all the way: `kodel up` gives it a git
+/// repository of its own and a test command, so a task goes from In Progress to an
+/// approved patch, review and test report (the model is the scripted provider).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_project_takes_a_task_to_an_approved_patch_review_and_test_report() {
+    use kodel_testkit::scripted_llm::{Reply, ScriptedLlm};
+    let review = json!({"verdict": "approve", "summary": "A note of the change, as asked.", "findings": []});
+    let llm = ScriptedLlm::start(vec![
+        Reply::ToolCalls(vec![("write_file".into(), json!({"path": "CHANGES.md", "content": "- greet.sh greets the name it is given\n"}))]),
+        Reply::Text("Noted the change in CHANGES.md.".into()),
+        Reply::Text(format!("```json\n{review}\n```")),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, config) = (dir.path().join("data"), dir.path().join("config"));
+    let listen = format!("127.0.0.1:{}", free_port());
+    let env = [("OPENAI_BASE_URL", llm.openai_base()), ("OPENAI_API_KEY", "sk-test".to_owned())];
+    let mut child = up_with(&listen, &data, &config, &env);
+    wait_ready(&format!("http://{listen}"), &mut child).await;
+    wait_agent(&config).await;
+
+    let modules = kodel_json(&config, &["module", "list", "--project", "DEMO"]);
+    let url = modules["data"][0]["url"].as_str().unwrap_or_default().to_owned();
+    assert!(url.starts_with("file:///") && url.ends_with("/demo.git"), "{modules}");
+    assert_eq!(kodel_json(&config, &["project", "list"])["data"][0]["test_command"], "sh test.sh");
+
+    kodel_json(&config, &["task", "create", "Note the change in CHANGES.md"]);
+    for status in ["Ready", "In Progress"] {
+        kodel_json(&config, &["task", "move", "DEMO-1", status]);
+    }
+    let patch = wait_artifact(&config, "DEMO-1", "patch").await;
+    assert!(patch["content"].as_str().unwrap_or_default().contains("+- greet.sh greets the name it is given"), "{patch}");
+    kodel_json(&config, &["artifact", "approve", patch["id"].as_str().unwrap()]);
+    let review = wait_artifact(&config, "DEMO-1", "review").await;
+    assert_eq!(review["data"]["verdict"], "approve", "{review}");
+    kodel_json(&config, &["artifact", "approve", review["id"].as_str().unwrap()]);
+    // QA runs the repository's own test script on the task's branch.
+    let report = wait_artifact(&config, "DEMO-1", "test_report").await;
+    assert_eq!(report["data"]["passed"], true, "{report}");
+    assert!(report["data"]["output_tail"].as_str().unwrap_or_default().contains("ok: greet.sh"), "{report}");
+    kodel_json(&config, &["artifact", "approve", report["id"].as_str().unwrap()]);
+    assert_eq!(kodel_json(&config, &["task", "show", "DEMO-1"])["status"], "Staging");
     assert!(interrupt_and_wait(child).success());
 }

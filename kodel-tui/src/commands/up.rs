@@ -1,6 +1,9 @@
 //! `kodel up`: a local stack in the foreground: the server on its managed PostgreSQL
 //! and one local agent. The first run creates a local account, an org `local` and a
-//! project `DEMO` (Software Development), and logs the CLI in; later runs reuse them.
+//! project `DEMO` (Software Development) whose module is a small git repository made
+//! in the data dir (`demo.git`, with a test script as the project's test command), so
+//! a task can go from In Progress to a patch, a review and a test report; and logs the
+//! CLI in. Later runs reuse them.
 //! Then it opens the TUI, logged in (the server's and agent's logs go to files in the
 //! data dir meanwhile); quitting it, Ctrl-C or SIGTERM stops the agent, then the
 //! server, which stops its database. `--no-tui` (or no terminal) runs it headless.
@@ -59,9 +62,71 @@ struct LocalStack {
 
 const LOCAL_EMAIL: &str = "you@kodel.localhost";
 
+/// The DEMO project's repository: a bare git repository in the data dir with one
+/// commit (a README, a script and its test), given to the agent's user when the agent
+/// runs as one (it clones it and pushes task branches to it).
+fn demo_repository(dir: &std::path::Path, agent_user: Option<&str>) -> Result<PathBuf, String> {
+    let bare = dir.join("demo.git");
+    if bare.exists() {
+        return std::fs::canonicalize(&bare).map_err(|e| e.to_string());
+    }
+    let git = |args: &[&str], cwd: &std::path::Path| -> Result<(), String> {
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.name=Kodel", "-c", "user.email=kodel@localhost", "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false"])
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .map_err(|e| format!("cannot run git ({e}): install git"))?;
+        if out.status.success() { Ok(()) } else { Err(format!("git {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())) }
+    };
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    for (name, text) in DEMO_FILES {
+        std::fs::write(work.path().join(name), text).map_err(|e| e.to_string())?;
+    }
+    git(&["init", "-q", "-b", "main"], work.path())?;
+    git(&["add", "."], work.path())?;
+    git(&["commit", "-q", "-m", "The demo: a greeting script and its test"], work.path())?;
+    git(&["clone", "-q", "--bare", &work.path().display().to_string(), &bare.display().to_string()], dir)?;
+    if let Some(user) = agent_user.and_then(|u| nix::unistd::User::from_name(u).ok().flatten()) {
+        // Made just now by us: nothing in it can be a link someone else placed.
+        for entry in walkdir(&bare) {
+            std::os::unix::fs::lchown(&entry, Some(user.uid.as_raw()), Some(user.gid.as_raw())).map_err(|e| format!("{}: {e}", entry.display()))?;
+        }
+    }
+    std::fs::canonicalize(&bare).map_err(|e| e.to_string())
+}
+
+/// `root` and everything under it.
+fn walkdir(root: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_owned()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(entries) = std::fs::read_dir(&out[i])
+            && std::fs::symlink_metadata(&out[i]).is_ok_and(|m| m.is_dir())
+        {
+            out.extend(entries.flatten().map(|e| e.path()));
+        }
+        i += 1;
+    }
+    out
+}
+
+/// What the DEMO repository starts with.
+const DEMO_FILES: [(&str, &str); 3] = [
+    (
+        "README.md",
+        "# Demo\n\nA tiny project to try Kodel with. `sh greet.sh NAME` greets NAME; `sh test.sh` checks it\n(the project's test command, which QA jobs run).\n\nA first task to try: \"greet.sh: greet with an exclamation mark\" (then update test.sh).\n",
+    ),
+    ("greet.sh", "#!/bin/sh\n# Greets the name given (or the world).\necho \"Hello, ${1:-world}\"\n"),
+    (
+        "test.sh",
+        "#!/bin/sh\n# The demo's tests: greet.sh greets the name it is given.\nout=$(sh greet.sh Ada)\nif [ \"$out\" != \"Hello, Ada\" ]; then\n  echo \"FAIL: greet.sh Ada printed '$out', expected 'Hello, Ada'\"\n  exit 1\nfi\necho \"ok: greet.sh\"\n",
+    ),
+];
+
 /// Logs the CLI in to the local stack, creating the account, org, project and agent
 /// token on the first run.
-async fn local_stack(ctx: &mut Ctx, dir: &std::path::Path) -> Result<LocalStack, CliError> {
+async fn local_stack(ctx: &mut Ctx, dir: &std::path::Path, agent_user: Option<&str>) -> Result<LocalStack, CliError> {
     let file = dir.join("local-stack.json");
     let existing: Option<LocalStack> = std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok());
     let (stack, tokens) = match existing {
@@ -86,6 +151,17 @@ async fn local_stack(ctx: &mut Ctx, dir: &std::path::Path) -> Result<LocalStack,
                 .client
                 .post("/api/v1/orgs/local/projects", json!({ "key": "DEMO", "name": "Demo", "workflow": "software-development" }))
                 .await?;
+            match demo_repository(dir, agent_user) {
+                Ok(repo) => {
+                    let _: serde_json::Value = ctx
+                        .client
+                        .post("/api/v1/orgs/local/modules", json!({ "project": "DEMO", "name": "demo", "url": repo.display().to_string(), "default_branch": "main" }))
+                        .await?;
+                    let _: serde_json::Value = ctx.client.patch("/api/v1/orgs/local/projects/DEMO", json!({ "test_command": "sh test.sh" })).await?;
+                }
+                // The stack works without it; AI jobs then have no repository.
+                Err(e) => say(&format!("DEMO has no repository: {e}")),
+            }
             let t: kodel_core::api::ApiTokenCreated = ctx.client.post("/api/v1/orgs/local/agent-tokens", json!({ "name": "local agent" })).await?;
             let stack = LocalStack { email: LOCAL_EMAIL.into(), password, org: "local".into(), project: "DEMO".into(), agent_token: t.token };
             write_private(&file, &serde_json::to_string_pretty(&stack).unwrap_or_default())?;
@@ -230,15 +306,6 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
     }
     ctx.settings.server = Some(url.clone());
     ctx.client = crate::client::Client::new(&url, None, false)?;
-    let stack = match local_stack(ctx, &data).await {
-        Ok(s) => s,
-        Err(e) => {
-            stop(&mut child, "kodel-server").await?;
-            return Err(e);
-        }
-    };
-    ctx.settings.save()?;
-    let (out, err) = logs("kodel-agent.log")?;
     // Run by root, the agent becomes an unprivileged user of its own: the model's
     // commands must never run as root.
     let run_as = match agent_user() {
@@ -248,6 +315,15 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
             return Err(e);
         }
     };
+    let stack = match local_stack(ctx, &data, run_as).await {
+        Ok(s) => s,
+        Err(e) => {
+            stop(&mut child, "kodel-server").await?;
+            return Err(e);
+        }
+    };
+    ctx.settings.save()?;
+    let (out, err) = logs("kodel-agent.log")?;
     let mut agent = match Command::new(sibling_binary("kodel-agent")?)
         .args(["--server", &url, "--name", "local", "--allow-file-remotes", "--workdir"])
         .arg(data.join("agent-work"))
