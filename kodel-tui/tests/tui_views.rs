@@ -481,3 +481,14 @@ fn a_long_message_is_not_cut() {
     assert!(rows[rows.len() - 2].contains("AI jobs use ollama/qwen2.5-coder"), "{screen}");
     assert!(rows[rows.len() - 1].contains("before `kodel up` for another. ? shows the keys."), "{screen}");
 }
+
+/// The header says who is logged in, where there is room for it.
+#[test]
+fn the_header_says_who_you_are() {
+    let mut app = app();
+    app.user = Some("ada@example.com".into());
+    let wide = render(&app, 120, 20);
+    assert!(wide.lines().next().unwrap().contains("ada@example.com  ● live"), "{wide}");
+    let narrow = render(&app, 80, 20);
+    assert!(!narrow.lines().next().unwrap().contains("ada@example.com"), "{narrow}");
+}

@@ -113,6 +113,8 @@ pub(super) struct Moving {
 }
 
 pub struct App {
+    /// Who is logged in (their email; none with an API token).
+    pub user: Option<String>,
     pub org: String,
     pub project: Option<Project>,
     pub projects: Vec<Project>,
@@ -144,6 +146,7 @@ pub struct App {
 impl App {
     pub fn new(org: String) -> App {
         App {
+            user: None,
             org,
             project: None,
             projects: Vec::new(),

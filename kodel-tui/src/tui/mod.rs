@@ -110,6 +110,7 @@ pub async fn run_with(ctx: &mut Ctx, welcome: Option<String>) -> Result<(), CliE
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
     let mut net = Net::new(api, tx.clone(), org.clone());
     let mut app = App::new(org);
+    app.user = ctx.client.credentials().and_then(|c| c.email.clone());
     app.status = welcome.map(|w| (w, false));
     let theme = Theme::from_env();
     // Benchmarks: exit once the first full board is on screen, writing how long it took

@@ -84,11 +84,17 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         }
     };
     let left = Line::from(vec![Span::styled(" kodel ", theme.title()), Span::raw(format!("{} / {project} ", app.org)), Span::styled(format!("[{view}]"), theme.dim())]);
-    // A space always stands between the two, however narrow the terminal.
+    // Who you are, then the connection; a space always stands before them, however
+    // narrow the terminal.
+    let who = match &app.user {
+        Some(user) if area.width >= 100 => format!(" {user} "),
+        _ => String::new(),
+    };
     let conn = format!(" {conn}");
-    let [l, r] = Layout::horizontal([Constraint::Min(10), Constraint::Length(conn.chars().count() as u16 + 1)]).areas(area);
+    let width = who.chars().count() + conn.chars().count() + 1;
+    let [l, r] = Layout::horizontal([Constraint::Min(10), Constraint::Length(width as u16)]).areas(area);
     f.render_widget(Paragraph::new(left), l);
-    f.render_widget(Paragraph::new(Span::styled(conn, style)), r);
+    f.render_widget(Paragraph::new(Line::from(vec![Span::styled(who, theme.dim()), Span::styled(conn, style)])), r);
 }
 
 fn draw_footer(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
