@@ -10,7 +10,7 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, List, ListItem, ListState, Paragraph};
 use uuid::Uuid;
 
-use super::app::{App, Effect, keys};
+use super::app::{App, Effect, View, keys};
 use super::board::Board;
 use super::form::Form;
 use super::ui::{Theme, truncate, wrap};
@@ -205,13 +205,20 @@ pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     match &app.overlay {
         Overlay::None => {}
         Overlay::Help => {
+            // The view's keys, then those every view has that it does not list itself
+            // (each key once).
             let mut all: Vec<(&str, &str)> = keys(app.view, &Overlay::None).to_vec();
-            all.extend([("a / J", "agents / jobs"), ("b", "back to the board"), ("Ctrl-C", "quit from anywhere"), ("wheel", "scroll")]);
+            let board = app.view == View::Board;
+            for extra in [("a", "agents"), ("J", "jobs"), ("b", "back to the board"), ("q", "quit"), ("Ctrl-C", "quit"), ("wheel", "scroll")] {
+                if !(board && extra.0 == "b") && !all.iter().any(|(k, _)| k.split('/').any(|k| k == extra.0)) {
+                    all.push(extra);
+                }
+            }
             // Two columns when one does not fit (80x24).
             let rows = area.height.saturating_sub(2) as usize;
             let cols = if all.len() > rows { 2 } else { 1 };
             let per = all.len().div_ceil(cols);
-            let line = |(k, what): &(&str, &str)| Line::from(vec![Span::styled(format!("{k:>9} "), theme.hint()), Span::raw(truncate(what, 26))]);
+            let line = |(k, what): &(&str, &str)| Line::from(vec![Span::styled(format!("{k:>9} "), theme.hint()), Span::raw(truncate(what, 27))]);
             let r = centered(area, if cols == 2 { 78 } else { 48 }, per as u16 + 2);
             f.render_widget(Clear, r);
             let block = Block::default().borders(Borders::ALL).title(" keys (any key closes) ");
