@@ -210,7 +210,9 @@ pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             let mut all: Vec<(&str, &str)> = keys(app.view, &Overlay::None).to_vec();
             let board = app.view == View::Board;
             for extra in [("a", "agents"), ("J", "jobs"), ("b", "back to the board"), ("q", "quit"), ("Ctrl-C", "quit"), ("wheel", "scroll")] {
-                if !(board && extra.0 == "b") && !all.iter().any(|(k, _)| k.split('/').any(|k| k == extra.0)) {
+                let listed = all.iter().any(|(k, _)| k.split('/').any(|k| k == extra.0));
+                let pointless = board && extra.0 == "b";
+                if !listed && !pointless {
                     all.push(extra);
                 }
             }
