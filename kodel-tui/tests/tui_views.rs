@@ -492,3 +492,25 @@ fn the_header_says_who_you_are() {
     let narrow = render(&app, 80, 20);
     assert!(!narrow.lines().next().unwrap().contains("ada@example.com"), "{narrow}");
 }
+
+/// A column with more cards than fit says how many are out of view, below and then above.
+#[test]
+fn a_long_column_says_how_many_cards_are_out_of_view() {
+    let mut app = App::new("acme".into());
+    let tasks: Vec<Value> = (1..=30).map(|n| task(n, &format!("Task number {n}"), "Backlog", &["x"], None)).collect();
+    app.on_msg(Msg::Board {
+        org: "acme".into(),
+        project: serde_json::from_value(project()).unwrap(),
+        tasks: tasks.into_iter().map(|t| serde_json::from_value(t).unwrap()).collect(),
+        running: vec![],
+    });
+    // 80x24: 20 rows in the column, 3 rows a card: 6 cards shown, 24 below.
+    let screen = render(&app, 80, 24);
+    assert!(screen.contains("↓24 more"), "{screen}");
+    for _ in 0..29 {
+        key(&mut app, KeyCode::Char('j'));
+    }
+    let screen = render(&app, 80, 24);
+    assert!(screen.contains("↑24") && !screen.contains("more"), "{screen}");
+    assert!(screen.contains("KOD-30"), "{screen}");
+}

@@ -270,6 +270,24 @@ fn card<'a>(t: &Task, running: Option<&String>, width: usize, theme: Theme) -> L
     ListItem::new(Text::from(lines))
 }
 
+/// How many of a list's items (of these heights) are out of view above and below, in
+/// `height` rows scrolled as a list drawn afresh is: from the top, just enough to show
+/// the selected one.
+fn hidden(heights: &[usize], selected: Option<usize>, height: usize) -> (usize, usize) {
+    let sel = selected.unwrap_or(0).min(heights.len().saturating_sub(1));
+    let mut first = 0;
+    while first < sel && heights[first..=sel].iter().sum::<usize>() > height {
+        first += 1;
+    }
+    let mut used = 0;
+    let mut last = first;
+    while last < heights.len() && used + heights[last] <= height {
+        used += heights[last];
+        last += 1;
+    }
+    (first, heights.len() - last)
+}
+
 /// The columns that fit, scrolled to keep the cursor's in view.
 pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let cols = app.columns();
@@ -308,6 +326,15 @@ pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         let mut state = ListState::default();
         if active && !tasks.is_empty() {
             state.select(Some(app.board.row.min(tasks.len() - 1)));
+        }
+        // Cards the column has no room for, said on its frame.
+        let heights: Vec<usize> = items.iter().map(ListItem::height).collect();
+        let (above, below) = hidden(&heights, state.selected(), a.height.saturating_sub(2) as usize);
+        if above > 0 {
+            block = block.title(ratatui::text::Line::styled(format!(" ↑{above} "), theme.dim()).right_aligned());
+        }
+        if below > 0 {
+            block = block.title_bottom(ratatui::text::Line::styled(format!(" ↓{below} more "), theme.dim()).right_aligned());
         }
         f.render_stateful_widget(List::new(items).block(block).highlight_style(theme.selected()), *a, &mut state);
     }
