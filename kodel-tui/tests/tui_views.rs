@@ -514,3 +514,19 @@ fn a_long_column_says_how_many_cards_are_out_of_view() {
     assert!(screen.contains("↑24") && !screen.contains("more"), "{screen}");
     assert!(screen.contains("KOD-30"), "{screen}");
 }
+
+/// A review reads as text: its markdown headings, bold and bullets are shown as such,
+/// not as marks.
+#[test]
+fn a_review_artifact_reads_without_markdown_marks() {
+    let mut app = task_app();
+    let review = "# Review\n\n**Verdict: approve**\n\n- `src/auth.rs:12` (nit): a **short** docstring would help\n";
+    let d = app.detail.as_mut().unwrap();
+    d.artifacts = vec![serde_json::from_value(json!({"id": "01a2204f-0000-7000-8000-000000000008", "job": "01a2204f-0000-7000-8000-000000000001", "task": "KOD-3", "kind": "review",
+        "title": "Review: approve (1 finding)", "content": review, "reference": null, "status": "pending", "decided_by": null, "decided_at": null, "comment": null, "created_at": AT})).unwrap()];
+    key(&mut app, KeyCode::Char('v'));
+    assert!(matches!(app.overlay, Overlay::Artifact { .. }));
+    let screen = render(&app, 80, 24);
+    assert!(!screen.contains("**") && !screen.contains("# Review"), "{screen}");
+    assert!(screen.contains("│Review") && screen.contains("│Verdict: approve") && screen.contains("│• `src/auth.rs:12` (nit): a short docstring"), "{screen}");
+}

@@ -242,21 +242,40 @@ pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 text.push_str(&format!("{reference}\n\n"));
             }
             text.push_str(a.content.as_deref().unwrap_or("(no content: the reference above is the artifact)"));
+            let patch = a.kind.as_str() == "patch";
+            let text = if patch { text } else { markdown_marks(&text) };
+            let mut bold = false;
             let body: Vec<Line> = wrap(&text, width)
                 .into_iter()
-                .skip(*scroll)
-                .take(r.height.saturating_sub(2) as usize)
                 .map(|l| {
                     // A diff reads better with its additions and removals marked.
-                    let style = if a.kind.as_str() == "patch" && l.starts_with('+') && !l.starts_with("+++") {
-                        theme.ok()
-                    } else if a.kind.as_str() == "patch" && l.starts_with('-') && !l.starts_with("---") {
-                        theme.error()
-                    } else {
-                        Style::default()
-                    };
-                    Line::styled(l, style)
+                    if patch {
+                        let style = if l.starts_with('+') && !l.starts_with("+++") {
+                            theme.ok()
+                        } else if l.starts_with('-') && !l.starts_with("---") {
+                            theme.error()
+                        } else {
+                            Style::default()
+                        };
+                        return Line::styled(l, style);
+                    }
+                    // Reviews and reports are markdown: headings and **bold** shown as
+                    // such, not as marks (bold may go on over a wrapped line).
+                    if let Some(heading) = l.strip_prefix(HEADING) {
+                        return Line::styled(heading.to_owned(), theme.title());
+                    }
+                    let mut spans = Vec::new();
+                    for (i, piece) in l.split("**").enumerate() {
+                        if i > 0 {
+                            bold = !bold;
+                        }
+                        let style = if bold { Style::default().add_modifier(ratatui::style::Modifier::BOLD) } else { Style::default() };
+                        spans.push(Span::styled(piece.to_owned(), style));
+                    }
+                    Line::from(spans)
                 })
+                .skip(*scroll)
+                .take(r.height.saturating_sub(2) as usize)
                 .collect();
             let title = format!(" {} {}: {} ", a.status.as_str(), a.kind.as_str(), truncate(&a.title, width.saturating_sub(30)));
             f.render_widget(Paragraph::new(body).block(Block::default().borders(Borders::ALL).title(title)), r);
@@ -298,4 +317,26 @@ pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         }
         Overlay::Form(form) => super::form::draw(f, area, form, theme),
     }
+}
+
+/// Marks a heading line in `markdown_marks`' output (a character no text uses).
+const HEADING: &str = "\u{1}";
+
+/// Markdown's line marks turned into what the artifact view shows: `# Title` becomes a
+/// heading (marked with `HEADING` for the drawing), `- item` and `* item` become `• item`.
+fn markdown_marks(text: &str) -> String {
+    text.lines()
+        .map(|l| {
+            let trimmed = l.trim_start();
+            let indent = &l[..l.len() - trimmed.len()];
+            if let Some(rest) = trimmed.strip_prefix('#') {
+                format!("{HEADING}{}", rest.trim_start_matches('#').trim())
+            } else if let Some(rest) = trimmed.strip_prefix("- ").or_else(|| trimmed.strip_prefix("* ")) {
+                format!("{indent}• {rest}")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
