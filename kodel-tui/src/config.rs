@@ -25,6 +25,13 @@ pub struct Settings {
     pub org: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+    /// The org and project the TUI showed last: it opens there again. Kept apart from
+    /// `org` and `project`, so browsing in the TUI does not change what the CLI's
+    /// commands act on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tui_org: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tui_project: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -218,3 +218,34 @@ async fn kodel_up_opens_the_tui_logged_in_on_a_clean_data_dir() {
     again.keys(&["q"]);
     again.wait_for("KODEL-EXITED 0", Duration::from_secs(90));
 }
+
+/// A project picked in the TUI is where the TUI opens next time, and the CLI's default
+/// project stays what `kodel project use` made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_switch_in_the_tui_leaves_the_clis_default_alone() {
+    let stack = Stack::start(None).await;
+    stack.call("POST", "/api/v1/orgs/acme/projects", json!({"key": "WEB", "name": "Website"})).await;
+    let config = stack.config.path();
+    std::fs::write(config.join("config.json"), json!({"server": stack.base(), "org": "acme", "project": "KOD"}).to_string()).unwrap();
+    let env = vec![
+        ("KODEL_TOKEN", stack.token.clone()),
+        ("KODEL_CONFIG_DIR", config.to_string_lossy().into_owned()),
+        ("KODEL_NO_KEYRING", "1".to_owned()),
+        ("TERM", "xterm-256color".to_owned()),
+    ];
+    let tui = Tmux::start(&sibling("kodel").to_string_lossy(), &env, 100, 30);
+    tui.wait_for("acme / KOD Kodel", Duration::from_secs(20));
+    tui.keys(&["p"]);
+    tui.wait_for("WEB  Website", Duration::from_secs(10));
+    tui.keys(&["j", "Enter"]);
+    tui.wait_for("acme / WEB Website", Duration::from_secs(10));
+    tui.keys(&["q"]);
+    tui.wait_for("KODEL-EXITED 0", Duration::from_secs(10));
+    let settings: Value = serde_json::from_str(&std::fs::read_to_string(config.join("config.json")).unwrap()).unwrap();
+    assert_eq!((settings["project"].as_str(), settings["tui_project"].as_str()), (Some("KOD"), Some("WEB")), "{settings}");
+    // The TUI opens where it was left.
+    let again = Tmux::start(&sibling("kodel").to_string_lossy(), &env, 100, 30);
+    again.wait_for("acme / WEB Website", Duration::from_secs(20));
+    again.keys(&["q"]);
+    again.wait_for("KODEL-EXITED 0", Duration::from_secs(10));
+}

@@ -530,3 +530,14 @@ fn a_review_artifact_reads_without_markdown_marks() {
     assert!(!screen.contains("**") && !screen.contains("# Review"), "{screen}");
     assert!(screen.contains("│Review") && screen.contains("│Verdict: approve") && screen.contains("│• `src/auth.rs:12` (nit): a short docstring"), "{screen}");
 }
+
+/// The agents and jobs views are read again on the periodic refresh; other views are not.
+#[test]
+fn the_agents_and_jobs_views_refresh() {
+    let mut app = app();
+    assert!(app.refresh().is_empty(), "the board follows its stream");
+    key(&mut app, KeyCode::Char('a'));
+    assert_eq!(app.refresh(), vec![Effect::LoadAgents]);
+    key(&mut app, KeyCode::Char('J'));
+    assert_eq!(app.refresh(), vec![Effect::LoadJobs]);
+}

@@ -171,6 +171,15 @@ impl App {
         }
     }
 
+    /// What to read again on the periodic refresh: the agents or jobs on screen.
+    pub fn refresh(&mut self) -> Vec<Effect> {
+        match (self.view, &self.overlay) {
+            (View::Agents, Overlay::None) => vec![Effect::LoadAgents],
+            (View::Jobs, Overlay::None) => vec![Effect::LoadJobs],
+            _ => vec![],
+        }
+    }
+
     /// Asks for a project's board (and remembers it is the one wanted).
     pub fn open_project(&mut self, key: String) -> Effect {
         self.wanted = Some(key.clone());

@@ -86,6 +86,9 @@ pub async fn run(ctx: &mut Ctx) -> Result<(), CliError> {
 }
 
 /// The TUI with a first message in its footer (`kodel up` says which model AI jobs use).
+/// How often the agents and jobs views are read again while shown.
+const REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn run_with(ctx: &mut Ctx, welcome: Option<String>) -> Result<(), CliError> {
     use std::io::IsTerminal;
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
@@ -93,14 +96,18 @@ pub async fn run_with(ctx: &mut Ctx, welcome: Option<String>) -> Result<(), CliE
     }
     ctx.require_login()?;
     let started = Instant::now();
-    let org = match ctx.org.clone() {
+    // Where the TUI was last, unless an org is named for this start (--org, KODEL_ORG).
+    let named = ctx.org.is_some() && (ctx.org != ctx.settings.org || std::env::var_os("KODEL_ORG").is_some());
+    let last = ctx.settings.tui_org.clone().filter(|_| !named);
+    let org = match last.clone().or_else(|| ctx.org.clone()) {
         Some(o) => o,
         None => {
             let page: kodel_core::api::Page<kodel_core::api::Org> = ctx.client.get("/api/v1/orgs").await?;
             page.data.first().map(|o| o.slug.clone()).ok_or_else(|| CliError::usage("you belong to no organization yet").hint("create one: kodel org create SLUG NAME"))?
         }
     };
-    let project = std::env::var("KODEL_PROJECT").ok().filter(|p| !p.is_empty()).or_else(|| ctx.settings.project.clone());
+    let last_project = last.as_ref().and(ctx.settings.tui_project.clone());
+    let project = std::env::var("KODEL_PROJECT").ok().filter(|p| !p.is_empty()).or(last_project).or_else(|| ctx.settings.project.clone());
     // What a switch of org or project is saved into (the file's settings, not the env's).
     let mut settings = crate::config::Settings::load().unwrap_or_default();
     use tokio::signal::unix::{SignalKind, signal};
@@ -132,6 +139,10 @@ pub async fn run_with(ctx: &mut Ctx, welcome: Option<String>) -> Result<(), CliE
     net.run(Effect::LoadOrgs);
     let mut events = EventStream::new();
     let mut dirty = true;
+    // The agents and jobs views have no stream of their own: they are read again.
+    let mut refresh = tokio::time::interval(REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    refresh.reset();
     loop {
         if dirty {
             terminal.draw(|f| ui::draw(f, &app, theme)).map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
@@ -162,6 +173,7 @@ pub async fn run_with(ctx: &mut Ctx, welcome: Option<String>) -> Result<(), CliE
             },
             _ = term.recv() => break,
             _ = hangup.recv() => break,
+            _ = refresh.tick() => app.refresh(),
             Some(msg) = rx.recv() => {
                 dirty = true;
                 let mut effects = app.on_msg(msg);
@@ -183,9 +195,10 @@ pub async fn run_with(ctx: &mut Ctx, welcome: Option<String>) -> Result<(), CliE
                     };
                 }
                 Effect::SaveSettings => {
-                    // Remember the org and project for the next start (and the CLI).
-                    settings.org = Some(app.org.clone());
-                    settings.project = app.project.as_ref().map(|p| p.key.clone());
+                    // Remember the org and project for the TUI's next start; the
+                    // CLI's defaults stay as they are (`kodel org use`, `project use`).
+                    settings.tui_org = Some(app.org.clone());
+                    settings.tui_project = app.project.as_ref().map(|p| p.key.clone());
                     let _ = settings.save();
                 }
                 Effect::FollowOrg => {
