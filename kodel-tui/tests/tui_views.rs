@@ -368,6 +368,12 @@ fn org_events_keep_the_board_current() {
     assert_eq!(app.running.get("KOD-1").map(String::as_str), Some("review"));
     app.on_msg(ev("job.succeeded", "KOD-1", json!({"job_id": job, "kind": "review", "summary": "fine"})));
     assert!(!app.running.contains_key("KOD-1"));
+    // A failed job of the project says why on the board, whole (what to set comes last).
+    let error = "Ollama does not answer: start it (`ollama serve`, then `ollama pull` the model), or set OPENAI_API_KEY and KODEL_DEFAULT_MODEL on the server (could not reach ollama)";
+    app.on_msg(ev("job.failed", "KOD-1", json!({"job_id": job, "kind": "implement", "error": error})));
+    let screen = render(&app, 80, 24);
+    let footer: String = screen.lines().rev().take(3).collect::<Vec<_>>().join(" ");
+    assert!(footer.contains("KOD-1: implement job failed: Ollama does not answer") && footer.contains("KODEL_DEFAULT_MODEL"), "{screen}");
     // A reconnect after a lost position reloads the board.
     assert_eq!(app.on_msg(Msg::Resync), vec![Effect::OpenProject("KOD".into())]);
     app.on_msg(Msg::Conn(Conn::Retrying { attempt: 2, error: "cannot connect".into() }));

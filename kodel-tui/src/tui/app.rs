@@ -467,7 +467,15 @@ impl App {
             Some(TaskEvent::JobCreated(JobCreated { kind, .. }) | TaskEvent::JobStarted(JobStarted { kind, .. }) | TaskEvent::JobRequeued(JobFailed { kind, .. })) => {
                 self.running.insert(ev.task.clone(), kind.to_string());
             }
-            Some(TaskEvent::JobSucceeded(_) | TaskEvent::JobFailed(_) | TaskEvent::JobCancelled(_)) => {
+            Some(TaskEvent::JobFailed(JobFailed { kind, error, .. })) => {
+                self.running.remove(&ev.task);
+                // Said where it is seen from the board: the error says what to do (a
+                // model nobody runs, a missing test command).
+                if ours {
+                    self.warn(format!("{}: {kind} job failed: {}", ev.task, crate::commands::logs::whole(error)));
+                }
+            }
+            Some(TaskEvent::JobSucceeded(_) | TaskEvent::JobCancelled(_)) => {
                 self.running.remove(&ev.task);
             }
             _ => {}
