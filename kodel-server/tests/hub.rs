@@ -448,3 +448,55 @@ async fn a_job_that_cannot_be_prepared_fails_after_its_attempts() {
     assert!(job["error"].as_str().unwrap_or_default().contains("could not prepare"), "{job}");
     assert!(next(&mut ws, Duration::from_millis(300)).await.is_none(), "the agent got nothing of the job");
 }
+
+/// A job started by hand in a bound status (QA run again with `kodel job start`) moves
+/// the task on when its artifact is approved, as the status's own job would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approving_a_hand_started_jobs_artifact_moves_the_task_on() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner_with_project("qa@example.com", "qa", "OLD").await;
+    let (s, v) = app.post("/api/v1/orgs/qa/projects", &owner, json!({"key": "SW", "name": "SW", "workflow": "software-development"})).await;
+    assert_eq!(s, 201, "{v}");
+    let task = app.create_task(&owner, "qa", "SW", "Check it").await;
+    let key = task["key"].as_str().unwrap().to_owned();
+    // Into QA; each bound status's own job is cancelled (no agent runs them).
+    for status in ["Ready", "In Progress", "Code Review", "QA"] {
+        let (s, v) = app.post(&format!("/api/v1/orgs/qa/tasks/{key}/move"), &owner, json!({"status": status})).await;
+        assert_eq!(s, 200, "{v}");
+        let (_, jobs) = app.get(&format!("/api/v1/orgs/qa/jobs?task={key}"), &owner).await;
+        for job in jobs["data"].as_array().unwrap().iter().filter(|j| j["status"] == "pending") {
+            let (s, v) = app.post(&format!("/api/v1/orgs/qa/jobs/{}/cancel", job["id"].as_str().unwrap()), &owner, json!({})).await;
+            assert_eq!(s, 200, "{v}");
+        }
+    }
+    let (s, job) = app.post("/api/v1/orgs/qa/jobs", &owner, json!({"task": key, "template": "qa-template"})).await;
+    assert_eq!(s, 201, "{job}");
+    assert!(job["for_status"].is_null(), "started by hand: {job}");
+    let token = agent_token(&app, &owner, "qa").await;
+    let mut ws = welcomed(&app, &token, &[]).await;
+    let job_id = match next(&mut ws, Duration::from_secs(10)).await {
+        Some(Ok(ServerMessage::Assigned(a))) => a.job.id,
+        other => panic!("expected the job, got {other:?}"),
+    };
+    let report = kodel_core::jobs::NewArtifact {
+        kind: kodel_core::jobs::ArtifactKind::TestReport,
+        title: Some("Tests passed: 1 passed".into()),
+        content: Some("ok".into()),
+        reference: None,
+        data: Some(json!({"passed": true, "exit_code": 0, "counts": {"passed": 1, "failed": 0, "skipped": 0}})),
+    };
+    send(&mut ws, &AgentMessage::Complete { job_id, summary: "Tests pass.".into(), artifacts: vec![report] }).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let artifact = loop {
+        let (_, arts) = app.get(&format!("/api/v1/orgs/qa/artifacts?task={key}"), &owner).await;
+        if let Some(a) = arts["data"].as_array().and_then(|a| a.first()).cloned() {
+            break a;
+        }
+        assert!(std::time::Instant::now() < deadline, "no artifact: {arts}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (s, v) = app.post(&format!("/api/v1/orgs/qa/artifacts/{}/approve", artifact["id"].as_str().unwrap()), &owner, json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    let (_, task) = app.get(&format!("/api/v1/orgs/qa/tasks/{key}"), &owner).await;
+    assert_eq!(task["status"], "Staging", "the QA binding's next status: {task}");
+}

@@ -39,7 +39,9 @@ struct DecideRow {
     /// The binding's statuses for approve and reject.
     next: Option<String>,
     back: Option<String>,
-    /// Whether the task still sits in the status its job was made for.
+    /// Whether the task still sits in the status its job was made for. A job started
+    /// by hand counts as made for the task's status when that status's binding runs
+    /// the same template (the QA job run again): its approval moves the task on alike.
     in_place: bool,
 }
 
@@ -56,9 +58,10 @@ pub async fn decide(db: &mut OrgTx, artifact: Uuid, decision: Decision, comment:
         .await?;
     let row: Option<DecideRow> = sqlx::query_as(
         "SELECT a.task_id, a.job_id, a.kind, a.state, a.title, n.name AS next, r.name AS back,
-                coalesce(t.status_id = j.status_id, false) AS in_place
+                coalesce(t.status_id = coalesce(j.status_id, b.status_id), false) AS in_place
          FROM artifacts a JOIN ai_jobs j ON j.id = a.job_id JOIN tasks t ON t.id = a.task_id
          LEFT JOIN bindings b ON b.status_id = j.status_id
+              OR (j.status_id IS NULL AND b.status_id = t.status_id AND b.template_id = j.template_id)
          LEFT JOIN statuses n ON n.id = b.next_status_id
          LEFT JOIN statuses r ON r.id = b.return_status_id
          WHERE a.id = $1 FOR UPDATE OF a, t",
