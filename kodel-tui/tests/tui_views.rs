@@ -547,3 +547,23 @@ fn the_agents_and_jobs_views_refresh() {
     key(&mut app, KeyCode::Char('J'));
     assert_eq!(app.refresh(), vec![Effect::LoadJobs]);
 }
+
+/// `s` in the task view starts a job from a template; after a failure the failed job's
+/// template is the one picked first, so `s` then Enter tries it again.
+#[test]
+fn a_job_is_started_or_retried_from_the_task_view() {
+    let mut app = task_app();
+    app.detail.as_mut().unwrap().jobs = vec![serde_json::from_value(job("KOD-3", "qa", "failed", Some("tests failed"))).unwrap()];
+    assert_eq!(key(&mut app, KeyCode::Char('s')), vec![Effect::LoadTemplates]);
+    let templates = [("implement-template", "implement"), ("code-review-template", "review"), ("qa-template", "qa")];
+    app.on_msg(Msg::Templates(templates.iter().map(|(n, k)| (n.to_string(), k.to_string())).collect()));
+    let screen = render(&app, 80, 24);
+    assert!(screen.contains("start a job") && screen.contains("qa-template"), "{screen}");
+    assert_eq!(key(&mut app, KeyCode::Enter), vec![Effect::StartJob { key: "KOD-3".into(), template: "qa-template".into() }]);
+    assert!(matches!(app.overlay, Overlay::None));
+    // Another template by hand.
+    key(&mut app, KeyCode::Char('s'));
+    app.on_msg(Msg::Templates(templates.iter().map(|(n, k)| (n.to_string(), k.to_string())).collect()));
+    key(&mut app, KeyCode::Char('k'));
+    assert_eq!(key(&mut app, KeyCode::Enter), vec![Effect::StartJob { key: "KOD-3".into(), template: "code-review-template".into() }]);
+}

@@ -64,6 +64,10 @@ pub enum Effect {
     Decide { id: Uuid, approve: bool, comment: Option<String> },
     LoadAgents,
     LoadJobs,
+    /// The org's job templates, for the picker (`s` in the task view).
+    LoadTemplates,
+    /// A job on a task from a template, started by hand (or again, after a failure).
+    StartJob { key: String, template: String },
     /// Suspend the TUI and edit this text in $EDITOR.
     Edit(String),
     SaveSettings,
@@ -89,6 +93,8 @@ pub enum Msg {
     Resync,
     Agents(Vec<Agent>),
     Jobs(Vec<Job>),
+    /// Job templates: name and kind.
+    Templates(Vec<(String, String)>),
     Conn(Conn),
     Done(String),
     Failed(String),
@@ -289,6 +295,14 @@ impl App {
                     *items = orgs.iter().map(|o| (o.slug.clone(), o.name.clone())).collect();
                 }
                 self.orgs = orgs;
+            }
+            Msg::Templates(templates) => {
+                // The last failed job's template first in view: `s` then Enter retries.
+                let failed = self.detail.as_ref().and_then(|d| d.jobs.iter().find(|j| j.status == kodel_core::jobs::JobState::Failed).map(|j| j.template.clone()));
+                if let Overlay::Pick { what: Pick::Template, items, sel } = &mut self.overlay {
+                    *sel = failed.and_then(|f| templates.iter().position(|(name, _)| *name == f)).unwrap_or(0);
+                    *items = templates;
+                }
             }
             Msg::Projects { org, projects } => {
                 if org != self.org {

@@ -13,7 +13,7 @@ use ratatui::widgets::{Block, Borders, Paragraph, Wrap};
 
 use super::app::{App, Effect, View};
 use super::form::Form;
-use super::overlay::{Overlay, PromptFor};
+use super::overlay::{Overlay, Pick, PromptFor};
 use super::stream::{Entry, Stream};
 use super::ui::{Theme, truncate, wrap};
 
@@ -66,6 +66,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("Tab", "next artifact"),
     ("v", "view artifact"),
     ("c", "comment"),
+    ("s", "start a job (retry)"),
     ("G", "follow"),
     ("u/d", "scroll the task"),
     ("PgUp/PgDn", "page (in an open output first)"),
@@ -135,6 +136,10 @@ impl App {
                     }
                     None => self.warn("this task has no artifact to decide on yet"),
                 }
+            }
+            KeyCode::Char('s') => {
+                self.overlay = Overlay::Pick { what: Pick::Template, items: Vec::new(), sel: 0 };
+                return vec![Effect::LoadTemplates];
             }
             KeyCode::Char('c') => {
                 let key = d.key.clone();

@@ -229,6 +229,14 @@ impl Net {
                 Ok(Msg::Done(format!("{} {}", if approve { "approved" } else { "rejected" }, a.title)))
             }),
             Effect::LoadAgents => self.spawn(async move { Ok(Msg::Agents(get::<Page<Agent>>(&api, &format!("{base}/agents")).await?.data)) }),
+            Effect::LoadTemplates => self.spawn(async move {
+                let page: Page<kodel_core::jobs::JobTemplate> = get(&api, &format!("{base}/job-templates")).await?;
+                Ok(Msg::Templates(page.data.into_iter().map(|t| (t.name, t.kind.to_string())).collect()))
+            }),
+            Effect::StartJob { key, template } => self.write(async move {
+                let job: Job = post(&api, &format!("{base}/jobs"), json!({ "task": key, "template": template })).await?;
+                Ok(Msg::Done(format!("started a {} job on {key}", job.kind)))
+            }),
             Effect::LoadJobs => self.spawn(async move { Ok(Msg::Jobs(get::<Page<Job>>(&api, &format!("{base}/jobs?limit=200")).await?.data)) }),
             // Handled by the event loop (they touch the terminal or the settings file).
             Effect::Edit(_) | Effect::SaveSettings => {}

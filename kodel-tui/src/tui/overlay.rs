@@ -19,6 +19,8 @@ use super::ui::{Theme, truncate, wrap};
 pub enum Pick {
     Project,
     Org,
+    /// A job template, to start a job on the open task (`s`).
+    Template,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +130,10 @@ impl App {
                         self.save_on_board = true;
                         vec![Effect::FollowOrg, Effect::LoadProjects]
                     }
+                    (Pick::Template, Some((template, _))) => match &self.detail {
+                        Some(d) => vec![Effect::StartJob { key: d.key.clone(), template: template.clone() }],
+                        None => vec![],
+                    },
                     _ => vec![],
                 },
                 _ => {
@@ -291,6 +297,7 @@ pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             let title = match what {
                 Pick::Project => " project ",
                 Pick::Org => " organization ",
+                Pick::Template => " start a job (Enter) ",
             };
             let list: Vec<ListItem> = if items.is_empty() { vec![ListItem::new(Span::styled("loading...", theme.dim()))] } else { items.iter().map(|(k, n)| ListItem::new(format!("{k}  {n}"))).collect() };
             let r = centered(area, 48, list.len().min(20) as u16 + 2);
