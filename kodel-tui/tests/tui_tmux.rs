@@ -249,3 +249,25 @@ async fn a_project_switch_in_the_tui_leaves_the_clis_default_alone() {
     again.keys(&["q"]);
     again.wait_for("KODEL-EXITED 0", Duration::from_secs(10));
 }
+
+/// `s` in the task view starts a job on the task from the template picked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_started_from_the_task_view() {
+    let stack = Stack::start(None).await;
+    stack.call("POST", "/api/v1/orgs/acme/projects/KOD/tasks", json!({"title": "Run it again"})).await;
+    let tui = stack.tui(100, 30);
+    tui.wait_for("Backlog (1)", Duration::from_secs(20));
+    tui.keys(&["Enter"]);
+    tui.wait_for("Run it again", Duration::from_secs(10));
+    tui.keys(&["s"]);
+    tui.wait_for("qa-template", Duration::from_secs(10));
+    tui.keys(&["Enter"]);
+    let screen = tui.wait_for("job on KOD-1", Duration::from_secs(10));
+    assert!(screen.contains("started a"), "{screen}");
+    let jobs = stack.call("GET", "/api/v1/orgs/acme/jobs?task=KOD-1", Value::Null).await;
+    let jobs = jobs["data"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert!(jobs[0]["for_status"].is_null(), "started by hand: {jobs:?}");
+    tui.keys(&["q"]);
+    tui.wait_for("KODEL-EXITED 0", Duration::from_secs(10));
+}
