@@ -88,8 +88,9 @@ fn demo_repository(dir: &std::path::Path, agent_user: Option<&str>) -> Result<Pa
     git(&["commit", "-q", "-m", "The demo: a greeting script and its test"], work.path())?;
     git(&["clone", "-q", "--bare", &work.path().display().to_string(), &bare.display().to_string()], dir)?;
     if let Some(user) = agent_user.and_then(|u| nix::unistd::User::from_name(u).ok().flatten()) {
-        // Made just now by us: nothing in it can be a link someone else placed.
-        for entry in walkdir(&bare) {
+        // Children before their directory: while a directory is still root's, the
+        // agent's user cannot swap an entry in it for a link, so root never follows one.
+        for entry in walkdir(&bare).into_iter().rev() {
             std::os::unix::fs::lchown(&entry, Some(user.uid.as_raw()), Some(user.gid.as_raw())).map_err(|e| format!("{}: {e}", entry.display()))?;
         }
     }
@@ -153,11 +154,15 @@ async fn local_stack(ctx: &mut Ctx, dir: &std::path::Path, agent_user: Option<&s
                 .await?;
             match demo_repository(dir, agent_user) {
                 Ok(repo) => {
-                    let _: serde_json::Value = ctx
+                    // Said and passed over: the stack is set up either way.
+                    let module: Result<serde_json::Value, CliError> = ctx
                         .client
                         .post("/api/v1/orgs/local/modules", json!({ "project": "DEMO", "name": "demo", "url": repo.display().to_string(), "default_branch": "main" }))
-                        .await?;
-                    let _: serde_json::Value = ctx.client.patch("/api/v1/orgs/local/projects/DEMO", json!({ "test_command": "sh test.sh" })).await?;
+                        .await;
+                    let test: Result<serde_json::Value, CliError> = ctx.client.patch("/api/v1/orgs/local/projects/DEMO", json!({ "test_command": "sh test.sh" })).await;
+                    if let Err(e) = module.and(test) {
+                        say(&format!("DEMO has no repository: {}", e.message));
+                    }
                 }
                 // The stack works without it; AI jobs then have no repository.
                 Err(e) => say(&format!("DEMO has no repository: {e}")),
