@@ -51,7 +51,7 @@ pub struct Config {
     pub encryption_key_previous: Option<String>,
 
     /// When set, `/metrics` answers only requests with `Authorization: Bearer <it>`.
-    #[arg(long, env = "KODEL_METRICS_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "KODEL_METRICS_TOKEN", hide_env_values = true, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub metrics_token: Option<String>,
 
     /// How often the engine looks for expired job leases, due schedules and stale tasks
@@ -210,5 +210,17 @@ mod tests {
         let err = err.to_string();
         assert!(err.contains("maybe"), "{err}");
         unsafe { std::env::remove_var("KODEL_ALLOW_PRIVATE_URLS") };
+    }
+
+    /// An empty token would leave `/metrics` open while its operator thinks it guarded.
+    #[test]
+    fn an_empty_metrics_token_is_refused() {
+        // SAFETY: nextest runs each test in a process of its own.
+        unsafe { std::env::set_var("KODEL_METRICS_TOKEN", "") };
+        let Err(err) = super::Config::try_parse_from(["kodel-server"]) else { panic!("an empty KODEL_METRICS_TOKEN was taken") };
+        assert!(err.to_string().contains("metrics-token"), "{err}");
+        unsafe { std::env::set_var("KODEL_METRICS_TOKEN", "s3cret") };
+        assert_eq!(super::Config::try_parse_from(["kodel-server"]).unwrap().metrics_token.as_deref(), Some("s3cret"));
+        unsafe { std::env::remove_var("KODEL_METRICS_TOKEN") };
     }
 }

@@ -207,9 +207,9 @@ fn open_with(cipher: &ChaCha20Poly1305, sealed: &[u8]) -> Option<Vec<u8>> {
 
 /// Seals again the sealed `table.column` values only the previous key opens; returns
 /// (sealed again, opening with neither key). Names come from the code, never input.
-async fn reseal_column(conn: &mut sqlx::PgConnection, sealer: &Sealer, table: &str, key: &str, column: &str) -> anyhow::Result<(u64, u64)> {
+async fn reseal_column(conn: &mut sqlx::PgConnection, sealer: &Sealer, table: &str, key: &str, column: &str, only: &str) -> anyhow::Result<(u64, u64)> {
     let rows: Vec<(String, Vec<u8>)> =
-        sqlx::query_as(&format!("SELECT {key}::text, {column} FROM {table} WHERE {column} IS NOT NULL FOR UPDATE")).fetch_all(&mut *conn).await?;
+        sqlx::query_as(&format!("SELECT {key}::text, {column} FROM {table} WHERE {column} IS NOT NULL AND ({only}) FOR UPDATE")).fetch_all(&mut *conn).await?;
     let (mut again, mut unreadable) = (0, 0);
     for (id, sealed) in rows {
         match sealer.reseal(&sealed) {
@@ -224,20 +224,21 @@ async fn reseal_column(conn: &mut sqlx::PgConnection, sealer: &Sealer, table: &s
     Ok((again, unreadable))
 }
 
-/// Seals again with the current key the server's own sealed secrets (the generated JWT
-/// secret) and every stored secret of every org that only the previous key opens (and
+/// Seals again with the current key the server's own sealed secret (the generated JWT
+/// secret; not the clear rows an older version left, nor the check value, which
+/// `Sealer::check` keeps) and every stored secret of every org that only the previous key opens (and
 /// any instance-template env value stored before values were sealed), one org per
 /// transaction. Returns (sealed again, opening with neither key).
 pub async fn reseal_all(pool: &PgPool, sealer: &Sealer) -> anyhow::Result<(u64, u64)> {
     let mut tx = crate::db::begin(pool).await?;
-    let (mut again, mut unreadable) = reseal_column(&mut tx, sealer, "public.server_secrets", "name", "value").await?;
+    let (mut again, mut unreadable) = reseal_column(&mut tx, sealer, "public.server_secrets", "name", "value", "name = 'jwt_sealed'").await?;
     tx.commit().await?;
     let slugs: Vec<String> = sqlx::query_scalar("SELECT slug FROM public.orgs WHERE migration_error IS NULL ORDER BY slug").fetch_all(pool).await?;
     for slug in slugs {
         let slug = kodel_core::OrgSlug::parse(&slug).map_err(|e| anyhow::anyhow!("org {slug}: {}", e.0))?;
         let mut tx = crate::db::scoped::begin_scoped(pool, &slug).await?;
         for (table, key, column) in [("modules", "id", "credentials"), ("llm_providers", "provider", "api_key")] {
-            let (a, u) = reseal_column(&mut tx, sealer, table, key, column).await?;
+            let (a, u) = reseal_column(&mut tx, sealer, table, key, column, "true").await?;
             again += a;
             unreadable += u;
         }

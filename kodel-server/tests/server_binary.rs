@@ -165,3 +165,59 @@ async fn while_the_database_is_down_every_request_answers_503_in_bounded_time() 
     }
     assert!(server.stop().success());
 }
+
+/// Sends `signal` to the managed cluster's postmaster and every process it started.
+fn signal_postgres(data: &std::path::Path, signal: nix::sys::signal::Signal) {
+    let pid_file = std::fs::read_to_string(data.join("postgres/postmaster.pid")).unwrap();
+    let postmaster: i32 = pid_file.lines().next().unwrap().trim().parse().unwrap();
+    let children = std::process::Command::new("pgrep").args(["-P", &postmaster.to_string()]).output().unwrap();
+    let mut pids: Vec<i32> = String::from_utf8_lossy(&children.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    pids.push(postmaster);
+    for pid in pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    }
+}
+
+/// A database that keeps its connections open but answers nothing (a stalled host):
+/// org-scoped requests still answer 503 within the timeout instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_database_answers_503_in_bounded_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = start_server(&["--data-dir", data.to_str().unwrap()], &[("KODEL_DB_TIMEOUT", "1")]);
+    let base = server.base.clone();
+    post(&base, "/api/v1/auth/register", None, json!({"email": "s@x.io", "password": "longenough", "name": "S"})).await;
+    let (_, v) = post(&base, "/api/v1/auth/login", None, json!({"email": "s@x.io", "password": "longenough"})).await;
+    let token = v["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(post(&base, "/api/v1/orgs", Some(&token), json!({"slug": "stall", "name": "Stall"})).await.0, 201);
+    assert_eq!(post(&base, "/api/v1/orgs/stall/projects", Some(&token), json!({"key": "ST", "name": "Stall"})).await.0, 201);
+
+    signal_postgres(&data, nix::sys::signal::Signal::SIGSTOP);
+    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap();
+    let read = http.get(format!("{base}/api/v1/orgs/stall/projects")).bearer_auth(&token).send();
+    let write = http.post(format!("{base}/api/v1/orgs/stall/projects")).bearer_auth(&token).json(&json!({"key": "NEW", "name": "New"})).send();
+    let create = http.post(format!("{base}/api/v1/orgs/stall/projects/ST/tasks")).bearer_auth(&token).json(&json!({"title": "while stalled"})).send();
+    let started = std::time::Instant::now();
+    let (read, write, create) = tokio::join!(read, write, create);
+    let elapsed = started.elapsed();
+    signal_postgres(&data, nix::sys::signal::Signal::SIGCONT);
+    for (what, r) in [("read", read), ("write", write), ("create", create)] {
+        let r = r.unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!((status, v["error"]["code"].as_str()), (503, Some("database_unavailable")), "{what}: {v}");
+    }
+    assert!(elapsed < std::time::Duration::from_secs(8), "bounded: {elapsed:?}");
+
+    // Once the database answers again, so does the server.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (s, v) = post(&base, "/api/v1/orgs/stall/projects/ST/tasks", Some(&token), json!({"title": "after"})).await;
+        if s == 201 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not back: {s} {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(server.stop().success());
+}

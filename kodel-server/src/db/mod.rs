@@ -34,9 +34,18 @@ pub async fn connect(options: PgConnectOptions, max: u32, acquire_timeout: Durat
 /// every later write on it is answered but never committed. So the BEGIN runs to its
 /// end on a task of its own; a caller that left drops the finished transaction, which
 /// rolls back before the connection goes back to the pool.
+///
+/// The BEGIN is also bounded by the pool's acquire timeout (`KODEL_DB_TIMEOUT`): a
+/// database that holds its connections open but answers nothing (a stalled host, a
+/// network that drops packets) fails the request as unreachable (503) instead of
+/// hanging it until TCP gives up.
 pub async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let limit = pool.options().get_acquire_timeout();
     let pool = pool.clone();
     #[allow(clippy::disallowed_methods)]
     let started = tokio::spawn(async move { pool.begin().await });
-    started.await.map_err(|e| sqlx::Error::Protocol(format!("the task that began a transaction failed: {e}")))?
+    match tokio::time::timeout(limit, started).await {
+        Ok(done) => done.map_err(|e| sqlx::Error::Protocol(format!("the task that began a transaction failed: {e}")))?,
+        Err(_) => Err(sqlx::Error::PoolTimedOut),
+    }
 }

@@ -12,6 +12,7 @@
 //! `NOTIFY kodel_events` (sent outside the writing transaction, coalesced).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,6 +62,10 @@ const RING_EVENT_BYTES: usize = 16 * 1024;
 /// What a feed keeps of the larger events, newest first, for followers that keep up.
 /// One that falls further behind reads them from the database.
 const LARGE_BYTES: usize = 8 * 1024 * 1024;
+/// What all the feeds of a server keep of larger events together, so streams held on
+/// many orgs cannot pin more: past it, a large event goes out as a notice only and
+/// followers read it from the database.
+const LARGE_SERVER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Output of the moment (an agent's text and tool output), shown to whoever watches
 /// the task now and never stored: what it adds up to is stored as a step.
@@ -165,6 +170,8 @@ struct HubInner {
     pool: PgPool,
     feeds: Mutex<HashMap<String, Arc<Feed>>>,
     remote: mpsc::UnboundedSender<String>,
+    /// Bytes held in all feeds' `large` stores.
+    large_bytes: Arc<AtomicUsize>,
 }
 
 /// One org's live feed.
@@ -172,6 +179,8 @@ pub struct Feed {
     slug: OrgSlug,
     /// The newest events too large for the ring, at most `LARGE_BYTES` of them.
     large: Mutex<(std::collections::VecDeque<Arc<StoredEvent>>, usize)>,
+    /// The server-wide count of such bytes (`LARGE_SERVER_BYTES`).
+    large_total: Arc<AtomicUsize>,
     tx: broadcast::Sender<Arc<StoredEvent>>,
     live: broadcast::Sender<Arc<LiveEvent>>,
     wake: Notify,
@@ -191,7 +200,7 @@ struct Subscription {
 impl EventHub {
     pub fn new(pool: PgPool) -> Self {
         let (remote, remote_rx) = mpsc::unbounded_channel();
-        let hub = Self { inner: Arc::new(HubInner { pool, feeds: Mutex::new(HashMap::new()), remote }) };
+        let hub = Self { inner: Arc::new(HubInner { pool, feeds: Mutex::new(HashMap::new()), remote, large_bytes: Arc::default() }) };
         tokio::spawn(notify_replicas(hub.inner.pool.clone(), remote_rx));
         tokio::spawn(listen_replicas(hub.clone()));
         hub
@@ -244,6 +253,7 @@ impl EventHub {
                     let feed = Arc::new(Feed {
                         slug: slug.clone(),
                         large: Mutex::default(),
+                        large_total: self.inner.large_bytes.clone(),
                         tx: broadcast::channel(FEED_CAPACITY).0,
                         live: broadcast::channel(LIVE_CAPACITY).0,
                         wake: Notify::new(),
@@ -306,12 +316,19 @@ impl Feed {
             let notice = StoredEvent { json: Arc::from(""), whole: false, kind: ev.kind.clone(), ..ev };
             let mut large = self.large.lock().unwrap_or_else(|p| p.into_inner());
             let (events, bytes) = &mut *large;
-            *bytes += ev.json.len();
-            events.push_back(Arc::new(ev));
-            while *bytes > LARGE_BYTES
+            let size = ev.json.len();
+            while *bytes + size > LARGE_BYTES
                 && let Some(old) = events.pop_front()
             {
                 *bytes -= old.json.len();
+                self.large_total.fetch_sub(old.json.len(), Ordering::Relaxed);
+            }
+            // Kept only within the feed's and the server's budgets.
+            if size <= LARGE_BYTES && self.large_total.fetch_add(size, Ordering::Relaxed) + size <= LARGE_SERVER_BYTES {
+                *bytes += size;
+                events.push_back(Arc::new(ev));
+            } else {
+                self.large_total.fetch_sub(size, Ordering::Relaxed);
             }
             notice
         } else {
@@ -326,6 +343,13 @@ impl Feed {
     fn large(&self, pos: Pos) -> Option<Arc<StoredEvent>> {
         let large = self.large.lock().unwrap_or_else(|p| p.into_inner());
         large.0.iter().rev().find(|ev| ev.pos == pos).cloned()
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        let bytes = self.large.get_mut().map(|l| l.1).unwrap_or_else(|p| p.into_inner().1);
+        self.large_total.fetch_sub(bytes, Ordering::Relaxed);
     }
 }
 

@@ -386,10 +386,28 @@ fn cut(text: &str) -> String {
 
 /// A transport failure (connect, reset, body): retryable unless the request itself was
 /// malformed, or nothing answered at the address (refused, or no such host): that
-/// needs someone to start the provider or fix its URL, which no retry does.
+/// needs someone to start the provider or fix its URL, which no retry does. A timeout,
+/// a temporary DNS failure, a network that is down or a TLS failure stay retryable.
 pub(crate) fn transport_error(kind: ProviderKind, what: &str, e: &reqwest::Error) -> LlmError {
-    let nobody_there = e.is_connect() && !e.is_timeout();
+    let nobody_there = e.is_connect() && !e.is_timeout() && nobody_answers(e);
     LlmError { unreachable: nobody_there, ..LlmError::new(format!("{what} {}: {}", kind.name(), error_chain(e)), None, !e.is_builder() && !nobody_there) }
+}
+
+/// The connection was refused, or the host name definitely does not exist (not the
+/// resolver's "temporary failure").
+fn nobody_answers(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused) {
+            return true;
+        }
+        let text = s.to_string();
+        if text.contains("Name or service not known") || text.contains("No address associated with hostname") || text.contains("nodename nor servname provided") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// An error and its sources, `a: b: c` (reqwest's own message hides the cause).

@@ -119,60 +119,75 @@ pub mod path {
     path_params! {
         Org {
             /// The org's slug, e.g. `acme`.
+            #[param(pattern = r"^[a-z][a-z0-9_]{1,39}$")]
             org
         }
         Member {
             /// The org's slug.
+            #[param(pattern = r"^[a-z][a-z0-9_]{1,39}$")]
             org,
             /// A member's user id or email.
             member
         }
         Project {
             /// The org's slug.
+            #[param(pattern = r"^[a-z][a-z0-9_]{1,39}$")]
             org,
             /// The project key, e.g. `KOD`.
+            #[param(pattern = r"^[A-Z][A-Z0-9]{1,9}$")]
             key
         }
         ProjectMember {
             /// The org's slug.
+            #[param(pattern = r"^[a-z][a-z0-9_]{1,39}$")]
             org,
             /// The project key.
+            #[param(pattern = r"^[A-Z][A-Z0-9]{1,9}$")]
             key,
             /// A project member's user id or email.
             member
         }
         Task {
             /// The org's slug.
+            #[param(pattern = r"^[a-z][a-z0-9_]{1,39}$")]
             org,
             /// The task key, e.g. `KOD-42`.
+            #[param(pattern = r"^[A-Z][A-Z0-9]{1,9}-[0-9]{1,9}$")]
             task
         }
         Id {
             /// The org's slug.
+            #[param(pattern = r"^[a-z][a-z0-9_]{1,39}$")]
             org,
             /// The id (a UUID).
+            #[param(format = Uuid)]
             id
         }
         Template {
             /// The org's slug.
+            #[param(pattern = r"^[a-z][a-z0-9_]{1,39}$")]
             org,
             /// The template's name or id.
             template
         }
         Workflow {
             /// The org's slug.
+            #[param(pattern = r"^[a-z][a-z0-9_]{1,39}$")]
             org,
             /// The workflow's id or name.
             workflow
         }
         Provider {
             /// The org's slug.
+            #[param(pattern = r"^[a-z][a-z0-9_]{1,39}$")]
             org,
             /// `openai`, `anthropic`, `openrouter` or `ollama`.
+            #[param(pattern = r"^(openai|anthropic|openrouter|ollama)$")]
             provider
         }
         Token {
             /// The token's id (a UUID).
+            #[param(format = Uuid)]
             id
         }
     }
