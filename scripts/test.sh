@@ -34,6 +34,8 @@ command -v python3 >/dev/null || missing+=(python3 python3-pip)
 command -v tmux >/dev/null || missing+=(tmux)
 # /metrics is scraped by a real Prometheus.
 command -v prometheus >/dev/null || missing+=(prometheus)
+# Analytics are shipped to a real ClickHouse (Debian's 18.16; each test runs its own).
+[ -x /usr/sbin/clickhouse-server ] || missing+=(clickhouse-server)
 apt_install ${missing[@]+"${missing[@]}"}
 
 # The LLM gateway is tested with the official OpenAI Python client.
@@ -49,10 +51,21 @@ schemathesis_venv=${XDG_CACHE_HOME:-$HOME/.cache}/kodel/schemathesis
 if [ ! -x "$schemathesis_venv/bin/schemathesis" ]; then
   log "installing schemathesis (for the fuzz test)"
   python3 -m venv "$schemathesis_venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$schemathesis_venv"; }
-  "$schemathesis_venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis>=4.32,<5' \
+  "$schemathesis_venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis==4.32.5' \
     || die "cannot install schemathesis: pip install schemathesis"
 fi
 export KODEL_SCHEMATHESIS="$schemathesis_venv/bin/schemathesis"
+
+# Current ClickHouse, embedded in PyPI's chdb-core: the analytics DDL and report
+# queries are also run there (kodel-server/tests/analytics.rs).
+chdb_venv=${XDG_CACHE_HOME:-$HOME/.cache}/kodel/chdb
+if ! "$chdb_venv/bin/python" -c 'import chdb' >/dev/null 2>&1; then
+  log "installing chdb-core (current ClickHouse, for the analytics test)"
+  python3 -m venv "$chdb_venv" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$chdb_venv"; }
+  "$chdb_venv/bin/pip" install --quiet --disable-pip-version-check --no-deps chdb-core \
+    || die "cannot install chdb-core: pip install --no-deps chdb-core"
+fi
+export KODEL_CHDB_PYTHON="$chdb_venv/bin/python"
 
 # --- database ----------------------------------------------------------------
 private_dir=""

@@ -83,6 +83,7 @@ codes! {
     ArtifactDecided = "artifact_decided" => 409, "the artifact was approved or rejected already";
     TooManyRequests = "too_many_requests" => 429, "too many attempts or open streams; Retry-After says when to try again";
     Unavailable = "unavailable" => 503, "the server is busy; try again";
+    AnalyticsUnavailable = "analytics_unavailable" => 503, "ClickHouse, where usage is read from, cannot be reached; Retry-After says when to try again";
     DatabaseUnavailable = "database_unavailable" => 503, "the database cannot be reached (or did not answer in time); Retry-After says when to try again";
     Internal = "internal" => 500, "an unexpected server error (logged)";
 }

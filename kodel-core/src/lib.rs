@@ -14,6 +14,7 @@ pub mod jobs;
 pub mod llm;
 pub mod protocol;
 pub mod rules;
+pub mod usage;
 pub mod workflow;
 
 pub use error::ErrorCode;

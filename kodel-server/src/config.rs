@@ -41,7 +41,7 @@ pub struct Config {
     pub db_timeout: f64,
 
     /// Key sealing stored secrets such as repository credentials: base64 of 32 bytes.
-    /// When absent one is generated and kept in the database.
+    /// When absent one is generated into `sealing.key` in the data dir.
     #[arg(long, env = "KODEL_ENCRYPTION_KEY", hide_env_values = true)]
     pub encryption_key: Option<String>,
 
@@ -49,6 +49,25 @@ pub struct Config {
     /// server seals them all again with KODEL_ENCRYPTION_KEY at start.
     #[arg(long, env = "KODEL_ENCRYPTION_KEY_PREVIOUS", hide_env_values = true)]
     pub encryption_key_previous: Option<String>,
+
+    /// ClickHouse's HTTP address (`http://127.0.0.1:8123`). When set, LLM calls and job
+    /// events are shipped there from the outbox and usage reports are read there.
+    #[arg(long, env = "KODEL_CLICKHOUSE_URL")]
+    pub clickhouse_url: Option<String>,
+
+    #[arg(long, env = "KODEL_CLICKHOUSE_USER")]
+    pub clickhouse_user: Option<String>,
+
+    #[arg(long, env = "KODEL_CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    pub clickhouse_password: Option<String>,
+
+    /// The ClickHouse database (made if missing).
+    #[arg(long, env = "KODEL_CLICKHOUSE_DATABASE", default_value = "kodel")]
+    pub clickhouse_database: String,
+
+    /// Days shipped analytics rows stay in PostgreSQL before they are deleted.
+    #[arg(long, env = "KODEL_ANALYTICS_RETENTION_DAYS", default_value_t = 7.0)]
+    pub analytics_retention_days: f64,
 
     /// When set, `/metrics` answers only requests with `Authorization: Bearer <it>`.
     #[arg(long, env = "KODEL_METRICS_TOKEN", hide_env_values = true, value_parser = clap::builder::NonEmptyStringValueParser::new())]
@@ -178,6 +197,16 @@ impl std::fmt::Debug for LlmSettings {
 }
 
 impl Config {
+    /// ClickHouse, if `KODEL_CLICKHOUSE_URL` is set.
+    pub fn clickhouse(&self) -> Option<crate::analytics::clickhouse::ClickHouseConfig> {
+        Some(crate::analytics::clickhouse::ClickHouseConfig {
+            url: self.clickhouse_url.clone().filter(|u| !u.is_empty())?,
+            user: self.clickhouse_user.clone().filter(|u| !u.is_empty()),
+            password: self.clickhouse_password.clone(),
+            database: self.clickhouse_database.clone(),
+        })
+    }
+
     /// The data dir: the flag or env, else /var/lib/kodel for root (a cluster run as
     /// the postgres user must be able to reach it), else the user's data dir.
     pub fn data_dir(&self) -> anyhow::Result<PathBuf> {

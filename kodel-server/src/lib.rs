@@ -1,6 +1,7 @@
 //! Kodel's server: REST + SSE over PostgreSQL, one schema per organization.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod analytics;
 pub mod auth;
 pub mod config;
 pub mod crypto;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub streams: Arc<routes::events::StreamCounts>,
     /// What `/metrics` shows.
     pub metrics: Arc<metrics::Metrics>,
+    /// Where usage reports are read (ClickHouse, if configured).
+    pub analytics: Arc<analytics::Analytics>,
 }
 
 impl AppState {
@@ -145,9 +148,14 @@ impl Server {
             )),
             streams: Arc::new(routes::events::StreamCounts::new(config.limits.streams_per_user, config.limits.streams_per_org)),
             metrics: Arc::new(metrics::Metrics::new(config.metrics_token.as_deref())),
+            analytics: Arc::new(analytics::Analytics::new(config.clickhouse())),
         };
         engine::tasks::Creates::start(&state, created_rx);
         engine::background::spawn(state.clone(), wakes);
+        if let Some(ch) = config.clickhouse() {
+            let retention = std::time::Duration::from_secs_f64(config.analytics_retention_days.clamp(0.0, 36_500.0) * 86_400.0);
+            tokio::spawn(analytics::shipper::run(state.pool.clone(), ch, retention, state.metrics.clone()));
+        }
         if config.spare_schemas > 0 {
             tokio::spawn(keep_spares(state.clone(), config.spare_schemas));
         }

@@ -16,12 +16,17 @@ pub struct Metrics {
     agents_connected: Gauge,
     event_streams_open: Gauge,
     resident_memory: Gauge,
+    /// Analytics outbox rows shipped to ClickHouse by this server.
+    pub outbox_shipped: Counter,
+    outbox_backlog: Gauge,
 }
 
 /// Figures read when the page is asked for.
 pub struct Now {
     pub agents_connected: usize,
     pub event_streams_open: u64,
+    /// Analytics outbox rows not shipped yet (None: not read).
+    pub outbox_backlog: Option<i64>,
 }
 
 impl Metrics {
@@ -33,8 +38,11 @@ impl Metrics {
         registry.register("agents_connected", "Agent WebSocket connections open", agents_connected.clone());
         registry.register("event_streams_open", "Server-sent event streams open", event_streams_open.clone());
         registry.register("resident_memory_bytes", "The server process's resident memory", resident_memory.clone());
+        let (outbox_shipped, outbox_backlog) = (Counter::default(), Gauge::default());
+        registry.register("analytics_outbox_shipped", "Analytics outbox rows this server shipped to ClickHouse", outbox_shipped.clone());
+        registry.register("analytics_outbox_backlog", "Analytics outbox rows waiting to be shipped to ClickHouse", outbox_backlog.clone());
         let token = token.filter(|t| !t.is_empty()).map(crate::auth::tokens::hash_token);
-        Self { registry, token, agent_bad_frames, agents_connected, event_streams_open, resident_memory }
+        Self { registry, token, agent_bad_frames, agents_connected, event_streams_open, resident_memory, outbox_shipped, outbox_backlog }
     }
 
     /// Whether a request with this `Authorization` header may read the page.
@@ -50,6 +58,9 @@ impl Metrics {
         self.agents_connected.set(i64::try_from(now.agents_connected).unwrap_or(i64::MAX));
         self.event_streams_open.set(i64::try_from(now.event_streams_open).unwrap_or(i64::MAX));
         self.resident_memory.set(i64::try_from(resident_memory_bytes()).unwrap_or(i64::MAX));
+        if let Some(n) = now.outbox_backlog {
+            self.outbox_backlog.set(n);
+        }
         let mut page = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut page, &self.registry);

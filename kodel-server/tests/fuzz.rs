@@ -36,11 +36,13 @@ async fn every_operation_holds_to_the_document_under_generated_requests() {
     // Its own directory: schemathesis keeps a cache of past failures where it runs and
     // replays them, and a run must mean the same thing each time.
     let cwd = tempfile::tempdir().unwrap();
+    // One worker: with several, Python 3.11's parser, which hypothesis calls from each
+    // worker thread, now and then fails ("AST constructor recursion depth mismatch").
     let out = tokio::process::Command::new(&bin)
         .current_dir(cwd.path())
         .args(["run", &format!("{}/api/v1/openapi.json", app.base)])
         .args(["-H", &format!("Authorization: Bearer {pat}")])
-        .args(["--checks", CHECKS, "--exclude-checks", EXCLUDED, "--max-examples", "20", "--seed", "1", "--workers", "2", "--no-color"])
+        .args(["--checks", CHECKS, "--exclude-checks", EXCLUDED, "--max-examples", "20", "--seed", "1", "--no-color"])
         .output()
         .await
         .unwrap();

@@ -5,6 +5,7 @@
 //! (`forge`), and a tmux driver for the TUI (`tmux`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod clickhouse;
 pub mod forge;
 pub mod scripted_llm;
 pub mod tmux;

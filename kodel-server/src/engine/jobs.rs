@@ -312,15 +312,19 @@ pub async fn claim(pool: &PgPool, slug: &OrgSlug, agent: Uuid, labels: &[String]
              UPDATE {s}.ai_jobs j SET state = 'running', attempts = attempts + 1, lease_agent = $1,
                     lease_expires_at = now() + make_interval(secs => $2), started_at = coalesce(started_at, now()), error = NULL
              FROM next, relaxed WHERE j.id = next.id
-             RETURNING j.id, j.task_id, j.kind, j.template_id, j.attempts, j.priority),
+             RETURNING j.id, j.task_id, j.kind, j.template_id, j.attempts, j.priority, j.state, j.lease_agent, j.started_at, j.finished_at),
          ev(task_id, type, payload, actor_id) AS (
              SELECT j.task_id, '{started}', jsonb_build_object('job_id', j.id, 'kind', j.kind, 'agent', $1, 'attempt', j.attempts), NULL::uuid
              FROM j),
          {cte},
-         e AS ({insert} RETURNING seq)
-         SELECT j.id, j.task_id, j.kind, j.template_id, j.attempts, j.priority FROM j, e"
+         e AS ({insert} RETURNING seq),
+         org AS (SELECT id FROM public.orgs WHERE slug = $4),
+         o AS (INSERT INTO public.analytics_outbox (kind, org_id, payload)
+               SELECT 'job_event', org.id, {payload} FROM j JOIN {s}.tasks t ON t.id = j.task_id, org)
+         SELECT j.id, j.task_id, j.kind, j.template_id, j.attempts, j.priority FROM j, e",
+        payload = crate::analytics::outbox::job_event_payload(&format!("{s}."), "org.id", "$4::text", &format!("'{started}'"))
     );
-    Ok(sqlx::query_as(&sql).bind(agent).bind(lease.as_secs_f64()).bind(labels).fetch_optional(pool).await?)
+    Ok(sqlx::query_as(&sql).bind(agent).bind(lease.as_secs_f64()).bind(labels).bind(slug.as_str()).fetch_optional(pool).await?)
 }
 
 /// Extends the lease of a job the agent still holds; false if it holds it no longer

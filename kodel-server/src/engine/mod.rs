@@ -33,6 +33,7 @@ const MAX_REACTIONS: usize = 10_000;
 /// Reacts to what the transaction recorded, then commits it. Returns the journal.
 pub async fn commit(mut db: OrgTx) -> ApiResult<Journal> {
     react(&mut db).await?;
+    crate::analytics::outbox::job_events(&mut db).await?;
     db.commit_journal().await
 }
 
@@ -41,6 +42,7 @@ pub async fn commit(mut db: OrgTx) -> ApiResult<Journal> {
 pub async fn commit_with<T>(mut db: OrgTx, read: impl AsyncFnOnce(&mut OrgTx) -> ApiResult<T>) -> ApiResult<(T, Journal)> {
     react(&mut db).await?;
     let out = read(&mut db).await?;
+    crate::analytics::outbox::job_events(&mut db).await?;
     Ok((out, db.commit_journal().await?))
 }
 

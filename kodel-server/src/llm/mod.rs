@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kodel_core::llm::{Assembler, Delta, FinishReason, LlmDone, LlmRequest, Message, Role, Usage};
 use kodel_core::events::{LlmCall, TaskEvent};
-use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
@@ -310,25 +309,8 @@ fn estimate(system: &str, req: &LlmRequest, answer: &Message) -> Usage {
 /// Writes the call to the analytics outbox; a job's call also adds to the job's usage
 /// and becomes a `job.llm_call` event, all in one transaction.
 async fn record(state: &crate::AppState, caller: &Caller, m: &Metered) -> crate::error::ApiResult<()> {
-    let row = json!({
-        "org_id": caller.org_id,
-        "org": caller.slug.as_str(),
-        "job_id": caller.job.map(|j| j.job_id),
-        "task_id": caller.job.map(|j| j.task_id),
-        "user_id": caller.user,
-        "provider": m.provider,
-        "model": m.model,
-        "input_tokens": m.usage.input_tokens,
-        "output_tokens": m.usage.output_tokens,
-        "cached_tokens": m.usage.cached_tokens,
-        "usage_estimated": m.usage_estimated,
-        "first_token_ms": m.first_token_ms,
-        "total_ms": m.total_ms,
-        "status": m.status,
-        "error": m.error,
-    });
     let mut db = crate::db::OrgTx::begin(&state.pool, caller.org_id, &caller.slug).await?;
-    sqlx::query("INSERT INTO public.analytics_outbox (kind, payload) VALUES ('llm_call', $1)").bind(&row).execute(db.conn()).await?;
+    crate::analytics::outbox::llm_call(&mut db, caller, m).await?;
     if let Some(job) = caller.job {
         crate::engine::jobs::add_usage(&mut db, job.job_id, &m.usage).await?;
         // The task's event shows the call without the org-wide fields.

@@ -78,6 +78,12 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
     if !state.metrics.allows(authorization) {
         return ApiError::unauthorized().into_response();
     }
-    let now = crate::metrics::Now { agents_connected: state.hub.connection_count(), event_streams_open: state.streams.open_total() };
+    // Read with a short bound: a scrape must not wait on a slow database.
+    let backlog = tokio::time::timeout(READY_WITHIN, crate::analytics::shipper::backlog(&state.pool)).await.ok().and_then(Result::ok);
+    let now = crate::metrics::Now {
+        agents_connected: state.hub.connection_count(),
+        event_streams_open: state.streams.open_total(),
+        outbox_backlog: backlog,
+    };
     ([(header::CONTENT_TYPE, OPENMETRICS)], state.metrics.render(now)).into_response()
 }

@@ -18,6 +18,7 @@ pub mod projects;
 pub mod rules;
 pub mod tasks;
 pub mod tokens;
+pub mod usage;
 pub mod workflows;
 
 use axum::Router;
@@ -62,6 +63,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(agent_ws::router())
         .merge(chat_completions::router())
         .merge(llm_providers::router())
+        .merge(usage::router())
 }
 
 pub fn router(state: AppState, max_body: usize) -> Router {

@@ -54,6 +54,7 @@ use crate::AppState;
         (name = "instance_templates", description = "The workspaces agents run jobs in"),
         (name = "agents", description = "Agent workers and their enrollment tokens"),
         (name = "llm", description = "LLM provider settings and the OpenAI-compatible gateway"),
+        (name = "usage", description = "LLM usage, cost and model prices"),
     )
 )]
 struct Root;
