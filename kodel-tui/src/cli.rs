@@ -72,8 +72,48 @@ pub enum Command {
     /// The org's own LLM provider keys (org admins)
     #[command(subcommand)]
     Provider(ProviderCmd),
+    /// LLM calls, tokens and cost of the org: kodel usage --by model --from 2026-12-01
+    Usage(UsageArgs),
+    /// The model prices costs are worked out with (org admins set the org's own)
+    #[command(subcommand)]
+    Price(PriceCmd),
     /// Print shell completions: kodel completions bash > ~/.local/share/bash-completion/completions/kodel
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UsageArgs {
+    /// How to group the calls
+    #[arg(long, default_value = "day", value_parser = ["day", "project", "task", "model", "user", "agent"])]
+    pub by: String,
+    /// Start: a date (2026-12-01, midnight UTC) or an RFC 3339 time; default 30 days ago
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End (not included); default now
+    #[arg(long)]
+    pub to: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PriceCmd {
+    /// The org's own prices, then the built-in ones (US dollars per million tokens)
+    List,
+    /// Set the org's price of a model: kodel price set openai gpt-4o --input 2.5 --output 10 --cached 1.25
+    Set {
+        provider: String,
+        model: String,
+        /// Dollars per million input tokens
+        #[arg(long)]
+        input: f64,
+        /// Dollars per million output tokens
+        #[arg(long)]
+        output: f64,
+        /// Dollars per million input tokens read from the provider's cache (default: --input)
+        #[arg(long)]
+        cached: Option<f64>,
+    },
+    /// Remove the org's price of a model (the built-in one applies again)
+    Unset { provider: String, model: String },
 }
 
 #[derive(Debug, Subcommand)]

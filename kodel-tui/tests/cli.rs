@@ -482,3 +482,47 @@ fn shell_completions_cover_the_commands() {
     let bad = Command::new(env!("CARGO_BIN_EXE_kodel")).args(["completions", "tcsh"]).output().unwrap();
     assert_eq!(code(&bad), 2, "an unknown shell is a usage error");
 }
+
+/// `kodel usage` and `kodel price`: an org's calls through the gateway, costed at a
+/// price the org set, summed by model, for people and for scripts.
+#[tokio::test]
+async fn usage_and_prices_from_the_cli() {
+    let llm = kodel_testkit::scripted_llm::ScriptedLlm::start(vec![]).await;
+    let db = fresh_database().await;
+    let server = ServerProcess::start(
+        &server_binary(),
+        &[],
+        &[("DATABASE_URL", &database_url(&db)), ("OPENAI_BASE_URL", &llm.openai_base()), ("OPENAI_API_KEY", "sk-test"), ("KODEL_DEFAULT_MODEL", "openai/house-model")],
+    );
+    let env = Env { server, config: tempfile::tempdir().unwrap() };
+    env.ok(&["register", "--email", "cost@x.io", "--name", "Cost", "--password-stdin"], Some("password123\n"));
+    env.ok(&["org", "create", "spend", "--name", "Spend"], None);
+    let none = env.kodel(&["usage"], None);
+    assert!(none.status.success() && none.stdout.is_empty(), "{}", String::from_utf8_lossy(&none.stdout));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no LLM calls"));
+
+    // A model nobody priced yet, then priced by the org.
+    let token = env.json(&["token", "create", "gateway"], None)["token"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let call = || {
+        http.post(format!("{}/v1/chat/completions", env.server.base))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"model": "house-model", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    assert_eq!(call().await.unwrap().status(), 200);
+    let text = env.ok(&["usage", "--by", "model"], None);
+    assert!(text.contains("openai/house-model") && text.contains("$0.0000+"), "{text}");
+    env.ok(&["price", "set", "openai", "house-model", "--input", "1000", "--output", "1000"], None);
+    assert_eq!(call().await.unwrap().status(), 200);
+    let report = env.json(&["usage", "--by", "model"], None);
+    let row = &report["data"][0];
+    assert_eq!((row["calls"].as_u64(), row["unpriced_calls"].as_u64()), (Some(2), Some(1)), "{report}");
+    assert!(row["cost"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(env.ok(&["price", "list"], None).lines().any(|l| l.starts_with("openai") && l.contains("house-model") && l.contains("org")));
+    env.ok(&["price", "unset", "openai", "house-model"], None);
+    let gone = env.kodel(&["price", "unset", "openai", "house-model"], None);
+    assert_eq!(code(&gone), 4, "not found: {}", String::from_utf8_lossy(&gone.stderr));
+    let bad = env.kodel(&["usage", "--from", "last week"], None);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("not a date"));
+}

@@ -11,6 +11,7 @@ pub mod task;
 pub mod template;
 pub mod token;
 pub mod up;
+pub mod usage;
 pub mod workflow;
 
 use crate::cli::{Cli, Command};
@@ -91,6 +92,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::InstanceTemplate(cmd) => module::instance_template(&mut ctx, cmd).await,
         Command::Agent(cmd) => module::agent(&mut ctx, cmd).await,
         Command::Provider(cmd) => module::provider(&mut ctx, cmd).await,
+        Command::Usage(args) => usage::report(&mut ctx, args).await,
+        Command::Price(cmd) => usage::price(&mut ctx, cmd).await,
         Command::Completions { .. } => Ok(()),
     };
     // "Not logged in" to a server that does not answer at all: the server is the
