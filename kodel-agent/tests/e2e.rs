@@ -348,3 +348,68 @@ async fn an_unreachable_model_fails_the_job_at_once_with_what_to_do() {
     let job = stack.job(&key).await;
     assert_eq!((job["status"].as_str(), job["attempts"].as_i64()), (Some("failed"), Some(1)), "{job}");
 }
+
+/// A budget is a gate: a job whose org budget is spent stops as `paused` (not failed)
+/// with its steps kept, a warning said at 80 %, the gateway refuses with 402; resuming
+/// while it is still spent is refused, and raising the budget sends the job on to the
+/// end, numbering its steps after the ones it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_pauses_at_its_budget_and_goes_on_when_it_is_raised() {
+    let llm = ScriptedLlm::start(vec![
+        Reply::ToolCalls(vec![("write_file".into(), json!({"path": "a.txt", "content": "one\n"}))]),
+        Reply::ToolCalls(vec![("read_file".into(), json!({"path": "a.txt"}))]),
+        Reply::Text("Done after the pause.".into()),
+    ])
+    .await;
+    let mut stack = Stack::start(&llm, "openai").await;
+    // One token: the first call is let through (nothing spent yet) and spends it.
+    let b = stack.call("PUT", "/api/v1/orgs/acme/budgets", json!({"scope": "org", "max_tokens": 1})).await;
+    assert_eq!((b["max_tokens"].as_i64(), b["spent_tokens"].as_i64()), (Some(1), Some(0)), "{b}");
+    stack.agent("worker-b");
+    let key = stack.task_in_progress("Spend carefully").await;
+
+    let paused = stack.wait_event("job.paused", Duration::from_secs(60)).await;
+    assert!(paused["reason"].as_str().unwrap().contains("the org's budget of 1 tokens"), "{paused}");
+    let warning = stack.wait_event("budget.warning", Duration::from_secs(5)).await;
+    assert_eq!(warning["scope"], "org");
+    let job = stack.job(&key).await;
+    assert_eq!(job["status"], "paused", "{job}");
+    assert_eq!(llm.requests().len(), 1, "the second call never reached the provider");
+    let steps = stack.call("GET", &format!("/api/v1/orgs/acme/jobs/{}/steps", job["id"].as_str().unwrap()), Value::Null).await;
+    let before = steps["data"].as_array().unwrap().len();
+    assert!(steps["data"].as_array().unwrap().iter().any(|s| s["step"]["tool"] == "write_file"), "steps kept: {steps}");
+
+    // Still spent: resuming by hand is refused, and the gateway says 402.
+    let resume = stack
+        .http
+        .post(format!("{}/api/v1/orgs/acme/jobs/{}/resume", stack.base(), job["id"].as_str().unwrap()))
+        .bearer_auth(&stack.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resume.status(), 402);
+    let body: Value = resume.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "budget_exceeded");
+    let gw = stack
+        .http
+        .post(format!("{}/v1/chat/completions", stack.base()))
+        .bearer_auth(&stack.token)
+        .json(&json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gw.status(), 402);
+    assert_eq!(gw.json::<Value>().await.unwrap()["error"]["code"], "budget_exceeded");
+
+    // Raised: the job goes on by itself and finishes.
+    stack.call("PUT", "/api/v1/orgs/acme/budgets", json!({"scope": "org", "max_tokens": 1_000_000})).await;
+    stack.wait_event("job.resumed", Duration::from_secs(10)).await;
+    let done = stack.wait_event("job.succeeded", Duration::from_secs(60)).await;
+    assert_eq!(done["summary"], "Done after the pause.");
+    let steps = stack.call("GET", &format!("/api/v1/orgs/acme/jobs/{}/steps", job["id"].as_str().unwrap()), Value::Null).await;
+    let seqs: Vec<u64> = steps["data"].as_array().unwrap().iter().map(|s| s["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.len() > before, "{steps}");
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "the earlier steps kept, the new ones after them");
+    let job = stack.job(&key).await;
+    assert_eq!((job["status"].as_str(), job["attempts"].as_i64()), (Some("succeeded"), Some(1)), "the pause cost no attempt: {job}");
+}

@@ -51,6 +51,7 @@ codes! {
     InvalidCursor = "invalid_cursor" => 400, "the cursor is not one this server gave out";
     UnsupportedMediaType = "unsupported_media_type" => 415, "the body is not sent as Content-Type: application/json";
     PayloadTooLarge = "payload_too_large" => 413, "the body is larger than the server accepts";
+    BudgetExceeded = "budget_exceeded" => 402, "a budget of the org, the project or the task is spent: raise it (kodel budget set) to go on";
     Unauthorized = "unauthorized" => 401, "missing, invalid, expired or revoked credentials";
     InvalidCredentials = "invalid_credentials" => 401, "wrong email or password";
     Forbidden = "forbidden" => 403, "the caller's role does not allow this";

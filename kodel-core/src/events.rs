@@ -82,6 +82,10 @@ task_events! {
     JobFailed(JobFailed) = "job.failed",
     /// A job was cancelled (by a person, or because its task moved on).
     JobCancelled(JobCancelled) = "job.cancelled",
+    /// A job stopped because a budget is spent; its steps are kept.
+    JobPaused(JobPaused) = "job.paused",
+    /// A paused job was queued again (resumed by a person, or its budget raised).
+    JobResumed(JobResumed) = "job.resumed",
     /// Output of the moment from a running job; shown live, never stored.
     JobOutput(JobOutput) = "job.output",
     /// A person approved a job's artifacts.
@@ -98,6 +102,9 @@ task_events! {
     WebhookDelivered(WebhookDelivered) = "rule.webhook_delivered",
     /// A rule's webhook call failed (it may be retried).
     WebhookFailed(WebhookFailed) = "rule.webhook_failed",
+    /// An LLM call of the task's job took a budget to 80 % of its limit or more (once
+    /// per budget and period).
+    BudgetWarning(BudgetWarning) = "budget.warning",
 }
 
 impl std::fmt::Display for EventKind {
@@ -141,6 +148,8 @@ impl TaskEvent {
             Self::JobSucceeded(e) => Some(e.job_id),
             Self::JobRequeued(e) | Self::JobFailed(e) => Some(e.job_id),
             Self::JobCancelled(e) => Some(e.job_id),
+            Self::JobPaused(e) => Some(e.job_id),
+            Self::JobResumed(e) => Some(e.job_id),
             Self::JobOutput(e) => Some(e.job_id),
             Self::ArtifactApproved(e) | Self::ArtifactRejected(e) => Some(e.job_id),
             _ => None,
@@ -321,6 +330,32 @@ pub struct ArtifactDecided {
     /// Every artifact of the job the decision covered.
     #[serde(default)]
     pub decided: Vec<Uuid>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobPaused {
+    pub job_id: Uuid,
+    pub kind: JobKind,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobResumed {
+    pub job_id: Uuid,
+    pub kind: JobKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetWarning {
+    pub budget_id: Uuid,
+    /// `org`, `project` or `task`.
+    pub scope: String,
+    /// `month` or `total`.
+    pub period: String,
+    /// How much of the limit is used, 0.8 and up (the larger of money and tokens).
+    pub used: f64,
+    /// What the budget is and has spent, in words.
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

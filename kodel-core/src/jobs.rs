@@ -41,8 +41,9 @@ macro_rules! text_enum {
 text_enum!(JobKind { Implement = "implement", Review = "review", Qa = "qa", Custom = "custom", });
 text_enum!(
     /// pending -> running -> succeeded | failed | cancelled (running may go back to
-    /// pending when its lease expires and attempts remain).
-    JobState { Pending = "pending", Running = "running", Succeeded = "succeeded", Failed = "failed", Cancelled = "cancelled", }
+    /// pending when its lease expires and attempts remain). running -> paused when a
+    /// budget is spent; paused -> pending when it is raised or the job is resumed.
+    JobState { Pending = "pending", Running = "running", Paused = "paused", Succeeded = "succeeded", Failed = "failed", Cancelled = "cancelled", }
 );
 text_enum!(ArtifactKind { Patch = "patch", Branch = "branch", Review = "review", TestReport = "test_report", PullRequest = "pull_request", Text = "text", });
 text_enum!(ArtifactState { Pending = "pending", Approved = "approved", Rejected = "rejected", });

@@ -58,6 +58,12 @@ pub enum Trigger {
     },
     ArtifactApproved,
     ArtifactRejected,
+    /// A budget that applies to the task reached 80 % (`scope`: `org`, `project` or
+    /// `task` narrows it).
+    BudgetWarning {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scope: Option<String>,
+    },
     /// A cron expression (five fields, UTC): the actions run on every task that meets
     /// the conditions.
     Schedule { cron: String },
@@ -82,6 +88,7 @@ impl Trigger {
             Self::JobFailed { .. } => "job_failed",
             Self::ArtifactApproved => "artifact_approved",
             Self::ArtifactRejected => "artifact_rejected",
+            Self::BudgetWarning { .. } => "budget_warning",
             Self::Schedule { .. } => "schedule",
             Self::Stale { .. } => "stale",
         }
@@ -107,6 +114,7 @@ impl Trigger {
             (Self::JobFailed { kind }, TaskEvent::JobFailed(j)) => job_kind(kind, j.kind),
             (Self::ArtifactApproved, TaskEvent::ArtifactApproved(_)) => true,
             (Self::ArtifactRejected, TaskEvent::ArtifactRejected(_)) => true,
+            (Self::BudgetWarning { scope }, TaskEvent::BudgetWarning(w)) => same(scope, &w.scope),
             _ => false,
         }
     }
@@ -122,6 +130,7 @@ pub fn trigger_kinds(event: &TaskEvent) -> Vec<&'static str> {
         TaskEvent::JobFailed(_) => vec!["job_failed"],
         TaskEvent::ArtifactApproved(_) => vec!["artifact_approved"],
         TaskEvent::ArtifactRejected(_) => vec!["artifact_rejected"],
+        TaskEvent::BudgetWarning(_) => vec!["budget_warning"],
         TaskEvent::TaskUpdated(u) => {
             let mut kinds = Vec::new();
             let (added, removed) = event.label_changes();

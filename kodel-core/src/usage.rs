@@ -93,3 +93,96 @@ pub struct ModelPrice {
     #[serde(default)]
     pub source: Option<String>,
 }
+
+/// What a budget limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum BudgetScope {
+    /// Every call of the org.
+    Org,
+    /// The calls of jobs on the project's tasks.
+    Project,
+    /// The calls of the task's jobs.
+    Task,
+}
+
+impl BudgetScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Org => "org",
+            Self::Project => "project",
+            Self::Task => "task",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Org, Self::Project, Self::Task].into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// Over what time a budget counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum BudgetPeriod {
+    /// The calendar month (UTC); it starts again on the 1st.
+    #[default]
+    Month,
+    /// Since the budget was first set.
+    Total,
+}
+
+impl BudgetPeriod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Month => "month",
+            Self::Total => "total",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Month, Self::Total].into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+/// A budget and what it has spent this period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Budget {
+    pub id: uuid::Uuid,
+    pub scope: BudgetScope,
+    /// The project's key (a project budget).
+    pub project: Option<String>,
+    /// The task's key (a task budget).
+    pub task: Option<String>,
+    pub period: BudgetPeriod,
+    /// US dollars.
+    pub max_cost: Option<f64>,
+    pub max_tokens: Option<i64>,
+    /// US dollars spent this period.
+    pub spent_cost: f64,
+    /// Tokens (in and out) used this period.
+    pub spent_tokens: i64,
+}
+
+/// `PUT /orgs/{org}/budgets`: sets the budget of a scope and period.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SetBudget {
+    pub scope: BudgetScope,
+    /// The project's key, for a project budget.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// The task's key (`KOD-42`), for a task budget.
+    #[serde(default)]
+    pub task: Option<String>,
+    #[serde(default)]
+    pub period: BudgetPeriod,
+    /// US dollars.
+    #[serde(default)]
+    pub max_cost: Option<f64>,
+    #[serde(default)]
+    pub max_tokens: Option<i64>,
+}

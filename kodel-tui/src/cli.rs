@@ -77,6 +77,9 @@ pub enum Command {
     /// The model prices costs are worked out with (org admins set the org's own)
     #[command(subcommand)]
     Price(PriceCmd),
+    /// Spending limits on LLM calls of the org, a project or a task (org admins set them)
+    #[command(subcommand)]
+    Budget(BudgetCmd),
     /// Print shell completions: kodel completions bash > ~/.local/share/bash-completion/completions/kodel
     Completions { shell: clap_complete::Shell },
 }
@@ -92,6 +95,33 @@ pub struct UsageArgs {
     /// End (not included); default now
     #[arg(long)]
     pub to: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BudgetCmd {
+    /// The org's budgets and what each has spent this period
+    List,
+    /// Set a budget (replacing the one of the same scope and period):
+    /// kodel budget set --project KOD --cost 50 --period month
+    Set {
+        /// A project's budget (its key); with neither --project nor --task, the org's
+        #[arg(long, conflicts_with = "task")]
+        project: Option<String>,
+        /// A task's budget (its key, KOD-42)
+        #[arg(long)]
+        task: Option<String>,
+        /// month (calendar month, UTC) or total
+        #[arg(long, default_value = "month", value_parser = ["month", "total"])]
+        period: String,
+        /// Most US dollars the calls may cost
+        #[arg(long, required_unless_present = "tokens")]
+        cost: Option<f64>,
+        /// Most tokens the calls may use (in and out)
+        #[arg(long)]
+        tokens: Option<i64>,
+    },
+    /// Remove a budget (its id, from kodel budget list)
+    Remove { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,7 +240,7 @@ pub enum JobCmd {
         /// Only this task's jobs (KEY-n)
         #[arg(long)]
         task: Option<String>,
-        /// pending, running, succeeded, failed or cancelled
+        /// pending, running, paused, succeeded, failed or cancelled
         #[arg(long)]
         status: Option<String>,
     },
@@ -222,8 +252,10 @@ pub enum JobCmd {
         #[arg(long)]
         template: String,
     },
-    /// Cancel a pending or running job
+    /// Cancel a pending, running or paused job
     Cancel { id: String },
+    /// Queue a paused job again (paused when a budget was spent: raise it first)
+    Resume { id: String },
 }
 
 #[derive(Debug, Subcommand)]

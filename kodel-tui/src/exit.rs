@@ -19,6 +19,8 @@ pub const FORBIDDEN: i32 = 6;
 pub const INVALID: i32 = 7;
 /// The server cannot be reached or is unavailable (connection error, 503).
 pub const UNAVAILABLE: i32 = 8;
+/// A budget is spent (402 `budget_exceeded`).
+pub const BUDGET: i32 = 9;
 
 /// An error with the exit code it maps to and an optional hint for the user.
 #[derive(Debug)]
@@ -63,6 +65,7 @@ pub fn for_status(status: u16) -> i32 {
         403 => FORBIDDEN,
         404 => NOT_FOUND,
         409 => CONFLICT,
+        402 => BUDGET,
         400 | 413 | 415 | 422 => INVALID,
         502..=504 => UNAVAILABLE,
         _ => FAILURE,

@@ -3,10 +3,12 @@
 //! - `outbox`: the rows, written with the work they describe to
 //!   `public.analytics_outbox`;
 //! - `prices`: what a model costs (built in, or set per org);
+//! - `budgets`: limits on what calls may spend, checked before each call;
 //! - `clickhouse` and `shipper`: with `KODEL_CLICKHOUSE_URL` set, the rows are moved
 //!   to ClickHouse in batches, once each, and leave PostgreSQL after the retention;
 //! - `usage`: the usage report, from ClickHouse when configured, else PostgreSQL.
 
+pub mod budgets;
 pub mod clickhouse;
 pub mod outbox;
 pub mod prices;

@@ -1,9 +1,10 @@
 //! `public.analytics_outbox`, its one writer: the rows ClickHouse gets (`shipper`),
 //! written in the transaction of the work they describe, so a call or a job change is
 //! counted exactly when it happened. Kinds: `llm_call` (each metered LLM call) and
-//! `job_event` (a job created, started, succeeded, re-queued, failed or cancelled).
+//! `job_event` (a job created, started, succeeded, re-queued, failed, cancelled,
+//! paused or resumed).
 
-use kodel_core::events::EventKind;
+use kodel_core::events::{BudgetWarning, EventKind, TaskEvent};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -43,6 +44,22 @@ pub async fn llm_call(db: &mut OrgTx, caller: &Caller, m: &Metered) -> ApiResult
     .bind(caller.job.map(|j| j.job_id))
     .execute(db.conn())
     .await?;
+    // What the call spent counts against the budgets; one it takes to 80 % is said on
+    // the task (a gateway call has none: the log says it).
+    let task = caller.job.map(|j| j.task_id);
+    let project = super::budgets::project_of(db, task).await?;
+    let cost = price.map_or(0, |p| p.cost_micros(&m.usage));
+    super::budgets::add_spend(db, project, task, cost, (m.usage.input_tokens + m.usage.output_tokens) as i64).await?;
+    for crossed in super::budgets::crossed_warning(db, project, task).await? {
+        let message = crossed.describe();
+        match task {
+            Some(task) => {
+                let warning = BudgetWarning { budget_id: crossed.id, scope: crossed.scope.clone(), period: crossed.period.clone(), used: crossed.used(), message };
+                crate::events::record(db, task, TaskEvent::BudgetWarning(warning)).await?;
+            }
+            None => tracing::warn!(org = %caller.slug, budget = %crossed.id, "{message}: 80 % or more is used"),
+        }
+    }
     Ok(())
 }
 
@@ -50,7 +67,14 @@ pub async fn llm_call(db: &mut OrgTx, caller: &Caller, m: &Metered) -> ApiResult
 fn is_job_change(kind: EventKind) -> bool {
     matches!(
         kind,
-        EventKind::JobCreated | EventKind::JobStarted | EventKind::JobSucceeded | EventKind::JobRequeued | EventKind::JobFailed | EventKind::JobCancelled
+        EventKind::JobCreated
+            | EventKind::JobStarted
+            | EventKind::JobSucceeded
+            | EventKind::JobRequeued
+            | EventKind::JobFailed
+            | EventKind::JobCancelled
+            | EventKind::JobPaused
+            | EventKind::JobResumed
     )
 }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use kodel_core::events::{EventKind, JobCancelled, JobCreated, JobFailed, JobStep, JobSucceeded, TaskEvent};
+use kodel_core::events::{EventKind, JobCancelled, JobCreated, JobFailed, JobPaused, JobResumed, JobStep, JobSucceeded, TaskEvent};
 use kodel_core::jobs::{ArtifactKind, BUILTIN_TEMPLATES, JobKind, JobState, MAX_ARTIFACT_CONTENT, NewArtifact};
 use kodel_core::llm::Usage;
 use kodel_core::protocol::Step;
@@ -350,6 +350,46 @@ pub async fn held(db: &mut OrgTx, job: Uuid, agent: Uuid) -> ApiResult<bool> {
         .bind(agent)
         .fetch_one(db.conn())
         .await?)
+}
+
+/// Stops a running job because a budget is spent: `paused`, its lease and the attempt
+/// given back, its steps kept (the hub tells its agent to stop when it sees the event).
+/// False if the agent no longer held it.
+pub async fn pause(db: &mut OrgTx, job: Uuid, agent: Uuid, reason: &str) -> ApiResult<bool> {
+    let paused: Option<(Uuid, String)> = sqlx::query_as(
+        "UPDATE ai_jobs SET state = 'paused', attempts = greatest(attempts - 1, 0), lease_agent = NULL, lease_expires_at = NULL, error = $3
+         WHERE id = $1 AND lease_agent = $2 AND state = 'running' RETURNING task_id, kind",
+    )
+    .bind(job)
+    .bind(agent)
+    .bind(reason)
+    .fetch_optional(db.conn())
+    .await?;
+    let Some((task, kind)) = paused else { return Ok(false) };
+    let kind = JobKind::try_from(kind).map_err(ApiError::internal)?;
+    events::record(db, task, TaskEvent::JobPaused(JobPaused { job_id: job, kind, reason: reason.to_owned() })).await?;
+    Ok(true)
+}
+
+/// Queues paused jobs again: `job` alone, or (None) every paused job of the task, or of
+/// the project, or of the org, as `scope` says. Returns how many.
+pub async fn resume_paused(db: &mut OrgTx, job: Option<Uuid>, project: Option<Uuid>, task: Option<Uuid>) -> ApiResult<usize> {
+    let resumed: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+        "UPDATE ai_jobs j SET state = 'pending', error = NULL FROM tasks t
+         WHERE t.id = j.task_id AND j.state = 'paused'
+           AND ($1::uuid IS NULL OR j.id = $1) AND ($2::uuid IS NULL OR t.project_id = $2) AND ($3::uuid IS NULL OR j.task_id = $3)
+         RETURNING j.id, j.task_id, j.kind",
+    )
+    .bind(job)
+    .bind(project)
+    .bind(task)
+    .fetch_all(db.conn())
+    .await?;
+    for (id, task, kind) in &resumed {
+        let kind = JobKind::try_from(kind.clone()).map_err(ApiError::internal)?;
+        events::record(db, *task, TaskEvent::JobResumed(JobResumed { job_id: *id, kind })).await?;
+    }
+    Ok(resumed.len())
 }
 
 /// Puts a job its agent holds back in the queue, giving back the attempt (the agent

@@ -323,7 +323,7 @@ impl Conn {
                             let error = "one LLM call at a time per agent: wait for the answer to the last one".to_owned();
                             let _ = self.out.send(ServerMessage::LlmError { job_id: job.id, request_id, error, retryable: true });
                         } else {
-                            self.llm_call = relay::call(&self.state, &self.token, &self.out, job, request_id, request);
+                            self.llm_call = relay::call(&self.state, &self.token, self.agent_id, &self.out, job, request_id, request);
                         }
                     }
                     None => {

@@ -195,8 +195,9 @@ impl Hub {
         let mut work = false;
         for ev in recorded {
             match &ev.event {
-                TaskEvent::JobCreated(_) | TaskEvent::JobRequeued(_) => work = true,
+                TaskEvent::JobCreated(_) | TaskEvent::JobRequeued(_) | TaskEvent::JobResumed(_) => work = true,
                 TaskEvent::JobCancelled(c) => self.cancelled(c.job_id, &c.reason),
+                TaskEvent::JobPaused(p) => self.cancelled(p.job_id, &format!("paused: {}", p.reason)),
                 _ => {}
             }
         }

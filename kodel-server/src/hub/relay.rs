@@ -12,6 +12,7 @@ use kodel_core::events::{JobOutput, OutputSource, TaskEvent};
 use kodel_core::llm::{Delta, LlmRequest, Role};
 use kodel_core::protocol::ServerMessage;
 use tokio::sync::mpsc;
+use uuid::Uuid;
 
 use super::connection::{AgentToken, Running};
 use crate::AppState;
@@ -27,6 +28,7 @@ const LIVE_WINDOW: Duration = Duration::from_millis(50);
 pub(super) fn call(
     state: &AppState,
     token: &AgentToken,
+    agent: Uuid,
     out: &mpsc::UnboundedSender<ServerMessage>,
     job: Running,
     request_id: String,
@@ -66,6 +68,14 @@ pub(super) fn call(
             Ok(done) => {
                 job.used.fetch_add(done.usage.total(), Ordering::Relaxed);
                 ServerMessage::LlmDone { job_id: job.id, request_id, done }
+            }
+            Err(e) if e.over_budget => {
+                // Paused before the agent hears of it: its report of a failed call then
+                // finds the job no longer its own, and the job stays paused.
+                if let Err(err) = pause(&state, &caller, agent, &e.message).await {
+                    tracing::error!(job = %job.id, error = %err.message, "could not pause a job over its budget");
+                }
+                ServerMessage::LlmError { job_id: job.id, request_id, error: e.message, retryable: false }
             }
             Err(e) => ServerMessage::LlmError { job_id: job.id, request_id, error: e.message, retryable: e.retryable },
         };
@@ -115,3 +125,10 @@ impl<'a> Coalescer<'a> {
     }
 }
 
+/// Pauses the caller's job (a budget is spent).
+async fn pause(state: &AppState, caller: &Caller, agent: Uuid, reason: &str) -> crate::error::ApiResult<()> {
+    let Some(job) = caller.job else { return Ok(()) };
+    let mut db = crate::db::OrgTx::begin(&state.pool, caller.org_id, &caller.slug).await?;
+    crate::engine::jobs::pause(&mut db, job.job_id, agent, reason).await?;
+    state.commit(db).await
+}

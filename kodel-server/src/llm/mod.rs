@@ -34,6 +34,11 @@ impl LlmError {
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(message, None, true)
     }
+
+    /// The call was not made: a budget is spent.
+    pub fn over_budget(message: impl Into<String>) -> Self {
+        Self { over_budget: true, ..Self::refused(message) }
+    }
 }
 
 /// The built-in system prompt of agent jobs (`SYSTEM_PROMPT` replaces it; the job
@@ -220,6 +225,7 @@ impl Proxy {
         let (kind, model) = self.route(req.model.as_deref(), caller.template_model.as_deref())?;
         let _slot = self.slot(caller.org_id)?;
         let cfg = self.provider(state, caller, kind).await?;
+        budget_left(state, caller).await?;
         let started = Instant::now();
         let mut meter = Metered {
             provider: kind.name(),
@@ -330,6 +336,21 @@ async fn record(state: &crate::AppState, caller: &Caller, m: &Metered) -> crate:
         crate::events::record(&mut db, job.task_id, TaskEvent::JobLlmCall(call)).await?;
     }
     state.commit(db).await
+}
+
+/// Refuses a call that a spent budget of the org, or of the job's project or task,
+/// does not allow.
+async fn budget_left(state: &crate::AppState, caller: &Caller) -> Result<(), LlmError> {
+    let checked = async {
+        let mut db = crate::db::OrgTx::begin(&state.pool, caller.org_id, &caller.slug).await?;
+        // Read only: dropped, it rolls back.
+        crate::analytics::budgets::exceeded(&mut db, caller.job.map(|j| j.task_id)).await
+    };
+    match checked.await {
+        Ok(None) => Ok(()),
+        Ok(Some(spent)) => Err(LlmError::over_budget(format!("{} is spent: raise it (kodel budget set) to go on", spent.describe()))),
+        Err(e) => Err(LlmError::transient(format!("checking the budgets: {}", e.message))),
+    }
 }
 
 /// base_url, the sealed key, wire.

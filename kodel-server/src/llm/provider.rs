@@ -144,7 +144,8 @@ pub enum StreamEvent {
 
 /// A failed call or a stream that broke. `message` is safe to show: it never contains
 /// the API key. `retryable`: trying the same call again later may succeed.
-/// `unreachable`: nothing answered at the provider's address.
+/// `unreachable`: nothing answered at the provider's address. `over_budget`: the call
+/// was not made, a budget being spent (`analytics::budgets`).
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct LlmError {
@@ -152,11 +153,12 @@ pub struct LlmError {
     pub status: Option<u16>,
     pub retryable: bool,
     pub unreachable: bool,
+    pub over_budget: bool,
 }
 
 impl LlmError {
     pub fn new(message: impl Into<String>, status: Option<u16>, retryable: bool) -> Self {
-        Self { message: message.into(), status, retryable, unreachable: false }
+        Self { message: message.into(), status, retryable, unreachable: false, over_budget: false }
     }
 
     /// Removes every occurrence of `key` from the message.

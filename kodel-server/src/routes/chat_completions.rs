@@ -247,6 +247,9 @@ async fn org_of(state: &AppState, auth: &Auth, headers: &HeaderMap) -> Result<(U
 /// its failures and when nothing answers at its address; 400 for what Kodel refused
 /// before asking.
 fn status_of(e: &LlmError) -> StatusCode {
+    if e.over_budget {
+        return StatusCode::PAYMENT_REQUIRED;
+    }
     match e.status.and_then(|s| StatusCode::from_u16(s).ok()) {
         Some(StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => StatusCode::BAD_GATEWAY,
         Some(s) if s.is_client_error() => s,
@@ -268,6 +271,10 @@ fn error_kind(status: StatusCode) -> &'static str {
 
 fn llm_error(e: &LlmError) -> Response {
     let status = status_of(e);
+    if e.over_budget {
+        let body = json!({ "error": { "message": e.message, "type": "insufficient_quota", "code": "budget_exceeded", "param": Value::Null } });
+        return (status, axum::Json(body)).into_response();
+    }
     error(status, error_kind(status), e.message.clone())
 }
 
@@ -282,6 +289,7 @@ fn llm_error(e: &LlmError) -> Response {
         )),
         (status = BAD_REQUEST, description = "not a chat completion request, several orgs and none named, or the provider refused it", body = OpenAiError),
         (status = UNAUTHORIZED, description = "`unauthorized`: missing, invalid, expired or revoked credentials", body = kodel_core::error::ErrorBody),
+        (status = PAYMENT_REQUIRED, description = "`budget_exceeded`: a budget of the org is spent; nothing was sent to the provider", body = OpenAiError),
         (status = FORBIDDEN, description = "the caller is in no org", body = OpenAiError),
         (status = NOT_FOUND, description = "the caller is not a member of the named org, or the provider has no such model", body = OpenAiError),
         (status = UNPROCESSABLE_ENTITY, description = "the provider could not process the request", body = OpenAiError),

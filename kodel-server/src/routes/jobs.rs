@@ -29,6 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_jobs, start_job))
         .routes(routes!(show_job))
         .routes(routes!(cancel_job))
+        .routes(routes!(resume_job))
         .routes(routes!(job_steps))
         .routes(routes!(list_artifacts))
         .routes(routes!(show_artifact))
@@ -280,6 +281,32 @@ async fn cancel_job(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> Ap
     }
     let who = t.auth.user.email.clone();
     jobs::cancel(&mut t, job.id, &format!("cancelled by {who}")).await?;
+    let (job, _) = visible_job(&mut t, &raw).await?;
+    t.commit().await?;
+    Ok(Json(job))
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/orgs/{org}/jobs/{id}/resume", tag = "jobs",
+    summary = "Queue a paused job again (developer+); it goes on after the steps it had taken",
+    description = "402 `budget_exceeded` while a budget of the org, the project or the task is still spent; 409 `conflict` for a job that is not paused.",
+    params(path::Id),
+    responses((status = OK, description = "job", body = Job), Errors<(code::Forbidden, code::JobNotFound, code::Conflict, code::BudgetExceeded)>),
+    security(("bearer" = []))
+)]
+async fn resume_job(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<Json<Job>> {
+    let (job, role) = visible_job(&mut t, &raw).await?;
+    if role < ProjectRole::Developer {
+        return Err(ApiError::forbidden("resuming jobs"));
+    }
+    if job.status != kodel_core::jobs::JobState::Paused {
+        return Err(ApiError::new(ErrorCode::Conflict, format!("job {} is {}, not paused", job.id, job.status)));
+    }
+    let task: Uuid = sqlx::query_scalar("SELECT task_id FROM ai_jobs WHERE id = $1").bind(job.id).fetch_one(t.conn()).await?;
+    if let Some(spent) = crate::analytics::budgets::exceeded(&mut t, Some(task)).await? {
+        return Err(ApiError::new(ErrorCode::BudgetExceeded, format!("{} is still spent: raise it first (kodel budget set)", spent.describe())));
+    }
+    jobs::resume_paused(&mut t, Some(job.id), None, None).await?;
     let (job, _) = visible_job(&mut t, &raw).await?;
     t.commit().await?;
     Ok(Json(job))

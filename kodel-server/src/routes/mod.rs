@@ -4,6 +4,7 @@ pub mod agent_tokens;
 pub mod agent_ws;
 pub mod agents;
 pub mod auth;
+pub mod budgets;
 pub mod chat_completions;
 pub mod events;
 pub mod health;
@@ -64,6 +65,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(chat_completions::router())
         .merge(llm_providers::router())
         .merge(usage::router())
+        .merge(budgets::router())
 }
 
 pub fn router(state: AppState, max_body: usize) -> Router {

@@ -34,6 +34,7 @@ pub async fn run(ctx: &mut Ctx, cmd: JobCmd) -> Result<(), CliError> {
         JobCmd::Show { id } => ctx.client.get(&format!("{base}/{}", enc(&id))).await?,
         JobCmd::Start { task, template } => ctx.client.post(&base, json!({ "task": task, "template": template })).await?,
         JobCmd::Cancel { id } => ctx.client.post(&format!("{base}/{}/cancel", enc(&id)), json!({})).await?,
+        JobCmd::Resume { id } => ctx.client.post(&format!("{base}/{}/resume", enc(&id)), json!({})).await?,
     };
     if ctx.json {
         return output::json(&job);

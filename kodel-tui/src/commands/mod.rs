@@ -94,6 +94,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Provider(cmd) => module::provider(&mut ctx, cmd).await,
         Command::Usage(args) => usage::report(&mut ctx, args).await,
         Command::Price(cmd) => usage::price(&mut ctx, cmd).await,
+        Command::Budget(cmd) => usage::budget(&mut ctx, cmd).await,
         Command::Completions { .. } => Ok(()),
     };
     // "Not logged in" to a server that does not answer at all: the server is the

@@ -1,13 +1,13 @@
-//! usage, price list|set|unset.
+//! usage, price list|set|unset, budget list|set|remove.
 
 use kodel_core::api::Page;
-use kodel_core::usage::{ModelPrice, UsageReport};
+use kodel_core::usage::{Budget, ModelPrice, UsageReport};
 use reqwest::Method;
 use serde_json::json;
 
 use super::Ctx;
 use super::org::enc;
-use crate::cli::{PriceCmd, UsageArgs};
+use crate::cli::{BudgetCmd, PriceCmd, UsageArgs};
 use crate::exit::CliError;
 use crate::output;
 
@@ -110,4 +110,55 @@ pub async fn price(ctx: &mut Ctx, cmd: PriceCmd) -> Result<(), CliError> {
             }
         }
     }
+}
+
+pub async fn budget(ctx: &mut Ctx, cmd: BudgetCmd) -> Result<(), CliError> {
+    ctx.require_login()?;
+    let base = format!("/api/v1/orgs/{}/budgets", enc(&ctx.org()?));
+    match cmd {
+        BudgetCmd::List => {
+            let page: Page<Budget> = ctx.client.get(&base).await?;
+            if ctx.json {
+                return output::json(&page);
+            }
+            if page.data.is_empty() {
+                return output::note("no budget is set: kodel budget set --cost 100 sets one on the org");
+            }
+            let rows: Vec<Vec<String>> = page.data.iter().map(budget_row).collect();
+            output::table(&["ID", "ON", "PERIOD", "COST", "TOKENS"], &rows)
+        }
+        BudgetCmd::Set { project, task, period, cost, tokens } => {
+            let scope = if task.is_some() {
+                "task"
+            } else if project.is_some() {
+                "project"
+            } else {
+                "org"
+            };
+            let body = json!({"scope": scope, "project": project, "task": task.map(|t| t.to_uppercase()), "period": period, "max_cost": cost, "max_tokens": tokens});
+            let b: Budget = ctx.client.send(Method::PUT, &base, Some(body)).await?;
+            if ctx.json {
+                return output::json(&b);
+            }
+            let row = budget_row(&b);
+            output::line(format!("{}: {} {}, {} ({})", row[1], row[3], row[2], row[4], b.id))
+        }
+        BudgetCmd::Remove { id } => {
+            let _: serde_json::Value = ctx.client.send(Method::DELETE, &format!("{base}/{}", enc(&id)), None).await?;
+            if ctx.json { output::json(&json!({"removed": id})) } else { output::line(format!("budget {id} removed")) }
+        }
+    }
+}
+
+/// id, what it is on, period, "spent of limit" for money and tokens.
+fn budget_row(b: &Budget) -> Vec<String> {
+    let on = match (&b.task, &b.project) {
+        (Some(t), _) => format!("task {t}"),
+        (_, Some(p)) => format!("project {p}"),
+        _ => "org".into(),
+    };
+    let period = if b.period.as_str() == "month" { "this month" } else { "in total" };
+    let cost = b.max_cost.map_or("-".into(), |m| format!("${:.2} of ${m:.2}", b.spent_cost));
+    let tokens = b.max_tokens.map_or("-".into(), |m| format!("{} of {m}", b.spent_tokens));
+    vec![b.id.to_string(), on, period.into(), cost, tokens]
 }

@@ -241,6 +241,7 @@ pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 JobState::Failed => theme.error(),
                 JobState::Succeeded => theme.ok(),
                 JobState::Running | JobState::Pending => theme.agent(),
+                JobState::Paused => theme.warn(),
                 JobState::Cancelled => theme.dim(),
             };
             let mut text = format!("{} {}", j.kind.as_str(), j.status.as_str());

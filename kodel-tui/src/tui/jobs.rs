@@ -65,6 +65,7 @@ pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 JobState::Failed => theme.error(),
                 JobState::Succeeded => theme.ok(),
                 JobState::Running | JobState::Pending => theme.agent(),
+                JobState::Paused => theme.warn(),
                 JobState::Cancelled => theme.dim(),
             };
             let note = j.error.clone().or(j.summary.clone()).unwrap_or_default();

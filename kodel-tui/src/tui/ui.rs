@@ -42,6 +42,10 @@ impl Theme {
     pub fn agent(&self) -> Style {
         self.fg(Color::Magenta)
     }
+    /// Waiting on a person (a paused job: its budget is spent).
+    pub fn warn(&self) -> Style {
+        if self.color { self.fg(Color::Yellow) } else { Style::default().add_modifier(Modifier::BOLD) }
+    }
     pub fn selected(&self) -> Style {
         Style::default().add_modifier(Modifier::REVERSED)
     }
