@@ -164,6 +164,15 @@ pub fn task_prompt(a: &Assignment) -> String {
     if !a.task.labels.is_empty() {
         p.push_str(&format!("\nLabels: {}\n", a.task.labels.join(", ")));
     }
+    if let Some(earlier) = a.job.earlier.as_deref().filter(|e| !e.trim().is_empty()) {
+        p.push_str(
+            "\nThis job was stopped before it finished (a budget ran out, or its agent was lost) and now goes on. \
+             What was done before, step by step (files changed then may not be changed in this workspace: check \
+             before you rely on them):\n",
+        );
+        p.push_str(earlier);
+        p.push('\n');
+    }
     p
 }
 

@@ -365,6 +365,9 @@ async fn a_job_pauses_at_its_budget_and_goes_on_when_it_is_raised() {
     // One token: the first call is let through (nothing spent yet) and spends it.
     let b = stack.call("PUT", "/api/v1/orgs/acme/budgets", json!({"scope": "org", "max_tokens": 1})).await;
     assert_eq!((b["max_tokens"].as_i64(), b["spent_tokens"].as_i64()), (Some(1), Some(0)), "{b}");
+    // A rule reacts to the warning.
+    let rule = json!({"name": "flag spend", "project": "KOD", "trigger": {"type": "budget_warning", "scope": "org"}, "actions": [{"add_label": "over-budget"}]});
+    stack.call("POST", "/api/v1/orgs/acme/rules", rule).await;
     stack.agent("worker-b");
     let key = stack.task_in_progress("Spend carefully").await;
 
@@ -372,6 +375,8 @@ async fn a_job_pauses_at_its_budget_and_goes_on_when_it_is_raised() {
     assert!(paused["reason"].as_str().unwrap().contains("the org's budget of 1 tokens"), "{paused}");
     let warning = stack.wait_event("budget.warning", Duration::from_secs(5)).await;
     assert_eq!(warning["scope"], "org");
+    let task = stack.call("GET", &format!("/api/v1/orgs/acme/tasks/{key}"), Value::Null).await;
+    assert!(task["labels"].as_array().unwrap().contains(&json!("over-budget")), "the rule fired: {task}");
     let job = stack.job(&key).await;
     assert_eq!(job["status"], "paused", "{job}");
     assert_eq!(llm.requests().len(), 1, "the second call never reached the provider");
@@ -412,4 +417,7 @@ async fn a_job_pauses_at_its_budget_and_goes_on_when_it_is_raised() {
     assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "the earlier steps kept, the new ones after them");
     let job = stack.job(&key).await;
     assert_eq!((job["status"].as_str(), job["attempts"].as_i64()), (Some("succeeded"), Some(1)), "the pause cost no attempt: {job}");
+    // The model was told what it had done before the pause, and went on from there.
+    let resumed = llm.requests()[1].body.to_string();
+    assert!(resumed.contains("now goes on") && resumed.contains("write_file") && resumed.contains("a.txt"), "{resumed}");
 }

@@ -162,6 +162,11 @@ pub struct AssignedJob {
     /// The seq of this attempt's first step (earlier attempts' steps come before it).
     #[serde(default)]
     pub first_seq: u32,
+    /// What earlier attempts did, step by step in short, when the job goes on after a
+    /// pause (a budget ran out) or a lost agent: the model is told, so it goes on
+    /// rather than starting over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earlier: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -103,6 +103,15 @@ pub async fn load(state: &AppState, slug: &OrgSlug, job: &Claimed, agent: Uuid, 
     .bind(row.project_id)
     .fetch_all(&mut *db)
     .await?;
+    let earlier = if row.first_seq > 0 {
+        let steps: Vec<serde_json::Value> = sqlx::query_scalar("SELECT step FROM job_steps WHERE job_id = $1 ORDER BY seq")
+            .bind(job.id)
+            .fetch_all(&mut *db)
+            .await?;
+        Some(earlier_steps(&steps))
+    } else {
+        None
+    };
     db.commit().await?;
     let mut modules = Vec::with_capacity(module_rows.len());
     for m in module_rows {
@@ -125,7 +134,7 @@ pub async fn load(state: &AppState, slug: &OrgSlug, job: &Claimed, agent: Uuid, 
         }
     }
     let assignment = Assignment {
-        job: AssignedJob { id: job.id, kind: job.kind, attempt: job.attempts, first_seq: row.first_seq.max(0) as u32 },
+        job: AssignedJob { id: job.id, kind: job.kind, attempt: job.attempts, first_seq: row.first_seq.max(0) as u32, earlier },
         branch: row.branch.unwrap_or_else(|| task_branch(&row.key, &row.title)),
         project: AssignedProject { key: row.project_key, test_command: row.test_command, review_rules: row.review_rules },
         task: AssignedTask { key: row.key, title: row.title, description: row.description, labels: row.labels, priority: row.priority },
@@ -143,4 +152,40 @@ pub async fn load(state: &AppState, slug: &OrgSlug, job: &Claimed, agent: Uuid, 
         instance_template,
     };
     Ok(Some(Loaded { assignment, project_id: row.project_id, used: row.used.max(0) as u64 }))
+}
+
+/// The most of earlier attempts' steps told to the model (the newest kept).
+const EARLIER_BYTES: usize = 16 * 1024;
+/// The most of one tool output told.
+const EARLIER_OUTPUT: usize = 400;
+
+/// Earlier steps in short: `- said: ...`, `- write_file {"path":..}: <output>`.
+fn earlier_steps(steps: &[serde_json::Value]) -> String {
+    let cut = |s: &str, n: usize| match s.char_indices().nth(n) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    };
+    let lines: Vec<String> = steps
+        .iter()
+        .map(|s| match s["kind"].as_str() {
+            Some("message") => format!("- said: {}", cut(s["text"].as_str().unwrap_or_default().trim(), EARLIER_OUTPUT)),
+            _ => {
+                let result = s["error"].as_str().map(|e| format!("error: {e}")).unwrap_or_else(|| s["output"].as_str().unwrap_or_default().to_owned());
+                format!("- {} {}: {}", s["tool"].as_str().unwrap_or("tool"), cut(&s["input"].to_string(), EARLIER_OUTPUT), cut(result.trim(), EARLIER_OUTPUT))
+            }
+        })
+        .collect();
+    // The newest steps matter most: drop the oldest past the limit.
+    let mut kept = Vec::new();
+    let mut size = 0;
+    for line in lines.iter().rev() {
+        size += line.len() + 1;
+        if size > EARLIER_BYTES {
+            kept.push("- (earlier steps left out)".to_owned());
+            break;
+        }
+        kept.push(line.clone());
+    }
+    kept.reverse();
+    kept.join("\n")
 }
