@@ -330,3 +330,68 @@ async fn the_tables_and_reports_work_on_current_clickhouse() {
         assert_eq!(got[group].as_array().unwrap().len(), groups, "{group}: {got}");
     }
 }
+
+/// Budgets on the org, a project and a task: set, listed with their spend, checked for
+/// the task's calls (its own and its project's apply; another task's do not), and bad
+/// input refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budgets_apply_to_their_scope() {
+    use kodel_server::analytics::budgets;
+    let app = TestApp::spawn().await;
+    let token = app.owner_with_project("bud@example.com", "bud", "BU").await;
+    let one = app.create_task(&token, "bud", "BU", "Spend").await;
+    let two = app.create_task(&token, "bud", "BU", "Save").await;
+    let put = |body: Value| app.call(reqwest::Method::PUT, "/api/v1/orgs/bud/budgets", Some(&token), Some(body));
+    assert_eq!(put(json!({"scope": "org", "max_cost": 100.0})).await.0, 200);
+    assert_eq!(put(json!({"scope": "project", "project": "BU", "max_tokens": 1000, "period": "total"})).await.0, 200);
+    let (s, b) = put(json!({"scope": "task", "task": one["key"], "max_cost": 0.01})).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!((b["task"].as_str(), b["max_cost"].as_f64(), b["spent_cost"].as_f64()), (one["key"].as_str(), Some(0.01), Some(0.0)));
+    // The same scope and period again replaces it.
+    assert_eq!(put(json!({"scope": "org", "max_cost": 200.0})).await.0, 200);
+    let (_, list) = app.get("/api/v1/orgs/bud/budgets", &token).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 3, "{list}");
+    for (body, status) in [
+        (json!({"scope": "org"}), 422),
+        (json!({"scope": "project", "max_cost": 1.0}), 422),
+        (json!({"scope": "project", "project": "NOPE", "max_cost": 1.0}), 404),
+        (json!({"scope": "org", "max_cost": -1.0}), 422),
+        (json!({"scope": "org", "project": "BU", "max_cost": 1.0}), 422),
+    ] {
+        let (s, e) = put(body.clone()).await;
+        assert_eq!(s.as_u16(), status, "{body}: {e}");
+    }
+
+    let pool = app.server.state.pool.clone();
+    let task_id = |t: &Value| {
+        let n = t["number"].as_i64().unwrap() as i32;
+        let pool = pool.clone();
+        async move { sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM org_bud.tasks WHERE number = $1").bind(n).fetch_one(&pool).await.unwrap() }
+    };
+    let (t1, t2) = (task_id(&one).await, task_id(&two).await);
+    let slug = kodel_core::OrgSlug::parse("bud").unwrap();
+    assert!(budgets::exceeded_now(&pool, &slug, Some(t1)).await.unwrap().is_none(), "nothing spent yet");
+    // Two cents on the first task: its budget is spent; the second task's calls and
+    // the org's go on.
+    let mut db = app.org_tx("bud").await;
+    let project = budgets::project_of(&mut db, Some(t1)).await.unwrap();
+    budgets::add_spend(&mut db, project, Some(t1), 20_000, 10).await.unwrap();
+    app.server.state.commit(db).await.unwrap();
+    let spent = budgets::exceeded_now(&pool, &slug, Some(t1)).await.unwrap().expect("the task's budget is spent");
+    assert_eq!(spent.scope, "task");
+    assert!(spent.describe().contains("$0.01 ($0.02 spent)"), "{}", spent.describe());
+    assert!(budgets::exceeded_now(&pool, &slug, Some(t2)).await.unwrap().is_none());
+    assert!(budgets::exceeded_now(&pool, &slug, None).await.unwrap().is_none());
+    // 1,000 tokens in all on the project: every task of it stops.
+    let mut db = app.org_tx("bud").await;
+    budgets::add_spend(&mut db, project, Some(t2), 0, 990).await.unwrap();
+    app.server.state.commit(db).await.unwrap();
+    let spent = budgets::exceeded_now(&pool, &slug, Some(t2)).await.unwrap().expect("the project's budget is spent");
+    assert_eq!((spent.scope.as_str(), spent.period.as_str()), ("project", "total"));
+    let (_, list) = app.get("/api/v1/orgs/bud/budgets", &token).await;
+    let project_budget = list["data"].as_array().unwrap().iter().find(|b| b["scope"] == "project").unwrap().clone();
+    assert_eq!(project_budget["spent_tokens"], 1000, "{list}");
+    let (s, _) = app.delete(&format!("/api/v1/orgs/bud/budgets/{}", project_budget["id"].as_str().unwrap()), &token).await;
+    assert_eq!(s, 204);
+    assert!(budgets::exceeded_now(&pool, &slug, Some(t2)).await.unwrap().is_none(), "removed, it holds nothing back");
+}

@@ -55,14 +55,19 @@ pub fn dollars(micros: i64) -> String {
 }
 
 /// SQL: the budgets that apply to a call in project `$1` and task `$2` (either may be
-/// null), with their spend in their current period.
-const STANDING: &str = "
-    SELECT b.id, b.scope, b.period, b.max_cost_micros, b.max_tokens,
-           coalesce(s.cost_micros, 0) AS cost_micros, coalesce(s.tokens, 0) AS tokens, cur.period AS current
-    FROM budgets b
-    CROSS JOIN LATERAL (SELECT CASE b.period WHEN 'month' THEN to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM') ELSE 'total' END AS period) cur
-    LEFT JOIN spend s ON s.scope = b.scope AND s.scope_id = coalesce(b.task_id, b.project_id, '00000000-0000-0000-0000-000000000000') AND s.period = cur.period
-    WHERE b.scope = 'org' OR (b.scope = 'project' AND b.project_id = $1) OR (b.scope = 'task' AND b.task_id = $2)";
+/// null), with their spend in their current period. `schema` qualifies the tables
+/// (`"org_x".`) for a statement run unscoped, or is empty.
+fn standing(schema: &str) -> String {
+    format!(
+        "SELECT b.id, b.scope, b.period, b.max_cost_micros, b.max_tokens,
+                coalesce(s.cost_micros, 0) AS cost_micros, coalesce(s.tokens, 0) AS tokens, cur.period AS current
+         FROM {schema}budgets b
+         CROSS JOIN LATERAL (SELECT CASE b.period WHEN 'month' THEN to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM') ELSE 'total' END AS period) cur
+         LEFT JOIN {schema}spend s ON s.scope = b.scope AND s.period = cur.period
+              AND s.scope_id = coalesce(b.task_id, b.project_id, '00000000-0000-0000-0000-000000000000')
+         WHERE b.scope = 'org' OR (b.scope = 'project' AND b.project_id = $1) OR (b.scope = 'task' AND b.task_id = $2)"
+    )
+}
 
 /// The project of a task (for a job's call).
 pub async fn project_of(db: &mut OrgTx, task: Option<Uuid>) -> ApiResult<Option<Uuid>> {
@@ -70,10 +75,25 @@ pub async fn project_of(db: &mut OrgTx, task: Option<Uuid>) -> ApiResult<Option<
     Ok(sqlx::query_scalar("SELECT project_id FROM tasks WHERE id = $1").bind(task).fetch_optional(db.conn()).await?)
 }
 
-/// The first budget the call may not go past, if any is spent.
+/// The first budget a call on `task` (None: a gateway call) may not go past, if any
+/// is spent.
 pub async fn exceeded(db: &mut OrgTx, task: Option<Uuid>) -> ApiResult<Option<Standing>> {
     let project = project_of(db, task).await?;
-    let all: Vec<Standing> = sqlx::query_as(STANDING).bind(project).bind(task).fetch_all(db.conn()).await?;
+    let all: Vec<Standing> = sqlx::query_as(&standing("")).bind(project).bind(task).fetch_all(db.conn()).await?;
+    Ok(all.into_iter().find(Standing::spent))
+}
+
+/// The same as one statement outside any transaction: what the proxy asks before
+/// every call, so it costs one round trip.
+pub async fn exceeded_now(pool: &sqlx::PgPool, slug: &kodel_core::OrgSlug, task: Option<Uuid>) -> ApiResult<Option<Standing>> {
+    let s = format!("{}.", slug.quoted_schema());
+    // The task is $1 here, and its project read in the same statement.
+    let sql = format!(
+        "WITH call AS (SELECT (SELECT project_id FROM {s}tasks WHERE id = $1) AS project)
+         SELECT st.* FROM call, LATERAL ({}) st",
+        standing(&s).replace("$1", "call.project").replace("$2", "$1")
+    );
+    let all: Vec<Standing> = sqlx::query_as(&sql).bind(task).fetch_all(pool).await?;
     Ok(all.into_iter().find(Standing::spent))
 }
 
@@ -102,7 +122,8 @@ pub async fn add_spend(db: &mut OrgTx, project: Option<Uuid>, task: Option<Uuid>
 /// time this period, marked warned.
 pub async fn crossed_warning(db: &mut OrgTx, project: Option<Uuid>, task: Option<Uuid>) -> ApiResult<Vec<Standing>> {
     let all: Vec<Standing> = sqlx::query_as(&format!(
-        "WITH st AS ({STANDING}) SELECT st.* FROM st JOIN budgets b ON b.id = st.id WHERE b.warned IS DISTINCT FROM st.current"
+        "WITH st AS ({}) SELECT st.* FROM st JOIN budgets b ON b.id = st.id WHERE b.warned IS DISTINCT FROM st.current",
+        standing("")
     ))
     .bind(project)
     .bind(task)
