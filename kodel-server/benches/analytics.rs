@@ -1,7 +1,9 @@
 //! Analytics: 1,000,000 LLM calls of one org (30 days, 10 projects, 5 models) in the
 //! outbox are shipped to a private ClickHouse (Debian's 18.16) in the shipper's
 //! batches: rows per second. Then the usage report by day, from ClickHouse and from
-//! PostgreSQL over the same rows: median and p95 of 20 runs each.
+//! PostgreSQL over the same rows: median and p95 of 20 runs each. Last, the budget
+//! check the proxy makes before each call (an org, a project and a task budget set):
+//! 2,000 checks, p50 and p99.
 //! Run: cargo bench -p kodel-server --bench analytics   (numbers in docs/benchmarks.md)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -81,4 +83,26 @@ async fn main() {
         times.sort();
         println!("usage by day over {CALLS} calls from {what}: p50 {:.1} ms, p95 {:.1} ms", common::pct(&times, 0.5), common::pct(&times, 0.95));
     }
+
+    for body in [
+        serde_json::json!({"scope": "org", "max_cost": 1000.0}),
+        serde_json::json!({"scope": "project", "project": "BE", "max_tokens": 100_000_000}),
+        serde_json::json!({"scope": "task", "task": "BE-1", "max_cost": 10.0}),
+    ] {
+        let r = b.http.put(format!("{}/api/v1/orgs/bench/budgets", b.base)).bearer_auth(&b.token).json(&body).send().await.unwrap();
+        assert!(r.status().is_success());
+    }
+    let slug = kodel_core::OrgSlug::parse("bench").unwrap();
+    let task: Uuid = sqlx::query_scalar("SELECT id FROM org_bench.tasks WHERE number = 1").fetch_one(&pool).await.unwrap();
+    let mut times = Vec::new();
+    for i in 0..2_200 {
+        let t = Instant::now();
+        let spent = kodel_server::analytics::budgets::exceeded_now(&pool, &slug, Some(task)).await.unwrap();
+        if i >= 200 {
+            times.push(t.elapsed());
+        }
+        assert!(spent.is_none());
+    }
+    times.sort();
+    println!("budget check before a call (3 budgets apply): p50 {:.3} ms, p99 {:.3} ms", common::pct(&times, 0.5), common::pct(&times, 0.99));
 }

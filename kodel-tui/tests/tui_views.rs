@@ -567,3 +567,42 @@ fn a_job_is_started_or_retried_from_the_task_view() {
     key(&mut app, KeyCode::Char('k'));
     assert_eq!(key(&mut app, KeyCode::Enter), vec![Effect::StartJob { key: "KOD-3".into(), template: "code-review-template".into() }]);
 }
+
+/// The usage view (`U`): the org's cost by day and by model as bars, the totals above,
+/// `t` for tokens instead of dollars.
+#[test]
+fn usage_view() {
+    let mut app = app();
+    let effects = key(&mut app, KeyCode::Char('U'));
+    assert!(matches!(effects.as_slice(), [Effect::LoadUsage]), "{effects:?}");
+    assert!(render(&app, 100, 30).contains("reading the org's usage"));
+    let row = |key: &str, calls: u64, tin: u64, tout: u64, cost: f64, unpriced: u64| {
+        json!({"key": key, "calls": calls, "errors": 0, "tokens_in": tin, "tokens_out": tout, "tokens_cached": 0, "cost": cost, "unpriced_calls": unpriced})
+    };
+    let report = |group: &str, data: Vec<Value>| {
+        serde_json::from_value(json!({"from": "2026-11-04T00:00:00Z", "to": "2026-12-04T00:00:00Z", "group_by": group, "source": "clickhouse", "data": data})).unwrap()
+    };
+    let by_day = report("day", vec![row("2026-12-01", 10, 12_000, 900, 0.42, 0), row("2026-12-02", 4, 3_000, 200, 0.11, 1), row("2026-12-03", 20, 40_000, 2_000, 1.37, 0)]);
+    let by_model = report("model", vec![row("anthropic/claude-sonnet-4", 30, 52_000, 2_900, 1.90, 0), row("ollama/qwen2.5-coder", 4, 3_000, 200, 0.0, 0)]);
+    app.on_msg(Msg::Usage { by_day: Box::new(by_day), by_model: Box::new(by_model) });
+    let screen = render(&app, 100, 30);
+    assert!(screen.contains("34 calls") && screen.contains("$1.90") && screen.contains("+ 1 call with no price") && screen.contains("from clickhouse"), "{screen}");
+    assert!(screen.contains("anthropic/claude-sonnet-4") && screen.contains("12-03") && screen.contains("$0.42"), "{screen}");
+    insta::assert_snapshot!(screen);
+    key(&mut app, KeyCode::Char('t'));
+    let screen = render(&app, 100, 30);
+    assert!(screen.contains("tokens by day") && screen.contains("42.0k"), "{screen}");
+}
+
+/// The task pane says what its jobs spent, summed over them.
+#[test]
+fn the_task_pane_sums_what_its_jobs_spent() {
+    let mut a = job("KOD-3", "implement", "succeeded", None);
+    a["usage"] = json!({"input_tokens": 1200, "output_tokens": 300, "cached_tokens": 0, "cost_micros": 9000, "llm_calls": 3});
+    let mut b = job("KOD-3", "review", "paused", None);
+    b["usage"] = json!({"input_tokens": 800, "output_tokens": 100, "cost_micros": 3400, "llm_calls": 1});
+    let jobs: Vec<kodel_core::jobs::Job> = [a, b].into_iter().map(|j| serde_json::from_value(j).unwrap()).collect();
+    assert_eq!(kodel_tui::tui::detail::spent(&jobs).as_deref(), Some("$0.0124 · 2000 tokens in, 400 out · 4 LLM calls"));
+    let none: Vec<kodel_core::jobs::Job> = vec![serde_json::from_value(job("KOD-3", "qa", "pending", None)).unwrap()];
+    assert_eq!(kodel_tui::tui::detail::spent(&none), None, "nothing said before a call");
+}

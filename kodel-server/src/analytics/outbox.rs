@@ -12,8 +12,9 @@ use crate::db::OrgTx;
 use crate::error::ApiResult;
 use crate::llm::{Caller, Metered};
 
-/// Writes a metered LLM call, priced (`prices`), with the project and agent of its job.
-pub async fn llm_call(db: &mut OrgTx, caller: &Caller, m: &Metered) -> ApiResult<()> {
+/// Writes a metered LLM call, priced (`prices`), with the project and agent of its job,
+/// and adds it to the budgets' spend. Returns its cost in micro-dollars.
+pub async fn llm_call(db: &mut OrgTx, caller: &Caller, m: &Metered) -> ApiResult<i64> {
     let price = super::prices::price(db, m.provider, &m.model).await?;
     let row = json!({
         "org_id": caller.org_id,
@@ -60,7 +61,7 @@ pub async fn llm_call(db: &mut OrgTx, caller: &Caller, m: &Metered) -> ApiResult
             None => tracing::warn!(org = %caller.slug, budget = %crossed.id, "{message}: 80 % or more is used"),
         }
     }
-    Ok(())
+    Ok(cost)
 }
 
 /// The job events worth a row: a job's life, not its steps or output.

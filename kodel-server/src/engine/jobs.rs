@@ -508,12 +508,13 @@ pub async fn record_step(db: &mut OrgTx, job: Uuid, task: Uuid, agent: Uuid, seq
 }
 
 /// Adds one model call's tokens to what the job spent.
-pub async fn add_usage(db: &mut OrgTx, job: Uuid, usage: &Usage) -> ApiResult<()> {
+pub async fn add_usage(db: &mut OrgTx, job: Uuid, usage: &Usage, cost_micros: i64) -> ApiResult<()> {
     sqlx::query(
         "UPDATE ai_jobs SET usage = jsonb_build_object(
              'input_tokens', coalesce((usage->>'input_tokens')::bigint, 0) + $2,
              'output_tokens', coalesce((usage->>'output_tokens')::bigint, 0) + $3,
              'cached_tokens', coalesce((usage->>'cached_tokens')::bigint, 0) + $4,
+             'cost_micros', coalesce((usage->>'cost_micros')::bigint, 0) + $5,
              'llm_calls', coalesce((usage->>'llm_calls')::bigint, 0) + 1)
          WHERE id = $1",
     )
@@ -521,6 +522,7 @@ pub async fn add_usage(db: &mut OrgTx, job: Uuid, usage: &Usage) -> ApiResult<()
     .bind(usage.input_tokens as i64)
     .bind(usage.output_tokens as i64)
     .bind(usage.cached_tokens as i64)
+    .bind(cost_micros)
     .execute(db.conn())
     .await?;
     Ok(())

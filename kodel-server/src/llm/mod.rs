@@ -316,9 +316,9 @@ fn estimate(system: &str, req: &LlmRequest, answer: &Message) -> Usage {
 /// and becomes a `job.llm_call` event, all in one transaction.
 async fn record(state: &crate::AppState, caller: &Caller, m: &Metered) -> crate::error::ApiResult<()> {
     let mut db = crate::db::OrgTx::begin(&state.pool, caller.org_id, &caller.slug).await?;
-    crate::analytics::outbox::llm_call(&mut db, caller, m).await?;
+    let cost = crate::analytics::outbox::llm_call(&mut db, caller, m).await?;
     if let Some(job) = caller.job {
-        crate::engine::jobs::add_usage(&mut db, job.job_id, &m.usage).await?;
+        crate::engine::jobs::add_usage(&mut db, job.job_id, &m.usage, cost).await?;
         // The task's event shows the call without the org-wide fields.
         let call = LlmCall {
             job_id: Some(job.job_id),

@@ -32,6 +32,7 @@ pub enum View {
     Task,
     Agents,
     Jobs,
+    Usage,
 }
 
 /// The connection to the server's event stream, as the status line shows it.
@@ -64,6 +65,8 @@ pub enum Effect {
     Decide { id: Uuid, approve: bool, comment: Option<String> },
     LoadAgents,
     LoadJobs,
+    /// The org's usage of the last 30 days, by day and by model.
+    LoadUsage,
     /// The org's job templates, for the picker (`s` in the task view).
     LoadTemplates,
     /// A job on a task from a template, started by hand (or again, after a failure).
@@ -93,6 +96,7 @@ pub enum Msg {
     Resync,
     Agents(Vec<Agent>),
     Jobs(Vec<Job>),
+    Usage { by_day: Box<kodel_core::usage::UsageReport>, by_model: Box<kodel_core::usage::UsageReport> },
     /// Job templates: name and kind.
     Templates(Vec<(String, String)>),
     Conn(Conn),
@@ -135,6 +139,7 @@ pub struct App {
     pub agents_sel: usize,
     pub jobs: Vec<Job>,
     pub jobs_sel: usize,
+    pub usage: super::usage::Usage,
     pub overlay: Overlay,
     pub conn: Conn,
     /// A message for the footer, and whether it is an error.
@@ -166,6 +171,7 @@ impl App {
             agents_sel: 0,
             jobs: Vec::new(),
             jobs_sel: 0,
+            usage: Default::default(),
             overlay: Overlay::None,
             conn: Conn::Connecting,
             status: None,
@@ -182,6 +188,7 @@ impl App {
         match (self.view, &self.overlay) {
             (View::Agents, Overlay::None) => vec![Effect::LoadAgents],
             (View::Jobs, Overlay::None) => vec![Effect::LoadJobs],
+            // Not usage: a report over a month of calls is not worth reading every 5 s.
             _ => vec![],
         }
     }
@@ -237,6 +244,10 @@ impl App {
                 self.view = View::Jobs;
                 return self.leave_task(vec![Effect::LoadJobs]);
             }
+            KeyCode::Char('U') if self.view != View::Usage => {
+                self.view = View::Usage;
+                return self.leave_task(vec![Effect::LoadUsage]);
+            }
             KeyCode::Char('b') if self.view != View::Board && self.view != View::Task => {
                 self.view = View::Board;
                 return vec![];
@@ -248,6 +259,7 @@ impl App {
             View::Task => self.task_key(k),
             View::Agents => self.agents_key(k),
             View::Jobs => self.jobs_key(k),
+            View::Usage => self.usage_key(k),
         }
     }
 
@@ -425,6 +437,10 @@ impl App {
                 self.jobs = j;
                 self.jobs_sel = self.jobs_sel.min(self.jobs.len().saturating_sub(1));
             }
+            Msg::Usage { by_day, by_model } => {
+                self.usage.by_day = Some(*by_day);
+                self.usage.by_model = Some(*by_model);
+            }
             Msg::Conn(c) => {
                 let back = matches!(self.conn, Conn::Retrying { .. }) && c == Conn::Live;
                 self.conn = c;
@@ -563,6 +579,7 @@ pub fn keys(view: View, overlay: &Overlay) -> &'static [(&'static str, &'static 
             View::Task => detail::KEYS,
             View::Agents => agents::KEYS,
             View::Jobs => jobs::KEYS,
+            View::Usage => super::usage::KEYS,
         },
     }
 }

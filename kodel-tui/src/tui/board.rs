@@ -43,6 +43,7 @@ pub const KEYS: &[(&str, &str)] = &[
     ("o", "org"),
     ("a", "agents"),
     ("J", "jobs"),
+    ("U", "usage"),
     ("r", "reload"),
     ("Esc", "clear filter"),
     ("filter", "words, #label, @assignee"),

@@ -236,6 +236,9 @@ pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     if !d.jobs.is_empty() {
         lines.push(Line::raw(""));
         lines.push(Line::styled("Jobs", theme.title()));
+        if let Some(spent) = spent(&d.jobs) {
+            lines.push(Line::styled(spent, theme.dim()));
+        }
         for j in d.jobs.iter().take(5) {
             let style = match j.status {
                 JobState::Failed => theme.error(),
@@ -398,4 +401,21 @@ fn entry_lines<'a>(e: &Entry, width: usize, selected: bool, hit: bool, theme: Th
         *first = first.clone().style(theme.selected());
     }
     out
+}
+
+/// What the task's jobs spent on LLM calls: `$0.0123 · 12.3k tokens in, 456 out · 7 calls`.
+pub fn spent(jobs: &[kodel_core::jobs::Job]) -> Option<String> {
+    let sum = |field: &str| jobs.iter().map(|j| j.usage[field].as_i64().unwrap_or(0)).sum::<i64>();
+    let calls = sum("llm_calls");
+    if calls == 0 {
+        return None;
+    }
+    let cost = sum("cost_micros") as f64 / 1_000_000.0;
+    Some(format!(
+        "{} · {} tokens in, {} out · {calls} LLM call{}",
+        super::usage::dollars(cost),
+        sum("input_tokens"),
+        sum("output_tokens"),
+        if calls == 1 { "" } else { "s" }
+    ))
 }

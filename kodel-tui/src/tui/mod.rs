@@ -21,6 +21,7 @@ pub mod net;
 pub mod overlay;
 pub mod stream;
 pub mod ui;
+pub mod usage;
 
 use std::io::Write;
 use std::time::Instant;

@@ -238,6 +238,11 @@ impl Net {
                 Ok(Msg::Done(format!("started a {} job on {key}", job.kind)))
             }),
             Effect::LoadJobs => self.spawn(async move { Ok(Msg::Jobs(get::<Page<Job>>(&api, &format!("{base}/jobs?limit=200")).await?.data)) }),
+            Effect::LoadUsage => self.spawn(async move {
+                let by_day = get(&api, &format!("{base}/usage?group_by=day")).await?;
+                let by_model = get(&api, &format!("{base}/usage?group_by=model")).await?;
+                Ok(Msg::Usage { by_day: Box::new(by_day), by_model: Box::new(by_model) })
+            }),
             // Handled by the event loop (they touch the terminal or the settings file).
             Effect::Edit(_) | Effect::SaveSettings => {}
         }

@@ -215,7 +215,7 @@ pub(super) fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             // (each key once).
             let mut all: Vec<(&str, &str)> = keys(app.view, &Overlay::None).to_vec();
             let board = app.view == View::Board;
-            for extra in [("a", "agents"), ("J", "jobs"), ("b", "back to the board"), ("q", "quit"), ("Ctrl-C", "quit"), ("wheel", "scroll")] {
+            for extra in [("a", "agents"), ("J", "jobs"), ("U", "usage and cost"), ("b", "back to the board"), ("q", "quit"), ("Ctrl-C", "quit"), ("wheel", "scroll")] {
                 let listed = all.iter().any(|(k, _)| k.split('/').any(|k| k == extra.0));
                 let pointless = board && extra.0 == "b";
                 if !listed && !pointless {

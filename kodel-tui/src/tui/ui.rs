@@ -65,6 +65,7 @@ pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
         View::Task => detail::draw(f, body, app, theme),
         View::Agents => agents::draw(f, body, app, theme),
         View::Jobs => jobs::draw(f, body, app, theme),
+        View::Usage => super::usage::draw(f, body, app, theme),
     }
     draw_footer(f, footer, app, theme);
     overlay::draw(f, body, app, theme);
@@ -78,6 +79,7 @@ fn draw_header(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         View::Task => "task",
         View::Agents => "agents",
         View::Jobs => "jobs",
+        View::Usage => "usage",
     };
     let (conn, style) = match &app.conn {
         Conn::Live => ("● live".to_owned(), theme.ok()),
