@@ -102,6 +102,10 @@ async fn calls_and_job_events_reach_clickhouse_once_across_an_outage() {
     let (_, metrics) = app.call(reqwest::Method::GET, "/metrics", None, None).await;
     let backlog = metrics.as_str().unwrap().lines().find(|l| l.starts_with("kodel_analytics_outbox_backlog ")).unwrap().to_owned();
     assert_ne!(backlog, "kodel_analytics_outbox_backlog 0", "the backlog is shown");
+    let page = metrics.as_str().unwrap();
+    assert!(page.contains(r#"kodel_llm_calls_total{provider="openai",status="ok"} 7"#), "{page}");
+    assert!(page.contains(r#"kodel_job_changes_total{event="job.created"} 1"#) && page.contains(r#"kodel_job_changes_total{event="job.cancelled"} 1"#), "{page}");
+    assert!(page.lines().any(|l| l.starts_with(r#"kodel_llm_cost_dollars_total{provider="openai"} "#) && !l.ends_with(" 0.0")), "{page}");
 
     // Back: every row arrives, once.
     ch.start_again().await;

@@ -32,6 +32,13 @@ async fn prometheus_scrapes_the_metrics_with_the_token() {
     assert_eq!(common::metric(&page, "kodel_event_streams_open"), Some(1.0), "{page}");
     assert!(common::metric(&page, "kodel_resident_memory_bytes").is_some_and(|b| b > 1e6), "{page}");
     assert!(!page.contains("secretorg") && !page.contains("metrics@example.com"), "no tenant names: {page}");
+    // Requests by route (the template, not the org's name), method and status, timed.
+    assert!(page.contains(r#"kodel_http_requests_total{route="/api/v1/orgs/{org}/projects",method="POST",status="201"} 1"#), "{page}");
+    assert!(page.contains(r#"kodel_http_request_duration_seconds_count{route="/api/v1/orgs/{org}/projects",method="POST"} 1"#), "{page}");
+    // A task creation went through the group commit.
+    app.create_task(&owner, "secretorg", "MET", "Counted").await;
+    let page = app.http.get(&url).bearer_auth("scrape-secret").send().await.unwrap().text().await.unwrap();
+    assert_eq!(common::metric(&page, "kodel_task_create_batch_size_count"), Some(1.0), "{page}");
 
     let dir = tempfile::tempdir().unwrap();
     let port = kodel_testkit::free_port();

@@ -20,6 +20,7 @@ pub async fn claim(state: &AppState, slug: &OrgSlug, agent: Uuid, labels: &[Stri
     let job = jobs::claim(&state.pool, slug, agent, labels, lease).await?;
     if job.is_some() {
         state.events.changed(slug);
+        state.metrics.job_changes.get_or_create(&crate::metrics::JobLabels { event: "job.started".into() }).inc();
     }
     Ok(job)
 }

@@ -317,6 +317,7 @@ fn estimate(system: &str, req: &LlmRequest, answer: &Message) -> Usage {
 async fn record(state: &crate::AppState, caller: &Caller, m: &Metered) -> crate::error::ApiResult<()> {
     let mut db = crate::db::OrgTx::begin(&state.pool, caller.org_id, &caller.slug).await?;
     let cost = crate::analytics::outbox::llm_call(&mut db, caller, m).await?;
+    state.metrics.llm_call(m.provider, m.status, &m.usage, cost);
     if let Some(job) = caller.job {
         crate::engine::jobs::add_usage(&mut db, job.job_id, &m.usage, cost).await?;
         // The task's event shows the call without the org-wide fields.

@@ -71,6 +71,7 @@ pub fn api() -> OpenApiRouter<AppState> {
 pub fn router(state: AppState, max_body: usize) -> Router {
     let (routes, _) = api().split_for_parts();
     routes
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), measure))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint") })
         .layer(DefaultBodyLimit::max(max_body.max(kodel_core::llm::MAX_REQUEST_BYTES)))
@@ -86,6 +87,19 @@ pub fn router(state: AppState, max_body: usize) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Counts a request and times it to its response headers, by the route it matched
+/// (a template such as `/api/v1/orgs/{org}/tasks`: no tenant's name in a label).
+async fn measure(axum::extract::State(state): axum::extract::State<AppState>, req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str()).to_owned();
+    let method = req.method().as_str().to_owned();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let m = &state.metrics;
+    m.http_duration.get_or_create(&crate::metrics::RouteLabels { route: route.clone(), method: method.clone() }).observe(started.elapsed().as_secs_f64());
+    m.http_requests.get_or_create(&crate::metrics::RequestLabels { route, method, status: resp.status().as_u16() }).inc();
+    resp
 }
 
 /// How long a client may take to send its request body.

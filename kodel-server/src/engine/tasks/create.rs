@@ -257,6 +257,7 @@ async fn committer(state: AppState, rx: Arc<Mutex<mpsc::Receiver<Pending>>>) {
 /// Commits one org's share of a batch and answers each of its requests.
 async fn commit_share(state: &AppState, slug: OrgSlug, mine: Vec<Pending>) {
     let (tasks, replies): (Vec<NewTask>, Vec<_>) = mine.into_iter().map(|p| (p.task, p.reply)).unzip();
+    state.metrics.create_batches.observe(tasks.len() as f64);
     let answers: Vec<Answer> = match create_batch(state, &slug, &tasks).await {
         Ok(made) => made.into_iter().map(|m| m.map_or(Answer::Alone, |c| Answer::Created(Box::new(c)))).collect(),
         Err(e) => {
