@@ -129,7 +129,8 @@ pub enum BudgetPeriod {
     /// The calendar month (UTC); it starts again on the 1st.
     #[default]
     Month,
-    /// Since the budget was first set.
+    /// Everything spent in the scope (counted since the server version that brought
+    /// budgets), whenever the budget was set.
     Total,
 }
 

@@ -91,6 +91,15 @@ pub struct JobEventRow {
     pub steps: u32,
 }
 
+/// The longest a ClickHouse request may take: a ClickHouse that hangs must not hold
+/// the shipper's locked outbox rows, nor a usage report, for ever.
+pub const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Runs a ClickHouse request within `TIMEOUT`.
+pub async fn bounded<T>(what: &str, work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::time::timeout(TIMEOUT, work).await.map_err(|_| anyhow::anyhow!("ClickHouse did not answer {what} within {} s", TIMEOUT.as_secs()))?
+}
+
 /// A connected ClickHouse, its database made and migrated.
 #[derive(Clone)]
 pub struct ClickHouse {
@@ -113,6 +122,10 @@ impl ClickHouse {
 
     /// Makes the database if need be and applies the pending migrations.
     pub async fn connect(config: &ClickHouseConfig) -> anyhow::Result<Self> {
+        bounded("the connection and migrations", Self::connect_unbounded(config)).await
+    }
+
+    async fn connect_unbounded(config: &ClickHouseConfig) -> anyhow::Result<Self> {
         anyhow::ensure!(
             !config.database.is_empty() && config.database.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
             "KODEL_CLICKHOUSE_DATABASE must be letters, digits and _"
@@ -147,16 +160,19 @@ impl ClickHouse {
         &self.client
     }
 
-    /// Inserts rows into `table`, one request.
+    /// Inserts rows into `table`, one request (within `TIMEOUT`).
     pub async fn insert<T: clickhouse::RowOwned + clickhouse::RowWrite>(&self, table: &str, rows: &[T]) -> anyhow::Result<()> {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut insert = self.client.insert::<T>(table).await?;
-        for row in rows {
-            insert.write(row).await?;
-        }
-        insert.end().await?;
-        Ok(())
+        bounded(&format!("an insert into {table}"), async {
+            let mut insert = self.client.insert::<T>(table).await?;
+            for row in rows {
+                insert.write(row).await?;
+            }
+            insert.end().await?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -74,11 +74,15 @@ pub fn built_in(provider: &str, model: &str) -> Option<Price> {
         .map(|(_, _, price)| *price)
 }
 
-/// The org's price of a model: its own (`model_prices`), else the built-in one. None
+/// The org's price of a model: its own (`model_prices`, by the longest name the model
+/// starts with), else the built-in one. None
 /// when neither knows the model: the call is stored with no cost and counted as
 /// unpriced in reports.
 pub async fn price(db: &mut OrgTx, provider: &str, model: &str) -> ApiResult<Option<Price>> {
-    let own: Option<(f64, f64, f64)> = sqlx::query_as("SELECT input, output, cached FROM model_prices WHERE provider = $1 AND model = $2")
+    // The org's prices match like the built-in ones: the longest name the model starts with.
+    let own: Option<(f64, f64, f64)> = sqlx::query_as(
+        "SELECT input, output, cached FROM model_prices WHERE provider = $1 AND left($2, length(model)) = model ORDER BY length(model) DESC LIMIT 1",
+    )
         .bind(provider)
         .bind(model)
         .fetch_optional(db.conn())

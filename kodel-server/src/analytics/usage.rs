@@ -73,14 +73,13 @@ pub fn clickhouse_sql(group: UsageGroup) -> String {
 }
 
 pub async fn from_clickhouse(ch: &ClickHouse, org_id: Uuid, range: Range, group: UsageGroup) -> anyhow::Result<Vec<Sums>> {
-    Ok(ch
+    let query = ch
         .client()
         .query(&clickhouse_sql(group))
         .bind(org_id.to_string())
-        .bind(range.from.timestamp().max(0) as u32)
-        .bind(range.to.timestamp().clamp(0, u32::MAX as i64) as u32)
-        .fetch_all::<Sums>()
-        .await?)
+        .bind(range.from.timestamp().clamp(0, u32::MAX as i64) as u32)
+        .bind(range.to.timestamp().clamp(0, u32::MAX as i64) as u32);
+    super::clickhouse::bounded("the usage report", async { Ok(query.fetch_all::<Sums>().await?) }).await
 }
 
 pub async fn from_postgres(pool: &PgPool, org_id: Uuid, range: Range, group: UsageGroup) -> ApiResult<Vec<Sums>> {

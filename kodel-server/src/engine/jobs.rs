@@ -90,12 +90,12 @@ pub async fn start(db: &mut OrgTx, task: Uuid, template: Uuid, status: Option<Uu
 }
 
 /// SQL for the engine's statement per event: when `$7` (the event entered a status),
-/// cancels the task `$2`'s pending and running jobs made for a status it has left.
+/// cancels the task `$2`'s pending, running and paused jobs made for a status it has left.
 /// Returns their `id, kind`.
 pub const CANCEL_LEFT_BEHIND: &str = "
     UPDATE ai_jobs j SET state = 'cancelled', finished_at = now(), lease_agent = NULL, lease_expires_at = NULL,
            error = 'the task left the status this job was started for'
-    FROM tasks t WHERE $7 AND j.task_id = t.id AND t.id = $2 AND j.state IN ('pending', 'running')
+    FROM tasks t WHERE $7 AND j.task_id = t.id AND t.id = $2 AND j.state IN ('pending', 'running', 'paused')
       AND j.status_id IS NOT NULL AND j.status_id <> t.status_id
     RETURNING j.id, j.kind";
 
@@ -371,25 +371,35 @@ pub async fn pause(db: &mut OrgTx, job: Uuid, agent: Uuid, reason: &str) -> ApiR
     Ok(true)
 }
 
-/// Queues paused jobs again: `job` alone, or (None) every paused job of the task, or of
-/// the project, or of the org, as `scope` says. Returns how many.
+/// Queues paused jobs again that no budget holds back any more: `job` alone, or (None)
+/// every paused job of the task, or of the project, or of the org, as the filters say.
+/// Returns how many.
 pub async fn resume_paused(db: &mut OrgTx, job: Option<Uuid>, project: Option<Uuid>, task: Option<Uuid>) -> ApiResult<usize> {
-    let resumed: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
-        "UPDATE ai_jobs j SET state = 'pending', error = NULL FROM tasks t
-         WHERE t.id = j.task_id AND j.state = 'paused'
-           AND ($1::uuid IS NULL OR j.id = $1) AND ($2::uuid IS NULL OR t.project_id = $2) AND ($3::uuid IS NULL OR j.task_id = $3)
-         RETURNING j.id, j.task_id, j.kind",
+    let paused: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "SELECT j.id, j.task_id FROM ai_jobs j JOIN tasks t ON t.id = j.task_id
+         WHERE j.state = 'paused' AND ($1::uuid IS NULL OR j.id = $1) AND ($2::uuid IS NULL OR t.project_id = $2)
+           AND ($3::uuid IS NULL OR j.task_id = $3)
+         ORDER BY j.id FOR UPDATE OF j",
     )
     .bind(job)
     .bind(project)
     .bind(task)
     .fetch_all(db.conn())
     .await?;
-    for (id, task, kind) in &resumed {
-        let kind = JobKind::try_from(kind.clone()).map_err(ApiError::internal)?;
-        events::record(db, *task, TaskEvent::JobResumed(JobResumed { job_id: *id, kind })).await?;
+    let mut resumed = 0;
+    for (id, task) in paused {
+        if crate::analytics::budgets::exceeded(db, Some(task)).await?.is_some() {
+            continue;
+        }
+        let kind: String = sqlx::query_scalar("UPDATE ai_jobs SET state = 'pending', error = NULL WHERE id = $1 RETURNING kind")
+            .bind(id)
+            .fetch_one(db.conn())
+            .await?;
+        let kind = JobKind::try_from(kind).map_err(ApiError::internal)?;
+        events::record(db, task, TaskEvent::JobResumed(JobResumed { job_id: id, kind })).await?;
+        resumed += 1;
     }
-    Ok(resumed.len())
+    Ok(resumed)
 }
 
 /// Puts a job its agent holds back in the queue, giving back the attempt (the agent

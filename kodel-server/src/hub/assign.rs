@@ -104,10 +104,12 @@ pub async fn load(state: &AppState, slug: &OrgSlug, job: &Claimed, agent: Uuid, 
     .fetch_all(&mut *db)
     .await?;
     let earlier = if row.first_seq > 0 {
-        let steps: Vec<serde_json::Value> = sqlx::query_scalar("SELECT step FROM job_steps WHERE job_id = $1 ORDER BY seq")
+        // The newest steps are the ones told: more than these would not fit anyway.
+        let mut steps: Vec<serde_json::Value> = sqlx::query_scalar("SELECT step FROM job_steps WHERE job_id = $1 ORDER BY seq DESC LIMIT 200")
             .bind(job.id)
             .fetch_all(&mut *db)
             .await?;
+        steps.reverse();
         Some(earlier_steps(&steps))
     } else {
         None

@@ -100,14 +100,10 @@ async fn set(mut t: Tenant, ApiJson(req): ApiJson<SetBudget>) -> ApiResult<Json<
     .fetch_one(t.conn())
     .await?;
     let row: BudgetRow = sqlx::query_as(&format!("SELECT * FROM ({LIST}) l WHERE l.id = $1")).bind(id).fetch_one(t.conn()).await?;
-    // Jobs this budget's scope paused go on, unless another budget still holds them
-    // (they are then paused again at their next call).
-    let budget = Budget::from(row);
-    if !(budget.max_cost.is_some_and(|m| budget.spent_cost >= m) || budget.max_tokens.is_some_and(|m| budget.spent_tokens >= m)) {
-        crate::engine::jobs::resume_paused(&mut t, None, project, task).await?;
-    }
+    // Paused jobs of the budget's scope that no budget holds back any more go on.
+    crate::engine::jobs::resume_paused(&mut t, None, project, task).await?;
     t.commit().await?;
-    Ok(Json(budget))
+    Ok(Json(row.into()))
 }
 
 #[utoipa::path(
@@ -120,10 +116,13 @@ async fn set(mut t: Tenant, ApiJson(req): ApiJson<SetBudget>) -> ApiResult<Json<
 async fn remove(mut t: Tenant, Path((_, id)): Path<(String, String)>) -> ApiResult<StatusCode> {
     t.require_org_role(OrgRole::Admin, WHAT)?;
     let id: Uuid = id.parse().map_err(|_| ApiError::new(ErrorCode::InvalidKey, "a budget id is a UUID"))?;
-    let gone = sqlx::query("DELETE FROM budgets WHERE id = $1").bind(id).execute(t.conn()).await?.rows_affected();
-    t.commit().await?;
-    if gone == 0 {
+    let gone: Option<(Option<Uuid>, Option<Uuid>)> =
+        sqlx::query_as("DELETE FROM budgets WHERE id = $1 RETURNING project_id, task_id").bind(id).fetch_optional(t.conn()).await?;
+    let Some((project, task)) = gone else {
         return Err(ApiError::new(ErrorCode::NotFound, format!("no budget {id}")));
-    }
+    };
+    // Paused jobs it held back go on, unless another budget holds them.
+    crate::engine::jobs::resume_paused(&mut t, None, project, task).await?;
+    t.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }

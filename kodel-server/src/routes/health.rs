@@ -79,7 +79,11 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
         return ApiError::unauthorized().into_response();
     }
     // Read with a short bound: a scrape must not wait on a slow database.
-    let backlog = tokio::time::timeout(READY_WITHIN, crate::analytics::shipper::backlog(&state.pool)).await.ok().and_then(Result::ok);
+    // Only where rows are shipped: without ClickHouse nothing waits to be.
+    let backlog = match state.analytics.config() {
+        Some(_) => tokio::time::timeout(READY_WITHIN, crate::analytics::shipper::backlog(&state.pool)).await.ok().and_then(Result::ok),
+        None => None,
+    };
     let now = crate::metrics::Now {
         agents_connected: state.hub.connection_count(),
         event_streams_open: state.streams.open_total(),

@@ -77,6 +77,11 @@ async fn report(mut t: Tenant, ApiQuery(q): ApiQuery<UsageQuery>) -> ApiResult<J
     if from >= to {
         return Err(ApiError::invalid("from must be before to"));
     }
+    // ClickHouse's DateTime holds 1970 to 2106.
+    let (first, last) = (DateTime::from_timestamp(0, 0).unwrap_or_default(), DateTime::from_timestamp(u32::MAX as i64, 0).unwrap_or_default());
+    if from < first || to > last {
+        return Err(ApiError::invalid("from and to must be between 1970 and 2106"));
+    }
     if to - from > Duration::days(MAX_DAYS) {
         return Err(ApiError::invalid(format!("a report covers at most {MAX_DAYS} days")));
     }
