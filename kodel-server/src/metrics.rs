@@ -47,6 +47,12 @@ pub struct ProviderLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `pending`, `running`, `paused`, `succeeded`, `failed`, `cancelled`.
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
     /// `job.created`, `job.started`, `job.succeeded`, `job.failed`...
     pub event: String,
@@ -84,6 +90,7 @@ pub struct Metrics {
     pub job_changes: Family<JobLabels, Counter>,
     /// How many task creations each group commit carried.
     pub create_batches: Histogram,
+    jobs: Family<StateLabels, Gauge>,
 }
 
 /// Figures read when the page is asked for.
@@ -92,6 +99,8 @@ pub struct Now {
     pub event_streams_open: u64,
     /// Analytics outbox rows not shipped yet (None: not read).
     pub outbox_backlog: Option<i64>,
+    /// Jobs of every org by state (None: not read).
+    pub jobs: Option<Vec<(String, i64)>>,
 }
 
 impl Metrics {
@@ -113,6 +122,8 @@ impl Metrics {
         let llm_cost = Family::<ProviderLabels, Counter<f64, AtomicU64>>::default();
         let job_changes = Family::<JobLabels, Counter>::default();
         let create_batches = batch_sizes();
+        let jobs = Family::<StateLabels, Gauge>::default();
+        registry.register("jobs", "Jobs of every org by state", jobs.clone());
         registry.register("http_requests", "HTTP requests answered, by route, method and status", http_requests.clone());
         registry.register("http_request_duration_seconds", "Time to answer an HTTP request (to its headers), by route and method", http_duration.clone());
         registry.register("llm_calls", "LLM calls made through the proxy, by provider and outcome", llm_calls.clone());
@@ -137,6 +148,7 @@ impl Metrics {
             llm_cost,
             job_changes,
             create_batches,
+            jobs,
         }
     }
 
@@ -164,6 +176,9 @@ impl Metrics {
         self.resident_memory.set(i64::try_from(resident_memory_bytes()).unwrap_or(i64::MAX));
         if let Some(n) = now.outbox_backlog {
             self.outbox_backlog.set(n);
+        }
+        for (state, n) in now.jobs.unwrap_or_default() {
+            self.jobs.get_or_create(&StateLabels { state }).set(n);
         }
         let mut page = String::new();
         // Writing into a String cannot fail.

@@ -105,6 +105,8 @@ async fn calls_and_job_events_reach_clickhouse_once_across_an_outage() {
     let page = metrics.as_str().unwrap();
     assert!(page.contains(r#"kodel_llm_calls_total{provider="openai",status="ok"} 7"#), "{page}");
     assert!(page.contains(r#"kodel_job_changes_total{event="job.created"} 1"#) && page.contains(r#"kodel_job_changes_total{event="job.cancelled"} 1"#), "{page}");
+    // Jobs by state, of every org: the one job, cancelled, and none pending.
+    assert!(page.contains(r#"kodel_jobs{state="cancelled"} 1"#) && page.contains(r#"kodel_jobs{state="pending"} 0"#), "{page}");
     assert!(page.lines().any(|l| l.starts_with(r#"kodel_llm_cost_dollars_total{provider="openai"} "#) && !l.ends_with(" 0.0")), "{page}");
 
     // Back: every row arrives, once.

@@ -84,10 +84,13 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response 
         Some(_) => tokio::time::timeout(READY_WITHIN, crate::analytics::shipper::backlog(&state.pool)).await.ok().and_then(Result::ok),
         None => None,
     };
+    let jobs = sqlx::query_as::<_, (String, i64)>("SELECT state, sum(n)::bigint FROM job_states GROUP BY state").fetch_all(&state.pool);
+    let jobs = tokio::time::timeout(READY_WITHIN, jobs).await.ok().and_then(Result::ok);
     let now = crate::metrics::Now {
         agents_connected: state.hub.connection_count(),
         event_streams_open: state.streams.open_total(),
         outbox_backlog: backlog,
+        jobs,
     };
     ([(header::CONTENT_TYPE, OPENMETRICS)], state.metrics.render(now)).into_response()
 }
