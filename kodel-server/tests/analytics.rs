@@ -404,3 +404,30 @@ async fn budgets_apply_to_their_scope() {
     assert_eq!(s, 204);
     assert!(budgets::exceeded_now(&pool, &slug, Some(t2)).await.unwrap().is_none(), "removed, it holds nothing back");
 }
+
+/// A paused job goes on by itself once no budget holds it back (a new month began),
+/// through the engine's sweep; while one still does, it stays paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_resumes_a_paused_job_once_its_budget_allows() {
+    let app = TestApp::spawn().await;
+    let token = app.owner_with_project("sweep@example.com", "sweep", "SW").await;
+    let task = app.create_task(&token, "sweep", "SW", "Wait for money").await;
+    let (s, job) = app.post("/api/v1/orgs/sweep/jobs", &token, json!({"task": task["key"], "template": "implement-template"})).await;
+    assert_eq!(s, 201, "{job}");
+    let (s, _) = app.call(reqwest::Method::PUT, "/api/v1/orgs/sweep/budgets", Some(&token), Some(json!({"scope": "task", "task": task["key"], "max_tokens": 0}))).await;
+    assert_eq!(s, 200);
+    let pool = app.server.state.pool.clone();
+    let id: uuid::Uuid = job["id"].as_str().unwrap().parse().unwrap();
+    sqlx::query("UPDATE org_sweep.ai_jobs SET state = 'paused', error = 'budget' WHERE id = $1").bind(id).execute(&pool).await.unwrap();
+    let state = |pool: sqlx::PgPool| async move {
+        sqlx::query_scalar::<_, String>("SELECT state FROM org_sweep.ai_jobs WHERE id = $1").bind(id).fetch_one(&pool).await.unwrap()
+    };
+    kodel_server::engine::background::sweep(&app.server.state).await.unwrap();
+    assert_eq!(state(pool.clone()).await, "paused", "the budget still holds it");
+    // As at the turn of a month: what holds it back is gone.
+    sqlx::query("DELETE FROM org_sweep.budgets").execute(&pool).await.unwrap();
+    kodel_server::engine::background::sweep(&app.server.state).await.unwrap();
+    assert_eq!(state(pool.clone()).await, "pending");
+    let (_, history) = app.get(&format!("/api/v1/orgs/sweep/tasks/{}/history", task["key"].as_str().unwrap()), &token).await;
+    assert!(history["data"].as_array().unwrap().iter().any(|e| e["type"] == "job.resumed"), "{history}");
+}

@@ -35,3 +35,5 @@ CREATE TABLE spend (
 ALTER TABLE ai_jobs DROP CONSTRAINT ai_jobs_state_check;
 ALTER TABLE ai_jobs ADD CONSTRAINT ai_jobs_state_check
     CHECK (state IN ('pending', 'running', 'paused', 'succeeded', 'failed', 'cancelled'));
+-- The engine's sweep looks for paused jobs a budget no longer holds back (a new month).
+CREATE INDEX ai_jobs_paused ON ai_jobs (id) WHERE state = 'paused';

@@ -1,6 +1,7 @@
 //! The engine's background work. One sweep per tick asks, in a single statement across
-//! the org schemas, which orgs have expired job leases, time-based rules or webhook
-//! calls due, and only those are visited. Commits that queue webhooks wake the sender
+//! the org schemas, which orgs have expired job leases, time-based rules, webhook
+//! calls due or paused jobs (which go on once no budget holds them back), and only
+//! those are visited. Commits that queue webhooks wake the sender
 //! at once; retries are woken when they fall due.
 
 use std::collections::HashSet;
@@ -97,12 +98,13 @@ pub async fn sweep(state: &AppState) -> ApiResult<()> {
                     "SELECT {i} AS i,
                         EXISTS (SELECT 1 FROM {schema}.ai_jobs WHERE state = 'running' AND lease_expires_at < now()) AS leases,
                         EXISTS (SELECT 1 FROM {schema}.automation_rules WHERE enabled AND trigger_kind IN ('schedule', 'stale')) AS timed,
-                        EXISTS (SELECT 1 FROM {schema}.webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= now()) AS hooks"
+                        EXISTS (SELECT 1 FROM {schema}.webhook_deliveries WHERE state = 'pending' AND next_attempt_at <= now()) AS hooks,
+                        EXISTS (SELECT 1 FROM {schema}.ai_jobs WHERE state = 'paused') AS paused"
                 )
             })
             .collect();
-        let due: Vec<(i32, bool, bool, bool)> = sqlx::query_as(&parts.join(" UNION ALL ")).fetch_all(&state.pool).await?;
-        for (i, leases, timed, hooks) in due {
+        let due: Vec<(i32, bool, bool, bool, bool)> = sqlx::query_as(&parts.join(" UNION ALL ")).fetch_all(&state.pool).await?;
+        for (i, leases, timed, hooks, paused) in due {
             let Some((org_id, slug)) = chunk.get(i as usize) else { continue };
             if leases {
                 let mut db = OrgTx::begin(&state.pool, *org_id, slug).await?;
@@ -116,6 +118,13 @@ pub async fn sweep(state: &AppState) -> ApiResult<()> {
             }
             if hooks {
                 state.background.webhooks_due(slug, *org_id);
+            }
+            // Paused jobs go on once no budget holds them back (a new month began, a
+            // budget was changed behind the API's back).
+            if paused {
+                let mut db = OrgTx::begin(&state.pool, *org_id, slug).await?;
+                jobs::resume_paused(&mut db, None, None, None).await?;
+                state.commit(db).await?;
             }
         }
     }
