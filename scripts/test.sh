@@ -36,6 +36,8 @@ command -v tmux >/dev/null || missing+=(tmux)
 command -v prometheus >/dev/null || missing+=(prometheus)
 # Analytics are shipped to a real ClickHouse (Debian's 18.16; each test runs its own).
 [ -x /usr/sbin/clickhouse-server ] || missing+=(clickhouse-server)
+# ... and over HTTPS, with a certificate made by openssl.
+command -v openssl >/dev/null || missing+=(openssl)
 apt_install ${missing[@]+"${missing[@]}"}
 
 # The LLM gateway is tested with the official OpenAI Python client.

@@ -431,3 +431,24 @@ async fn the_sweep_resumes_a_paused_job_once_its_budget_allows() {
     let (_, history) = app.get(&format!("/api/v1/orgs/sweep/tasks/{}/history", task["key"].as_str().unwrap()), &token).await;
     assert!(history["data"].as_array().unwrap().iter().any(|e| e["type"] == "job.resumed"), "{history}");
 }
+
+/// ClickHouse over HTTPS (its certificate trusted through SSL_CERT_FILE, as the
+/// system's roots would): tables made, a batch shipped, a report read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_is_reached_over_https() {
+    let ch = ClickHouseServer::start_tls().await;
+    // SAFETY: nextest runs each test in a process of its own.
+    unsafe { std::env::set_var("SSL_CERT_FILE", ch.cert_file()) };
+    let config = ClickHouseConfig { url: ch.https_url().unwrap(), user: None, password: None, database: "kodel".into() };
+    let llm = ScriptedLlm::start(vec![]).await;
+    let app = app(&llm, fresh_database().await, None).await;
+    let token = app.owner_with_project("tls@example.com", "tls", "TL").await;
+    assert_eq!(gateway_call(&app, &token, "gpt-4o").await, 200);
+    let clickhouse = ClickHouse::connect(&config).await.unwrap();
+    assert_eq!(shipper::ship_once(&app.server.state.pool, &clickhouse).await.unwrap(), 1);
+    assert_eq!(ch.query("SELECT count() FROM kodel.llm_calls FINAL").await.trim(), "1");
+    // A certificate nobody vouches for is refused.
+    unsafe { std::env::remove_var("SSL_CERT_FILE") };
+    let untrusted = ClickHouse::connect(&config).await;
+    assert!(untrusted.is_err(), "a self-signed certificate was taken without being trusted");
+}
