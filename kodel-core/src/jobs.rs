@@ -5,13 +5,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// An enum stored and sent as text: `as_str`, `parse`, `ALL`, `TryFrom<String>` (for
+/// sqlx's `try_from`) and `Display`, the names in snake_case.
 macro_rules! text_enum {
-    ($(#[$m:meta])* $name:ident { $($variant:ident = $text:literal,)* }) => {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal,)* }) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
         #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         #[serde(rename_all = "snake_case")]
-        pub enum $name { $($variant,)* }
+        pub enum $name { $($(#[$vm])* $variant,)* }
 
         impl $name {
             pub const ALL: &'static [$name] = &[$(Self::$variant,)*];
@@ -37,6 +39,7 @@ macro_rules! text_enum {
         }
     };
 }
+pub(crate) use text_enum;
 
 text_enum!(JobKind { Implement = "implement", Review = "review", Qa = "qa", Custom = "custom", });
 text_enum!(

@@ -4,44 +4,27 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// How a usage report groups calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum UsageGroup {
-    /// By UTC day, `2026-12-04`.
-    #[default]
-    Day,
-    /// By project (its key); calls made outside any task have none.
-    Project,
-    /// By task (its key).
-    Task,
-    /// By `provider/model`.
-    Model,
-    /// By the person who called the gateway (their email); agents' calls have none.
-    User,
-    /// By agent (its name); people's calls have none.
-    Agent,
-}
+use crate::jobs::text_enum;
 
-impl UsageGroup {
-    pub const ALL: [UsageGroup; 6] = [Self::Day, Self::Project, Self::Task, Self::Model, Self::User, Self::Agent];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Day => "day",
-            Self::Project => "project",
-            Self::Task => "task",
-            Self::Model => "model",
-            Self::User => "user",
-            Self::Agent => "agent",
-        }
+text_enum!(
+    /// How a usage report groups calls.
+    #[derive(Default)]
+    UsageGroup {
+        /// By UTC day, `2026-12-04`.
+        #[default]
+        Day = "day",
+        /// By project (its key); calls made outside any task have none.
+        Project = "project",
+        /// By task (its key).
+        Task = "task",
+        /// By `provider/model`.
+        Model = "model",
+        /// By the person who called the gateway (their email); agents' calls have none.
+        User = "user",
+        /// By agent (its name); people's calls have none.
+        Agent = "agent",
     }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|g| g.as_str() == s)
-    }
-}
+);
 
 /// One group's calls.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,58 +77,30 @@ pub struct ModelPrice {
     pub source: Option<String>,
 }
 
-/// What a budget limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum BudgetScope {
-    /// Every call of the org.
-    Org,
-    /// The calls of jobs on the project's tasks.
-    Project,
-    /// The calls of the task's jobs.
-    Task,
-}
-
-impl BudgetScope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Org => "org",
-            Self::Project => "project",
-            Self::Task => "task",
-        }
+text_enum!(
+    /// What a budget limits.
+    BudgetScope {
+        /// Every call of the org.
+        Org = "org",
+        /// The calls of jobs on the project's tasks.
+        Project = "project",
+        /// The calls of the task's jobs.
+        Task = "task",
     }
+);
 
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Org, Self::Project, Self::Task].into_iter().find(|v| v.as_str() == s)
+text_enum!(
+    /// Over what time a budget counts.
+    #[derive(Default)]
+    BudgetPeriod {
+        /// The calendar month (UTC); it starts again on the 1st.
+        #[default]
+        Month = "month",
+        /// Everything spent in the scope (counted since the server version that brought
+        /// budgets), whenever the budget was set.
+        Total = "total",
     }
-}
-
-/// Over what time a budget counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum BudgetPeriod {
-    /// The calendar month (UTC); it starts again on the 1st.
-    #[default]
-    Month,
-    /// Everything spent in the scope (counted since the server version that brought
-    /// budgets), whenever the budget was set.
-    Total,
-}
-
-impl BudgetPeriod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Month => "month",
-            Self::Total => "total",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [Self::Month, Self::Total].into_iter().find(|v| v.as_str() == s)
-    }
-}
+);
 
 /// A budget and what it has spent this period.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -74,11 +74,8 @@ impl AppState {
     /// on other replicas), the agents hub (queued and cancelled jobs), and the webhook
     /// sender.
     pub fn announce(&self, journal: &db::scoped::Journal) {
-        for ev in &journal.events {
-            let kind = ev.event.kind();
-            if kind.as_str().starts_with("job.") && !matches!(kind, kodel_core::events::EventKind::JobStep | kodel_core::events::EventKind::JobOutput | kodel_core::events::EventKind::JobLlmCall) {
-                self.metrics.job_changes.get_or_create(&metrics::JobLabels { event: kind.as_str().into() }).inc();
-            }
+        for kind in journal.events.iter().map(|ev| ev.event.kind()).filter(|k| analytics::outbox::is_job_change(*k)) {
+            self.metrics.job_changes.get_or_create(&metrics::JobLabels { event: kind.as_str().into() }).inc();
         }
         if journal.wrote_events() {
             self.events.changed(&journal.slug);

@@ -378,31 +378,31 @@ async fn budgets_apply_to_their_scope() {
         async move { sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM org_bud.tasks WHERE number = $1").bind(n).fetch_one(&pool).await.unwrap() }
     };
     let (t1, t2) = (task_id(&one).await, task_id(&two).await);
-    let slug = kodel_core::OrgSlug::parse("bud").unwrap();
-    assert!(budgets::exceeded_now(&pool, &slug, Some(t1)).await.unwrap().is_none(), "nothing spent yet");
+    let schema = format!("{}.", kodel_core::OrgSlug::parse("bud").unwrap().quoted_schema());
+    assert!(budgets::exceeded(&pool, &schema, Some(t1)).await.unwrap().is_none(), "nothing spent yet");
     // Two cents on the first task: its budget is spent; the second task's calls and
     // the org's go on.
     let mut db = app.org_tx("bud").await;
-    let project = budgets::project_of(&mut db, Some(t1)).await.unwrap();
+    let project: Option<uuid::Uuid> = sqlx::query_scalar("SELECT project_id FROM org_bud.tasks WHERE id = $1").bind(t1).fetch_one(&pool).await.unwrap();
     budgets::add_spend(&mut db, project, Some(t1), 20_000, 10).await.unwrap();
     app.server.state.commit(db).await.unwrap();
-    let spent = budgets::exceeded_now(&pool, &slug, Some(t1)).await.unwrap().expect("the task's budget is spent");
+    let spent = budgets::exceeded(&pool, &schema, Some(t1)).await.unwrap().expect("the task's budget is spent");
     assert_eq!(spent.scope, "task");
     assert!(spent.describe().contains("$0.01 ($0.02 spent)"), "{}", spent.describe());
-    assert!(budgets::exceeded_now(&pool, &slug, Some(t2)).await.unwrap().is_none());
-    assert!(budgets::exceeded_now(&pool, &slug, None).await.unwrap().is_none());
+    assert!(budgets::exceeded(&pool, &schema, Some(t2)).await.unwrap().is_none());
+    assert!(budgets::exceeded(&pool, &schema, None).await.unwrap().is_none());
     // 1,000 tokens in all on the project: every task of it stops.
     let mut db = app.org_tx("bud").await;
     budgets::add_spend(&mut db, project, Some(t2), 0, 990).await.unwrap();
     app.server.state.commit(db).await.unwrap();
-    let spent = budgets::exceeded_now(&pool, &slug, Some(t2)).await.unwrap().expect("the project's budget is spent");
+    let spent = budgets::exceeded(&pool, &schema, Some(t2)).await.unwrap().expect("the project's budget is spent");
     assert_eq!((spent.scope.as_str(), spent.period.as_str()), ("project", "total"));
     let (_, list) = app.get("/api/v1/orgs/bud/budgets", &token).await;
     let project_budget = list["data"].as_array().unwrap().iter().find(|b| b["scope"] == "project").unwrap().clone();
     assert_eq!(project_budget["spent_tokens"], 1000, "{list}");
     let (s, _) = app.delete(&format!("/api/v1/orgs/bud/budgets/{}", project_budget["id"].as_str().unwrap()), &token).await;
     assert_eq!(s, 204);
-    assert!(budgets::exceeded_now(&pool, &slug, Some(t2)).await.unwrap().is_none(), "removed, it holds nothing back");
+    assert!(budgets::exceeded(&pool, &schema, Some(t2)).await.unwrap().is_none(), "removed, it holds nothing back");
 }
 
 /// A paused job goes on by itself once no budget holds it back (a new month began),

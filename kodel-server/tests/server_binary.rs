@@ -98,6 +98,16 @@ async fn passwords_and_tokens_never_reach_the_log() {
     }
 }
 
+/// A new account that owns org `slug` with project `key`; its access token.
+async fn owner_with_project(base: &str, email: &str, slug: &str, key: &str) -> String {
+    post(base, "/api/v1/auth/register", None, json!({"email": email, "password": "longenough", "name": email})).await;
+    let (_, v) = post(base, "/api/v1/auth/login", None, json!({"email": email, "password": "longenough"})).await;
+    let token = v["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(post(base, "/api/v1/orgs", Some(&token), json!({"slug": slug, "name": slug})).await.0, 201);
+    assert_eq!(post(base, &format!("/api/v1/orgs/{slug}/projects"), Some(&token), json!({"key": key, "name": key})).await.0, 201);
+    token
+}
+
 /// `pg_ctl ARGS` on the managed cluster in `data` (as the postgres user under root).
 fn pg_ctl(data: &std::path::Path, args: &[&str]) {
     let bindir = std::fs::read_dir("/usr/lib/postgresql")
@@ -123,11 +133,7 @@ async fn while_the_database_is_down_every_request_answers_503_in_bounded_time() 
     let data = dir.path().join("data");
     let server = start_server(&["--data-dir", data.to_str().unwrap()], &[("KODEL_DB_TIMEOUT", "1")]);
     let base = server.base.clone();
-    post(&base, "/api/v1/auth/register", None, json!({"email": "d@x.io", "password": "longenough", "name": "D"})).await;
-    let (_, v) = post(&base, "/api/v1/auth/login", None, json!({"email": "d@x.io", "password": "longenough"})).await;
-    let token = v["access_token"].as_str().unwrap().to_owned();
-    assert_eq!(post(&base, "/api/v1/orgs", Some(&token), json!({"slug": "down", "name": "Down"})).await.0, 201);
-    assert_eq!(post(&base, "/api/v1/orgs/down/projects", Some(&token), json!({"key": "DN", "name": "Down"})).await.0, 201);
+    let token = owner_with_project(&base, "d@x.io", "down", "DN").await;
 
     pg_ctl(&data, &["-m", "immediate", "-w", "stop"]);
     let http = reqwest::Client::new();
@@ -186,11 +192,7 @@ async fn a_stalled_database_answers_503_in_bounded_time() {
     let data = dir.path().join("data");
     let server = start_server(&["--data-dir", data.to_str().unwrap()], &[("KODEL_DB_TIMEOUT", "1")]);
     let base = server.base.clone();
-    post(&base, "/api/v1/auth/register", None, json!({"email": "s@x.io", "password": "longenough", "name": "S"})).await;
-    let (_, v) = post(&base, "/api/v1/auth/login", None, json!({"email": "s@x.io", "password": "longenough"})).await;
-    let token = v["access_token"].as_str().unwrap().to_owned();
-    assert_eq!(post(&base, "/api/v1/orgs", Some(&token), json!({"slug": "stall", "name": "Stall"})).await.0, 201);
-    assert_eq!(post(&base, "/api/v1/orgs/stall/projects", Some(&token), json!({"key": "ST", "name": "Stall"})).await.0, 201);
+    let token = owner_with_project(&base, "s@x.io", "stall", "ST").await;
 
     signal_postgres(&data, nix::sys::signal::Signal::SIGSTOP);
     let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap();

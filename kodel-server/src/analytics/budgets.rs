@@ -54,46 +54,28 @@ pub fn dollars(micros: i64) -> String {
     format!("${:.2}", micros as f64 / 1_000_000.0)
 }
 
-/// SQL: the budgets that apply to a call in project `$1` and task `$2` (either may be
-/// null), with their spend in their current period. `schema` qualifies the tables
-/// (`"org_x".`) for a statement run unscoped, or is empty.
+/// SQL: the budgets that apply to a call on task `$1` (null: a call outside any task)
+/// (the org's; the task's project's and the task's own), with their spend in their
+/// current period. `schema` qualifies the tables (`"org_x".`) for a statement run
+/// outside the org's scope, or is empty.
 fn standing(schema: &str) -> String {
     format!(
-        "SELECT b.id, b.scope, b.period, b.max_cost_micros, b.max_tokens,
+        "WITH call AS (SELECT (SELECT project_id FROM {schema}tasks WHERE id = $1) AS project)
+         SELECT b.id, b.scope, b.period, b.max_cost_micros, b.max_tokens,
                 coalesce(s.cost_micros, 0) AS cost_micros, coalesce(s.tokens, 0) AS tokens, cur.period AS current
-         FROM {schema}budgets b
+         FROM call, {schema}budgets b
          CROSS JOIN LATERAL (SELECT CASE b.period WHEN 'month' THEN to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM') ELSE 'total' END AS period) cur
          LEFT JOIN {schema}spend s ON s.scope = b.scope AND s.period = cur.period
               AND s.scope_id = coalesce(b.task_id, b.project_id, '00000000-0000-0000-0000-000000000000')
-         WHERE b.scope = 'org' OR (b.scope = 'project' AND b.project_id = $1) OR (b.scope = 'task' AND b.task_id = $2)"
+         WHERE b.scope = 'org' OR (b.scope = 'project' AND b.project_id = call.project) OR (b.scope = 'task' AND b.task_id = $1)"
     )
 }
 
-/// The project of a task (for a job's call).
-pub async fn project_of(db: &mut OrgTx, task: Option<Uuid>) -> ApiResult<Option<Uuid>> {
-    let Some(task) = task else { return Ok(None) };
-    Ok(sqlx::query_scalar("SELECT project_id FROM tasks WHERE id = $1").bind(task).fetch_optional(db.conn()).await?)
-}
-
 /// The first budget a call on `task` (None: a gateway call) may not go past, if any
-/// is spent.
-pub async fn exceeded(db: &mut OrgTx, task: Option<Uuid>) -> ApiResult<Option<Standing>> {
-    let project = project_of(db, task).await?;
-    let all: Vec<Standing> = sqlx::query_as(&standing("")).bind(project).bind(task).fetch_all(db.conn()).await?;
-    Ok(all.into_iter().find(Standing::spent))
-}
-
-/// The same as one statement outside any transaction: what the proxy asks before
-/// every call, so it costs one round trip.
-pub async fn exceeded_now(pool: &sqlx::PgPool, slug: &kodel_core::OrgSlug, task: Option<Uuid>) -> ApiResult<Option<Standing>> {
-    let s = format!("{}.", slug.quoted_schema());
-    // The task is $1 here, and its project read in the same statement.
-    let sql = format!(
-        "WITH call AS (SELECT (SELECT project_id FROM {s}tasks WHERE id = $1) AS project)
-         SELECT st.* FROM call, LATERAL ({}) st",
-        standing(&s).replace("$1", "call.project").replace("$2", "$1")
-    );
-    let all: Vec<Standing> = sqlx::query_as(&sql).bind(task).fetch_all(pool).await?;
+/// is spent. One statement: the proxy asks it before every call, outside any
+/// transaction (`schema` naming the org's), and a resume inside the org's (`""`).
+pub async fn exceeded<'e>(conn: impl sqlx::PgExecutor<'e>, schema: &str, task: Option<Uuid>) -> ApiResult<Option<Standing>> {
+    let all: Vec<Standing> = sqlx::query_as(&standing(schema)).bind(task).fetch_all(conn).await?;
     Ok(all.into_iter().find(Standing::spent))
 }
 
@@ -118,14 +100,13 @@ pub async fn add_spend(db: &mut OrgTx, project: Option<Uuid>, task: Option<Uuid>
     Ok(())
 }
 
-/// The budgets that applying call took to 80 % or more of their limit for the first
-/// time this period, marked warned.
-pub async fn crossed_warning(db: &mut OrgTx, project: Option<Uuid>, task: Option<Uuid>) -> ApiResult<Vec<Standing>> {
+/// The budgets that apply to a call on `task` and that it took to 80 % or more of
+/// their limit for the first time this period, marked warned.
+pub async fn crossed_warning(db: &mut OrgTx, task: Option<Uuid>) -> ApiResult<Vec<Standing>> {
     let all: Vec<Standing> = sqlx::query_as(&format!(
         "WITH st AS ({}) SELECT st.* FROM st JOIN budgets b ON b.id = st.id WHERE b.warned IS DISTINCT FROM st.current",
         standing("")
     ))
-    .bind(project)
     .bind(task)
     .fetch_all(db.conn())
     .await?;
@@ -139,10 +120,12 @@ pub async fn crossed_warning(db: &mut OrgTx, project: Option<Uuid>, task: Option
 #[derive(sqlx::FromRow)]
 pub struct BudgetRow {
     pub id: Uuid,
-    pub scope: String,
+    #[sqlx(try_from = "String")]
+    pub scope: BudgetScope,
     pub project: Option<String>,
     pub task: Option<String>,
-    pub period: String,
+    #[sqlx(try_from = "String")]
+    pub period: BudgetPeriod,
     pub max_cost_micros: Option<i64>,
     pub max_tokens: Option<i64>,
     pub cost_micros: i64,
@@ -164,10 +147,10 @@ impl From<BudgetRow> for Budget {
     fn from(r: BudgetRow) -> Self {
         Budget {
             id: r.id,
-            scope: BudgetScope::parse(&r.scope).unwrap_or(BudgetScope::Org),
+            scope: r.scope,
             project: r.project,
             task: r.task,
-            period: BudgetPeriod::parse(&r.period).unwrap_or(BudgetPeriod::Month),
+            period: r.period,
             max_cost: r.max_cost_micros.map(|m| m as f64 / 1_000_000.0),
             max_tokens: r.max_tokens,
             spent_cost: r.cost_micros as f64 / 1_000_000.0,

@@ -16,11 +16,23 @@ use crate::llm::{Caller, Metered};
 /// and adds it to the budgets' spend. Returns its cost in micro-dollars.
 pub async fn llm_call(db: &mut OrgTx, caller: &Caller, m: &Metered) -> ApiResult<i64> {
     let price = super::prices::price(db, m.provider, &m.model).await?;
+    let cost = price.map_or(0, |p| p.cost_micros(&m.usage));
+    let task = caller.job.map(|j| j.task_id);
+    let (project, agent): (Option<Uuid>, Option<Uuid>) = match caller.job {
+        Some(j) => sqlx::query_as("SELECT t.project_id, j.lease_agent FROM ai_jobs j JOIN tasks t ON t.id = j.task_id WHERE j.id = $1")
+            .bind(j.job_id)
+            .fetch_optional(db.conn())
+            .await?
+            .unwrap_or_default(),
+        None => (None, None),
+    };
     let row = json!({
         "org_id": caller.org_id,
         "org": caller.slug.as_str(),
+        "project_id": project,
+        "task_id": task,
         "job_id": caller.job.map(|j| j.job_id),
-        "task_id": caller.job.map(|j| j.task_id),
+        "agent_id": agent,
         "user_id": caller.user,
         "provider": m.provider,
         "model": m.model,
@@ -28,30 +40,22 @@ pub async fn llm_call(db: &mut OrgTx, caller: &Caller, m: &Metered) -> ApiResult
         "output_tokens": m.usage.output_tokens,
         "cached_tokens": m.usage.cached_tokens,
         "usage_estimated": m.usage_estimated,
-        "cost_micros": price.map_or(0, |p| p.cost_micros(&m.usage)),
+        "cost_micros": cost,
         "priced": price.is_some(),
         "first_token_ms": m.first_token_ms,
         "total_ms": m.total_ms,
         "status": m.status,
         "error": m.error,
     });
-    sqlx::query(
-        "INSERT INTO public.analytics_outbox (kind, org_id, payload)
-         SELECT 'llm_call', $1, $2::jsonb || jsonb_build_object('project_id', t.project_id, 'agent_id', j.lease_agent)
-         FROM (SELECT 1) one LEFT JOIN ai_jobs j ON j.id = $3 LEFT JOIN tasks t ON t.id = j.task_id",
-    )
-    .bind(caller.org_id)
-    .bind(&row)
-    .bind(caller.job.map(|j| j.job_id))
-    .execute(db.conn())
-    .await?;
+    sqlx::query("INSERT INTO public.analytics_outbox (kind, org_id, payload) VALUES ('llm_call', $1, $2)")
+        .bind(caller.org_id)
+        .bind(&row)
+        .execute(db.conn())
+        .await?;
     // What the call spent counts against the budgets; one it takes to 80 % is said on
     // the task (a gateway call has none: the log says it).
-    let task = caller.job.map(|j| j.task_id);
-    let project = super::budgets::project_of(db, task).await?;
-    let cost = price.map_or(0, |p| p.cost_micros(&m.usage));
     super::budgets::add_spend(db, project, task, cost, (m.usage.input_tokens + m.usage.output_tokens) as i64).await?;
-    for crossed in super::budgets::crossed_warning(db, project, task).await? {
+    for crossed in super::budgets::crossed_warning(db, task).await? {
         let message = crossed.describe();
         match task {
             Some(task) => {
@@ -64,8 +68,9 @@ pub async fn llm_call(db: &mut OrgTx, caller: &Caller, m: &Metered) -> ApiResult
     Ok(cost)
 }
 
-/// The job events worth a row: a job's life, not its steps or output.
-fn is_job_change(kind: EventKind) -> bool {
+/// The job events worth a row (and a count on `/metrics`): a job's life, not its
+/// steps, calls or output.
+pub fn is_job_change(kind: EventKind) -> bool {
     matches!(
         kind,
         EventKind::JobCreated

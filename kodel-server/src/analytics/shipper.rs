@@ -58,6 +58,7 @@ fn split(rows: &[OutboxRow]) -> (Vec<LlmCallRow>, Vec<JobEventRow>) {
     for r in rows {
         let p = &r.payload.0;
         let text = |k: &str| p[k].as_str().unwrap_or_default().to_owned();
+        let small = |k: &str| p[k].as_u64().map(|v| v.min(u32::MAX as u64) as u32);
         let at = r.created_at.timestamp().clamp(0, u32::MAX as i64) as u32;
         let id = r.id as u64;
         match r.kind.as_str() {
@@ -79,8 +80,8 @@ fn split(rows: &[OutboxRow]) -> (Vec<LlmCallRow>, Vec<JobEventRow>) {
                 usage_estimated: p["usage_estimated"].as_bool().unwrap_or(false).into(),
                 cost_micros: p["cost_micros"].as_i64().unwrap_or(0),
                 priced: p["priced"].as_bool().unwrap_or(false).into(),
-                first_token_ms: p["first_token_ms"].as_u64().map(|v| v.min(u32::MAX as u64) as u32),
-                total_ms: p["total_ms"].as_u64().unwrap_or(0).min(u32::MAX as u64) as u32,
+                first_token_ms: small("first_token_ms"),
+                total_ms: small("total_ms").unwrap_or(0),
                 status: text("status"),
                 error: text("error"),
             }),
@@ -96,9 +97,9 @@ fn split(rows: &[OutboxRow]) -> (Vec<LlmCallRow>, Vec<JobEventRow>) {
                 job_kind: text("job_kind"),
                 event: text("event"),
                 state: text("state"),
-                attempt: p["attempt"].as_u64().unwrap_or(0).min(u32::MAX as u64) as u32,
+                attempt: small("attempt").unwrap_or(0),
                 duration_ms: p["duration_ms"].as_u64(),
-                steps: p["steps"].as_u64().unwrap_or(0).min(u32::MAX as u64) as u32,
+                steps: small("steps").unwrap_or(0),
             }),
             _ => {}
         }

@@ -388,7 +388,7 @@ pub async fn resume_paused(db: &mut OrgTx, job: Option<Uuid>, project: Option<Uu
     .await?;
     let mut resumed = 0;
     for (id, task) in paused {
-        if crate::analytics::budgets::exceeded(db, Some(task)).await?.is_some() {
+        if crate::analytics::budgets::exceeded(db.conn(), "", Some(task)).await?.is_some() {
             continue;
         }
         let kind: String = sqlx::query_scalar("UPDATE ai_jobs SET state = 'pending', error = NULL WHERE id = $1 RETURNING kind")

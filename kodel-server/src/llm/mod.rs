@@ -342,7 +342,8 @@ async fn record(state: &crate::AppState, caller: &Caller, m: &Metered) -> crate:
 /// Refuses a call that a spent budget of the org, or of the job's project or task,
 /// does not allow.
 async fn budget_left(state: &crate::AppState, caller: &Caller) -> Result<(), LlmError> {
-    match crate::analytics::budgets::exceeded_now(&state.pool, &caller.slug, caller.job.map(|j| j.task_id)).await {
+    let schema = format!("{}.", caller.slug.quoted_schema());
+    match crate::analytics::budgets::exceeded(&state.pool, &schema, caller.job.map(|j| j.task_id)).await {
         Ok(None) => Ok(()),
         Ok(Some(spent)) => Err(LlmError::over_budget(format!("{} is spent: raise it (kodel budget set) to go on", spent.describe()))),
         Err(e) => Err(LlmError::transient(format!("checking the budgets: {}", e.message))),

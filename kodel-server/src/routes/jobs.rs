@@ -303,7 +303,7 @@ async fn resume_job(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> Ap
         return Err(ApiError::new(ErrorCode::Conflict, format!("job {} is {}, not paused", job.id, job.status)));
     }
     let task: Uuid = sqlx::query_scalar("SELECT task_id FROM ai_jobs WHERE id = $1").bind(job.id).fetch_one(t.conn()).await?;
-    if let Some(spent) = crate::analytics::budgets::exceeded(&mut t, Some(task)).await? {
+    if let Some(spent) = crate::analytics::budgets::exceeded(t.conn(), "", Some(task)).await? {
         return Err(ApiError::new(ErrorCode::BudgetExceeded, format!("{} is still spent: raise it first (kodel budget set)", spent.describe())));
     }
     jobs::resume_paused(&mut t, Some(job.id), None, None).await?;

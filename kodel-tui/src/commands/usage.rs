@@ -62,7 +62,7 @@ pub async fn report(ctx: &mut Ctx, args: UsageArgs) -> Result<(), CliError> {
 
 /// `$0.0123`, with a `+` when some calls had no price.
 fn dollars(cost: f64, unpriced: u64) -> String {
-    let text = if cost >= 100.0 { format!("${cost:.2}") } else { format!("${cost:.4}") };
+    let text = crate::tui::usage::dollars(cost);
     if unpriced > 0 { format!("{text}+") } else { text }
 }
 

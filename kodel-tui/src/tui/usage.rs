@@ -37,9 +37,9 @@ impl App {
     }
 }
 
-/// Dollars with as many decimals as small sums need.
+/// Dollars with as many decimals as small sums need: `$12.40`, `$0.0123`.
 pub fn dollars(cost: f64) -> String {
-    if cost >= 100.0 { format!("${cost:.0}") } else if cost >= 1.0 { format!("${cost:.2}") } else { format!("${cost:.4}") }
+    if cost >= 1.0 { format!("${cost:.2}") } else { format!("${cost:.4}") }
 }
 
 /// A bar's height: micro-dollars or tokens (bars take whole numbers).
