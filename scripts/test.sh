@@ -69,6 +69,20 @@ if ! "$chdb_venv/bin/python" -c 'import chdb' >/dev/null 2>&1; then
 fi
 export KODEL_CHDB_PYTHON="$chdb_venv/bin/python"
 
+# The web view is tested in Debian's chromium driven by npm's playwright-core, and SSO
+# against npm's oidc-provider (a real OpenID provider). Node runs only in tests.
+command -v chromium >/dev/null || apt_install chromium
+command -v node >/dev/null && command -v npm >/dev/null || apt_install nodejs npm
+node_dir=${XDG_CACHE_HOME:-$HOME/.cache}/kodel/node
+if ! cmp -s kodel-testkit/web/package.json "$node_dir/package.json" || [ ! -d "$node_dir/node_modules/oidc-provider" ]; then
+  log "installing playwright-core and oidc-provider (for the web and SSO tests)"
+  mkdir -p "$node_dir"
+  cp kodel-testkit/web/package.json "$node_dir/package.json"
+  (cd "$node_dir" && npm install --silent --no-audit --no-fund >/dev/null) \
+    || die "cannot install the web tests' node packages: cd $node_dir && npm install"
+fi
+export KODEL_NODE_MODULES="$node_dir/node_modules"
+
 # --- database ----------------------------------------------------------------
 private_dir=""
 cleanup() {

@@ -6,33 +6,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Stack;
+use common::{CALC, Stack, bare_repo};
 use kodel_testkit::forge::FakeForge;
 use kodel_testkit::git;
 use kodel_testkit::scripted_llm::{Reply, ScriptedLlm, fixture};
 use serde_json::{Value, json};
-
-const CALC: &str = "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n";
-const TESTS: &str = "import unittest\n\nfrom calc import add, mul\n\n\nclass CalcTest(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n\n    def test_mul(self):\n        self.assertEqual(mul(2, 3), 6)\n\n\nif __name__ == \"__main__\":\n    unittest.main()\n";
-
-/// A bare repository at `root/<path>.git` whose `main` holds a small Python project
-/// with a bug in add() and its unittest tests.
-fn bare_repo(root: &Path, path: &str) -> PathBuf {
-    let src = root.join(format!("{path}-src"));
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("calc.py"), CALC).unwrap();
-    std::fs::write(src.join("test_calc.py"), TESTS).unwrap();
-    git(&src, &["init", "-q", "-b", "main"]);
-    git(&src, &["add", "."]);
-    git(&src, &["commit", "-q", "-m", "calc"]);
-    let bare = root.join(format!("{path}.git"));
-    git(root, &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
-    bare
-}
 
 /// The file at `rev` in a bare repository, if it is there.
 fn show(bare: &Path, rev: &str) -> Option<String> {

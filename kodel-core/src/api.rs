@@ -87,6 +87,30 @@ pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
+/// A terminal's single sign-on begun (`POST /auth/sso/device`): the person opens
+/// `verification_uri` anywhere, enters `user_code`, and the terminal polls with `handle`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SsoDeviceStart {
+    pub verification_uri: String,
+    /// The same with the code filled in, when the provider offers it.
+    pub verification_uri_complete: Option<String>,
+    pub user_code: String,
+    /// Seconds the code stays valid.
+    pub expires_in: u64,
+    /// Seconds to wait between polls.
+    pub interval: u64,
+    /// What to poll `POST /auth/sso/device/token` with.
+    pub handle: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SsoDevicePoll {
+    pub handle: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenPair {

@@ -55,6 +55,10 @@ codes! {
     Unauthorized = "unauthorized" => 401, "missing, invalid, expired or revoked credentials";
     InvalidCredentials = "invalid_credentials" => 401, "wrong email or password";
     Forbidden = "forbidden" => 403, "the caller's role does not allow this";
+    SsoNotConfigured = "sso_not_configured" => 404, "single sign-on is not set up on this server (KODEL_OIDC_ISSUER)";
+    AuthorizationPending = "authorization_pending" => 428, "the person has not finished signing in at the provider yet: ask again after the interval";
+    SsoRefused = "sso_refused" => 403, "the identity provider refused, the sign-in expired, or no Kodel account may be linked to that identity";
+    SsoUnavailable = "sso_unavailable" => 502, "the identity provider could not be reached or gave an answer Kodel cannot use";
     NotFound = "not_found" => 404, "no such endpoint, or nothing there";
     OrgNotFound = "org_not_found" => 404, "no such org, or the caller is not a member";
     ProjectNotFound = "project_not_found" => 404, "no such project, or the caller cannot see it";

@@ -69,6 +69,36 @@ pub struct Config {
     #[arg(long, env = "KODEL_ANALYTICS_RETENTION_DAYS", default_value_t = 7.0)]
     pub analytics_retention_days: f64,
 
+    /// The address people reach this server at (`https://kodel.example.com`): SSO's
+    /// redirect comes back here, and when it is https the web view's cookie is Secure.
+    /// Default: `http://` and the listen address.
+    #[arg(long, env = "KODEL_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Single sign-on: the OpenID provider's issuer URL (discovery is read from
+    /// `<issuer>/.well-known/openid-configuration`).
+    #[arg(long, env = "KODEL_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+
+    #[arg(long, env = "KODEL_OIDC_CLIENT_ID")]
+    pub oidc_client_id: Option<String>,
+
+    #[arg(long, env = "KODEL_OIDC_CLIENT_SECRET", hide_env_values = true)]
+    pub oidc_client_secret: Option<String>,
+
+    /// What the sign-in button calls the provider.
+    #[arg(long, env = "KODEL_OIDC_NAME", default_value = "single sign-on")]
+    pub oidc_name: String,
+
+    /// Whether a first SSO sign-in with no account to link makes one (else it is refused).
+    #[arg(long, env = "KODEL_OIDC_AUTO_CREATE", default_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub oidc_auto_create: bool,
+
+    /// An ID token claim listing org slugs: at each SSO sign-in the user is made a
+    /// member of those orgs (the ones that exist).
+    #[arg(long, env = "KODEL_OIDC_ORG_CLAIM")]
+    pub oidc_org_claim: Option<String>,
+
     /// When set, `/metrics` answers only requests with `Authorization: Bearer <it>`.
     #[arg(long, env = "KODEL_METRICS_TOKEN", hide_env_values = true, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub metrics_token: Option<String>,
@@ -205,6 +235,29 @@ impl Config {
             password: self.clickhouse_password.clone(),
             database: self.clickhouse_database.clone(),
         })
+    }
+
+    /// The address people reach this server at, without a trailing slash.
+    pub fn public_url(&self) -> String {
+        match self.public_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+
+    /// Single sign-on, if `KODEL_OIDC_ISSUER` is set (then the client id must be too).
+    pub fn sso(&self) -> anyhow::Result<Option<crate::auth::oidc::SsoConfig>> {
+        let Some(issuer) = self.oidc_issuer.clone().filter(|u| !u.trim().is_empty()) else { return Ok(None) };
+        let client_id = self.oidc_client_id.clone().filter(|c| !c.trim().is_empty()).ok_or_else(|| anyhow::anyhow!("KODEL_OIDC_ISSUER is set but KODEL_OIDC_CLIENT_ID is not"))?;
+        Ok(Some(crate::auth::oidc::SsoConfig {
+            issuer: issuer.trim().to_owned(),
+            client_id,
+            client_secret: self.oidc_client_secret.clone().filter(|s| !s.is_empty()),
+            display_name: self.oidc_name.clone(),
+            auto_create: self.oidc_auto_create,
+            org_claim: self.oidc_org_claim.clone().filter(|c| !c.trim().is_empty()),
+            redirect_url: format!("{}/sso/callback", self.public_url()),
+        }))
     }
 
     /// The data dir: the flag or env, else /var/lib/kodel for root (a cluster run as

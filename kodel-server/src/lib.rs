@@ -17,6 +17,7 @@ pub mod net;
 pub mod routes;
 pub mod serve;
 pub mod tenant;
+pub mod web;
 
 use std::sync::Arc;
 
@@ -52,6 +53,10 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Where usage reports are read (ClickHouse, if configured).
     pub analytics: Arc<analytics::Analytics>,
+    /// Single sign-on, when an OpenID provider is configured.
+    pub sso: Option<Arc<auth::oidc::Sso>>,
+    /// How the web view sets its cookies.
+    pub web: Arc<web::WebSettings>,
 }
 
 impl AppState {
@@ -152,6 +157,8 @@ impl Server {
             streams: Arc::new(routes::events::StreamCounts::new(config.limits.streams_per_user, config.limits.streams_per_org)),
             metrics: Arc::new(metrics::Metrics::new(config.metrics_token.as_deref())),
             analytics: Arc::new(analytics::Analytics::new(config.clickhouse())),
+            sso: config.sso()?.map(|c| auth::oidc::Sso::new(c).map(Arc::new)).transpose()?,
+            web: Arc::new(web::WebSettings { secure_cookies: config.public_url().starts_with("https://") }),
         };
         engine::tasks::Creates::start(&state, created_rx);
         engine::background::spawn(state.clone(), wakes);

@@ -69,7 +69,8 @@ async fn an_undocumented_path_or_method_gets_the_fallback() {
 
 /// Routes come only from utoipa-axum's `routes!`, which needs the handler's
 /// `#[utoipa::path]`: no module may add one with axum's own `route` (which utoipa-axum
-/// passes through undocumented), `route_service`, `nest` or a plain `Router`.
+/// passes through undocumented), `route_service`, `nest` or a plain `Router`. (The web
+/// view's pages, src/web, are HTML for browsers rather than API, and route themselves.)
 #[test]
 fn no_route_is_added_without_its_documentation() {
     fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

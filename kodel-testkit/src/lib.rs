@@ -9,6 +9,7 @@ pub mod clickhouse;
 pub mod forge;
 pub mod scripted_llm;
 pub mod tmux;
+pub mod web;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};

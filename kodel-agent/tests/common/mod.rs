@@ -275,3 +275,22 @@ impl Stack {
     }
 }
 
+
+pub const CALC: &str = "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n";
+pub const TESTS: &str = "import unittest\n\nfrom calc import add, mul\n\n\nclass CalcTest(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n\n    def test_mul(self):\n        self.assertEqual(mul(2, 3), 6)\n\n\nif __name__ == \"__main__\":\n    unittest.main()\n";
+
+/// A bare repository at `root/<path>.git` whose `main` holds a small Python project
+/// with a bug in add() and its unittest tests.
+pub fn bare_repo(root: &Path, path: &str) -> PathBuf {
+    let src = root.join(format!("{path}-src"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("calc.py"), CALC).unwrap();
+    std::fs::write(src.join("test_calc.py"), TESTS).unwrap();
+    kodel_testkit::git(&src, &["init", "-q", "-b", "main"]);
+    kodel_testkit::git(&src, &["add", "."]);
+    kodel_testkit::git(&src, &["commit", "-q", "-m", "calc"]);
+    let bare = root.join(format!("{path}.git"));
+    kodel_testkit::git(root, &["clone", "-q", "--bare", src.to_str().unwrap(), bare.to_str().unwrap()]);
+    bare
+}
+

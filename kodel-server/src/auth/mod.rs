@@ -3,6 +3,7 @@
 
 pub mod extract;
 pub mod limits;
+pub mod oidc;
 pub mod password;
 pub mod tokens;
 

@@ -91,8 +91,18 @@ async fn register(State(state): State<AppState>, ClientAddr(client): ClientAddr,
     security(())
 )]
 async fn login(State(state): State<AppState>, ClientAddr(client): ClientAddr, ApiJson(req): ApiJson<LoginRequest>) -> ApiResult<Json<TokenPair>> {
-    let email = req.email.trim().to_lowercase();
-    if email.len() > 254 || req.password.len() > password::MAX_LEN {
+    let id = check_password(&state, client, &req.email, req.password).await?;
+    let mut tx = crate::db::begin(&state.pool).await?;
+    let tokens = start_session(&state, &mut tx, id).await?;
+    tx.commit().await?;
+    Ok(Json(tokens))
+}
+
+/// The user an email and password sign in, within the login limits (the web view's
+/// sign-in uses it too).
+pub async fn check_password(state: &AppState, client: Option<std::net::IpAddr>, email: &str, password: String) -> ApiResult<Uuid> {
+    let email = email.trim().to_lowercase();
+    if email.len() > 254 || password.len() > password::MAX_LEN {
         return Err(ApiError::new(ErrorCode::InvalidCredentials, "wrong email or password"));
     }
     state.logins.attempt(client, Some(&email))?;
@@ -105,19 +115,16 @@ async fn login(State(state): State<AppState>, ClientAddr(client): ClientAddr, Ap
         Some((id, hash)) => (Some(id), hash),
         None => (None, None),
     };
-    let ok = state.logins.verify(req.password, hash).await?;
+    let ok = state.logins.verify(password, hash).await?;
     let Some(id) = id.filter(|_| ok) else {
         state.logins.failed(client, &email);
         return Err(ApiError::new(ErrorCode::InvalidCredentials, "wrong email or password"));
     };
     state.logins.succeeded(client, &email);
-    let mut tx = crate::db::begin(&state.pool).await?;
-    let tokens = start_session(&state, &mut tx, id).await?;
-    tx.commit().await?;
-    Ok(Json(tokens))
+    Ok(id)
 }
 
-async fn start_session(state: &AppState, conn: &mut PgConnection, user: Uuid) -> ApiResult<TokenPair> {
+pub async fn start_session(state: &AppState, conn: &mut PgConnection, user: Uuid) -> ApiResult<TokenPair> {
     let session = Uuid::now_v7();
     sqlx::query("INSERT INTO sessions (id, user_id) VALUES ($1, $2)").bind(session).bind(user).execute(&mut *conn).await?;
     issue_pair(state, conn, user, session).await

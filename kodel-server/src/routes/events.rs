@@ -45,9 +45,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Default, Deserialize)]
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-struct ResumeQuery {
+pub(crate) struct ResumeQuery {
     /// Resume after this event id (for clients that cannot send the Last-Event-ID header).
-    last_event_id: Option<String>,
+    pub(crate) last_event_id: Option<String>,
 }
 
 fn last_event_id(headers: &HeaderMap, q: &ResumeQuery) -> ApiResult<Option<i64>> {
@@ -159,7 +159,7 @@ fn ends_at(credential: &Credential) -> Option<tokio::time::Instant> {
     responses((status = OK, description = "text/event-stream: `id:` event id, `event:` type, `data:` Event JSON; comment lines are heartbeats. Resume with Last-Event-ID. The stream ends when the caller loses access or its token expires.", content_type = "text/event-stream", body = kodel_core::api::Event), Errors<(code::InvalidRequest, code::TooManyRequests)>),
     security(("bearer" = []))
 )]
-async fn org_events(State(state): State<AppState>, mut t: Tenant, headers: HeaderMap, ApiQuery(q): ApiQuery<ResumeQuery>) -> ApiResult<Sse<SseStream>> {
+pub(crate) async fn org_events(State(state): State<AppState>, mut t: Tenant, headers: HeaderMap, ApiQuery(q): ApiQuery<ResumeQuery>) -> ApiResult<Sse<SseStream>> {
     let resume = last_event_id(&headers, &q)?;
     let slot = state.streams.open(t.user_id(), t.org.id)?;
     let (user, role) = (t.user_id(), t.org.role);
@@ -176,7 +176,7 @@ async fn org_events(State(state): State<AppState>, mut t: Tenant, headers: Heade
     responses((status = OK, description = "text/event-stream: `id:` event id, `event:` type, `data:` Event JSON; comment lines are heartbeats. Resume with Last-Event-ID. The stream ends when the caller loses access or its token expires.", content_type = "text/event-stream", body = kodel_core::api::Event), Errors<(code::InvalidKey, code::TaskNotFound, code::InvalidRequest, code::TooManyRequests)>),
     security(("bearer" = []))
 )]
-async fn task_events(State(state): State<AppState>, mut t: Tenant, Path((_, task)): Path<(String, String)>, headers: HeaderMap, ApiQuery(q): ApiQuery<ResumeQuery>) -> ApiResult<Sse<SseStream>> {
+pub(crate) async fn task_events(State(state): State<AppState>, mut t: Tenant, Path((_, task)): Path<(String, String)>, headers: HeaderMap, ApiQuery(q): ApiQuery<ResumeQuery>) -> ApiResult<Sse<SseStream>> {
     let resume = last_event_id(&headers, &q)?;
     let key = TaskKey::parse(&task).map_err(|e| ApiError::new(ErrorCode::InvalidKey, e.0))?;
     let slot = state.streams.open(t.user_id(), t.org.id)?;

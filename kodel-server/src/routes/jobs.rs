@@ -44,13 +44,13 @@ const VISIBLE: &str = "($1 OR p.id IN (SELECT project_id FROM project_members WH
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+pub(crate) struct ListQuery {
     /// A task key: only its jobs or artifacts.
-    task: Option<String>,
+    pub(crate) task: Option<String>,
     /// Jobs: pending, running, ...; artifacts: pending, approved, rejected.
-    status: Option<String>,
-    cursor: Option<String>,
-    limit: Option<i64>,
+    pub(crate) status: Option<String>,
+    pub(crate) cursor: Option<String>,
+    pub(crate) limit: Option<i64>,
 }
 
 
@@ -172,7 +172,7 @@ where
     responses((status = OK, description = "a page of jobs", body = Page<Job>), Errors<(code::InvalidCursor, code::InvalidKey, code::TaskNotFound, code::InvalidRequest)>),
     security(("bearer" = []))
 )]
-async fn list_jobs(t: Tenant, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Job>>> {
+pub(crate) async fn list_jobs(t: Tenant, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Job>>> {
     let states: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
     let (rows, next_cursor) = visible_page::<JobRow>(t, q, JOB_SELECT, "j", &states, |r| r.id).await?;
     Ok(Json(Page { data: rows.into_iter().map(JobRow::into_api).collect(), next_cursor }))
@@ -216,7 +216,7 @@ async fn show_job(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiR
     responses((status = OK, description = "steps; `next_cursor` is the `after` of the next page", body = Page<JobStep>), Errors<(code::JobNotFound, code::InvalidRequest)>),
     security(("bearer" = []))
 )]
-async fn job_steps(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiQuery(q): ApiQuery<StepsQuery>) -> ApiResult<Json<Page<JobStep>>> {
+pub(crate) async fn job_steps(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiQuery(q): ApiQuery<StepsQuery>) -> ApiResult<Json<Page<JobStep>>> {
     let (job, _) = visible_job(&mut t, &raw).await?;
     let rows: Vec<(i32, serde_json::Value, chrono::DateTime<chrono::Utc>)> =
         sqlx::query_as("SELECT seq, step, created_at FROM job_steps WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT 1000")
@@ -233,18 +233,18 @@ async fn job_steps(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiQue
 #[derive(Debug, Default, serde::Deserialize)]
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
-struct StepsQuery {
+pub(crate) struct StepsQuery {
     /// Steps after this seq.
-    after: Option<i32>,
+    pub(crate) after: Option<i32>,
 }
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-struct JobStep {
-    seq: i32,
+pub(crate) struct JobStep {
+    pub(crate) seq: i32,
     /// `{kind: message, text}` or `{kind: tool, call_id, tool, input, output, error, duration_ms}`.
     #[schema(value_type = Object)]
-    step: serde_json::Value,
-    created_at: chrono::DateTime<chrono::Utc>,
+    pub(crate) step: serde_json::Value,
+    pub(crate) created_at: chrono::DateTime<chrono::Utc>,
 }
 
 #[utoipa::path(
@@ -364,7 +364,7 @@ const ARTIFACT_SELECT: &str = "SELECT a.id, a.job_id, p.key || '-' || t.number A
     responses((status = OK, description = "a page of artifacts", body = Page<Artifact>), Errors<(code::InvalidCursor, code::InvalidKey, code::TaskNotFound, code::InvalidRequest)>),
     security(("bearer" = []))
 )]
-async fn list_artifacts(t: Tenant, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Artifact>>> {
+pub(crate) async fn list_artifacts(t: Tenant, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Artifact>>> {
     let states: Vec<&str> = ArtifactState::ALL.iter().map(|s| s.as_str()).collect();
     let (rows, next_cursor) = visible_page::<ArtifactRow>(t, q, ARTIFACT_SELECT, "a", &states, |r| r.id).await?;
     Ok(Json(Page { data: rows.into_iter().map(ArtifactRow::into_api).collect(), next_cursor }))
@@ -422,7 +422,7 @@ fn decision_body(body: &[u8]) -> ApiResult<DecideArtifact> {
     responses((status = OK, description = "artifact", body = Artifact), Errors<(code::Forbidden, code::ArtifactNotFound, code::ArtifactDecided)>),
     security(("bearer" = []))
 )]
-async fn approve(t: Tenant, Path((_, raw)): Path<(String, String)>, body: axum::body::Bytes) -> ApiResult<Json<Artifact>> {
+pub(crate) async fn approve(t: Tenant, Path((_, raw)): Path<(String, String)>, body: axum::body::Bytes) -> ApiResult<Json<Artifact>> {
     let req = decision_body(&body)?;
     decide_on(t, raw, req, Decision::Approve).await
 }
@@ -435,7 +435,7 @@ async fn approve(t: Tenant, Path((_, raw)): Path<(String, String)>, body: axum::
     responses((status = OK, description = "artifact", body = Artifact), Errors<(code::Forbidden, code::ArtifactNotFound, code::ArtifactDecided)>),
     security(("bearer" = []))
 )]
-async fn reject(t: Tenant, Path((_, raw)): Path<(String, String)>, body: axum::body::Bytes) -> ApiResult<Json<Artifact>> {
+pub(crate) async fn reject(t: Tenant, Path((_, raw)): Path<(String, String)>, body: axum::body::Bytes) -> ApiResult<Json<Artifact>> {
     let req = decision_body(&body)?;
     decide_on(t, raw, req, Decision::Reject).await
 }

@@ -17,6 +17,7 @@ pub mod openapi;
 pub mod orgs;
 pub mod projects;
 pub mod rules;
+pub mod sso;
 pub mod tasks;
 pub mod tokens;
 pub mod usage;
@@ -48,6 +49,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(openapi::router())
         .merge(auth::router())
+        .merge(sso::router())
         .merge(tokens::router())
         .merge(orgs::router())
         .merge(projects::router())
@@ -71,6 +73,7 @@ pub fn api() -> OpenApiRouter<AppState> {
 pub fn router(state: AppState, max_body: usize) -> Router {
     let (routes, _) = api().split_for_parts();
     routes
+        .merge(crate::web::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), measure))
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::new(ErrorCode::MethodNotAllowed, "method not allowed on this endpoint") })

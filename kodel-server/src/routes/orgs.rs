@@ -48,7 +48,7 @@ impl OrgRow {
     responses((status = OK, description = "orgs", body = Page<Org>)),
     security(("bearer" = []))
 )]
-async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Page<Org>>> {
+pub(crate) async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Page<Org>>> {
     let rows = sqlx::query_as::<_, OrgRow>(
         "SELECT o.id, o.slug, o.name, m.role, o.created_at FROM orgs o
          JOIN org_members m ON m.org_id = o.id WHERE m.user_id = $1 ORDER BY o.slug",

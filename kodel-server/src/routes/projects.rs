@@ -117,7 +117,7 @@ async fn project_json(conn: &mut PgConnection, id: Uuid, role: ProjectRole) -> A
     responses((status = OK, description = "projects", body = Page<Project>)),
     security(("bearer" = []))
 )]
-async fn list(mut t: Tenant) -> ApiResult<Json<Page<Project>>> {
+pub(crate) async fn list(mut t: Tenant) -> ApiResult<Json<Page<Project>>> {
     let user = t.user_id();
     let all = t.org.role >= OrgRole::Admin;
     let rows: Vec<(Uuid, Option<String>)> = sqlx::query_as(
@@ -219,7 +219,7 @@ fn task_number_sequence(project: Uuid) -> String {
     responses((status = OK, description = "project", body = Project), Errors<(code::InvalidKey, code::ProjectNotFound,)>),
     security(("bearer" = []))
 )]
-async fn show(mut t: Tenant, Path((_, key)): Path<(String, String)>) -> ApiResult<Json<Project>> {
+pub(crate) async fn show(mut t: Tenant, Path((_, key)): Path<(String, String)>) -> ApiResult<Json<Project>> {
     let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
     let project = project_json(t.conn(), p.id, p.role).await?;
     t.commit().await?;

@@ -24,7 +24,7 @@ use crate::tenant::{Caller, Tenant};
     responses((status = CREATED, description = "task", body = Task), Errors<(code::InvalidKey, code::Forbidden, code::ProjectNotFound)>),
     security(("bearer" = []))
 )]
-pub(super) async fn create(
+pub(crate) async fn create(
     State(state): State<AppState>,
     Caller { slug, credential }: Caller,
     Path((_, key)): Path<(String, String)>,

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-mod create;
+pub(crate) mod create;
 
 use super::projects::{ProjectCtx, access};
 use utoipa_axum::router::OpenApiRouter;
@@ -55,17 +55,17 @@ pub(crate) async fn find_task(t: &mut Tenant, raw: &str, lock: bool) -> ApiResul
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
-    status: Option<String>,
+pub(crate) struct ListQuery {
+    pub(crate) status: Option<String>,
     /// An email, `me`, or `none`.
-    assignee: Option<String>,
-    label: Option<String>,
+    pub(crate) assignee: Option<String>,
+    pub(crate) label: Option<String>,
     /// Text searched in title and description.
-    q: Option<String>,
+    pub(crate) q: Option<String>,
     /// `true` lists archived tasks too.
-    archived: Option<bool>,
-    cursor: Option<String>,
-    limit: Option<i64>,
+    pub(crate) archived: Option<bool>,
+    pub(crate) cursor: Option<String>,
+    pub(crate) limit: Option<i64>,
 }
 
 #[utoipa::path(
@@ -75,7 +75,7 @@ struct ListQuery {
     responses((status = OK, description = "a page of tasks", body = Page<Task>), Errors<(code::InvalidKey, code::InvalidCursor, code::ProjectNotFound, code::InvalidRequest)>),
     security(("bearer" = []))
 )]
-async fn list(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Task>>> {
+pub(crate) async fn list(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Task>>> {
     let p = access(&mut t, &key, ErrorCode::ProjectNotFound).await?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -151,7 +151,7 @@ async fn list(mut t: Tenant, Path((_, key)): Path<(String, String)>, ApiQuery(q)
     responses((status = OK, description = "task", body = Task), Errors<(code::InvalidKey, code::TaskNotFound,)>),
     security(("bearer" = []))
 )]
-async fn show(mut t: Tenant, Path((_, task)): Path<(String, String)>) -> ApiResult<Json<Task>> {
+pub(crate) async fn show(mut t: Tenant, Path((_, task)): Path<(String, String)>) -> ApiResult<Json<Task>> {
     let (_, row) = find_task(&mut t, &task, false).await?;
     t.commit().await?;
     Ok(Json(row.into_api()))
@@ -195,7 +195,7 @@ async fn update(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJson(
     responses((status = OK, description = "task", body = Task), Errors<(code::InvalidKey, code::TaskNotFound, code::Forbidden, code::VersionConflict, code::TransitionNotAllowed)>),
     security(("bearer" = []))
 )]
-async fn move_task(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJson(req): ApiJson<MoveTask>) -> ApiResult<Json<Task>> {
+pub(crate) async fn move_task(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJson(req): ApiJson<MoveTask>) -> ApiResult<Json<Task>> {
     let (p, row) = find_task(&mut t, &task, true).await?;
     p.require(ProjectRole::Developer, "moving tasks")?;
     if let Some(v) = req.version.filter(|v| *v != row.version) {
@@ -217,9 +217,9 @@ struct CommentRow {
 #[derive(utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
-struct PageQuery {
-    cursor: Option<String>,
-    limit: Option<i64>,
+pub(crate) struct PageQuery {
+    pub(crate) cursor: Option<String>,
+    pub(crate) limit: Option<i64>,
 }
 
 /// Comments oldest first (ids are time-ordered UUIDv7), a page at a time.
@@ -230,7 +230,7 @@ struct PageQuery {
     responses((status = OK, description = "comments", body = Page<Comment>), Errors<(code::InvalidKey, code::TaskNotFound, code::InvalidCursor, code::InvalidRequest)>),
     security(("bearer" = []))
 )]
-async fn list_comments(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiQuery(q): ApiQuery<PageQuery>) -> ApiResult<Json<Page<Comment>>> {
+pub(crate) async fn list_comments(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiQuery(q): ApiQuery<PageQuery>) -> ApiResult<Json<Page<Comment>>> {
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::invalid(format!("limit must be between 1 and {MAX_PAGE}")));
@@ -272,7 +272,7 @@ async fn list_comments(mut t: Tenant, Path((_, task)): Path<(String, String)>, A
     responses((status = CREATED, description = "comment", body = Comment), Errors<(code::InvalidKey, code::TaskNotFound, code::Forbidden)>),
     security(("bearer" = []))
 )]
-async fn add_comment(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJson(req): ApiJson<CreateComment>) -> ApiResult<(StatusCode, Json<Comment>)> {
+pub(crate) async fn add_comment(mut t: Tenant, Path((_, task)): Path<(String, String)>, ApiJson(req): ApiJson<CreateComment>) -> ApiResult<(StatusCode, Json<Comment>)> {
     // The task row is locked before anything is written, as in every change to a task.
     let (p, row) = find_task(&mut t, &task, true).await?;
     p.require(ProjectRole::Reviewer, "commenting")?;
