@@ -433,6 +433,10 @@ pub struct LoginArgs {
     /// Store this API token (`kodel_pat_...`) instead of logging in with a password
     #[arg(long)]
     pub token: Option<String>,
+    /// Sign in with the server's identity provider: prints a URL and a code to enter
+    /// there (from any browser, so it works over ssh), then waits
+    #[arg(long, conflicts_with_all = ["token", "email", "password_stdin"])]
+    pub sso: bool,
 }
 
 #[derive(Debug, Args)]

@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 
-use kodel_core::api::{Registered, TokenPair, User};
+use kodel_core::api::{Registered, SsoDeviceStart, TokenPair, User};
 use serde_json::json;
 
 use super::Ctx;
@@ -65,6 +65,12 @@ pub async fn login(ctx: &mut Ctx, args: LoginArgs) -> Result<(), CliError> {
         let probe = Client::new(&server, Some(creds.clone()), true)?;
         let me: User = probe.get("/api/v1/me").await?;
         (Credentials { email: Some(me.email.clone()), ..creds }, me.email)
+    } else if args.sso {
+        let pair = sso_login(&ctx.client).await?;
+        let probe = Client::new(&server, Some(Credentials { access_token: Some(pair.access_token.clone()), ..Credentials::default() }), true)?;
+        let me: User = probe.get("/api/v1/me").await?;
+        let creds = Credentials { email: Some(me.email.clone()), access_token: Some(pair.access_token), refresh_token: Some(pair.refresh_token), api_token: None };
+        (creds, me.email)
     } else {
         let email = match args.email {
             Some(e) => e,
@@ -99,6 +105,28 @@ pub async fn register(ctx: &mut Ctx, args: RegisterArgs) -> Result<(), CliError>
     ctx.settings.server = Some(server);
     ctx.settings.save()?;
     report(ctx, &stored, &reg.email)
+}
+
+/// Single sign-on by the device authorization grant: the person signs in at the
+/// provider in any browser while this waits; the pair of tokens.
+async fn sso_login(client: &Client) -> Result<TokenPair, CliError> {
+    let resp = client.raw(reqwest::Method::POST, "/api/v1/auth/sso/device", None).await?;
+    let start: SsoDeviceStart = crate::client::decode(resp).await?;
+    eprintln!("To sign in, open {} in a browser and enter the code {}", start.verification_uri, start.user_code);
+    if let Some(full) = &start.verification_uri_complete {
+        eprintln!("(or open {full})");
+    }
+    eprintln!("Waiting for you to finish there (the code is good for {} minutes)...", start.expires_in.div_ceil(60));
+    let body = json!({ "handle": start.handle });
+    loop {
+        // The server waits up to 20 s for the person each time; 428 means not yet.
+        let resp = client.raw(reqwest::Method::POST, "/api/v1/auth/sso/device/token", Some(body.clone())).await?;
+        if resp.status() == reqwest::StatusCode::PRECONDITION_REQUIRED {
+            tokio::time::sleep(std::time::Duration::from_secs(start.interval.clamp(1, 30))).await;
+            continue;
+        }
+        return crate::client::decode(resp).await;
+    }
 }
 
 /// Logs in with an email and password; the pair of tokens.
