@@ -108,6 +108,14 @@ try {
   await page.click(`#card-${hostileKey} a`);
   await page.waitForSelector('[data-task]');
   await page.evaluate(() => {
+    // Layout shifts of anything but the part that follows the task's events (#side):
+    // the stream must not push the page around as it grows.
+    window.__streamShift = 0;
+    new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) {
+        if (e.sources.some((s) => s.node && !document.getElementById('side').contains(s.node))) window.__streamShift += e.value;
+      }
+    }).observe({ type: 'layout-shift' });
     window.__appended = 0;
     new MutationObserver((ms) => { for (const m of ms) window.__appended += m.addedNodes.length; }).observe(document.getElementById('steps'), { childList: true });
   });
@@ -125,6 +133,8 @@ try {
   // The patch appears, coloured; approving it is recorded.
   await page.locator('.artifact pre.diff .add').first().waitFor({ timeout: 90000 });
   out.steps = await page.locator('#steps .step').count();
+  out.stream_layout_shift = await page.evaluate(() => window.__streamShift);
+  if (out.stream_layout_shift > 0) fail(`the page shifted while the stream grew: ${out.stream_layout_shift}`);
   await shot('patch');
   const patch = page.locator('.artifact', { has: page.locator('pre.diff') }).first();
   await patch.locator('textarea[name=comment]').fill('Looks right <b>to me</b>');
@@ -133,7 +143,12 @@ try {
   await shot('approved');
   await noXss();
 
-  // Page weight of the board as the browser received it.
+  // Signing out ends the session.
+  await Promise.all([page.waitForNavigation(), page.click('header.top button.link')]);
+  if (!page.url().endsWith('/login')) fail(`signing out did not go to the sign-in page: ${page.url()}`);
+  await page.goto(`${BASE}/o/acme/p/KOD`);
+  if (!page.url().endsWith('/login')) fail('the board is still shown after signing out');
+
   if (errors.length) fail(`errors in the page: ${errors.join('; ')}`);
   out.ok = true;
   console.log(JSON.stringify(out));

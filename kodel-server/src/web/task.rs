@@ -73,7 +73,6 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, Path((org, key)
             div.task data-task data-org=(org) data-key=(t.key) data-since=(since) data-job=(job.map(|j| j.id.to_string()).unwrap_or_default()) {
                 div.left {
                     h1 { span.key { (t.key) } " " (t.title) }
-                    div #side { (side_html(&org, &v, &viewer)) }
                     @if can_move {
                         form.move method="post" action={ "/o/" (org) "/t/" (t.key) "/move" } data-fetch {
                             input type="hidden" name="csrf" value=(viewer.csrf);
@@ -95,6 +94,8 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, Path((org, key)
                             p.err role="alert" {}
                         }
                     }
+                    // Below the forms: what changes with events moves nothing else.
+                    div #side { (side_html(&org, &v, &viewer)) }
                 }
                 section.right aria-label="Agent" {
                     h2 { "Agent" }
