@@ -19,8 +19,14 @@ async fn a_reviewer_works_the_board_and_approves_a_patch_in_a_real_browser() {
         Reply::TextAndTools("Reading calc.py first. <b>Not bold</b>".into(), vec![("read_file".into(), json!({"path": "calc.py"}))]),
         Reply::TextAndTools("Printing something hostile.".into(), vec![("bash".into(), json!({"command": hostile_output}))]),
         Reply::TextAndTools("add() subtracts; fixing it.".into(), vec![("edit_file".into(), json!({"path": "calc.py", "old_string": "return a - b", "new_string": "return a + b"}))]),
+        Reply::ToolCalls(vec![("read_file".into(), json!({"path": "no/such/file.py"}))]),
         Reply::Text("Fixed add(): it returned a - b.".into()),
     ];
+    // Then the review job, once the patch is approved: a verdict with a hostile finding.
+    let review = json!({"verdict": "request_changes", "summary": "Needs a test.",
+                        "findings": [{"file": "calc.py", "line": 2, "severity": "<b>major</b>", "message": "no test covers add() <img src=x onerror=\"window.__xss=5\">"}]});
+    let mut script = script;
+    script.push(Reply::Text(format!("```json\n{review}\n```")));
     // Slow enough that the page is open while the agent works.
     let llm = ScriptedLlm::start(script).await.with_chunk_delay(Duration::from_millis(300));
     let mut stack = Stack::start(&llm, "openai").await;

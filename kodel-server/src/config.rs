@@ -94,8 +94,8 @@ pub struct Config {
     #[arg(long, env = "KODEL_OIDC_AUTO_CREATE", default_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub oidc_auto_create: bool,
 
-    /// An ID token claim listing org slugs: at each SSO sign-in the user is made a
-    /// member of those orgs (the ones that exist).
+    /// An ID token claim listing org slugs: at an identity's first SSO sign-in its user
+    /// is made a member of those orgs (the ones that exist).
     #[arg(long, env = "KODEL_OIDC_ORG_CLAIM")]
     pub oidc_org_claim: Option<String>,
 

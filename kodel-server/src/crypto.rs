@@ -149,6 +149,22 @@ impl Sealer {
         out
     }
 
+    /// Seals `plain` for one purpose (`open_for` with another purpose refuses it), for
+    /// data the server hands out and takes back, such as a sign-in's state.
+    pub fn seal_for(&self, purpose: &str, plain: &[u8]) -> Vec<u8> {
+        let mut labelled = Vec::with_capacity(purpose.len() + 1 + plain.len());
+        labelled.extend_from_slice(purpose.as_bytes());
+        labelled.push(0);
+        labelled.extend_from_slice(plain);
+        self.seal(&labelled)
+    }
+
+    pub fn open_for(&self, purpose: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+        let plain = self.open(sealed)?;
+        let rest = plain.strip_prefix(purpose.as_bytes())?.strip_prefix(&[0u8])?;
+        Some(rest.to_vec())
+    }
+
     pub fn open(&self, sealed: &[u8]) -> Option<Vec<u8>> {
         open_with(&self.cipher, sealed).or_else(|| open_with(self.previous.as_ref()?, sealed))
     }

@@ -158,7 +158,7 @@ impl Server {
             metrics: Arc::new(metrics::Metrics::new(config.metrics_token.as_deref())),
             analytics: Arc::new(analytics::Analytics::new(config.clickhouse())),
             sso: config.sso()?.map(|c| auth::oidc::Sso::new(c).map(Arc::new)).transpose()?,
-            web: Arc::new(web::WebSettings { secure_cookies: config.public_url().starts_with("https://") }),
+            web: Arc::new(web::WebSettings::new(&config.public_url())),
         };
         engine::tasks::Creates::start(&state, created_rx);
         engine::background::spawn(state.clone(), wakes);

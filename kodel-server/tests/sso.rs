@@ -39,7 +39,7 @@ async fn id_tokens_are_checked_fully() {
     let sso = sso(&p, true);
 
     let good = p.sign(claims(&p, json!({}))).await;
-    let id = sso.verify_raw(&good, Some("the-nonce")).await.unwrap();
+    let id = sso.verify_raw(&good, "the-nonce").await.unwrap();
     assert_eq!((id.subject.as_str(), id.email.as_deref(), id.email_verified), ("subject-1", Some("pat@example.com"), true));
     assert_eq!(id.orgs, ["acme"]);
 
@@ -48,10 +48,10 @@ async fn id_tokens_are_checked_fully() {
         assert_eq!(e.code, kodel_core::ErrorCode::SsoRefused, "{what}: {}", e.message);
     };
     // Expired, for another client, from another issuer, for another sign-in.
-    refused("an expired token")(sso.verify_raw(&p.sign(claims(&p, json!({"exp": chrono::Utc::now().timestamp() - 600}))).await, Some("the-nonce")).await);
-    refused("a token for another audience")(sso.verify_raw(&p.sign(claims(&p, json!({"aud": "someone-else"}))).await, Some("the-nonce")).await);
-    refused("a token from another issuer")(sso.verify_raw(&p.sign(claims(&p, json!({"iss": "http://127.0.0.1:9/evil"}))).await, Some("the-nonce")).await);
-    refused("a token with another nonce")(sso.verify_raw(&good, Some("another-nonce")).await);
+    refused("an expired token")(sso.verify_raw(&p.sign(claims(&p, json!({"exp": chrono::Utc::now().timestamp() - 600}))).await, "the-nonce").await);
+    refused("a token for another audience")(sso.verify_raw(&p.sign(claims(&p, json!({"aud": "someone-else"}))).await, "the-nonce").await);
+    refused("a token from another issuer")(sso.verify_raw(&p.sign(claims(&p, json!({"iss": "http://127.0.0.1:9/evil"}))).await, "the-nonce").await);
+    refused("a token with another nonce")(sso.verify_raw(&good, "another-nonce").await);
     // Tampered: another subject in the payload under the original signature.
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -59,10 +59,10 @@ async fn id_tokens_are_checked_fully() {
     let mut payload: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
     payload["sub"] = json!("someone-else");
     let tampered = format!("{}.{}.{}", parts[0], b64.encode(serde_json::to_vec(&payload).unwrap()), parts[2]);
-    refused("a tampered token")(sso.verify_raw(&tampered, Some("the-nonce")).await);
+    refused("a tampered token")(sso.verify_raw(&tampered, "the-nonce").await);
     // Unsigned (alg none).
     let none = format!("{}.{}.", b64.encode(br#"{"alg":"none","typ":"JWT"}"#), parts[1]);
-    refused("an unsigned token")(sso.verify_raw(&none, Some("the-nonce")).await);
+    refused("an unsigned token")(sso.verify_raw(&none, "the-nonce").await);
 }
 
 #[tokio::test]
@@ -78,7 +78,7 @@ async fn identities_link_only_by_a_verified_email() {
         let p = &p;
         async move {
             let token = p.sign(claims(p, change)).await;
-            sso.verify_raw(&token, Some("the-nonce")).await.unwrap()
+            sso.verify_raw(&token, "the-nonce").await.unwrap()
         }
     };
     let sso_auto = sso(&p, true);
@@ -111,4 +111,14 @@ async fn identities_link_only_by_a_verified_email() {
     let made = sso_auto.user_of(&mut conn, &newcomer).await.unwrap();
     let email: String = sqlx::query_scalar("SELECT email FROM users WHERE id = $1").bind(made).fetch_one(&mut *conn).await.unwrap();
     assert_eq!(email, "new@example.com");
+    // The claim's org was joined at that first sign-in; an admin's removal stands.
+    let member = "SELECT count(*) FROM org_members m JOIN orgs o ON o.id = m.org_id WHERE o.slug = 'acme' AND m.user_id = $1";
+    assert_eq!(sqlx::query_scalar::<_, i64>(member).bind(made).fetch_one(&mut *conn).await.unwrap(), 1);
+    sqlx::query("DELETE FROM org_members WHERE user_id = $1").bind(made).execute(&mut *conn).await.unwrap();
+    assert_eq!(sso_auto.user_of(&mut conn, &newcomer).await.unwrap(), made);
+    assert_eq!(sqlx::query_scalar::<_, i64>(member).bind(made).fetch_one(&mut *conn).await.unwrap(), 0, "not joined again");
+    // Someone new whose email the provider did not verify gets no account.
+    let unverified_new = identity(json!({"sub": "another", "email": "other@example.com", "email_verified": false})).await;
+    let err = sso_auto.user_of(&mut conn, &unverified_new).await.unwrap_err();
+    assert_eq!(err.code, kodel_core::ErrorCode::SsoRefused);
 }

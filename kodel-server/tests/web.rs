@@ -18,6 +18,7 @@ fn browser() -> reqwest::Client {
 async fn sign_in(app: &TestApp, email: &str) -> (String, String) {
     let resp = browser()
         .post(format!("{}/login", app.base))
+        .header(ORIGIN, &app.base)
         .form(&[("email", email), ("password", "correct horse")])
         .send()
         .await
@@ -61,9 +62,26 @@ async fn pages_need_a_session_and_carry_a_strict_policy() {
 
     // A wrong password is said on the page; the right one sets an HttpOnly, Lax cookie
     // (not Secure: this server is reached over http).
-    let resp = browser().post(format!("{}/login", app.base)).form(&[("email", "ada@example.com"), ("password", "nope nope nope")]).send().await.unwrap();
+    let resp = browser()
+        .post(format!("{}/login", app.base))
+        .header(ORIGIN, &app.base)
+        .form(&[("email", "ada@example.com"), ("password", "nope nope nope")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(resp.text().await.unwrap().contains("wrong email or password"));
+    // A sign-in must name this site as its origin: another site cannot sign a browser
+    // in to an account of its choosing.
+    for origin in [None, Some("http://evil.example")] {
+        let mut req = browser().post(format!("{}/login", app.base)).form(&[("email", "ada@example.com"), ("password", "correct horse")]);
+        if let Some(o) = origin {
+            req = req.header(ORIGIN, o);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{origin:?}");
+        assert!(resp.headers().get(SET_COOKIE).is_none());
+    }
     let (set, cookie) = sign_in(&app, "ada@example.com").await;
     assert!(set.contains("HttpOnly") && set.contains("SameSite=Lax") && !set.contains("Secure"), "{set}");
     let (status, html) = page(&app, "/o/acme/p/KOD", &cookie).await;
@@ -78,6 +96,9 @@ async fn pages_need_a_session_and_carry_a_strict_policy() {
     assert!(resp.headers()[SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
     let (status, _) = page(&app, "/o/acme/p/KOD", &cookie).await;
     assert_eq!(status, StatusCode::SEE_OTHER);
+    // The page's script is told so plainly (it reloads), not handed the sign-in page.
+    let resp = browser().get(format!("{}/o/acme/p/KOD", app.base)).header(COOKIE, &cookie).header("x-kodel-fetch", "1").send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -141,6 +162,14 @@ async fn the_cookie_is_secure_behind_https() {
     config.public_url = Some("https://kodel.example.com".into());
     let app = TestApp::spawn_with(fresh_database().await, config).await;
     app.owner_with_project("ada@example.com", "acme", "KOD").await;
-    let (set, _) = sign_in(&app, "ada@example.com").await;
-    assert!(set.contains("; Secure"), "{set}");
+    let resp = browser()
+        .post(format!("{}/login", app.base))
+        .header(ORIGIN, "https://kodel.example.com")
+        .form(&[("email", "ada@example.com"), ("password", "correct horse")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SEE_OTHER, "the public address is this site's origin");
+    let set = resp.headers()[SET_COOKIE].to_str().unwrap();
+    assert!(set.starts_with("__Host-kodel_session=") && set.contains("; Secure"), "{set}");
 }

@@ -55,6 +55,13 @@ try {
   if (!columns.includes('Backlog') || !columns.includes('In Progress')) fail(`columns: ${columns}`);
   await shot('board');
 
+  // On a phone the page fits the screen; the columns scroll sideways on their own.
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  if (overflow > 0) fail(`the board is ${overflow}px wider than a phone's screen`);
+  await shot('board-on-a-phone');
+  await page.setViewportSize({ width: 1280, height: 900 });
+
   // Create a task with a hostile title: it appears (through the live stream) as text.
   await page.fill('form.create input[name=title]', HOSTILE);
   await page.fill('form.create input[name=labels]', 'web, <b>bold</b>');
@@ -102,7 +109,15 @@ try {
   await page.locator(`.col[data-status="Ready"] #card-${hostileKey}`).waitFor({ timeout: 10000 });
   await move(hostileKey, 'In Progress');
   await page.locator(`.col[data-status="In Progress"] #card-${hostileKey}`).waitFor({ timeout: 10000 });
-  await shot('moved');
+  // The agent takes it: the card says so, live.
+  await page.locator(`#card-${hostileKey} .run`).waitFor({ timeout: 30000 });
+  await shot('moved-and-running');
+
+  // The keyboard: "/" goes to the filter.
+  await page.keyboard.press('/');
+  if (!(await page.evaluate(() => document.activeElement?.name === 'q'))) fail('"/" does not focus the filter');
+  await page.keyboard.press('Escape');
+  await page.evaluate(() => document.activeElement?.blur());
 
   // The task page while the agent works: steps arrive live.
   await page.click(`#card-${hostileKey} a`);
@@ -129,6 +144,15 @@ try {
   if (!output.includes('<img src=x onerror=')) fail(`the tool output is not shown as text: ${output}`);
   await noXss();
   await shot('tool-output-open');
+  // A failed tool call is marked.
+  await page.locator('#steps .step.tool.err', { hasText: 'read_file' }).waitFor({ timeout: 60000 });
+
+  // A comment, hostile too, appears (through the task's stream) as text.
+  const comment = 'Watch out: <script>window.__xss=6</script>';
+  await page.fill('form.comment textarea', comment);
+  await page.click('form.comment button[type=submit]');
+  await page.locator('ol.comments li .body', { hasText: 'window.__xss=6' }).waitFor({ timeout: 10000 });
+  if ((await page.locator('ol.comments li .body').last().textContent()) !== comment) fail('the comment is not shown verbatim');
 
   // The patch appears, coloured; approving it is recorded.
   await page.locator('.artifact pre.diff .add').first().waitFor({ timeout: 90000 });
@@ -142,6 +166,14 @@ try {
   await page.locator('.artifact .badge.approved').first().waitFor({ timeout: 10000 });
   await shot('approved');
   await noXss();
+
+  // Approving moved the task to review: the reviewer's verdict and findings appear.
+  await page.locator('.artifact ul.findings li').first().waitFor({ timeout: 90000 });
+  const finding = await page.locator('.artifact ul.findings li').first().textContent();
+  if (!finding.includes('no test covers add() <img src=x onerror=')) fail(`the finding is not shown as text: ${finding}`);
+  if ((await page.locator('.artifact ul.findings .sev').first().getAttribute('class')) !== 'sev minor') fail('a made-up severity picked a style');
+  await noXss();
+  await shot('review-findings');
 
   // Signing out ends the session.
   await Promise.all([page.waitForNavigation(), page.click('header.top button.link')]);

@@ -52,7 +52,16 @@ pub struct Sso {
     config: SsoConfig,
     http: reqwest::Client,
     provider: tokio::sync::RwLock<Option<std::sync::Arc<Provider>>>,
+    /// When the provider's keys were last read again for a token they did not verify.
+    refreshed: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// What the device flow's handle is sealed for (nothing else sealed opens as one).
+const DEVICE_PURPOSE: &str = "sso-device-handle";
+/// What a browser's sign-in in progress is sealed for.
+pub const PENDING_PURPOSE: &str = "sso-pending";
+/// The largest answer read from the provider.
+const MAX_ANSWER: usize = 1 << 20;
 
 /// How long a request to the provider may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -89,9 +98,23 @@ async fn send(http: reqwest::Client, req: openidconnect::HttpRequest) -> Result<
     if let Some(headers) = out.headers_mut() {
         *headers = resp.headers().clone();
     }
-    let body = resp.bytes().await?.to_vec();
+    let body = read_bounded(resp).await?;
     // The builder only fails on a bad status or header, which came from a parsed response.
     Ok(out.body(body).unwrap_or_default())
+}
+
+/// A response's body, cut at `MAX_ANSWER` (a provider has no reason to send more; what
+/// is cut then fails to parse).
+async fn read_bounded(mut resp: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_ANSWER {
+            body.truncate(MAX_ANSWER);
+            break;
+        }
+    }
+    Ok(body)
 }
 
 /// The claims Kodel reads from a verified ID token.
@@ -132,15 +155,11 @@ impl Sso {
             // The library must see a redirect as the answer (never follow one with a code).
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(Self { config, http, provider: tokio::sync::RwLock::new(None) })
+        Ok(Self { config, http, provider: tokio::sync::RwLock::new(None), refreshed: std::sync::Mutex::new(None) })
     }
 
     pub fn display_name(&self) -> &str {
         &self.config.display_name
-    }
-
-    pub fn config(&self) -> &SsoConfig {
-        &self.config
     }
 
     /// The provider's metadata and keys (discovered on first use).
@@ -175,7 +194,8 @@ impl Sso {
         if !resp.status().is_success() {
             return Err(unavailable(format!("{url} answered {}", resp.status())));
         }
-        resp.json().await.map_err(unavailable)
+        let body = read_bounded(resp).await.map_err(unavailable)?;
+        serde_json::from_slice(&body).map_err(|e| unavailable(format!("{url}: {e}")))
     }
 
     fn client(&self, p: &Provider) -> ApiResult<openidconnect::core::CoreClient<
@@ -229,17 +249,38 @@ impl Sso {
             .await
             .map_err(|e| refused(format!("the provider did not take the sign-in: {}", token_error(&e))))?;
         let id_token = tokens.id_token().ok_or_else(|| unavailable("its answer has no ID token"))?;
-        self.verify(&p, id_token, &Nonce::new(pending.nonce.clone()))
+        self.check(id_token, &Nonce::new(pending.nonce.clone())).await
     }
 
-    /// Checks an ID token (as `finish` does), for tests of what is refused.
-    pub async fn verify_raw(&self, raw: &str, nonce: Option<&str>) -> ApiResult<Identity> {
-        let p = self.provider().await?;
+    /// Checks an ID token as `finish` does (with the nonce the sign-in was sent with).
+    pub async fn verify_raw(&self, raw: &str, nonce: &str) -> ApiResult<Identity> {
         let token: CoreIdToken = raw.parse().map_err(|e| refused(format!("not an ID token: {e}")))?;
-        match nonce {
-            Some(n) => self.verify(&p, &token, &Nonce::new(n.to_owned())),
-            None => self.verify(&p, &token, NoNonce),
+        self.check(&token, &Nonce::new(nonce.to_owned())).await
+    }
+
+    /// Checks an ID token. One the cached keys do not verify may be signed with a key
+    /// the provider rotated in since: its keys are then read again (at most once a
+    /// minute) and the token checked once more.
+    async fn check(&self, token: &CoreIdToken, nonce: impl NonceVerifier + Copy) -> ApiResult<Identity> {
+        let p = self.provider().await?;
+        match self.verify(&p, token, nonce) {
+            Err(e) if self.may_refresh() => {
+                tracing::info!(error = %e.message, "an ID token was refused: reading the provider's keys again");
+                *self.provider.write().await = None;
+                let p = self.provider().await?;
+                self.verify(&p, token, nonce)
+            }
+            other => other,
         }
+    }
+
+    fn may_refresh(&self) -> bool {
+        let mut last = self.refreshed.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+            return false;
+        }
+        *last = Some(std::time::Instant::now());
+        true
     }
 
     fn verify(&self, p: &Provider, token: &CoreIdToken, nonce: impl NonceVerifier) -> ApiResult<Identity> {
@@ -286,7 +327,7 @@ impl Sso {
             handle: String::new(),
         };
         let handle = DeviceHandle { response, expires: chrono::Utc::now().timestamp() + expires_in as i64 };
-        let sealed = sealer.seal(&serde_json::to_vec(&handle).map_err(ApiError::internal)?);
+        let sealed = sealer.seal_for(DEVICE_PURPOSE, &serde_json::to_vec(&handle).map_err(ApiError::internal)?);
         use base64::Engine;
         Ok(SsoDeviceStart { handle: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed), ..start })
     }
@@ -297,7 +338,7 @@ impl Sso {
         let handle: DeviceHandle = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(handle.trim())
             .ok()
-            .and_then(|b| sealer.open(&b))
+            .and_then(|b| sealer.open_for(DEVICE_PURPOSE, &b))
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or_else(|| ApiError::invalid("handle is not one this server gave out"))?;
         let left = handle.expires - chrono::Utc::now().timestamp();
@@ -316,7 +357,7 @@ impl Sso {
         match result {
             Ok(tokens) => {
                 let id_token = tokens.id_token().ok_or_else(|| unavailable("its answer has no ID token"))?;
-                self.verify(&p, id_token, NoNonce)
+                self.check(id_token, NoNonce).await
             }
             Err(openidconnect::RequestTokenError::ServerResponse(e)) => match e.error() {
                 openidconnect::DeviceCodeErrorResponseType::ExpiredToken if handle.expires > chrono::Utc::now().timestamp() => {
@@ -328,48 +369,60 @@ impl Sso {
         }
     }
 
-    /// The Kodel user of a verified identity: linked before, or linked now by a verified
-    /// email, or made now (when allowed). Orgs of the configured claim are joined.
+    /// The Kodel user of a verified identity: linked before, or linked now by an email
+    /// the provider verified, or made now (when allowed, and only for a verified email:
+    /// an unverified one could be someone else's address, whose owner would later be
+    /// linked to the account a squatter made). At an identity's first sign-in it joins
+    /// the orgs of the configured claim; later changes to memberships are the org
+    /// admins' (a removal is not undone by the next sign-in).
     pub async fn user_of(&self, conn: &mut PgConnection, id: &Identity) -> ApiResult<Uuid> {
         let linked: Option<Uuid> = sqlx::query_scalar(
-            "UPDATE oidc_identities SET last_login_at = now(), email = $3 WHERE issuer = $1 AND subject = $2 RETURNING user_id",
+            "UPDATE oidc_identities SET last_login_at = now(), email = coalesce($3, email) WHERE issuer = $1 AND subject = $2 RETURNING user_id",
         )
         .bind(&id.issuer)
         .bind(&id.subject)
         .bind(&id.email)
         .fetch_optional(&mut *conn)
         .await?;
-        let user = match linked {
+        if let Some(user) = linked {
+            return Ok(user);
+        }
+        let email = id.email.clone().ok_or_else(|| refused("the provider gave no email for this identity, so no account can be linked or made"))?;
+        if !id.email_verified {
+            return Err(refused("the identity provider has not verified this email, so no account is linked to it or made for it"));
+        }
+        let existing: Option<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = $1").bind(&email).fetch_optional(&mut *conn).await?;
+        let user = match existing {
             Some(user) => user,
+            None if !self.config.auto_create => {
+                return Err(refused("no Kodel account is linked to this identity; ask an administrator to create yours"));
+            }
             None => {
-                let email = id.email.clone().ok_or_else(|| refused("the provider gave no email for this identity, so no account can be linked or made"))?;
-                let existing: Option<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE lower(email) = $1").bind(&email).fetch_optional(&mut *conn).await?;
-                let user = match existing {
-                    Some(_) if !id.email_verified => {
-                        return Err(refused("an account with this email exists, but the provider has not verified the email: it is not linked"));
-                    }
-                    Some(user) => user,
-                    None if !self.config.auto_create => {
-                        return Err(refused("no Kodel account is linked to this identity; ask an administrator to create yours"));
-                    }
-                    None => {
-                        let user = Uuid::now_v7();
-                        let name = id.name.clone().unwrap_or_else(|| email.split('@').next().unwrap_or(&email).to_owned());
-                        sqlx::query("INSERT INTO users (id, email, name) VALUES ($1, $2, $3)").bind(user).bind(&email).bind(name).execute(&mut *conn).await?;
-                        tracing::info!(user = %user, "made an account at its first single sign-on");
-                        user
-                    }
-                };
-                sqlx::query("INSERT INTO oidc_identities (issuer, subject, user_id, email) VALUES ($1, $2, $3, $4)")
-                    .bind(&id.issuer)
-                    .bind(&id.subject)
+                let user = Uuid::now_v7();
+                let name = id.name.clone().unwrap_or_else(|| email.split('@').next().unwrap_or(&email).to_owned());
+                let made = sqlx::query("INSERT INTO users (id, email, name) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                     .bind(user)
                     .bind(&email)
+                    .bind(name)
                     .execute(&mut *conn)
                     .await?;
+                if made.rows_affected() == 0 {
+                    return Err(refused("this account was being made by another sign-in at the same moment: sign in again"));
+                }
+                tracing::info!(user = %user, "made an account at its first single sign-on");
                 user
             }
         };
+        let linked = sqlx::query("INSERT INTO oidc_identities (issuer, subject, user_id, email) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+            .bind(&id.issuer)
+            .bind(&id.subject)
+            .bind(user)
+            .bind(&email)
+            .execute(&mut *conn)
+            .await?;
+        if linked.rows_affected() == 0 {
+            return Err(refused("this identity was being linked by another sign-in at the same moment: sign in again"));
+        }
         if !id.orgs.is_empty() {
             sqlx::query(
                 "INSERT INTO org_members (org_id, user_id, role)
@@ -385,6 +438,7 @@ impl Sso {
 }
 
 /// The device flow's ID token carries no nonce (none was sent).
+#[derive(Clone, Copy)]
 struct NoNonce;
 
 impl NonceVerifier for NoNonce {

@@ -202,7 +202,7 @@ async fn visible_job(t: &mut Tenant, raw: &str) -> ApiResult<(Job, ProjectRole)>
     responses((status = OK, description = "job", body = Job), Errors<(code::JobNotFound,)>),
     security(("bearer" = []))
 )]
-async fn show_job(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<Json<Job>> {
+pub(crate) async fn show_job(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResult<Json<Job>> {
     let (job, _) = visible_job(&mut t, &raw).await?;
     t.commit().await?;
     Ok(Json(job))

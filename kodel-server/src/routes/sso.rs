@@ -11,6 +11,7 @@ use utoipa_axum::routes;
 
 use super::openapi::{Errors, code};
 use crate::AppState;
+use crate::auth::limits::ClientAddr;
 use crate::auth::oidc::Sso;
 use crate::error::{ApiError, ApiResult};
 use crate::json::ApiJson;
@@ -26,10 +27,12 @@ fn sso(state: &AppState) -> ApiResult<&Sso> {
 #[utoipa::path(
     post, path = "/api/v1/auth/sso/device", tag = "auth",
     summary = "Begin a single sign-on from a terminal (device authorization grant)",
-    responses((status = OK, description = "where the person signs in, the code they enter, and the handle to poll with", body = SsoDeviceStart), Errors<(code::SsoNotConfigured, code::SsoRefused, code::SsoUnavailable)>),
+    responses((status = OK, description = "where the person signs in, the code they enter, and the handle to poll with", body = SsoDeviceStart), Errors<(code::SsoNotConfigured, code::SsoRefused, code::SsoUnavailable, code::TooManyRequests)>),
     security(())
 )]
-async fn device_start(State(state): State<AppState>) -> ApiResult<Json<SsoDeviceStart>> {
+async fn device_start(State(state): State<AppState>, ClientAddr(client): ClientAddr) -> ApiResult<Json<SsoDeviceStart>> {
+    // Each start asks the provider: counted with the login limits.
+    state.logins.attempt(client, None)?;
     Ok(Json(sso(&state)?.device_start(&state.sealer).await?))
 }
 
@@ -37,11 +40,12 @@ async fn device_start(State(state): State<AppState>) -> ApiResult<Json<SsoDevice
     post, path = "/api/v1/auth/sso/device/token", tag = "auth",
     summary = "Finish a terminal's single sign-on: waits up to 20 s for the person, then 428 authorization_pending (poll again)",
     request_body = SsoDevicePoll,
-    responses((status = OK, description = "a token pair, as a password login gives", body = TokenPair), Errors<(code::AuthorizationPending, code::SsoNotConfigured, code::SsoRefused, code::SsoUnavailable, code::InvalidRequest)>),
+    responses((status = OK, description = "a token pair, as a password login gives", body = TokenPair), Errors<(code::AuthorizationPending, code::SsoNotConfigured, code::SsoRefused, code::SsoUnavailable, code::InvalidRequest, code::TooManyRequests)>),
     security(())
 )]
-async fn device_token(State(state): State<AppState>, ApiJson(req): ApiJson<SsoDevicePoll>) -> ApiResult<Json<TokenPair>> {
+async fn device_token(State(state): State<AppState>, ClientAddr(client): ClientAddr, ApiJson(req): ApiJson<SsoDevicePoll>) -> ApiResult<Json<TokenPair>> {
     let sso = sso(&state)?;
+    state.logins.attempt(client, None)?;
     let identity = sso.device_poll(&state.sealer, &req.handle).await?;
     let mut tx = crate::db::begin(&state.pool).await?;
     let user = sso.user_of(&mut tx, &identity).await?;

@@ -52,7 +52,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, Path((org, key)
             }
             @if can_edit {
                 form.create method="post" action={ "/o/" (org) "/p/" (project.key) "/tasks" } data-fetch {
-                    input type="hidden" name="csrf" value=(viewer.csrf);
+                    input type="hidden" name="csrf" value=(viewer.csrf());
                     input name="title" required maxlength="500" placeholder="New task title" aria-label="New task title";
                     input name="labels" placeholder="labels, comma separated" aria-label="Labels";
                     button type="submit" { "Create" }
@@ -83,7 +83,7 @@ fn move_dialog(viewer: &Viewer) -> maud::Markup {
     html! {
         dialog #move-dialog aria-labelledby="move-title" {
             form method="post" data-fetch {
-                input type="hidden" name="csrf" value=(viewer.csrf);
+                input type="hidden" name="csrf" value=(viewer.csrf());
                 h2 #move-title { "Move " span.key {} }
                 label { "To " select name="status" {} }
                 div.actions {

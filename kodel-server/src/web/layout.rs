@@ -26,7 +26,7 @@ pub fn page(title: &str, viewer: Option<&Viewer>, body: Markup) -> Html<String> 
                         @if let Some(v) = viewer {
                             span.who { (v.user.email) }
                             form method="post" action="/logout" {
-                                input type="hidden" name="csrf" value=(v.csrf);
+                                input type="hidden" name="csrf" value=(v.csrf());
                                 button.link type="submit" { "Sign out" }
                             }
                         }

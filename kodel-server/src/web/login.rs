@@ -47,9 +47,10 @@ pub struct Credentials {
 /// SameSite keep other sites from signing a browser in to their account.)
 pub async fn submit(State(state): State<AppState>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
-    if let Err(e) = same_origin(&parts) {
+    if let Err(e) = same_origin(&parts, &state.web, true) {
         return e.into_response();
     }
+    let previous = session::read_cookie(&parts, session::cookie_name(state.web.secure_cookies)).map(str::to_owned);
     let ClientAddr(client) = match ClientAddr::from_request_parts(&mut parts, &state).await {
         Ok(c) => c,
         Err(never) => match never {},
@@ -59,7 +60,7 @@ pub async fn submit(State(state): State<AppState>, req: Request) -> Response {
         Err(_) => None,
     };
     let Some(form) = form else { return (axum::http::StatusCode::BAD_REQUEST, login_page(&state, Some("Fill in your email and password."))).into_response() };
-    match signed_in(&state, client, form).await {
+    match signed_in(&state, client, form, previous.as_deref()).await {
         Ok(resp) => resp,
         Err(e) => {
             let status = axum::http::StatusCode::from_u16(e.code.http_status()).unwrap_or(axum::http::StatusCode::UNAUTHORIZED);
@@ -68,10 +69,10 @@ pub async fn submit(State(state): State<AppState>, req: Request) -> Response {
     }
 }
 
-async fn signed_in(state: &AppState, client: Option<std::net::IpAddr>, form: Credentials) -> Result<Response, ApiError> {
+async fn signed_in(state: &AppState, client: Option<std::net::IpAddr>, form: Credentials, previous: Option<&str>) -> Result<Response, ApiError> {
     let user = crate::routes::auth::check_password(state, client, &form.email, form.password).await?;
     let mut tx = crate::db::begin(&state.pool).await?;
-    let token = session::start(&mut tx, user).await?;
+    let token = session::start(&mut tx, user, previous).await?;
     tx.commit().await?;
     Ok(welcome(state, &token))
 }

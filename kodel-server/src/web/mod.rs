@@ -33,6 +33,15 @@ use crate::error::ApiError;
 /// How the web view sets its cookies: Secure when people reach the server over https.
 pub struct WebSettings {
     pub secure_cookies: bool,
+    /// `KODEL_PUBLIC_URL`'s origin (`https://kodel.example.com`).
+    pub public_origin: String,
+}
+
+impl WebSettings {
+    pub fn new(public_url: &str) -> Self {
+        let origin = public_url.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
+        Self { secure_cookies: public_url.starts_with("https://"), public_origin: origin }
+    }
 }
 
 pub fn router() -> Router<AppState> {
@@ -54,6 +63,7 @@ pub fn router() -> Router<AppState> {
         .route("/o/{org}/t/{task}/move", post(task::move_to))
         .route("/o/{org}/t/{task}/comments", post(task::comment))
         .route("/o/{org}/artifacts/{id}/{decision}", post(task::decide))
+        .layer(axum::middleware::from_fn(signed_out_scripts))
         .layer(axum::middleware::map_response(security_headers))
         .layer(CompressionLayer::new())
 }
@@ -74,20 +84,35 @@ async fn security_headers(mut resp: Response) -> Response {
 }
 
 /// A state change must come from a page of this server: a browser names the page's
-/// origin on every POST, and it must be this host. (Clients that send no Origin are not
-/// browsers, which a forged cross-site request needs.)
-pub fn same_origin(parts: &Parts) -> Result<(), WebError> {
+/// origin on every POST, and it must be `KODEL_PUBLIC_URL`'s or this request's host's.
+/// When `required` is false a request that names none passes (it is not a browser's,
+/// which a forged cross-site request needs; the CSRF token still guards it).
+pub fn same_origin(parts: &Parts, web: &WebSettings, required: bool) -> Result<(), WebError> {
     if parts.method == Method::GET || parts.method == Method::HEAD {
         return Ok(());
     }
-    let Some(origin) = parts.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return Ok(()) };
+    let named = parts.headers.get(header::ORIGIN).or_else(|| parts.headers.get(header::REFERER)).and_then(|v| v.to_str().ok());
+    let Some(origin) = named else {
+        return if required { Err(WebError::Api(ApiError::new(ErrorCode::Forbidden, "this request names no origin"))) } else { Ok(()) };
+    };
     let host = parts.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    // A Referer is a whole URL: its origin is what comes before the path.
+    let origin = origin.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
     let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
-    if origin_host.eq_ignore_ascii_case(host) {
+    if origin.eq_ignore_ascii_case(&web.public_origin) || (!host.is_empty() && origin_host.eq_ignore_ascii_case(host)) {
         Ok(())
     } else {
         Err(WebError::Api(ApiError::new(ErrorCode::Forbidden, "this request came from another site")))
     }
+}
+
+/// A script's request (`X-Kodel-Fetch`) whose session ended gets 401, not the sign-in
+/// page (which `fetch` would follow and put in the page); the script then reloads.
+async fn signed_out_scripts(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let script = from_script(req.headers());
+    let resp = next.run(req).await;
+    let to_sign_in = resp.status() == StatusCode::SEE_OTHER && resp.headers().get(header::LOCATION).is_some_and(|l| l == "/login");
+    if script && to_sign_in { (StatusCode::UNAUTHORIZED, "signed out").into_response() } else { resp }
 }
 
 /// How a page or an action fails: not signed in (to the sign-in page), or the API's

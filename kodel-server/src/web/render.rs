@@ -120,6 +120,10 @@ pub fn diff(patch: &str) -> Markup {
     }
 }
 
+/// The severities a review's finding may have (anything else the model wrote shows as a
+/// note: it picks no style of its own).
+const SEVERITIES: [&str; 4] = ["blocker", "major", "minor", "nit"];
+
 /// What an artifact holds, shown for its kind.
 pub fn artifact_body(a: &Artifact) -> Markup {
     let content = a.content.as_deref().unwrap_or("");
@@ -135,7 +139,8 @@ pub fn artifact_body(a: &Artifact) -> Markup {
                     ul.findings {
                         @for f in findings {
                             li {
-                                span class={ "sev " (f.get("severity").and_then(Value::as_str).unwrap_or("")) } { (f.get("severity").and_then(Value::as_str).unwrap_or("note")) }
+                                @let severity = f.get("severity").and_then(Value::as_str).filter(|s| SEVERITIES.contains(s)).unwrap_or("note");
+                                span class={ "sev " (severity) } { (severity) }
                                 " " code { (f.get("file").and_then(Value::as_str).unwrap_or("")) @if let Some(l) = f.get("line").and_then(Value::as_u64) { ":" (l) } }
                                 " " (f.get("message").and_then(Value::as_str).unwrap_or(""))
                             }
@@ -185,6 +190,26 @@ mod tests {
         assert!(!Filter::parse("logout").matches(&t, "x"));
         assert!(!Filter::parse("@none").matches(&t, "x"));
         assert!(Filter::parse("@none").matches(&task("x", &[], None), "x"));
+    }
+
+    fn artifact(kind: &str, content: &str, data: serde_json::Value) -> Artifact {
+        serde_json::from_value(serde_json::json!({
+            "id": uuid::Uuid::nil(), "job": uuid::Uuid::nil(), "task": "KOD-1", "kind": kind, "title": "t", "content": content,
+            "reference": null, "data": data, "status": "pending", "decided_by": null, "decided_at": null, "comment": null,
+            "created_at": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn artifacts_show_for_their_kind() {
+        let patch = artifact_body(&artifact("patch", "--- a/x\n+++ b/x\n@@ -1 +1 @@\n-old\n+<new>\n", serde_json::Value::Null)).into_string();
+        assert!(patch.contains(r#"<span class="del">-old</span>"#) && patch.contains(r#"<span class="add">+&lt;new&gt;</span>"#), "{patch}");
+        assert!(patch.contains(r#"<span class="hunk">@@ -1 +1 @@</span>"#));
+        let report = artifact_body(&artifact("test_report", "2 passed", serde_json::json!({"passed": false, "command": "cargo test", "counts": {"failed": 1}}))).into_string();
+        assert!(report.contains("tests failed") && report.contains("cargo test"), "{report}");
+        let review = artifact_body(&artifact("review", "", serde_json::json!({"verdict": "request_changes", "findings": [{"file": "a.rs", "line": 3, "severity": "blocker", "message": "m"}]}))).into_string();
+        assert!(review.contains("request changes") && review.contains(r#"class="sev blocker""#) && review.contains("a.rs:3"), "{review}");
     }
 
     #[test]

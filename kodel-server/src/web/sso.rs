@@ -16,7 +16,8 @@ use serde::Deserialize;
 use super::session::read_cookie;
 use super::{WebError, WebResult, login};
 use crate::AppState;
-use crate::auth::oidc::{Pending, Sso};
+use crate::auth::limits::ClientAddr;
+use crate::auth::oidc::{PENDING_PURPOSE, Pending, Sso};
 use crate::error::ApiError;
 
 const COOKIE: &str = "kodel_sso";
@@ -34,9 +35,11 @@ fn pending_cookie(value: Option<&str>, secure: bool) -> HeaderValue {
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-pub async fn start(State(state): State<AppState>) -> WebResult<Response> {
+pub async fn start(State(state): State<AppState>, ClientAddr(client): ClientAddr) -> WebResult<Response> {
+    // Each start asks the provider: counted with the sign-in limits.
+    state.logins.attempt(client, None)?;
     let (url, pending) = sso(&state)?.authorize().await?;
-    let sealed = state.sealer.seal(&serde_json::to_vec(&pending).map_err(ApiError::internal)?);
+    let sealed = state.sealer.seal_for(PENDING_PURPOSE, &serde_json::to_vec(&pending).map_err(ApiError::internal)?);
     let cookie = pending_cookie(Some(&URL_SAFE_NO_PAD.encode(sealed)), state.web.secure_cookies);
     Ok(([(SET_COOKIE, cookie)], Redirect::to(&url)).into_response())
 }
@@ -49,12 +52,19 @@ pub struct Callback {
     error_description: Option<String>,
 }
 
-pub async fn callback(State(state): State<AppState>, Query(q): Query<Callback>, req: axum::extract::Request) -> WebResult<Response> {
+pub async fn callback(State(state): State<AppState>, ClientAddr(client): ClientAddr, Query(q): Query<Callback>, req: axum::extract::Request) -> WebResult<Response> {
     let (parts, _) = req.into_parts();
     let sso = sso(&state)?;
+    state.logins.attempt(client, None)?;
     let pending = read_pending(&state, &parts)?;
     if let Some(error) = q.error {
-        let why = q.error_description.unwrap_or(error);
+        // The provider's own words go to the log only: this page shows fixed text.
+        tracing::info!(error = %error, description = q.error_description.as_deref().unwrap_or(""), "the identity provider did not sign someone in");
+        let why = match error.as_str() {
+            "access_denied" => "you (or the provider) declined",
+            "login_required" | "interaction_required" | "consent_required" => "the provider needs you to sign in there first",
+            _ => "the provider answered with an error",
+        };
         return Err(WebError::Api(ApiError::new(ErrorCode::SsoRefused, format!("the identity provider did not sign you in: {why}"))));
     }
     // The state must be the one this browser was sent with: otherwise a code from
@@ -66,7 +76,8 @@ pub async fn callback(State(state): State<AppState>, Query(q): Query<Callback>, 
     let identity = sso.finish(&code, &pending).await?;
     let mut tx = crate::db::begin(&state.pool).await.map_err(ApiError::from)?;
     let user = sso.user_of(&mut tx, &identity).await?;
-    let token = super::session::start(&mut tx, user).await?;
+    let previous = read_cookie(&parts, super::session::cookie_name(state.web.secure_cookies));
+    let token = super::session::start(&mut tx, user, previous).await?;
     tx.commit().await.map_err(ApiError::from)?;
     let mut resp = login::welcome(&state, &token);
     resp.headers_mut().append(SET_COOKIE, pending_cookie(None, state.web.secure_cookies));
@@ -76,7 +87,7 @@ pub async fn callback(State(state): State<AppState>, Query(q): Query<Callback>, 
 fn read_pending(state: &AppState, parts: &Parts) -> Result<Pending, WebError> {
     let pending: Option<Pending> = read_cookie(parts, COOKIE)
         .and_then(|v| URL_SAFE_NO_PAD.decode(v).ok())
-        .and_then(|b| state.sealer.open(&b))
+        .and_then(|b| state.sealer.open_for(PENDING_PURPOSE, &b))
         .and_then(|b| serde_json::from_slice(&b).ok());
     match pending {
         Some(p) if p.expires > chrono::Utc::now().timestamp() => Ok(p),

@@ -75,7 +75,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, Path((org, key)
                     h1 { span.key { (t.key) } " " (t.title) }
                     @if can_move {
                         form.move method="post" action={ "/o/" (org) "/t/" (t.key) "/move" } data-fetch {
-                            input type="hidden" name="csrf" value=(viewer.csrf);
+                            input type="hidden" name="csrf" value=(viewer.csrf());
                             label { "Move to "
                                 select name="status" {
                                     @if !next.is_empty() { optgroup label="Allowed from here" { @for n in &next { option { (n) } } } }
@@ -88,7 +88,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, Path((org, key)
                     }
                     @if can_comment {
                         form.comment method="post" action={ "/o/" (org) "/t/" (t.key) "/comments" } data-fetch {
-                            input type="hidden" name="csrf" value=(viewer.csrf);
+                            input type="hidden" name="csrf" value=(viewer.csrf());
                             label { "Comment" textarea name="body" required maxlength="20000" rows="3" {} }
                             button type="submit" { "Add comment" }
                             p.err role="alert" {}
@@ -135,7 +135,7 @@ fn side_html(org: &str, v: &TaskView, viewer: &Viewer) -> Markup {
                     @if let Some(by) = &a.decided_by { p.dim { (a.status.as_str()) " by " (by) @if let Some(c) = &a.comment { ": " (c) } } }
                     @if a.status == ArtifactState::Pending && can_decide {
                         form.decide method="post" action={ "/o/" (org) "/artifacts/" (a.id) "/approve" } data-fetch {
-                            input type="hidden" name="csrf" value=(viewer.csrf);
+                            input type="hidden" name="csrf" value=(viewer.csrf());
                             label { "Comment (optional)" textarea name="comment" rows="2" maxlength="20000" {} }
                             button type="submit" name="decision" value="approve" { "Approve" }
                             " "
@@ -190,7 +190,11 @@ fn minus_one() -> i32 {
 }
 
 /// A job's steps after `after`, as list items for the stream.
-pub async fn steps(State(state): State<AppState>, viewer: Viewer, Path((org, _key)): Path<(String, String)>, Query(q): Query<StepsQuery>) -> WebResult<Html<String>> {
+pub async fn steps(State(state): State<AppState>, viewer: Viewer, Path((org, key)): Path<(String, String)>, Query(q): Query<StepsQuery>) -> WebResult<Html<String>> {
+    let axum::Json(job) = jobs::show_job(viewer.tenant(&state, &org).await?, Path((org.clone(), q.job.to_string()))).await?;
+    if !job.task.eq_ignore_ascii_case(&key) {
+        return Err(ApiError::new(kodel_core::ErrorCode::JobNotFound, format!("{key} has no job {}", q.job)).into());
+    }
     let steps = job_steps(&state, &viewer, &org, q.job, q.after).await?;
     Ok(Html(html! { @for (seq, step) in &steps { (render::step(*seq, step)) } }.into_string()))
 }

@@ -112,9 +112,11 @@ pub async fn register(ctx: &mut Ctx, args: RegisterArgs) -> Result<(), CliError>
 async fn sso_login(client: &Client) -> Result<TokenPair, CliError> {
     let resp = client.raw(reqwest::Method::POST, "/api/v1/auth/sso/device", None).await?;
     let start: SsoDeviceStart = crate::client::decode(resp).await?;
-    eprintln!("To sign in, open {} in a browser and enter the code {}", start.verification_uri, start.user_code);
+    // What the provider wrote goes to the terminal without control characters.
+    let plain = |s: &str| s.chars().filter(|c| !c.is_control()).collect::<String>();
+    eprintln!("To sign in, open {} in a browser and enter the code {}", plain(&start.verification_uri), plain(&start.user_code));
     if let Some(full) = &start.verification_uri_complete {
-        eprintln!("(or open {full})");
+        eprintln!("(or open {})", plain(full));
     }
     eprintln!("Waiting for you to finish there (the code is good for {} minutes)...", start.expires_in.div_ceil(60));
     let body = json!({ "handle": start.handle });

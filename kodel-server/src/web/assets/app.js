@@ -5,6 +5,14 @@
 
 const $ = (sel, root = document) => root.querySelector(sel);
 
+// A fragment from the server. A session that ended answers 401: reload, which shows the
+// sign-in page (never put that page inside this one).
+async function get(url) {
+  const r = await fetch(url, { headers: { 'x-kodel-fetch': '1' }, credentials: 'same-origin' });
+  if (r.status === 401) { location.reload(); return null; }
+  return r;
+}
+
 // Forms marked data-fetch: posted by fetch; a refusal is shown in the form's .err.
 document.addEventListener('submit', async (e) => {
   const form = e.target;
@@ -22,7 +30,8 @@ document.addEventListener('submit', async (e) => {
       form.dispatchEvent(new CustomEvent('kodel:done', { bubbles: true }));
       form.querySelectorAll('input:not([type=hidden]), textarea').forEach((i) => { i.value = ''; });
     } else if (err) {
-      err.textContent = r.status === 401 || r.redirected ? 'You were signed out: reload the page.' : await r.text();
+      if (r.status === 401) { location.reload(); return; }
+      err.textContent = await r.text();
     }
   } catch {
     if (err) err.textContent = 'The server could not be reached; try again.';
@@ -61,7 +70,8 @@ if (board) {
     for (const key of keys) await refreshCard(key);
   };
   const refreshCard = async (key) => {
-    const r = await fetch(`/o/${org}/t/${encodeURIComponent(key)}/card?q=${encodeURIComponent(q)}`, { credentials: 'same-origin' });
+    const r = await get(`/o/${org}/t/${encodeURIComponent(key)}/card?q=${encodeURIComponent(q)}`);
+    if (!r) return;
     const old = document.getElementById(`card-${key}`);
     if (r.status === 204) { old?.remove(); counts(); return; }
     if (!r.ok) return;
@@ -145,8 +155,8 @@ if (task) {
   const moreSteps = () => {
     fetching = fetching.then(async () => {
       if (!job) return;
-      const r = await fetch(`/o/${org}/t/${encodeURIComponent(key)}/steps?job=${job}&after=${lastSeq()}`, { credentials: 'same-origin' });
-      if (!r.ok) return;
+      const r = await get(`/o/${org}/t/${encodeURIComponent(key)}/steps?job=${job}&after=${lastSeq()}`);
+      if (!r?.ok) return;
       const down = atBottom();
       const tpl = document.createElement('template');
       tpl.innerHTML = await r.text();
@@ -163,8 +173,8 @@ if (task) {
       const side = $('#side');
       // A reviewer's half-typed comment is not thrown away: try again later.
       if ([...side.querySelectorAll('textarea')].some((t) => t.value) || side.contains(document.activeElement?.closest('textarea, input'))) { refreshSide(); return; }
-      const r = await fetch(`/o/${org}/t/${encodeURIComponent(key)}/side`, { credentials: 'same-origin' });
-      if (r.ok) side.innerHTML = await r.text();
+      const r = await get(`/o/${org}/t/${encodeURIComponent(key)}/side`);
+      if (r?.ok) side.innerHTML = await r.text();
     }, 100);
   };
 
