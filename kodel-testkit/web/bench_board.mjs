@@ -46,7 +46,14 @@ for (let i = 0; i < LOADS; i++) {
 const first = loads[0];
 const warm = loads.slice(1);
 
-// Live: a task made through the API, until its card is on the open board.
+// Live: a task made through the API, until its card is on the open board (the moment
+// the page inserts it, seen by a MutationObserver in the page, not by polling).
+await page.evaluate(() => {
+  window.__seen = {};
+  new MutationObserver((ms) => {
+    for (const m of ms) for (const n of m.addedNodes) if (n.classList?.contains('card')) window.__seen[n.querySelector('.title')?.textContent] = Date.now();
+  }).observe(document.querySelector('[data-board]'), { childList: true, subtree: true });
+});
 const delays = [];
 for (let i = 0; i < CREATES; i++) {
   const title = `live-${Date.now()}-${i}`;
@@ -56,7 +63,7 @@ for (let i = 0; i < CREATES; i++) {
   });
   if (r.status !== 201) throw new Error(`create: ${r.status}`);
   await page.locator('.card', { hasText: title }).waitFor({ timeout: 10000 });
-  delays.push(Date.now() - started);
+  delays.push((await page.evaluate((t) => window.__seen[t], title)) - started);
 }
 console.log(JSON.stringify({
   cards: first.cards,
