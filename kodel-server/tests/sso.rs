@@ -122,3 +122,22 @@ async fn identities_link_only_by_a_verified_email() {
     let err = sso_auto.user_of(&mut conn, &unverified_new).await.unwrap_err();
     assert_eq!(err.code, kodel_core::ErrorCode::SsoRefused);
 }
+
+#[tokio::test]
+async fn a_key_the_provider_rotated_in_is_read_when_first_seen() {
+    let port = kodel_testkit::free_port();
+    let first = OidcProvider::start_on(port, "http://127.0.0.1:1/sso/callback", "pat@example.com", true, &[]);
+    let sso = sso(&first, true);
+    sso.verify_raw(&first.sign(claims(&first, json!({}))).await, "the-nonce").await.unwrap();
+    let old_token = first.sign(claims(&first, json!({}))).await;
+    drop(first);
+    // The provider comes back with another key: a token signed with it is checked
+    // against the keys read again, not refused for the ones cached.
+    let second = OidcProvider::start_on(port, "http://127.0.0.1:1/sso/callback", "pat@example.com", true, &[]);
+    let id = sso.verify_raw(&second.sign(claims(&second, json!({"sub": "after-rotation"}))).await, "the-nonce").await.unwrap();
+    assert_eq!(id.subject, "after-rotation");
+    // A token of the retired key no longer verifies (and reading the keys again is not
+    // tried twice in a minute).
+    let err = sso.verify_raw(&old_token, "the-nonce").await.unwrap_err();
+    assert_eq!(err.code, kodel_core::ErrorCode::SsoRefused, "{}", err.message);
+}

@@ -90,7 +90,12 @@ impl OidcProvider {
     /// `redirect`: the Kodel server's callback URL. `email_verified`: what the provider
     /// says of the user's email. `orgs`: the `kodel_orgs` claim.
     pub fn start(redirect: &str, email: &str, email_verified: bool, orgs: &[&str]) -> OidcProvider {
-        let port = crate::free_port();
+        Self::start_on(crate::free_port(), redirect, email, email_verified, orgs)
+    }
+
+    /// The same on a given port (a provider started again there has a new signing key:
+    /// a key rotation, as far as its clients can tell).
+    pub fn start_on(port: u16, redirect: &str, email: &str, email_verified: bool, orgs: &[&str]) -> OidcProvider {
         let issuer = format!("http://127.0.0.1:{port}");
         let mut child = Command::new("node")
             .arg(script("oidc_provider.mjs"))

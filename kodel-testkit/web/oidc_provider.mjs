@@ -18,7 +18,9 @@ const VERIFIED = process.env.EMAIL_VERIFIED === 'true';
 const ORGS = (process.env.ORGS || '').split(',').filter(Boolean);
 
 const { privateKey } = await jose.generateKeyPair('RS256', { extractable: true });
-const jwk = { ...(await jose.exportJWK(privateKey)), kid: 'test-key', alg: 'RS256', use: 'sig' };
+// A new key (and key id) at every start.
+const kid = `key-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+const jwk = { ...(await jose.exportJWK(privateKey)), kid, alg: 'RS256', use: 'sig' };
 
 const provider = new Provider(ISSUER, {
   clients: [{
@@ -47,7 +49,7 @@ http.createServer(async (req, res) => {
   if (req.method === 'POST' && req.url === '/test/sign') {
     let body = '';
     for await (const chunk of req) body += chunk;
-    const token = await new jose.SignJWT(JSON.parse(body)).setProtectedHeader({ alg: 'RS256', kid: 'test-key' }).sign(privateKey);
+    const token = await new jose.SignJWT(JSON.parse(body)).setProtectedHeader({ alg: 'RS256', kid }).sign(privateKey);
     res.writeHead(200, { 'content-type': 'text/plain' }).end(token);
     return;
   }
