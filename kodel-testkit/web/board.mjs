@@ -123,12 +123,14 @@ try {
   await page.click(`#card-${hostileKey} a`);
   await page.waitForSelector('[data-task]');
   await page.evaluate(() => {
-    // Layout shifts of anything but the part that follows the task's events (#side):
-    // the stream must not push the page around as it grows.
+    // Layout shifts of the page around the agent's stream: its steps and live text move
+    // inside their own fixed-height scroll box (as a log does), and the part that
+    // follows the task's events (#side) is refreshed in place; nothing else may move.
     window.__streamShift = 0;
+    const inside = (n) => document.getElementById('side').contains(n) || document.getElementById('stream').contains(n);
     new PerformanceObserver((list) => {
       for (const e of list.getEntries()) {
-        if (e.sources.some((s) => s.node && !document.getElementById('side').contains(s.node))) window.__streamShift += e.value;
+        if (e.sources.some((s) => s.node && !inside(s.node))) window.__streamShift += e.value;
       }
     }).observe({ type: 'layout-shift' });
     window.__appended = 0;

@@ -497,15 +497,9 @@ impl Follower {
                 return Ok(item);
             }
             if let Some(id) = self.resume {
-                // 0: before the org's first event (a page rendered when it had none).
-                let pos = if id == 0 {
-                    Some(Pos { xid: 0, id: 0 })
-                } else {
-                    let mut tx = begin_scoped(&self.pool, &self.slug).await?;
-                    let pos = position_of(&mut tx, id).await?;
-                    tx.commit().await?;
-                    pos
-                };
+                let mut tx = begin_scoped(&self.pool, &self.slug).await?;
+                let pos = position_of(&mut tx, id).await?;
+                tx.commit().await?;
                 self.resume = None;
                 match pos {
                     Some(pos) => {

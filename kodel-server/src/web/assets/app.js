@@ -40,9 +40,11 @@ document.addEventListener('submit', async (e) => {
   }
 });
 
-// One stream per page; the browser reconnects by itself and resumes with Last-Event-ID.
-function follow(url, handlers) {
-  const es = new EventSource(url);
+// One stream per page, from the newest event the page was rendered after (an org
+// with no events yet: from now); the browser reconnects by itself and resumes with
+// Last-Event-ID.
+function follow(url, since, handlers) {
+  const es = new EventSource(Number(since) > 0 ? `${url}?last_event_id=${since}` : url);
   for (const [type, fn] of Object.entries(handlers)) {
     es.addEventListener(type, (m) => { try { fn(JSON.parse(m.data)); } catch (x) { console.error(x); } });
   }
@@ -94,7 +96,7 @@ if (board) {
     waiting.add(ev.task);
     timer ??= setTimeout(flush, 30);
   };
-  follow(`/o/${org}/events?last_event_id=${since}`, Object.fromEntries(CARD_EVENTS.map((t) => [t, changed])));
+  follow(`/o/${org}/events`, since, Object.fromEntries(CARD_EVENTS.map((t) => [t, changed])));
 
   // The move dialog: where the card may go first, then the other statuses.
   const dialog = $('#move-dialog');
@@ -198,7 +200,7 @@ if (task) {
     live.textContent += ev.payload.text;
     keepDown(down);
   };
-  follow(`/o/${org}/t/${encodeURIComponent(key)}/events?last_event_id=${since}`, handlers);
+  follow(`/o/${org}/t/${encodeURIComponent(key)}/events`, since, handlers);
   stream.scrollTop = stream.scrollHeight;
   // Steps stored between the page's render and the stream's start are fetched once.
   moreSteps();
