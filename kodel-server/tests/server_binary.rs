@@ -194,21 +194,38 @@ async fn a_stalled_database_answers_503_in_bounded_time() {
     let base = server.base.clone();
     let token = owner_with_project(&base, "s@x.io", "stall", "ST").await;
 
+    // A web session, made before the database stalls.
+    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let signed_in = http
+        .post(format!("{base}/login"))
+        .header("origin", &base)
+        .form(&[("email", "s@x.io"), ("password", "longenough")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+
     signal_postgres(&data, nix::sys::signal::Signal::SIGSTOP);
-    let http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build().unwrap();
     let read = http.get(format!("{base}/api/v1/orgs/stall/projects")).bearer_auth(&token).send();
     let write = http.post(format!("{base}/api/v1/orgs/stall/projects")).bearer_auth(&token).json(&json!({"key": "NEW", "name": "New"})).send();
     let create = http.post(format!("{base}/api/v1/orgs/stall/projects/ST/tasks")).bearer_auth(&token).json(&json!({"title": "while stalled"})).send();
+    // Requests outside any org: the caller's check, a login, a web page.
+    let orgs = http.get(format!("{base}/api/v1/orgs")).bearer_auth(&token).send();
+    let login = http.post(format!("{base}/api/v1/auth/login")).json(&json!({"email": "s@x.io", "password": "longenough"})).send();
+    let page = http.get(format!("{base}/")).header("cookie", &cookie).send();
     let started = std::time::Instant::now();
-    let (read, write, create) = tokio::join!(read, write, create);
+    let (read, write, create, orgs, login, page) = tokio::join!(read, write, create, orgs, login, page);
     let elapsed = started.elapsed();
     signal_postgres(&data, nix::sys::signal::Signal::SIGCONT);
-    for (what, r) in [("read", read), ("write", write), ("create", create)] {
+    for (what, r) in [("read", read), ("write", write), ("create", create), ("org list", orgs), ("login", login)] {
         let r = r.unwrap_or_else(|e| panic!("{what}: no answer: {e}"));
         let status = r.status().as_u16();
         let v: Value = r.json().await.unwrap_or(Value::Null);
         assert_eq!((status, v["error"]["code"].as_str()), (503, Some("database_unavailable")), "{what}: {v}");
     }
+    let page = page.unwrap_or_else(|e| panic!("web page: no answer: {e}"));
+    assert_eq!(page.status(), 503, "the web page says the database is away");
     assert!(elapsed < std::time::Duration::from_secs(8), "bounded: {elapsed:?}");
 
     // Once the database answers again, so does the server.

@@ -141,11 +141,13 @@ impl FromRequestParts<AppState> for Auth {
         }
         let cred = Credential::from_parts(parts, state)?;
         let sql = format!("WITH {} SELECT u.id, u.email, u.name FROM caller c JOIN public.users u ON u.id = c.id", cred.caller_sql());
-        let user = cred
-            .bind(sqlx::query_as::<_, AuthUser>(&sql))
-            .fetch_optional(&state.pool)
-            .await?
-            .ok_or_else(ApiError::unauthorized)?;
+        // In a transaction begun with `db::begin`: a database that holds connections but
+        // answers nothing is found out within KODEL_DB_TIMEOUT (503), here as for org
+        // requests.
+        let mut tx = crate::db::begin(&state.pool).await?;
+        let user = cred.bind(sqlx::query_as::<_, AuthUser>(&sql)).fetch_optional(&mut *tx).await?;
+        tx.commit().await?;
+        let user = user.ok_or_else(ApiError::unauthorized)?;
         tracing::Span::current().record("user", tracing::field::display(user.id));
         cred.touch(state);
         let auth = Auth { user, session: cred.session() };

@@ -67,13 +67,15 @@ async fn register(State(state): State<AppState>, ClientAddr(client): ClientAddr,
     password::validate(&req.password)?;
     state.logins.attempt(client, None)?;
     let hash = state.logins.hash(req.password).await?;
+    let mut tx = crate::db::begin(&state.pool).await?;
     let made = sqlx::query("INSERT INTO users (id, email, name, password_hash) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
         .bind(Uuid::now_v7())
         .bind(&email)
         .bind(&name)
         .bind(hash)
-        .execute(&state.pool)
+        .execute(&mut *tx)
         .await?;
+    tx.commit().await?;
     if made.rows_affected() == 1 {
         tracing::info!("registered a new account");
     } else {
@@ -106,11 +108,11 @@ pub async fn check_password(state: &AppState, client: Option<std::net::IpAddr>, 
         return Err(ApiError::new(ErrorCode::InvalidCredentials, "wrong email or password"));
     }
     state.logins.attempt(client, Some(&email))?;
+    // Bounded like every request's first statement (see `db::begin`).
+    let mut tx = crate::db::begin(&state.pool).await?;
     let row: Option<(Uuid, Option<String>)> =
-        sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = $1")
-            .bind(&email)
-            .fetch_optional(&state.pool)
-            .await?;
+        sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(email) = $1").bind(&email).fetch_optional(&mut *tx).await?;
+    tx.commit().await?;
     let (id, hash) = match row {
         Some((id, hash)) => (Some(id), hash),
         None => (None, None),
@@ -205,13 +207,15 @@ async fn refresh(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshReq
     security(())
 )]
 async fn logout(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshRequest>) -> ApiResult<StatusCode> {
+    let mut tx = crate::db::begin(&state.pool).await?;
     let done = sqlx::query(
         "UPDATE sessions SET revoked_at = now()
          WHERE id = (SELECT session_id FROM refresh_tokens WHERE token_hash = $1) AND revoked_at IS NULL",
     )
     .bind(hash_token(&req.refresh_token))
-    .execute(&state.pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     if done.rows_affected() == 0 {
         return Err(ApiError::unauthorized());
     }

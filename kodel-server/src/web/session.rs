@@ -144,16 +144,19 @@ impl FromRequestParts<AppState> for Viewer {
         if !token.starts_with(TOKEN_PREFIX) || token.len() > 100 {
             return Err(WebError::SignIn);
         }
+        // Bounded like every request's first statement (see `db::begin`).
+        let mut tx = crate::db::begin(&state.pool).await.map_err(ApiError::from)?;
         let row = sqlx::query_as::<_, SessionRow>(
             "SELECT s.id, s.user_id, u.email, u.name, extract(epoch FROM s.web_expires_at)::bigint AS expires
              FROM sessions s JOIN users u ON u.id = s.user_id
              WHERE s.web_token_hash = $1 AND s.revoked_at IS NULL AND s.web_expires_at > now()",
         )
         .bind(hash_token(token))
-        .fetch_optional(&state.pool)
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(ApiError::from)?
-        .ok_or(WebError::SignIn)?;
+        .map_err(ApiError::from)?;
+        tx.commit().await.map_err(ApiError::from)?;
+        let row = row.ok_or(WebError::SignIn)?;
         tracing::Span::current().record("user", tracing::field::display(row.user_id));
         let viewer = Viewer {
             user: AuthUser { id: row.user_id, email: row.email, name: row.name },
