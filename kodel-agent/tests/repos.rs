@@ -327,6 +327,9 @@ async fn implement_opens_then_updates_a_github_pull_request_over_http() {
     assert_eq!((repo.as_str(), number, head.as_str(), base.as_str()), ("acme/widget", 1, branch.as_str(), "main"));
     assert_eq!(title, format!("{key}: Fix add"));
     assert!(body.contains("Fixed add()") && body.contains("approving does not merge"), "{body}");
+    // It links to the task's page in the web view, which a reviewer can open from it.
+    let link = format!("[{key}]({}/o/acme/t/{key})", stack.base());
+    assert!(body.contains(&link), "{body}");
     let arts = stack.artifacts(&key).await;
     let pr = arts.iter().find(|a| a["kind"] == "pull_request").expect("a pull request artifact");
     assert_eq!(pr["reference"], format!("{}/acme/widget/pull/1", forge.url("").trim_end_matches('/')));

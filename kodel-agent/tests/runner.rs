@@ -15,7 +15,7 @@ use uuid::Uuid;
 fn assignment(max_steps: i32, time_limit_secs: i32, tools: &[&str]) -> Assignment {
     Assignment {
         job: AssignedJob { id: Uuid::now_v7(), kind: kodel_core::jobs::JobKind::Implement, attempt: 1, first_seq: 0, earlier: None },
-        task: AssignedTask { key: "KOD-1".into(), title: "Do it".into(), description: "All of it".into(), labels: vec![], priority: "none".into() },
+        task: AssignedTask { key: "KOD-1".into(), title: "Do it".into(), description: "All of it".into(), labels: vec![], priority: "none".into(), url: None },
         template: AssignedTemplate {
             name: "t".into(),
             prompt: String::new(),

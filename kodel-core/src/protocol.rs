@@ -187,6 +187,9 @@ pub struct AssignedTask {
     pub description: String,
     pub labels: Vec<String>,
     pub priority: String,
+    /// The task's page in the web view (a pull request links to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

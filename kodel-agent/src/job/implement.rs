@@ -172,6 +172,10 @@ fn pr_body(a: &Assignment, said: &str) -> String {
         body.push_str(&cap_middle(said.trim(), 20_000));
         body.push_str("\n\n");
     }
-    body.push_str(&format!("_Opened by Kodel for task {}; approve or reject it in Kodel (approving does not merge)._", a.task.key));
+    let task = match &a.task.url {
+        Some(url) => format!("[{}]({url})", a.task.key),
+        None => a.task.key.clone(),
+    };
+    body.push_str(&format!("_Opened by Kodel for task {task}; approve or reject it in Kodel (approving does not merge)._"));
     body
 }

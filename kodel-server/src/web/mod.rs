@@ -32,6 +32,8 @@ use crate::error::ApiError;
 
 /// How the web view sets its cookies: Secure when people reach the server over https.
 pub struct WebSettings {
+    /// `KODEL_PUBLIC_URL`, without a trailing slash.
+    pub public_url: String,
     pub secure_cookies: bool,
     /// `KODEL_PUBLIC_URL`'s origin (`https://kodel.example.com`).
     pub public_origin: String,
@@ -40,7 +42,7 @@ pub struct WebSettings {
 impl WebSettings {
     pub fn new(public_url: &str) -> Self {
         let origin = public_url.splitn(4, '/').take(3).collect::<Vec<_>>().join("/");
-        Self { secure_cookies: public_url.starts_with("https://"), public_origin: origin }
+        Self { public_url: public_url.trim_end_matches('/').to_owned(), secure_cookies: public_url.starts_with("https://"), public_origin: origin }
     }
 }
 
