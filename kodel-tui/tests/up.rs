@@ -113,6 +113,22 @@ async fn up_serves_stops_on_ctrl_c_and_keeps_the_data() {
     assert_eq!(projects["data"][0]["key"], "DEMO", "{projects}");
     let secrets = std::fs::metadata(data.join("local-stack.json")).unwrap();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&secrets.permissions()) & 0o777, 0o600);
+    // The web view takes the local account (its password is in that file, as `kodel up`
+    // says) and shows the DEMO board.
+    let stack: Value = serde_json::from_str(&std::fs::read_to_string(data.join("local-stack.json")).unwrap()).unwrap();
+    let browser = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let signed_in = browser
+        .post(format!("{base}/login"))
+        .header("origin", &base)
+        .form(&[("email", stack["email"].as_str().unwrap()), ("password", stack["password"].as_str().unwrap())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let board = browser.get(format!("{base}/o/local/p/DEMO")).header("cookie", cookie).send().await.unwrap();
+    assert_eq!(board.status(), 200);
+    assert!(board.text().await.unwrap().contains("data-board"));
 
     assert!(interrupt_and_wait(child).success());
     assert!(!data.join("postgres/postmaster.pid").exists(), "the database stopped too");

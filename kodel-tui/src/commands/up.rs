@@ -370,6 +370,11 @@ pub async fn run(ctx: &mut Ctx, args: UpArgs) -> Result<(), CliError> {
     }
     say(&format!("Kodel is up at {url}, with a local agent. Ctrl-C stops it."));
     say(&format!("You are logged in as {} in org {} (project {}).", stack.email, stack.org, stack.project));
+    say(&format!(
+        "The web view is at {url}: sign in as {} with the password in {}.",
+        stack.email,
+        data.join("local-stack.json").display()
+    ));
     if let Some(model) = model {
         say(&format!(
             "AI jobs use {model}. Set OPENAI_API_KEY, ANTHROPIC_API_KEY or OPENROUTER_API_KEY (and KODEL_DEFAULT_MODEL) before `kodel up` for another."
