@@ -130,11 +130,13 @@ async fn every_change_needs_the_forms_token_and_this_sites_origin() {
     let host = app.base.clone();
     let mut ok = create("made on the web").to_vec();
     ok.push(("csrf", &good));
+    ok.push(("description", "with a description"));
     let resp = post(&app, "/o/acme/p/KOD/tasks", &cookie, Some(&host), &ok).await;
     assert_eq!((resp.status(), resp.headers()[LOCATION].to_str().unwrap()), (StatusCode::SEE_OTHER, "/o/acme/p/KOD"));
     let (_, list) = app.get("/api/v1/orgs/acme/projects/KOD/tasks", &token).await;
     let titles: Vec<&str> = list["data"].as_array().unwrap().iter().map(|t| t["title"].as_str().unwrap()).collect();
     assert_eq!(titles, ["made on the web"], "only the request with the token and this site's origin made a task");
+    assert_eq!(list["data"][0]["description"], "with a description");
 }
 
 #[tokio::test]

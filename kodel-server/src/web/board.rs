@@ -56,6 +56,10 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, Path((org, key)
                     input name="title" required maxlength="500" placeholder="New task title" aria-label="New task title";
                     input name="labels" placeholder="labels, comma separated" aria-label="Labels";
                     button type="submit" { "Create" }
+                    details.more {
+                        summary { "Description" }
+                        textarea name="description" rows="4" maxlength="20000" aria-label="Description" {}
+                    }
                     p.err role="alert" {}
                 }
             }
