@@ -66,4 +66,6 @@ async fn a_reviewer_works_the_board_and_approves_a_patch_in_a_real_browser() {
     assert_eq!(patch["status"], "approved", "{patch}");
     assert_eq!(patch["decided_by"], "ada@example.com");
     assert_eq!(patch["comment"], "Looks right <b>to me</b>");
+    let review = arts["data"].as_array().unwrap().iter().find(|a| a["kind"] == "review").unwrap();
+    assert_eq!((review["status"].as_str(), review["comment"].as_str()), (Some("rejected"), Some("Add the test first")), "{review}");
 }

@@ -176,6 +176,12 @@ try {
   if ((await page.locator('.artifact ul.findings .sev').first().getAttribute('class')) !== 'sev minor') fail('a made-up severity picked a style');
   await noXss();
   await shot('review-findings');
+  // Rejecting the review, with a comment, is recorded too.
+  const review = page.locator('.artifact', { has: page.locator('ul.findings') }).first();
+  await review.locator('textarea[name=comment]').fill('Add the test first');
+  await review.locator('button[value=reject]').click();
+  await page.locator('.artifact', { has: page.locator('ul.findings') }).locator('.badge.rejected').first().waitFor({ timeout: 10000 });
+  await shot('review-rejected');
 
   // Signing out ends the session.
   await Promise.all([page.waitForNavigation(), page.click('header.top button.link')]);
