@@ -38,6 +38,10 @@ command -v prometheus >/dev/null || missing+=(prometheus)
 [ -x /usr/sbin/clickhouse-server ] || missing+=(clickhouse-server)
 # ... and over HTTPS, with a certificate made by openssl.
 command -v openssl >/dev/null || missing+=(openssl)
+# Jobs in containers run on a real Docker Engine (each test starts a private dockerd),
+# with base images made from Debian's static busybox (no registry is reachable).
+[ -x /usr/sbin/dockerd ] || missing+=(docker.io)
+{ [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; } || missing+=(busybox-static)
 apt_install ${missing[@]+"${missing[@]}"}
 
 # The LLM gateway is tested with the official OpenAI Python client.

@@ -46,6 +46,10 @@ pub struct AgentConfig {
     pub allow_file_remotes: bool,
     /// Where jobs' resource limits are applied (cgroups), or why they cannot be.
     pub limits: crate::limits::Setup,
+    /// The Docker Engine jobs with a base image run on, when one answered.
+    pub engine: Option<crate::container::Engine>,
+    /// What the agent cannot run (`container`, `dind`), and why: the server shows it.
+    pub missing: std::collections::BTreeMap<String, String>,
 }
 
 /// Why the agent stopped for good (it does not reconnect after these).
@@ -109,7 +113,7 @@ pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()> +
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
     let workspaces = Arc::new(Workspaces::open(&cfg.workdir, cfg.keep_failed, cfg.max_disk, cfg.keep_workspaces, cfg.allow_file_remotes).map_err(Fatal::Config)?);
     workspaces.prune().await;
-    let env = JobEnv { workspaces, sandbox: cfg.sandbox.clone(), toolchain_env: toolchain_env(), limits: cfg.limits.clone() };
+    let env = JobEnv { workspaces, sandbox: cfg.sandbox.clone(), toolchain_env: toolchain_env(), limits: cfg.limits.clone(), engine: cfg.engine.clone() };
     let mut agent = Agent { cfg, agent_id: None, job: None, outbox: Vec::new(), pending: HashMap::new(), link_tx, env, stopping: stopping.clone() };
     let mut backoff = Duration::from_millis(250);
     loop {
@@ -162,7 +166,8 @@ impl Agent {
             name: self.cfg.name.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             labels: self.cfg.labels.clone(),
-            capabilities: vec!["tools:v1".into()],
+            capabilities: std::iter::once("tools:v1".to_owned()).chain(self.cfg.engine.iter().flat_map(|e| e.capabilities())).collect(),
+            missing: self.cfg.missing.clone(),
             agent_id: self.agent_id,
             job: self.job.as_ref().map(|j| j.id),
             disk_bytes: Some(self.env.workspaces.disk()),

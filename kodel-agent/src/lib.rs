@@ -4,6 +4,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod connection;
+pub mod container;
 pub mod job;
 pub mod limits;
 pub mod privileges;

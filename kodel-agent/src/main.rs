@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use kodel_agent::connection::{self, AgentConfig, Fatal};
+use kodel_agent::container::{self, Engine, Runtime};
 use kodel_agent::sandbox::{Sandbox, SandboxMode};
 
 #[derive(Debug, Parser)]
@@ -35,6 +36,22 @@ struct Args {
     /// Run bash under bubblewrap: auto (when available, else warn), required, off.
     #[arg(long, env = "KODEL_AGENT_SANDBOX", default_value = "auto")]
     sandbox: SandboxMode,
+    /// Where jobs whose instance template names a base image run: auto (in containers
+    /// when a Docker Engine answers), docker (one must answer at start), bwrap (never in
+    /// containers: such jobs go to other agents). Other jobs run under bubblewrap.
+    #[arg(long, env = "KODEL_AGENT_RUNTIME", default_value = "auto")]
+    runtime: Runtime,
+    /// The Docker Engine's socket (default: DOCKER_HOST, else unix:///var/run/docker.sock).
+    /// Started as root, the agent keeps the socket's group to reach it.
+    #[arg(long, env = "KODEL_AGENT_DOCKER_HOST")]
+    docker_host: Option<String>,
+    /// An image with dockerd: docker-in-docker jobs get a daemon of their own from it,
+    /// in a privileged container beside theirs. Without it, the agent takes no dind jobs.
+    #[arg(long, env = "KODEL_AGENT_DIND_IMAGE")]
+    dind_image: Option<String>,
+    /// Keep a failed job's container (stopped) for people to look at (docker rm it after).
+    #[arg(long, env = "KODEL_AGENT_KEEP_FAILED_CONTAINERS", value_parser = clap::builder::BoolishValueParser::new())]
+    keep_failed_containers: bool,
     /// The name shown in `kodel agent list` (default: the host name).
     #[arg(long, env = "KODEL_AGENT_NAME")]
     name: Option<String>,
@@ -86,6 +103,14 @@ fn main() {
     };
     let code = runtime.block_on(async move {
         let name = args.name.unwrap_or_else(|| nix_hostname().unwrap_or_else(|| "kodel-agent".into()));
+        let socket = container::socket_path(args.docker_host.as_deref());
+        let detected = match Engine::detect(args.runtime, socket, args.dind_image.as_deref(), args.keep_failed_containers).await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("kodel-agent: {e}");
+                return 1;
+            }
+        };
         let cfg = AgentConfig {
             server: args.server,
             token,
@@ -98,6 +123,8 @@ fn main() {
             keep_workspaces: args.keep_workspaces,
             allow_file_remotes: args.allow_file_remotes,
             limits,
+            engine: detected.engine,
+            missing: detected.missing.into_iter().map(|(c, why)| (c.to_owned(), why)).collect(),
         };
         match connection::run(cfg, stop_signal()).await {
             Ok(()) => 0,
@@ -133,8 +160,10 @@ fn setup(args: &Args) -> Result<Started, String> {
         (None, Some(path)) => read_token_file(path)?,
         (None, None) => return Err("no agent token: set KODEL_AGENT_TOKEN or pass --token-file (kodel agent token create NAME makes one)".into()),
     };
-    // Absolute, links resolved: the sandbox hides the file itself at that path.
-    let hidden: Vec<PathBuf> = args.token_file.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
+    // Absolute, links resolved: the sandbox hides the file itself at that path. The
+    // Docker socket too: whoever reaches it is root on the host.
+    let socket = (args.runtime != Runtime::Bwrap).then(|| container::socket_path(args.docker_host.as_deref()).ok()).flatten().and_then(|p| std::fs::canonicalize(p).ok());
+    let hidden: Vec<PathBuf> = args.token_file.iter().filter_map(|p| std::fs::canonicalize(p).ok()).chain(socket.clone()).collect();
     // SAFETY: no other thread exists yet (the runtime starts after setup). Nothing the
     // agent starts (git, ssh, its helpers) inherits the token.
     unsafe { std::env::remove_var("KODEL_AGENT_TOKEN") };
@@ -158,7 +187,18 @@ fn setup(args: &Args) -> Result<Started, String> {
         (None, None) => return Err(format!("{user} has no home directory: pass --workdir")),
     };
     let limits = report_limits(kodel_agent::limits::Cgroups::setup(Some((run.uid, run.gid)), &run.name));
-    kodel_agent::privileges::become_user(&run, &workdir)?;
+    // The Docker socket's group, kept to reach the Engine (never the root group). The
+    // model's commands cannot use it: in containers they have no supplementary groups,
+    // and under bubblewrap the socket is hidden.
+    let docker_group: Vec<nix::unistd::Gid> = socket
+        .as_ref()
+        .and_then(|s| std::fs::metadata(s).ok())
+        .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
+        .filter(|gid| *gid != 0)
+        .map(nix::unistd::Gid::from_raw)
+        .into_iter()
+        .collect();
+    kodel_agent::privileges::become_user(&run, &workdir, &docker_group)?;
     // git and the tools look in $HOME: make it the user's (or the work dir, for an
     // account without a home), not root's, which the user cannot enter.
     let home = run.home.clone().unwrap_or_else(|| workdir.clone());

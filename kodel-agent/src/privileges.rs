@@ -33,7 +33,8 @@ pub fn resolve(name: &str) -> Result<RunAs, String> {
 }
 
 /// Gives `workdir` to the user and checks the user can reach it, then becomes the
-/// user for good: no supplementary groups, real, effective and saved ids all theirs.
+/// user for good: no supplementary groups but `groups`, real, effective and saved ids
+/// all theirs.
 /// Call it before any thread starts.
 ///
 /// The work dir is taken over only when that is safe: made here (its parent must
@@ -41,7 +42,7 @@ pub fn resolve(name: &str) -> Result<RunAs, String> {
 /// it is; anything else (another owner, files left by a start as root, a link, a
 /// directory anyone may write to such as /tmp) is refused with what to do. Nothing is
 /// ever changed recursively, so nothing the user could swap for a link is followed.
-pub fn become_user(run: &RunAs, workdir: &Path) -> Result<(), String> {
+pub fn become_user(run: &RunAs, workdir: &Path, groups: &[nix::unistd::Gid]) -> Result<(), String> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let fix = format!("choose a --workdir of its own for the agent (e.g. /var/lib/kodel-agent), or give this one to it: chown -R {} {}", run.name, workdir.display());
     let meta = match std::fs::symlink_metadata(workdir) {
@@ -82,7 +83,8 @@ pub fn become_user(run: &RunAs, workdir: &Path) -> Result<(), String> {
             ));
         }
     }
-    nix::unistd::setgroups(&[run.gid]).map_err(|e| format!("cannot drop supplementary groups: {e}"))?;
+    let all: Vec<nix::unistd::Gid> = std::iter::once(run.gid).chain(groups.iter().copied()).collect();
+    nix::unistd::setgroups(&all).map_err(|e| format!("cannot drop supplementary groups: {e}"))?;
     nix::unistd::setgid(run.gid).map_err(|e| format!("cannot become group {}: {e}", run.gid))?;
     nix::unistd::setuid(run.uid).map_err(|e| format!("cannot become user {}: {e}", run.name))?;
     // There is no way back.

@@ -263,6 +263,9 @@ pub async fn converse(a: &Assignment, ws: &Workspace, rep: &mut Reporter, mut me
                 duration_ms: started.elapsed().as_millis() as u64,
             });
             messages.push(Message::tool_result(call.id, out.output));
+            if let Some(why) = ws.failure() {
+                return Err((why, false));
+            }
         }
     }
     Err((format!("stopped after {max_steps} steps without finishing (the template's max_steps)"), false))

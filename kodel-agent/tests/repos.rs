@@ -86,7 +86,7 @@ async fn a_task_goes_through_implement_review_and_qa_on_a_real_repository() {
     stack
         .call("PATCH", "/api/v1/orgs/acme/projects/KOD", json!({"test_command": "python3 -m unittest -v", "review_rules": "Every fix needs a test that would have caught it."}))
         .await;
-    stack.call("POST", "/api/v1/orgs/acme/instance-templates", json!({"name": "py", "base_image": "debian:12", "setup_script": "echo preparing the workspace; python3 --version; mkdir -p ~/.cache && echo junk > ~/.cache/pip.log"})).await;
+    stack.call("POST", "/api/v1/orgs/acme/instance-templates", json!({"name": "py", "setup_script": "echo preparing the workspace; python3 --version; mkdir -p ~/.cache && echo junk > ~/.cache/pip.log"})).await;
     stack.call("PATCH", "/api/v1/orgs/acme/projects/KOD", json!({"instance_template": "py"})).await;
     stack.agent_with("worker-git", &["--allow-file-remotes"], None);
     let key = stack.new_task("KOD", "Fix add").await;
@@ -261,7 +261,7 @@ async fn clone_setup_and_push_failures_name_their_cause() {
     stack.module("MISS", json!({"name": "ghost", "url": format!("file://{}/nowhere.git", repos.path().display())})).await;
     let setup_repo = bare_repo(repos.path(), "setup");
     stack.module("SETUP", json!({"name": "calc", "url": format!("file://{}", setup_repo.display())})).await;
-    stack.call("POST", "/api/v1/orgs/acme/instance-templates", json!({"name": "broken", "base_image": "debian:12", "setup_script": "echo installing deps; exit 3"})).await;
+    stack.call("POST", "/api/v1/orgs/acme/instance-templates", json!({"name": "broken", "setup_script": "echo installing deps; exit 3"})).await;
     stack.call("PATCH", "/api/v1/orgs/acme/projects/SETUP", json!({"instance_template": "broken"})).await;
     let protected = bare_repo(repos.path(), "protected");
     let hook = protected.join("hooks/pre-receive");

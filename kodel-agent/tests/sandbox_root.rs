@@ -129,7 +129,7 @@ async fn a_templates_resource_limits_hold_for_the_models_commands() {
     }
     let llm = ScriptedLlm::start(Vec::new()).await;
     let mut stack = Stack::start(&llm, "openai").await;
-    let t = json!({"name": "small", "base_image": "debian:12", "memory_mb": 64, "cpu_limit": 0.2, "max_processes": 40});
+    let t = json!({"name": "small", "memory_mb": 64, "cpu_limit": 0.2, "max_processes": 40});
     stack.call("POST", "/api/v1/orgs/acme/instance-templates", t).await;
     stack.call("PATCH", "/api/v1/orgs/acme/projects/KOD", json!({"instance_template": "small"})).await;
     let bash = |c: &str| Reply::ToolCalls(vec![("bash".into(), json!({"command": c}))]);

@@ -107,10 +107,12 @@ pub struct UpdateModule {
 pub struct InstanceTemplate {
     pub id: Uuid,
     pub name: String,
-    pub base_image: String,
+    /// The image jobs run in (a container on an agent with a Docker Engine), e.g.
+    /// `rust:1.90`; none: jobs run under bubblewrap on the agent's own host.
+    #[serde(default)]
+    pub base_image: Option<String>,
     pub packages: Vec<String>,
     pub setup_script: String,
-    /// Names and values; read through the API, every value is `SECRET_MASK`.
     /// Names and values; every value reads as `********` (they are write-only secrets).
     pub env: BTreeMap<String, String>,
     /// Whether jobs may reach the network.
@@ -122,7 +124,7 @@ pub struct InstanceTemplate {
     /// Processes (and threads) a job may run at once.
     #[serde(default)]
     pub max_processes: Option<i32>,
-    /// Docker-in-docker.
+    /// Docker-in-docker: the job gets a Docker daemon of its own (needs a base image).
     pub dind: bool,
     /// Labels an agent must have to take this project's jobs.
     #[serde(default)]
@@ -131,8 +133,7 @@ pub struct InstanceTemplate {
     pub updated_at: DateTime<Utc>,
 }
 
-/// An instance template to create (`name` and `base_image` are then required) or a
-/// partial update.
+/// An instance template to create (`name` is then required) or a partial update.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -140,9 +141,11 @@ pub struct InstanceTemplateIn {
     #[serde(default)]
     /// Required on create.
     pub name: Option<String>,
-    #[serde(default)]
-    /// Required on create.
-    pub base_image: Option<String>,
+    #[serde(default, with = "crate::api::double_option", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 255, value_type = Option<String>))]
+    /// The image jobs run in, e.g. `rust:1.90` (a container on an agent with a Docker
+    /// Engine); absent or null: jobs run under bubblewrap on the agent's host.
+    pub base_image: Option<Option<String>>,
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(max_items = 200))]
     pub packages: Option<Vec<String>>,
@@ -170,7 +173,8 @@ pub struct InstanceTemplateIn {
     pub max_processes: Option<Option<i32>>,
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(default = false))]
-    /// Docker-in-docker.
+    /// Docker-in-docker: the job gets a Docker daemon of its own (needs a base image and
+    /// an agent started with --dind-image).
     pub dind: Option<bool>,
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(max_items = 32))]
@@ -178,8 +182,48 @@ pub struct InstanceTemplateIn {
     pub labels: Option<Vec<String>>,
 }
 
+/// The label a job gets when its template names a base image: only agents that can
+/// run containers offer it (see `protocol::claim_labels`).
+pub const CONTAINER_LABEL: &str = "kodel:container";
+/// The label a job gets when its template asks for docker-in-docker.
+pub const DIND_LABEL: &str = "kodel:dind";
+/// Labels of this prefix are Kodel's own: people cannot set them.
+pub const RESERVED_LABEL_PREFIX: &str = "kodel:";
+
+impl InstanceTemplate {
+    /// The labels an agent must offer to run this template's jobs: its own labels, and
+    /// Kodel's for a container and docker-in-docker. The server gives new jobs the
+    /// same (`engine::jobs::start`).
+    pub fn required_labels(&self) -> Vec<String> {
+        let mut labels = self.labels.clone();
+        if self.base_image.is_some() {
+            labels.push(CONTAINER_LABEL.into());
+        }
+        if self.dind {
+            labels.push(DIND_LABEL.into());
+        }
+        labels
+    }
+}
+
+/// Whether `image` reads as a Docker image reference (`[registry/]name[:tag][@digest]`):
+/// it goes to the Docker Engine as is.
+pub fn valid_image_reference(image: &str) -> bool {
+    image.len() <= 255
+        && image.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && image.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))
+        && !image.contains("//")
+        && !image.contains("..")
+        && !image.ends_with([':', '/', '@'])
+}
+
 /// Checks an instance template's fields; the message names the bad one.
 pub fn validate_instance_template(t: &InstanceTemplateIn) -> Result<(), String> {
+    if let Some(Some(image)) = &t.base_image
+        && !valid_image_reference(image.trim())
+    {
+        return Err(format!("base_image {image:?} is not an image reference: use a name with an optional tag, e.g. rust:1.90 or registry.example.com/team/build:2"));
+    }
     if let Some(p) = &t.packages {
         if p.len() > MAX_PACKAGES {
             return Err(format!("at most {MAX_PACKAGES} packages"));
@@ -206,6 +250,9 @@ pub fn validate_instance_template(t: &InstanceTemplateIn) -> Result<(), String> 
         }
         if let Some(bad) = labels.iter().find(|l| l.is_empty() || l.len() > 64 || !l.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))) {
             return Err(format!("label {bad:?} must be 1 to 64 letters, digits, '-', '_', '.' or ':'"));
+        }
+        if let Some(bad) = labels.iter().find(|l| l.starts_with(RESERVED_LABEL_PREFIX)) {
+            return Err(format!("label {bad:?}: labels starting with {RESERVED_LABEL_PREFIX} are Kodel's own (a base image or dind asks for them)"));
         }
     }
     if t.cpu_limit.flatten().is_some_and(|c| !(c > 0.0 && c <= 256.0)) {
@@ -250,6 +297,13 @@ pub struct Agent {
     /// Disk the agent's job workspaces take (kept failed ones included), bytes.
     #[serde(default)]
     pub disk_bytes: Option<i64>,
+    /// What it can run beyond bubblewrap: `container` (a Docker Engine answers it),
+    /// `dind` (docker-in-docker).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// What it cannot run, and why (`container`, `dind`).
+    #[serde(default)]
+    pub missing: BTreeMap<String, String>,
     pub last_seen_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
@@ -276,5 +330,18 @@ mod tests {
         t.env = None;
         t.cpu_limit = Some(Some(0.0));
         assert!(validate_instance_template(&t).is_err());
+        t.cpu_limit = None;
+        t.labels = Some(vec!["kodel:container".into()]);
+        assert!(validate_instance_template(&t).unwrap_err().contains("Kodel's own"));
+    }
+
+    #[test]
+    fn image_references() {
+        for ok in ["debian:12", "rust:1.90-slim", "registry.example.com:5000/team/build:2", "busybox@sha256:abc123", "kodel-test/busybox"] {
+            assert!(valid_image_reference(ok), "{ok}");
+        }
+        for bad in ["", "-rm", "a b", "x;rm", "a//b", "../x", "name:", "$(id)"] {
+            assert!(!valid_image_reference(bad), "{bad}");
+        }
     }
 }

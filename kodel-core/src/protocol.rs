@@ -44,8 +44,12 @@ pub enum AgentMessage {
         version: String,
         #[serde(default)]
         labels: Vec<String>,
+        /// What it can do (`tools:v1`; `container` and `dind`: see [`CAPABILITIES`]).
         #[serde(default)]
         capabilities: Vec<String>,
+        /// The capabilities of [`CAPABILITIES`] it lacks, and why (shown in `kodel agent list`).
+        #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+        missing: std::collections::BTreeMap<String, String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         agent_id: Option<Uuid>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -264,8 +268,22 @@ pub fn labels_match(job: &[String], agent: &[String]) -> bool {
     job.iter().all(|l| agent.contains(l))
 }
 
+/// Capabilities that decide which jobs an agent may take, with the label a job that
+/// needs one carries: `container` (a Docker Engine runs jobs whose instance template
+/// names a base image) and `dind` (docker-in-docker).
+pub const CAPABILITIES: [(&str, &str); 2] = [("container", crate::infra::CONTAINER_LABEL), ("dind", crate::infra::DIND_LABEL)];
 
-
+/// The labels an agent claims jobs with: its own (without Kodel's reserved ones, which
+/// an agent cannot give itself) and one per capability it has.
+pub fn claim_labels(labels: &[String], capabilities: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = labels.iter().filter(|l| !l.starts_with(crate::infra::RESERVED_LABEL_PREFIX)).cloned().collect();
+    for (cap, label) in CAPABILITIES {
+        if capabilities.iter().any(|c| c == cap) {
+            out.push(label.to_owned());
+        }
+    }
+    out
+}
 
 
 #[cfg(test)]
@@ -281,6 +299,7 @@ mod tests {
             version: "0.1.0".into(),
             labels: vec!["rust".into()],
             capabilities: vec![],
+            missing: Default::default(),
             agent_id: None,
             job: None,
             disk_bytes: None,

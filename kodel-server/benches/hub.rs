@@ -86,6 +86,7 @@ async fn connect(url: &str, token: &str, i: usize) -> Socket {
         version: "0".into(),
         labels: vec![],
         capabilities: vec!["tools:v1".into()],
+        missing: Default::default(),
         agent_id: None,
         job: None,
         disk_bytes: None,

@@ -241,6 +241,7 @@ async fn main() {
         version: "0".into(),
         labels: vec![],
         capabilities: vec!["tools:v1".into()],
+        missing: Default::default(),
         agent_id: None,
         job: None,
         disk_bytes: None,

@@ -53,7 +53,7 @@ async fn main() {
         let mut mine = Vec::new();
         for (id, slug) in &orgs {
             let mut db = OrgTx::begin(&b.server.state.pool, *id, slug).await.unwrap();
-            let agent = agents::register(&mut db, None, &format!("bench-{c}"), &[], "0").await.unwrap();
+            let agent = agents::register(&mut db, None, &agents::Offer { name: format!("bench-{c}"), version: "0".into(), ..Default::default() }).await.unwrap();
             b.server.state.commit(db).await.unwrap();
             mine.push((slug.clone(), agent));
         }

@@ -20,7 +20,7 @@ const LEASE: Duration = Duration::from_secs(300);
 /// A registered agent of the org.
 async fn agent(app: &TestApp, slug: &str) -> Uuid {
     let mut db = app.org_tx(slug).await;
-    let id = agents::register(&mut db, None, "test-agent", &[], "0").await.unwrap();
+    let id = agents::register(&mut db, None, &agents::Offer { name: "test-agent".into(), version: "0".into(), ..Default::default() }).await.unwrap();
     app.commit(db).await;
     id
 }

@@ -33,6 +33,7 @@ fn hello(protocol: u32, labels: &[&str]) -> AgentMessage {
         version: "0.0.0".into(),
         labels: labels.iter().map(|l| l.to_string()).collect(),
         capabilities: vec![],
+        missing: Default::default(),
         agent_id: None,
         job: None,
         disk_bytes: None,
@@ -49,8 +50,12 @@ async fn next(ws: &mut Ws, wait: Duration) -> Option<Result<ServerMessage, (u16,
 }
 
 async fn welcomed(app: &TestApp, token: &str, labels: &[&str]) -> Ws {
+    welcomed_with(app, token, hello(PROTOCOL, labels)).await
+}
+
+async fn welcomed_with(app: &TestApp, token: &str, hello: AgentMessage) -> Ws {
     let mut ws = connect(app, token).await.unwrap();
-    send(&mut ws, &hello(PROTOCOL, labels)).await;
+    send(&mut ws, &hello).await;
     match next(&mut ws, Duration::from_secs(10)).await {
         Some(Ok(ServerMessage::Welcome { protocol, .. })) => assert_eq!(protocol, PROTOCOL),
         other => panic!("expected a welcome, got {other:?}"),
@@ -179,7 +184,18 @@ async fn jobs_go_to_agents_with_the_labels_they_need() {
     assert_eq!(s, 200, "{v}");
     let token = agent_token(&app, &owner, "lab").await;
     let mut plain = welcomed(&app, &token, &["linux"]).await;
-    let mut gpu = welcomed(&app, &token, &["linux", "gpu"]).await;
+    // The template names a base image: an agent with the label but no Docker Engine
+    // gets nothing, and an agent cannot give itself Kodel's container label.
+    let mut no_engine = welcomed(&app, &token, &["linux", "gpu"]).await;
+    let mut self_labelled = welcomed(&app, &token, &["gpu", "kodel:container"]).await;
+    let with_engine = |mut h: AgentMessage| {
+        if let AgentMessage::Hello { capabilities, name, .. } = &mut h {
+            *capabilities = vec!["tools:v1".into(), "container".into()];
+            *name = "gpu-docker".into();
+        }
+        h
+    };
+    let mut gpu = welcomed_with(&app, &token, with_engine(hello(PROTOCOL, &["linux", "gpu"]))).await;
 
     let task = app.create_task(&owner, "lab", "ML", "Train it").await;
     let key = task["key"].as_str().unwrap();
@@ -198,10 +214,15 @@ async fn jobs_go_to_agents_with_the_labels_they_need() {
         other => panic!("the gpu agent should get the job, got {other:?}"),
     }
     assert!(next(&mut plain, Duration::from_millis(500)).await.is_none(), "the agent without the label gets nothing");
+    assert!(next(&mut no_engine, Duration::from_millis(100)).await.is_none(), "the agent without a Docker Engine gets nothing");
+    assert!(next(&mut self_labelled, Duration::from_millis(100)).await.is_none(), "kodel: labels an agent gives itself count for nothing");
     let (_, agents) = app.get("/api/v1/orgs/lab/agents", &owner).await;
     let busy: Vec<_> = agents["data"].as_array().unwrap().iter().filter(|a| a["status"] == "busy").collect();
     assert_eq!(busy.len(), 1, "{agents}");
     assert_eq!(busy[0]["current_task"], key);
+    assert_eq!(busy[0]["name"], "gpu-docker");
+    assert_eq!(busy[0]["capabilities"], json!(["container"]), "only capabilities Kodel knows are kept");
+    assert!(agents["data"].as_array().unwrap().iter().all(|a| !a["labels"].as_array().unwrap().iter().any(|l| l == "kodel:container")), "{agents}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -363,7 +384,7 @@ async fn template_secrets_reach_only_the_agent_and_agents_show_only_visible_task
     let member = app.register("member@example.com").await;
     let (s, v) = app.post("/api/v1/orgs/vault/members", &owner, json!({"email": "member@example.com", "role": "member"})).await;
     assert_eq!(s, 201, "{v}");
-    let body = json!({"name": "box", "base_image": "debian:12", "env": {"DEPLOY_KEY": "s3cr3t-value", "REGION": "eu"}});
+    let body = json!({"name": "box", "env": {"DEPLOY_KEY": "s3cr3t-value", "REGION": "eu"}});
     let (s, v) = app.post("/api/v1/orgs/vault/instance-templates", &owner, body).await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["env"], json!({"DEPLOY_KEY": "********", "REGION": "********"}));
@@ -424,7 +445,7 @@ async fn a_job_that_cannot_be_prepared_fails_after_its_attempts() {
     let owner = app.owner_with_project("prep@example.com", "prep", "PRP").await;
     let (s, v) = app.post("/api/v1/orgs/prep/projects", &owner, json!({"key": "OPS", "name": "Ops", "workflow": "software-development"})).await;
     assert_eq!(s, 201, "{v}");
-    app.post("/api/v1/orgs/prep/instance-templates", &owner, json!({"name": "box", "base_image": "debian:12", "env": {"KEY": "v"}})).await;
+    app.post("/api/v1/orgs/prep/instance-templates", &owner, json!({"name": "box", "env": {"KEY": "v"}})).await;
     app.patch("/api/v1/orgs/prep/projects/OPS", &owner, json!({"instance_template": "box"})).await;
     // Sealed with a key this server does not have.
     let mut sql = app.sql().await;

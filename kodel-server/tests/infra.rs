@@ -90,7 +90,11 @@ async fn instance_templates_are_assigned_per_project() {
         json!({"name": "b", "base_image": "x", "packages": ["a; rm -rf /"]}),
         json!({"name": "b", "base_image": "x", "env": {"BAD-NAME": "1"}}),
         json!({"name": "b", "base_image": "x", "memory_mb": 1}),
-        json!({"name": "b"}),
+        json!({"base_image": "debian:12"}),
+        json!({"name": "b", "base_image": "debian:12; rm -rf /"}),
+        json!({"name": "b", "base_image": "--privileged"}),
+        json!({"name": "b", "dind": true}),
+        json!({"name": "b", "base_image": "debian:12", "labels": ["kodel:container"]}),
     ] {
         let (s, v) = app.post("/api/v1/orgs/acme/instance-templates", &owner, bad.clone()).await;
         assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"), "{bad}");
@@ -101,6 +105,14 @@ async fn instance_templates_are_assigned_per_project() {
     assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "template_not_found"));
     let (s, it) = app.patch("/api/v1/orgs/acme/instance-templates/rust", &owner, json!({"memory_mb": null, "packages": ["git"]})).await;
     assert_eq!((s, it["memory_mb"].clone(), it["packages"].clone(), it["cpu_limit"].as_f64()), (StatusCode::OK, json!(null), json!(["git"]), Some(2.0)));
+    // Without a base image, jobs run under bubblewrap; then docker-in-docker cannot be.
+    let (s, it) = app.patch("/api/v1/orgs/acme/instance-templates/rust", &owner, json!({"base_image": null})).await;
+    assert_eq!((s, it["base_image"].clone(), it["cpu_limit"].as_f64()), (StatusCode::OK, json!(null), Some(2.0)));
+    let (s, v) = app.patch("/api/v1/orgs/acme/instance-templates/rust", &owner, json!({"dind": true})).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"), "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("base_image"), "{v}");
+    let (s, it) = app.patch("/api/v1/orgs/acme/instance-templates/rust", &owner, json!({"dind": true, "base_image": " rust:1.90 "})).await;
+    assert_eq!((s, it["base_image"].as_str(), it["dind"].as_bool()), (StatusCode::OK, Some("rust:1.90"), Some(true)));
     assert_eq!(app.delete("/api/v1/orgs/acme/instance-templates/rust", &owner).await.0, StatusCode::NO_CONTENT);
     let (_, p) = app.get("/api/v1/orgs/acme/projects/KOD", &owner).await;
     assert_eq!(p["instance_template"], json!(null));
@@ -113,7 +125,7 @@ async fn agents_registry_lists_the_orgs_agents_only() {
     let (_, v) = app.get("/api/v1/orgs/acme/agents", &owner).await;
     assert_eq!(v["data"], json!([]));
     let mut db = app.org_tx("acme").await;
-    agents::register(&mut db, None, "laptop", &["linux".into(), "gpu".into()], "0.1.0").await.unwrap();
+    agents::register(&mut db, None, &agents::Offer { name: "laptop".into(), labels: vec!["linux".into(), "gpu".into()], version: "0.1.0".into(), ..Default::default() }).await.unwrap();
     app.commit(db).await;
     let (_, v) = app.get("/api/v1/orgs/acme/agents", &owner).await;
     assert_eq!((v["data"][0]["name"].as_str(), v["data"][0]["status"].as_str()), (Some("laptop"), Some("online")));

@@ -64,7 +64,7 @@ async fn renew(app: &TestApp, org: Uuid, slug: &OrgSlug, job: Uuid, agent: Uuid)
 
 async fn agent(app: &TestApp, slug: &str, name: &str) -> Uuid {
     let mut db = app.org_tx(slug).await;
-    let id = agents::register(&mut db, None, name, &["linux".into()], "0").await.unwrap();
+    let id = agents::register(&mut db, None, &agents::Offer { name: name.into(), labels: vec!["linux".into()], version: "0".into(), ..Default::default() }).await.unwrap();
     app.commit(db).await;
     id
 }

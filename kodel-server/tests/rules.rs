@@ -122,7 +122,7 @@ async fn every_trigger_and_action() {
     let (_, js) = app.get("/api/v1/orgs/acme/jobs?task=KOD-1", &owner).await;
     assert_eq!((js["data"][0]["kind"].as_str(), js["data"][0]["status"].as_str()), (Some("qa"), Some("pending")));
     let mut db = app.org_tx("acme").await;
-    let bot = agents::register(&mut db, None, "bot", &[], "0").await.unwrap();
+    let bot = agents::register(&mut db, None, &agents::Offer { name: "bot".into(), version: "0".into(), ..Default::default() }).await.unwrap();
     app.commit(db).await;
     let job = claim(&app, bot).await;
     let mut db = app.org_tx("acme").await;

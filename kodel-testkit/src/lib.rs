@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod clickhouse;
+pub mod docker;
 pub mod forge;
 pub mod scripted_llm;
 pub mod tmux;

@@ -383,13 +383,40 @@ pub enum ModuleCmd {
 #[derive(Debug, Subcommand)]
 pub enum InstanceTemplateCmd {
     List,
+    /// Show one, with the agents that can run its jobs now
     Show { name: String },
-    /// Create from JSON: {"name", "base_image", "packages", "setup_script", "env", "network", ...}
+    /// Create one from a JSON file (- reads stdin); its fields are checked before it is sent
+    ///
+    /// The fields (only "name" is required):
+    ///
+    ///   name           the template's name
+    ///   base_image     the image jobs run in, e.g. "rust:1.90": each job gets a container
+    ///                  of its own on an agent with a Docker Engine. Without it, jobs run
+    ///                  under bubblewrap on the agent's host.
+    ///   packages       packages installed into the image (apt-get, apk, dnf or yum,
+    ///                  whichever the base image has); under bubblewrap: not installed
+    ///   setup_script   a script run as root when the image is built (the image is
+    ///                  cached by a hash of base image, packages and script); under
+    ///                  bubblewrap: run in each job's workspace after the clone
+    ///   env            {"NAME": "value"}: the job's commands get them (write-only
+    ///                  secrets: they read back as ********)
+    ///   network        true: the job's commands may reach the network (default false)
+    ///   cpu_limit      CPU cores, e.g. 1.5
+    ///   memory_mb      memory in MiB; a job that goes over fails, saying so
+    ///   max_processes  processes at once (containers default to 4096)
+    ///   dind           true: the job gets a Docker daemon of its own (needs base_image
+    ///                  and an agent started with --dind-image)
+    ///   labels         ["gpu"]: only agents with these labels take the jobs
+    ///
+    /// Example: {"name": "rust", "base_image": "rust:1.90", "packages": ["git"],
+    ///           "memory_mb": 4096, "cpu_limit": 2}
+    #[command(verbatim_doc_comment)]
     Create {
         #[arg(long)]
         file: String,
     },
-    /// Change an instance template: the JSON gives the fields to replace
+    /// Change an instance template: the JSON gives the fields to replace (null removes
+    /// base_image, cpu_limit, memory_mb or max_processes)
     Update {
         name: String,
         #[arg(long)]

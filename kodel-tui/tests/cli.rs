@@ -398,7 +398,16 @@ async fn engine_commands_through_the_real_binaries() {
     let it_file = env.config.path().join("it.json");
     std::fs::write(&it_file, r#"{"name": "rust", "base_image": "debian:12", "packages": ["git"]}"#).unwrap();
     env.ok(&["instance-template", "create", "--file", it_file.to_str().unwrap()], None);
-    assert!(env.ok(&["instance-template", "list"], None).contains("debian:12"));
+    assert!(env.ok(&["instance-template", "list"], None).contains("debian:12 (container)"));
+    let shown = env.ok(&["instance-template", "show", "rust"], None);
+    assert!(shown.contains("runs in debian:12 (container)") && shown.contains("No agent can run its jobs now") && shown.contains("no agents"), "{shown}");
+    // Checked before it is sent: the bad field is named, exit 2.
+    let out = env.kodel(&["instance-template", "create", "--file", "-"], Some(r#"{"name": "bad", "base_image": "debian 12"}"#));
+    assert_eq!(code(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("base_image \"debian 12\" is not an image reference"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = env.kodel(&["instance-template", "create", "--file", "-"], Some(r#"{"name": "bad", "image": "debian:12"}"#));
+    assert_eq!(code(&out), 2, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `image`"), "{}", String::from_utf8_lossy(&out.stderr));
     let it = env.json(&["instance-template", "update", "rust", "--file", "-"], Some(r#"{"network": true}"#));
     assert_eq!(it["network"], true);
     let p = env.json(&["project", "update", "KOD", "--instance-template", "rust"], None);

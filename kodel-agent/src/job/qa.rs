@@ -37,6 +37,9 @@ pub async fn run(a: &Assignment, p: &Prepared, rep: &mut Reporter) -> Result<Out
     let out = out.map_err(|e| (format!("cannot run the test command: {e}"), false))?;
     let duration_ms = started.elapsed().as_millis() as u64;
     rep.action("test", command, &out.output, out.error, started);
+    if let Some(why) = p.ws.failure() {
+        return Err((why, false));
+    }
     let passed = !out.error;
     let exit_code = exit_code(&out.output);
     let counts = counts(&out.output);

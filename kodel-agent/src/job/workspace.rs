@@ -238,8 +238,9 @@ pub fn transient(cause: &str) -> bool {
 
 /// Makes the job's workspace: clones each module (into the workspace itself when there
 /// is one, else into a directory per module), checks out the task's branch, runs the
-/// setup script. The clones, checkouts and the script are steps of the job.
-pub async fn prepare(a: &Assignment, dir: &Path, workspaces: &Workspaces, ws: Workspace, branch: Branch, rep: &mut Reporter) -> Result<Prepared, Failed> {
+/// setup script (`setup`: not for a job in a container, whose image ran it). The
+/// clones, checkouts and the script are steps of the job.
+pub async fn prepare(a: &Assignment, dir: &Path, workspaces: &Workspaces, ws: Workspace, branch: Branch, setup_here: bool, rep: &mut Reporter) -> Result<Prepared, Failed> {
     let askpass = git::install_askpass(&workspaces.private()).map_err(|e| (format!("cannot write the git helper in {}: {e}", workspaces.private().display()), false))?;
     let git_dirs = workspaces.git_dirs(&file_name(dir));
     std::fs::create_dir_all(&git_dirs).map_err(|e| (format!("cannot create {}: {e}", git_dirs.display()), false))?;
@@ -294,10 +295,8 @@ pub async fn prepare(a: &Assignment, dir: &Path, workspaces: &Workspaces, ws: Wo
     }
     std::fs::create_dir_all(dir.join(HOME_DIR)).map_err(|e| (format!("cannot create {}: {e}", dir.join(HOME_DIR).display()), false))?;
     let read_only = repos.iter().map(|r| r.checkout.git_dir.clone()).collect();
-    let ws = Workspace::new(dir, ws.sandbox().clone())
-        .map(|w| w.with_network(ws.network()).with_env(ws.env().clone()).with_home(dir.join(HOME_DIR)).with_read_only(read_only))
-        .map_err(|e| (format!("cannot open the workspace {}: {e}", dir.display()), false))?;
-    if let Some(script) = a.instance_template.as_ref().map(|t| t.setup_script.trim()).filter(|s| !s.is_empty()) {
+    let ws = ws.with_home(dir.join(HOME_DIR)).with_read_only(read_only);
+    if let Some(script) = a.instance_template.as_ref().map(|t| t.setup_script.trim()).filter(|s| !s.is_empty() && setup_here) {
         setup(a, &ws, script, rep).await?;
     }
     workspaces.measure().await;

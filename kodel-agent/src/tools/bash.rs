@@ -52,7 +52,9 @@ pub struct Input {
 }
 
 pub async fn run(ws: &Workspace, input: Input, live: Option<&UnboundedSender<String>>) -> ToolOutput {
-    if let Err(e) = ws.sandbox.ready() {
+    if ws.container.is_none()
+        && let Err(e) = ws.sandbox.ready()
+    {
         return ToolOutput::err(e);
     }
     if input.command.trim().is_empty() {
@@ -85,15 +87,41 @@ fn environment(ws: &Workspace) -> Vec<(String, String)> {
     env
 }
 
-/// Runs `command` like the tool does (sandbox, clean environment, process group killed
-/// at the end or the timeout); the output ends with its exit code, and `error` says
-/// whether it failed.
+/// How a command ended.
+enum Ended {
+    TimedOut,
+    Code(i64),
+    Signal(i32),
+    Unknown,
+}
+
+/// Runs `command` like the tool does (in the job's container, or under the sandbox;
+/// clean environment; what it started killed at the end or the timeout); the output
+/// ends with its exit code, and `error` says whether it failed.
 pub async fn execute(
     ws: &Workspace,
     command: &str,
     timeout: Duration,
     live: Option<&UnboundedSender<String>>,
 ) -> std::io::Result<ToolOutput> {
+    let Some(container) = &ws.container else { return execute_on_host(ws, command, timeout, live).await };
+    // The image's PATH, not the host's.
+    let env: Vec<(String, String)> = environment(ws).into_iter().filter(|(k, _)| k != "PATH").collect();
+    let mut out = Collector::new(live);
+    let ended = container.bash(command, &env, timeout, &mut |bytes| out.push(bytes)).await?;
+    let ended = match ended {
+        None => Ended::TimedOut,
+        Some(code) => Ended::Code(code),
+    };
+    let mut result = finish(out, ended, timeout);
+    if let Some(why) = container.failure() {
+        result.output.push_str(&format!("\n{why}"));
+        result.error = true;
+    }
+    Ok(result)
+}
+
+async fn execute_on_host(ws: &Workspace, command: &str, timeout: Duration, live: Option<&UnboundedSender<String>>) -> std::io::Result<ToolOutput> {
     let (reader, writer) = std::io::pipe()?;
     let env = environment(ws);
     let mut cmd = match ws.sandbox.bwrap_command(&ws.root, ws.network, &env, &ws.read_only) {
@@ -164,12 +192,25 @@ pub async fn execute(
         let _ = tokio::time::timeout(DRAIN_GRACE, drain).await;
     }
 
+    let ended = match status {
+        None => Ended::TimedOut,
+        Some(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => Ended::Code(i64::from(code)),
+            (None, Some(sig)) => Ended::Signal(sig),
+            (None, None) => Ended::Unknown,
+        },
+    };
+    Ok(finish(out, ended, timeout))
+}
+
+/// The output as the model sees it, ending with how the command ended.
+fn finish(out: Collector<'_>, ended: Ended, timeout: Duration) -> ToolOutput {
     let mut text = out.finish();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
-    Ok(match status {
-        None => {
+    match ended {
+        Ended::TimedOut => {
             text.push_str(&format!(
                 "command timed out after {} s and was killed, with every process it started; give a larger \
                  timeout_secs (at most {MAX_TIMEOUT_SECS}) or split the work into shorter commands",
@@ -177,15 +218,19 @@ pub async fn execute(
             ));
             ToolOutput::err(text)
         }
-        Some(status) => {
-            match (status.code(), status.signal()) {
-                (Some(code), _) => text.push_str(&format!("exit code: {code}")),
-                (None, Some(sig)) => text.push_str(&format!("killed by signal {sig}")),
-                (None, None) => text.push_str("exit status unknown"),
-            }
-            ToolOutput { output: text, error: !status.success() }
+        Ended::Code(code) => {
+            text.push_str(&format!("exit code: {code}"));
+            ToolOutput { output: text, error: code != 0 }
         }
-    })
+        Ended::Signal(sig) => {
+            text.push_str(&format!("killed by signal {sig}"));
+            ToolOutput::err(text)
+        }
+        Ended::Unknown => {
+            text.push_str("exit status unknown");
+            ToolOutput::err(text)
+        }
+    }
 }
 
 /// Kills a process group (the command and everything it started) when dropped, so a

@@ -33,6 +33,8 @@ pub struct Workspace {
     read_only: Vec<PathBuf>,
     /// The job's cgroups (its resource limits), when its template sets any.
     cgroup: Option<std::sync::Arc<crate::limits::JobCgroup>>,
+    /// The job's container: bash runs there instead (the template names a base image).
+    container: Option<std::sync::Arc<crate::container::JobContainer>>,
 }
 
 impl Workspace {
@@ -46,16 +48,27 @@ impl Workspace {
                 format!("workspace {} is not a directory", root.display()),
             ));
         }
-        Ok(Workspace { root, sandbox, network: false, env: BTreeMap::new(), home: None, read_only: Vec::new(), cgroup: None })
+        Ok(Workspace { root, sandbox, network: false, env: BTreeMap::new(), home: None, read_only: Vec::new(), cgroup: None, container: None })
     }
 
-    /// Whether bash may use the network under the sandbox (default: no).
+    /// Runs bash in the job's container.
+    pub fn with_container(mut self, container: Option<std::sync::Arc<crate::container::JobContainer>>) -> Self {
+        self.container = container;
+        self
+    }
+
+    /// Why the job cannot go on after a command (its container ran out of memory).
+    pub fn failure(&self) -> Option<String> {
+        self.container.as_ref().and_then(|c| c.failure())
+    }
+
     /// Runs every command in these cgroups (the job's limits).
     pub fn with_cgroup(mut self, cgroup: Option<crate::limits::JobCgroup>) -> Self {
         self.cgroup = cgroup.map(std::sync::Arc::new);
         self
     }
 
+    /// Whether bash may use the network under the sandbox (default: no).
     pub fn with_network(mut self, allowed: bool) -> Self {
         self.network = allowed;
         self
@@ -93,6 +106,11 @@ impl Workspace {
 
     pub fn sandbox(&self) -> &Sandbox {
         &self.sandbox
+    }
+
+    /// Directories outside the workspace commands may read.
+    pub fn read_only(&self) -> &[PathBuf] {
+        &self.read_only
     }
 
     /// Resolves a tool's path argument inside the workspace.

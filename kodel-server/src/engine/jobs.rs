@@ -67,8 +67,13 @@ pub async fn start(db: &mut OrgTx, task: Uuid, template: Uuid, status: Option<Uu
          SELECT $1, t.id, jt.id, jt.kind, $4, $5,
                 CASE t.priority WHEN 'urgent' THEN 4 WHEN 'high' THEN 3 WHEN 'medium' THEN 2 WHEN 'low' THEN 1 ELSE 0 END,
                 $6, $7,
-                -- The agent labels the project's instance template asks for.
-                coalesce((SELECT i.labels FROM projects p JOIN instance_templates i ON i.id = p.instance_template_id
+                -- The agent labels the project's instance template asks for
+                -- (InstanceTemplate::required_labels): its own, and Kodel's for a container
+                -- and docker-in-docker.
+                coalesce((SELECT i.labels
+                                 || CASE WHEN i.base_image IS NOT NULL THEN ARRAY[$8] ELSE '{}' END
+                                 || CASE WHEN i.dind THEN ARRAY[$9] ELSE '{}' END
+                          FROM projects p JOIN instance_templates i ON i.id = p.instance_template_id
                           WHERE p.id = t.project_id), '{}')
          FROM tasks t, ai_job_templates jt WHERE t.id = $2 AND jt.id = $3
          ON CONFLICT (task_id, origin_seq) DO NOTHING
@@ -81,6 +86,8 @@ pub async fn start(db: &mut OrgTx, task: Uuid, template: Uuid, status: Option<Uu
     .bind(origin_seq)
     .bind(kodel_core::jobs::DEFAULT_MAX_ATTEMPTS)
     .bind(actor)
+    .bind(kodel_core::infra::CONTAINER_LABEL)
+    .bind(kodel_core::infra::DIND_LABEL)
     .fetch_optional(db.conn())
     .await?;
     let Some((kind, template)) = made else { return Ok(None) };

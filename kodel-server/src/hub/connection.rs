@@ -99,7 +99,7 @@ pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
             return;
         }
     };
-    let Ok(AgentMessage::Hello { protocol, name, version, labels, agent_id, job, disk_bytes, .. }) = hello else {
+    let Ok(AgentMessage::Hello { protocol, name, version, labels, capabilities, missing, agent_id, job, disk_bytes }) = hello else {
         close(&mut ws, CLOSE_PROTOCOL_ERROR, "expected agent.hello as the first frame").await;
         return;
     };
@@ -108,10 +108,11 @@ pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
         close(&mut ws, CLOSE_INCOMPATIBLE, &reason).await;
         return;
     }
-    let name: String = name.chars().take(100).collect();
-    let labels: Vec<String> = labels.into_iter().take(32).map(|l| l.chars().take(64).collect()).collect();
-    let version: String = version.chars().take(50).collect();
-    let (agent_id, resume, running) = match enroll(&state, &token, agent_id, job, &name, &labels, &version).await {
+    let offer = offer(name, version, labels, capabilities, missing);
+    // The labels it claims jobs with: its own and one per capability that decides
+    // which jobs it may take (a container, docker-in-docker).
+    let labels = kodel_core::protocol::claim_labels(&offer.labels, &offer.capabilities);
+    let (agent_id, resume, running) = match enroll(&state, &token, agent_id, job, &offer).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(org = %token.slug, error = %e.message, "agent enrollment failed");
@@ -143,7 +144,7 @@ pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
         conn.gone(&mut ctl_rx).await;
         return;
     }
-    tracing::info!(org = %conn.token.slug, agent = %agent_id, name = %name, resumed = resume.is_some(), "agent connected");
+    tracing::info!(org = %conn.token.slug, agent = %agent_id, name = %offer.name, capabilities = ?offer.capabilities, resumed = resume.is_some(), "agent connected");
     match &conn.job {
         Some(job) => state.hub.running(job.id, conn.ctl.clone()),
         None => conn.become_idle(),
@@ -233,17 +234,33 @@ pub async fn serve(state: AppState, mut ws: WebSocket, token: AgentToken) {
 
 /// Registers the agent (or takes back its registration on a reconnect) and, when it
 /// asks to go on with a job it still holds, renews that job's lease.
+/// What the hello says, bounded: names, labels and reasons are cut to size, labels
+/// that are Kodel's own dropped, capabilities kept only when known.
+fn offer(name: String, version: String, labels: Vec<String>, capabilities: Vec<String>, missing: std::collections::BTreeMap<String, String>) -> agents::Offer {
+    let known = |c: &str| kodel_core::protocol::CAPABILITIES.iter().any(|(k, _)| *k == c);
+    agents::Offer {
+        name: name.chars().take(100).collect(),
+        version: version.chars().take(50).collect(),
+        labels: labels
+            .into_iter()
+            .filter(|l| !l.starts_with(kodel_core::infra::RESERVED_LABEL_PREFIX))
+            .take(32)
+            .map(|l| l.chars().take(64).collect())
+            .collect(),
+        capabilities: capabilities.into_iter().filter(|c| known(c)).collect(),
+        missing: missing.into_iter().filter(|(c, _)| known(c)).map(|(c, why)| (c, why.chars().take(500).collect())).collect(),
+    }
+}
+
 async fn enroll(
     state: &AppState,
     token: &AgentToken,
     agent_id: Option<Uuid>,
     job: Option<Uuid>,
-    name: &str,
-    labels: &[String],
-    version: &str,
+    offer: &agents::Offer,
 ) -> ApiResult<(Uuid, Option<Resume>, Option<Running>)> {
     let mut db = OrgTx::begin(&state.pool, token.org_id, &token.slug).await?;
-    let (agent_id, known) = agents::enroll(&mut db, token.token_id, agent_id, name, labels, version).await?;
+    let (agent_id, known) = agents::enroll(&mut db, token.token_id, agent_id, offer).await?;
     let mut resume = None;
     let mut running = None;
     if let Some(job) = job.filter(|_| known)

@@ -29,6 +29,8 @@ struct Row {
     current_job: Option<Uuid>,
     current_task: Option<String>,
     disk_bytes: Option<i64>,
+    capabilities: Vec<String>,
+    missing: sqlx::types::Json<std::collections::BTreeMap<String, String>>,
     last_seen_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
 }
@@ -46,7 +48,7 @@ async fn list(mut t: Tenant) -> ApiResult<Json<Page<Agent>>> {
     let sees_all = t.org.role >= OrgRole::Admin;
     let user = t.user_id();
     let rows: Vec<Row> = sqlx::query_as(
-        "SELECT a.id, a.name, a.labels, a.version, a.status, v.current_job, v.current_task, a.disk_bytes, a.last_seen_at, a.created_at
+        "SELECT a.id, a.name, a.labels, a.version, a.status, v.current_job, v.current_task, a.disk_bytes, a.capabilities, a.missing, a.last_seen_at, a.created_at
          FROM agents a
          LEFT JOIN LATERAL (
              SELECT j.id AS current_job, p.key || '-' || t.number AS current_task
@@ -65,7 +67,7 @@ async fn list(mut t: Tenant) -> ApiResult<Json<Page<Agent>>> {
     t.commit().await?;
     let data = rows
         .into_iter()
-        .map(|r| Agent { id: r.id, name: r.name, labels: r.labels, version: r.version, status: r.status, current_job: r.current_job, current_task: r.current_task, disk_bytes: r.disk_bytes, last_seen_at: r.last_seen_at, created_at: r.created_at })
+        .map(|r| Agent { id: r.id, name: r.name, labels: r.labels, version: r.version, status: r.status, current_job: r.current_job, current_task: r.current_task, disk_bytes: r.disk_bytes, capabilities: r.capabilities, missing: r.missing.0, last_seen_at: r.last_seen_at, created_at: r.created_at })
         .collect();
     Ok(Json(Page { data, next_cursor: None }))
 }

@@ -1,5 +1,6 @@
 //! Instance templates: what an agent's workspace for a job is built from (base image,
-//! packages, setup script, environment, network, limits). Org admins manage them;
+//! packages, setup script, environment, network, limits). A template with a base image
+//! runs its jobs in containers, on agents with a Docker Engine. Org admins manage them;
 //! projects pick one with `PATCH /projects/{key} {"instance_template": name}`.
 //!
 //! Env values are secrets: sealed at rest with the server's key, never returned (every
@@ -34,7 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 struct Row {
     id: Uuid,
     name: String,
-    base_image: String,
+    base_image: Option<String>,
     packages: Vec<String>,
     setup_script: String,
     env: serde_json::Value,
@@ -110,11 +111,18 @@ fn check(req: &InstanceTemplateIn) -> ApiResult<()> {
     if let Some(s) = &req.setup_script {
         check_len("setup_script", s, MAX_SETUP_SCRIPT)?;
     }
-    if let Some(b) = &req.base_image {
-        let b = require_text("base_image", b, 300)?;
-        if b.chars().any(char::is_whitespace) {
-            return Err(ApiError::invalid("base_image must not contain spaces"));
-        }
+    Ok(())
+}
+
+/// The base image to store: trimmed, and an empty one is none.
+fn base_image(raw: Option<&str>) -> Option<String> {
+    raw.map(str::trim).filter(|b| !b.is_empty()).map(str::to_owned)
+}
+
+/// Docker-in-docker runs only in a container.
+fn check_dind(dind: bool, base_image: Option<&str>) -> ApiResult<()> {
+    if dind && base_image.is_none() {
+        return Err(ApiError::invalid("dind needs a base_image: docker-in-docker runs only in a container"));
     }
     Ok(())
 }
@@ -147,7 +155,7 @@ async fn show(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResul
 
 #[utoipa::path(
     post, path = "/api/v1/orgs/{org}/instance-templates", tag = "instance_templates",
-    summary = "Create an instance template (org admin); name and base_image are required",
+    summary = "Create an instance template (org admin); name is required",
     params(path::Org),
     request_body = InstanceTemplateIn,
     responses((status = CREATED, description = "instance template", body = InstanceTemplate), Errors<(code::Forbidden, code::NameTaken)>),
@@ -156,8 +164,9 @@ async fn show(mut t: Tenant, Path((_, raw)): Path<(String, String)>) -> ApiResul
 async fn create(mut t: Tenant, ApiJson(req): ApiJson<InstanceTemplateIn>) -> ApiResult<(StatusCode, Json<InstanceTemplate>)> {
     t.require_org_role(OrgRole::Admin, "creating instance templates")?;
     let name = require_text("name", req.name.as_deref().unwrap_or(""), MAX_NAME)?;
-    let base_image = req.base_image.clone().ok_or_else(|| ApiError::invalid("base_image is required"))?;
     check(&req)?;
+    let base_image = base_image(req.base_image.clone().flatten().as_deref());
+    check_dind(req.dind.unwrap_or(false), base_image.as_deref())?;
     let env = seal_env(&t, req.env.clone().unwrap_or_default(), &BTreeMap::new())?;
     sqlx::query(
         "INSERT INTO instance_templates (id, name, base_image, packages, setup_script, env, network, cpu_limit, memory_mb, dind, labels, max_processes)
@@ -165,7 +174,7 @@ async fn create(mut t: Tenant, ApiJson(req): ApiJson<InstanceTemplateIn>) -> Api
     )
     .bind(Uuid::now_v7())
     .bind(&name)
-    .bind(base_image.trim())
+    .bind(base_image)
     .bind(req.packages.unwrap_or_default())
     .bind(req.setup_script.unwrap_or_default())
     .bind(env)
@@ -198,14 +207,19 @@ async fn update(mut t: Tenant, Path((_, raw)): Path<(String, String)>, ApiJson(r
     let env = req.env.clone().map(|e| seal_env(&t, e, &stored_env(&row.env))).transpose()?;
     let cur = row.into_api();
     let name = req.name.as_deref().map(|n| require_text("name", n, MAX_NAME)).transpose()?;
+    let image = match &req.base_image {
+        Some(new) => base_image(new.as_deref()),
+        None => cur.base_image.clone(),
+    };
+    check_dind(req.dind.unwrap_or(cur.dind), image.as_deref())?;
     sqlx::query(
-        "UPDATE instance_templates SET name = coalesce($2, name), base_image = coalesce($3, base_image), packages = coalesce($4, packages),
+        "UPDATE instance_templates SET name = coalesce($2, name), base_image = $3, packages = coalesce($4, packages),
                 setup_script = coalesce($5, setup_script), env = coalesce($6, env), network = coalesce($7, network),
                 cpu_limit = $8, memory_mb = $9, dind = coalesce($10, dind), labels = coalesce($11, labels), max_processes = $12, updated_at = now() WHERE id = $1",
     )
     .bind(cur.id)
     .bind(&name)
-    .bind(req.base_image.as_deref().map(str::trim))
+    .bind(image)
     .bind(req.packages)
     .bind(req.setup_script)
     .bind(env)

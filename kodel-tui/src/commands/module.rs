@@ -93,19 +93,86 @@ pub async fn instance_template(ctx: &mut Ctx, cmd: InstanceTemplateCmd) -> Resul
             let rows: Vec<Vec<String>> = page
                 .data
                 .iter()
-                .map(|t| vec![t.name.clone(), t.base_image.clone(), if t.network { "yes".into() } else { "no".into() }, t.packages.join(",")])
+                .map(|t| vec![t.name.clone(), runs_in(t), if t.network { "yes".into() } else { "no".into() }, t.packages.join(",")])
                 .collect();
-            return output::table(&["NAME", "IMAGE", "NETWORK", "PACKAGES"], &rows);
+            return output::table(&["NAME", "RUNS IN", "NETWORK", "PACKAGES"], &rows);
         }
-        InstanceTemplateCmd::Show { name } => ctx.client.get(&format!("{base}/{}", enc(&name))).await?,
-        InstanceTemplateCmd::Create { file } => ctx.client.post(&base, output::json_file(&file)?).await?,
-        InstanceTemplateCmd::Update { name, file } => ctx.client.patch(&format!("{base}/{}", enc(&name)), output::json_file(&file)?).await?,
+        InstanceTemplateCmd::Show { name } => {
+            let it: InstanceTemplate = ctx.client.get(&format!("{base}/{}", enc(&name))).await?;
+            let agents: Page<Agent> = ctx.client.get(&format!("/api/v1/orgs/{}/agents", enc(&ctx.org()?))).await?;
+            return show_instance_template(ctx, &it, &agents.data);
+        }
+        InstanceTemplateCmd::Create { file } => ctx.client.post(&base, checked_template(&file)?).await?,
+        InstanceTemplateCmd::Update { name, file } => ctx.client.patch(&format!("{base}/{}", enc(&name)), checked_template(&file)?).await?,
         InstanceTemplateCmd::Delete { name } => {
             let _: Value = ctx.client.send(Method::DELETE, &format!("{base}/{}", enc(&name)), None).await?;
             return if ctx.json { output::json(&json!({ "deleted": name })) } else { output::note(format!("Deleted {name}")) };
         }
     };
-    if ctx.json { output::json(&it) } else { output::line(format!("{}  {}  network {}", it.name, it.base_image, it.network)) }
+    if ctx.json { output::json(&it) } else { output::line(format!("{}  {}  network {}", it.name, runs_in(&it), it.network)) }
+}
+
+/// Where a template's jobs run: its image, or bubblewrap.
+fn runs_in(t: &InstanceTemplate) -> String {
+    match &t.base_image {
+        Some(image) if t.dind => format!("{image} (container, dind)"),
+        Some(image) => format!("{image} (container)"),
+        None => "bubblewrap".into(),
+    }
+}
+
+/// The JSON of a template to send, checked as the server checks it (exit 2 naming the
+/// bad field).
+fn checked_template(file: &str) -> Result<Value, CliError> {
+    let body = output::json_file(file)?;
+    let it: kodel_core::infra::InstanceTemplateIn = serde_json::from_value(body.clone()).map_err(|e| CliError::usage(format!("{file}: {e} (kodel instance-template create --help lists the fields)")))?;
+    kodel_core::infra::validate_instance_template(&it).map_err(|e| CliError::usage(format!("{file}: {e}")))?;
+    Ok(body)
+}
+
+/// A template and the agents that can run its jobs now (or why none can).
+fn show_instance_template(ctx: &Ctx, it: &InstanceTemplate, agents: &[Agent]) -> Result<(), CliError> {
+    let needs = it.required_labels();
+    let able: Vec<&Agent> = agents.iter().filter(|a| kodel_core::protocol::labels_match(&needs, &kodel_core::protocol::claim_labels(&a.labels, &a.capabilities))).collect();
+    if ctx.json {
+        let mut v = serde_json::to_value(it).map_err(|e| CliError::usage(e.to_string()))?;
+        v["agents"] = json!(able.iter().map(|a| json!({"id": a.id, "name": a.name, "status": a.status})).collect::<Vec<_>>());
+        return output::json(&v);
+    }
+    let mut lines = vec![
+        format!("{}  runs in {}", it.name, runs_in(it)),
+        format!("network {}, cpu {}, memory {}, processes {}", if it.network { "yes" } else { "no" },
+            it.cpu_limit.map(|c| format!("{c} cores")).unwrap_or_else(|| "-".into()),
+            it.memory_mb.map(|m| format!("{m} MiB")).unwrap_or_else(|| "-".into()),
+            it.max_processes.map(|m| m.to_string()).unwrap_or_else(|| "-".into())),
+    ];
+    if !it.packages.is_empty() {
+        lines.push(format!("packages {}", it.packages.join(" ")));
+    }
+    if !it.labels.is_empty() {
+        lines.push(format!("labels {}", it.labels.join(",")));
+    }
+    if !it.setup_script.trim().is_empty() {
+        lines.push(format!("setup script: {} lines", it.setup_script.trim().lines().count()));
+    }
+    if able.is_empty() {
+        lines.push("No agent can run its jobs now.".into());
+        for a in agents {
+            let mut why: Vec<String> = it.labels.iter().filter(|l| !a.labels.contains(l)).map(|l| format!("no label {l}")).collect();
+            for (cap, needed) in [("container", it.base_image.is_some()), ("dind", it.dind)] {
+                if needed && !a.capabilities.iter().any(|c| c == cap) {
+                    why.push(a.missing.get(cap).cloned().unwrap_or_else(|| format!("cannot run a {cap} (an older agent?)")));
+                }
+            }
+            lines.push(format!("  {} ({}): {}", a.name, a.status, why.join("; ")));
+        }
+        if agents.is_empty() {
+            lines.push("  The org has no agents: kodel agent token create NAME, then start kodel-agent with it.".into());
+        }
+    } else {
+        lines.push(format!("Agents that can run its jobs: {}", able.iter().map(|a| format!("{} ({})", a.name, a.status)).collect::<Vec<_>>().join(", ")));
+    }
+    output::line(lines.join("\n"))
 }
 
 pub async fn agent(ctx: &mut Ctx, cmd: AgentCmd) -> Result<(), CliError> {
@@ -126,10 +193,25 @@ pub async fn agent(ctx: &mut Ctx, cmd: AgentCmd) -> Result<(), CliError> {
                 _ => "-".into(),
             };
             let disk = a.disk_bytes.map(|b| bytes(b.max(0) as u64)).unwrap_or_else(|| "-".into());
-            vec![a.id.to_string(), a.name.clone(), a.status.clone(), a.labels.join(","), job, disk, a.last_seen_at.as_ref().map(output::when).unwrap_or_default()]
+            let runs = std::iter::once("bwrap").chain(a.capabilities.iter().map(String::as_str)).collect::<Vec<_>>().join(",");
+            vec![a.id.to_string(), a.name.clone(), a.status.clone(), a.labels.join(","), runs, job, disk, a.last_seen_at.as_ref().map(output::when).unwrap_or_default()]
         })
         .collect();
-    output::table(&["ID", "NAME", "STATUS", "LABELS", "JOB", "DISK", "LAST SEEN"], &rows)
+    output::table(&["ID", "NAME", "STATUS", "LABELS", "RUNS", "JOB", "DISK", "LAST SEEN"], &rows)?;
+    // What an agent cannot run, and why, below the table (the columns stay parseable).
+    let notes: Vec<String> = page.data.iter().filter(|a| a.status != "offline").flat_map(|a| a.missing.iter().map(move |(cap, why)| format!("{} cannot run {}: {why}", a.name, what_cap(cap)))).collect();
+    if !notes.is_empty() {
+        output::note(notes.join("\n"))?;
+    }
+    Ok(())
+}
+
+fn what_cap(cap: &str) -> &str {
+    match cap {
+        "container" => "jobs in containers",
+        "dind" => "docker-in-docker",
+        other => other,
+    }
 }
 
 /// 1.5 GiB, 320 MiB, 12 KiB.

@@ -1,0 +1,178 @@
+//! Jobs in containers, end to end: a real `kodel-server`, a real `kodel-agent` with
+//! `--runtime docker`, the scripted LLM, and a private Docker Engine (Debian's
+//! docker.io, started per test on its own socket with no bridge). Base images are made
+//! here from Debian's static busybox: no registry is reachable.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{CALC, Stack, bare_repo};
+use kodel_testkit::docker::Dockerd;
+use kodel_testkit::scripted_llm::{Reply, ScriptedLlm};
+use serde_json::{Value, json};
+
+const IMAGE: &str = "kodel-test/busybox:1";
+
+fn bash(command: &str) -> Reply {
+    Reply::ToolCalls(vec![("bash".into(), json!({"command": command}))])
+}
+
+/// The uid the agent's commands run as: `nobody` when the test runs as root.
+fn agent_uid() -> u32 {
+    if nix::unistd::geteuid().is_root() {
+        nix::unistd::User::from_name(kodel_testkit::AGENT_TEST_USER).unwrap().unwrap().uid.as_raw()
+    } else {
+        nix::unistd::geteuid().as_raw()
+    }
+}
+
+/// The output of the job's steps of this tool, in order.
+fn outputs(stack: &Stack, tool: &str) -> Vec<(String, String)> {
+    stack
+        .events_of("job.step")
+        .iter()
+        .filter(|s| s["step"]["tool"] == tool)
+        .map(|s| (s["step"]["input"]["command"].as_str().unwrap_or_default().to_owned(), s["step"]["output"].as_str().unwrap_or_default().to_owned()))
+        .collect()
+}
+
+fn show(bare: &Path, rev: &str) -> Option<String> {
+    let out = Command::new("git").arg("--git-dir").arg(bare).args(["show", rev]).output().unwrap();
+    out.status.success().then(|| String::from_utf8(out.stdout).unwrap())
+}
+
+async fn template(stack: &Stack, project: &str, body: Value) {
+    let name = body["name"].clone();
+    stack.call("POST", "/api/v1/orgs/acme/instance-templates", body).await;
+    stack.call("PATCH", &format!("/api/v1/orgs/acme/projects/{project}"), json!({"instance_template": name})).await;
+}
+
+fn docker_agent(stack: &mut Stack, docker: &Dockerd, name: &str) {
+    let log = stack.work.path().parent().unwrap().join(format!("{name}-{}.log", std::process::id()));
+    stack.agent_with(name, &["--runtime", "docker", "--docker-host", &docker.host(), "--allow-file-remotes"], Some(&log));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_runs_in_its_own_container_and_the_second_reuses_the_image() {
+    let docker = Dockerd::start();
+    docker.busybox_image(IMAGE, &[("/etc/kodel-image", "made for the container test\n")]);
+    let health_port = common::free_port();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", health_port)).unwrap();
+    let llm = ScriptedLlm::start(vec![
+        bash("cat /etc/kodel-image /etc/kodel-setup; id -u; ls /usr/bin/apt-get || echo no apt here; touch /etc/x; echo scratch > /tmp/t && cat /tmp/t"),
+        Reply::ToolCalls(vec![("edit_file".into(), json!({"path": "calc.py", "old_string": "return a - b", "new_string": "return a + b"}))]),
+        bash(&format!("grep -n 'a + b' calc.py; nc -w 3 127.0.0.1 {health_port} </dev/null; echo nc exit $?")),
+        bash("sleep 300 & echo left running"),
+        bash("ps -o pid,user,args | grep -c '[s]leep 300' || true; echo written > made-in-container.txt"),
+        Reply::Text("Fixed add() in the container.".into()),
+        // The second job, on the cached image.
+        bash("cat /etc/kodel-setup > setup-seen.txt"),
+        Reply::Text("Looked.".into()),
+    ])
+    .await;
+    let mut stack = Stack::start(&llm, "openai").await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), "calc");
+    kodel_testkit::agent_may_use(&bare);
+    stack.call("POST", "/api/v1/orgs/acme/modules", json!({"project": "KOD", "name": "calc", "url": format!("file://{}", bare.display())})).await;
+    template(&stack, "KOD", json!({"name": "box", "base_image": IMAGE, "setup_script": "echo set up in the image > /etc/kodel-setup", "memory_mb": 256, "max_processes": 64})).await;
+    docker_agent(&mut stack, &docker, "boxer");
+
+    let key = stack.task_in_progress("Fix add in a container").await;
+    let done = stack.wait_event("job.succeeded", Duration::from_secs(120)).await;
+    assert_eq!(done["summary"], "Fixed add() in the container.");
+    // The image was built from the template: its setup script is a step with its output.
+    let images = outputs(&stack, "image");
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert!(images[0].0.starts_with("build image kodel-job:") && images[0].0.ends_with(IMAGE), "{images:?}");
+    assert!(images[0].1.contains("[kodel] running the setup script"), "{images:?}");
+    let bash_out: Vec<String> = outputs(&stack, "bash").into_iter().map(|(_, out)| out).collect();
+    // The image's files, not the host's; the agent's own user; a read-only root and a
+    // private /tmp.
+    assert!(bash_out[0].contains("made for the container test") && bash_out[0].contains("set up in the image"), "{}", bash_out[0]);
+    assert!(bash_out[0].contains(&format!("\n{}\n", agent_uid())), "{}", bash_out[0]);
+    assert!(Path::new("/usr/bin/apt-get").exists() && bash_out[0].contains("no apt here"), "{}", bash_out[0]);
+    assert!(bash_out[0].contains("Read-only file system") && bash_out[0].contains("scratch"), "{}", bash_out[0]);
+    // The file tools and the container's commands see the same files.
+    assert!(bash_out[1].contains("2:    return a + b"), "{}", bash_out[1]);
+    // No network: the host's port (open, on the host's loopback) cannot be reached.
+    assert!(bash_out[1].contains("can't connect") && bash_out[1].contains("nc exit 1"), "{}", bash_out[1]);
+    // What a command leaves running is gone when it ends.
+    assert!(bash_out[3].starts_with("0\n"), "{}", bash_out[3]);
+    drop(listener);
+    // The change made in the container is committed and pushed from the workspace.
+    let branch = format!("kodel/{key}-fix-add-in-a-container");
+    assert_eq!(show(&bare, &format!("{branch}:calc.py")).unwrap(), CALC.replace("a - b", "a + b"));
+    assert_eq!(show(&bare, &format!("{branch}:made-in-container.txt")).unwrap(), "written\n");
+    assert!(docker.containers().is_empty(), "the container goes with the job: {:?}", docker.containers());
+
+    // The agent says what it can run; the server shows it.
+    let agents = stack.call("GET", "/api/v1/orgs/acme/agents", Value::Null).await;
+    let agent = &agents["data"][0];
+    assert_eq!(agent["capabilities"], json!(["container"]), "{agent}");
+    assert!(agent["missing"]["dind"].as_str().unwrap().contains("--dind-image"), "{agent}");
+
+    // A second job: the image is reused, not built again.
+    let before = stack.events_of("job.step").len();
+    let second = stack.task_in_progress("Look again").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while stack.events_of("job.succeeded").len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the second job did not succeed: {:?}", stack.events_of("job.failed"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(second, key);
+    let steps = stack.events_of("job.step");
+    let cached: Vec<&Value> = steps[before..].iter().filter(|s| s["step"]["tool"] == "image").collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert!(cached[0]["step"]["input"]["command"].as_str().unwrap().ends_with("(cached)"), "{}", cached[0]);
+    let kodel_images: Vec<String> = docker.images().into_iter().filter(|i| i.starts_with("kodel-job:")).collect();
+    assert_eq!(kodel_images.len(), 1, "{kodel_images:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_setup_and_missing_image_failures_say_what_to_fix() {
+    let docker = Dockerd::start();
+    docker.busybox_image(IMAGE, &[]);
+    let llm = ScriptedLlm::start(vec![bash("echo filling memory; x=a; while true; do x=\"$x$x\"; done"), Reply::Text("unreachable".into())]).await;
+    let mut stack = Stack::start(&llm, "openai").await;
+    for (key, name) in [("MEM", "Small box"), ("SETUP", "Broken setup"), ("GONE", "Missing image")] {
+        stack.call("POST", "/api/v1/orgs/acme/projects", json!({"key": key, "name": name, "workflow": "software-development"})).await;
+    }
+    template(&stack, "MEM", json!({"name": "small", "base_image": IMAGE, "memory_mb": 32})).await;
+    template(&stack, "SETUP", json!({"name": "broken", "base_image": IMAGE, "setup_script": "echo preparing the toolchain\nexit 3"})).await;
+    template(&stack, "GONE", json!({"name": "gone", "base_image": "kodel-test/not-made-here:7"})).await;
+    docker_agent(&mut stack, &docker, "boxer");
+
+    async fn failed_job(stack: &Stack, project: &str, n: usize) -> String {
+        let t = stack.call("POST", &format!("/api/v1/orgs/acme/projects/{project}/tasks"), json!({"title": "Anything"})).await;
+        let key = t["key"].as_str().unwrap().to_owned();
+        stack.follow(&key).await;
+        for status in ["Ready", "In Progress"] {
+            stack.call("POST", &format!("/api/v1/orgs/acme/tasks/{key}/move"), json!({"status": status})).await;
+        }
+        let failed = stack.wait_events("job.failed", n, Duration::from_secs(90)).await;
+        let job = stack.job(&key).await;
+        assert_eq!(job["status"], "failed", "not retried: {job}");
+        failed[n - 1]["error"].as_str().unwrap().to_owned()
+    }
+
+    let err = failed_job(&stack, "MEM", 1).await;
+    assert!(err.contains("ran out of memory") && err.contains("32 MiB") && err.contains("\"small\""), "{err}");
+    let bash_out = outputs(&stack, "bash");
+    assert!(bash_out[0].1.contains("filling memory") && bash_out[0].1.contains("memory limit of 32 MiB"), "{bash_out:?}");
+
+    let err = failed_job(&stack, "SETUP", 2).await;
+    assert!(err.contains("the setup script failed") && err.contains("preparing the toolchain") && err.contains("\"broken\""), "{err}");
+    let image = outputs(&stack, "image");
+    assert!(image.iter().any(|(_, out)| out.contains("preparing the toolchain")), "the build's log is part of the job's story: {image:?}");
+
+    let err = failed_job(&stack, "GONE", 3).await;
+    assert!(err.contains("kodel-test/not-made-here:7 is not on this agent's Docker Engine") && err.contains("docker pull"), "{err}");
+
+    assert_eq!(llm.requests().len(), 1, "only the memory job reached the model");
+    assert!(docker.containers().is_empty(), "failed jobs' containers go too: {:?}", docker.containers());
+}
