@@ -163,7 +163,7 @@ impl Engine {
         let dind = match dind_image {
             None => Err("start the agent with --dind-image IMAGE (an image with dockerd, run privileged beside the job's container) to offer docker-in-docker".to_owned()),
             Some(image) => match docker.inspect_image(image).await {
-                Ok(_) => Ok(image.to_owned()),
+                Ok(_) => probe_privileged(&docker, image).await.map(|()| image.to_owned()),
                 Err(e) => Err(format!("the --dind-image {image} is not on the Docker Engine: {}", engine_error(&e))),
             },
         };
@@ -397,6 +397,28 @@ impl Engine {
 fn keeper_user(job_user: &str) -> String {
     let uid = if job_user.starts_with("65535:") { 65533 } else { 65535 };
     format!("{uid}:{uid}")
+}
+
+/// Whether the Engine can run the dind image privileged (`dockerd --version`): a
+/// rootless Engine, or one in a container without every capability, cannot.
+async fn probe_privileged(docker: &Docker, image: &str) -> Result<(), String> {
+    let body = ContainerCreateBody {
+        image: Some(image.to_owned()),
+        entrypoint: Some(vec!["dockerd".into()]),
+        cmd: Some(vec!["--version".into()]),
+        host_config: Some(HostConfig { privileged: Some(true), network_mode: Some("none".into()), ..Default::default() }),
+        ..Default::default()
+    };
+    let created = docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await.map_err(|e| format!("cannot create a container from the --dind-image {image}: {}", engine_error(&e)))?;
+    let ran = match docker.start_container(&created.id, None::<bollard::query_parameters::StartContainerOptions>).await {
+        Err(e) => Err(format!("the Docker Engine cannot run privileged containers here, which docker-in-docker needs ({})", engine_error(&e))),
+        Ok(()) => match docker.wait_container(&created.id, None::<bollard::query_parameters::WaitContainerOptions>).next().await {
+            Some(Ok(_)) | None => Ok(()),
+            Some(Err(e)) => Err(format!("dockerd in the --dind-image {image} does not run: {}", engine_error(&e))),
+        },
+    };
+    let _ = docker.remove_container(&created.id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
+    ran
 }
 
 /// What the job's container mounts, and as whom its commands run.

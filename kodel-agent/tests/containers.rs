@@ -51,9 +51,25 @@ async fn template(stack: &Stack, project: &str, body: Value) {
     stack.call("PATCH", &format!("/api/v1/orgs/acme/projects/{project}"), json!({"instance_template": name})).await;
 }
 
-fn docker_agent(stack: &mut Stack, docker: &Dockerd, name: &str) {
+fn docker_agent(stack: &mut Stack, docker: &Dockerd, name: &str, flags: &[&str]) {
     let log = stack.work.path().parent().unwrap().join(format!("{name}-{}.log", std::process::id()));
-    stack.agent_with(name, &["--runtime", "docker", "--docker-host", &docker.host(), "--allow-file-remotes"], Some(&log));
+    let host = docker.host();
+    let mut all = vec!["--runtime", "docker", "--docker-host", &host, "--allow-file-remotes"];
+    all.extend(flags);
+    stack.agent_with(name, &all, Some(&log));
+}
+
+/// The org's agents once one is online.
+async fn online_agent(stack: &Stack) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let agents = stack.call("GET", "/api/v1/orgs/acme/agents", Value::Null).await;
+        if let Some(a) = agents["data"].as_array().unwrap().iter().find(|a| a["status"] != "offline") {
+            return a.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no agent came online: {agents}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +96,7 @@ async fn a_job_runs_in_its_own_container_and_the_second_reuses_the_image() {
     kodel_testkit::agent_may_use(&bare);
     stack.call("POST", "/api/v1/orgs/acme/modules", json!({"project": "KOD", "name": "calc", "url": format!("file://{}", bare.display())})).await;
     template(&stack, "KOD", json!({"name": "box", "base_image": IMAGE, "setup_script": "echo set up in the image > /etc/kodel-setup", "memory_mb": 256, "max_processes": 64})).await;
-    docker_agent(&mut stack, &docker, "boxer");
+    docker_agent(&mut stack, &docker, "boxer", &[]);
 
     let key = stack.task_in_progress("Fix add in a container").await;
     let done = stack.wait_event("job.succeeded", Duration::from_secs(120)).await;
@@ -145,7 +161,7 @@ async fn memory_setup_and_missing_image_failures_say_what_to_fix() {
     template(&stack, "MEM", json!({"name": "small", "base_image": IMAGE, "memory_mb": 32})).await;
     template(&stack, "SETUP", json!({"name": "broken", "base_image": IMAGE, "setup_script": "echo preparing the toolchain\nexit 3"})).await;
     template(&stack, "GONE", json!({"name": "gone", "base_image": "kodel-test/not-made-here:7"})).await;
-    docker_agent(&mut stack, &docker, "boxer");
+    docker_agent(&mut stack, &docker, "boxer", &[]);
 
     async fn failed_job(stack: &Stack, project: &str, n: usize) -> String {
         let t = stack.call("POST", &format!("/api/v1/orgs/acme/projects/{project}/tasks"), json!({"title": "Anything"})).await;
@@ -175,4 +191,42 @@ async fn memory_setup_and_missing_image_failures_say_what_to_fix() {
 
     assert_eq!(llm.requests().len(), 1, "only the memory job reached the model");
     assert!(docker.containers().is_empty(), "failed jobs' containers go too: {:?}", docker.containers());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_in_docker_gets_a_daemon_of_its_own_or_is_refused_saying_why() {
+    const DIND: &str = "kodel-test/dind:1";
+    let docker = Dockerd::start();
+    docker.dind_image(DIND);
+    let host_daemon = String::from_utf8(docker.docker(&["info", "--format", "{{.ID}}"]).stdout).unwrap().trim().to_owned();
+    let privileged = docker.privileged_works(DIND);
+    let llm = ScriptedLlm::start(vec![bash("docker info --format 'daemon {{.ID}}'; docker version --format 'server {{.Server.Version}}'"), Reply::Text("Used my own daemon.".into())]).await;
+    let mut stack = Stack::start(&llm, "openai").await;
+    template(&stack, "KOD", json!({"name": "dind", "base_image": DIND, "dind": true})).await;
+    docker_agent(&mut stack, &docker, "boxer", &["--dind-image", DIND]);
+    let agent = online_agent(&stack).await;
+    if privileged {
+        assert_eq!(agent["capabilities"], json!(["container", "dind"]), "{agent}");
+        stack.task_in_progress("Build an image").await;
+        let done = stack.wait_event("job.succeeded", Duration::from_secs(120)).await;
+        assert_eq!(done["summary"], "Used my own daemon.");
+        let out = &outputs(&stack, "bash")[0].1;
+        assert!(out.contains("daemon ") && out.contains("server ") && !out.contains(&host_daemon), "the job's own daemon, not the host's: {out}");
+        assert!(docker.containers().is_empty(), "the daemon goes with the job: {:?}", docker.containers());
+    } else {
+        // This machine withholds a capability from root (or the Engine is rootless):
+        // the agent says it cannot, and no dind job is given to it.
+        assert_eq!(agent["capabilities"], json!(["container"]), "{agent}");
+        let why = agent["missing"]["dind"].as_str().unwrap();
+        assert!(why.contains("cannot run privileged containers"), "{why}");
+        let out = stack.kodel().args(["instance-template", "show", "dind"]).output().unwrap();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(shown.contains("No agent can run its jobs now") && shown.contains("boxer (online)") && shown.contains("cannot run privileged containers"), "{shown}");
+        let key = stack.task_in_progress("Build an image").await;
+        // The dispatcher gives a job to an idle agent that can run it within
+        // milliseconds (hub tests); a second later this one is still waiting.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(stack.job(&key).await["status"], "pending");
+        assert!(llm.requests().is_empty());
+    }
 }

@@ -82,6 +82,34 @@ impl Dockerd {
         assert!(out.status.success(), "docker build {tag}: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// Builds `tag`: Debian's Docker Engine (dockerd, containerd, runc, the docker CLI)
+    /// and busybox, copied from this host with the libraries they load, `FROM scratch`.
+    /// A docker-in-docker image for tests: no registry is reachable.
+    pub fn dind_image(&self, tag: &str) {
+        let ctx = tempfile::tempdir().unwrap();
+        let root = ctx.path().join("root");
+        let binaries = ["/usr/sbin/dockerd", "/usr/bin/containerd", "/usr/bin/containerd-shim-runc-v2", "/usr/sbin/runc", "/usr/bin/docker-init", "/usr/bin/docker", "/bin/busybox"];
+        for bin in binaries {
+            let mut files = vec![PathBuf::from(bin)];
+            let ldd = Command::new("ldd").arg(bin).output().unwrap();
+            files.extend(String::from_utf8_lossy(&ldd.stdout).split_whitespace().filter(|w| w.starts_with('/')).map(PathBuf::from));
+            for f in files {
+                let to = root.join(f.strip_prefix("/").unwrap());
+                std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+                std::fs::copy(&f, &to).unwrap_or_else(|e| panic!("copy {}: {e}", f.display()));
+            }
+        }
+        std::fs::write(ctx.path().join("Dockerfile"), "FROM scratch\nCOPY root/ /\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n").unwrap();
+        let out = self.docker(&["build", "-q", "-t", tag, ctx.path().to_str().unwrap()]);
+        assert!(out.status.success(), "docker build {tag}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Whether this Engine can run a privileged container from `image` (not where the
+    /// machine withholds a capability from root, or the Engine is rootless).
+    pub fn privileged_works(&self, image: &str) -> bool {
+        self.docker(&["run", "--rm", "--privileged", "--network", "none", "--entrypoint", "true", image]).status.success()
+    }
+
     /// Names of the containers there are (running or not).
     pub fn containers(&self) -> Vec<String> {
         let out = self.docker(&["ps", "-a", "--format", "{{.Names}}"]);
