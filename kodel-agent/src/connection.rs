@@ -113,6 +113,9 @@ pub async fn run(cfg: AgentConfig, stop: impl std::future::Future<Output = ()> +
     let (link_tx, mut link_rx) = mpsc::unbounded_channel();
     let workspaces = Arc::new(Workspaces::open(&cfg.workdir, cfg.keep_failed, cfg.max_disk, cfg.keep_workspaces, cfg.allow_file_remotes).map_err(Fatal::Config)?);
     workspaces.prune().await;
+    if let (Some(engine), Ok(dir)) = (&cfg.engine, std::fs::canonicalize(&cfg.workdir)) {
+        engine.remove_leftovers(&dir).await;
+    }
     let env = JobEnv { workspaces, sandbox: cfg.sandbox.clone(), toolchain_env: toolchain_env(), limits: cfg.limits.clone(), engine: cfg.engine.clone() };
     let mut agent = Agent { cfg, agent_id: None, job: None, outbox: Vec::new(), pending: HashMap::new(), link_tx, env, stopping: stopping.clone() };
     let mut backoff = Duration::from_millis(250);

@@ -170,6 +170,20 @@ impl Engine {
         Ok(Engine { docker, description, dind, keep_failed })
     }
 
+    /// Removes the running containers of jobs of an agent on `workdir` that was killed
+    /// (it holds the work dir's lock now, so they are no job's). Kept ones are stopped.
+    pub async fn remove_leftovers(&self, workdir: &Path) {
+        let label = format!("kodel.workdir={}", workdir.display());
+        let filters = HashMap::from([("label", vec![label.as_str()]), ("status", vec!["running"])]);
+        let options = bollard::query_parameters::ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let Ok(found) = self.docker.list_containers(Some(options)).await else { return };
+        for c in found {
+            let Some(id) = c.id else { continue };
+            tracing::info!(container = %id, "removing a container left by an earlier run of this agent");
+            let _ = self.docker.remove_container(&id, Some(RemoveContainerOptionsBuilder::default().force(true).v(true).build())).await;
+        }
+    }
+
     /// The job's image: the template's base image with its packages and setup script,
     /// from the cache when it was built before. The build is a step of the job, its
     /// output live.
@@ -292,7 +306,7 @@ impl Engine {
         let mut env = Vec::new();
         let dind = if t.dind {
             let image = self.dind.clone().map_err(|why| (format!("this agent cannot give the job docker-in-docker: {why}"), true))?;
-            let dind = self.start_dind(&name, &image).await?;
+            let dind = self.start_dind(&name, &image, job).await?;
             binds.push(format!("{}:{DIND_DIR}", dind.volume));
             env.push(format!("DOCKER_HOST=unix://{DIND_DIR}/docker.sock"));
             Some(dind)
@@ -325,7 +339,7 @@ impl Engine {
             // No working dir here: the Engine would make it in the image's root, and
             // one under /tmp would then give the private /tmp its mode (each exec has it).
             env: Some(env.clone()),
-            labels: Some(HashMap::from([("kodel.workspace".to_owned(), job.name.to_owned())])),
+            labels: Some(labels(job)),
             host_config: Some(host),
             ..Default::default()
         };
@@ -362,7 +376,7 @@ impl Engine {
         Ok(container)
     }
 
-    async fn start_dind(&self, name: &str, image: &str) -> Result<Dind, Failed> {
+    async fn start_dind(&self, name: &str, image: &str, job: &JobMounts<'_>) -> Result<Dind, Failed> {
         let volume = format!("{name}-dind");
         let uid_gid = format!("{}", nix::unistd::getegid());
         let host = HostConfig {
@@ -381,7 +395,7 @@ impl Engine {
                 "--iptables=false".into(),
                 "--ip-masq=false".into(),
             ]),
-            labels: Some(HashMap::from([("kodel.dind".to_owned(), name.to_owned())])),
+            labels: Some(labels(job)),
             host_config: Some(host),
             ..Default::default()
         };
@@ -419,6 +433,13 @@ async fn probe_privileged(docker: &Docker, image: &str) -> Result<(), String> {
     };
     let _ = docker.remove_container(&created.id, Some(RemoveContainerOptionsBuilder::default().force(true).build())).await;
     ran
+}
+
+/// The labels of a job's containers: its workspace, and the agent's work dir (whose
+/// running leftovers an agent removes when it starts).
+fn labels(job: &JobMounts<'_>) -> HashMap<String, String> {
+    let workdir = job.root.parent().unwrap_or(job.root).to_string_lossy().into_owned();
+    HashMap::from([("kodel.workspace".to_owned(), job.name.to_owned()), ("kodel.workdir".to_owned(), workdir)])
 }
 
 /// What the job's container mounts, and as whom its commands run.
@@ -584,12 +605,16 @@ impl JobContainer {
     pub async fn run(&self, argv: &[&str], env: &[(String, String)], timeout: Duration, output: &mut (dyn FnMut(&[u8]) + Send)) -> std::io::Result<Option<i64>> {
         let mut vars = self.env.clone();
         vars.extend(env.iter().map(|(k, v)| format!("{k}={v}")));
+        // When it ends, what it left running goes, in the same exec: `kill -1` spares
+        // the shell that sends it (and the container's own process, another user's).
+        let mut cmd: Vec<String> = ["sh", "-c", r#""$@"; rc=$?; kill -9 -1 2>/dev/null; exit $rc"#, "sh"].map(str::to_owned).to_vec();
+        cmd.extend(argv.iter().map(|a| a.to_string()));
         let exec = self
             .docker
             .create_exec(
                 &self.id,
                 CreateExecOptions {
-                    cmd: Some(argv.iter().map(|a| a.to_string()).collect()),
+                    cmd: Some(cmd),
                     env: Some(vars),
                     user: Some(self.user.clone()),
                     working_dir: Some(self.workdir.clone()),
@@ -615,8 +640,8 @@ impl JobContainer {
         .await
         .is_ok();
         drop(stream);
-        self.kill_leftovers().await;
         if !finished {
+            self.kill_leftovers().await;
             return Ok(None);
         }
         // The output ends a moment before the Engine records how the process ended.
@@ -631,8 +656,8 @@ impl JobContainer {
         }
     }
 
-    /// Kills every process of the job's user in the container but its init: what a
-    /// command left in the background, or all of it after a timeout.
+    /// Kills every process of the job's user in the container: all a command started,
+    /// after its timeout.
     async fn kill_leftovers(&self) {
         let Ok(exec) = self
             .docker

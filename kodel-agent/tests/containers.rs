@@ -79,7 +79,7 @@ async fn a_job_runs_in_its_own_container_and_the_second_reuses_the_image() {
     let health_port = common::free_port();
     let listener = std::net::TcpListener::bind(("127.0.0.1", health_port)).unwrap();
     let llm = ScriptedLlm::start(vec![
-        bash("cat /etc/kodel-image /etc/kodel-setup; id -u; ls /usr/bin/apt-get || echo no apt here; touch /etc/x; echo scratch > /tmp/t && cat /tmp/t"),
+        bash("cat /etc/kodel-image /etc/kodel-setup; id -u; ls /usr/bin/apt-get || echo no apt here; touch /etc/x; echo scratch > /tmp/t && cat /tmp/t; grep -E 'CapEff|NoNewPrivs' /proc/self/status"),
         Reply::ToolCalls(vec![("edit_file".into(), json!({"path": "calc.py", "old_string": "return a - b", "new_string": "return a + b"}))]),
         bash(&format!("grep -n 'a + b' calc.py; nc -w 3 127.0.0.1 {health_port} </dev/null; echo nc exit $?")),
         bash("sleep 300 & echo left running"),
@@ -113,6 +113,8 @@ async fn a_job_runs_in_its_own_container_and_the_second_reuses_the_image() {
     assert!(bash_out[0].contains(&format!("\n{}\n", agent_uid())), "{}", bash_out[0]);
     assert!(Path::new("/usr/bin/apt-get").exists() && bash_out[0].contains("no apt here"), "{}", bash_out[0]);
     assert!(bash_out[0].contains("Read-only file system") && bash_out[0].contains("scratch"), "{}", bash_out[0]);
+    // No capabilities, and none to gain.
+    assert!(bash_out[0].contains("CapEff:\t0000000000000000") && bash_out[0].contains("NoNewPrivs:\t1"), "{}", bash_out[0]);
     // The file tools and the container's commands see the same files.
     assert!(bash_out[1].contains("2:    return a + b"), "{}", bash_out[1]);
     // No network: the host's port (open, on the host's loopback) cannot be reached.
@@ -131,6 +133,9 @@ async fn a_job_runs_in_its_own_container_and_the_second_reuses_the_image() {
     let agent = &agents["data"][0];
     assert_eq!(agent["capabilities"], json!(["container"]), "{agent}");
     assert!(agent["missing"]["dind"].as_str().unwrap().contains("--dind-image"), "{agent}");
+    let out = stack.kodel().args(["instance-template", "show", "box"]).output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains(&format!("runs in {IMAGE} (container)")) && shown.contains("Agents that can run its jobs: boxer (online)"), "{shown}");
 
     // A second job: the image is reused, not built again.
     let before = stack.events_of("job.step").len();
@@ -161,7 +166,7 @@ async fn memory_setup_and_missing_image_failures_say_what_to_fix() {
     template(&stack, "MEM", json!({"name": "small", "base_image": IMAGE, "memory_mb": 32})).await;
     template(&stack, "SETUP", json!({"name": "broken", "base_image": IMAGE, "setup_script": "echo preparing the toolchain\nexit 3"})).await;
     template(&stack, "GONE", json!({"name": "gone", "base_image": "kodel-test/not-made-here:7"})).await;
-    docker_agent(&mut stack, &docker, "boxer", &[]);
+    docker_agent(&mut stack, &docker, "boxer", &["--keep-failed-containers"]);
 
     async fn failed_job(stack: &Stack, project: &str, n: usize) -> String {
         let t = stack.call("POST", &format!("/api/v1/orgs/acme/projects/{project}/tasks"), json!({"title": "Anything"})).await;
@@ -190,7 +195,12 @@ async fn memory_setup_and_missing_image_failures_say_what_to_fix() {
     assert!(err.contains("kodel-test/not-made-here:7 is not on this agent's Docker Engine") && err.contains("docker pull"), "{err}");
 
     assert_eq!(llm.requests().len(), 1, "only the memory job reached the model");
-    assert!(docker.containers().is_empty(), "failed jobs' containers go too: {:?}", docker.containers());
+    // Asked to, the agent keeps the failed job's container, stopped (the other two
+    // failed before theirs was made).
+    let kept = docker.containers();
+    assert!(kept.len() == 1 && kept[0].starts_with("kodel-MEM-1-implement-"), "{kept:?}");
+    let state = docker.docker(&["inspect", "--format", "{{.State.Running}}", &kept[0]]);
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "false");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,5 +238,34 @@ async fn docker_in_docker_gets_a_daemon_of_its_own_or_is_refused_saying_why() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(stack.job(&key).await["status"], "pending");
         assert!(llm.requests().is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_job_has_its_container_removed_when_it_starts_again() {
+    let docker = Dockerd::start();
+    docker.busybox_image(IMAGE, &[]);
+    let llm = ScriptedLlm::start(vec![bash("echo working; sleep 120"), bash("echo working again; sleep 120")]).await;
+    let mut stack = Stack::start(&llm, "openai").await;
+    template(&stack, "KOD", json!({"name": "box", "base_image": IMAGE})).await;
+    docker_agent(&mut stack, &docker, "boxer", &[]);
+    stack.task_in_progress("Take long").await;
+    // The model's command runs (its output is live) in the job's container.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !stack.events_of("job.output").iter().any(|o| o["text"].as_str().is_some_and(|t| t.contains("working"))) {
+        assert!(std::time::Instant::now() < deadline, "the command did not start: {:?}", stack.events_of("job.failed"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = docker.containers();
+    assert!(first.len() == 1 && first[0].starts_with("kodel-KOD-1-implement-") && first[0].ends_with("-1"), "the first attempt's container: {first:?}");
+    stack.agents[0].kill().unwrap();
+    stack.agents[0].wait().unwrap();
+    assert_eq!(docker.containers(), first, "a killed agent cannot clear up");
+    // The same work dir: the new agent removes what the killed one left running.
+    docker_agent(&mut stack, &docker, "boxer", &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while docker.containers().contains(&first[0]) {
+        assert!(std::time::Instant::now() < deadline, "the leftover container is still there: {:?}", docker.containers());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
