@@ -42,6 +42,8 @@ command -v openssl >/dev/null || missing+=(openssl)
 # with base images made from Debian's static busybox (no registry is reachable).
 [ -x /usr/sbin/dockerd ] || missing+=(docker.io)
 { [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1; } || missing+=(busybox-static)
+# Several server replicas are tested behind a real load balancer.
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 apt_install ${missing[@]+"${missing[@]}"}
 
 # The LLM gateway is tested with the official OpenAI Python client.

@@ -14,6 +14,7 @@ pub mod json;
 pub mod llm;
 pub mod metrics;
 pub mod net;
+pub mod replicas;
 pub mod routes;
 pub mod serve;
 pub mod tenant;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub jwt: Arc<auth::JwtKeys>,
     pub events: events::EventHub,
+    /// Signals to and from the other replicas (queued jobs, cancels, live output).
+    pub replicas: replicas::Replicas,
     pub token_uses: Arc<auth::extract::TokenUses>,
     pub sealer: Arc<crypto::Sealer>,
     pub background: engine::background::Background,
@@ -84,7 +87,9 @@ impl AppState {
         }
         if journal.wrote_events() {
             self.events.changed(&journal.slug);
-            self.hub.after_commit(&journal.slug, &journal.events);
+            for signal in self.hub.after_commit(&journal.slug, &journal.events) {
+                self.replicas.send(signal);
+            }
         }
         if journal.queued_webhooks {
             self.background.webhooks_due(&journal.slug, journal.org_id);
@@ -138,6 +143,7 @@ impl Server {
         let (creates, created_rx) = engine::tasks::Creates::new();
         let state = AppState {
             events: events::EventHub::new(pool.clone()),
+            replicas: replicas::Replicas::new(pool.clone()),
             pool,
             jwt,
             token_uses: Arc::default(),
@@ -161,6 +167,7 @@ impl Server {
             web: Arc::new(web::WebSettings::new(&config.public_url())),
         };
         engine::tasks::Creates::start(&state, created_rx);
+        tokio::spawn(replicas::listen(state.clone()));
         engine::background::spawn(state.clone(), wakes);
         if let Some(ch) = config.clickhouse() {
             let retention = std::time::Duration::from_secs_f64(config.analytics_retention_days.clamp(0.0, 36_500.0) * 86_400.0);

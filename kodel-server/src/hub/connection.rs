@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket};
 use kodel_core::OrgSlug;
-use kodel_core::events::{JobOutput, OutputSource, TaskEvent};
+use kodel_core::events::{JobOutput, OutputSource};
 use kodel_core::protocol::{
     AgentMessage, CLOSE_GOING_AWAY, CLOSE_INCOMPATIBLE, CLOSE_PROTOCOL_ERROR, CLOSE_UNAUTHORIZED, MIN_PROTOCOL, PROTOCOL, Resume, ServerMessage,
     Step, cap_middle,
@@ -26,7 +26,6 @@ use crate::AppState;
 use crate::db::OrgTx;
 use crate::engine::jobs;
 use crate::error::{ApiError, ApiResult};
-use crate::events::LiveEvent;
 
 /// The highest step number an agent may report.
 const MAX_SEQ: u32 = 1_000_000;
@@ -589,7 +588,7 @@ impl Conn {
     }
 
     fn live(&self, job: &Running, output: JobOutput) {
-        self.state.events.live(&self.token.slug, LiveEvent::new(job.task_id, job.project_id, &job.task_key, TaskEvent::JobOutput(output)));
+        self.state.replicas.live(&self.state, &self.token.slug, job.task_id, job.project_id, &job.task_key, output);
     }
 }
 

@@ -22,6 +22,7 @@ use kodel_core::events::TaskEvent;
 use tokio::sync::{Notify, mpsc, watch};
 use uuid::Uuid;
 
+use crate::replicas::Signal;
 use crate::AppState;
 use crate::db::scoped::Recorded;
 use crate::engine::jobs::Claimed;
@@ -191,19 +192,27 @@ impl Hub {
     }
 
     /// After a commit: wakes dispatchers for queued jobs and tells agents of cancels.
-    pub fn after_commit(&self, slug: &OrgSlug, recorded: &[Recorded]) {
+    /// Gives back the same for the other replicas (`replicas::Signal`).
+    pub fn after_commit(&self, slug: &OrgSlug, recorded: &[Recorded]) -> Vec<Signal> {
+        let mut signals = Vec::new();
+        let mut cancel = |job: Uuid, reason: String| {
+            self.cancelled(job, &reason);
+            signals.push(Signal::Cancel { job, reason });
+        };
         let mut work = false;
         for ev in recorded {
             match &ev.event {
                 TaskEvent::JobCreated(_) | TaskEvent::JobRequeued(_) | TaskEvent::JobResumed(_) => work = true,
-                TaskEvent::JobCancelled(c) => self.cancelled(c.job_id, &c.reason),
-                TaskEvent::JobPaused(p) => self.cancelled(p.job_id, &format!("paused: {}", p.reason)),
+                TaskEvent::JobCancelled(c) => cancel(c.job_id, c.reason.clone()),
+                TaskEvent::JobPaused(p) => cancel(p.job_id, format!("paused: {}", p.reason)),
                 _ => {}
             }
         }
         if work {
             self.work(slug);
+            signals.push(Signal::Work { org: slug.as_str().to_owned() });
         }
+        signals
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use kodel_core::OrgSlug;
-use kodel_core::events::{JobOutput, OutputSource, TaskEvent};
+use kodel_core::events::{JobOutput, OutputSource};
 use kodel_core::llm::{Delta, LlmRequest, Role};
 use kodel_core::protocol::ServerMessage;
 use tokio::sync::mpsc;
@@ -16,7 +16,6 @@ use uuid::Uuid;
 
 use super::connection::{AgentToken, Running};
 use crate::AppState;
-use crate::events::LiveEvent;
 use crate::llm::{Caller, JobRef};
 
 /// Live output is gathered this long before it is shown to people.
@@ -118,8 +117,7 @@ impl<'a> Coalescer<'a> {
     fn flush(&mut self) {
         if !self.text.is_empty() {
             let output = JobOutput { job_id: self.job.id, seq: None, source: OutputSource::Model, text: std::mem::take(&mut self.text) };
-            let event = TaskEvent::JobOutput(output);
-            self.state.events.live(self.slug, LiveEvent::new(self.job.task_id, self.job.project_id, &self.job.task_key, event));
+            self.state.replicas.live(self.state, self.slug, self.job.task_id, self.job.project_id, &self.job.task_key, output);
         }
         self.since = Instant::now();
     }
