@@ -164,3 +164,44 @@ async fn a_job_its_live_output_and_its_cancel_cross_replicas_at_once() {
     }
     assert!(cancelled.elapsed() < Duration::from_secs(2), "the agent stopped {:?} after the cancel", cancelled.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_started_together_after_an_upgrade_migrate_once_and_all_serve() {
+    let db = kodel_testkit::fresh_database().await;
+    let url = kodel_testkit::database_url(&db);
+    let env = [("DATABASE_URL", url.as_str()), ("KODEL_ENCRYPTION_KEY", KEY), ("KODEL_SPARE_SCHEMAS", "0")];
+    // One server makes the database and an org, then stops.
+    let token = {
+        let first = ServerProcess::start_on(&server_binary(), &format!("127.0.0.1:{}", free_port()), &[], &env);
+        let base = first.base.clone();
+        let token = kodel_testkit::register(&base, "ops@example.com").await;
+        kodel_testkit::api(&reqwest::Client::new(), &base, &token, "POST", "/api/v1/orgs", json!({"slug": "acme", "name": "Acme"})).await;
+        token
+    };
+    // The org as the previous version left it: the last tenant migration not applied.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let current: i32 = sqlx::query_scalar("SELECT schema_version FROM public.orgs WHERE slug = 'acme'").fetch_one(&pool).await.unwrap();
+    for sql in [
+        "ALTER TABLE org_acme.agents DROP COLUMN capabilities, DROP COLUMN missing",
+        "ALTER TABLE org_acme.instance_templates ALTER COLUMN base_image SET NOT NULL",
+        "DELETE FROM org_acme._kodel_migrations WHERE version = (SELECT max(version) FROM org_acme._kodel_migrations)",
+        "UPDATE public.orgs SET schema_version = schema_version - 1 WHERE slug = 'acme'",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    // Three replicas of the new version start at once.
+    let replicas: Vec<ServerProcess> = std::thread::scope(|s| {
+        let started: Vec<_> = (0..3).map(|_| s.spawn(|| ServerProcess::start_on(&server_binary(), &format!("127.0.0.1:{}", free_port()), &[], &env))).collect();
+        started.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let logs: Vec<String> = replicas.iter().map(|r| r.log()).collect();
+    let migrated: Vec<&str> = logs.iter().flat_map(|l| l.lines()).filter(|l| l.contains("migrated org schema")).collect();
+    assert!(migrated.len() == 1 && migrated[0].contains("applied=1"), "one replica applies the migration; the others wait for it: {migrated:?}");
+    let (version, error): (i32, Option<String>) = sqlx::query_as("SELECT schema_version, migration_error FROM public.orgs WHERE slug = 'acme'").fetch_one(&pool).await.unwrap();
+    assert_eq!((version, error), (current, None));
+    // Every replica serves the org.
+    for r in &replicas {
+        let agents = kodel_testkit::api(&reqwest::Client::new(), &r.base, &token, "GET", "/api/v1/orgs/acme/agents", Value::Null).await;
+        assert_eq!(agents["data"], json!([]), "{agents}");
+    }
+}
