@@ -27,6 +27,26 @@ async fn orgs_and_members() {
     let (_, list) = app.get("/api/v1/orgs", &bob).await;
     assert_eq!(list["data"], json!([]));
 
+    // The list pages by slug: every org once, in order.
+    for slug in ["beta", "gamma", "delta"] {
+        assert_eq!(app.post("/api/v1/orgs", &owner, json!({"slug": slug, "name": slug})).await.0, StatusCode::CREATED);
+    }
+    let (mut seen, mut cursor) = (Vec::new(), String::new());
+    loop {
+        let (s, page) = app.get(&format!("/api/v1/orgs?limit=2&cursor={cursor}"), &owner).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        seen.extend(page["data"].as_array().unwrap().iter().map(|o| o["slug"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["acme", "beta", "delta", "gamma"]);
+    let (s, v) = app.get("/api/v1/orgs?cursor=NOT%20A%20SLUG", &owner).await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_cursor"));
+    let (s, v) = app.get("/api/v1/orgs?limit=0", &owner).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"));
+
     // Members: add, list, change, remove, with the owner rules.
     let (s, v) = app.post("/api/v1/orgs/acme/members", &owner, json!({"email": "BOB@x.io", "role": "admin"})).await;
     assert_eq!((s, v["role"].as_str()), (StatusCode::CREATED, Some("admin")));

@@ -16,7 +16,7 @@ use crate::AppState;
 use crate::auth::Auth;
 use crate::db::migrate;
 use crate::error::{ApiError, ApiResult, is_unique_violation, require_text};
-use crate::json::ApiJson;
+use crate::json::{ApiJson, ApiQuery};
 use crate::tenant::Tenant;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -42,21 +42,49 @@ impl OrgRow {
     }
 }
 
+const ORGS_PAGE: i64 = 200;
+const ORGS_MAX_PAGE: i64 = 1000;
+
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    /// The `next_cursor` of the page before.
+    pub(crate) cursor: Option<String>,
+    /// At most this many (default 200, at most 1000).
+    pub(crate) limit: Option<i64>,
+}
+
 #[utoipa::path(
     get, path = "/api/v1/orgs", tag = "orgs",
-    summary = "Orgs the caller belongs to",
-    responses((status = OK, description = "orgs", body = Page<Org>)),
+    summary = "Orgs the caller belongs to, by slug (cursor, limit <= 1000)",
+    params(ListQuery),
+    responses((status = OK, description = "a page of orgs", body = Page<Org>), Errors<(code::InvalidCursor, code::InvalidRequest)>),
     security(("bearer" = []))
 )]
-pub(crate) async fn list(State(state): State<AppState>, auth: Auth) -> ApiResult<Json<Page<Org>>> {
-    let rows = sqlx::query_as::<_, OrgRow>(
+pub(crate) async fn list(State(state): State<AppState>, auth: Auth, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Org>>> {
+    let limit = q.limit.unwrap_or(ORGS_PAGE);
+    if !(1..=ORGS_MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit must be between 1 and {ORGS_MAX_PAGE}")));
+    }
+    // The cursor is the last slug of the page before.
+    let after = match q.cursor.as_deref() {
+        None | Some("") => String::new(),
+        Some(c) => OrgSlug::parse(c).map_err(|_| ApiError::new(ErrorCode::InvalidCursor, "cursor is not one this server gave out"))?.as_str().to_owned(),
+    };
+    let mut rows = sqlx::query_as::<_, OrgRow>(
         "SELECT o.id, o.slug, o.name, m.role, o.created_at FROM orgs o
-         JOIN org_members m ON m.org_id = o.id WHERE m.user_id = $1 ORDER BY o.slug",
+         JOIN org_members m ON m.org_id = o.id WHERE m.user_id = $1 AND o.slug > $2 ORDER BY o.slug LIMIT $3",
     )
     .bind(auth.user.id)
+    .bind(after)
+    .bind(limit + 1)
     .fetch_all(&state.pool)
     .await?;
-    Ok(Json(Page { data: rows.into_iter().map(OrgRow::into_api).collect(), next_cursor: None }))
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next_cursor = more.then(|| rows.last().map(|r| r.slug.clone())).flatten();
+    Ok(Json(Page { data: rows.into_iter().map(OrgRow::into_api).collect(), next_cursor }))
 }
 
 #[utoipa::path(

@@ -12,7 +12,7 @@ use crate::routes::{orgs, projects};
 
 pub async fn page(State(state): State<AppState>, viewer: Viewer) -> WebResult<Html<String>> {
     let auth = Auth { user: viewer.user.clone(), session: viewer.credential.session() };
-    let axum::Json(orgs) = orgs::list(State(state.clone()), auth).await?;
+    let axum::Json(orgs) = orgs::list(State(state.clone()), auth, crate::json::ApiQuery(Default::default())).await?;
     let mut boards = Vec::new();
     for org in orgs.data {
         let t = viewer.tenant(&state, &org.slug).await?;

@@ -21,7 +21,13 @@ pub async fn run(ctx: &mut Ctx, cmd: OrgCmd) -> Result<(), CliError> {
             if ctx.json { output::json(&org) } else { println!("{}", org.slug); Ok(()) }
         }
         OrgCmd::List => {
-            let page: Page<Org> = ctx.client.get("/api/v1/orgs").await?;
+            // Every page: a person in more orgs than one page holds sees them all.
+            let mut page: Page<Org> = ctx.client.get("/api/v1/orgs").await?;
+            while let Some(cursor) = page.next_cursor.take() {
+                let next: Page<Org> = ctx.client.get(&format!("/api/v1/orgs?cursor={}", enc(&cursor))).await?;
+                page.data.extend(next.data);
+                page.next_cursor = next.next_cursor;
+            }
             if ctx.json {
                 return output::json(&page);
             }
