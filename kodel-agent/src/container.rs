@@ -265,7 +265,10 @@ impl Engine {
         let started = Instant::now();
         let mut log = String::new();
         let mut failure = None;
-        let options = CreateImageOptionsBuilder::default().from_image(base).build();
+        // Without a tag the Engine would pull every tag of the repository.
+        let last = base.rsplit('/').next().unwrap_or(base);
+        let reference = if last.contains(':') || base.contains('@') { base.to_owned() } else { format!("{base}:latest") };
+        let options = CreateImageOptionsBuilder::default().from_image(&reference).build();
         let mut pull = self.docker.create_image(Some(options), None, None);
         while let Some(item) = pull.next().await {
             match item {

@@ -189,9 +189,11 @@ fn setup(args: &Args) -> Result<Started, String> {
     let limits = report_limits(kodel_agent::limits::Cgroups::setup(Some((run.uid, run.gid)), &run.name));
     // The Docker socket's group, kept to reach the Engine (never the root group). The
     // model's commands cannot use it: in containers they have no supplementary groups,
-    // and under bubblewrap the socket is hidden.
+    // and under bubblewrap the socket is hidden. With `--sandbox off` commands would run
+    // unconfined with the group, which is root on the host: then it is not kept.
     let docker_group: Vec<nix::unistd::Gid> = socket
         .as_ref()
+        .filter(|_| args.sandbox != SandboxMode::Off)
         .and_then(|s| std::fs::metadata(s).ok())
         .map(|m| std::os::unix::fs::MetadataExt::gid(&m))
         .filter(|gid| *gid != 0)
