@@ -553,14 +553,6 @@ impl std::fmt::Debug for JobContainer {
 }
 
 impl JobContainer {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub fn shell(&self) -> &str {
-        &self.shell
-    }
-
     /// Why the job cannot go on: a process was killed for the memory limit.
     pub fn failure(&self) -> Option<String> {
         self.oom.load(Ordering::Relaxed).then(|| {

@@ -7,10 +7,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{CALC, Stack, bare_repo};
+use common::{CALC, Stack, bare_repo, show};
 use kodel_testkit::docker::Dockerd;
 use kodel_testkit::scripted_llm::{Reply, ScriptedLlm};
 use serde_json::{Value, json};
@@ -40,10 +39,6 @@ fn outputs(stack: &Stack, tool: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-fn show(bare: &Path, rev: &str) -> Option<String> {
-    let out = Command::new("git").arg("--git-dir").arg(bare).args(["show", rev]).output().unwrap();
-    out.status.success().then(|| String::from_utf8(out.stdout).unwrap())
-}
 
 async fn template(stack: &Stack, project: &str, body: Value) {
     let name = body["name"].clone();

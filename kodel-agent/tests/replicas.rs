@@ -50,27 +50,11 @@ impl Drop for Haproxy {
 
 /// Follows a task's SSE stream on one replica, keeping each event with when it came.
 async fn follow(base: &str, token: &str, key: &str) -> std::sync::Arc<std::sync::Mutex<Vec<(String, Value, Instant)>>> {
-    use futures::StreamExt;
     let resp = reqwest::Client::new().get(format!("{base}/api/v1/orgs/acme/tasks/{key}/events")).bearer_auth(token).send().await.unwrap();
     assert!(resp.status().is_success());
     let sink = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let out = sink.clone();
-    tokio::spawn(async move {
-        let mut body = resp.bytes_stream();
-        let mut buf = String::new();
-        while let Some(Ok(chunk)) = body.next().await {
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let block: String = buf.drain(..end + 2).collect();
-                let kind = block.lines().find_map(|l| l.strip_prefix("event:")).map(|k| k.trim().to_owned()).unwrap_or_default();
-                let data: String = block.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim_start).collect();
-                if !kind.is_empty() {
-                    let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                    out.lock().unwrap().push((kind, v["payload"].clone(), Instant::now()));
-                }
-            }
-        }
-    });
+    common::read_sse(resp, move |kind, payload| out.lock().unwrap().push((kind, payload, Instant::now())));
     sink
 }
 

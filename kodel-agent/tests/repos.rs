@@ -7,20 +7,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{CALC, Stack, bare_repo};
+use common::{CALC, Stack, bare_repo, show};
 use kodel_testkit::forge::FakeForge;
 use kodel_testkit::git;
 use kodel_testkit::scripted_llm::{Reply, ScriptedLlm, fixture};
 use serde_json::{Value, json};
 
-/// The file at `rev` in a bare repository, if it is there.
-fn show(bare: &Path, rev: &str) -> Option<String> {
-    let out = Command::new("git").arg("--git-dir").arg(bare).args(["show", rev]).output().unwrap();
-    out.status.success().then(|| String::from_utf8(out.stdout).unwrap())
-}
 
 fn fix_add() -> Vec<Reply> {
     vec![

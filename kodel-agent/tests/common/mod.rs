@@ -173,29 +173,7 @@ impl Stack {
             .unwrap();
         assert!(resp.status().is_success());
         let sink = self.events.clone();
-        tokio::spawn(async move {
-            let mut body = resp.bytes_stream();
-            let mut buf = String::new();
-            while let Some(Ok(chunk)) = body.next().await {
-                buf.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buf.find("\n\n") {
-                    let block: String = buf.drain(..end + 2).collect();
-                    let (mut kind, mut data) = (String::new(), String::new());
-                    for line in block.lines() {
-                        if let Some(k) = line.strip_prefix("event:") {
-                            kind = k.trim().to_owned();
-                        } else if let Some(d) = line.strip_prefix("data:") {
-                            data.push_str(d.trim_start());
-                        }
-                    }
-                    if !kind.is_empty() {
-                        // Stored and live events alike carry their details in `payload`.
-                        let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                        sink.lock().unwrap().push((kind, v["payload"].clone()));
-                    }
-                }
-            }
-        });
+        read_sse(resp, move |kind, payload| sink.lock().unwrap().push((kind, payload)));
     }
 
     pub fn events_of(&self, kind: &str) -> Vec<Value> {
@@ -278,6 +256,39 @@ impl Stack {
 
 pub const CALC: &str = "def add(a, b):\n    return a - b\n\n\ndef mul(a, b):\n    return a * b\n";
 pub const TESTS: &str = "import unittest\n\nfrom calc import add, mul\n\n\nclass CalcTest(unittest.TestCase):\n    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n\n    def test_mul(self):\n        self.assertEqual(mul(2, 3), 6)\n\n\nif __name__ == \"__main__\":\n    unittest.main()\n";
+
+/// The file at `rev` in a bare repository, if it is there.
+pub fn show(bare: &Path, rev: &str) -> Option<String> {
+    let out = Command::new("git").arg("--git-dir").arg(bare).args(["show", rev]).output().unwrap();
+    out.status.success().then(|| String::from_utf8(out.stdout).unwrap())
+}
+
+/// Reads an SSE response in the background: each event's type and its details
+/// (`payload`; stored and live events alike carry them there) go to `on_event`.
+pub fn read_sse(resp: reqwest::Response, mut on_event: impl FnMut(String, Value) + Send + 'static) {
+    tokio::spawn(async move {
+        let mut body = resp.bytes_stream();
+        let mut buf = String::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                let (mut kind, mut data) = (String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(k) = line.strip_prefix("event:") {
+                        kind = k.trim().to_owned();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        data.push_str(d.trim_start());
+                    }
+                }
+                if !kind.is_empty() {
+                    let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    on_event(kind, v["payload"].clone());
+                }
+            }
+        }
+    });
+}
 
 /// A bare repository at `root/<path>.git` whose `main` holds a small Python project
 /// with a bug in add() and its unittest tests.
