@@ -20,11 +20,14 @@ const KEY: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
 struct Haproxy(Child);
 
 impl Haproxy {
-    /// Round robin over `backends`; the timeouts an SSE stream or a WebSocket needs.
-    fn start(listen: &str, backends: &[&str], dir: &std::path::Path) -> Haproxy {
+    /// `balance` (roundrobin, or first: every connection to the first replica that is
+    /// up) over `backends`, with the timeouts an SSE stream or a WebSocket needs. A
+    /// replica that refuses connections is marked down and its requests go elsewhere.
+    fn start(listen: &str, backends: &[&str], dir: &std::path::Path, balance: &str) -> Haproxy {
         let mut cfg = format!(
             "global\n  maxconn 2000\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n  timeout tunnel 1h\n\
-             frontend kodel\n  bind {listen}\n  default_backend replicas\nbackend replicas\n  balance roundrobin\n"
+             \x20 retries 3\n  option redispatch 1\n  default-server check inter 200ms fall 1 rise 2\n\
+             frontend kodel\n  bind {listen}\n  default_backend replicas\nbackend replicas\n  balance {balance}\n"
         );
         for (i, b) in backends.iter().enumerate() {
             cfg.push_str(&format!("  server r{i} {b}\n"));
@@ -98,7 +101,7 @@ async fn a_job_its_live_output_and_its_cancel_cross_replicas_at_once() {
     let lb_listen = format!("127.0.0.1:{}", free_port());
     let a_listen = stack.listen.clone();
     let lb_dir = tempfile::tempdir().unwrap();
-    let _lb = Haproxy::start(&lb_listen, &[&a_listen, &b_listen, &c_listen], lb_dir.path());
+    let _lb = Haproxy::start(&lb_listen, &[&a_listen, &b_listen, &c_listen], lb_dir.path(), "roundrobin");
     let lb = format!("http://{lb_listen}");
     let http = reqwest::Client::new();
     let token = stack.token.clone();
@@ -188,4 +191,269 @@ async fn replicas_started_together_after_an_upgrade_migrate_once_and_all_serve()
         let agents = kodel_testkit::api(&reqwest::Client::new(), &r.base, &token, "GET", "/api/v1/orgs/acme/agents", Value::Null).await;
         assert_eq!(agents["data"], json!([]), "{agents}");
     }
+}
+
+/// What a stream showed: each event's id (None for live ones), type and the event.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Option<i64>, String, Value)>>>;
+
+/// Follows an SSE stream through `base` the way a browser's EventSource does: when the
+/// stream ends, it opens it again with `Last-Event-ID` (the last id it saw), until
+/// `stop`. Gives what it saw and how many times it resumed.
+fn follow_resuming(base: String, token: String, path: String, after: Option<i64>, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> (Seen, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use futures::StreamExt;
+    use std::sync::atomic::Ordering;
+    let seen: Seen = std::sync::Arc::default();
+    let resumed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (sink, count) = (seen.clone(), resumed.clone());
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut last = after;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut first = true;
+        while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+            if !first {
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            first = false;
+            let mut req = http.get(format!("{base}{path}")).bearer_auth(&token);
+            if let Some(id) = last {
+                req = req.header("Last-Event-ID", id.to_string());
+            }
+            let resp = match req.send().await {
+                Ok(r) if r.status().is_success() => r,
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let mut body = resp.bytes_stream();
+            let mut buf = String::new();
+            while let Some(Ok(chunk)) = body.next().await {
+                buf.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    let (mut id, mut kind, mut data) = (None, String::new(), String::new());
+                    for line in block.lines() {
+                        if let Some(v) = line.strip_prefix("id:") {
+                            id = v.trim().parse::<i64>().ok();
+                        } else if let Some(k) = line.strip_prefix("event:") {
+                            kind = k.trim().to_owned();
+                        } else if let Some(d) = line.strip_prefix("data:") {
+                            data.push_str(d.trim_start());
+                        }
+                    }
+                    if kind.is_empty() {
+                        continue;
+                    }
+                    if id.is_some() {
+                        last = id;
+                    }
+                    let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    sink.lock().unwrap().push((id, kind, v));
+                }
+            }
+        }
+    });
+    (seen, resumed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_job_and_mid_stream_loses_and_repeats_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let llm = ScriptedLlm::start(vec![
+        Reply::TextAndTools("Running the long command.".into(), vec![("bash".into(), json!({"command": "echo before-kill; sleep 3; echo after-kill"}))]),
+        Reply::Text("Done after the replica went away.".into()),
+    ])
+    .await;
+    // A lease long enough that the job is still the agent's when it comes back.
+    let mut stack = Stack::start_with(&[
+        ("OPENAI_BASE_URL", llm.openai_base()),
+        ("OPENAI_API_KEY", "sk-test-secret".into()),
+        ("KODEL_DEFAULT_MODEL", "openai/gpt-test".into()),
+        ("KODEL_ENCRYPTION_KEY", KEY.into()),
+        ("KODEL_JOB_LEASE", "15".into()),
+    ])
+    .await;
+    let env_owned = stack.env.clone();
+    let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (b_listen, c_listen) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let _b = ServerProcess::start_on(&server_binary(), &b_listen, &[], &env);
+    let _c = ServerProcess::start_on(&server_binary(), &c_listen, &[], &env);
+    let c = format!("http://{c_listen}");
+    // Every connection goes to A while it is up, then to B: A carries all the load.
+    let lb_listen = format!("127.0.0.1:{}", free_port());
+    let lb_dir = tempfile::tempdir().unwrap();
+    let _lb = Haproxy::start(&lb_listen, &[&stack.listen.clone(), &b_listen, &c_listen], lb_dir.path(), "first");
+    let lb = format!("http://{lb_listen}");
+    let http = reqwest::Client::new();
+    let token = stack.token.clone();
+
+    let agent_log = stack.work.path().parent().unwrap().join(format!("replica-killed-agent-{}.log", std::process::id()));
+    stack.agent_at(&lb, "through-lb", &[], Some(&agent_log));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack.call("GET", "/api/v1/orgs/acme/agents", Value::Null).await["data"].as_array().unwrap().iter().all(|a| a["status"] != "online") {
+        assert!(Instant::now() < deadline, "the agent did not connect: {}", std::fs::read_to_string(&agent_log).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The task whose job will be running when A dies, followed through the balancer
+    // from its first event on; and the whole board, followed the same way.
+    let t = kodel_testkit::api(&http, &lb, &token, "POST", "/api/v1/orgs/acme/projects/KOD/tasks", json!({"title": "Survives a replica"})).await;
+    let key = t["key"].as_str().unwrap().to_owned();
+    let history = |key: String| {
+        let (http, lb, token) = (http.clone(), c.clone(), token.clone());
+        async move { kodel_testkit::api(&http, &lb, &token, "GET", &format!("/api/v1/orgs/acme/tasks/{key}/history"), Value::Null).await["data"].as_array().unwrap().clone() }
+    };
+    let created_id = history(key.clone()).await[0]["id"].as_i64().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (on_task, task_resumed) = follow_resuming(lb.clone(), token.clone(), format!("/api/v1/orgs/acme/tasks/{key}/events"), Some(created_id), stop.clone());
+    let (on_board, board_resumed) = follow_resuming(lb.clone(), token.clone(), "/api/v1/orgs/acme/events".into(), Some(created_id), stop.clone());
+    // Both streams run when a first event shows on the board's.
+    let probe = kodel_testkit::api(&http, &lb, &token, "POST", "/api/v1/orgs/acme/projects/KOD/tasks", json!({"title": "probe"})).await;
+    let probe_key = probe["key"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !on_board.lock().unwrap().iter().any(|(_, k, v)| k == "task.created" && v["task"] == probe_key.as_str()) {
+        assert!(Instant::now() < deadline, "the board stream showed nothing: {:?}", on_board.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Load: four clients creating tasks through the balancer without pause, keeping
+    // the keys they were answered 201 with.
+    let acknowledged: Arc<std::sync::Mutex<Vec<String>>> = Arc::new(std::sync::Mutex::new(vec![probe_key]));
+    let load_stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for n in 0..4 {
+        let (http, lb, token, acknowledged, load_stop) = (http.clone(), lb.clone(), token.clone(), acknowledged.clone(), load_stop.clone());
+        load.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !load_stop.load(Ordering::SeqCst) {
+                i += 1;
+                let resp = http.post(format!("{lb}/api/v1/orgs/acme/projects/KOD/tasks")).bearer_auth(&token).json(&json!({"title": format!("load {n}-{i}")})).send().await;
+                match resp {
+                    Ok(r) if r.status() == reqwest::StatusCode::CREATED => {
+                        let v: Value = r.json().await.unwrap();
+                        acknowledged.lock().unwrap().push(v["key"].as_str().unwrap().to_owned());
+                    }
+                    // The replica died under this request, or the balancer has no
+                    // replica for a moment: not acknowledged, so nothing is promised.
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }));
+    }
+
+    // A person follows the task with the CLI, through the balancer (so on A, too).
+    let mut cli = stack.kodel().env("KODEL_SERVER", &lb).args(["task", "logs", &key, "-f", "--json"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let cli_out = Arc::new(std::sync::Mutex::new(String::new()));
+    {
+        let (sink, mut stdout) = (cli_out.clone(), cli.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut buf) {
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+    }
+    stack.agents.push(cli); // stopped with the stack
+
+    // The job starts; while its command runs, A is killed.
+    for status in ["Ready", "In Progress"] {
+        kodel_testkit::api(&http, &lb, &token, "POST", &format!("/api/v1/orgs/acme/tasks/{key}/move"), json!({"status": status})).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !on_task.lock().unwrap().iter().any(|(_, k, v)| k == "job.output" && v["payload"]["text"].as_str().is_some_and(|t| t.contains("before-kill"))) {
+        assert!(Instant::now() < deadline, "the command did not start: {}", std::fs::read_to_string(&agent_log).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before_kill = acknowledged.lock().unwrap().len();
+    assert!(before_kill > 10, "the load is running: {before_kill} tasks made");
+    let a = stack.server.as_mut().unwrap();
+    a.child.kill().unwrap(); // SIGKILL
+    a.child.wait().unwrap();
+
+    // The agent goes on with its job through another replica; the job ends well.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let job = kodel_testkit::api(&http, &c, &token, "GET", &format!("/api/v1/orgs/acme/jobs?task={key}"), Value::Null).await["data"][0].clone();
+        if job["status"] != "running" && job["status"] != "queued" {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "the job did not end: {job}\n{}", std::fs::read_to_string(&agent_log).unwrap_or_default());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let agent_said = std::fs::read_to_string(&agent_log).unwrap_or_default();
+    assert_eq!(job["status"], "succeeded", "{job}\n{agent_said}");
+    assert_eq!(job["attempts"], 1, "the job was not started again: {job}");
+    assert!(agent_said.contains("going on with the job"), "the agent resumed its job: {agent_said}");
+    load_stop.store(true, Ordering::SeqCst);
+    for l in load {
+        l.await.unwrap();
+    }
+
+    // Steps: each once, in order, the command's whole output in its one step.
+    let steps = kodel_testkit::api(&http, &c, &token, "GET", &format!("/api/v1/orgs/acme/jobs/{}/steps", job["id"].as_str().unwrap()), Value::Null).await["data"].as_array().unwrap().clone();
+    let seqs: Vec<i64> = steps.iter().map(|s| s["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (0..seqs.len() as i64).collect::<Vec<_>>(), "{steps:?}");
+    let bash: Vec<&Value> = steps.iter().filter(|s| s["step"]["tool"] == "bash").collect();
+    assert_eq!(bash.len(), 1, "{steps:?}");
+    assert!(bash[0]["step"]["output"].as_str().unwrap().contains("before-kill\nafter-kill"), "{:?}", bash[0]);
+    assert_eq!(llm.requests().len(), 2, "no model call was made twice");
+
+    // The task's stream: every stored event once, none missing, in the task's order,
+    // though it moved from A to another replica mid-job.
+    let stored = history(key.clone()).await;
+    let want: Vec<i64> = stored.iter().map(|e| e["id"].as_i64().unwrap()).filter(|id| *id != created_id).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let got = loop {
+        let got: Vec<i64> = on_task.lock().unwrap().iter().filter_map(|(id, _, _)| *id).collect();
+        if got.len() >= want.len() || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(got, want, "the task stream's stored events against the task's history");
+    assert!(task_resumed.load(Ordering::SeqCst) >= 1, "the task stream was cut when A died and resumed elsewhere");
+    // The CLI printed each of the task's events once, in order.
+    let want_seqs: Vec<i64> = stored.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let printed: Vec<i64> = cli_out.lock().unwrap().lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter_map(|v| v["seq"].as_i64()).collect();
+        if printed == want_seqs {
+            break;
+        }
+        assert!(Instant::now() < deadline, "kodel task logs -f printed events {printed:?}, the task has {want_seqs:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Every creation answered 201 exists, and the board showed each once.
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    let mut unique = acknowledged.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), acknowledged.len(), "no key was given twice");
+    assert!(acknowledged.len() > before_kill, "creations went on after the kill: {} then {}", before_kill, acknowledged.len());
+    for k in &acknowledged {
+        let resp = http.get(format!("{c}/api/v1/orgs/acme/tasks/{k}")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(resp.status(), reqwest::StatusCode::OK, "task {k} was answered 201 by a replica, then lost");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let board = on_board.lock().unwrap().clone();
+        let created: Vec<&str> = board.iter().filter(|(_, k, _)| k == "task.created").map(|(_, _, v)| v["task"].as_str().unwrap()).collect();
+        let missing: Vec<&String> = acknowledged.iter().filter(|k| !created.contains(&k.as_str())).collect();
+        if missing.is_empty() {
+            let mut ids: Vec<i64> = board.iter().filter_map(|(id, _, _)| *id).collect();
+            let n = ids.len();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len(), n, "the board stream repeated no event across the resume");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the board stream never showed {} acknowledged tasks: {:?}", missing.len(), &missing[..missing.len().min(5)]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(board_resumed.load(Ordering::SeqCst) >= 1, "the board stream was cut when A died and resumed elsewhere");
+    stop.store(true, Ordering::SeqCst);
+    eprintln!("replica killed: {} tasks acknowledged ({} before the kill), 0 lost, 0 repeated; {} stored task events, 0 lost, 0 repeated", acknowledged.len(), before_kill, want.len());
 }

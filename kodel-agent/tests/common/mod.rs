@@ -100,12 +100,17 @@ impl Stack {
 
     /// A real kodel-agent process with extra flags, its log written to `log`.
     pub fn agent_with(&mut self, name: &str, flags: &[&str], log: Option<&Path>) -> usize {
+        self.agent_at(&self.base(), name, flags, log)
+    }
+
+    /// The same, connecting to `server` (a load balancer, say) instead of this server.
+    pub fn agent_at(&mut self, server: &str, name: &str, flags: &[&str], log: Option<&Path>) -> usize {
         let stderr = match log {
             Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
             None => Stdio::null(),
         };
         let child = Command::new(env!("CARGO_BIN_EXE_kodel-agent"))
-            .args(["--server", &self.base(), "--workdir"])
+            .args(["--server", server, "--workdir"])
             .arg(self.work.path())
             .args(["--name", name])
             .args(if flags.contains(&"--sandbox") { &[][..] } else { &["--sandbox", "auto"][..] })
