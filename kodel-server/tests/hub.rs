@@ -225,6 +225,42 @@ async fn jobs_go_to_agents_with_the_labels_they_need() {
     assert!(agents["data"].as_array().unwrap().iter().all(|a| !a["labels"].as_array().unwrap().iter().any(|l| l == "kodel:container")), "{agents}");
 }
 
+/// Waits (bounded) until `n` orgs have a dispatcher on this server.
+async fn dispatching(app: &TestApp, n: usize, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while app.server.state.hub.dispatching() != n {
+        assert!(std::time::Instant::now() < deadline, "{what}: {} orgs dispatching, not {n}", app.server.state.hub.dispatching());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_with_no_agent_waiting_costs_no_dispatcher() {
+    let app = TestApp::spawn().await;
+    let owner = app.owner_with_project("idle@example.com", "idle", "IDL").await;
+    let token = agent_token(&app, &owner, "idle").await;
+    dispatching(&app, 0, "no agent yet").await;
+    let first = welcomed(&app, &token, &[]).await;
+    dispatching(&app, 1, "an agent waits").await;
+    drop(first);
+    dispatching(&app, 0, "the agent left").await;
+    // The next agent to wait gets a dispatcher again, and work.
+    let mut second = welcomed(&app, &token, &[]).await;
+    let (s, v) = app.post("/api/v1/orgs/idle/projects", &owner, json!({"key": "DEV", "name": "Dev", "workflow": "software-development"})).await;
+    assert_eq!(s, 201, "{v}");
+    let task = app.create_task(&owner, "idle", "DEV", "Still dispatched").await;
+    let key = task["key"].as_str().unwrap();
+    for status in ["Ready", "In Progress"] {
+        let (s, v) = app.post(&format!("/api/v1/orgs/idle/tasks/{key}/move"), &owner, json!({"status": status})).await;
+        assert_eq!(s, 200, "{v}");
+    }
+    match next(&mut second, Duration::from_millis(1500)).await {
+        Some(Ok(ServerMessage::Assigned(a))) => assert_eq!(a.task.key, key),
+        other => panic!("the agent should get the job, got {other:?}"),
+    }
+    dispatching(&app, 0, "the only agent is busy").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_disconnects_its_agents() {
     let mut config = test_config();

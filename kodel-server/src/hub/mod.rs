@@ -1,11 +1,13 @@
 //! The agents hub: every connected agent worker, the jobs they run, and the dispatch of
 //! queued jobs to idle agents.
 //!
-//! Each org with connected agents has a dispatcher task. It wakes when a job is queued
-//! (a commit that recorded `job.created` or `job.requeued`), when an agent becomes idle,
-//! and every few seconds (for jobs queued through another replica). It claims jobs
-//! with `FOR UPDATE SKIP LOCKED` for idle agents, one claim per distinct label set, so
-//! a thousand idle agents cost one query per wake, not a thousand.
+//! Each org with an idle agent here has a dispatcher task. It wakes when a job is queued
+//! (a commit that recorded `job.created` or `job.requeued`, here or on another replica),
+//! when an agent becomes idle, and every few seconds. It claims jobs with
+//! `FOR UPDATE SKIP LOCKED` for idle agents, one claim per distinct label set, so a
+//! thousand idle agents cost one query per wake, not a thousand. When no agent of the
+//! org waits here any more, the dispatcher ends and the org is forgotten; the next
+//! agent to wait starts another.
 
 pub mod agents;
 pub mod assign;
@@ -90,22 +92,37 @@ impl Hub {
         (self.inner.lease / 3).max(Duration::from_millis(100))
     }
 
-    fn org(&self, state: &AppState, org_id: Uuid, slug: &OrgSlug) -> Arc<OrgAgents> {
-        let mut orgs = self.inner.orgs.lock().unwrap_or_else(|p| p.into_inner());
-        orgs.entry(slug.as_str().to_owned())
-            .or_insert_with(|| {
-                let org = Arc::new(OrgAgents { wake: Notify::new(), idle: Mutex::default() });
-                tokio::spawn(dispatch(state.clone(), org_id, slug.clone(), org.clone()));
-                org
-            })
-            .clone()
-    }
-
     /// An agent waits for work; `tx` gets `Control::Assign` when a job is claimed for it.
     pub fn idle(&self, state: &AppState, org_id: Uuid, slug: &OrgSlug, agent_id: Uuid, labels: Vec<String>, tx: mpsc::UnboundedSender<Control>) {
-        let org = self.org(state, org_id, slug);
+        // Under the orgs lock, so a dispatcher cannot end between finding the org and
+        // queueing the agent (see `forget_if_unused`).
+        let mut orgs = self.inner.orgs.lock().unwrap_or_else(|p| p.into_inner());
+        let org = orgs.entry(slug.as_str().to_owned()).or_insert_with(|| {
+            let org = Arc::new(OrgAgents { wake: Notify::new(), idle: Mutex::default() });
+            tokio::spawn(dispatch(state.clone(), org_id, slug.clone(), org.clone()));
+            org
+        });
         org.idle.lock().unwrap_or_else(|p| p.into_inner()).push_back(Idle { agent_id, labels, tx });
         org.wake.notify_one();
+    }
+
+    /// Forgets the org when no agent waits in it: true if its dispatcher should end.
+    fn forget_if_unused(&self, slug: &OrgSlug, org: &Arc<OrgAgents>) -> bool {
+        let mut orgs = self.inner.orgs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = org.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|i| !i.tx.is_closed());
+        if !idle.is_empty() {
+            return false;
+        }
+        if orgs.get(slug.as_str()).is_some_and(|o| Arc::ptr_eq(o, org)) {
+            orgs.remove(slug.as_str());
+        }
+        true
+    }
+
+    /// Orgs with a dispatcher here now.
+    pub fn dispatching(&self) -> usize {
+        self.inner.orgs.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// A connection stops waiting (it closed). Only its own entry goes: a newer
@@ -235,6 +252,9 @@ async fn dispatch(state: AppState, org_id: Uuid, slug: OrgSlug, org: Arc<OrgAgen
         }
         if let Err(e) = dispatch_round(&state, org_id, &slug, &org).await {
             tracing::warn!(org = %slug, error = %e.message, "dispatching jobs failed; trying again shortly");
+        }
+        if state.hub.forget_if_unused(&slug, &org) {
+            return;
         }
     }
 }

@@ -11,13 +11,12 @@ pub mod openai;
 pub mod provider;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kodel_core::llm::{Assembler, Delta, FinishReason, LlmDone, LlmRequest, Message, Role, Usage};
 use kodel_core::events::{LlmCall, TaskEvent};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 pub use provider::{CallOptions, LlmError, MaxTokensField, ProviderConfig, ProviderKind, StreamEvent, Wire, WireSettings};
@@ -62,7 +61,8 @@ pub struct Proxy {
     system_prompt: String,
     opts: CallOptions,
     per_org: usize,
-    limits: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
+    /// Calls in flight by org; an org with none has no entry.
+    limits: Mutex<HashMap<Uuid, usize>>,
     org_settings: Mutex<OrgSettings>,
 }
 
@@ -175,7 +175,7 @@ impl Proxy {
             Some(c) => c,
             None => {
                 let own = org_provider(state, caller, kind).await.map_err(|e| LlmError::transient(format!("reading the org's provider settings: {}", e.message)))?;
-                self.lock_settings().insert(key, (Instant::now(), own.clone()));
+                self.remember(key, Instant::now(), own.clone());
                 own
             }
         };
@@ -197,16 +197,27 @@ impl Proxy {
         self.lock_settings().retain(|(org, _), _| *org != org_id);
     }
 
+    /// Caches an org's settings, dropping the entries that expired: an org that stopped
+    /// calling costs nothing.
+    fn remember(&self, key: (Uuid, &'static str), at: Instant, settings: Option<ProviderConfig>) {
+        let mut cache = self.lock_settings();
+        cache.retain(|_, (at, _)| at.elapsed() < ORG_SETTINGS_TTL);
+        cache.insert(key, (at, settings));
+    }
+
     fn lock_settings(&self) -> std::sync::MutexGuard<'_, OrgSettings> {
         self.org_settings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A slot of the org's concurrency limit, or a retryable error when all are taken.
-    fn slot(&self, org: Uuid) -> Result<OwnedSemaphorePermit, LlmError> {
-        let sem = self.limits.lock().unwrap_or_else(|p| p.into_inner()).entry(org).or_insert_with(|| Arc::new(Semaphore::new(self.per_org))).clone();
-        sem.try_acquire_owned().map_err(|_| {
-            LlmError::new(format!("the org already has {} LLM calls in flight; try again shortly", self.per_org), Some(429), true)
-        })
+    fn slot(&self, org: Uuid) -> Result<Slot<'_>, LlmError> {
+        let mut limits = self.limits.lock().unwrap_or_else(|p| p.into_inner());
+        let in_flight = limits.entry(org).or_insert(0);
+        if *in_flight >= self.per_org {
+            return Err(LlmError::new(format!("the org already has {} LLM calls in flight; try again shortly", self.per_org), Some(429), true));
+        }
+        *in_flight += 1;
+        Ok(Slot { proxy: self, org })
     }
 
     /// Runs one call: `on_delta` sees each piece as it arrives; the result is the
@@ -376,6 +387,24 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().connect_timeout(Duration::from_secs(10)).build().unwrap_or_default()
 }
 
+/// One call's place in its org's limit, given back when dropped.
+struct Slot<'a> {
+    proxy: &'a Proxy,
+    org: Uuid,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut limits = self.proxy.limits.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = limits.get_mut(&self.org) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                limits.remove(&self.org);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,10 +442,23 @@ mod tests {
         let org = Uuid::now_v7();
         let a = p.slot(org).unwrap();
         let _b = p.slot(org).unwrap();
-        let refused = p.slot(org).unwrap_err();
+        let Err(refused) = p.slot(org) else { panic!("a third call in flight is refused") };
         assert_eq!((refused.status, refused.retryable), (Some(429), true));
         assert!(p.slot(Uuid::now_v7()).is_ok(), "another org has its own slots");
         drop(a);
         assert!(p.slot(org).is_ok(), "a finished call frees its slot");
+    }
+
+    #[test]
+    fn an_org_that_stopped_calling_is_forgotten() {
+        let p = proxy(LlmSettings::default());
+        let (busy, idle) = (Uuid::now_v7(), Uuid::now_v7());
+        drop(p.slot(idle).unwrap());
+        let _held = p.slot(busy).unwrap();
+        assert_eq!(p.limits.lock().unwrap().keys().collect::<Vec<_>>(), vec![&busy], "only orgs with calls in flight are counted");
+        let long_ago = Instant::now().checked_sub(ORG_SETTINGS_TTL * 2).unwrap();
+        p.remember((idle, "openai"), long_ago, None);
+        p.remember((busy, "openai"), Instant::now(), None);
+        assert_eq!(p.lock_settings().keys().map(|(org, _)| *org).collect::<Vec<_>>(), vec![busy], "expired settings are dropped");
     }
 }
