@@ -169,8 +169,9 @@ async fn replicas_started_together_after_an_upgrade_migrate_once_and_all_serve()
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let current: i32 = sqlx::query_scalar("SELECT schema_version FROM public.orgs WHERE slug = 'acme'").fetch_one(&pool).await.unwrap();
     for sql in [
-        "ALTER TABLE org_acme.agents DROP COLUMN capabilities, DROP COLUMN missing",
-        "ALTER TABLE org_acme.instance_templates ALTER COLUMN base_image SET NOT NULL",
+        "DROP TRIGGER automation_rules_count_timed ON org_acme.automation_rules",
+        "DROP TRIGGER webhook_deliveries_count_pending ON org_acme.webhook_deliveries",
+        "DELETE FROM public.sweep_work WHERE schema_name = 'org_acme'",
         "DELETE FROM org_acme._kodel_migrations WHERE version = (SELECT max(version) FROM org_acme._kodel_migrations)",
         "UPDATE public.orgs SET schema_version = schema_version - 1 WHERE slug = 'acme'",
     ] {
@@ -186,6 +187,8 @@ async fn replicas_started_together_after_an_upgrade_migrate_once_and_all_serve()
     assert!(migrated.len() == 1 && migrated[0].contains("applied=1"), "one replica applies the migration; the others wait for it: {migrated:?}");
     let (version, error): (i32, Option<String>) = sqlx::query_as("SELECT schema_version, migration_error FROM public.orgs WHERE slug = 'acme'").fetch_one(&pool).await.unwrap();
     assert_eq!((version, error), (current, None));
+    let counted: i64 = sqlx::query_scalar("SELECT count(*) FROM public.sweep_work WHERE schema_name = 'org_acme'").fetch_one(&pool).await.unwrap();
+    assert_eq!(counted, 2, "the migration counted the org's timed rules and pending webhook calls once");
     // Every replica serves the org.
     for r in &replicas {
         let agents = kodel_testkit::api(&reqwest::Client::new(), &r.base, &token, "GET", "/api/v1/orgs/acme/agents", Value::Null).await;

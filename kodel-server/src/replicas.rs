@@ -1,6 +1,7 @@
 //! What replicas tell each other, through PostgreSQL (`NOTIFY kodel_replicas`): no
 //! cluster protocol of Kodel's own. Three signals, each small and best effort (what
-//! must not be lost is in the database, and every replica also polls):
+//! must not be lost is in the database; after a lost LISTEN connection a replica looks
+//! for work at once, and its dispatchers poll every 30 s):
 //!
 //! - `work`: jobs were queued in an org, so idle agents connected here may claim them
 //!   now (not at the dispatcher's next poll);
@@ -138,6 +139,8 @@ pub async fn listen(state: AppState) {
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
         }
+        // Work signals sent while no connection listened are lost: look for work now.
+        state.hub.wake_all();
         loop {
             match listener.try_recv().await {
                 Ok(Some(n)) => match serde_json::from_str::<Envelope>(n.payload()) {
@@ -146,8 +149,9 @@ pub async fn listen(state: AppState) {
                     Err(err) => tracing::debug!(error = %err, "a signal from another replica could not be read"),
                 },
                 // The connection was lost and taken up again: signals sent meanwhile
-                // are lost, which the dispatchers' poll and the heartbeats cover.
-                Ok(None) => {}
+                // are lost. Dispatchers look for work now; agents learn of cancels at
+                // their next heartbeat.
+                Ok(None) => state.hub.wake_all(),
                 Err(_) if state.pool.is_closed() => return,
                 Err(err) => {
                     tracing::warn!(error = %err, "LISTEN connection for replicas' signals lost; reconnecting");

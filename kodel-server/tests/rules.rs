@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::{TestApp, code, fresh_database, test_config};
 use kodel_core::jobs::{ArtifactKind, NewArtifact};
 use kodel_server::hub::agents;
-use kodel_server::engine::{jobs, queue, rules};
+use kodel_server::engine::{background, jobs, queue, rules};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -387,4 +387,62 @@ async fn webhooks_retry_after_failure_and_never_block_the_change() {
     let states: Vec<(String, i32)> = sqlx::query_as("SELECT state, attempts FROM webhook_deliveries ORDER BY created_at").fetch_all(db.conn()).await.unwrap();
     app.commit(db).await;
     assert_eq!(states, [("delivered".to_owned(), 2), ("failed".to_owned(), 2)]);
+    assert_eq!(swept(&app).await, Vec::<String>::new(), "no webhook call is pending any more");
+}
+
+/// The orgs the engine's sweep would look at now.
+async fn swept(app: &TestApp) -> Vec<String> {
+    background::candidates(&app.server.state).await.unwrap().into_iter().map(|(_, s)| s.as_str().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn the_sweep_looks_only_at_orgs_with_something_that_may_fall_due() {
+    let app = quiet_app().await;
+    let owner = setup(&app).await;
+    app.owner_with_project("idle@x.io", "idle", "IDL").await;
+    assert_eq!(swept(&app).await, Vec::<String>::new(), "two orgs with nothing timed, pending or running");
+
+    // A stale rule: the sweep looks at acme, and runs it.
+    let nudge = rule(&app, &owner, json!({"name": "nudge", "trigger": {"type": "stale", "hours": 48}, "actions": [{"comment": "Still open?"}]})).await;
+    assert_eq!(swept(&app).await, ["acme"]);
+    app.create_task(&owner, "acme", "KOD", "Quiet").await;
+    let mut db = app.org_tx("acme").await;
+    sqlx::query("UPDATE tasks SET updated_at = now() - interval '3 days'").execute(db.conn()).await.unwrap();
+    app.commit(db).await;
+    background::sweep(&app.server.state).await.unwrap();
+    assert_eq!(comments(&app, &owner, "KOD-1").await, ["Still open?"]);
+    let id = nudge["id"].as_str().unwrap();
+    let (s, v) = app.patch(&format!("/api/v1/orgs/acme/rules/{id}"), &owner, json!({"enabled": false})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(swept(&app).await, Vec::<String>::new(), "a disabled rule falls due never");
+    let (s, v) = app.patch(&format!("/api/v1/orgs/acme/rules/{id}"), &owner, json!({"enabled": true})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(swept(&app).await, ["acme"]);
+    let (s, _) = app.call(reqwest::Method::DELETE, &format!("/api/v1/orgs/acme/rules/{id}"), Some(&owner), None).await;
+    assert!(s.is_success());
+    assert_eq!(swept(&app).await, Vec::<String>::new());
+
+    // A pending webhook call, until it is sent.
+    let mut db = app.org_tx("acme").await;
+    sqlx::query("INSERT INTO webhook_deliveries (id, task_id, url, payload) SELECT $1, id, 'http://127.0.0.1:9/', '{}' FROM tasks")
+        .bind(Uuid::now_v7())
+        .execute(db.conn())
+        .await
+        .unwrap();
+    app.commit(db).await;
+    assert_eq!(swept(&app).await, ["acme"]);
+    let mut db = app.org_tx("acme").await;
+    sqlx::query("UPDATE webhook_deliveries SET state = 'delivered'").execute(db.conn()).await.unwrap();
+    app.commit(db).await;
+    assert_eq!(swept(&app).await, Vec::<String>::new());
+
+    // A running job (its lease may expire).
+    let t = app.create_task(&owner, "acme", "KOD", "Job").await;
+    let (s, job) = app.post("/api/v1/orgs/acme/jobs", &owner, json!({"task": t["key"], "template": "implement-template"})).await;
+    assert_eq!(s, StatusCode::CREATED, "{job}");
+    assert_eq!(swept(&app).await, Vec::<String>::new(), "a queued job waits for an agent, not for the sweep");
+    let mut db = app.org_tx("acme").await;
+    sqlx::query("UPDATE ai_jobs SET state = 'running', lease_expires_at = now() + interval '1 minute'").execute(db.conn()).await.unwrap();
+    app.commit(db).await;
+    assert_eq!(swept(&app).await, ["acme"]);
 }

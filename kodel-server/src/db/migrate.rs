@@ -26,8 +26,8 @@ macro_rules! migration {
     };
 }
 
-pub const SHARED: &[Migration] = &[migration!(1, "0001_init", "shared"), migration!(2, "0002_spare_schemas", "shared"), migration!(3, "0003_analytics", "shared"), migration!(4, "0004_job_states", "shared"), migration!(5, "0005_web_and_sso", "shared")];
-pub const TENANT: &[Migration] = &[migration!(1, "0001_init", "tenant"), migration!(2, "0002_engine", "tenant"), migration!(3, "0003_agents", "tenant"), migration!(4, "0004_project_settings", "tenant"), migration!(5, "0005_repositories", "tenant"), migration!(6, "0006_process_limit", "tenant"), migration!(7, "0007_llm_wire", "tenant"), migration!(8, "0008_model_prices", "tenant"), migration!(9, "0009_budgets", "tenant"), migration!(10, "0010_job_state_counts", "tenant"), migration!(11, "0011_containers", "tenant")];
+pub const SHARED: &[Migration] = &[migration!(1, "0001_init", "shared"), migration!(2, "0002_spare_schemas", "shared"), migration!(3, "0003_analytics", "shared"), migration!(4, "0004_job_states", "shared"), migration!(5, "0005_web_and_sso", "shared"), migration!(6, "0006_sweep_work", "shared")];
+pub const TENANT: &[Migration] = &[migration!(1, "0001_init", "tenant"), migration!(2, "0002_engine", "tenant"), migration!(3, "0003_agents", "tenant"), migration!(4, "0004_project_settings", "tenant"), migration!(5, "0005_repositories", "tenant"), migration!(6, "0006_process_limit", "tenant"), migration!(7, "0007_llm_wire", "tenant"), migration!(8, "0008_model_prices", "tenant"), migration!(9, "0009_budgets", "tenant"), migration!(10, "0010_job_state_counts", "tenant"), migration!(11, "0011_containers", "tenant"), migration!(12, "0012_sweep_work", "tenant")];
 
 pub fn tenant_version() -> i32 {
     TENANT.last().map_or(0, |m| m.version)

@@ -1,7 +1,9 @@
 //! The engine's background work. One sweep per tick asks, in a single statement across
 //! the org schemas, which orgs have expired job leases, time-based rules, webhook
 //! calls due or paused jobs (which go on once no budget holds them back), and only
-//! those are visited. Commits that queue webhooks wake the sender
+//! those are visited. The orgs asked are only those that have running or paused jobs,
+//! enabled time-based rules or pending webhook calls, as counted by triggers in
+//! `public.job_states` and `public.sweep_work`: an idle org costs the sweep nothing. Commits that queue webhooks wake the sender
 //! at once; retries are woken when they fall due.
 
 use std::collections::HashSet;
@@ -80,13 +82,7 @@ async fn send_webhooks(state: AppState, mut wakes: mpsc::UnboundedReceiver<(Uuid
 
 /// One pass: finds the orgs with due work and does it.
 pub async fn sweep(state: &AppState) -> ApiResult<()> {
-    let orgs: Vec<(Uuid, String)> = sqlx::query_as(
-        "SELECT id, slug FROM public.orgs WHERE migration_error IS NULL AND schema_version >= $1 ORDER BY slug",
-    )
-    .bind(crate::db::migrate::tenant_version())
-    .fetch_all(&state.pool)
-    .await?;
-    let orgs: Vec<(Uuid, OrgSlug)> = orgs.into_iter().filter_map(|(id, s)| Some((id, OrgSlug::parse(&s).ok()?))).collect();
+    let orgs = candidates(state).await?;
     for chunk in orgs.chunks(SWEEP_CHUNK) {
         // Schema names come from validated slugs, quoted as identifiers.
         let parts: Vec<String> = chunk
@@ -129,4 +125,21 @@ pub async fn sweep(state: &AppState) -> ApiResult<()> {
         }
     }
     Ok(())
+}
+
+/// The orgs a sweep looks at: those with running or paused jobs (counted in
+/// `public.job_states`), enabled time-based rules or pending webhook calls
+/// (`public.sweep_work`). An org with none of these is not asked about at all.
+pub async fn candidates(state: &AppState) -> ApiResult<Vec<(Uuid, OrgSlug)>> {
+    let orgs: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT o.id, o.slug FROM public.orgs o
+         WHERE o.migration_error IS NULL AND o.schema_version >= $1
+           AND o.slug IN (SELECT substr(schema_name, 5) FROM public.job_states WHERE state IN ('running', 'paused') AND n > 0
+                          UNION SELECT substr(schema_name, 5) FROM public.sweep_work WHERE n > 0)
+         ORDER BY o.slug",
+    )
+    .bind(crate::db::migrate::tenant_version())
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(orgs.into_iter().filter_map(|(id, s)| Some((id, OrgSlug::parse(&s).ok()?))).collect())
 }

@@ -3,7 +3,7 @@
 //!
 //! Each org with an idle agent here has a dispatcher task. It wakes when a job is queued
 //! (a commit that recorded `job.created` or `job.requeued`, here or on another replica),
-//! when an agent becomes idle, and every few seconds. It claims jobs with
+//! when an agent becomes idle, and every 30 s as a last resort. It claims jobs with
 //! `FOR UPDATE SKIP LOCKED` for idle agents, one claim per distinct label set, so a
 //! thousand idle agents cost one query per wake, not a thousand. When no agent of the
 //! org waits here any more, the dispatcher ends and the org is forgotten; the next
@@ -30,8 +30,12 @@ use crate::db::scoped::Recorded;
 use crate::engine::jobs::Claimed;
 use crate::engine::queue;
 
-/// How often a dispatcher looks for work it was not told about.
-const POLL: Duration = Duration::from_secs(2);
+/// How often a dispatcher looks for work it was not told about. Every commit that
+/// makes a job claimable wakes the dispatchers of its org on every replica (here
+/// directly, elsewhere by a `work` signal), and a replica whose LISTEN connection
+/// dropped wakes all of its own (`wake_all`): the poll is a last resort, so it is
+/// slow, and a thousand orgs with agents waiting cost little between jobs.
+const POLL: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct Hub {
@@ -156,6 +160,13 @@ impl Hub {
     pub fn work(&self, slug: &OrgSlug) {
         let org = self.inner.orgs.lock().unwrap_or_else(|p| p.into_inner()).get(slug.as_str()).cloned();
         if let Some(org) = org {
+            org.wake.notify_one();
+        }
+    }
+
+    /// Signals from other replicas may have been lost: every dispatcher here looks.
+    pub fn wake_all(&self) {
+        for org in self.inner.orgs.lock().unwrap_or_else(|p| p.into_inner()).values() {
             org.wake.notify_one();
         }
     }
