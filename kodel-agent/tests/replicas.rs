@@ -75,28 +75,33 @@ async fn wait_for(seen: &std::sync::Mutex<Vec<(String, Value, Instant)>>, what: 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_its_live_output_and_its_cancel_cross_replicas_at_once() {
-    let llm = ScriptedLlm::start(vec![Reply::TextAndTools(
-        "Looking at it from replica A.".into(),
-        vec![("bash".into(), json!({"command": "echo tool-output-marker; sleep 60"}))],
-    )])
-    .await;
-    // A long lease: heartbeats every 10 s, so nothing here can be the heartbeats' work.
-    let mut stack = Stack::start_with(&[
+/// A stack (replica A, its agent token, org and project) whose scripted model gives
+/// `replies`, and replicas B and C on the same database and key; `lease` in seconds.
+async fn three_replicas(replies: Vec<Reply>, lease: &str) -> (ScriptedLlm, Stack, [(ServerProcess, String); 2]) {
+    let llm = ScriptedLlm::start(replies).await;
+    let stack = Stack::start_with(&[
         ("OPENAI_BASE_URL", llm.openai_base()),
         ("OPENAI_API_KEY", "sk-test-secret".into()),
         ("KODEL_DEFAULT_MODEL", "openai/gpt-test".into()),
         ("KODEL_ENCRYPTION_KEY", KEY.into()),
-        ("KODEL_JOB_LEASE", "30".into()),
+        ("KODEL_JOB_LEASE", lease.into()),
     ])
     .await;
-    let env_owned = stack.env.clone();
-    let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let env: Vec<(&str, &str)> = stack.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let replica = || {
+        let listen = format!("127.0.0.1:{}", free_port());
+        (ServerProcess::start_on(&server_binary(), &listen, &[], &env), listen)
+    };
+    let others = [replica(), replica()];
+    (llm, stack, others)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_its_live_output_and_its_cancel_cross_replicas_at_once() {
+    // A long lease: heartbeats every 10 s, so nothing here can be the heartbeats' work.
+    let replies = vec![Reply::TextAndTools("Looking at it from replica A.".into(), vec![("bash".into(), json!({"command": "echo tool-output-marker; sleep 60"}))])];
+    let (_llm, mut stack, [(_b, b_listen), (_c, c_listen)]) = three_replicas(replies, "30").await;
     let a = stack.base();
-    let (b_listen, c_listen) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let _b = ServerProcess::start_on(&server_binary(), &b_listen, &[], &env);
-    let _c = ServerProcess::start_on(&server_binary(), &c_listen, &[], &env);
     let (b, c) = (format!("http://{b_listen}"), format!("http://{c_listen}"));
     let lb_listen = format!("127.0.0.1:{}", free_port());
     let a_listen = stack.listen.clone();
@@ -203,7 +208,6 @@ type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Option<i64>, String, Value)>>>;
 /// stream ends, it opens it again with `Last-Event-ID` (the last id it saw), until
 /// `stop`. Gives what it saw and how many times it resumed.
 fn follow_resuming(base: String, token: String, path: String, after: Option<i64>, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> (Seen, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use futures::StreamExt;
     use std::sync::atomic::Ordering;
     let seen: Seen = std::sync::Arc::default();
     let resumed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -229,32 +233,13 @@ fn follow_resuming(base: String, token: String, path: String, after: Option<i64>
                     continue;
                 }
             };
-            let mut body = resp.bytes_stream();
-            let mut buf = String::new();
-            while let Some(Ok(chunk)) = body.next().await {
-                buf.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buf.find("\n\n") {
-                    let block: String = buf.drain(..end + 2).collect();
-                    let (mut id, mut kind, mut data) = (None, String::new(), String::new());
-                    for line in block.lines() {
-                        if let Some(v) = line.strip_prefix("id:") {
-                            id = v.trim().parse::<i64>().ok();
-                        } else if let Some(k) = line.strip_prefix("event:") {
-                            kind = k.trim().to_owned();
-                        } else if let Some(d) = line.strip_prefix("data:") {
-                            data.push_str(d.trim_start());
-                        }
-                    }
-                    if kind.is_empty() {
-                        continue;
-                    }
-                    if id.is_some() {
-                        last = id;
-                    }
-                    let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                    sink.lock().unwrap().push((id, kind, v));
+            common::read_sse_events(resp, |id, kind, event| {
+                if id.is_some() {
+                    last = id;
                 }
-            }
+                sink.lock().unwrap().push((id, kind, event));
+            })
+            .await;
         }
     });
     (seen, resumed)
@@ -264,25 +249,12 @@ fn follow_resuming(base: String, token: String, path: String, after: Option<i64>
 async fn a_replica_killed_mid_job_and_mid_stream_loses_and_repeats_nothing() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let llm = ScriptedLlm::start(vec![
+    // A lease long enough that the job is still the agent's when it comes back.
+    let replies = vec![
         Reply::TextAndTools("Running the long command.".into(), vec![("bash".into(), json!({"command": "echo before-kill; sleep 3; echo after-kill"}))]),
         Reply::Text("Done after the replica went away.".into()),
-    ])
-    .await;
-    // A lease long enough that the job is still the agent's when it comes back.
-    let mut stack = Stack::start_with(&[
-        ("OPENAI_BASE_URL", llm.openai_base()),
-        ("OPENAI_API_KEY", "sk-test-secret".into()),
-        ("KODEL_DEFAULT_MODEL", "openai/gpt-test".into()),
-        ("KODEL_ENCRYPTION_KEY", KEY.into()),
-        ("KODEL_JOB_LEASE", "15".into()),
-    ])
-    .await;
-    let env_owned = stack.env.clone();
-    let env: Vec<(&str, &str)> = env_owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (b_listen, c_listen) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
-    let _b = ServerProcess::start_on(&server_binary(), &b_listen, &[], &env);
-    let _c = ServerProcess::start_on(&server_binary(), &c_listen, &[], &env);
+    ];
+    let (llm, mut stack, [(_b, b_listen), (_c, c_listen)]) = three_replicas(replies, "15").await;
     let c = format!("http://{c_listen}");
     // Every connection goes to A while it is up, then to B: A carries all the load.
     let lb_listen = format!("127.0.0.1:{}", free_port());

@@ -271,28 +271,33 @@ pub fn show(bare: &Path, rev: &str) -> Option<String> {
 /// Reads an SSE response in the background: each event's type and its details
 /// (`payload`; stored and live events alike carry them there) go to `on_event`.
 pub fn read_sse(resp: reqwest::Response, mut on_event: impl FnMut(String, Value) + Send + 'static) {
-    tokio::spawn(async move {
-        let mut body = resp.bytes_stream();
-        let mut buf = String::new();
-        while let Some(Ok(chunk)) = body.next().await {
-            buf.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buf.find("\n\n") {
-                let block: String = buf.drain(..end + 2).collect();
-                let (mut kind, mut data) = (String::new(), String::new());
-                for line in block.lines() {
-                    if let Some(k) = line.strip_prefix("event:") {
-                        kind = k.trim().to_owned();
-                    } else if let Some(d) = line.strip_prefix("data:") {
-                        data.push_str(d.trim_start());
-                    }
-                }
-                if !kind.is_empty() {
-                    let v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
-                    on_event(kind, v["payload"].clone());
+    tokio::spawn(read_sse_events(resp, move |_, kind, event| on_event(kind, event["payload"].clone())));
+}
+
+/// Reads an SSE response until it ends: each event's id (None for live ones), type and
+/// whole event go to `on_event`.
+pub async fn read_sse_events(resp: reqwest::Response, mut on_event: impl FnMut(Option<i64>, String, Value)) {
+    let mut body = resp.bytes_stream();
+    let mut buf = String::new();
+    while let Some(Ok(chunk)) = body.next().await {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let (mut id, mut kind, mut data) = (None, String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().parse::<i64>().ok();
+                } else if let Some(k) = line.strip_prefix("event:") {
+                    kind = k.trim().to_owned();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
                 }
             }
+            if !kind.is_empty() {
+                on_event(id, kind, serde_json::from_str(&data).unwrap_or(Value::Null));
+            }
         }
-    });
+    }
 }
 
 /// A bare repository at `root/<path>.git` whose `main` holds a small Python project
